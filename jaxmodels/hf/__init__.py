@@ -1,0 +1,99 @@
+"""Import and export Hugging Face (transformers / diffusers) checkpoints.
+
+    model = jaxmodels.hf.from_pretrained("/ckpts/Qwen2.5-0.5B-Instruct")      # -> jaxmodels.llm.LLM
+    model = jaxmodels.hf.from_pretrained(path, dtype=jnp.bfloat16, scan_layers=True)
+    jaxmodels.hf.save_pretrained(model, "/tmp/export")      # transformers loads it back
+
+The model family is chosen from `model_type` in config.json (or `_class_name` for diffusers
+directories). Each family (see `FAMILIES`) converts the config and names every tensor; the generic
+machinery in `keymap.py` does the loading, shape checks, scan stacking and export.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmodels.errors import CheckpointFormatError
+from jaxmodels.hf import keymap as keymap_lib
+from jaxmodels.hf.safetensors_io import SafetensorsReader, read_config, write_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How one group of HF model types maps onto a jaxmodels module."""
+  name: str
+  model_types: tuple[str, ...]
+  module: type
+  config_from_hf: Callable[..., Any]       # (hf config dict, **overrides) -> our config
+  config_to_hf: Callable[[Any], dict]
+  keymap: Callable[[Any], keymap_lib.KeyMap]
+  weights_name: str = "model.safetensors"
+  key_aliases: tuple[tuple[str, str], ...] = ()   # see keymap.load_into
+
+
+FAMILIES: list[Family] = []
+
+
+def register(family: Family) -> Family:
+  FAMILIES.append(family)
+  return family
+
+
+def _family_for_config(hf_config: dict, path: str) -> Family:
+  name = hf_config.get("model_type") or hf_config.get("_class_name")
+  for family in FAMILIES:
+    if name in family.model_types:
+      return family
+  known = sorted(t for f in FAMILIES for t in f.model_types)
+  raise CheckpointFormatError(
+      f"{path}/config.json: unsupported model type {name!r} (supported: {', '.join(known)})")
+
+
+def _family_for_module(module: nnx.Module) -> Family:
+  for family in FAMILIES:
+    if isinstance(module, family.module):
+      return family
+  raise CheckpointFormatError(f"save_pretrained: no HF export for {type(module).__name__}")
+
+
+def from_pretrained(path: str, *, dtype=jnp.float32, **config_overrides) -> nnx.Module:
+  """Loads a local HF checkpoint directory into the matching jaxmodels module.
+
+  `dtype` sets both the parameter and the compute dtype; `config_overrides` set execution options of
+  the module config (e.g. `scan_layers=True`, `remat="full"`, `attention_impl="cudnn"`).
+  """
+  hf_config = read_config(path)
+  family = _family_for_config(hf_config, path)
+  name = jnp.dtype(dtype).name
+  config = family.config_from_hf(hf_config, dtype=name, param_dtype=name, **config_overrides)
+  reader = SafetensorsReader(path)
+  return keymap_lib.load_into(lambda: family.module(config, rngs=nnx.Rngs(0)),
+                              family.keymap(config), reader, jnp.dtype(dtype), family.key_aliases)
+
+
+def save_pretrained(module: nnx.Module, path: str, *, dtype=None, max_shard_size: int | None = None):
+  """Writes `config.json` + safetensors that transformers/diffusers load with `from_pretrained`."""
+  family = _family_for_module(module)
+  tensors = keymap_lib.export(module, family.keymap(module.config), dtype=dtype)
+  hf_config = family.config_to_hf(module.config)
+  if dtype is not None:
+    hf_config["dtype"] = np.dtype(dtype).name
+  write_checkpoint(path, hf_config, tensors, weights_name=family.weights_name,
+                   max_shard_bytes=max_shard_size)
+
+
+def _register_builtin():
+  from jaxmodels.hf import llm_family, vision_family
+  register(Family("llm", llm_family.MODEL_TYPES, llm_family.LLM, llm_family.config_from_hf,
+                  llm_family.config_to_hf, llm_family.keymap))
+  register(Family("vision", vision_family.MODEL_TYPES, vision_family.VisionTransformer,
+                  vision_family.config_from_hf, vision_family.config_to_hf, vision_family.keymap,
+                  key_aliases=(("vision_model.", ""),)))
+
+
+_register_builtin()

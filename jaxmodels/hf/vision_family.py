@@ -1,0 +1,95 @@
+"""HF vision towers (`siglip_vision_model`, `clip_vision_model`, and the vision part of `siglip` /
+`clip` checkpoints, which include SigLIP2 fixed-resolution releases): config conversion and names."""
+from __future__ import annotations
+
+from jaxmodels.hf.keymap import KeyMap, Source
+from jaxmodels.vision.vit import VisionConfig, VisionTransformer
+
+MODEL_TYPES = ("siglip_vision_model", "siglip", "clip_vision_model", "clip")
+_DEFAULTS = {  # HF defaults of the vision config classes, for keys a config.json may omit
+    "siglip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   image_size=224, patch_size=16, num_channels=3, hidden_act="gelu_pytorch_tanh",
+                   layer_norm_eps=1e-6, vision_use_head=True),
+    "clip": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 image_size=224, patch_size=32, num_channels=3, hidden_act="quick_gelu",
+                 layer_norm_eps=1e-5, projection_dim=512),
+}
+
+
+def config_from_hf(d: dict, **overrides) -> VisionConfig:
+  kind = "clip" if d["model_type"].startswith("clip") else "siglip"
+  if d["model_type"] in ("siglip", "clip"):
+    d = dict(d.get("vision_config") or {})
+  v = {**_DEFAULTS[kind], **d}
+  kw = dict(model_type=f"{kind}_vision_model", hidden_size=v["hidden_size"],
+            intermediate_size=v["intermediate_size"], num_layers=v["num_hidden_layers"],
+            num_heads=v["num_attention_heads"], image_size=v["image_size"], patch_size=v["patch_size"],
+            num_channels=v["num_channels"], hidden_act=v["hidden_act"], layer_norm_eps=v["layer_norm_eps"],
+            use_head=bool(v.get("vision_use_head", True)) and kind == "siglip",
+            projection_dim=v.get("projection_dim") if kind == "clip" else None)
+  kw.update(overrides)
+  return VisionConfig(**kw)
+
+
+def config_to_hf(c: VisionConfig) -> dict:
+  d = dict(model_type=c.model_type, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+           num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, image_size=c.image_size,
+           patch_size=c.patch_size, num_channels=c.num_channels, hidden_act=c.hidden_act,
+           layer_norm_eps=c.layer_norm_eps, dtype=c.param_dtype)
+  if c.is_clip:
+    d.update(architectures=["CLIPVisionModel"], projection_dim=c.projection_dim or 512)
+  else:
+    d.update(architectures=["SiglipVisionModel"], vision_use_head=c.use_head)
+  return d
+
+
+def _attention(m: KeyMap, ours: tuple, hf: str, names=("q_proj", "k_proj", "v_proj", "out_proj")):
+  for p, name in zip(("q", "k", "v"), names):
+    m[ours + (p, "kernel")] = Source(f"{hf}{name}.weight", "linear")
+    m[ours + (p, "bias")] = Source(f"{hf}{name}.bias", "bias")
+  m[ours + ("o", "kernel")] = Source(f"{hf}{names[3]}.weight", "linear", n_in=2)
+  m[ours + ("o", "bias")] = Source(f"{hf}{names[3]}.bias", "bias")
+
+
+def _layer_norm(m: KeyMap, ours: tuple, hf: str):
+  m[ours + ("scale",)] = Source(hf + ".weight")
+  m[ours + ("bias",)] = Source(hf + ".bias", "bias")
+
+
+def _mlp(m: KeyMap, ours: tuple, hf: str):
+  for p in ("fc1", "fc2"):
+    m[ours + (p, "kernel")] = Source(f"{hf}{p}.weight", "linear")
+    m[ours + (p, "bias")] = Source(f"{hf}{p}.bias", "bias")
+
+
+def keymap(c: VisionConfig) -> KeyMap:
+  pre = "vision_model."
+  m: KeyMap = {
+      ("patch_embed", "kernel"): Source(pre + "embeddings.patch_embedding.weight", "conv"),
+      ("position_embedding",): Source(pre + "embeddings.position_embedding.weight"),
+  }
+  _layer_norm(m, ("post_norm",), pre + "post_layernorm")
+  if c.is_clip:
+    m[("class_embedding",)] = Source(pre + "embeddings.class_embedding")
+    _layer_norm(m, ("pre_norm",), pre + "pre_layrnorm")
+  else:
+    m[("patch_embed", "bias")] = Source(pre + "embeddings.patch_embedding.bias", "bias")
+  for i in range(c.num_layers):
+    ours, hf = ("layers", "blocks", i), f"{pre}encoder.layers.{i}."
+    _layer_norm(m, ours + ("attn_norm",), hf + "layer_norm1")
+    _layer_norm(m, ours + ("mlp_norm",), hf + "layer_norm2")
+    _attention(m, ours + ("attn",), hf + "self_attn.")
+    _mlp(m, ours + ("mlp",), hf + "mlp.")
+  if c.use_head and not c.is_clip:
+    head, d = pre + "head.", c.hidden_size
+    m[("head", "probe")] = Source(head + "probe")
+    for j, p in enumerate(("q", "k", "v")):
+      m[("head", "attn", p, "kernel")] = Source(head + "attention.in_proj_weight", "linear",
+                                                 rows=(j * d, (j + 1) * d))
+      m[("head", "attn", p, "bias")] = Source(head + "attention.in_proj_bias", "bias",
+                                               rows=(j * d, (j + 1) * d))
+    m[("head", "attn", "o", "kernel")] = Source(head + "attention.out_proj.weight", "linear", n_in=2)
+    m[("head", "attn", "o", "bias")] = Source(head + "attention.out_proj.bias", "bias")
+    _layer_norm(m, ("head", "norm"), head + "layernorm")
+    _mlp(m, ("head", "mlp"), head + "mlp.")
+  return m

@@ -1,0 +1,106 @@
+"""The pre-norm transformer block and a stack of them (Python loop or `nnx.scan`).
+
+One block serves every tower: decoder LLMs use RMSNorm + gated MLP + causal RoPE attention, vision
+encoders use LayerNorm + plain GELU MLP + bidirectional attention.
+
+    h = x + attn(attn_norm(x));  y = h + mlp(mlp_norm(h))          x, y: [B, T, D]
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmodels import sharding
+from jaxmodels.layers.attention import Attention, LayerCache
+from jaxmodels.layers.mlp import MLP, GatedMLP
+from jaxmodels.layers.norms import make_norm
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class TransformerBlock(nnx.Module):
+  """Pre-norm attention + MLP block: [B, T, D] -> [B, T, D]."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, num_kv_heads: int | None = None,
+               head_dim: int | None = None, norm: str = "rms", norm_eps: float = 1e-6,
+               mlp: str = "gated", activation: str = "silu", qkv_bias: bool = False,
+               out_bias: bool = False, mlp_bias: bool = False, qk_norm: bool = False,
+               attention_impl: str = "einsum", dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs | None = None):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attn_norm = make_norm(norm, dim, eps=norm_eps, param_dtype=param_dtype, rngs=rngs)
+    self.attn = Attention(dim, num_heads, num_kv_heads, head_dim, qkv_bias=qkv_bias,
+                          out_bias=out_bias, qk_norm=qk_norm, norm_eps=norm_eps,
+                          impl=attention_impl, **kw)
+    self.mlp_norm = make_norm(norm, dim, eps=norm_eps, param_dtype=param_dtype, rngs=rngs)
+    if mlp == "gated":
+      self.mlp = GatedMLP(dim, mlp_dim, activation=activation, use_bias=mlp_bias, **kw)
+    elif mlp == "plain":
+      self.mlp = MLP(dim, mlp_dim, activation=activation, use_bias=mlp_bias, **kw)
+    else:
+      raise ValueError(f"unknown mlp kind {mlp!r} (expected 'gated' or 'plain')")
+
+  def __call__(self, x: jax.Array, *, mask=None, rope=None, cache: LayerCache | None = None,
+               cache_index=0) -> tuple[jax.Array, LayerCache | None]:
+    a, cache = self.attn(self.attn_norm(x), mask=mask, rope=rope, cache=cache, cache_index=cache_index)
+    h = x + a
+    y = h + self.mlp(self.mlp_norm(h))
+    return sharding.constrain(y, ("act_batch", "act_length", "act_embed")), cache
+
+
+class BlockStack(nnx.Module):
+  """`num_layers` blocks built by `make_block(rngs)`, run as a loop or as one `nnx.scan`.
+
+  With `scan=True` the parameters are stacked on a leading `layers` axis ([L, ...]); outputs are
+  identical to the loop. A KV cache is a pair (k, v) of [L, B, S, K, H] in both modes.
+  `remat` is one of REMAT_POLICIES ("none", "full", "dots").
+  """
+
+  def __init__(self, num_layers: int, make_block: Callable[[nnx.Rngs], nnx.Module], *,
+               scan: bool = False, remat: str = "none", rngs: nnx.Rngs):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)}")
+    self.num_layers, self.scan, self.remat = num_layers, scan, remat
+    if scan:
+      @nnx.split_rngs(splits=num_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def create(r):
+        return make_block(r)
+      self.blocks = create(rngs)
+    else:
+      self.blocks = nnx.List([make_block(rngs) for _ in range(num_layers)])
+
+  def _call_block(self):
+    def call(block, x, mask, rope, cache, cache_index):
+      return block(x, mask=mask, rope=rope, cache=cache, cache_index=cache_index)
+    if self.remat != "none":
+      call = nnx.remat(call, policy=REMAT_POLICIES[self.remat])
+    return call
+
+  def __call__(self, x: jax.Array, *, mask=None, rope=None,
+               cache: LayerCache | None = None, cache_index=0, return_hidden: bool = False):
+    """Returns (x [B,T,D], cache or None, per-layer outputs [L,B,T,D] or None)."""
+    call = self._call_block()
+    if self.scan:
+      @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0, 0))
+      def run(h, block, layer_cache):
+        h, layer_cache = call(block, h, mask, rope, layer_cache, cache_index)
+        return h, layer_cache, (h if return_hidden else None)
+      x, cache, hidden = run(x, self.blocks, cache)
+      return x, cache, hidden
+    hiddens = []
+    for i, block in enumerate(self.blocks):
+      layer_cache = None if cache is None else (cache[0][i], cache[1][i])
+      x, layer_cache = call(block, x, mask, rope, layer_cache, cache_index)
+      if cache is not None:
+        cache = (cache[0].at[i].set(layer_cache[0]), cache[1].at[i].set(layer_cache[1]))
+      if return_hidden:
+        hiddens.append(x)
+    return x, cache, (jnp.stack(hiddens) if return_hidden else None)

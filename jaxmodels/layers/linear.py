@@ -1,0 +1,67 @@
+"""Parameters with logical axis names, and a general dense layer.
+
+Every parameter in jaxmodels is an `nnx.Param` whose `out_sharding` metadata holds *logical* axis
+names (`embed`, `mlp`, `heads`, ...). They are mapped to mesh axes by `jaxmodels.sharding` through an
+ordered rules table; variables are never sharded eagerly at creation (`eager_sharding=False`), so a
+model can be built with or without a mesh, and `jaxmodels.sharding.create_sharded` places it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+
+
+def param(rngs: nnx.Rngs | None, init: Initializer, shape: Sequence[int], axes: Axes,
+          dtype=jnp.float32) -> nnx.Param:
+  """Creates an `nnx.Param` of `shape` with logical `axes` (one name or None per dimension)."""
+  if len(axes) != len(shape):
+    raise ValueError(f"axes {axes} do not match shape {tuple(shape)}")
+  key = rngs.params() if rngs is not None else jax.random.key(0)
+  return nnx.Param(init(key, tuple(shape), dtype), out_sharding=tuple(axes), eager_sharding=False)
+
+
+def fan_in_normal(fan_in: int) -> Initializer:
+  """Truncated-normal-free LeCun init: N(0, 1/fan_in)."""
+  std = 1.0 / math.sqrt(max(fan_in, 1))
+
+  def init(key, shape, dtype):
+    return (std * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+  return init
+
+
+class Linear(nnx.Module):
+  """Dense layer contracting the last `len(in_shape)` input dims into `out_shape`.
+
+  x[..., *in_shape] @ kernel[*in_shape, *out_shape] (+ bias[*out_shape]) -> y[..., *out_shape].
+  Multi-dimensional shapes let attention keep heads as their own axis, e.g. the query projection is
+  `Linear((D,), (N, H), axes=("embed", "heads", "head_dim"))` with kernel [D, N, H].
+  """
+
+  def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], *, axes: Axes,
+               use_bias: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+               kernel_init: Initializer | None = None, rngs: nnx.Rngs | None = None):
+    in_shape = (in_shape,) if isinstance(in_shape, int) else tuple(in_shape)
+    out_shape = (out_shape,) if isinstance(out_shape, int) else tuple(out_shape)
+    self.in_shape, self.out_shape, self.dtype = in_shape, out_shape, dtype
+    init = kernel_init or fan_in_normal(math.prod(in_shape))
+    self.kernel = param(rngs, init, in_shape + out_shape, axes, param_dtype)
+    self.bias = (param(rngs, nnx.initializers.zeros, out_shape, axes[len(in_shape):], param_dtype)
+                 if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in = len(self.in_shape)
+    kernel = self.kernel[...].astype(self.dtype)
+    y = jax.lax.dot_general(
+        x.astype(self.dtype), kernel,
+        ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
