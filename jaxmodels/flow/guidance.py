@@ -84,7 +84,9 @@ def cfg_velocity_fn(
   """
   if jax.tree.structure(cond) != jax.tree.structure(null_cond):
     raise ValueError("null_cond must have the same pytree structure as cond")
-  null_cond = jax.tree.map(lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), cond, null_cond)
+  null_cond = jax.tree.map(
+      lambda c, n: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), cond, null_cond
+  )
   both_cond = jax.tree.map(lambda n, c: jnp.concatenate([n, c], axis=0), null_cond, cond)
 
   def guided(x: jax.Array, t: jax.Array) -> jax.Array:
@@ -126,7 +128,8 @@ def drop_condition(
     try:
       null_value = jnp.broadcast_to(jnp.asarray(null, cond.dtype), cond.shape)
     except ValueError:
-      raise ValueError(f"null of shape {jnp.shape(null)} does not broadcast to cond shape {cond.shape}") from None
+      message = f"null of shape {jnp.shape(null)} does not broadcast to cond shape {cond.shape}"
+      raise ValueError(message) from None
   dropped = jax.random.uniform(rng, (cond.shape[0],)) < prob
   mask = dropped.reshape((-1,) + (1,) * (cond.ndim - 1))
   out = jnp.where(mask, null_value, cond)

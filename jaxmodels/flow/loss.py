@@ -63,7 +63,9 @@ def flow_matching_loss(
     Scalar float32 loss.
   """
   if not v_pred.shape == x0.shape == noise.shape:
-    raise ValueError(f"v_pred {v_pred.shape}, x0 {x0.shape} and noise {noise.shape} must have equal shapes")
+    raise ValueError(
+        f"v_pred {v_pred.shape}, x0 {x0.shape} and noise {noise.shape} must have equal shapes"
+    )
   target = velocity_target(x0.astype(jnp.float32), noise.astype(jnp.float32))
   squared_error = jnp.square(v_pred.astype(jnp.float32) - target)
   per_example = squared_error.reshape(squared_error.shape[0], -1).mean(axis=1)
@@ -75,7 +77,9 @@ def flow_matching_loss(
   return (weights * per_example).mean()
 
 
-def sd3_loss_weights(sigmas: jax.Array, scheme: Literal["none", "sigma_sqrt", "cosmap"] = "none") -> jax.Array:
+def sd3_loss_weights(
+    sigmas: jax.Array, scheme: Literal["none", "sigma_sqrt", "cosmap"] = "none"
+) -> jax.Array:
   """Per-example loss weights of diffusers' `compute_loss_weighting_for_sd3`.
 
   "none": 1; "sigma_sqrt": σ⁻²; "cosmap": 2 / (π·(1 − 2σ + 2σ²)).

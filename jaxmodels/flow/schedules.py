@@ -146,7 +146,8 @@ def inference_sigmas(
     sigma_min = train_sigma_min if mu is not None else shift_sigmas(train_sigma_min, shift)
     base = np.linspace(1.0, sigma_min, num_steps)
   else:
-    base = sigmas if isinstance(sigmas, jax.Array) else np.asarray(sigmas, dtype=np.float64)
+    # diffusers casts custom sigmas to float32 and shifts them in float32.
+    base = sigmas if isinstance(sigmas, jax.Array) else np.asarray(sigmas, dtype=np.float32)
     if base.ndim != 1 or base.shape[0] != num_steps:
       raise ValueError(f"sigmas must have shape [num_steps={num_steps}], got {tuple(base.shape)}")
   shifted = time_shift(mu, base) if mu is not None else shift_sigmas(base, shift)
@@ -157,7 +158,9 @@ def inference_sigmas(
   return jnp.concatenate([shifted, jnp.zeros((1,), jnp.float32)])
 
 
-def training_sigma_grid(shift: float = 1.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> jax.Array:
+def training_sigma_grid(
+    shift: float = 1.0, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS
+) -> jax.Array:
   """The discrete training grid σ_i = shift((T − i)/T), i = 0..T−1.
 
   Equals diffusers' FlowMatchEuler `scheduler.sigmas` right after

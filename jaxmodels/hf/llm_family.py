@@ -46,7 +46,24 @@ def config_from_hf(d: dict, **overrides) -> LLMConfig:
   return LLMConfig(**kw)
 
 
+def _check_exportable(c: LLMConfig):
+  """Raises if `c` has a feature the HF architecture of `c.model_type` cannot express."""
+  fixed = {"qwen2": dict(qkv_bias=True, o_bias=False, mlp_bias=False, qk_norm=False),
+           "qwen3": dict(o_bias=c.qkv_bias, mlp_bias=False, qk_norm=True),
+           "phi3": dict(qkv_bias=False, o_bias=False, mlp_bias=False, qk_norm=False),
+           "llama": dict(o_bias=c.qkv_bias, qk_norm=False)}
+  if c.model_type not in fixed:
+    raise ConfigError(f"model_type {c.model_type!r} has no HF export (supported: {', '.join(MODEL_TYPES)})")
+  for field, want in fixed[c.model_type].items():
+    if getattr(c, field) != want:
+      raise ConfigError(f"LLMConfig.{field}={getattr(c, field)} cannot be expressed by HF model_type "
+                        f"{c.model_type!r} (it needs {field}={want})")
+  if c.sliding_window is not None and c.model_type != "phi3":
+    raise ConfigError(f"LLMConfig.sliding_window is only exportable for phi3, not {c.model_type!r}")
+
+
 def config_to_hf(c: LLMConfig) -> dict:
+  _check_exportable(c)
   rope = {"rope_type": "default", "rope_theta": c.rope_theta}
   if c.rope_scaling is not None:
     rope.update(c.rope_scaling_dict)

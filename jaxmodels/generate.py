@@ -1,0 +1,93 @@
+"""Autoregressive text decoding with a KV cache, compiled as one program.
+
+The prompt is prefilled once; then one token per step runs inside `lax.scan`, so there is no
+per-token Python dispatch. Left-padded batches are supported through `attention_mask` (positions are
+counted from each row's first real token, as transformers does).
+
+    out = generate(model, input_ids, 32, attention_mask=mask)                 # greedy
+    out = generate(model, input_ids, 32, temperature=0.7, top_p=0.9, rng=jax.random.key(0))
+    # out: [B, T + 32] = prompt followed by the new tokens (pad_token_id after an eos)
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: float | jax.Array = 0.0,
+                  top_k: int = 0, top_p: float | jax.Array = 1.0, greedy: bool = True) -> jax.Array:
+  """logits [B, V] -> token ids [B]. Greedy = argmax; otherwise temperature, then top-k, then top-p
+  (nucleus: the smallest set of most likely tokens whose probability reaches top_p)."""
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  neg = jnp.finfo(jnp.float32).min
+  if top_k > 0:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+  cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+  # Keep tokens whose preceding cumulative mass is < top_p (always at least the best one).
+  keep = (cum - jax.nn.softmax(sorted_logits, axis=-1)) < top_p
+  cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+  logits = jnp.where(logits < cutoff, neg, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "greedy"))
+def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_p, eos_ids, pad_id, *,
+              max_new_tokens: int, top_k: int, greedy: bool):
+  model = nnx.merge(graphdef, state)
+  b, t = input_ids.shape
+  total = t + max_new_tokens
+  cache = model.init_cache(b, total)
+  kv_mask = jnp.concatenate([attention_mask, jnp.ones((b, max_new_tokens), attention_mask.dtype)], 1)
+  positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+  out = model.forward(input_ids, positions, kv_mask, cache=cache, cache_index=0)
+  logits = model.logits(out.hidden[:, -1])
+  next_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
+
+  def step(carry, i):
+    cache, logits, done, rng = carry
+    rng, key = jax.random.split(rng)
+    token = sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    token = jnp.where(done, pad_id, token)
+    done = done | jnp.any(token[:, None] == eos_ids[None, :], axis=-1)
+    out = model.forward(token[:, None], (next_pos + i)[:, None], kv_mask, cache=cache,
+                        cache_index=t + i)
+    return (out.cache, model.logits(out.hidden[:, -1]), done, rng), token
+
+  done = jnp.zeros((b,), bool)
+  _, tokens = jax.lax.scan(step, (out.cache, logits, done, rng), jnp.arange(max_new_tokens))
+  return jnp.concatenate([input_ids, tokens.T.astype(input_ids.dtype)], axis=1)
+
+
+def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
+             attention_mask: jax.Array | None = None, temperature: float = 0.0, top_p: float = 1.0,
+             top_k: int = 0, rng: jax.Array | None = None, eos_token_id: int | list[int] | None = None,
+             pad_token_id: int | None = None) -> jax.Array:
+  """Decodes `max_new_tokens` tokens after `input_ids` [B, T] (left-padded where attention_mask is 0).
+
+  temperature 0 is greedy. eos/pad ids default to the model config's; after a row emits eos its
+  remaining tokens are pad_token_id (as transformers does). Returns [B, T + max_new_tokens] int32.
+  """
+  config = model.config
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
+                    else jnp.asarray(attention_mask, jnp.int32))
+  eos = config.eos_token_id if eos_token_id is None else eos_token_id
+  eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+  pad = pad_token_id if pad_token_id is not None else (config.pad_token_id if config.pad_token_id
+                                                       is not None else (eos[0] if eos else 0))
+  greedy = temperature == 0.0
+  if not greedy and rng is None:
+    raise ValueError("generate: sampling (temperature > 0) needs an rng key")
+  rng = jax.random.key(0) if rng is None else rng
+  eos_ids = jnp.asarray(eos if eos else [-1], jnp.int32)
+  graphdef, state = nnx.split(model)
+  return _generate(graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
+                   jnp.float32(top_p), eos_ids, jnp.int32(pad), max_new_tokens=max_new_tokens,
+                   top_k=top_k, greedy=greedy)

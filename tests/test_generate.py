@@ -1,0 +1,78 @@
+"""Greedy decoding equals transformers' generate(do_sample=False); sampling controls behave."""
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jaxmodels import hf  # noqa: E402
+from jaxmodels.generate import generate, sample_logits  # noqa: E402
+from oracles import perturb_, save_tiny  # noqa: E402
+
+NEW = 24
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+  cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                 bos_token_id=None, eos_token_id=None, pad_token_id=0)
+  model = perturb_(transformers.AutoModelForCausalLM.from_config(cfg).eval(), 0.1)
+  return model, hf.from_pretrained(save_tiny(model, tmp_path_factory.mktemp("gen")))
+
+
+def _reference(model, ids, mask, **kw):
+  with torch.no_grad():
+    return model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=NEW,
+                          do_sample=False, **kw).numpy()
+
+
+def test_greedy_matches_transformers(pair):
+  model, ours = pair
+  ids = np.random.RandomState(0).randint(1, 97, (2, 8))
+  mask = np.ones_like(ids)
+  np.testing.assert_array_equal(np.asarray(generate(ours, ids, NEW)), _reference(model, ids, mask))
+
+
+def test_greedy_left_padded_batch_matches_transformers(pair):
+  model, ours = pair
+  ids = np.random.RandomState(1).randint(1, 97, (3, 9))
+  mask = np.ones_like(ids)
+  mask[0, :4], mask[2, :1] = 0, 0
+  ids[mask == 0] = 0
+  out = np.asarray(generate(ours, ids, NEW, attention_mask=mask))
+  np.testing.assert_array_equal(out, _reference(model, ids, mask))
+
+
+def test_eos_then_pad(pair):
+  model, ours = pair
+  ids = np.random.RandomState(0).randint(1, 97, (2, 8))
+  free = np.asarray(generate(ours, ids, NEW))
+  eos = int(free[0, 8 + 3])   # a token row 0 emits at step 3
+  out = np.asarray(generate(ours, ids, NEW, eos_token_id=eos, pad_token_id=0))
+  ref = _reference(model, ids, np.ones_like(ids), eos_token_id=eos, pad_token_id=0)
+  np.testing.assert_array_equal(out[:, :ref.shape[1]], ref)
+  first = 8 + int(np.argmax(out[0, 8:] == eos))
+  assert first <= 8 + 3 and (out[0, first + 1:] == 0).all()
+
+
+def test_sampling_is_seeded_and_topk1_is_greedy(pair):
+  _, ours = pair
+  ids = np.random.RandomState(2).randint(1, 97, (2, 6))
+  a = generate(ours, ids, 8, temperature=1.0, rng=jax.random.key(3))
+  b = generate(ours, ids, 8, temperature=1.0, rng=jax.random.key(3))
+  np.testing.assert_array_equal(a, b)
+  greedy = generate(ours, ids, 8)
+  np.testing.assert_array_equal(generate(ours, ids, 8, temperature=0.7, top_k=1, rng=jax.random.key(4)),
+                                greedy)
+  with pytest.raises(ValueError, match="rng"):
+    generate(ours, ids, 4, temperature=1.0)
+
+
+def test_top_p_keeps_only_the_nucleus():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  draws = jax.vmap(lambda k: sample_logits(logits, k, temperature=1.0, top_p=0.7, greedy=False))(
+      jax.random.split(jax.random.key(0), 400))
+  assert set(np.unique(np.asarray(draws)).tolist()) == {0, 1}   # 0.5 < 0.7 needs the second token

@@ -1,0 +1,70 @@
+"""Decoder LMs against transformers: tiny random configs saved with save_pretrained and imported."""
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+import jax.numpy as jnp  # noqa: E402
+
+from jaxmodels import hf  # noqa: E402
+from oracles import perturb_, save_tiny, torch_logits  # noqa: E402
+
+TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            max_position_embeddings=128)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+CASES = {
+    # name: (config class, extra kwargs) — covering GQA ratios, tying, biases, qk-norm, rope scaling.
+    "llama3_gqa2_llama3rope": (transformers.LlamaConfig, dict(
+        num_attention_heads=4, num_key_value_heads=2, rope_parameters=LLAMA3_ROPE)),
+    "llama_mqa_tied_bias_linear": (transformers.LlamaConfig, dict(
+        num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True, attention_bias=True,
+        mlp_bias=True, rope_parameters={"rope_type": "linear", "rope_theta": 500000.0, "factor": 4.0})),
+    "qwen2_qkvbias_tied": (transformers.Qwen2Config, dict(
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)),
+    "qwen2_mha": (transformers.Qwen2Config, dict(num_attention_heads=4, num_key_value_heads=4)),
+    "qwen3_qknorm_headdim": (transformers.Qwen3Config, dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16)),
+    "phi3_fused": (transformers.Phi3Config, dict(
+        num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, eos_token_id=1, bos_token_id=2)),
+    "phi3_gqa_partial_rotary": (transformers.Phi3Config, dict(
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def oracle(request, tmp_path_factory):
+  cls, extra = CASES[request.param]
+  model = transformers.AutoModelForCausalLM.from_config(cls(**TINY, **extra)).eval()
+  perturb_(model, 0.05)
+  return request.param, model, save_tiny(model, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_logits_match_transformers(oracle, scan):
+  _, model, path = oracle
+  ids = np.random.RandomState(0).randint(0, 96, (2, 12))
+  ours = hf.from_pretrained(path, scan_layers=scan)
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids))), torch_logits(model, ids), atol=1e-4)
+
+
+def test_padded_batch_matches_transformers(oracle):
+  _, model, path = oracle
+  rs = np.random.RandomState(1)
+  ids = rs.randint(0, 96, (3, 10))
+  mask = np.ones_like(ids)
+  mask[1, :4] = 0   # left padding
+  mask[2, 7:] = 0   # right padding
+  ours = np.asarray(hf.from_pretrained(path)(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+  ref = torch_logits(model, ids, mask)
+  real = mask.astype(bool)
+  np.testing.assert_allclose(ours[real], ref[real], atol=1e-4)
+
+
+def test_config_is_read(oracle):
+  name, model, path = oracle
+  c = hf.from_pretrained(path).config
+  assert c.num_kv_heads == model.config.num_key_value_heads
+  assert c.tie_word_embeddings == bool(model.config.tie_word_embeddings)
+  assert c.qk_norm == name.startswith("qwen3")
