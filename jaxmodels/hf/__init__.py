@@ -87,13 +87,14 @@ def save_pretrained(module: nnx.Module, path: str, *, dtype=None, max_shard_size
                    max_shard_bytes=max_shard_size)
 
 
+# Modules under jaxmodels/hf/ that each define `FAMILY = Family(...)`; registered in this order.
+_BUILTIN_FAMILIES = ("llm_family", "vision_family")
+
+
 def _register_builtin():
-  from jaxmodels.hf import llm_family, vision_family
-  register(Family("llm", llm_family.MODEL_TYPES, llm_family.LLM, llm_family.config_from_hf,
-                  llm_family.config_to_hf, llm_family.keymap))
-  register(Family("vision", vision_family.MODEL_TYPES, vision_family.VisionTransformer,
-                  vision_family.config_from_hf, vision_family.config_to_hf, vision_family.keymap,
-                  key_aliases=(("vision_model.", ""),)))
+  import importlib
+  for name in _BUILTIN_FAMILIES:
+    register(importlib.import_module(f"jaxmodels.hf.{name}").FAMILY)
 
 
 _register_builtin()

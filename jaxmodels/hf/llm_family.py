@@ -127,4 +127,9 @@ def keymap(c: LLMConfig) -> KeyMap:
   return m
 
 
+def _family():
+  from jaxmodels.hf import Family
+  return Family("llm", MODEL_TYPES, LLM, config_from_hf, config_to_hf, keymap)
 
+
+FAMILY = _family()

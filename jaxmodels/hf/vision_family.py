@@ -93,3 +93,12 @@ def keymap(c: VisionConfig) -> KeyMap:
     _layer_norm(m, ("head", "norm"), head + "layernorm")
     _mlp(m, ("head", "mlp"), head + "mlp.")
   return m
+
+
+def _family():
+  from jaxmodels.hf import Family
+  return Family("vision", MODEL_TYPES, VisionTransformer, config_from_hf, config_to_hf, keymap,
+                key_aliases=(("vision_model.", ""),))
+
+
+FAMILY = _family()
