@@ -1,0 +1,162 @@
+"""Sharding rules and meshes on 8 CPU devices; scan/loop and remat equivalence."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from jaxmodels import sharding
+from jaxmodels.llm import LLM, LLMConfig
+from jaxmodels.vision import VisionConfig, VisionTransformer
+
+CFG = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                num_kv_heads=2, head_dim=8)
+IDS = jnp.asarray(np.random.RandomState(0).randint(0, 64, (4, 8)))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  if jax.device_count() < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+  return sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+
+
+def test_logical_to_spec_follows_rules_in_order(mesh):
+  assert sharding.logical_to_spec(("embed", "mlp"), (32, 64), mesh) == P("fsdp", "tensor")
+  assert sharding.logical_to_spec(("vocab", "embed"), (64, 32), mesh) == P("tensor", "fsdp")
+  # A mesh axis is used once per array: heads takes tensor, so head_dim stays replicated.
+  assert sharding.logical_to_spec(("embed", "heads", "head_dim"), (32, 4, 8), mesh) == P("fsdp", "tensor", None)
+  assert sharding.logical_to_spec(("act_batch", "act_length"), (4, 8), mesh) == P(("data", "fsdp"), None)
+  # Sizes that do not divide fall back to replication; unknown names are replicated.
+  assert sharding.logical_to_spec(("embed",), (3,), mesh) == P(None)
+  assert sharding.logical_to_spec(("layers", "whatever"), (2, 8), mesh) == P(None, None)
+  custom = [("embed", "tensor"), ("mlp", "fsdp")]
+  assert sharding.logical_to_spec(("embed", "mlp"), (32, 64), mesh, custom) == P("tensor", "fsdp")
+
+
+def test_make_mesh_fills_minus_one_and_validates():
+  mesh = sharding.make_mesh({"data": 2, "fsdp": -1})
+  assert dict(mesh.shape) == {"data": 2, "fsdp": jax.device_count() // 2, "tensor": 1}
+  with pytest.raises(ValueError, match="unknown mesh axes"):
+    sharding.make_mesh({"model": 2})
+  with pytest.raises(ValueError, match="needs"):
+    sharding.make_mesh({"data": 3, "fsdp": 1, "tensor": 1})
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_sharded_llm_params_and_logits(mesh, scan):
+  cfg = CFG.replace(scan_layers=scan)
+  reference = LLM(cfg, rngs=nnx.Rngs(0))
+  model = sharding.create_sharded(lambda: LLM(cfg, rngs=nnx.Rngs(0)), mesh)
+  lead = ("layers",) if scan else ()
+  blocks = model.layers.blocks if scan else model.layers.blocks[0]
+  expect = {
+      "embed": (model.embed.embedding, P("tensor", "fsdp")),
+      "lm_head": (model.lm_head.kernel, P("fsdp", "tensor")),
+      "q": (blocks.attn.q.kernel, P(*((None,) * len(lead)), "fsdp", "tensor", None)),
+      "o": (blocks.attn.o.kernel, P(*((None,) * len(lead)), "tensor", None, "fsdp")),
+      "gate": (blocks.mlp.gate.kernel, P(*((None,) * len(lead)), "fsdp", "tensor")),
+      "down": (blocks.mlp.down.kernel, P(*((None,) * len(lead)), "tensor", "fsdp")),
+      "norm": (model.norm.scale, P("fsdp")),
+  }
+  for name, (var, spec) in expect.items():
+    assert var.get_value().sharding.spec == spec, name
+    assert len(var.get_value().sharding.device_set) == 8
+  # Same initial values as the unsharded build, and the same logits under the mesh.
+  np.testing.assert_allclose(np.asarray(model.embed.embedding.get_value()),
+                             np.asarray(reference.embed.embedding.get_value()), atol=1e-7)
+  with sharding.use_mesh(mesh):
+    ids = jax.device_put(IDS, sharding.batch_sharding(mesh, 2))
+    logits = nnx.jit(lambda m, x: m(x))(model, ids)
+  assert logits.sharding.spec[0] == ("data", "fsdp")
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(reference(IDS)), atol=1e-5)
+
+
+def test_shard_module_moves_a_loaded_model(mesh):
+  model = LLM(CFG, rngs=nnx.Rngs(1))
+  ref = np.asarray(model(IDS))
+  sharded = sharding.shard_module(model, mesh)
+  assert sharded.layers.blocks[0].mlp.up.kernel.get_value().sharding.spec == P("fsdp", "tensor")
+  with sharding.use_mesh(mesh):
+    np.testing.assert_allclose(np.asarray(nnx.jit(lambda m, x: m(x))(sharded, IDS)), ref, atol=1e-5)
+
+
+def _loop_to_scan(loop_model, make):
+  """The scanned model with the loop model's weights (layers stacked on axis 0)."""
+  scan_model = make()
+  flat = dict(nnx.to_flat_state(nnx.state(loop_model, nnx.Param)))
+  for path, var in nnx.to_flat_state(nnx.state(scan_model, nnx.Param)):
+    if path[:2] == ("layers", "blocks"):
+      n = var.get_value().shape[0]
+      var.set_value(jnp.stack([flat[path[:2] + (i,) + path[2:]].get_value() for i in range(n)]))
+    else:
+      var.set_value(flat[path].get_value())
+  nnx.update(scan_model, nnx.state(scan_model))
+  return scan_model
+
+
+def test_scan_equals_loop_llm():
+  loop = LLM(CFG, rngs=nnx.Rngs(2))
+  scan = _loop_to_scan(loop, lambda: LLM(CFG.replace(scan_layers=True), rngs=nnx.Rngs(3)))
+  np.testing.assert_allclose(np.asarray(scan(IDS)), np.asarray(loop(IDS)), atol=1e-5)
+  out_l = loop.forward(IDS, return_layer_outputs=True).layer_outputs
+  out_s = scan.forward(IDS, return_layer_outputs=True).layer_outputs
+  np.testing.assert_allclose(np.asarray(out_s), np.asarray(out_l), atol=1e-5)
+
+
+def test_scan_equals_loop_vision():
+  cfg = VisionConfig(hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4, image_size=16,
+                     patch_size=4)
+  loop = VisionTransformer(cfg, rngs=nnx.Rngs(0))
+  scan = _loop_to_scan(loop, lambda: VisionTransformer(cfg.replace(scan_layers=True), rngs=nnx.Rngs(1)))
+  x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  a, b = loop(x, output_hidden_states=True), scan(x, output_hidden_states=True)
+  np.testing.assert_allclose(np.asarray(b.hidden_states), np.asarray(a.hidden_states), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(b.pooler_output), np.asarray(a.pooler_output), atol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_keeps_loss_and_grads(scan, remat):
+  def loss(model):
+    return jnp.mean(jax.nn.log_softmax(model(IDS))[..., 0])
+  base = LLM(CFG.replace(scan_layers=scan), rngs=nnx.Rngs(4))
+  other = LLM(CFG.replace(scan_layers=scan, remat=remat), rngs=nnx.Rngs(4))
+  l1, g1 = nnx.value_and_grad(loss)(base)
+  l2, g2 = nnx.value_and_grad(loss)(other)
+  np.testing.assert_allclose(l1, l2, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g1, g2)
+  with pytest.raises(ValueError, match="unknown remat policy"):
+    LLM(CFG.replace(remat="sometimes"), rngs=nnx.Rngs(0))
+
+
+def test_kv_cache_decode_equals_full_forward():
+  model = LLM(CFG.replace(scan_layers=True), rngs=nnx.Rngs(5))
+  full = np.asarray(model(IDS))
+  cache = model.init_cache(4, 8)
+  mask = jnp.ones((4, 8), jnp.int32)
+  out = model.forward(IDS[:, :5], None, mask, cache=cache, cache_index=0)
+  steps = [np.asarray(model.logits(out.hidden))]
+  cache = out.cache
+  for i in range(5, 8):
+    out = model.forward(IDS[:, i:i + 1], jnp.full((4, 1), i), mask, cache=cache, cache_index=i)
+    cache = out.cache
+    steps.append(np.asarray(model.logits(out.hidden)))
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_attention_impls_agree():
+  from jaxmodels.layers.attention import dot_product_attention, make_attention_mask
+  rs = np.random.RandomState(0)
+  q = jnp.asarray(rs.normal(size=(2, 6, 4, 8)), jnp.float32)
+  k = jnp.asarray(rs.normal(size=(2, 6, 2, 8)), jnp.float32)
+  v = jnp.asarray(rs.normal(size=(2, 6, 2, 8)), jnp.float32)
+  valid = jnp.asarray([[1] * 6, [0, 0, 1, 1, 1, 1]])
+  mask = make_attention_mask(jnp.arange(6), jnp.arange(6), valid, causal=True)
+  a = dot_product_attention(q, k, v, mask, scale=8 ** -0.5, impl="einsum")
+  b = dot_product_attention(q, k, v, mask, scale=8 ** -0.5, impl="xla")
+  rows = np.asarray(jnp.any(mask[:, 0], axis=-1))   # skip fully-masked query rows
+  np.testing.assert_allclose(np.asarray(a)[rows], np.asarray(b)[rows], atol=1e-5)
+  window = make_attention_mask(jnp.arange(6), jnp.arange(6), None, causal=True, sliding_window=2)
+  assert np.asarray(window[0, 0]).sum(axis=-1).tolist() == [1, 2, 2, 2, 2, 2]
