@@ -6,3 +6,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+# The steering repo's shared/ folder sits beside the checkout (../shared), in CI as in development.
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """Real benchmark inputs (GenEval prompts, ColorBench samples) from ../shared/data."""
+  if not SHARED_DATA.is_dir():
+    pytest.fail(f"{SHARED_DATA} is missing: the tests need the shared/ folder beside the checkout")
+  return SHARED_DATA
