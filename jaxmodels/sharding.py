@@ -100,12 +100,21 @@ def _axes_of(x) -> tuple | None:
 
 
 def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules | None = None):
-  """NamedSharding for every Variable in `state`, from its logical axes."""
+  """`state` with every array replaced by its NamedSharding (from the Variable's logical axes).
+
+  The result has the state's pytree structure, so it serves as jit in/out_shardings and, zipped with
+  the state, as an abstract restore target (see `abstract_state`).
+  """
   def one(v):
     value = v.get_value() if isinstance(v, nnx.Variable) else v
-    spec = logical_to_spec(_axes_of(v), getattr(value, "shape", None), mesh, rules)
-    return NamedSharding(mesh, spec)
+    spec = NamedSharding(mesh, logical_to_spec(_axes_of(v), getattr(value, "shape", None), mesh, rules))
+    return v.replace(spec) if isinstance(v, nnx.Variable) else spec
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def abstract_state(state, shardings):
+  """ShapeDtypeStructs of `state` carrying `shardings` (a `state_shardings` result)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
 def create_sharded(make_model: Callable[[], nnx.Module], mesh: jax.sharding.Mesh,

@@ -1,0 +1,121 @@
+"""Training metrics: one stdout line per interval, a JSONL file and TensorBoard events.
+
+    writer = MetricWriter(workdir, total_steps=1000, batch_size=64, tokens_per_example=128)
+    writer.write(step, {"loss": 0.3, ...})   # prints step, losses, steps/s, examples/s, tokens/s, MFU, ETA
+
+Throughput excludes the first interval (compilation). MFU = achieved FLOP/s per device / peak, from
+the compiled step's XLA cost analysis and the device kind's peak (unknown kinds, e.g. CPU: no MFU).
+Only process 0 writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip.
+PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v5p": 459e12, "tpu v5 lite": 197e12,
+              "tpu v5e": 197e12, "tpu v6 lite": 918e12, "tpu v6e": 918e12, "tpu v4": 275e12}
+
+
+def peak_flops_per_device(device=None) -> float | None:
+  kind = (device or jax.devices()[0]).device_kind.lower()
+  for name, peak in PEAK_FLOPS.items():
+    if name in kind:
+      return peak
+  return None
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled function (XLA cost analysis), if the backend reports it."""
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops")) if cost and cost.get("flops") else None
+  except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
+    return None
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class MetricWriter:
+  """Writes metrics to stdout, `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`)."""
+
+  def __init__(self, workdir: str, *, total_steps: int, batch_size: int, tokens_per_example: int = 0,
+               flops_per_step: float | None = None, start_step: int = 0, tensorboard: bool = True):
+    self.is_main = jax.process_index() == 0
+    self.total_steps, self.batch_size, self.tokens = total_steps, batch_size, tokens_per_example
+    self.flops_per_step = flops_per_step
+    self.peak = peak_flops_per_device()
+    self._last_time, self._last_step, self._first = time.time(), start_step, True
+    self._tb = None
+    self._jsonl = None
+    if self.is_main:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      if tensorboard:
+        try:
+          from tensorboardX import SummaryWriter
+          self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        except ImportError:
+          self._tb = None
+
+  def pause(self):
+    """Call after evals/checkpoints so their time does not count as training time."""
+    self._last_time = time.time()
+
+  def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> dict:
+    values = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    if prefix == "train":
+      for key in ("loss",):
+        if key in values and not math.isfinite(values[key]):
+          raise FloatingPointError(f"step {step}: {key} is {values[key]}; stopping (NaN/Inf guard)")
+      now = time.time()
+      steps = step - self._last_step
+      if steps > 0 and not self._first:
+        dt = (now - self._last_time) / steps
+        values["steps_per_sec"] = 1.0 / dt
+        values["examples_per_sec"] = self.batch_size / dt
+        if self.tokens:
+          values["tokens_per_sec"] = self.batch_size * self.tokens / dt
+        if self.flops_per_step and self.peak:
+          values["mfu"] = self.flops_per_step / dt / (self.peak * jax.device_count())
+        values["eta_sec"] = dt * (self.total_steps - step)
+      if steps > 0:
+        self._first = False   # the first interval includes compilation: not reported
+      self._last_time, self._last_step = now, step
+    row = {"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}
+    if self.is_main:
+      self._jsonl.write(json.dumps(row) + "\n")
+      self._jsonl.flush()
+      if self._tb is not None:
+        for k, v in values.items():
+          self._tb.add_scalar(f"{prefix}/{k}", v, step)
+      print(self._line(step, values, prefix), flush=True)
+    return row
+
+  def _line(self, step: int, values: dict, prefix: str) -> str:
+    parts = [f"[{prefix}] step {step}/{self.total_steps}"]
+    for k, v in values.items():
+      if k == "eta_sec":
+        continue
+      parts.append(f"{k}={v:.4g}")
+    if "eta_sec" in values:
+      parts.append(f"ETA {format_duration(values['eta_sec'])}")
+    return " | ".join(parts)
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,83 @@
+"""Optimizer from config: AdamW with linear warmup + cosine decay, gradient clipping, and a
+trainable-parameter filter (frozen parameters get no optimizer state and never change).
+
+    config.optim = dict(lr=3e-4, warmup_steps=100, decay_steps=None, min_lr_ratio=0.1, b1=0.9, b2=0.95,
+                        weight_decay=0.05, clip_norm=1.0, trainable=None, frozen=(r"llm/.*",))
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import optax
+from flax import nnx
+
+from jaxmodels.errors import ConfigError
+
+
+def learning_rate_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
+                           decay_steps: int | None = None, min_lr_ratio: float = 0.0,
+                           kind: str = "cosine") -> optax.Schedule:
+  """Linear warmup from 0 to `lr`, then cosine (or constant) decay to `lr * min_lr_ratio`."""
+  decay_steps = decay_steps or max(total_steps - warmup_steps, 1)
+  if kind == "cosine":
+    decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=min_lr_ratio)
+  elif kind == "constant":
+    decay = optax.constant_schedule(lr)
+  else:
+    raise ConfigError(f"config.optim.schedule: unknown schedule {kind!r} (cosine or constant)")
+  if warmup_steps <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
+
+
+def _no_decay_mask(params):
+  """Weight decay only on matrices (ndim >= 2): norms, biases and scalars are not decayed."""
+  import jax
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(optim: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation,
+                                                                        optax.Schedule]:
+  """(optax transformation, learning-rate schedule) from `config.optim`."""
+  lr = learning_rate_schedule(
+      float(optim.get("lr", 1e-3)), total_steps, int(optim.get("warmup_steps", 0)),
+      optim.get("decay_steps"), float(optim.get("min_lr_ratio", 0.0)), optim.get("schedule", "cosine"))
+  name = optim.get("name", "adamw")
+  if name == "adamw":
+    tx = optax.adamw(lr, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
+                     eps=float(optim.get("eps", 1e-8)), weight_decay=float(optim.get("weight_decay", 0.0)),
+                     mask=_no_decay_mask)
+  elif name == "sgd":
+    tx = optax.sgd(lr, momentum=optim.get("momentum"))
+  else:
+    raise ConfigError(f"config.optim.name: unknown optimizer {name!r} (adamw or sgd)")
+  clip = optim.get("clip_norm")
+  if clip:
+    tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
+  return tx, lr
+
+
+def path_string(path: Sequence[Any]) -> str:
+  """('llm', 'layers', 'blocks', 0, 'attn') -> 'llm/layers/blocks/0/attn'."""
+  return "/".join(str(p) for p in path)
+
+
+def trainable_filter(trainable: Sequence[str] | None = None, frozen: Sequence[str] | None = None):
+  """An NNX filter selecting the Params to train.
+
+  `trainable`: regexes over parameter paths ('a/b/c'); None = every Param. `frozen`: regexes removed
+  from that set (BLIP3-o's sequential stage freezes `llm/.*` and the encoders).
+  """
+  train_re = [re.compile(p) for p in trainable or ()]
+  frozen_re = [re.compile(p) for p in frozen or ()]
+
+  def select(path, value) -> bool:
+    if not isinstance(value, nnx.Param):
+      return False
+    s = path_string(path)
+    if train_re and not any(r.fullmatch(s) for r in train_re):
+      return False
+    return not any(r.fullmatch(s) for r in frozen_re)
+
+  return select

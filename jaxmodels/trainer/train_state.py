@@ -1,0 +1,112 @@
+"""Train state and the jitted train step (gradient accumulation, frozen params, EMA, donation).
+
+A model trains if it has `loss(batch, rng) -> (loss, metrics: dict[str, scalar])`. The train state
+is one NNX module (model + optimizer + optional EMA copy of a sub-module) that is split into a pure
+`nnx.State` for `jax.jit`, so its shardings are explicit and its buffers are donated every step.
+
+    ts = TrainState(model, tx, wrt=trainable_filter(frozen=[r"llm/.*"]), ema_decay=0.999, ema_path="dit")
+    step_fn = make_train_step(ts, accum_steps=2, lr_schedule=lr)      # jitted, donates the state
+    graphdef, state = nnx.split(ts)
+    state, metrics = step_fn(state, batch, rng)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def get_submodule(model: nnx.Module, path: str | None) -> nnx.Module:
+  node = model
+  for part in (path or "").split("/"):
+    if part:
+      node = getattr(node, part)
+  return node
+
+
+class TrainState(nnx.Module):
+  """model + nnx.Optimizer over the `wrt` params + EMA of `ema_path` (a sub-module, '' = all)."""
+
+  def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, *, wrt=nnx.Param,
+               ema_decay: float | None = None, ema_path: str | None = None):
+    self.model = model
+    self.wrt = wrt
+    self.optimizer = nnx.Optimizer(model, tx, wrt=wrt)
+    self.ema_decay, self.ema_path = ema_decay, ema_path
+    ema = None
+    if ema_decay:
+      ema = nnx.clone(get_submodule(model, ema_path))
+      # Own buffers (a clone shares the arrays, which donation forbids).
+      nnx.update(ema, jax.tree.map(jnp.copy, nnx.state(ema)))
+    self.ema = nnx.data(ema)
+
+
+def _split_microbatches(batch: Any, k: int) -> Any:
+  def one(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by accum_steps={k}")
+    return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+  return jax.tree.map(one, batch)
+
+
+def train_step(ts: TrainState, batch: Any, rng: jax.Array, *, accum_steps: int = 1,
+               lr_schedule: Callable | None = None) -> dict[str, jax.Array]:
+  """One optimizer step on `batch` (split into `accum_steps` micro-batches); updates ts in place."""
+  graphdef, params, rest = nnx.split(ts.model, ts.wrt, ...)
+
+  def loss_fn(p, mb, key):
+    loss, metrics = nnx.merge(graphdef, p, rest).loss(mb, key)
+    return loss, metrics
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    (loss, metrics), grads = grad_fn(params, batch, rng)
+  else:
+    micro = _split_microbatches(batch, accum_steps)
+    keys = jax.random.split(rng, accum_steps)
+
+    def body(acc, xs):
+      mb, key = xs
+      (l, m), g = grad_fn(params, mb, key)
+      return jax.tree.map(jnp.add, acc, (l, m, g)), None
+
+    (l0, m0), g0 = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), keys[0])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (l0, m0, g0))
+    (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, keys))
+    loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, (loss, metrics, grads))
+
+  step = ts.optimizer.step[...]
+  ts.optimizer.update(ts.model, grads)
+  if ts.ema is not None:
+    decay = ts.ema_decay
+    new = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype),
+                       nnx.state(ts.ema, nnx.Param), nnx.state(get_submodule(ts.model, ts.ema_path), nnx.Param))
+    nnx.update(ts.ema, new)
+  out = dict(metrics)
+  out["loss"] = loss
+  out["grad_norm"] = optax.global_norm(grads)
+  if lr_schedule is not None:
+    out["lr"] = lr_schedule(step)
+  return out
+
+
+def make_train_step(ts: TrainState, *, accum_steps: int = 1, lr_schedule: Callable | None = None,
+                    state_shardings=None, batch_sharding=None):
+  """Returns jitted `step(state, batch, rng) -> (state, metrics)` over `nnx.split(ts)[1]`.
+
+  The state argument is donated; pass shardings to pin the layout on a mesh.
+  """
+  graphdef = nnx.graphdef(ts)
+
+  def step(state, batch, rng):
+    ts_ = nnx.merge(graphdef, state)
+    metrics = train_step(ts_, batch, rng, accum_steps=accum_steps, lr_schedule=lr_schedule)
+    return nnx.state(ts_), metrics
+
+  kw = {}
+  if state_shardings is not None:
+    kw = dict(in_shardings=(state_shardings, batch_sharding, None), out_shardings=(state_shardings, None))
+  return jax.jit(step, donate_argnums=(0,), **kw)

@@ -1,0 +1,125 @@
+"""Train state, optimizer filters, gradient accumulation, EMA, checkpoints and metrics."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxmodels import sharding
+from jaxmodels.checkpoint import Checkpointer
+from jaxmodels.llm import LLM, LLMConfig
+from jaxmodels.trainer import MetricWriter, TrainState, make_optimizer, make_train_step, trainable_filter
+from jaxmodels.trainer.optim import learning_rate_schedule
+
+CFG = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+
+
+class TinyLM(LLM):
+  def loss(self, batch, rng):
+    logits = self(batch["ids"][:, :-1])
+    ll = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["ids"][:, 1:, None], -1)
+    return -ll.mean(), {"nll": -ll.mean()}
+
+
+BATCH = {"ids": jnp.asarray(np.random.RandomState(0).randint(0, 64, (8, 10)))}
+
+
+def _paths(state):
+  return {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(state)}
+
+
+def test_schedule_warmup_then_cosine():
+  lr = learning_rate_schedule(1.0, total_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+  assert float(lr(0)) == 0.0 and abs(float(lr(5)) - 0.5) < 1e-6 and abs(float(lr(10)) - 1.0) < 1e-6
+  assert abs(float(lr(110)) - 0.1) < 1e-6 and float(lr(60)) < 1.0
+
+
+def test_frozen_params_stay_bit_identical_and_have_no_optimizer_state():
+  tx, lr = make_optimizer(dict(lr=1e-2, warmup_steps=1, clip_norm=1.0, weight_decay=0.1), 10)
+  ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx, wrt=trainable_filter(frozen=[r"embed/.*", r"layers/blocks/0/.*"]))
+  frozen_before = jax.tree.map(np.asarray, (nnx.state(ts.model.embed), nnx.state(ts.model.layers.blocks[0])))
+  trained_before = np.asarray(ts.model.layers.blocks[1].mlp.up.kernel.get_value())
+  opt_paths = _paths(nnx.state(ts.optimizer, nnx.optimizer.OptState))
+  assert not any("embed/" in p or "blocks/0/" in p for p in opt_paths)
+  assert any("blocks/1/mlp/up/kernel" in p for p in opt_paths)
+  step = make_train_step(ts, lr_schedule=lr)
+  graphdef, state = nnx.split(ts)
+  for i in range(3):
+    state, metrics = step(state, BATCH, jax.random.key(i))
+  ts = nnx.merge(graphdef, state)
+  after = jax.tree.map(np.asarray, (nnx.state(ts.model.embed), nnx.state(ts.model.layers.blocks[0])))
+  jax.tree.map(np.testing.assert_array_equal, frozen_before, after)
+  assert not np.array_equal(trained_before, np.asarray(ts.model.layers.blocks[1].mlp.up.kernel.get_value()))
+  assert int(ts.optimizer.step.get_value()) == 3 and np.isfinite(float(metrics["loss"]))
+
+
+def test_gradient_accumulation_equals_full_batch():
+  results = []
+  for accum in (1, 4):
+    tx, _ = make_optimizer(dict(lr=1e-2, name="sgd"), 10)
+    ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
+    graphdef, state = nnx.split(ts)
+    state, metrics = make_train_step(ts, accum_steps=accum)(state, BATCH, jax.random.key(0))
+    results.append((float(metrics["loss"]), np.asarray(nnx.merge(graphdef, state).model.norm.scale.get_value())))
+  assert abs(results[0][0] - results[1][0]) < 1e-5
+  np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_ema_tracks_the_submodule():
+  tx, _ = make_optimizer(dict(lr=1e-1, name="sgd"), 10)
+  ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx, ema_decay=0.5, ema_path="norm")
+  start = np.asarray(ts.model.norm.scale.get_value())
+  graphdef, state = nnx.split(ts)
+  state, _ = make_train_step(ts)(state, BATCH, jax.random.key(0))
+  ts = nnx.merge(graphdef, state)
+  np.testing.assert_allclose(ts.ema.scale.get_value(), 0.5 * start + 0.5 * np.asarray(ts.model.norm.scale.get_value()),
+                             atol=1e-6)
+
+
+def test_checkpoint_roundtrip_and_resharding_restore(tmp_path):
+  tx, _ = make_optimizer(dict(lr=1e-2), 10)
+  ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
+  graphdef, state = nnx.split(ts)
+  step = make_train_step(ts)
+  state, _ = step(state, BATCH, jax.random.key(0))
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), keep=2)
+  for s in (1, 2, 3):
+    ckpt.save(s, state, config={"name": "tiny", "step": s})
+  ckpt.wait()
+  assert ckpt.all_steps() == [2, 3] and ckpt.latest_step() == 3
+  assert ckpt.restore_config(3) == {"name": "tiny", "step": 3}
+  # Restore onto a (data=2, fsdp=2, tensor=2) mesh: the state comes back sharded with equal values.
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  shardings = sharding.state_shardings(nnx.state(ts), mesh)
+  target = sharding.abstract_state(nnx.state(ts), shardings)
+  restored = ckpt.restore(3, target)
+  q = restored["model"]["layers"]["blocks"][0]["attn"]["q"]["kernel"]
+  q = q.get_value() if isinstance(q, nnx.Variable) else q
+  assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state),
+               jax.tree.map(np.asarray, restored))
+  next_a = step(jax.tree.map(jnp.copy, state), BATCH, jax.random.key(1))[1]["loss"]
+  next_b = step(jax.tree.map(lambda x: jax.device_put(x, jax.devices()[0]), restored), BATCH,
+                jax.random.key(1))[1]["loss"]
+  assert float(next_a) == float(next_b)
+  with pytest.raises(Exception, match="no checkpoint for step 7"):
+    ckpt.restore(7, target)
+  ckpt.close()
+
+
+def test_metric_writer_lines_jsonl_eta_and_nan_guard(tmp_path, capsys):
+  w = MetricWriter(str(tmp_path), total_steps=100, batch_size=8, tokens_per_example=10)
+  w.write(1, {"loss": 2.0})
+  w.write(11, {"loss": 1.0})
+  w.write(0, {"accuracy": 0.5}, prefix="eval")
+  out = capsys.readouterr().out
+  assert "[train] step 11/100" in out and "ETA" in out and "examples_per_sec" in out
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert rows[1]["train/loss"] == 1.0 and "train/tokens_per_sec" in rows[1] and rows[2]["eval/accuracy"] == 0.5
+  assert "train/steps_per_sec" not in rows[0]   # the first interval holds the compile
+  with pytest.raises(FloatingPointError, match="NaN/Inf guard"):
+    w.write(12, {"loss": float("nan")})
+  w.close()
+  assert (tmp_path / "tb").is_dir()
