@@ -38,15 +38,15 @@ def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: floa
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "greedy"))
-def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_p, eos_ids, pad_id, *,
-              max_new_tokens: int, top_k: int, greedy: bool):
+def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_p, eos_ids, pad_id,
+              inputs_embeds, *, max_new_tokens: int, top_k: int, greedy: bool):
   model = nnx.merge(graphdef, state)
   b, t = input_ids.shape
   total = t + max_new_tokens
   cache = model.init_cache(b, total)
   kv_mask = jnp.concatenate([attention_mask, jnp.ones((b, max_new_tokens), attention_mask.dtype)], 1)
   positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
-  out = model.forward(input_ids, positions, kv_mask, cache=cache, cache_index=0)
+  out = model.forward(input_ids, positions, kv_mask, cache=cache, cache_index=0, inputs_embeds=inputs_embeds)
   logits = model.logits(out.hidden[:, -1])
   next_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
 
@@ -68,9 +68,11 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
 def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
              attention_mask: jax.Array | None = None, temperature: float = 0.0, top_p: float = 1.0,
              top_k: int = 0, rng: jax.Array | None = None, eos_token_id: int | list[int] | None = None,
-             pad_token_id: int | None = None) -> jax.Array:
+             pad_token_id: int | None = None, inputs_embeds: jax.Array | None = None) -> jax.Array:
   """Decodes `max_new_tokens` tokens after `input_ids` [B, T] (left-padded where attention_mask is 0).
 
+  `inputs_embeds` [B, T, D] replaces the prompt's token embeddings in the prefill (multimodal prompts
+  with image features spliced in); `input_ids` still gives the prompt's length and is returned.
   temperature 0 is greedy. eos/pad ids default to the model config's; after a row emits eos its
   remaining tokens are pad_token_id (as transformers does). Returns [B, T + max_new_tokens] int32.
   """
@@ -89,5 +91,5 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   eos_ids = jnp.asarray(eos if eos else [-1], jnp.int32)
   graphdef, state = nnx.split(model)
   return _generate(graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
-                   jnp.float32(top_p), eos_ids, jnp.int32(pad), max_new_tokens=max_new_tokens,
+                   jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds, max_new_tokens=max_new_tokens,
                    top_k=top_k, greedy=greedy)
