@@ -87,14 +87,9 @@ class BlockStack(nnx.Module):
   def __call__(self, x: jax.Array, *, mask=None, rope=None,
                cache: LayerCache | None = None, cache_index=0, return_hidden: bool = False):
     """Returns (x [B,T,D], cache or None, per-layer outputs [L,B,T,D] or None)."""
-    call = self._call_block()
     if self.scan:
-      @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0, 0))
-      def run(h, block, layer_cache):
-        h, layer_cache = call(block, h, mask, rope, layer_cache, cache_index)
-        return h, layer_cache, (h if return_hidden else None)
-      x, cache, hidden = run(x, self.blocks, cache)
-      return x, cache, hidden
+      return self._scan(x, mask, rope, cache, cache_index, return_hidden)
+    call = self._call_block()
     hiddens = []
     for i, block in enumerate(self.blocks):
       layer_cache = None if cache is None else (cache[0][i], cache[1][i])
@@ -104,3 +99,20 @@ class BlockStack(nnx.Module):
       if return_hidden:
         hiddens.append(x)
     return x, cache, (jnp.stack(hiddens) if return_hidden else None)
+
+  def _scan(self, x, mask, rope, cache, cache_index, return_hidden):
+    # A plain lax.scan over the stacked block state (split/merge by hand rather than nnx.scan), so
+    # the stack works inside any outer JAX transform (jit, grad, lax.scan of a sampler) alike.
+    graphdef, state = nnx.split(self.blocks)
+
+    def body(h, xs):
+      layer_state, layer_cache = xs
+      block = nnx.merge(graphdef, layer_state, copy=True)
+      h, layer_cache = block(h, mask=mask, rope=rope, cache=layer_cache, cache_index=cache_index)
+      return h, (layer_cache, h if return_hidden else None)
+
+    policy = REMAT_POLICIES[self.remat]
+    if self.remat != "none":
+      body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+    x, (cache, hidden) = jax.lax.scan(body, x, (state, cache))
+    return x, cache, hidden

@@ -58,7 +58,8 @@ def train_step(ts: TrainState, batch: Any, rng: jax.Array, *, accum_steps: int =
   graphdef, params, rest = nnx.split(ts.model, ts.wrt, ...)
 
   def loss_fn(p, mb, key):
-    loss, metrics = nnx.merge(graphdef, p, rest).loss(mb, key)
+    # copy=True: fresh Variables at this trace level (nnx.scan inside the model checks it).
+    loss, metrics = nnx.merge(graphdef, p, rest, copy=True).loss(mb, key)
     return loss, metrics
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

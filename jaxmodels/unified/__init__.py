@@ -1,0 +1,3 @@
+"""Unified understanding + generation models (see `model.py` for the composition)."""
+from jaxmodels.unified.config import UnifiedConfig
+from jaxmodels.unified.model import Projector, UnifiedModel

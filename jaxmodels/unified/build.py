@@ -1,0 +1,82 @@
+"""Build model configs from `config.model` (nested dicts / ConfigDicts, as config files write them).
+
+    config.model = dict(
+        llm=dict(preset="qwen2.5-7b", scan_layers=True),     # preset fields, then overrides
+        und_encoder=None,
+        gen_encoder=dict(preset="eva-clip-e-14-plus"),
+        dit=dict(type="lumina", preset="blip3o", ffn="4864"),
+        num_queries=64, connector="identity", ...)
+    unified = unified_config(config.model)                  # -> UnifiedConfig (frozen, hashable)
+
+Unknown keys raise a ConfigError naming `config.model.<path>.<key>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from jaxmodels import presets
+from jaxmodels.errors import ConfigError
+from jaxmodels.flow.lumina import LuminaConfig, blip3o_dit_config
+from jaxmodels.llm import LLMConfig
+from jaxmodels.unified.config import UnifiedConfig
+from jaxmodels.vision.vit import VisionConfig
+
+
+def _plain(d: Any) -> dict:
+  if d is None:
+    return None
+  return {k: (_plain(v) if isinstance(v, Mapping) else v) for k, v in dict(d).items()}
+
+
+def make_dataclass(cls, fields: Mapping[str, Any], where: str):
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ConfigError(f"config.{where}.{unknown[0]}: unknown field for {cls.__name__} "
+                      f"(known: {', '.join(sorted(known))})")
+  try:
+    return cls(**fields)
+  except TypeError as e:
+    raise ConfigError(f"config.{where}: {e}") from None
+
+
+def llm_config(d: Mapping[str, Any], where: str = "model.llm") -> LLMConfig:
+  d = _plain(d)
+  preset = d.pop("preset", None)
+  base = dataclasses.asdict(presets.llm_preset(preset)) if preset else {}
+  return make_dataclass(LLMConfig, {**base, **d}, where)
+
+
+def vision_config(d: Mapping[str, Any] | None, where: str) -> VisionConfig | None:
+  if d is None:
+    return None
+  d = _plain(d)
+  preset = d.pop("preset", None)
+  base = dataclasses.asdict(presets.vision_preset(preset)) if preset else {}
+  return make_dataclass(VisionConfig, {**base, **d}, where)
+
+
+def dit_config(d: Mapping[str, Any], where: str = "model.dit") -> LuminaConfig:
+  d = _plain(d)
+  kind = d.pop("type", "lumina")
+  if kind != "lumina":
+    raise ConfigError(f"config.{where}.type={kind!r}: the unified model builds 'lumina' DiTs so far")
+  preset = d.pop("preset", None)
+  if preset == "blip3o":
+    return blip3o_dit_config(d.pop("ffn", "4864"), **d)
+  if preset is not None:
+    raise ConfigError(f"config.{where}.preset={preset!r}: known presets: blip3o")
+  return make_dataclass(LuminaConfig, d, where)
+
+
+def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
+  d = _plain(model)
+  d.pop("type", None)
+  if "llm" not in d or "dit" not in d:
+    raise ConfigError("config.model needs at least 'llm' and 'dit'")
+  d["llm"] = llm_config(d["llm"])
+  d["dit"] = dit_config(d["dit"])
+  d["und_encoder"] = vision_config(d.get("und_encoder"), "model.und_encoder")
+  d["gen_encoder"] = vision_config(d.get("gen_encoder"), "model.gen_encoder")
+  return make_dataclass(UnifiedConfig, d, "model")

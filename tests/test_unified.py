@@ -1,0 +1,127 @@
+"""Unified models from the paper configs: tiny variants train a step and sample; full sizes are
+checked with jax.eval_shape only (never allocated)."""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxmodels import presets
+from jaxmodels.errors import ConfigError
+from jaxmodels.flow.lumina import LuminaNextDiT, blip3o_dit_config
+from jaxmodels.llm import LLM
+from jaxmodels.sharding import param_count
+from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, trainable_filter
+from jaxmodels.unified import UnifiedModel
+from jaxmodels.unified.build import unified_config
+from jaxmodels.vision import VisionTransformer
+
+PAPER_CONFIGS = ["blip3o_8b", "blip3o_4b", "pisces_8b"]
+
+
+def _config(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def _batch(model: UnifiedModel, b=4, seed=0):
+  c = model.config
+  rs = np.random.RandomState(seed)
+  n = model.num_image_tokens
+  text = rs.randint(1, c.llm.vocab_size - 1, (b, 6))
+  ids = np.concatenate([text[:, :1], np.full((b, n), c.image_token_id), text[:, 1:]], 1)
+  loss_mask = np.zeros_like(ids)
+  loss_mask[:, -3:] = 1
+  gen_ids = rs.randint(1, c.llm.vocab_size - 1, (b, 5))
+  gen_mask = np.ones_like(gen_ids)
+  gen_mask[0, :2] = 0   # one left-padded prompt
+  und_side = c.und_encoder.image_size
+  gen_side = c.gen_encoder.image_size if c.gen_encoder else c.gen_image_size
+  return dict(und_image=jnp.asarray(rs.uniform(-1, 1, (b, und_side, und_side, 3)), jnp.float32),
+              und_ids=jnp.asarray(ids), und_mask=jnp.ones(ids.shape, jnp.int32),
+              und_loss_mask=jnp.asarray(loss_mask), gen_ids=jnp.asarray(gen_ids),
+              gen_mask=jnp.asarray(gen_mask),
+              gen_image=jnp.asarray(rs.uniform(-1, 1, (b, gen_side, gen_side, 3)), jnp.float32))
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_tiny_paper_model_trains_a_step_and_samples(name):
+  config = _config(name, "tiny")
+  model = UnifiedModel(unified_config(config.model), rngs=nnx.Rngs(0))
+  tx, lr = make_optimizer(config.optim.to_dict(), 10)
+  wrt = trainable_filter(config.optim.trainable, config.optim.frozen)
+  ts = TrainState(model, tx, wrt=wrt)
+  before = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(ts.model, nnx.Param))}
+  graphdef, state = nnx.split(ts)
+  batch = _batch(model)
+  step = make_train_step(ts, lr_schedule=lr)
+  state, metrics = step(state, batch, jax.random.key(0))
+  state, metrics = step(state, batch, jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["gen_loss"]))
+  ts = nnx.merge(graphdef, state)
+  changed = {p: not np.array_equal(before[p], np.asarray(v.get_value()))
+             for p, v in nnx.to_flat_state(nnx.state(ts.model, nnx.Param))}
+  trainable = {p for p, _ in nnx.to_flat_state(nnx.state(ts.model, wrt))}
+  frozen = set(changed) - trainable
+  assert frozen == {p for p in changed if p[0] in {"llm", "und_encoder", "und_projector", "gen_encoder"}
+                    and any(p[0] + "/" in f for f in config.optim.frozen)}
+  assert not any(changed[p] for p in frozen), "a frozen parameter changed"
+  assert changed[("queries",)] and any(changed[p] for p in trainable if p[0] == "dit")
+  model = ts.model
+  images = model.generate_image(batch["gen_ids"], batch["gen_mask"], jax.random.key(2), num_steps=3)
+  side = model.config.gen_encoder.grid_size // model.config.gen_pool
+  assert images.shape == (4, side, side, model.config.target_channels)
+  tokens = model.answer(batch["und_image"], batch["und_ids"], batch["und_mask"], max_new_tokens=3)
+  assert tokens.shape == (4, 3) and tokens.dtype == jnp.int32
+
+
+def test_blip3o_sequential_stage_freezes_backbone():
+  config = _config("blip3o_8b", "tiny")
+  assert config.model.und_weight == 0.0 and "llm/.*" in config.optim.frozen
+
+
+def _count(make):
+  return param_count(nnx.eval_shape(make))
+
+
+@pytest.mark.parametrize("preset,published,source", [
+    ("llama3.1-8b", 8.03e9, "meta-llama/Llama-3.1-8B model card: 8.03B"),
+    ("qwen2.5-7b", 7.61e9, "Qwen/Qwen2.5-7B model card: 7.61B"),
+    ("qwen2.5-3b", 3.09e9, "Qwen/Qwen2.5-3B model card: 3.09B"),
+    ("qwen2.5-0.5b", 0.49e9, "Qwen/Qwen2.5-0.5B model card: 0.49B"),
+    ("qwen3-1.7b", 1.7e9, "Qwen/Qwen3-1.7B model card: 1.7B"),
+])
+def test_full_size_llm_param_counts(preset, published, source):
+  n = _count(lambda: LLM(presets.llm_preset(preset, scan_layers=True), rngs=nnx.Rngs(0)))
+  assert abs(n - published) / published < 0.02, (n, source)
+
+
+@pytest.mark.parametrize("preset,published,source", [
+    ("siglip-so400m-patch14-384", 0.428e9, "spec §1: SigLIP-so400m vision ≈ 0.43B"),
+    ("clip-vit-l-14-336", 0.304e9, "openai/clip-vit-large-patch14-336 vision tower: 304M"),
+])
+def test_full_size_vision_param_counts(preset, published, source):
+  n = _count(lambda: VisionTransformer(presets.vision_preset(preset, scan_layers=True), rngs=nnx.Rngs(0)))
+  assert abs(n - published) / published < 0.02, (n, source)
+
+
+def test_blip3o_dit_and_trainable_count():
+  # spec §2.4: FFN 4864 gives ≈1.36B DiT parameters ("1.4B trainable" in the paper, with the queries).
+  n = _count(lambda: LuminaNextDiT(blip3o_dit_config("4864", scan_layers=True), rngs=nnx.Rngs(0)))
+  assert abs(n - 1.36e9) / 1.36e9 < 0.02, n
+
+
+def test_config_errors_name_the_key():
+  config = _config("blip3o_8b", "tiny")
+  config.model.llm.num_layerz = 3
+  with pytest.raises(ConfigError, match=r"config.model.llm.num_layerz: unknown field"):
+    unified_config(config.model)
+  config = _config("pisces_8b", "tiny")
+  config.model.gen_target = "voxels"
+  with pytest.raises(ConfigError, match="gen_target='voxels'"):
+    unified_config(config.model)
+  config = _config("pisces_8b", "tiny")
+  config.model.llm.preset = "gpt5"
+  with pytest.raises(ConfigError, match="unknown LLM preset 'gpt5'"):
+    unified_config(config.model)

@@ -1,0 +1,54 @@
+"""Parameter counts per component of a config's model, from `jax.eval_shape` only (nothing allocated).
+
+    python tools/param_count.py --config=configs/blip3o_8b.py
+    python tools/param_count.py --config=configs/pisces_8b.py:tiny
+
+Prints one JSON object: llm, und_encoder, und_projector, gen_encoder, queries, connector, dit, total,
+trainable (after the config's optim.trainable / optim.frozen filters).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<name>.py[:arg]).")
+
+
+def count(config) -> dict[str, int]:
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from jaxmodels.trainer.optim import trainable_filter
+  from jaxmodels.unified import UnifiedModel
+  from jaxmodels.unified.build import unified_config
+
+  ucfg = unified_config(config.model)
+  model = nnx.eval_shape(lambda: UnifiedModel(ucfg, rngs=nnx.Rngs(0)))
+
+  def n(state) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+
+  out = {}
+  for part in ("llm", "und_encoder", "und_projector", "gen_encoder", "queries", "connector", "dit"):
+    node = getattr(model, part)
+    out[part] = 0 if node is None else n(nnx.state(node, nnx.Param) if isinstance(node, nnx.Module) else node)
+  out["total"] = n(nnx.state(model, nnx.Param))
+  keep = trainable_filter(config.optim.get("trainable"), config.optim.get("frozen"))
+  out["trainable"] = n(nnx.state(model, keep))
+  return out
+
+
+def main(argv):
+  del argv
+  print(json.dumps(count(_CONFIG.value), indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
