@@ -1,0 +1,47 @@
+"""The embedded default: a tiny decoupled-encoder unified model trained on ShapesWorld on a laptop.
+
+A SigLIP-style understanding encoder (32 px, 4-px patches, 2×2 pooled to 16 tokens) feeds a small
+Qwen2-style LLM for Q/A; 16 learnable queries read the LLM's hidden states for generation, and an
+MLP connector conditions a Lumina-style DiT that generates 32×32 pixels (4-px patches) by flow
+matching. Both losses train jointly; the run stops at `train.total_steps` or after
+`train.time_limit_minutes`, then evaluates (Q/A accuracy, ShapesWorld-GenEval) and prints scores.
+
+    python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny
+    python train.py --config=configs/shapes_tiny.py:runlocal --workdir=/tmp/shapes_smoke   # seconds
+"""
+import ml_collections
+
+from jaxmodels.config_utils import base_config, parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, runlocal=False)
+  c = base_config()
+  c.model = ml_collections.ConfigDict(dict(
+      llm=dict(model_type="qwen2", vocab_size=128, hidden_size=128, intermediate_size=256, num_layers=2,
+               num_heads=4, num_kv_heads=2, qkv_bias=True, max_position_embeddings=256,
+               rope_theta=10000.0, scan_layers=True),
+      und_encoder=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
+                       num_layers=2, num_heads=2, image_size=32, patch_size=4, use_head=False,
+                       scan_layers=True),
+      und_pool=2, und_projector="mlp2x_gelu", image_token_id=4,     # WordTokenizer's <image>
+      dit=dict(type="lumina", sample_size=32, patch_size=4, in_channels=3, hidden_size=128, num_layers=3,
+               num_heads=4, ffn_hidden_size=256, learn_sigma=False, cross_attention_dim=64,
+               use_pad_token=False, time_convention="sigma_1000", scan_layers=True),
+      gen_target="pixels", gen_image_size=32, num_queries=16, connector="mlp", cond_dropout=0.1,
+      und_weight=1.0, gen_weight=1.0))
+  c.data = ml_collections.ConfigDict(dict(
+      name="shapes_world", config="res32", data_dir=None, batch_size=32, und_len=40, gen_len=16,
+      questions_per_scene=4, worker_count=0))
+  c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
+  c.train.update(total_steps=2000, log_every=50, eval_every=500, ckpt_every=500,
+                 time_limit_minutes=7.5)
+  c.evals = ml_collections.ConfigDict(dict(qa_per_kind=64, geneval_prompts=553, sample_steps=20,
+                                           guidance=3.0, batch_size=64))
+  if a.runlocal:   # a smoke run: a few steps, small evals
+    c.data.config = "tiny"
+    c.data.batch_size = 8
+    c.train.update(total_steps=6, log_every=2, eval_every=6, ckpt_every=3, time_limit_minutes=None)
+    c.optim.warmup_steps = 2
+    c.evals.update(qa_per_kind=4, geneval_prompts=8, sample_steps=2, batch_size=8)
+  return c

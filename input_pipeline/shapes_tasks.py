@@ -1,0 +1,100 @@
+"""ShapesWorld as training data for unified models: understanding Q/A + text-to-image pairs.
+
+Element i of `ShapesTaskSource` joins, for scene s = i mod N, its prompt and image (generation) with
+its q-th question (understanding), q = (i div N) mod len(qa), so one pass over the source visits every
+scene `questions_per_scene` times with different questions. Arrays (fixed shapes, ready to batch):
+
+  und_image [S_u, S_u, 3] float32 in [-1, 1]      und_ids [T_u] int32: <bos> <image>×n question answer <eos>
+  und_mask [T_u] int32 (right-padded)             und_loss_mask [T_u] int32: 1 on answer tokens and <eos>
+  gen_image [S_g, S_g, 3] float32 in [-1, 1]      gen_ids [T_g] int32 prompt, left-padded; gen_mask [T_g]
+
+    tok = shapes_tokenizer(train_raw)                      # WordTokenizer over ShapesWorld's words
+    src = ShapesTaskSource(load_split(d, "train", "res32", decode=True), tok, num_image_tokens=16)
+    ds = input_pipeline.pipeline.make_dataset(src, seed=0, batch_size=32)
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from input_pipeline.tokenizers import WordTokenizer
+
+OPEN_QA_KINDS = ("color", "shape", "count", "position")
+
+
+def _texts(record: dict[str, Any]) -> Iterable[str]:
+  prompt = record["prompt"]
+  yield prompt.decode() if isinstance(prompt, bytes) else prompt
+  qa = record["qa"]
+  for item in json.loads(qa) if isinstance(qa, (bytes, str)) else qa:
+    yield item["question"]
+    yield str(item["answer"])
+
+
+def shapes_tokenizer(records: Iterable[dict[str, Any]]) -> WordTokenizer:
+  """A word-level tokenizer over every prompt, question and answer in `records` (raw or decoded)."""
+  texts = [t for r in records for t in _texts(r)]
+  return WordTokenizer.from_texts(texts)
+
+
+def to_unit_range(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> float32 [size, size, 3] in [-1, 1] (nearest resize keeps flat colours flat)."""
+  if image.shape[0] != size or image.shape[1] != size:
+    image = np.asarray(Image.fromarray(image).resize((size, size), Image.NEAREST))
+  return image.astype(np.float32) / 127.5 - 1.0
+
+
+def open_questions(qa: Sequence[dict], kinds: Sequence[str] = OPEN_QA_KINDS) -> list[dict]:
+  return [q for q in qa if q.get("kind") in kinds and "choices" not in q]
+
+
+def und_prompt(tokenizer: WordTokenizer, question: str, num_image_tokens: int) -> list[int]:
+  return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(question)
+
+
+def left_pad(ids: Sequence[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads (keeping the last `length` tokens): (ids int32 [length], mask int32 [length])."""
+  ids = list(ids)[-length:]
+  out = np.full((length,), pad_id, np.int32)
+  mask = np.zeros((length,), np.int32)
+  if ids:
+    out[length - len(ids):] = ids
+    mask[length - len(ids):] = 1
+  return out, mask
+
+
+class ShapesTaskSource:
+  """Random-access training elements (see the module docstring); picklable for Grain workers."""
+
+  def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
+               und_len: int = 48, gen_len: int = 16, und_image_size: int = 32, gen_image_size: int = 32,
+               questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS):
+    self.scenes, self.tok = scenes, tokenizer
+    self.n_img, self.und_len, self.gen_len = num_image_tokens, und_len, gen_len
+    self.und_size, self.gen_size = und_image_size, gen_image_size
+    self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
+
+  def __len__(self) -> int:
+    return len(self.scenes) * self.k
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    n = len(self.scenes)
+    ex = self.scenes[int(i) % n]
+    qs = open_questions(ex["qa"], self.kinds)
+    item = qs[(int(i) // n) % len(qs)]
+    prompt = und_prompt(self.tok, item["question"], self.n_img)
+    answer = self.tok.encode(str(item["answer"])) + [self.tok.eos_id]
+    ids = (prompt + answer)[:self.und_len]
+    und_ids = np.full((self.und_len,), self.tok.pad_id, np.int32)
+    und_ids[:len(ids)] = ids
+    und_mask = (np.arange(self.und_len) < len(ids)).astype(np.int32)
+    loss_mask = ((np.arange(self.und_len) >= len(prompt)) & (und_mask > 0)).astype(np.int32)
+    gen_ids, gen_mask = left_pad([self.tok.bos_id] + self.tok.encode(ex["prompt"]), self.gen_len,
+                                 self.tok.pad_id)
+    image = ex["image"]
+    return dict(und_image=to_unit_range(image, self.und_size), und_ids=und_ids, und_mask=und_mask,
+                und_loss_mask=loss_mask, gen_image=to_unit_range(image, self.gen_size), gen_ids=gen_ids,
+                gen_mask=gen_mask)

@@ -1,0 +1,202 @@
+r"""Trains a unified model: `python train.py --config=configs/<exp>.py[:arg] --workdir=DIR`.
+
+    python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny      # embedded default
+    python train.py --config=configs/blip3o_8b.py --workdir=gs://... --config.train.total_steps=1000
+
+One readable loop (big_vision style), in sections: mesh -> data -> model + optimizer (created directly
+sharded) -> restore (workdir checkpoint, else `config.resume`, else `config.init`, else scratch) ->
+compiled step -> loop with logging, evals and checkpoints -> final evaluation and score table.
+The workdir holds checkpoints/ (model, optimizer, data-iterator state and config), metrics.jsonl,
+tb/ (TensorBoard), tokenizer.json, samples.png and scores.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/shapes_tiny.py[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def evaluate_shapes_world(model, tokenizer, config, data_dir: str, workdir: str, *, rng, final: bool):
+  """Q/A accuracy on the validation split; with `final`, also ShapesWorld-GenEval on the test split."""
+  import numpy as np
+  from input_pipeline import shapes_world as sw
+  from jaxmodels.evals import shapes_world as sw_eval
+  ev, cfg_name = config.evals, config.data.get("config", "res32")
+  scores = {}
+  if model.und_encoder is not None:
+    val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
+    scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]
+    scores["qa"] = sw_eval.qa_accuracy(model, tokenizer, scenes, max_per_kind=ev.qa_per_kind,
+                                       batch_size=ev.batch_size, prompt_len=config.data.und_len)
+  if final and model.config.gen_target == "pixels":
+    from jaxmodels.evals.detectors import ShapesDetector
+    test = sw.load_split(data_dir, "test", cfg_name, decode=True)
+    records = [test[i]["metadata"] for i in range(min(len(test), ev.geneval_prompts))]
+    out = sw_eval.geneval_generate_and_score(
+        model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
+        guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.gen_len,
+        out_dir=os.path.join(workdir, "geneval"))
+    scores["geneval"] = {"overall": out["summary"]["overall"],
+                         **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
+    sw_eval.save_grid(out["images"][:64], os.path.join(workdir, "samples.png"))
+  return scores
+
+
+def print_scores(scores: dict) -> None:
+  print("\n== Scores ==")
+  for bench, table in scores.items():
+    print(f"{bench}:")
+    for name, value in table.items():
+      print(f"  {name:<16} {value:6.3f}")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs the whole job (importable: tests and notebooks call this). Returns the final scores."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from input_pipeline.datasets import make_train_data
+  from jaxmodels import sharding
+  from jaxmodels.checkpoint import Checkpointer
+  from jaxmodels.trainer import MetricWriter, TrainState, make_optimizer, make_train_step, trainable_filter
+  from jaxmodels.trainer.metrics import compiled_flops
+  from jaxmodels.unified import UnifiedModel
+  from jaxmodels.unified.build import unified_config
+
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info("devices: %s", jax.devices())
+
+  ############################ Mesh ##########################################
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  rules = tuple(tuple(r) for r in config.sharding_rules) if config.sharding_rules else None
+
+  ############################ Model + optimizer #############################
+  ucfg = unified_config(config.model)
+  total = config.train.total_steps
+  tx, lr = make_optimizer(config.optim.to_dict(), total)
+  wrt = trainable_filter(config.optim.get("trainable"), config.optim.get("frozen"))
+
+  def make_state():
+    model = UnifiedModel(ucfg, rngs=nnx.Rngs(config.seed))
+    return TrainState(model, tx, wrt=wrt, ema_decay=config.train.ema_decay, ema_path=config.train.ema_path)
+
+  ts = sharding.create_sharded(make_state, mesh, rules)
+  graphdef, state = nnx.split(ts)
+  shardings = sharding.state_shardings(state, mesh, rules)
+  n_params = sharding.param_count(ts.model)
+  logging.info("model: %.2fM parameters", n_params / 1e6)
+
+  ############################ Data ##########################################
+  data = make_train_data(config, workdir, num_image_tokens=ts.model.num_image_tokens)
+  if data.tokenizer.vocab_size > ucfg.llm.vocab_size:
+    raise SystemExit(f"config.model.llm.vocab_size={ucfg.llm.vocab_size} is smaller than the "
+                     f"tokenizer's {data.tokenizer.vocab_size} tokens")
+
+  ############################ Restore #######################################
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                      async_save=config.checkpoint.async_save)
+  start = 0
+  target = sharding.abstract_state(state, shardings)
+  if ckpt.latest_step() is not None:
+    start = ckpt.latest_step()
+    state = ckpt.restore(start, target, data_iter=data.iterator)
+    logging.info("resumed from %s at step %d", ckpt.directory, start)
+  elif config.resume:
+    other = Checkpointer(config.resume, async_save=False)
+    start = other.latest_step()
+    state = other.restore(start, target, data_iter=data.iterator)
+    logging.info("resumed from another run %s at step %d", config.resume, start)
+  elif config.init:
+    from jaxmodels import hf
+    for part, path in config.init.to_dict().get("hf", {}).items():
+      loaded = hf.from_pretrained(path, dtype=jnp.dtype(getattr(ucfg, part).param_dtype))
+      tower = getattr(ts.model, part)
+      nnx.update(tower, jax.device_put(nnx.state(loaded), sharding.state_shardings(nnx.state(tower), mesh, rules)))
+      logging.info("initialised %s from %s", part, path)
+    state = nnx.state(ts)
+
+  ############################ Compiled step #################################
+  batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim)  # noqa: E731
+
+  def to_global(batch):
+    return {k: jax.make_array_from_process_local_data(batch_sh(np.asarray(v)), np.asarray(v))
+            for k, v in batch.items()}
+
+  step_fn = make_train_step(ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
+                            state_shardings=shardings)
+  rng = jax.random.key(config.seed)
+  first = to_global(next(data.iterator))
+  with sharding.use_mesh(mesh, rules):
+    compiled = step_fn.lower(state, first, rng).compile()
+  tokens = int(np.prod(first["und_ids"].shape[1:])) if "und_ids" in first else 0
+  writer = MetricWriter(workdir, total_steps=total, batch_size=config.data.batch_size,
+                        tokens_per_example=tokens, flops_per_step=compiled_flops(compiled), start_step=start)
+
+  ############################ Train loop ####################################
+  t0, pending, step = time.time(), None, start
+  limit = config.train.get("time_limit_minutes")
+  batch = first
+  for step in range(start + 1, total + 1):
+    if step > start + 1:
+      batch = to_global(next(data.iterator))
+    state, metrics = compiled(state, batch, jax.random.fold_in(rng, step))
+    if pending is not None:                  # fetch the previous step's metrics after dispatching this one
+      writer.write(*pending)
+      pending = None
+    out_of_time = limit is not None and (time.time() - t0) / 60 > limit
+    if step % config.train.log_every == 0 or step == total or out_of_time:
+      pending = (step, metrics)
+    if step % config.train.ckpt_every == 0 or step == total or out_of_time:
+      ckpt.save(step, state, data_iter=data.iterator, config=json.loads(config.to_json_best_effort()))
+    if step % config.train.eval_every == 0 and step != total and not out_of_time:
+      scores = evaluate_shapes_world(nnx.merge(graphdef, state).model, data.tokenizer, config, data.data_dir,
+                                     workdir, rng=jax.random.fold_in(rng, -step), final=False)
+      writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="eval")
+      writer.pause()
+    if out_of_time:
+      logging.info("time limit of %.1f minutes reached at step %d", limit, step)
+      break
+  if pending is not None:
+    writer.write(*pending)
+  ckpt.wait()
+  train_minutes = (time.time() - t0) / 60
+
+  ############################ Final evaluation ##############################
+  model = nnx.merge(graphdef, state).model
+  scores = evaluate_shapes_world(model, data.tokenizer, config, data.data_dir, workdir,
+                                 rng=jax.random.fold_in(rng, 10**6), final=True)
+  writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="final")
+  writer.close()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "scores.json"), "w") as f:
+      json.dump({"step": step, "train_minutes": train_minutes, "params": n_params, **scores}, f, indent=2)
+    print_scores(scores)
+    print(f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, samples.png, scores.json)")
+  return scores
+
+
+def main(argv):
+  del argv
+  if _DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize()
+  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
