@@ -25,40 +25,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def evaluate_shapes_world(model, tokenizer, config, data_dir: str, workdir: str, *, rng, final: bool):
-  """Q/A accuracy on the validation split; with `final`, also ShapesWorld-GenEval on the test split."""
-  import numpy as np
-  from input_pipeline import shapes_world as sw
-  from jaxmodels.evals import shapes_world as sw_eval
-  ev, cfg_name = config.evals, config.data.get("config", "res32")
-  scores = {}
-  if model.und_encoder is not None:
-    val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
-    scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]
-    scores["qa"] = sw_eval.qa_accuracy(model, tokenizer, scenes, max_per_kind=ev.qa_per_kind,
-                                       batch_size=ev.batch_size, prompt_len=config.data.und_len)
-  if final and model.config.gen_target == "pixels":
-    from jaxmodels.evals.detectors import ShapesDetector
-    test = sw.load_split(data_dir, "test", cfg_name, decode=True)
-    records = [test[i]["metadata"] for i in range(min(len(test), ev.geneval_prompts))]
-    out = sw_eval.geneval_generate_and_score(
-        model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
-        guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.gen_len,
-        out_dir=os.path.join(workdir, "geneval"))
-    scores["geneval"] = {"overall": out["summary"]["overall"],
-                         **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
-    sw_eval.save_grid(out["images"][:64], os.path.join(workdir, "samples.png"))
-  return scores
-
-
-def print_scores(scores: dict) -> None:
-  print("\n== Scores ==")
-  for bench, table in scores.items():
-    print(f"{bench}:")
-    for name, value in table.items():
-      print(f"  {name:<16} {value:6.3f}")
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the whole job (importable: tests and notebooks call this). Returns the final scores."""
   import jax
@@ -69,10 +35,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from input_pipeline.datasets import make_train_data
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.trainer import MetricWriter, TrainState, make_optimizer, make_train_step, trainable_filter
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import compiled_flops
-  from jaxmodels.unified import UnifiedModel
-  from jaxmodels.unified.build import unified_config
+  from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
 
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -81,20 +48,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info("devices: %s", jax.devices())
 
   ############################ Mesh ##########################################
-  mesh = sharding.make_mesh(config.mesh.to_dict())
-  rules = tuple(tuple(r) for r in config.sharding_rules) if config.sharding_rules else None
+  mesh, rules = mesh_and_rules(config)
 
   ############################ Model + optimizer #############################
-  ucfg = unified_config(config.model)
   total = config.train.total_steps
-  tx, lr = make_optimizer(config.optim.to_dict(), total)
-  wrt = trainable_filter(config.optim.get("trainable"), config.optim.get("frozen"))
-
-  def make_state():
-    model = UnifiedModel(ucfg, rngs=nnx.Rngs(config.seed))
-    return TrainState(model, tx, wrt=wrt, ema_decay=config.train.ema_decay, ema_path=config.train.ema_path)
-
-  ts = sharding.create_sharded(make_state, mesh, rules)
+  make_state, lr = train_state_factory(config)
+  ts = sharding.create_sharded(make_state, mesh, rules)   # every parameter born in its sharded layout
+  ucfg = ts.model.config
   graphdef, state = nnx.split(ts)
   shardings = sharding.state_shardings(state, mesh, rules)
   n_params = sharding.param_count(ts.model)
@@ -103,7 +63,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ############################ Data ##########################################
   data = make_train_data(config, workdir, num_image_tokens=ts.model.num_image_tokens)
   if data.tokenizer.vocab_size > ucfg.llm.vocab_size:
-    raise SystemExit(f"config.model.llm.vocab_size={ucfg.llm.vocab_size} is smaller than the "
+    raise ConfigError(f"config.model.llm.vocab_size={ucfg.llm.vocab_size} is smaller than the "
                      f"tokenizer's {data.tokenizer.vocab_size} tokens")
 
   ############################ Restore #######################################
@@ -125,7 +85,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for part, path in config.init.to_dict().get("hf", {}).items():
       loaded = hf.from_pretrained(path, dtype=jnp.dtype(getattr(ucfg, part).param_dtype))
       tower = getattr(ts.model, part)
-      nnx.update(tower, jax.device_put(nnx.state(loaded), sharding.state_shardings(nnx.state(tower), mesh, rules)))
+      placement = sharding.state_shardings(nnx.state(tower), mesh, rules)
+      nnx.update(tower, jax.device_put(nnx.state(loaded), placement))
       logging.info("initialised %s from %s", part, path)
     state = nnx.state(ts)
 
@@ -163,8 +124,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if step % config.train.ckpt_every == 0 or step == total or out_of_time:
       ckpt.save(step, state, data_iter=data.iterator, config=json.loads(config.to_json_best_effort()))
     if step % config.train.eval_every == 0 and step != total and not out_of_time:
-      scores = evaluate_shapes_world(nnx.merge(graphdef, state).model, data.tokenizer, config, data.data_dir,
-                                     workdir, rng=jax.random.fold_in(rng, -step), final=False)
+      scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).model, data.tokenizer, config,
+                                          data.data_dir, workdir, rng=jax.random.fold_in(rng, -step),
+                                          final=False)
       writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="eval")
       writer.pause()
     if out_of_time:
@@ -177,21 +139,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   ############################ Final evaluation ##############################
   model = nnx.merge(graphdef, state).model
-  scores = evaluate_shapes_world(model, data.tokenizer, config, data.data_dir, workdir,
-                                 rng=jax.random.fold_in(rng, 10**6), final=True)
+  scores = shapes_eval.evaluate_model(model, data.tokenizer, config, data.data_dir, workdir,
+                                      rng=jax.random.fold_in(rng, 10**6), final=True)
   writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="final")
   writer.close()
   ckpt.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "scores.json"), "w") as f:
       json.dump({"step": step, "train_minutes": train_minutes, "params": n_params, **scores}, f, indent=2)
-    print_scores(scores)
+    shapes_eval.print_scores(scores)
     print(f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, samples.png, scores.json)")
   return scores
 
 
 def main(argv):
   del argv
+  from jaxmodels.errors import JaxModelsError
+  try:
+    _run()
+  except JaxModelsError as e:   # a user-caused problem: one line, no traceback
+    raise SystemExit(f"error: {e}") from None
+
+
+def _run():
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()

@@ -10,6 +10,7 @@ matching. Both losses train jointly; the run stops at `train.total_steps` or aft
     python train.py --config=configs/shapes_tiny.py:runlocal --workdir=/tmp/shapes_smoke   # seconds
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from jaxmodels.config_utils import base_config, parse_arg
 
@@ -31,7 +32,7 @@ def get_config(arg=None):
       gen_target="pixels", gen_image_size=32, num_queries=16, connector="mlp", cond_dropout=0.1,
       und_weight=1.0, gen_weight=1.0))
   c.data = ml_collections.ConfigDict(dict(
-      name="shapes_world", config="res32", data_dir=None, batch_size=32, und_len=40, gen_len=16,
+      name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=40, gen_len=16,
       questions_per_scene=4, worker_count=0))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   c.train.update(total_steps=2000, log_every=50, eval_every=500, ckpt_every=500,

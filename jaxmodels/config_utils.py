@@ -5,6 +5,7 @@ import ast
 from typing import Any
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from jaxmodels.errors import ConfigError
 
@@ -48,11 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8, weight_decay=0.0, clip_norm=1.0, trainable=None, frozen=None))
   c.train = ml_collections.ConfigDict(dict(
       total_steps=1000, accum_steps=1, log_every=50, eval_every=500, ckpt_every=500,
-      ema_decay=None, ema_path="dit", time_limit_minutes=None))
+      ema_decay=placeholder(float), ema_path="dit", time_limit_minutes=placeholder(float)))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.sharding_rules = None          # None = jaxmodels.sharding.DEFAULT_RULES
   c.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True))
-  c.resume = None                  # another run's checkpoint dir to continue from
+  c.resume = placeholder(str)      # another run's workdir/checkpoints to continue from
   c.init = None                    # dict(hf={"llm": path, ...}) to start from pretrained towers
   c.evals = ml_collections.ConfigDict()
   return c

@@ -119,3 +119,36 @@ def save_grid(images: np.ndarray, path: str, *, columns: int = 8, scale: int = 2
     r, c = divmod(i, columns)
     grid[r * (s + 2) + 1: r * (s + 2) + 1 + s, c * (s + 2) + 1: c * (s + 2) + 1 + s] = img
   Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng, final: bool) -> dict:
+  """Q/A accuracy on the validation split; with `final`, also ShapesWorld-GenEval on the test split
+  (writing `<workdir>/geneval/` in the official layout and `<workdir>/samples.png`)."""
+  from input_pipeline import shapes_world as sw
+  ev, cfg_name = config.evals, config.data.get("config", "res32")
+  scores = {}
+  if model.und_encoder is not None:
+    val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
+    scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]
+    scores["qa"] = qa_accuracy(model, tokenizer, scenes, max_per_kind=ev.qa_per_kind,
+                               batch_size=ev.batch_size, prompt_len=config.data.und_len)
+  if final and model.config.gen_target == "pixels":
+    from jaxmodels.evals.detectors import ShapesDetector
+    test = sw.load_split(data_dir, "test", cfg_name, decode=True)
+    records = [test[i]["metadata"] for i in range(min(len(test), ev.geneval_prompts))]
+    out = geneval_generate_and_score(
+        model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
+        guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.gen_len,
+        out_dir=os.path.join(workdir, "geneval"))
+    scores["geneval"] = {"overall": out["summary"]["overall"],
+                         **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
+    save_grid(out["images"][:64], os.path.join(workdir, "samples.png"))
+  return scores
+
+
+def print_scores(scores: dict) -> None:
+  print("\n== Scores ==")
+  for bench, table in scores.items():
+    print(f"{bench}:")
+    for name, value in table.items():
+      print(f"  {name:<16} {value:6.3f}")

@@ -1,0 +1,33 @@
+"""From a config to the pieces of a run: the TrainState constructor and the mesh (shared by train.py
+and evaluate.py, so both build exactly the same state tree)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import optax
+from flax import nnx
+
+from jaxmodels import sharding
+from jaxmodels.trainer.optim import make_optimizer, trainable_filter
+from jaxmodels.trainer.train_state import TrainState
+from jaxmodels.unified import UnifiedModel
+from jaxmodels.unified.build import unified_config
+
+
+def mesh_and_rules(config):
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  rules = tuple(tuple(r) for r in config.sharding_rules) if config.sharding_rules else None
+  return mesh, rules
+
+
+def train_state_factory(config) -> tuple[Callable[[], TrainState], optax.Schedule]:
+  """(make_state, lr schedule): `make_state()` builds model + optimizer (+ EMA) from `config`."""
+  ucfg = unified_config(config.model)
+  tx, lr = make_optimizer(config.optim.to_dict(), config.train.total_steps)
+  wrt = trainable_filter(config.optim.get("trainable"), config.optim.get("frozen"))
+
+  def make_state() -> TrainState:
+    model = UnifiedModel(ucfg, rngs=nnx.Rngs(config.seed))
+    return TrainState(model, tx, wrt=wrt, ema_decay=config.train.ema_decay, ema_path=config.train.ema_path)
+
+  return make_state, lr
