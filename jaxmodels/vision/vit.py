@@ -1,17 +1,29 @@
-"""Vision transformers: SigLIP / SigLIP2 (fixed resolution) and CLIP vision towers.
+"""Vision transformers: SigLIP / SigLIP2 (fixed resolution and NaFlex) and CLIP vision towers.
 
-Images are NHWC float arrays, normalised as the tower's HF image processor does (SigLIP: mean 0.5,
-std 0.5, i.e. [-1, 1]; CLIP: OpenAI mean/std). The two variants share every layer and differ in config:
+Images are NHWC float arrays, normalised as the tower's HF image processor does (SigLIP/SigLIP2: mean
+0.5, std 0.5, i.e. [-1, 1]; CLIP: OpenAI mean/std). The variants share every layer and differ in config:
 
   SigLIP: conv patch embed with bias, no class token, post-LayerNorm on all tokens, optional
           attention-pooling ("MAP") head for `pooler_output`, gelu-tanh MLP.
   CLIP:   conv patch embed without bias, class token, pre-LayerNorm, post-LayerNorm on the class
           token only (`pooler_output`), quick-gelu MLP; `last_hidden_state` is not post-normed.
+  SigLIP2 NaFlex (HF `siglip2`, `num_patches` set): SigLIP, except that the patch embedding is stored
+          as a Linear over flattened (p, p, C) patches (`patch_embed="linear"`; the same map as the
+          conv), and the learned g×g position table (g² = num_patches) is resized to each image's
+          patch grid with bilinear, antialiased, align_corners=False interpolation (computed in f32).
+          Images of any size divisible by the patch size are accepted, with a padding mask in
+          `encode_patches` for batches of differently shaped images.
 
     tower = jaxmodels.hf.from_pretrained("/ckpts/siglip-so400m-patch14-384")
     tokens = tower(pixels)                                   # [B, 384, 384, 3] -> [B, 729, 1152]
     out = tower(pixels, output_hidden_states=True)           # out.hidden_states: [L+1, B, N, D]
     pooled = avg_pool_tokens(tokens_32x32, 4)                # [B, 1024, D] -> [B, 64, D]
+
+    naflex = jaxmodels.hf.from_pretrained("/ckpts/siglip2-so400m-patch16-naflex")
+    tokens = naflex(pixels_256x384)                          # grid 16x24, no padding
+    out = naflex.encode_patches(batch["pixel_values"], batch["spatial_shapes"],
+                                batch["pixel_attention_mask"], output_hidden_states=True)
+                                                             # Siglip2ImageProcessor's outputs as-is
 """
 from __future__ import annotations
 
@@ -21,17 +33,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxmodels import sharding
-from jaxmodels.layers import MLP, Attention, BlockStack, LayerNorm, TransformerBlock, param
+from jaxmodels.errors import ConfigError
+from jaxmodels.layers import (MLP, Attention, BlockStack, LayerNorm, TransformerBlock, make_attention_mask,
+                              param)
 from jaxmodels.layers.linear import fan_in_normal
 
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
   """ViT hyper-parameters (HF names where they exist). Defaults: SigLIP-so400m-patch14-384."""
-  model_type: str = "siglip_vision_model"     # or "clip_vision_model"
+  model_type: str = "siglip_vision_model"     # or "clip_vision_model", "siglip2_vision_model"
   hidden_size: int = 1152
   intermediate_size: int = 4304
   num_layers: int = 27
@@ -43,23 +58,55 @@ class VisionConfig:
   layer_norm_eps: float = 1e-6
   use_head: bool = True                       # SigLIP attention-pooling head
   projection_dim: int | None = None           # CLIP (kept for export only)
+  # How the patch-embedding kernel [p, p, C, D] is stored in HF checkpoints: "conv" (Conv2d weight
+  # [D, C, p, p]) or "linear" (SigLIP2: nn.Linear weight [D, p·p·C] over (row, col, channel)-flattened
+  # patches). The computation is the same either way.
+  patch_embed: str = "conv"
+  # SigLIP2 NaFlex: size of the learned square position table (g×g, g = √num_patches), bilinearly
+  # resized to each image's patch grid, so any image whose sides are multiples of patch_size works.
+  # None: a fixed table for image_size×image_size images (SigLIP / CLIP).
+  num_patches: int | None = None
   scan_layers: bool = False
   remat: str = "none"
   attention_impl: str = "einsum"
   dtype: str = "float32"
   param_dtype: str = "float32"
 
+  def __post_init__(self):
+    if self.patch_embed not in ("conv", "linear"):
+      raise ConfigError(f"VisionConfig.patch_embed must be 'conv' or 'linear', got {self.patch_embed!r}")
+    if self.num_patches is not None:
+      g = math.isqrt(self.num_patches)
+      if self.num_patches <= 0 or g * g != self.num_patches:
+        raise ConfigError(f"VisionConfig.num_patches must be a positive square (a g×g position table), "
+                          f"got {self.num_patches}")
+      if self.is_clip:
+        raise ConfigError("VisionConfig.num_patches (resizable positions) is not supported for CLIP towers")
+    elif self.model_type.startswith("siglip2"):
+      raise ConfigError(f"VisionConfig: model_type {self.model_type!r} (NaFlex) needs num_patches")
+
   @property
   def is_clip(self) -> bool:
     return self.model_type.startswith("clip")
 
   @property
+  def naflex(self) -> bool:
+    """True when positions are resized to each image's grid (SigLIP2 NaFlex)."""
+    return self.num_patches is not None
+
+  @property
   def grid_size(self) -> int:
+    """Patches per side of the (native) square image: image_size / patch_size."""
     return self.image_size // self.patch_size
 
   @property
+  def position_grid(self) -> int:
+    """Side of the learned position table: √num_patches (NaFlex) or grid_size."""
+    return math.isqrt(self.num_patches) if self.naflex else self.grid_size
+
+  @property
   def num_positions(self) -> int:
-    return self.grid_size ** 2 + (1 if self.is_clip else 0)
+    return self.position_grid ** 2 + (1 if self.is_clip else 0)
 
   def replace(self, **kw: Any) -> "VisionConfig":
     return dataclasses.replace(self, **kw)
@@ -81,6 +128,15 @@ class PatchEmbed(nnx.Module):
     self.kernel = param(rngs, fan_in_normal(patch * patch * channels), (patch, patch, channels, dim),
                         ("patch", "patch", "conv_in", "embed"), param_dtype)
     self.bias = param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype) if use_bias else None
+
+  def embed_patches(self, patches: jax.Array) -> jax.Array:
+    """Already flattened patches [B, N, p·p·C] ((row, col, channel) order, as HF's Siglip2ImageProcessor
+    writes them) -> [B, N, D]."""
+    k = self.kernel[...].astype(self.dtype)
+    y = jnp.einsum("bnk,kd->bnd", patches.astype(self.dtype), k.reshape(-1, k.shape[-1]))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
@@ -105,9 +161,12 @@ class AttentionPoolingHead(nnx.Module):
     self.mlp = MLP(d, c.intermediate_size, activation=c.hidden_act, dtype=dtype,
                    param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """x [B, N, D]; mask [B, N] (True/1 = real token) keeps the probe off padding tokens."""
     probe = jnp.broadcast_to(self.probe[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-    h, _ = self.attn(probe, kv_input=x)
+    if mask is not None:
+      mask = mask.astype(bool)[:, None, None, :]                  # [B, 1, 1, N]
+    h, _ = self.attn(probe, kv_input=x, mask=mask)
     h = h + self.mlp(self.norm(h))
     return h[:, 0]
 
@@ -141,6 +200,14 @@ class VisionTransformer(nnx.Module):
   def embed(self, pixel_values: jax.Array) -> jax.Array:
     """[B, H, W, C] -> token embeddings [B, N, D] (class token first for CLIP)."""
     c = self.config
+    b, h, w, _ = pixel_values.shape
+    if c.naflex:
+      p = c.patch_size
+      if h % p or w % p or h < p or w < p:
+        raise ValueError(f"pixel_values {tuple(pixel_values.shape)}: height and width must be positive "
+                         f"multiples of the patch size {p}")
+      x = self.patch_embed(pixel_values)
+      return self._add_positions(x, np.array([[h // p, w // p]], np.int32))
     x = self.patch_embed(pixel_values)
     if x.shape[1] != c.grid_size ** 2:
       raise ValueError(f"pixel_values {tuple(pixel_values.shape)} give {x.shape[1]} patches; this tower "
@@ -153,24 +220,110 @@ class VisionTransformer(nnx.Module):
       x = self.pre_norm(x)
     return sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
 
-  def __call__(self, pixel_values: jax.Array, *, output_hidden_states: bool = False):
-    """Returns last_hidden_state [B, N, D], or a `VisionOutput` when output_hidden_states=True."""
-    x0 = self.embed(pixel_values)
-    x, _, layer_outputs = self.layers(x0, return_hidden=output_hidden_states)
+  def _add_positions(self, x: jax.Array, spatial_shapes) -> jax.Array:
+    """NaFlex: x [B, N, D] + the position table resized to each row's (h, w) grid ([B|1, 2])."""
+    g = self.config.position_grid
+    table = self.position_embedding[...]
+    if isinstance(spatial_shapes, np.ndarray) and spatial_shapes.shape[0] == 1 and \
+        tuple(spatial_shapes[0]) == (g, g) and x.shape[1] == g * g:
+      pos = table[None]                                      # native grid: the resize is the identity
+    else:
+      weights = position_resize_weights(spatial_shapes, x.shape[1], g)        # [B|1, N, g²] f32
+      pos = jnp.einsum("bnk,kd->bnd", weights, table.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST).astype(table.dtype)
+    x = x + pos.astype(x.dtype)
+    return sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
+
+  def _encode(self, x0: jax.Array, mask: jax.Array | None, output_hidden_states: bool):
+    attn_mask = None
+    if mask is not None:
+      slots = jnp.arange(x0.shape[1])
+      attn_mask = make_attention_mask(slots, slots, mask, causal=False)      # [B, 1, N, N]
+    x, _, layer_outputs = self.layers(x0, mask=attn_mask, return_hidden=output_hidden_states)
     if self.config.is_clip:
       last = x
       pooled = self.post_norm(x[:, 0])
     else:
       last = self.post_norm(x)
-      pooled = self.head(last) if self.head is not None else None
+      pooled = self.head(last, mask) if self.head is not None else None
     if not output_hidden_states:
       return last
     hidden = jnp.concatenate([x0[None], layer_outputs], axis=0)
     return VisionOutput(last, hidden, pooled)
 
+  def __call__(self, pixel_values: jax.Array, *, output_hidden_states: bool = False):
+    """Returns last_hidden_state [B, N, D], or a `VisionOutput` when output_hidden_states=True.
+
+    NaFlex towers take any H, W that are multiples of the patch size; every row then has the grid
+    (H/p, W/p), N = H·W/p², tokens in row-major patch order, and no padding."""
+    return self._encode(self.embed(pixel_values), None, output_hidden_states)
+
+  def encode_patches(self, patches: jax.Array, spatial_shapes, mask: jax.Array | None = None, *,
+                     output_hidden_states: bool = False):
+    """NaFlex (SigLIP2) entry point taking HF `Siglip2ImageProcessor` outputs as they are.
+
+    patches [B, N, p·p·C]: each row holds its image's h·w patches in row-major order, each flattened
+    in (row, col, channel) order, then padding; spatial_shapes [B, 2] int: each row's (h, w) patch
+    grid; mask [B, N] (1/True = real patch; HF's `pixel_attention_mask`), default: the first h·w
+    patches of each row. Padding patches are ignored as keys by every layer and by the MAP head, and
+    get the position of patch (0, 0) like HF (their own outputs are not meaningful).
+
+    Shapes and jit: only B and N are static. spatial_shapes may be a traced array — the resize is a
+    linear map [N, g²] per row whose weights are computed from the (h, w) values (see
+    `position_resize_weights`) — so one compiled function serves every mix of grids of a given (B, N).
+    Returns last_hidden_state [B, N, D] or a `VisionOutput` (pooler_output from the masked MAP head).
+    """
+    c = self.config
+    if not c.naflex:
+      raise ValueError("encode_patches needs a NaFlex (SigLIP2) tower: config.num_patches is not set")
+    p = c.patch_size
+    if patches.ndim != 3 or patches.shape[-1] != p * p * c.num_channels:
+      raise ValueError(f"patches {tuple(patches.shape)}: expected [B, N, {p * p * c.num_channels}] "
+                       f"(patch size {p}, {c.num_channels} channels)")
+    b, n, _ = patches.shape
+    if not isinstance(spatial_shapes, jax.core.Tracer):
+      shapes = np.asarray(spatial_shapes)
+      if shapes.shape != (b, 2):
+        raise ValueError(f"spatial_shapes {shapes.shape}: expected ({b}, 2)")
+      if (shapes <= 0).any() or (shapes.prod(-1) > n).any():
+        raise ValueError(f"spatial_shapes {shapes.tolist()}: every grid needs 1..{n} patches")
+    spatial_shapes = jnp.asarray(spatial_shapes, jnp.int32)
+    if mask is None:
+      mask = jnp.arange(n)[None] < spatial_shapes.prod(-1, keepdims=True)
+    x0 = self._add_positions(self.patch_embed.embed_patches(patches), spatial_shapes)
+    return self._encode(x0, mask.astype(bool), output_hidden_states)
+
   def pooled(self, pixel_values: jax.Array) -> jax.Array:
     """HF's `pooler_output` [B, D] (SigLIP MAP head / CLIP post-normed class token)."""
     return self(pixel_values, output_hidden_states=True).pooler_output
+
+
+def position_resize_weights(spatial_shapes, length: int, grid: int) -> jax.Array:
+  """Interpolation weights [B, length, grid²] (f32) that resize a grid×grid table to each row's grid.
+
+  spatial_shapes [B, 2] int (h, w), possibly traced. Output slot i < h·w is patch (i // w, i % w);
+  later (padding) slots take patch (0, 0). Along each axis the weights are those of
+  `F.interpolate(mode="bilinear", align_corners=False, antialias=True)` — a triangle filter centred
+  at (i + ½)·s − ½ (s = grid / size) and widened to s when downsampling, normalised to sum 1; for
+  upsampling this is plain bilinear with edge clamping. The 2-D weights are the outer product.
+  """
+  sizes = jnp.maximum(jnp.asarray(spatial_shapes, jnp.int32), 1)              # [B, 2]
+  h, w = sizes[:, :1], sizes[:, 1:]
+  slot = jnp.arange(length, dtype=jnp.int32)[None]                           # [1, N]
+  real = slot < h * w
+  row = jnp.where(real, slot // w, 0)
+  col = jnp.where(real, slot % w, 0)
+  src = jnp.arange(grid, dtype=jnp.float32)
+
+  def axis_weights(index, size):                                             # [B, N], [B, 1]
+    scale = grid / size.astype(jnp.float32)
+    support = jnp.maximum(scale, 1.0)
+    centre = (index.astype(jnp.float32) + 0.5) * scale - 0.5
+    wts = jnp.maximum(1.0 - jnp.abs(src - centre[..., None]) / support[..., None], 0.0)
+    return wts / wts.sum(-1, keepdims=True)                                  # [B, N, grid]
+
+  wr, wc = axis_weights(row, h), axis_weights(col, w)
+  return (wr[..., :, None] * wc[..., None, :]).reshape(sizes.shape[0], length, grid * grid)
 
 
 def avg_pool_tokens(tokens: jax.Array, factor: int) -> jax.Array:
