@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -80,7 +81,7 @@ class LLMConfig:
     return dataclasses.replace(self, **kw)
 
 
-@dataclasses.dataclass
+@flax.struct.dataclass   # a pytree: can be returned from jit
 class LMOutput:
   hidden: jax.Array                     # [B, T, D] after the final norm
   cache: KVCache | None = None

@@ -31,6 +31,7 @@ import dataclasses
 import math
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,7 +113,7 @@ class VisionConfig:
     return dataclasses.replace(self, **kw)
 
 
-@dataclasses.dataclass
+@flax.struct.dataclass   # a pytree: can be returned from jit
 class VisionOutput:
   last_hidden_state: jax.Array                # [B, N, D]
   hidden_states: jax.Array | None = None      # [L+1, B, N, D]: embeddings, then every layer
