@@ -25,13 +25,15 @@ _SCORE_ONLY = flags.DEFINE_bool("score_only", False, "Score --geneval_dir withou
 _GENEVAL_DIR = flags.DEFINE_string("geneval_dir", None, "Images in GenEval's layout (score-only mode).")
 _METADATA = flags.DEFINE_string("metadata", None, "GenEval prompt file (evaluation_metadata.jsonl).")
 _ALLOW_INCOMPLETE = flags.DEFINE_bool("allow_incomplete", False, "Score an incomplete image folder.")
+_IMAGES_PER_PROMPT = flags.DEFINE_integer("images_per_prompt", 4, "Images per prompt (GenEval: 4).")
 
 
-def score_only(geneval_dir: str, metadata: str, out: str, *, allow_incomplete: bool) -> dict:
+def score_only(geneval_dir: str, metadata: str, out: str, *, allow_incomplete: bool,
+               images_per_prompt: int = 4) -> dict:
   from jaxmodels.evals import geneval
   from jaxmodels.evals.detectors import ShapesDetector
   summary = geneval.score_folder(geneval_dir, metadata, ShapesDetector(), out_dir=out,
-                                 allow_incomplete=allow_incomplete)
+                                 allow_incomplete=allow_incomplete, images_per_prompt=images_per_prompt)
   return {"geneval": {"overall": summary["overall"],
                       **{t: v["accuracy"] for t, v in summary["tags"].items()}}}
 
@@ -83,7 +85,8 @@ def _run():
     if not (_GENEVAL_DIR.value and _METADATA.value):
       raise app.UsageError("--score_only needs --geneval_dir and --metadata")
     scores = score_only(_GENEVAL_DIR.value, _METADATA.value, _OUT.value,
-                        allow_incomplete=_ALLOW_INCOMPLETE.value)
+                        allow_incomplete=_ALLOW_INCOMPLETE.value,
+                        images_per_prompt=_IMAGES_PER_PROMPT.value)
   else:
     if not (_CONFIG.value and _CHECKPOINT.value):
       raise app.UsageError("checkpoint mode needs --config and --checkpoint (or use --score_only)")
