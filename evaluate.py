@@ -33,7 +33,8 @@ def score_only(geneval_dir: str, metadata: str, out: str, *, allow_incomplete: b
   from jaxmodels.evals import geneval
   from jaxmodels.evals.detectors import ShapesDetector
   summary = geneval.score_folder(geneval_dir, metadata, ShapesDetector(), out_dir=out,
-                                 allow_incomplete=allow_incomplete, images_per_prompt=images_per_prompt)
+                                 allow_incomplete=allow_incomplete,
+                                 images_per_prompt=images_per_prompt)["summary"]
   return {"geneval": {"overall": summary["overall"],
                       **{t: v["accuracy"] for t, v in summary["tags"].items()}}}
 
