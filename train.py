@@ -99,7 +99,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   step_fn = make_train_step(ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
                             state_shardings=shardings)
-  rng = jax.random.key(config.seed)
+  rng, eval_rng = jax.random.split(jax.random.key(config.seed))   # step keys: fold_in(rng, step)
   first = to_global(next(data.iterator))
   with sharding.use_mesh(mesh, rules):
     compiled = step_fn.lower(state, first, rng).compile()
@@ -111,36 +111,38 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t0, pending, step = time.time(), None, start
   limit = config.train.get("time_limit_minutes")
   batch = first
-  for step in range(start + 1, total + 1):
-    if step > start + 1:
-      batch = to_global(next(data.iterator))
-    state, metrics = compiled(state, batch, jax.random.fold_in(rng, step))
-    if pending is not None:                  # fetch the previous step's metrics after dispatching this one
-      writer.write(*pending)
-      pending = None
-    out_of_time = limit is not None and (time.time() - t0) / 60 > limit
-    if step % config.train.log_every == 0 or step == total or out_of_time:
-      pending = (step, metrics)
-    if step % config.train.ckpt_every == 0 or step == total or out_of_time:
-      ckpt.save(step, state, data_iter=data.iterator, config=json.loads(config.to_json_best_effort()))
-    if step % config.train.eval_every == 0 and step != total and not out_of_time:
-      scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).model, data.tokenizer, config,
-                                          data.data_dir, workdir, rng=jax.random.fold_in(rng, -step),
-                                          final=False)
-      writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="eval")
-      writer.pause()
-    if out_of_time:
-      logging.info("time limit of %.1f minutes reached at step %d", limit, step)
-      break
+  try:
+    for step in range(start + 1, total + 1):
+      if step > start + 1:
+        batch = to_global(next(data.iterator))
+      state, metrics = compiled(state, batch, jax.random.fold_in(rng, step))
+      if pending is not None:                  # fetch the previous step's metrics after dispatching this one
+        writer.write(*pending)
+        pending = None
+      out_of_time = limit is not None and (time.time() - t0) / 60 > limit
+      if step % config.train.log_every == 0 or step == total or out_of_time:
+        pending = (step, metrics)
+      if step % config.train.ckpt_every == 0 or step == total or out_of_time:
+        ckpt.save(step, state, data_iter=data.iterator, config=json.loads(config.to_json_best_effort()))
+      if step % config.train.eval_every == 0 and step != total and not out_of_time:
+        scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).model, data.tokenizer, config,
+                                            data.data_dir, workdir, rng=jax.random.fold_in(eval_rng, step),
+                                            final=False)
+        writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="eval")
+        writer.pause()
+      if out_of_time:
+        logging.info("time limit of %.1f minutes reached at step %d", limit, step)
+        break
+  finally:
+    ckpt.wait()   # never leave an async save uncommitted, even when the loop raises
   if pending is not None:
     writer.write(*pending)
-  ckpt.wait()
   train_minutes = (time.time() - t0) / 60
 
   ############################ Final evaluation ##############################
   model = nnx.merge(graphdef, state).model
   scores = shapes_eval.evaluate_model(model, data.tokenizer, config, data.data_dir, workdir,
-                                      rng=jax.random.fold_in(rng, 10**6), final=True)
+                                      rng=eval_rng, final=True)
   writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="final")
   writer.close()
   ckpt.close()
@@ -154,11 +156,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  from jaxmodels.errors import JaxModelsError
-  try:
-    _run()
-  except JaxModelsError as e:   # a user-caused problem: one line, no traceback
-    raise SystemExit(f"error: {e}") from None
+  from jaxmodels.errors import run_cli
+  run_cli(_run)
 
 
 def _run():

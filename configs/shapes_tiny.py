@@ -42,7 +42,7 @@ def get_config(arg=None):
   if a.runlocal:   # a smoke run: a few steps, small evals
     c.data.config = "tiny"
     c.data.batch_size = 8
-    c.train.update(total_steps=6, log_every=2, eval_every=6, ckpt_every=3, time_limit_minutes=None)
+    c.train.update(total_steps=6, log_every=2, eval_every=3, ckpt_every=3, time_limit_minutes=None)
     c.optim.warmup_steps = 2
     c.evals.update(qa_per_kind=4, geneval_prompts=8, sample_steps=2, batch_size=8)
   return c

@@ -11,3 +11,11 @@ class CheckpointFormatError(JaxModelsError):
 
 class ConfigError(JaxModelsError):
   """A config value is missing or invalid."""
+
+
+def run_cli(fn, *args, **kwargs):
+  """Calls `fn`; a JaxModelsError (a user-caused problem) exits with one line and no traceback."""
+  try:
+    return fn(*args, **kwargs)
+  except JaxModelsError as e:
+    raise SystemExit(f"error: {e}") from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -99,17 +99,30 @@ def _axes_of(x) -> tuple | None:
   return meta.get("out_sharding") or meta.get("sharding_names") or meta.get("sharding")
 
 
-def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Rules | None = None):
+def rules_for_path(path: Sequence[Any], rules) -> Rules | None:
+  """Per-tower rules (MaxDiffusion style): `rules` may map a tower name to its own table, e.g.
+  {"dit": [...], "default": [...]}; the first path element that names a tower picks its table."""
+  if rules is None or not isinstance(rules, Mapping):
+    return rules
+  for part in path:
+    if str(part) in rules:
+      return rules[str(part)]
+  return rules.get("default")
+
+
+def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules=None):
   """`state` with every array replaced by its NamedSharding (from the Variable's logical axes).
 
+  `rules`: one table for everything, or a {tower: table, "default": table} mapping (`rules_for_path`).
   The result has the state's pytree structure, so it serves as jit in/out_shardings and, zipped with
   the state, as an abstract restore target (see `abstract_state`).
   """
-  def one(v):
+  def one(path, v):
     value = v.get_value() if isinstance(v, nnx.Variable) else v
-    spec = NamedSharding(mesh, logical_to_spec(_axes_of(v), getattr(value, "shape", None), mesh, rules))
+    table = rules_for_path([getattr(k, "key", getattr(k, "name", k)) for k in path], rules)
+    spec = NamedSharding(mesh, logical_to_spec(_axes_of(v), getattr(value, "shape", None), mesh, table))
     return v.replace(spec) if isinstance(v, nnx.Variable) else spec
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def abstract_state(state, shardings):

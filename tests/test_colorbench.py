@@ -1,7 +1,6 @@
 """ColorBench: loading the official row formats, prompt text, answer extraction (our rule and the
 official routes) and metric arithmetic (micro averages, all-variants robustness)."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -2,7 +2,6 @@
 image-folder layout with its completeness check, and the summary arithmetic."""
 import collections
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

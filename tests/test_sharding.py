@@ -160,3 +160,13 @@ def test_attention_impls_agree():
   np.testing.assert_allclose(np.asarray(a)[rows], np.asarray(b)[rows], atol=1e-5)
   window = make_attention_mask(jnp.arange(6), jnp.arange(6), None, causal=True, sliding_window=2)
   assert np.asarray(window[0, 0]).sum(axis=-1).tolist() == [1, 2, 2, 2, 2, 2]
+
+
+def test_per_tower_rules(mesh):
+  """A tower's own table (MaxDiffusion style) overrides the default for params under that tower."""
+  model = nnx.eval_shape(lambda: LLM(CFG, rngs=nnx.Rngs(0)))
+  rules = {"lm_head": [("embed", "tensor"), ("vocab", "fsdp")], "default": sharding.DEFAULT_RULES}
+  sh = sharding.state_shardings(nnx.state(model), mesh, rules)
+  assert sh["lm_head"]["kernel"].get_value().spec == P("tensor", "fsdp")
+  assert sh["embed"]["embedding"].get_value().spec == P("tensor", "fsdp")      # default: vocab, embed
+  assert sh["layers"]["blocks"][0]["mlp"]["up"]["kernel"].get_value().spec == P("fsdp", "tensor")

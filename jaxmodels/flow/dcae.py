@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmodels.errors import ConfigError
-from jaxmodels.flow.sana import ChannelRMSNorm, Conv2d, GLUMBConv
+from jaxmodels.layers.conv import ChannelRMSNorm, Conv2d, GLUMBConv
 from jaxmodels.layers.linear import Linear
 
 BLOCK_TYPES = ("ResBlock", "EfficientViTBlock")

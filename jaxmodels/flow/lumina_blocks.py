@@ -28,7 +28,7 @@ from jaxmodels.flow.embeddings import TimestepEmbedding, timestep_embedding
 from jaxmodels.layers.attention import dot_product_attention
 from jaxmodels.layers.linear import Linear, param
 from jaxmodels.layers.mlp import GatedMLP
-from jaxmodels.layers.norms import LayerNorm, RMSNorm
+from jaxmodels.layers.norms import LayerNorm, RMSNorm, layer_norm
 
 ADA_COND_MAX = 1024   # Lumina's conditioning width is min(hidden_size, 1024)
 
@@ -108,14 +108,6 @@ class HeadsLayerNorm(nnx.Module):
     return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
-def layer_norm_no_affine(x: jax.Array, eps: float) -> jax.Array:
-  """(x − mean) / sqrt(var + eps) over the last axis, statistics in float32, no parameters."""
-  xf = x.astype(jnp.float32)
-  mean = jnp.mean(xf, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-  return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
-
-
 class CombinedTimestepCaptionEmbedding(nnx.Module):
   """temb = MLP(sinusoid₂₅₆(t)) + Linear(LayerNorm(masked mean of the caption over tokens)).
 
@@ -170,7 +162,7 @@ class AdaLayerNormOut(nnx.Module):
 
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     scale = self.linear_1(jax.nn.silu(temb))
-    return self.linear_2(layer_norm_no_affine(x, self.eps) * (1 + scale[:, None]))
+    return self.linear_2(layer_norm(x, self.eps) * (1 + scale[:, None]))
 
 
 # ----------------------------------------------------------------------------------------------

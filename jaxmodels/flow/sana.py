@@ -17,8 +17,8 @@ Block (x: [B, N, D] image tokens, N = (H/p)·(W/p); y: [B, L, D] projected capti
     x += CrossAttn(x, y, caption mask)                           softmax attention, no norm
     x += gate₂ · MixFFN(LN(x)·(1 + scale₂) + shift₂)            1x1 conv, 3x3 depthwise, SiLU-GLU, 1x1
 
-This file also holds the small convolution layers SANA shares with DC-AE (`Conv2d`, `GLUMBConv`,
-`ChannelRMSNorm`); `jaxmodels.flow.dcae` imports them.
+The convolution layers SANA shares with DC-AE (`Conv2d`, `GLUMBConv`, `ChannelRMSNorm`) live in
+`jaxmodels.layers.conv`.
 """
 from __future__ import annotations
 
@@ -35,109 +35,13 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.flow.embeddings import TextProjection, TimestepEmbedding, timestep_embedding, unpatchify
 from jaxmodels.layers.attention import dot_product_attention
 from jaxmodels.layers.block import REMAT_POLICIES
-from jaxmodels.layers.linear import Linear, fan_in_normal, param
-from jaxmodels.layers.norms import LayerNorm, RMSNorm
+from jaxmodels.layers.conv import Conv2d, GLUMBConv
+from jaxmodels.layers.linear import Linear, param
+from jaxmodels.layers.norms import LayerNorm, RMSNorm, layer_norm
 
 SUPPORTED_QK_NORMS = (None, "rms_norm_across_heads")
 LINEAR_ATTENTION_EPS = 1e-15          # diffusers' SanaLinearAttnProcessor2_0 / EfficientViT
 TIMESTEP_FREQUENCY_DIM = 256          # sinusoid width of PixArt's timestep embedder
-
-
-# ----------------------------------------------------------------------------------------------
-# Convolution helpers shared with DC-AE.
-# ----------------------------------------------------------------------------------------------
-
-class Conv2d(nnx.Module):
-  """NHWC 2-D convolution: [B, H, W, C_in] -> [B, H', W', C_out] ("same" padding by default).
-
-  The kernel is HWIO, [k, k, C_in / groups, C_out] (the HF "conv" layout of keymap.py), with logical
-  axes (None, None, in_axis, out_axis); grouped/depthwise kernels leave the size-C_in/groups axis
-  unnamed. `axes` names the (input, output) channel axes: ("conv_in", "conv_out") for DC-AE,
-  ("embed", "mlp") etc. where a 1x1 convolution is really a transformer MLP layer.
-  """
-
-  def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-               padding: int | None = None, groups: int = 1, use_bias: bool = True,
-               axes: tuple[str | None, str | None] = ("conv_in", "conv_out"), dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-    if in_channels % groups or out_channels % groups:
-      raise ValueError(f"channels {in_channels}->{out_channels} are not divisible by groups={groups}")
-    self.kernel_size, self.stride, self.groups, self.dtype = kernel_size, stride, groups, dtype
-    self.padding = kernel_size // 2 if padding is None else padding
-    per_group = in_channels // groups
-    shape = (kernel_size, kernel_size, per_group, out_channels)
-    self.kernel = param(rngs, fan_in_normal(kernel_size * kernel_size * per_group), shape,
-                        (None, None, axes[0] if groups == 1 else None, axes[1]), param_dtype)
-    self.bias = (param(rngs, nnx.initializers.zeros, (out_channels,), (axes[1],), param_dtype)
-                 if use_bias else None)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x.astype(self.dtype)
-    kernel = self.kernel[...].astype(self.dtype)
-    if self.kernel_size == 1 and self.stride == 1 and self.groups == 1 and self.padding == 0:
-      y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
-    else:
-      p = self.padding
-      y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
-    if self.bias is not None:
-      y = y + self.bias[...].astype(self.dtype)
-    return y
-
-
-class ChannelRMSNorm(nnx.Module):
-  """RMSNorm over the last (channel) axis with weight and bias (diffusers `RMSNorm(bias=True)`).
-
-  y = x / sqrt(mean(x²) + eps) · scale + bias; statistics in float32. [..., C] -> [..., C].
-  """
-
-  def __init__(self, dim: int, *, eps: float = 1e-5, axes=("conv_out",), param_dtype=jnp.float32,
-               rngs: nnx.Rngs | None = None):
-    self.eps = eps
-    self.scale = param(rngs, nnx.initializers.ones, (dim,), axes, param_dtype)
-    self.bias = param(rngs, nnx.initializers.zeros, (dim,), axes, param_dtype)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dtype = x.dtype
-    h = x.astype(jnp.float32)
-    h = (h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axis=-1, keepdims=True) + self.eps)).astype(dtype)
-    return h * self.scale[...].astype(dtype) + self.bias[...].astype(dtype)
-
-
-class GLUMBConv(nnx.Module):
-  """Gated inverted-bottleneck conv (SANA's Mix-FFN, DC-AE's EfficientViT local module).
-
-  [B, H, W, C_in] -> [B, H, W, C_out] with hidden width F:
-      a = SiLU(1x1 conv C_in -> 2F);  a = depthwise 3x3 conv(a);  value, gate = split(a)
-      y = 1x1 conv F -> C_out (no bias) of value · SiLU(gate);  [RMSNorm(y)];  [+ x]
-  diffusers fuses value and gate into one 2F-channel conv; here each half is its own `Conv2d`
-  (`inverted_value` / `inverted_gate`, `depth_value` / `depth_gate`) so that sharding F over the
-  `mlp` axis keeps a value channel and its gate on the same device. The HF key map slices the fused
-  tensors by rows.
-  """
-
-  def __init__(self, in_channels: int, out_channels: int, hidden: int, *, norm: bool = False,
-               residual: bool = False, axes: tuple[str, str] = ("embed", "mlp"), dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    io, hid = axes
-    self.hidden, self.residual = hidden, residual
-    self.inverted_value = Conv2d(in_channels, hidden, 1, axes=(io, hid), **kw)
-    self.inverted_gate = Conv2d(in_channels, hidden, 1, axes=(io, hid), **kw)
-    self.depth_value = Conv2d(hidden, hidden, 3, groups=hidden, axes=(None, hid), **kw)
-    self.depth_gate = Conv2d(hidden, hidden, 3, groups=hidden, axes=(None, hid), **kw)
-    self.point = Conv2d(hidden, out_channels, 1, use_bias=False, axes=(hid, io), **kw)
-    self.norm = (ChannelRMSNorm(out_channels, eps=1e-5, axes=(io,), param_dtype=param_dtype, rngs=rngs)
-                 if norm else None)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    value = self.depth_value(jax.nn.silu(self.inverted_value(x)))
-    gate = self.depth_gate(jax.nn.silu(self.inverted_gate(x)))
-    y = self.point(value * jax.nn.silu(gate))
-    if self.norm is not None:
-      y = self.norm(y)
-    return y + x if self.residual else y
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,14 +128,6 @@ def sana_1600m_config(**overrides) -> SanaConfig:
                     cross_attention_dim=2240, caption_channels=2304, mlp_ratio=2.5, attention_bias=False,
                     sample_size=32, patch_size=1, norm_elementwise_affine=False, norm_eps=1e-6,
                     interpolation_scale=None).replace(**overrides)
-
-
-def _layer_norm(x: jax.Array, eps: float) -> jax.Array:
-  """Parameter-free LayerNorm over the last axis (statistics in float32)."""
-  h = x.astype(jnp.float32)
-  mean = jnp.mean(h, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
-  return ((h - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 class HeadsRMSNorm(nnx.Module):
@@ -390,10 +286,10 @@ class SanaBlock(nnx.Module):
     b, n, d = x.shape
     mod = self.scale_shift_table[...].astype(x.dtype)[None] + modulation.reshape(b, 6, d)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod[:, i:i + 1] for i in range(6))
-    h = _layer_norm(x, self.norm_eps) * (1 + scale_msa) + shift_msa
+    h = layer_norm(x, self.norm_eps) * (1 + scale_msa) + shift_msa
     x = x + gate_msa * self.attn1(h)
     x = x + self.attn2(x, context, mask)
-    h = self.norm2(x) if self.norm2 is not None else _layer_norm(x, self.norm_eps)
+    h = self.norm2(x) if self.norm2 is not None else layer_norm(x, self.norm_eps)
     h = h * (1 + scale_mlp) + shift_mlp
     ff = self.ff(h.reshape(b, grid[0], grid[1], d)).reshape(b, n, d)
     x = x + gate_mlp * ff
@@ -481,6 +377,6 @@ class SanaTransformer(nnx.Module):
 
     final_mod = self.scale_shift_table[...].astype(dtype)[None] + embedded_t[:, None]     # [B, 2, D]
     shift, scale = final_mod[:, :1], final_mod[:, 1:]
-    x = _layer_norm(x, 1e-6) * (1 + scale) + shift
+    x = layer_norm(x, 1e-6) * (1 + scale) + shift
     x = self.proj_out(x).reshape(b, grid[0], grid[1], -1)
     return unpatchify(x, p, c.resolved_out_channels)

@@ -24,6 +24,14 @@ class RMSNorm(nnx.Module):
     return self.scale[...].astype(dtype) * x.astype(dtype)
 
 
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+  """Parameter-free (x − mean) / sqrt(var + eps) over the last axis; f32 statistics, input dtype out."""
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+  return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
 class LayerNorm(nnx.Module):
   """y = (x − mean) / sqrt(var + eps) · scale + bias, over the last axis of size `dim`."""
 
@@ -35,10 +43,7 @@ class LayerNorm(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = x.dtype
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
+    y = layer_norm(x.astype(jnp.float32), self.eps) * self.scale[...].astype(jnp.float32)
     if self.bias is not None:
       y = y + self.bias[...].astype(jnp.float32)
     return y.astype(dtype)

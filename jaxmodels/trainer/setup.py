@@ -15,9 +15,16 @@ from jaxmodels.unified.build import unified_config
 
 
 def mesh_and_rules(config):
+  """The mesh and the logical-axis rules: `config.sharding_rules` is None (defaults), one table
+  [(logical, mesh axes), ...], or per-tower tables {"dit": [...], "default": [...]}."""
   mesh = sharding.make_mesh(config.mesh.to_dict())
-  rules = tuple(tuple(r) for r in config.sharding_rules) if config.sharding_rules else None
-  return mesh, rules
+  rules = config.sharding_rules
+  if not rules:
+    return mesh, None
+  table = lambda t: tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in t)  # noqa: E731
+  if hasattr(rules, "items"):
+    return mesh, {tower: table(t) for tower, t in rules.items()}
+  return mesh, table(rules)
 
 
 def train_state_factory(config) -> tuple[Callable[[], TrainState], optax.Schedule]:
