@@ -72,11 +72,8 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None)
 
 def main(argv):
   del argv
-  from jaxmodels.errors import JaxModelsError
-  try:
-    _run()
-  except JaxModelsError as e:   # a user-caused problem: one line, no traceback
-    raise SystemExit(f"error: {e}") from None
+  from jaxmodels.errors import run_cli
+  run_cli(_run)
 
 
 def _run():
