@@ -61,6 +61,31 @@ def _encoder_tokens(encoder: VisionTransformer, images: jax.Array, pool: int, *,
   return avg_pool_tokens(tokens, pool) if pool > 1 else tokens
 
 
+def splice_image_tokens(text: jax.Array, ids: jax.Array, image_tokens: jax.Array,
+                        image_token_id: int) -> jax.Array:
+  """text [B, T, D] with the i-th `image_token_id` placeholder of each row replaced by
+  image_tokens[b, i] ([B, n, D]); rows must hold exactly n placeholders (extra ones repeat the last)."""
+  is_img = ids == image_token_id
+  index = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, image_tokens.shape[1] - 1)
+  spliced = jnp.take_along_axis(image_tokens.astype(text.dtype), index[..., None], axis=1)
+  return jnp.where(is_img[..., None], spliced, text)
+
+
+def answer_loss(llm: LLM, embeds: jax.Array, ids: jax.Array, mask: jax.Array,
+                loss_mask: jax.Array) -> tuple[jax.Array, dict]:
+  """Next-token cross-entropy on the tokens where `loss_mask` is 1 (answers), from embeddings
+  [B, T, D]; also token accuracy and whole-answer accuracy."""
+  logits = llm(None, attention_mask=mask, inputs_embeds=embeds)[:, :-1]
+  targets, weight = ids[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+  denom = jnp.maximum(weight.sum(), 1.0)
+  loss = -(logp * weight).sum() / denom
+  right = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  token_acc = (right * weight).sum() / denom
+  answer_acc = jnp.mean(jnp.all((right > 0) | (weight == 0), axis=1))
+  return loss, {"und_loss": loss, "und_token_acc": token_acc, "und_answer_acc": answer_acc}
+
+
 class UnifiedModel(nnx.Module):
   """See the module docstring. `config` is a `UnifiedConfig`."""
 
@@ -94,25 +119,12 @@ class UnifiedModel(nnx.Module):
 
   def und_embeddings(self, ids: jax.Array, images: jax.Array) -> jax.Array:
     """Token embeddings [B, T, D] with the i-th placeholder of a row replaced by its i-th image token."""
-    text = self.llm.embed(ids)
-    img = self.image_tokens(images).astype(text.dtype)
-    is_img = ids == self.config.image_token_id
-    index = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, img.shape[1] - 1)
-    spliced = jnp.take_along_axis(img, index[..., None], axis=1)
-    return jnp.where(is_img[..., None], spliced, text)
+    return splice_image_tokens(self.llm.embed(ids), ids, self.image_tokens(images),
+                               self.config.image_token_id)
 
   def understanding_loss(self, batch) -> tuple[jax.Array, dict]:
-    ids, mask = batch["und_ids"], batch["und_mask"]
-    embeds = self.und_embeddings(ids, batch["und_image"])
-    logits = self.llm(None, attention_mask=mask, inputs_embeds=embeds)[:, :-1]
-    targets, weight = ids[:, 1:], batch["und_loss_mask"][:, 1:].astype(jnp.float32)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
-    denom = jnp.maximum(weight.sum(), 1.0)
-    loss = -(logp * weight).sum() / denom
-    right = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    token_acc = (right * weight).sum() / denom
-    answer_acc = jnp.mean(jnp.all((right > 0) | (weight == 0), axis=1))
-    return loss, {"und_loss": loss, "und_token_acc": token_acc, "und_answer_acc": answer_acc}
+    embeds = self.und_embeddings(batch["und_ids"], batch["und_image"])
+    return answer_loss(self.llm, embeds, batch["und_ids"], batch["und_mask"], batch["und_loss_mask"])
 
   def answer(self, images: jax.Array, ids: jax.Array, mask: jax.Array, max_new_tokens: int,
              **generate_kwargs) -> jax.Array:
