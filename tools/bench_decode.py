@@ -1,0 +1,89 @@
+"""Greedy decoding of 128 new tokens after a 16-token prompt: jaxmodels `generate` vs transformers
+`generate` on identical weights (the torch model is saved and imported through `jaxmodels.hf`).
+
+    python tools/bench_decode.py --sizes=small,large --batches=1,8 [--json]
+    python tools/bench_decode.py --sizes=smoke --batches=1 --new_tokens=8 --json     # used by a test
+
+Reports tokens/s for both, the ratio, and the memory-bandwidth bound for batch-1 decode (f32 parameter
+bytes per step ÷ the machine's copy bandwidth, measured in the same run).
+"""
+from __future__ import annotations
+
+from bench_common import SIZES, emit, machine, median_time  # noqa: I001
+
+from absl import app, flags
+
+_SIZES = flags.DEFINE_list("sizes", ["small", "large"], "Sizes (small, large, smoke).")
+_BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
+_NEW = flags.DEFINE_integer("new_tokens", 128, "New tokens per sequence.")
+_PROMPT = flags.DEFINE_integer("prompt_len", 16, "Prompt length.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per side (median).")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+
+
+def copy_bandwidth_gbs(nbytes: int = 512 << 20) -> float:
+  import numpy as np
+  a = np.ones(nbytes // 4, np.float32)
+  b = np.empty_like(a)
+  t = median_time(lambda: np.copyto(b, a), 5)
+  return 2 * nbytes / t / 1e9        # read + write
+
+
+def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth: float) -> dict:
+  import tempfile
+
+  import numpy as np
+  import torch
+  import transformers
+
+  from jaxmodels import hf
+  from jaxmodels.generate import generate
+
+  s = SIZES[size]
+  torch.manual_seed(0)
+  cfg = transformers.LlamaConfig(vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
+                                 intermediate_size=s["intermediate_size"], num_hidden_layers=s["num_layers"],
+                                 num_attention_heads=s["num_heads"], num_key_value_heads=s["num_heads"],
+                                 max_position_embeddings=prompt + new, bos_token_id=None, eos_token_id=None,
+                                 pad_token_id=0, tie_word_embeddings=False)
+  tmodel = transformers.LlamaForCausalLM(cfg).eval()
+  with tempfile.TemporaryDirectory() as d:
+    tmodel.save_pretrained(d)
+    ours = hf.from_pretrained(d, scan_layers=True)
+  ids = np.random.RandomState(0).randint(1, s["vocab_size"], (batch, prompt))
+  tids = torch.tensor(ids)
+
+  def run_torch():
+    with torch.no_grad():
+      tmodel.generate(tids, attention_mask=torch.ones_like(tids), max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False)
+
+  def run_jax():
+    generate(ours, ids, new).block_until_ready()
+
+  run_jax(), run_torch()
+  t_jax = median_time(run_jax, repeats)
+  t_torch = median_time(run_torch, repeats)
+  param_bytes = sum(p.numel() for p in tmodel.parameters()) * 4
+  return {"jax_tok_s": batch * new / t_jax, "torch_tok_s": batch * new / t_torch, "ratio": t_torch / t_jax,
+          "bound_ms_per_step": param_bytes / (bandwidth * 1e9) * 1e3,
+          "jax_ms_per_step": t_jax / new * 1e3}
+
+
+def main(argv):
+  del argv
+  bw = copy_bandwidth_gbs()
+  result = {"machine": machine(), "copy_bandwidth_gbs": bw, "runs": {}}
+  rows = [f"machine: {result['machine']}", f"copy bandwidth: {bw:.1f} GB/s"]
+  for size in _SIZES.value:
+    for batch in map(int, _BATCHES.value):
+      r = bench(size, batch, _NEW.value, _PROMPT.value, _REPEATS.value, bw)
+      result["runs"][f"{size}_b{batch}"] = r
+      rows.append(f"{size} batch {batch}: jax {r['jax_tok_s']:.0f} tok/s ({r['jax_ms_per_step']:.2f} ms/step, "
+                  f"bound {r['bound_ms_per_step']:.2f}) | torch {r['torch_tok_s']:.0f} tok/s | "
+                  f"ratio {r['ratio']:.2f}x")
+  emit(result, _JSON.value, rows)
+
+
+if __name__ == "__main__":
+  app.run(main)
