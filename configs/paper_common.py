@@ -70,3 +70,90 @@ def pisces(*, tiny: bool) -> ml_collections.ConfigDict:
   frozen = ["gen_encoder/.*"]   # the generation encoder defines the target space: kept frozen
   return _trainer(c, lr=2e-5 if not tiny else 1e-3, warmup=3 if tiny else 2000,
                   steps=1000 if tiny else 100_000, frozen=frozen)
+
+
+# SANA at CPU size: same block types (linear self-attention, cross-attention, Mix-FFN), 4×4×8 latents.
+TINY_SANA = dict(type="sana", in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=16,
+                 num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=16,
+                 cross_attention_dim=32, caption_channels=48, mlp_ratio=2.5, sample_size=4)
+TINY_LATENT = dict(latent_size=4, latent_channels=8)
+MLLM_FROZEN = ["llm/.*", "und_encoder/.*", "und_projector/.*"]
+
+
+def metaquery(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
+  """MetaQuery (spec §4): frozen MLLM + N=256 vocabulary query tokens (only their rows train) ->
+  24-layer bidirectional QK-L2-norm encoder + projection/RMSNorm(√5.5) -> SANA-1.6B (512px: 16×16×32
+  DC-AE latents, fully fine-tuned), empty-caption CFG null, 3-way guidance for editing inputs."""
+  c = base_config()
+  if tiny:
+    llm_cfg = dict(preset=llm, **TINY_LLM)
+    und = dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False)
+    dit = dict(TINY_SANA)
+    extra = dict(num_queries=8, connector_layers=1, image_token_id=TINY_LLM["vocab_size"] - 1, **TINY_LATENT)
+  else:
+    llm_cfg = dict(preset=llm, scan_layers=True, remat="full", dtype="bfloat16")
+    und = dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16")
+    # Sana_1600M_512px: the 1.6B layout at sample_size 16 (512 / 32).
+    dit = dict(type="sana", preset="sana-1600m", sample_size=16, remat="full")
+    extra = dict(num_queries=256, connector_layers=24, image_token_id=151655, latent_size=16,
+                 latent_channels=32)
+  c.model = ml_collections.ConfigDict(dict(
+      llm=llm_cfg, und_encoder=und, dit=dit, gen_target="latents", queries="vocab",
+      connector="transformer", cfg_null="empty_caption", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0,
+      **extra))
+  # 0.5B T2I recipe (spec §4.2): lr 1e-4 cosine to 1e-5, warmup 5k.
+  return _trainer(c, lr=1e-4, warmup=3 if tiny else 5000, steps=1000 if tiny else 200_000,
+                  frozen=MLLM_FROZEN)
+
+
+def blip3o_next(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
+  """BLIP3o-NEXT (spec §3): Qwen3 with 65,536 image + 3 scale + 2 tag tokens appended to its vocab,
+  TA-Tok-style SimVQ tokenizer (SigLIP2-so400m/14-384 stand-in: our SigLIP-so400m preset shape), joint
+  CE + flow loss, connector Linear-GELU-Linear-RMSNorm(√5.5) -> SANA 1.5 1.6B (1024px, 32×32×32)."""
+  c = base_config()
+  if tiny:
+    offset, codebook = 256, 64
+    llm_cfg = dict(preset=llm, **{**TINY_LLM, "vocab_size": offset + codebook + 5})
+    tok = dict(encoder=dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False),
+               codebook_size=codebook, code_dim=8, scale=2)       # 8×8 grid pooled 2× -> 16 tokens
+    dit = dict(TINY_SANA)
+    extra = dict(image_top_k=16, image_token_id=offset - 1, **TINY_LATENT)
+  else:
+    from jaxmodels import presets
+    offset, codebook = presets.LLM_PRESETS[llm]["vocab_size"], 65536
+    llm_cfg = dict(preset=llm, vocab_size=offset + codebook + 5, scan_layers=True, remat="full",
+                   dtype="bfloat16")
+    tok = dict(encoder=dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16"),
+               codebook_size=codebook, code_dim=64, scale=1)
+    dit = dict(type="sana", preset="sana-1600m", qk_norm="rms_norm_across_heads", remat="full")
+    extra = dict(image_top_k=1200, image_token_id=offset - 1, latent_size=32, latent_channels=32)
+  c.model = ml_collections.ConfigDict(dict(
+      llm=llm_cfg, und_encoder=None, image_tokenizer=tok, image_vocab_offset=offset, dit=dit,
+      gen_target="latents", queries="image_tokens", connector="mlp_norm", cfg_null="zeros",
+      cond_dropout=0.1, image_top_p=0.95, und_weight=0.0, gen_weight=1.0, **extra))
+  # Trainable: the whole AR LM + connector + SANA's caption parts; tokenizer frozen (spec §3.2).
+  return _trainer(c, lr=1e-4, warmup=3 if tiny else 3360, steps=1000 if tiny else 336_000,
+                  frozen=["image_tokenizer/.*", "dit/(?!caption).*"])
+
+
+def latte_flow(*, tiny: bool) -> ml_collections.ConfigDict:
+  """LaTtE-Flow (spec §5): frozen Qwen2-VL-2B-sized LLM (28 layers) + a 28-layer generation stack in
+  K=4 groups of 7 reading its per-layer prompt states, TCRA on; 16×16×32 latents (UNCONFIRMED)."""
+  c = base_config()
+  if tiny:
+    llm_cfg = dict(preset="qwen2-1.5b", **{**TINY_LLM, "num_layers": 4})
+    und = dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False)
+    dit = dict(type="latte", hidden_size=32, num_layers=4, num_groups=2, num_heads=2, intermediate_size=64,
+               context_dim=TINY_LLM["hidden_size"], in_channels=8, sample_size=4)
+    extra = dict(image_token_id=TINY_LLM["vocab_size"] - 1, **TINY_LATENT)
+  else:
+    llm_cfg = dict(preset="qwen2-1.5b", scan_layers=True, remat="full", dtype="bfloat16")
+    und = dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16")
+    dit = dict(type="latte", hidden_size=1536, num_layers=28, num_groups=4, num_heads=12,
+               intermediate_size=8960, context_dim=1536, in_channels=32, sample_size=16)
+    extra = dict(image_token_id=151655, latent_size=16, latent_channels=32)
+  c.model = ml_collections.ConfigDict(dict(
+      llm=llm_cfg, und_encoder=und, dit=dit, gen_target="latents", queries="none", connector="identity",
+      cfg_null="zeros", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0, **extra))
+  return _trainer(c, lr=1e-4, warmup=3 if tiny else 2000, steps=1000 if tiny else 100_000,
+                  frozen=MLLM_FROZEN)

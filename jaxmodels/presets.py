@@ -31,6 +31,10 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
     "qwen2.5-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
                          num_layers=24, num_heads=14, num_kv_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
                          qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=32768),
+    # Qwen/Qwen2-0.5B (= the LLM of llava-hf/llava-onevision-qwen2-0.5b-ov, MetaQuery-B; theta 1e6)
+    "qwen2-0.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                       num_layers=24, num_heads=14, num_kv_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
+                       qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=32768),
     # Qwen/Qwen2-1.5B (= the language model of Qwen2-VL-2B)
     "qwen2-1.5b": dict(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
                        num_layers=28, num_heads=12, num_kv_heads=2, rms_norm_eps=1e-6, rope_theta=1e6,
@@ -46,6 +50,14 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
     "phi3-mini": dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
                       num_layers=32, num_heads=32, num_kv_heads=32, rms_norm_eps=1e-5, rope_theta=10000.0,
                       sliding_window=2047, max_position_embeddings=4096),
+    # microsoft/Phi-3.5-mini-instruct. Its config.json uses rope_scaling type "longrope" (short/long
+    # factor lists, original context 4096), which jaxmodels.layers.rotary does not implement: this
+    # preset keeps plain RoPE (theta 1e4), so it is exact in shapes / parameter counts only, not in
+    # logits of the released checkpoint.
+    "phi3.5-mini": dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
+                        num_layers=32, num_heads=32, num_kv_heads=32, rms_norm_eps=1e-5, rope_theta=10000.0,
+                        sliding_window=262144, max_position_embeddings=131072, bos_token_id=1,
+                        eos_token_id=32000, pad_token_id=32000),
 }
 
 VISION_PRESETS: dict[str, dict[str, Any]] = {

@@ -18,8 +18,10 @@ from typing import Any, Mapping
 from jaxmodels import presets
 from jaxmodels.errors import ConfigError
 from jaxmodels.flow.lumina import LuminaConfig, blip3o_dit_config
+from jaxmodels.flow.sana import SanaConfig, sana_1600m_config
 from jaxmodels.llm import LLMConfig
-from jaxmodels.unified.config import UnifiedConfig
+from jaxmodels.unified.config import ImageTokenizerConfig, UnifiedConfig
+from jaxmodels.unified.latte_flow import LatteConfig
 from jaxmodels.vision.vit import VisionConfig
 
 
@@ -57,12 +59,22 @@ def vision_config(d: Mapping[str, Any] | None, where: str) -> VisionConfig | Non
   return make_dataclass(VisionConfig, {**base, **d}, where)
 
 
-def dit_config(d: Mapping[str, Any], where: str = "model.dit") -> LuminaConfig:
+def dit_config(d: Mapping[str, Any], where: str = "model.dit") -> LuminaConfig | SanaConfig | LatteConfig:
+  """dit.type: "lumina" (preset "blip3o"), "sana" (preset "sana-1600m") or "latte"."""
   d = _plain(d)
   kind = d.pop("type", "lumina")
-  if kind != "lumina":
-    raise ConfigError(f"config.{where}.type={kind!r}: the unified model builds 'lumina' DiTs so far")
+  if kind not in ("lumina", "sana", "latte"):
+    raise ConfigError(f"config.{where}.type={kind!r}: expected 'lumina', 'sana' or 'latte'")
   preset = d.pop("preset", None)
+  if kind == "sana":
+    if preset not in (None, "sana-1600m"):
+      raise ConfigError(f"config.{where}.preset={preset!r}: known SANA presets: sana-1600m")
+    base = dataclasses.asdict(sana_1600m_config()) if preset else {}
+    return make_dataclass(SanaConfig, {**base, **d}, where)
+  if kind == "latte":
+    if preset is not None:
+      raise ConfigError(f"config.{where}.preset={preset!r}: LaTtE has no presets")
+    return make_dataclass(LatteConfig, d, where)
   if preset == "blip3o":
     return blip3o_dit_config(d.pop("ffn", "4864"), **d)
   if preset is not None:
@@ -79,4 +91,11 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
   d["dit"] = dit_config(d["dit"])
   d["und_encoder"] = vision_config(d.get("und_encoder"), "model.und_encoder")
   d["gen_encoder"] = vision_config(d.get("gen_encoder"), "model.gen_encoder")
+  tok = d.get("image_tokenizer")
+  if tok is not None:
+    tok = dict(tok)
+    tok["encoder"] = vision_config(tok.get("encoder"), "model.image_tokenizer.encoder")
+    d["image_tokenizer"] = make_dataclass(ImageTokenizerConfig, tok, "model.image_tokenizer")
+  if isinstance(d.get("edit_drop"), list):
+    d["edit_drop"] = tuple(d["edit_drop"])
   return make_dataclass(UnifiedConfig, d, "model")

@@ -10,6 +10,14 @@ The paper models are *choices* in one composition (see `jaxmodels.unified.model`
   connector           "mlp"                  "identity"              "mlp"
   dit                 Lumina-style           Lumina (BLIP3-o var.)   tiny Lumina over pixel patches
   freeze              —                      llm, encoders           —
+
+  field               MetaQuery               BLIP3o-NEXT                     LaTtE-Flow
+  queries             "vocab" (N=256 new ids) "image_tokens" (TA-Tok codes)   "none" (per-layer states)
+  connector           "transformer"           "mlp_norm"                      "identity"
+  dit                 SANA-1.6B               SANA-1.6B (caption parts train) "latte" (K groups)
+  gen_target          "latents" (DC-AE)       "latents" (DC-AE)               "latents"
+  cfg_null            "empty_caption"         "zeros"                         "zeros"
+  freeze              llm, und encoder        tokenizer, SANA but caption     llm, und encoder
 """
 from __future__ import annotations
 
@@ -21,9 +29,27 @@ from jaxmodels.llm import LLMConfig
 from jaxmodels.vision.vit import VisionConfig
 
 GEN_TARGETS = ("pixels", "gen_encoder", "latents")
-CONNECTORS = ("identity", "mlp")
+CONNECTORS = ("identity", "mlp", "mlp_norm", "transformer")
 PROJECTORS = ("linear", "mlp2x_gelu")
-CFG_NULLS = ("zeros",)
+CFG_NULLS = ("zeros", "empty_caption")
+QUERIES = ("learnable", "vocab", "image_tokens", "none")
+
+
+def dit_cond_dim(dit: Any) -> int:
+  """Width of the condition a DiT config takes (Lumina cross_attention_dim, SANA caption_channels,
+  LaTtE context_dim)."""
+  return getattr(dit, "caption_channels", None) or dit.cross_attention_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTokenizerConfig:
+  """Discrete image tokenizer (BLIP3o-NEXT: TA-Tok = SigLIP2 + SimVQ; see image_tokenizer.py)."""
+  encoder: VisionConfig
+  codebook_size: int = 65536
+  code_dim: int = 64                  # UNCONFIRMED in the spec (stored in TA-Tok's checkpoint args)
+  l2_norm: bool = True
+  num_scale_tokens: int = 3           # <S0> <S1> <S2>
+  scale: int = 1                      # pool scale used (1: 27×27 = 729 tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +68,19 @@ class UnifiedConfig:
   gen_image_size: int = 32                   # pixels target: images are resized to this side
   num_queries: int = 64
   connector: str = "mlp"
+  connector_layers: int = 24                 # "transformer" connector depth (MetaQuery: 24)
+  connector_norm_init: float = 5.5 ** 0.5    # final RMSNorm weight init (√5.5 for SANA)
+  queries: str = "learnable"                 # see the table above
+  # queries="vocab": ids vocab_size .. vocab_size+N+1 are <img0..N-1>, <boi>, <eoi> (own trainable table)
+  # queries="image_tokens": LLM vocab = image_vocab_offset + codebook + scale tokens + <im_start>,<im_end>
+  image_tokenizer: ImageTokenizerConfig | None = None
+  image_vocab_offset: int = 0
+  image_top_k: int = 1200
+  image_top_p: float = 0.95
+  flow_weight: float = 1.0                   # image_tokens: weight of the flow loss next to the CE
+  latent_size: int = 16                      # gen_target="latents": [B, s, s, latent_channels]
+  latent_channels: int = 32
+  edit_drop: tuple = (0.2, 0.2, 0.1)         # (caption only, image only, both) drop probs, edit inputs
   # Flow objective (jaxmodels.flow conventions).
   sigma_sampling: str = "uniform"            # uniform | logit_normal | mode
   train_shift: float = 1.0
@@ -59,20 +98,42 @@ class UnifiedConfig:
     check("connector", CONNECTORS)
     check("und_projector", PROJECTORS)
     check("cfg_null", CFG_NULLS)
+    check("queries", QUERIES)
     if self.gen_target == "gen_encoder" and self.gen_encoder is None:
       raise ConfigError("config.model.gen_target='gen_encoder' needs config.model.gen_encoder")
-    if self.gen_target == "latents":
-      raise ConfigError("config.model.gen_target='latents' (DC-AE latents) is not wired yet; "
-                        "use 'pixels' or 'gen_encoder'")
-    if self.connector == "identity" and self.llm.hidden_size != self.dit.cross_attention_dim:
+    if self.connector == "identity" and self.llm.hidden_size != dit_cond_dim(self.dit):
       raise ConfigError(f"config.model.connector='identity' needs llm.hidden_size "
-                        f"({self.llm.hidden_size}) == dit.cross_attention_dim ({self.dit.cross_attention_dim})")
+                        f"({self.llm.hidden_size}) == the DiT condition width ({dit_cond_dim(self.dit)})")
+    if self.queries == "image_tokens":
+      t = self.image_tokenizer
+      if t is None:
+        raise ConfigError("config.model.queries='image_tokens' needs config.model.image_tokenizer")
+      need = self.image_vocab_offset + t.codebook_size + t.num_scale_tokens + 2
+      if self.llm.vocab_size != need:
+        raise ConfigError(f"config.model.llm.vocab_size={self.llm.vocab_size}: image_tokens needs "
+                          f"image_vocab_offset + codebook + scale tokens + 2 = {need}")
+    is_latte = type(self.dit).__name__ == "LatteConfig"
+    if is_latte != (self.queries == "none"):
+      raise ConfigError("config.model: dit.type='latte' goes with queries='none' (and only it)")
+    if is_latte and self.dit.num_layers != self.llm.num_layers:
+      raise ConfigError(f"config.model.dit.num_layers={self.dit.num_layers} must equal "
+                        f"llm.num_layers={self.llm.num_layers} (layer ℓ reads LLM layer ℓ)")
 
   @property
   def target_channels(self) -> int:
     if self.gen_target == "pixels":
       return 3
+    if self.gen_target == "latents":
+      return self.latent_channels
     return self.gen_encoder.hidden_size
+
+  @property
+  def target_side(self) -> int:
+    if self.gen_target == "pixels":
+      return self.gen_image_size
+    if self.gen_target == "latents":
+      return self.latent_size
+    return self.gen_encoder.grid_size // self.gen_pool
 
   def replace(self, **kw: Any) -> "UnifiedConfig":
     return dataclasses.replace(self, **kw)

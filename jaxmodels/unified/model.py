@@ -16,6 +16,17 @@ Batches are dicts; each path runs when its keys are present (mixtures train both
     images = model.generate_image(ids, mask, jax.random.key(1), num_steps=30, guidance=3.0)
     tokens = model.answer(images, ids, mask, max_new_tokens=8)
 
+Paper parts as config choices (config.py's tables): `queries` "learnable" | "vocab" (MetaQuery:
+new vocabulary rows <img0..N-1>,<boi>,<eoi> in their own trainable table, so only they train while the
+LLM embedding stays frozen) | "image_tokens" (BLIP3o-NEXT: discrete image tokens in the LLM vocabulary,
+joint CE + flow loss on teacher-forced image-token states, sampling draws tokens then runs the DiT) |
+"none" (LaTtE-Flow: the generation stack reads the LLM's per-layer prompt states); `dit.type` "lumina"
+| "sana" | "latte"; `connector` "identity" | "mlp" | "mlp_norm" | "transformer"; `cfg_null` "zeros" |
+"empty_caption"; gen_target "latents" reads precomputed (frozen DC-AE, scaled) latents from
+batch["gen_latents"] [B, s, s, C]. Editing inputs (MetaQuery): gen_ids may hold `image_token_id`
+placeholders filled from batch["gen_cond_image"]; sampling with `cond_images` uses 3-way image+text
+guidance.
+
 Choices where the papers are silent (UNCONFIRMED in the spec; all config fields): Pisces' generation
 target is taken to be its pooled generation-encoder features, as in BLIP3-o by the same authors;
 classifier-free guidance uses the all-zero null condition of BLIP3-o.
@@ -31,7 +42,10 @@ from jaxmodels.flow.lumina import LuminaNextDiT
 from jaxmodels.generate import generate
 from jaxmodels.layers import Linear, get_activation, param
 from jaxmodels.llm import LLM
-from jaxmodels.unified.config import UnifiedConfig
+from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
+from jaxmodels.unified.connector import Connector, SanaDiT
+from jaxmodels.unified.image_tokenizer import SimVQTokenizer
+from jaxmodels.unified.latte_flow import LatteFlow
 from jaxmodels.vision.vit import VisionTransformer, avg_pool_tokens
 
 
@@ -86,6 +100,29 @@ def answer_loss(llm: LLM, embeds: jax.Array, ids: jax.Array, mask: jax.Array,
   return loss, {"und_loss": loss, "und_token_acc": token_acc, "und_answer_acc": answer_acc}
 
 
+class _ImageTokenLM(nnx.Module):
+  """The LLM seen by `generate` with logits restricted to the image-token ids [lo, hi)."""
+
+  def __init__(self, llm: LLM, lo: int, hi: int):
+    self.llm, self.lo, self.hi = llm, lo, hi
+    self.config = llm.config
+
+  def init_cache(self, *a, **k):
+    return self.llm.init_cache(*a, **k)
+
+  def forward(self, *a, **k):
+    return self.llm.forward(*a, **k)
+
+  def logits(self, hidden):
+    logits = self.llm.logits(hidden)
+    ids = jnp.arange(logits.shape[-1])
+    return jnp.where((ids >= self.lo) & (ids < self.hi), logits, jnp.finfo(jnp.float32).min)
+
+
+def _positions(mask: jax.Array) -> jax.Array:
+  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+
+
 class UnifiedModel(nnx.Module):
   """See the module docstring. `config` is a `UnifiedConfig`."""
 
@@ -100,20 +137,36 @@ class UnifiedModel(nnx.Module):
                           if c.und_encoder else None)
     self.gen_encoder = VisionTransformer(c.gen_encoder, rngs=rngs) if c.gen_encoder else None
     # BLIP3-o initialises its latent queries with randn.
-    self.queries = param(rngs, nnx.initializers.normal(1.0), (c.num_queries, d), (None, "embed"), pdtype)
-    self.connector = (Projector(d, c.dit.cross_attention_dim, "mlp2x_gelu", **kw)
-                      if c.connector == "mlp" else None)
-    self.dit = LuminaNextDiT(c.dit, rngs=rngs)
+    self.queries = (param(rngs, nnx.initializers.normal(1.0), (c.num_queries, d), (None, "embed"), pdtype)
+                    if c.queries == "learnable" else None)
+    # MetaQuery: rows for <img0..N-1>, <boi>, <eoi> (ids vocab_size ..), the only embeddings that train.
+    self.query_embed = (param(rngs, nnx.initializers.normal(0.02), (c.num_queries + 2, d), (None, "embed"),
+                              pdtype) if c.queries == "vocab" else None)
+    t = c.image_tokenizer
+    self.image_tokenizer = (SimVQTokenizer(t.encoder, t.codebook_size, t.code_dim, l2_norm=t.l2_norm,
+                                           rngs=rngs) if t is not None else None)
+    cond_dim = dit_cond_dim(c.dit)
+    self.connector = (None if c.connector == "identity" else
+                      Connector(c.connector, d, cond_dim, num_layers=c.connector_layers,
+                                norm_init=c.connector_norm_init, **kw))
+    kind = type(c.dit).__name__
+    self.dit = (SanaDiT(c.dit, rngs=rngs) if kind == "SanaConfig" else
+                LatteFlow(c.dit, rngs=rngs) if kind == "LatteConfig" else LuminaNextDiT(c.dit, rngs=rngs))
 
   # ---------------------------------------------------------------- understanding
   @property
   def num_image_tokens(self) -> int:
     """Placeholder tokens one image occupies in an understanding sequence."""
+    if self.und_encoder is None:
+      return self.image_tokenizer.grid_size(self.config.image_tokenizer.scale) ** 2
     enc = self.config.und_encoder
     return (enc.grid_size // self.config.und_pool) ** 2
 
   def image_tokens(self, images: jax.Array) -> jax.Array:
-    """images [B, H, W, 3] -> LLM-space image tokens [B, n, D]."""
+    """images [B, H, W, 3] -> LLM-space image tokens [B, n, D] (the understanding encoder, or the
+    embeddings of the image's discrete tokens when the model only has an image tokenizer)."""
+    if self.und_encoder is None:
+      return self.llm.embed(self.image_codes(images) + self.config.image_vocab_offset)
     tokens = _encoder_tokens(self.und_encoder, images, self.config.und_pool, last_block=False)
     return self.und_projector(tokens)
 
@@ -134,19 +187,84 @@ class UnifiedModel(nnx.Module):
                    **generate_kwargs)
     return out[:, ids.shape[1]:]
 
-  # ---------------------------------------------------------------- generation
-  def condition(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    """Prompt [B, T] (left-padded) -> DiT condition [B, N, C] from the query positions."""
+  # ---------------------------------------------------------------- generation: conditions
+  def embed_tokens(self, ids: jax.Array) -> jax.Array:
+    """LLM embeddings [B, T, D]; with queries="vocab", ids >= vocab_size use the query table."""
+    v = self.config.llm.vocab_size
+    base = self.llm.embed(jnp.minimum(ids, v - 1))
+    if self.query_embed is None:
+      return base
+    extra = jnp.take(self.query_embed[...], jnp.clip(ids - v, 0, None), axis=0).astype(base.dtype)
+    return jnp.where((ids >= v)[..., None], extra, base)
+
+  def prompt_embeddings(self, ids: jax.Array, images: jax.Array | None) -> jax.Array:
+    """Prompt embeddings; `image_token_id` placeholders are filled from `images` (editing inputs)."""
+    if images is None:
+      return self.embed_tokens(ids)
+    return splice_image_tokens(self.embed_tokens(ids), ids, self.image_tokens(images),
+                               self.config.image_token_id)
+
+  def condition(self, ids: jax.Array, mask: jax.Array, images: jax.Array | None = None) -> jax.Array:
+    """Prompt [B, T] (left-padded) -> DiT condition: [B, N, C] at the query positions, or for
+    queries="none" the LLM's per-layer prompt states [B, L, T, D]."""
+    c = self.config
     b = ids.shape[0]
-    n = self.config.num_queries
-    prompt = self.llm.embed(ids)
-    queries = jnp.broadcast_to(self.queries[...].astype(prompt.dtype)[None], (b, n, prompt.shape[-1]))
-    embeds = jnp.concatenate([prompt, queries], axis=1)
-    full_mask = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, n), jnp.int32)], axis=1)
-    positions = jnp.maximum(jnp.cumsum(full_mask, axis=1) - 1, 0)
-    hidden = self.llm.forward(None, positions, full_mask, inputs_embeds=embeds).hidden[:, -n:]
+    mask = mask.astype(jnp.int32)
+    if c.queries == "none":
+      out = self.llm.forward(None, _positions(mask), mask, inputs_embeds=self.prompt_embeddings(ids, images),
+                             return_layer_outputs=True)
+      return jnp.moveaxis(out.layer_outputs, 0, 1)
+    if c.queries == "image_tokens":
+      raise ValueError("queries='image_tokens': the condition comes from image tokens, see "
+                       "image_token_condition")
+    n = c.num_queries
+    prompt = self.prompt_embeddings(ids, images)
+    if c.queries == "vocab":
+      v = c.llm.vocab_size
+      suffix_ids = jnp.concatenate([jnp.array([v + n]), v + jnp.arange(n), jnp.array([v + n + 1])])
+      suffix = self.embed_tokens(jnp.broadcast_to(suffix_ids[None], (b, n + 2)))
+    else:
+      suffix = jnp.broadcast_to(self.queries[...].astype(prompt.dtype)[None], (b, n, prompt.shape[-1]))
+    embeds = jnp.concatenate([prompt, suffix.astype(prompt.dtype)], axis=1)
+    full_mask = jnp.concatenate([mask, jnp.ones(suffix.shape[:2], jnp.int32)], axis=1)
+    hidden = self.llm.forward(None, _positions(full_mask), full_mask, inputs_embeds=embeds).hidden
+    # Learnable queries: the last N states; vocab queries: strictly between <boi> and <eoi>.
+    hidden = hidden[:, -n:] if c.queries == "learnable" else hidden[:, -(n + 1):-1]
     return hidden if self.connector is None else self.connector(hidden)
 
+  def null_condition(self, cond: jax.Array) -> jax.Array:
+    """CFG null: zeros, or the condition of an empty caption (MetaQuery), [1, ...] broadcastable."""
+    if self.config.cfg_null == "zeros":
+      return jnp.zeros((1,) + cond.shape[1:], cond.dtype)
+    return self.condition(jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0), jnp.int32)).astype(cond.dtype)
+
+  # BLIP3o-NEXT ------------------------------------------------------
+  def image_codes(self, images: jax.Array) -> jax.Array:
+    """images [B, H, W, 3] in [-1, 1] -> codebook indices [B, n] (frozen tokenizer)."""
+    return self.image_tokenizer.encode(images, self.config.image_tokenizer.scale)
+
+  def _image_prefix_ids(self, b: int) -> jax.Array:
+    c, t = self.config, self.config.image_tokenizer
+    o = c.image_vocab_offset + t.codebook_size
+    im_start, scale_tok = o + t.num_scale_tokens, o + t.scale - 1
+    return jnp.broadcast_to(jnp.array([im_start, scale_tok], jnp.int32)[None], (b, 2))
+
+  def image_token_forward(self, ids, mask, codes):
+    """Teacher-forced pass over [prompt, <im_start>, <S_k>, image tokens] -> (logits over the
+    sequence [B, T', V], condition [B, 1 + n, C] = connector(states of <S_k> and the image tokens))."""
+    b, n = codes.shape
+    seq = jnp.concatenate([ids.astype(jnp.int32), self._image_prefix_ids(b),
+                           codes + self.config.image_vocab_offset], axis=1)
+    full_mask = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, n + 2), jnp.int32)], axis=1)
+    hidden = self.llm.forward(seq, _positions(full_mask), full_mask).hidden
+    cond = hidden[:, -(n + 1):]
+    cond = cond if self.connector is None else self.connector(cond)
+    return seq, full_mask, hidden, cond
+
+  def image_token_condition(self, ids, mask, codes) -> jax.Array:
+    return self.image_token_forward(ids, mask, codes)[3]
+
+  # ---------------------------------------------------------------- generation: flow
   def target(self, images: jax.Array) -> jax.Array:
     """Clean flow target x₀ [B, h, w, C] for images [B, H, W, 3] in [-1, 1]."""
     c = self.config
@@ -159,38 +277,134 @@ class UnifiedModel(nnx.Module):
     g = int(round(tokens.shape[1] ** 0.5))
     return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], g, g, -1))
 
-  def velocity(self, x: jax.Array, sigma: jax.Array, cond: jax.Array) -> jax.Array:
-    return self.dit.velocity(x, sigma, cond)
+  def batch_target(self, batch) -> jax.Array:
+    if self.config.gen_target == "latents":
+      return batch["gen_latents"]
+    return self.target(batch["gen_image"])
+
+  def velocity(self, x: jax.Array, sigma: jax.Array, cond: jax.Array, cond_mask=None, **kw) -> jax.Array:
+    if isinstance(self.dit, LuminaNextDiT):
+      return self.dit.velocity(x, sigma, cond, cond_mask)
+    return self.dit.velocity(x, sigma, cond, cond_mask, **kw)
+
+  def _edit_inputs(self, rng, batch):
+    """MetaQuery's edit dropout: caption masked / input images black / both (config edit_drop)."""
+    c = self.config
+    ids, mask, images = batch["gen_ids"], batch["gen_mask"].astype(jnp.int32), batch.get("gen_cond_image")
+    if images is None:
+      return ids, mask, None
+    p_cap, p_img, p_both = c.edit_drop
+    u = jax.random.uniform(rng, (ids.shape[0],))
+    drop_cap = (u < p_cap) | ((u >= p_cap + p_img) & (u < p_cap + p_img + p_both))
+    drop_img = u >= p_cap
+    drop_img &= u < p_cap + p_img + p_both
+    is_img = ids == c.image_token_id
+    mask = jnp.where(drop_cap[:, None] & ~is_img, 0, mask)
+    images = jnp.where(drop_img[:, None, None, None], -1.0, images)
+    return ids, mask, images
 
   def generation_loss(self, batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     c = self.config
-    k_drop, k_sigma, k_noise = jax.random.split(rng, 3)
-    cond = self.condition(batch["gen_ids"], batch["gen_mask"])
-    cond = flow.drop_condition(k_drop, cond, c.cond_dropout, null="zeros")
-    x0 = self.target(batch["gen_image"])
-    sigmas = flow.sample_training_sigmas(k_sigma, x0.shape[0], c.sigma_sampling, shift=c.train_shift)
+    k_drop, k_sigma, k_noise, k_edit = jax.random.split(rng, 4)
+    x0 = self.batch_target(batch)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
+    metrics = {}
+    if c.queries == "image_tokens":
+      codes = self.image_codes(batch["gen_image"])
+      seq, full_mask, hidden, cond = self.image_token_forward(batch["gen_ids"], batch["gen_mask"], codes)
+      logits = self.llm.logits(hidden[:, :-1])
+      # CE over the text and image tokens: every real target token except <im_start>/<S_k>.
+      weight = full_mask[:, 1:].astype(jnp.float32) * (jnp.cumsum(full_mask, 1)[:, :-1] > 0)
+      t = batch["gen_ids"].shape[1]
+      weight = weight.at[:, t - 1:t + 1].set(0.0)
+      logp = jnp.take_along_axis(jax.nn.log_softmax(logits), seq[:, 1:, None], axis=-1)[..., 0]
+      ce = -(logp * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+      metrics["gen_ce"] = ce
+    elif c.queries == "none":
+      ids, mask, images = self._edit_inputs(k_edit, batch)
+      cond, cond_mask = self.condition(ids, mask, images), mask
+      cond = flow.drop_condition(k_drop, cond, c.cond_dropout, null="zeros")
+      losses = []
+      for k in range(c.dit.num_groups):   # layerwise loss: each group on its own σ interval
+        sig = self.dit.group_sigmas(jax.random.fold_in(k_sigma, k), x0.shape[0], k)
+        v = self.dit.velocity(flow.noisy_input(x0, noise, sig), sig, cond, cond_mask, group=k)
+        losses.append(flow.flow_matching_loss(v, x0, noise))
+        metrics[f"gen_loss_group{k}"] = losses[-1]
+      loss = sum(losses) / len(losses)
+      return loss, {**metrics, "gen_loss": loss}
+    else:
+      ids, mask, images = self._edit_inputs(k_edit, batch)
+      cond = self.condition(ids, mask, images)
+    null = "zeros" if c.cfg_null == "zeros" else self.null_condition(cond)
+    cond = flow.drop_condition(k_drop, cond, c.cond_dropout, null=null)
+    sigmas = flow.sample_training_sigmas(k_sigma, x0.shape[0], c.sigma_sampling, shift=c.train_shift)
     v = self.velocity(flow.noisy_input(x0, noise, sigmas), sigmas, cond)
     loss = flow.flow_matching_loss(v, x0, noise)
-    return loss, {"gen_loss": loss}
+    metrics["gen_flow_loss"] = loss
+    if c.queries == "image_tokens":
+      loss = metrics["gen_ce"] + c.flow_weight * loss
+    return loss, {**metrics, "gen_loss": loss}
+
+  def sample_image_tokens(self, ids, mask, rng, *, temperature: float = 1.0) -> jax.Array:
+    """BLIP3o-NEXT: codes [B, n] drawn after [prompt, <im_start>, <S_k>] (top-k / top-p)."""
+    c = self.config
+    b = ids.shape[0]
+    n = self.image_tokenizer.grid_size(c.image_tokenizer.scale) ** 2
+    prefix = jnp.concatenate([ids.astype(jnp.int32), self._image_prefix_ids(b)], axis=1)
+    pmask = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 2), jnp.int32)], axis=1)
+    lo = c.image_vocab_offset
+    lm = _ImageTokenLM(self.llm, lo, lo + c.image_tokenizer.codebook_size)
+    out = generate(lm, prefix, n, attention_mask=pmask, temperature=temperature,
+                   top_k=min(c.image_top_k, c.image_tokenizer.codebook_size), top_p=c.image_top_p, rng=rng,
+                   eos_token_id=[], pad_token_id=lo)
+    return out[:, prefix.shape[1]:] - lo
 
   def generate_image(self, ids: jax.Array, mask: jax.Array, rng: jax.Array, *, num_steps: int = 30,
-                     guidance: float = 3.0, solver: str = "euler", shift: float = 1.0) -> jax.Array:
-    """Samples targets [B, h, w, C] for prompts (pixels in [-1, 1] for the pixel target)."""
+                     guidance: float = 3.0, solver: str = "euler", shift: float = 1.0,
+                     cond_images: jax.Array | None = None, image_guidance: float = 1.5,
+                     return_codes: bool = False):
+    """Samples targets [B, h, w, C] for prompts (pixels in [-1, 1] for the pixel target).
+
+    cond_images (editing inputs, placeholders in `ids`): 3-way guidance (`flow.image_text_guidance`)
+    with text scale `guidance` and image scale `image_guidance`. queries="image_tokens": image tokens
+    are sampled first (return_codes=True also returns them)."""
     c = self.config
-    cond = self.condition(ids, mask)
-    side = c.gen_image_size if c.gen_target == "pixels" else c.gen_encoder.grid_size // c.gen_pool
-    x_init = jax.random.normal(rng, (ids.shape[0], side, side, c.target_channels), jnp.float32)
+    k_tok, k_x = jax.random.split(rng)
+    cond_mask, codes = None, None
+    if c.queries == "image_tokens":
+      codes = self.sample_image_tokens(ids, mask, k_tok)
+      cond = self.image_token_condition(ids, mask, codes)   # re-encoded, teacher-forced states
+    else:
+      cond = self.condition(ids, mask, cond_images)
+      if c.queries == "none":
+        cond_mask = mask.astype(jnp.int32)
+    side = c.target_side
+    x_init = jax.random.normal(k_x, (ids.shape[0], side, side, c.target_channels), jnp.float32)
 
     def velocity_fn(x, t, cond_):
-      return self.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, cond_)
+      return self.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, *cond_)
 
-    if guidance == 1.0:
-      vfn = lambda x, t: velocity_fn(x, t, cond)  # noqa: E731
+    if cond_images is not None:
+      is_img = ids == c.image_token_id
+      mask_img = jnp.where(is_img, mask, 0)
+      cond_img = self.condition(ids, mask_img, cond_images)
+      cond_null = self.condition(ids, mask_img, jnp.full_like(cond_images, -1.0))
+      conds = jnp.concatenate([cond_null, cond_img, cond], 0)
+      cmasks = None if cond_mask is None else jnp.concatenate([mask_img, mask_img, cond_mask], 0)
+
+      def vfn(x, t):
+        v = velocity_fn(jnp.concatenate([x] * 3), jnp.concatenate([t] * 3), (conds, cmasks))
+        v_null, v_img, v_full = jnp.split(v, 3)
+        return flow.image_text_guidance(v_null, v_img, v_full, image_guidance, guidance)
+    elif guidance == 1.0:
+      vfn = lambda x, t: velocity_fn(x, t, (cond, cond_mask))  # noqa: E731
     else:
-      vfn = flow.cfg_velocity_fn(velocity_fn, cond, jnp.zeros_like(cond), guidance)
+      null = self.null_condition(cond) if c.cfg_null == "empty_caption" and c.queries != "none" \
+          else jnp.zeros_like(cond)
+      vfn = flow.cfg_velocity_fn(velocity_fn, (cond, cond_mask), (null, cond_mask), guidance)
     x = flow.sample(vfn, x_init, num_steps=num_steps, solver=solver, shift=shift)
-    return jnp.clip(x, -1.0, 1.0) if c.gen_target == "pixels" else x
+    x = jnp.clip(x, -1.0, 1.0) if c.gen_target == "pixels" else x
+    return (x, codes) if return_codes else x
 
   # ---------------------------------------------------------------- training entry point
   def loss(self, batch, rng: jax.Array) -> tuple[jax.Array, dict]:
