@@ -87,7 +87,8 @@ def save_pretrained(module: nnx.Module, path: str, *, dtype=None, max_shard_size
 
 
 # Modules under jaxmodels/hf/ that each define `FAMILY = Family(...)`; registered in this order.
-_BUILTIN_FAMILIES = ("llm_family", "vision_family", "lumina_family", "sana_family", "dcae_family")
+_BUILTIN_FAMILIES = ("llm_family", "vision_family", "lumina_family", "sana_family", "dcae_family",
+                     "florence2_family")
 
 
 def _register_builtin():
