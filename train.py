@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 
 from absl import app, flags, logging
@@ -21,7 +23,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/shapes_tiny.py[:arg].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host); "
+                                  "settings not given below are auto-detected (Cloud TPU, SLURM, Open MPI, "
+                                  "Kubernetes) or read from JAX_COORDINATOR_ADDRESS.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (implies --distributed).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (implies --distributed).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,10 +45,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.errors import ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
-  from jaxmodels.trainer.metrics import compiled_flops
+  from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
   from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
 
-  os.makedirs(workdir, exist_ok=True)
+  check_writable(workdir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -97,6 +104,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {k: jax.make_array_from_process_local_data(batch_sh(np.asarray(v)), np.asarray(v))
             for k, v in batch.items()}
 
+  stop = StopRequest().install()   # from here on, a SIGTERM waits for the current step
+  stop_signal = False
   step_fn = make_train_step(ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
                             state_shardings=shardings)
   rng, eval_rng = jax.random.split(jax.random.key(config.seed))   # step keys: fold_in(rng, step)
@@ -108,22 +117,35 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         tokens_per_example=tokens, flops_per_step=compiled_flops(compiled), start_step=start)
 
   ############################ Train loop ####################################
-  t0, pending, step = time.time(), None, start
+  # SIGTERM / SIGINT (preemption, scancel, Ctrl-C) end the current step, save it and exit cleanly.
+  # A step with a non-finite loss or gradient left the state unchanged (inside the compiled step);
+  # the guard counts those and, for train.nonfinite="stop", stops after train.max_nonfinite in a row.
+  guard = NonFiniteGuard(config.train.get("nonfinite", "stop"), config.train.get("max_nonfinite", 1))
+  t0, pending, step, saved, flag = time.time(), None, start, start, None
   limit = config.train.get("time_limit_minutes")
   batch = first
+  save = lambda s: ckpt.save(s, state, data_iter=data.iterator,  # noqa: E731
+                             config=json.loads(config.to_json_best_effort()))
   try:
     for step in range(start + 1, total + 1):
       if step > start + 1:
         batch = to_global(next(data.iterator))
       state, metrics = compiled(state, batch, jax.random.fold_in(rng, step))
+      if flag is not None:                     # the previous step's non-finite flag (one step behind)
+        guard.update(step - 1, flag, last_checkpoint=ckpt.latest_step)
+      flag = metrics["nonfinite"]
       if pending is not None:                  # fetch the previous step's metrics after dispatching this one
         writer.write(*pending)
         pending = None
       out_of_time = limit is not None and (time.time() - t0) / 60 > limit
-      if step % config.train.log_every == 0 or step == total or out_of_time:
+      stop_signal = stop.requested()
+      if step % config.train.log_every == 0 or step == total or out_of_time or stop_signal:
         pending = (step, metrics)
-      if step % config.train.ckpt_every == 0 or step == total or out_of_time:
-        ckpt.save(step, state, data_iter=data.iterator, config=json.loads(config.to_json_best_effort()))
+      if step % config.train.ckpt_every == 0 or step == total or out_of_time or stop_signal:
+        save(step)
+        saved = step
+      if stop_signal:
+        break
       if step % config.train.eval_every == 0 and step != total and not out_of_time:
         scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).model, data.tokenizer, config,
                                             data.data_dir, workdir, rng=jax.random.fold_in(eval_rng, step),
@@ -133,11 +155,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if out_of_time:
         logging.info("time limit of %.1f minutes reached at step %d", limit, step)
         break
+    if flag is not None:
+      guard.update(step, flag, last_checkpoint=ckpt.latest_step)
   finally:
     ckpt.wait()   # never leave an async save uncommitted, even when the loop raises
+    stop.restore()
   if pending is not None:
     writer.write(*pending)
   train_minutes = (time.time() - t0) / 60
+  if stop_signal:
+    writer.close()
+    ckpt.close()
+    msg = (f"stopped by {stop.name} at step {step}; checkpoint {ckpt.directory}/{saved} committed "
+           f"(the next start resumes from it)")
+    logging.warning(msg)
+    if jax.process_index() == 0:
+      print(msg, flush=True)
+    return {"stopped_by": stop.name, "step": step}
 
   ############################ Final evaluation ##############################
   model = nnx.merge(graphdef, state).model
@@ -148,10 +182,70 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ckpt.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "scores.json"), "w") as f:
-      json.dump({"step": step, "train_minutes": train_minutes, "params": n_params, **scores}, f, indent=2)
+      json.dump({"step": step, "train_minutes": train_minutes, "params": n_params,
+                 "nonfinite_skipped": guard.total, **scores}, f, indent=2)
     shapes_eval.print_scores(scores)
     print(f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, samples.png, scores.json)")
   return scores
+
+
+def check_writable(workdir: str) -> None:
+  """Creates `workdir` and writes a probe file: a read-only or misspelt path fails here, in one line."""
+  from jaxmodels.errors import ConfigError
+  if "://" in workdir:          # gs:// and friends: Orbax and the writers report their own errors
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir} is not writable ({e.strerror or e})") from None
+
+
+class StopRequest:
+  """Records SIGTERM / SIGINT instead of dying; the loop polls `requested()` after each step (on
+  several hosts the flag is OR-ed over processes, so all of them stop at the same step). A second
+  SIGINT raises KeyboardInterrupt at once."""
+
+  def __init__(self):
+    self.signum, self._previous = None, {}
+
+  def install(self) -> "StopRequest":
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    logging.warning("received %s: checkpointing after the current step, then stopping",
+                    signal.Signals(signum).name)
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum is not None else ""
+
+  def requested(self) -> bool:
+    import jax
+    local = self.signum is not None
+    if jax.process_count() == 1:
+      return local
+    import numpy as np
+    from jax.experimental import multihost_utils
+    flags_ = multihost_utils.process_allgather(np.int32(local))
+    if not local and flags_.any():
+      self.signum = signal.SIGTERM
+    return bool(flags_.any())
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
 
 
 def main(argv):
@@ -161,9 +255,11 @@ def main(argv):
 
 
 def _run():
-  if _DISTRIBUTED.value:
+  explicit = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                  process_id=_PROCESS_ID.value)
+  if _DISTRIBUTED.value or any(v is not None for v in explicit.values()):
     import jax
-    jax.distributed.initialize()
+    jax.distributed.initialize(**explicit)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -32,10 +32,17 @@ class Checkpointer:
                                          item_names=("state", "data", "config"))
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    steps = self.all_steps()
+    return max(steps) if steps else None
 
   def all_steps(self) -> list[int]:
-    return list(self.manager.all_steps())
+    """Committed steps. A step directory without `_CHECKPOINT_METADATA` is skipped: a process killed
+    while the keep-N policy deleted an old checkpoint leaves such a half-deleted directory behind."""
+    return sorted(s for s in self.manager.all_steps() if self._complete(s))
+
+  def _complete(self, step: int) -> bool:
+    from etils import epath
+    return (epath.Path(self.directory) / str(step) / "_CHECKPOINT_METADATA").exists()
 
   def save(self, step: int, state: Any, *, data_iter=None, config: dict | None = None,
            force: bool = True) -> bool:
@@ -50,9 +57,10 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, *, data_iter=None) -> Any:
     """Restores the state into `abstract_state`'s shapes/shardings (and the iterator in place)."""
     import grain
-    if step not in self.manager.all_steps():
+    if step not in self.all_steps():
       raise CheckpointFormatError(f"{self.directory}: no checkpoint for step {step} "
-                                  f"(have {sorted(self.manager.all_steps())})")
+                                  f"(complete ones: {self.all_steps()})")
+    self.check_tree(step, abstract_state)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None and self._has_item(step, "data"):
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
@@ -61,6 +69,29 @@ class Checkpointer:
     except (ValueError, KeyError, FileNotFoundError) as e:
       raise CheckpointFormatError(f"{self.directory}/{step}: cannot restore the state ({e})") from None
     return restored["state"]
+
+  def check_tree(self, step: int, abstract_state: Any) -> None:
+    """Compares the saved tree (keys and shapes, from the metadata) with the target before restoring;
+    raises CheckpointFormatError naming the first differing key."""
+    from etils import epath
+    path = epath.Path(self.directory) / str(step) / "state"
+    try:
+      meta = ocp.StandardCheckpointHandler().metadata(path)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+      raise CheckpointFormatError(f"{path}: unreadable checkpoint metadata ({e})") from None
+    saved = _shapes(getattr(meta, "item_metadata", meta))
+    wanted = _shapes(abstract_state)
+    where = f"{self.directory}/{step}"
+    for key in sorted(set(saved) | set(wanted)):
+      if key not in saved:
+        raise CheckpointFormatError(f"{where} does not match the model: {key} {wanted[key]} is in the "
+                                    f"model but not in the checkpoint")
+      if key not in wanted:
+        raise CheckpointFormatError(f"{where} does not match the model: {key} {saved[key]} is in the "
+                                    f"checkpoint but not in the model")
+      if None not in (saved[key], wanted[key]) and saved[key] != wanted[key]:
+        raise CheckpointFormatError(f"{where} does not match the model: {key} has shape {saved[key]} "
+                                    f"in the checkpoint but {wanted[key]} in the model")
 
   def restore_config(self, step: int) -> dict | None:
     if not self._has_item(step, "config"):
@@ -76,3 +107,18 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  """{"model/llm/embed/embedding": shape} for every array leaf (an nnx Variable's `value` key dropped;
+  PRNG keys map to None, as a key is saved as its raw data)."""
+  import jax
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    if keys and keys[-1] == "value":
+      keys = keys[:-1]
+    dtype = getattr(leaf, "dtype", None)
+    is_key = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    out["/".join(keys)] = None if is_key else tuple(getattr(leaf, "shape", ()) or ())   # keys: by path only
+  return out

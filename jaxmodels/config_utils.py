@@ -49,7 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8, weight_decay=0.0, clip_norm=1.0, trainable=None, frozen=None))
   c.train = ml_collections.ConfigDict(dict(
       total_steps=1000, accum_steps=1, log_every=50, eval_every=500, ckpt_every=500,
-      ema_decay=placeholder(float), ema_path="dit", time_limit_minutes=placeholder(float)))
+      ema_decay=placeholder(float), ema_path="dit", time_limit_minutes=placeholder(float),
+      nonfinite="stop", max_nonfinite=1))   # non-finite loss/grads: "skip" the update or "stop"
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.sharding_rules = None          # None = jaxmodels.sharding.DEFAULT_RULES
   c.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True))

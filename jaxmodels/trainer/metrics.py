@@ -17,6 +17,9 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from absl import logging
+
+from jaxmodels.errors import ConfigError, JaxModelsError
 
 # Dense bf16 peak FLOP/s per chip.
 PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu v5p": 459e12, "tpu v5 lite": 197e12,
@@ -77,8 +80,9 @@ class MetricWriter:
   def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> dict:
     values = {k: float(np.asarray(v)) for k, v in metrics.items()}
     if prefix == "train":
+      skipped = values.get("nonfinite", 0.0) > 0   # the step left the state unchanged (train.nonfinite)
       for key in ("loss",):
-        if key in values and not math.isfinite(values[key]):
+        if key in values and not math.isfinite(values[key]) and not skipped:
           raise FloatingPointError(f"step {step}: {key} is {values[key]}; stopping (NaN/Inf guard)")
       now = time.time()
       steps = step - self._last_step
@@ -119,3 +123,41 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+class NonFiniteError(JaxModelsError):
+  """Training stopped: too many steps in a row with a non-finite loss or gradients."""
+
+
+class NonFiniteGuard:
+  """Host side of `train.nonfinite`: the compiled step already left the state unchanged on a step
+  whose loss or gradients were not finite (`metrics["nonfinite"] == 1`); this counts such steps and,
+  in mode "stop", raises after `max_in_a_row` consecutive ones ("skip" only counts)."""
+
+  def __init__(self, mode: str = "stop", max_in_a_row: int = 1):
+    if mode not in ("skip", "stop"):
+      raise ConfigError(f'config.train.nonfinite={mode!r}: expected "skip" or "stop"')
+    if int(max_in_a_row) < 1:
+      raise ConfigError(f"config.train.max_nonfinite={max_in_a_row}: expected >= 1")
+    self.mode, self.max_in_a_row = mode, int(max_in_a_row)
+    self.total, self.streak, self.first_bad = 0, 0, None
+
+  def update(self, step: int, flag, *, last_checkpoint=None) -> bool:
+    """`flag`: the step's `metrics["nonfinite"]`; `last_checkpoint`: a step or a callable returning it
+    (only called when stopping). Returns True if the step was skipped."""
+    if float(np.asarray(flag)) <= 0:
+      self.streak, self.first_bad = 0, None
+      return False
+    self.total += 1
+    self.streak += 1
+    self.first_bad = step if self.first_bad is None else self.first_bad
+    logging.warning("step %d: non-finite loss or gradients; update skipped (%d skipped so far)",
+                    step, self.total)
+    if self.mode == "stop" and self.streak >= self.max_in_a_row:
+      last_checkpoint = last_checkpoint() if callable(last_checkpoint) else last_checkpoint
+      kept = f"step {last_checkpoint}" if last_checkpoint is not None else "none yet"
+      raise NonFiniteError(
+          f"non-finite loss or gradients at {self.streak} steps in a row (steps {self.first_bad}-{step}, "
+          f"train.max_nonfinite={self.max_in_a_row}); stopping. Those updates were not applied; "
+          f"last checkpoint: {kept}")
+    return True

@@ -8,6 +8,7 @@ import optax
 from flax import nnx
 
 from jaxmodels import sharding
+from jaxmodels.errors import ConfigError
 from jaxmodels.trainer.optim import make_optimizer, trainable_filter
 from jaxmodels.trainer.train_state import TrainState
 from jaxmodels.unified import UnifiedModel
@@ -17,7 +18,12 @@ from jaxmodels.unified.build import unified_config
 def mesh_and_rules(config):
   """The mesh and the logical-axis rules: `config.sharding_rules` is None (defaults), one table
   [(logical, mesh axes), ...], or per-tower tables {"dit": [...], "default": [...]}."""
-  mesh = sharding.make_mesh(config.mesh.to_dict())
+  try:
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+  except ValueError as e:
+    import jax
+    raise ConfigError(f"config.mesh={config.mesh.to_dict()} does not fit the {jax.device_count()} "
+                      f"devices: {e}") from None
   rules = config.sharding_rules
   if not rules:
     return mesh, None

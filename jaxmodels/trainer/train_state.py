@@ -98,14 +98,20 @@ def make_train_step(ts: TrainState, *, accum_steps: int = 1, lr_schedule: Callab
                     state_shardings=None, batch_sharding=None):
   """Returns jitted `step(state, batch, rng) -> (state, metrics)` over `nnx.split(ts)[1]`.
 
-  The state argument is donated; pass shardings to pin the layout on a mesh.
+  The state argument is donated; pass shardings to pin the layout on a mesh. A step whose loss or
+  gradients are not finite leaves the whole state (params, optimizer moments and step count, EMA)
+  unchanged, selected inside the compiled step; `metrics["nonfinite"]` is 1.0 for such a step.
   """
   graphdef = nnx.graphdef(ts)
 
   def step(state, batch, rng):
-    ts_ = nnx.merge(graphdef, state)
+    ts_ = nnx.merge(graphdef, state, copy=True)   # `state` keeps the old values (see the select below)
     metrics = train_step(ts_, batch, rng, accum_steps=accum_steps, lr_schedule=lr_schedule)
-    return nnx.state(ts_), metrics
+    new = nnx.state(ts_)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    new = jax.lax.cond(finite, lambda n, o: n, lambda n, o: o, new, state)   # any leaf dtype (keys too)
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    return new, metrics
 
   kw = {}
   if state_shardings is not None:
