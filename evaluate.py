@@ -17,15 +17,20 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (checkpoint mode).")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The run's workdir (holds checkpoints/, tokenizer.json).")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-_SCORE_ONLY = flags.DEFINE_bool("score_only", False, "Score --geneval_dir without a model.")
-_GENEVAL_DIR = flags.DEFINE_string("geneval_dir", None, "Images in GenEval's layout (score-only mode).")
-_METADATA = flags.DEFINE_string("metadata", None, "GenEval prompt file (evaluation_metadata.jsonl).")
-_ALLOW_INCOMPLETE = flags.DEFINE_bool("allow_incomplete", False, "Score an incomplete image folder.")
-_IMAGES_PER_PROMPT = flags.DEFINE_integer("images_per_prompt", 4, "Images per prompt (GenEval: 4).")
+
+def _define_flags():
+  """CLI flags, defined only when run as a script (so train.py and evaluate.py import together)."""
+  global _CONFIG, _CHECKPOINT, _STEP, _OUT, _SCORE_ONLY, _GENEVAL_DIR, _METADATA
+  global _ALLOW_INCOMPLETE, _IMAGES_PER_PROMPT
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (checkpoint mode).")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The run's workdir (holds checkpoints/, tokenizer.json).")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+  _SCORE_ONLY = flags.DEFINE_bool("score_only", False, "Score --geneval_dir without a model.")
+  _GENEVAL_DIR = flags.DEFINE_string("geneval_dir", None, "Images in GenEval's layout (score-only mode).")
+  _METADATA = flags.DEFINE_string("metadata", None, "GenEval prompt file (evaluation_metadata.jsonl).")
+  _ALLOW_INCOMPLETE = flags.DEFINE_bool("allow_incomplete", False, "Score an incomplete image folder.")
+  _IMAGES_PER_PROMPT = flags.DEFINE_integer("images_per_prompt", 4, "Images per prompt (GenEval: 4).")
 
 
 def score_only(geneval_dir: str, metadata: str, out: str, *, allow_incomplete: bool,
@@ -95,4 +100,5 @@ def _run():
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
