@@ -97,41 +97,58 @@ def star_vertices(center: tuple[float, float], size: float) -> np.ndarray:
   return np.stack([cx + radii * np.cos(angles), oy + radii * np.sin(angles)], -1)
 
 
-def _polygon_mask(vertices: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-  """Even-odd point-in-polygon test of the points (xs, ys) (broadcast)."""
-  inside = np.zeros(np.broadcast(xs, ys).shape, bool)
-  n = len(vertices)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    for k in range(n):
-      x1, y1 = vertices[k]
-      x2, y2 = vertices[(k + 1) % n]
-      crosses = (y1 > ys) != (y2 > ys)
-      x_at = x1 + (x2 - x1) * (ys - y1) / (y2 - y1)
-      inside ^= crosses & (xs < x_at)
-  return inside
+def shape_masks(shape: str, cx: np.ndarray, cy: np.ndarray, size: np.ndarray, xs: np.ndarray,
+                ys: np.ndarray) -> np.ndarray:
+  """Exact ShapesWorld masks of K placements of one shape, at the given pixel centres.
 
+  A pixel belongs to the shape iff its centre is inside the analytic shape; element [k, i, j]
+  tests the pixel whose centre is (xs[j], ys[i]) against placement k. `shape_mask` (the
+  renderer) and the GenEval `shapes` detector both rasterise through this function.
 
-def _window_mask(shape: str, cx: float, cy: float, size: float, xs: np.ndarray,
-                 ys: np.ndarray) -> np.ndarray:
-  """Inside-test of the pixel centres xs [1, w], ys [h, 1] (pixel units)."""
+  Args:
+    shape: one of `SHAPES`.
+    cx, cy, size: float [K] centres and sizes, in pixels.
+    xs: float [W'] x of the pixel centres (column + 0.5); ys: float [H'] likewise.
+
+  Returns:
+    bool [K, H', W'].
+  """
+  cx = np.asarray(cx, np.float64).reshape(-1, 1, 1)
+  cy = np.asarray(cy, np.float64).reshape(-1, 1, 1)
+  size = np.asarray(size, np.float64).reshape(-1, 1, 1)
+  xx = np.asarray(xs, np.float64).reshape(1, 1, -1)
+  yy = np.asarray(ys, np.float64).reshape(1, -1, 1)
   r = size / 2.0
-  dx, dy = np.abs(xs - cx), np.abs(ys - cy)
-  if shape == "circle":
-    return dx * dx + dy * dy <= r * r
-  if shape == "square":
-    return (dx <= r) & (dy <= r)
-  if shape == "diamond":
-    return dx + dy <= r
-  if shape == "cross":
+  if shape in ("circle", "square", "diamond", "cross"):
+    dx, dy = np.abs(xx - cx), np.abs(yy - cy)
+    if shape == "circle":
+      return dx * dx + dy * dy <= r * r
+    if shape == "square":
+      return (dx <= r) & (dy <= r)
+    if shape == "diamond":
+      return dx + dy <= r
     t = size * _CROSS_THICKNESS / 2.0
     return ((dx <= t) & (dy <= r)) | ((dy <= t) & (dx <= r))
-  if shape == "triangle":
-    verts = np.array([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)])
-    return _polygon_mask(verts, xs, ys)
-  if shape == "star":
-    return _polygon_mask(star_vertices((cx, cy), size), xs, ys)
-  shape_id(shape)  # raises for unknown names
-  raise AssertionError(shape)
+  if shape == "triangle":  # apex up: (cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)
+    c, y, rr = cx[:, 0], cy[:, 0], r[:, 0]  # [K, 1]
+    verts = np.stack([np.concatenate([c, y - rr], -1), np.concatenate([c + rr, y + rr], -1),
+                      np.concatenate([c - rr, y + rr], -1)], 1)  # [K, 3, 2]
+  elif shape == "star":
+    verts = star_vertices((cx[:, 0], cy[:, 0]), size[:, 0])  # [K, 10, 2]
+  else:
+    shape_id(shape)  # raises ValueError naming the shapes
+    raise AssertionError(shape)
+  # Even-odd point-in-polygon rule; the crossing abscissa depends on the row only.
+  inside = np.zeros((len(verts), yy.shape[1], xx.shape[2]), bool)
+  n = verts.shape[1]
+  with np.errstate(divide="ignore", invalid="ignore"):
+    for k in range(n):
+      x1, y1 = verts[:, k, 0, None, None], verts[:, k, 1, None, None]
+      x2, y2 = verts[:, (k + 1) % n, 0, None, None], verts[:, (k + 1) % n, 1, None, None]
+      crosses = (y1 > yy) != (y2 > yy)
+      x_at = x1 + (x2 - x1) * (yy - y1) / (y2 - y1)
+      inside ^= crosses & (xx < x_at)
+  return inside
 
 
 def shape_mask(shape: str, center: tuple[float, float], size: float, height: int,
@@ -159,7 +176,7 @@ def shape_mask(shape: str, center: tuple[float, float], size: float, height: int
   out = np.zeros((height, width), bool)
   if c0 >= c1 or r0 >= r1:
     return out
-  ys = (np.arange(r0, r1, dtype=np.float64) + 0.5)[:, None]
-  xs = (np.arange(c0, c1, dtype=np.float64) + 0.5)[None, :]
-  out[r0:r1, c0:c1] = _window_mask(shape, cx, cy, float(size), xs, ys)
+  ys = np.arange(r0, r1, dtype=np.float64) + 0.5
+  xs = np.arange(c0, c1, dtype=np.float64) + 0.5
+  out[r0:r1, c0:c1] = shape_masks(shape, [cx], [cy], [float(size)], xs, ys)[0]
   return out

@@ -113,6 +113,7 @@ from jaxmodels.evals import EvalInputError
 SHAPES: tuple[str, ...] = sw_shapes.SHAPES
 COLORS: tuple[str, ...] = sw_palette.COLORS
 _CROSS_THICKNESS = 1.0 / 3.0  # bar thickness / size of the cross (shapes.py)
+shape_masks = sw_shapes.shape_masks   # the renderer's exact rasterisation, batched
 _STAR_UNIT = sw_shapes.star_vertices((0.0, 0.0), 1.0)  # [10, 2]; its box is centred on (0, 0)
 _STAR_ASPECT = float(np.ptp(_STAR_UNIT[:, 1]))  # height / width of the star (~0.951)
 _PIXELS_PER_CHUNK = 1 << 16  # nearest-colour lookup in chunks (memory bound on large images)
@@ -174,60 +175,6 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarra
 
 
 # --------------------------------------------------------------------------- exact shape fitting
-
-def shape_masks(shape: str, cx: np.ndarray, cy: np.ndarray, size: np.ndarray, xs: np.ndarray,
-                ys: np.ndarray) -> np.ndarray:
-  """Exact ShapesWorld masks of K placements of one shape, at the given pixel centres.
-
-  The arithmetic of `shapes.shape_mask` (a pixel belongs to the shape iff its centre is inside
-  the analytic shape), vectorised over placements: element [k, i, j] equals
-  `shape_mask(shape, (cx[k], cy[k]), size[k], ...)` at the pixel whose centre is (xs[j], ys[i]).
-
-  Args:
-    shape: one of `SHAPES`.
-    cx, cy, size: float [K] centres and sizes, in pixels.
-    xs: float [W'] x of the pixel centres (column + 0.5); ys: float [H'] likewise.
-
-  Returns:
-    bool [K, H', W'].
-  """
-  cx = np.asarray(cx, np.float64).reshape(-1, 1, 1)
-  cy = np.asarray(cy, np.float64).reshape(-1, 1, 1)
-  size = np.asarray(size, np.float64).reshape(-1, 1, 1)
-  xx = np.asarray(xs, np.float64).reshape(1, 1, -1)
-  yy = np.asarray(ys, np.float64).reshape(1, -1, 1)
-  r = size / 2.0
-  if shape in ("circle", "square", "diamond", "cross"):
-    dx, dy = np.abs(xx - cx), np.abs(yy - cy)
-    if shape == "circle":
-      return dx * dx + dy * dy <= r * r
-    if shape == "square":
-      return (dx <= r) & (dy <= r)
-    if shape == "diamond":
-      return dx + dy <= r
-    t = size * _CROSS_THICKNESS / 2.0
-    return ((dx <= t) & (dy <= r)) | ((dy <= t) & (dx <= r))
-  if shape == "triangle":  # apex up: (cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)
-    c, y, rr = cx[:, 0], cy[:, 0], r[:, 0]  # [K, 1]
-    verts = np.stack([np.concatenate([c, y - rr], -1), np.concatenate([c + rr, y + rr], -1),
-                      np.concatenate([c - rr, y + rr], -1)], 1)  # [K, 3, 2]
-  elif shape == "star":
-    verts = sw_shapes.star_vertices((cx[:, 0], cy[:, 0]), size[:, 0])  # [K, 10, 2]
-  else:
-    sw_shapes.shape_id(shape)  # raises ValueError naming the shapes
-    raise AssertionError(shape)
-  # Even-odd rule as in shapes.py; the crossing abscissa depends on the row only.
-  inside = np.zeros((len(verts), yy.shape[1], xx.shape[2]), bool)
-  n = verts.shape[1]
-  with np.errstate(divide="ignore", invalid="ignore"):
-    for k in range(n):
-      x1, y1 = verts[:, k, 0, None, None], verts[:, k, 1, None, None]
-      x2, y2 = verts[:, (k + 1) % n, 0, None, None], verts[:, (k + 1) % n, 1, None, None]
-      crosses = (y1 > yy) != (y2 > yy)
-      x_at = x1 + (x2 - x1) * (yy - y1) / (y2 - y1)
-      inside ^= crosses & (xx < x_at)
-  return inside
-
 
 def critical_sizes(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   """Smallest size at which each point (u, v) (offset from the shape's centre, y down) lies in
