@@ -21,3 +21,9 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.fail(f"{SHARED_DATA} is missing: the tests need the shared/ folder beside the checkout")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+  """One TFDS data dir per test session, so the ShapesWorld tiny build is made once and shared."""
+  return str(tmp_path_factory.mktemp("tfds"))

@@ -45,11 +45,6 @@ class PoisonLM(LLM):
     return loss, {"nll": -ll.mean()}
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _config(data_dir, **train_overrides):
   c = shapes_tiny.get_config("runlocal")
   c.data.data_dir = data_dir

@@ -8,11 +8,6 @@ import train
 from configs import shapes_tiny
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _config(data_dir, **train_overrides):
   c = shapes_tiny.get_config("runlocal")
   c.data.data_dir = data_dir
