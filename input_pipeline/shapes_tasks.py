@@ -8,6 +8,12 @@ scene `questions_per_scene` times with different questions. Arrays (fixed shapes
   und_mask [T_u] int32 (right-padded)             und_loss_mask [T_u] int32: 1 on answer tokens and <eos>
   gen_image [S_g, S_g, 3] float32 in [-1, 1]      gen_ids [T_g] int32 prompt, left-padded; gen_mask [T_g]
 
+With `edit_fraction` = p > 0, a fixed pseudo-random fraction p of the elements (a hash of the index)
+are edits instead of text-to-image pairs: gen_ids = <bos> <image>×n instruction, gen_image = the edit
+target, and every element carries gen_cond_image [S_u, S_u, 3] (the source scene for edits, all −1,
+i.e. black, for text-to-image rows, which hold no <image> placeholder). The model's generation loss
+splices the source image's tokens into the instruction (MetaQuery-style editing, `edit_drop`).
+
     tok = shapes_tokenizer(train_raw)                      # WordTokenizer over ShapesWorld's words
     src = ShapesTaskSource(load_split(d, "train", "res32", decode=True), tok, num_image_tokens=16)
     ds = input_pipeline.pipeline.make_dataset(src, seed=0, batch_size=32)
@@ -28,6 +34,9 @@ OPEN_QA_KINDS = ("color", "shape", "count", "position")
 def _texts(record: dict[str, Any]) -> Iterable[str]:
   prompt = record["prompt"]
   yield prompt.decode() if isinstance(prompt, bytes) else prompt
+  instruction = record.get("edit_instruction")
+  if instruction is not None:
+    yield instruction.decode() if isinstance(instruction, bytes) else instruction
   qa = record["qa"]
   for item in json.loads(qa) if isinstance(qa, (bytes, str)) else qa:
     yield item["question"]
@@ -35,7 +44,8 @@ def _texts(record: dict[str, Any]) -> Iterable[str]:
 
 
 def shapes_tokenizer(records: Iterable[dict[str, Any]]) -> WordTokenizer:
-  """A word-level tokenizer over every prompt, question and answer in `records` (raw or decoded)."""
+  """A word-level tokenizer over every prompt, edit instruction, question and answer in `records`
+  (raw or decoded)."""
   texts = [t for r in records for t in _texts(r)]
   return WordTokenizer.from_texts(texts)
 
@@ -55,6 +65,11 @@ def und_prompt(tokenizer: WordTokenizer, question: str, num_image_tokens: int) -
   return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(question)
 
 
+def edit_prompt(tokenizer: WordTokenizer, instruction: str, num_image_tokens: int) -> list[int]:
+  """<bos> <image>×n instruction: the source image's tokens, then what to change."""
+  return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(instruction)
+
+
 def left_pad(ids: Sequence[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Left-pads (keeping the last `length` tokens): (ids int32 [length], mask int32 [length])."""
   ids = list(ids)[-length:]
@@ -71,11 +86,19 @@ class ShapesTaskSource:
 
   def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
                und_len: int = 48, gen_len: int = 16, und_image_size: int = 32, gen_image_size: int = 32,
-               questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS):
+               questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
+               edit_fraction: float = 0.0):
+    if not 0.0 <= edit_fraction <= 1.0:
+      raise ValueError(f"edit_fraction={edit_fraction} must be in [0, 1]")
     self.scenes, self.tok = scenes, tokenizer
     self.n_img, self.und_len, self.gen_len = num_image_tokens, und_len, gen_len
     self.und_size, self.gen_size = und_image_size, gen_image_size
     self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
+    self.edit_fraction = edit_fraction
+
+  def is_edit(self, i: int) -> bool:
+    """Whether element i is an edit (a fixed hash of i, so a fraction `edit_fraction` of any range)."""
+    return (int(i) * 2654435761 % 2**32) / 2**32 < self.edit_fraction
 
   def __len__(self) -> int:
     return len(self.scenes) * self.k
@@ -92,9 +115,20 @@ class ShapesTaskSource:
     und_ids[:len(ids)] = ids
     und_mask = (np.arange(self.und_len) < len(ids)).astype(np.int32)
     loss_mask = ((np.arange(self.und_len) >= len(prompt)) & (und_mask > 0)).astype(np.int32)
-    gen_ids, gen_mask = left_pad([self.tok.bos_id] + self.tok.encode(ex["prompt"]), self.gen_len,
-                                 self.tok.pad_id)
     image = ex["image"]
-    return dict(und_image=to_unit_range(image, self.und_size), und_ids=und_ids, und_mask=und_mask,
-                und_loss_mask=loss_mask, gen_image=to_unit_range(image, self.gen_size), gen_ids=gen_ids,
-                gen_mask=gen_mask)
+    out = dict(und_image=to_unit_range(image, self.und_size), und_ids=und_ids, und_mask=und_mask,
+               und_loss_mask=loss_mask)
+    if self.edit_fraction and self.is_edit(i):
+      prompt = edit_prompt(self.tok, ex["edit_instruction"], self.n_img)
+      target, cond = ex["edit_image"], to_unit_range(image, self.und_size)
+      if len(prompt) > self.gen_len:   # truncating would drop the source image's tokens
+        raise ValueError(f"an edit prompt has {len(prompt)} tokens > data.gen_len={self.gen_len}; raise "
+                         f"data.gen_len to at least {len(prompt)}")
+    else:
+      prompt = [self.tok.bos_id] + self.tok.encode(ex["prompt"])
+      target, cond = image, np.full((self.und_size, self.und_size, 3), -1.0, np.float32)
+    out["gen_ids"], out["gen_mask"] = left_pad(prompt, self.gen_len, self.tok.pad_id)
+    out["gen_image"] = to_unit_range(target, self.gen_size)
+    if self.edit_fraction:
+      out["gen_cond_image"] = cond
+    return out

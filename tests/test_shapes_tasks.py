@@ -1,0 +1,62 @@
+"""ShapesWorld as training elements: fixed shapes, understanding masks, and the edit mixture."""
+import numpy as np
+import pytest
+
+from input_pipeline import shapes_world as sw
+from input_pipeline.shapes_tasks import ShapesTaskSource, edit_prompt, shapes_tokenizer, to_unit_range
+
+
+@pytest.fixture(scope="module")
+def scenes(data_dir):
+  return sw.load_split(data_dir, "train", "tiny", decode=True)
+
+
+@pytest.fixture(scope="module")
+def tok(scenes):
+  return shapes_tokenizer([scenes[i] for i in range(len(scenes))])
+
+
+def test_elements_have_fixed_shapes_and_answer_masks(scenes, tok):
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=40, gen_len=16, und_image_size=16,
+                         gen_image_size=32)
+  assert len(src) == 4 * len(scenes)
+  for i in (0, 5, len(src) - 1):
+    ex = src[i]
+    assert ex["und_image"].shape == (16, 16, 3) and ex["gen_image"].shape == (32, 32, 3)
+    assert "gen_cond_image" not in ex                       # no edits: the t2i-only key set
+    ids, loss = ex["und_ids"], ex["und_loss_mask"]
+    assert (ids[1:5] == tok.image_id).all() and ids[0] == tok.bos_id
+    first = int(np.argmax(loss))
+    assert loss[first:].sum() == ex["und_mask"][first:].sum() > 0   # answer + <eos>, then padding
+    question, answer = tok.decode(ids[5:first]), tok.decode(ids[first:][loss[first:] > 0][:-1])
+    scene = scenes[i % len(scenes)]
+    qa = {tok.decode(tok.encode(q["question"])): str(q["answer"]) for q in scene["qa"]}
+    assert answer == tok.decode(tok.encode(qa[question]))
+
+
+def test_edit_mixture_elements_follow_their_instruction(scenes, tok):
+  n_img = 4
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=n_img, gen_len=40, und_image_size=16,
+                         gen_image_size=64, edit_fraction=0.3)
+  flags = [src.is_edit(i) for i in range(len(src))]
+  assert 0.2 < np.mean(flags) < 0.4
+  for i in range(len(src)):
+    ex, scene = src[i], scenes[i % len(scenes)]
+    assert ex["gen_cond_image"].shape == (16, 16, 3) and ex["gen_ids"].shape == (40,)
+    ids = ex["gen_ids"][ex["gen_mask"] > 0]
+    if flags[i]:
+      assert list(ids) == edit_prompt(tok, scene["edit_instruction"], n_img)
+      np.testing.assert_array_equal(ex["gen_image"], to_unit_range(scene["edit_image"], 64))
+      np.testing.assert_array_equal(ex["gen_cond_image"], to_unit_range(scene["image"], 16))
+    else:
+      assert tok.image_id not in ids and (ex["gen_cond_image"] == -1).all()
+      assert tok.decode(ids[1:]) == tok.decode(tok.encode(scene["prompt"]))
+      np.testing.assert_array_equal(ex["gen_image"], to_unit_range(scene["image"], 64))
+
+
+def test_edit_prompt_longer_than_gen_len_is_an_error(scenes, tok):
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=16, gen_len=16, edit_fraction=1.0)
+  with pytest.raises(ValueError, match="data.gen_len"):
+    src[0]
+  with pytest.raises(ValueError, match="edit_fraction"):
+    ShapesTaskSource(scenes, tok, num_image_tokens=16, edit_fraction=1.5)
