@@ -1,8 +1,10 @@
 """ShapesWorld as training data for unified models: understanding Q/A + text-to-image pairs.
 
 Element i of `ShapesTaskSource` joins, for scene s = i mod N, its prompt and image (generation) with
-its q-th question (understanding), q = (i div N) mod len(qa), so one pass over the source visits every
-scene `questions_per_scene` times with different questions. Arrays (fixed shapes, ready to batch):
+one of its open questions (understanding): round r = i div N asks kind (r + s) mod K of the K question
+kinds the scene has (so every kind is asked equally often) and, within that kind, cycles through its
+questions; one pass over the source visits every scene `questions_per_scene` times with different
+questions. Arrays (fixed shapes, ready to batch):
 
   und_image [S_u, S_u, 3] float32 in [-1, 1]      und_ids [T_u] int32: <bos> <image>×n question answer <eos>
   und_mask [T_u] int32 (right-padded)             und_loss_mask [T_u] int32: 1 on answer tokens and <eos>
@@ -61,6 +63,16 @@ def open_questions(qa: Sequence[dict], kinds: Sequence[str] = OPEN_QA_KINDS) -> 
   return [q for q in qa if q.get("kind") in kinds and "choices" not in q]
 
 
+def pick_question(qa: Sequence[dict], kinds: Sequence[str], *, scene: int, round_: int) -> dict:
+  """The open question of round `round_` for scene index `scene`: kinds taken in turn (offset by the
+  scene, so a batch mixes kinds), questions of a kind in turn (see the module docstring)."""
+  by_kind = [[q for q in open_questions(qa, (k,))] for k in kinds]
+  by_kind = [qs for qs in by_kind if qs]
+  j = round_ + scene
+  qs = by_kind[j % len(by_kind)]
+  return qs[(j // len(by_kind) + scene) % len(qs)]
+
+
 def und_prompt(tokenizer: WordTokenizer, question: str, num_image_tokens: int) -> list[int]:
   return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(question)
 
@@ -106,8 +118,7 @@ class ShapesTaskSource:
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     n = len(self.scenes)
     ex = self.scenes[int(i) % n]
-    qs = open_questions(ex["qa"], self.kinds)
-    item = qs[(int(i) // n) % len(qs)]
+    item = pick_question(ex["qa"], self.kinds, scene=int(i) % n, round_=int(i) // n)
     prompt = und_prompt(self.tok, item["question"], self.n_img)
     answer = self.tok.encode(str(item["answer"])) + [self.tok.eos_id]
     ids = (prompt + answer)[:self.und_len]

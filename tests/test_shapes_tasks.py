@@ -1,4 +1,6 @@
 """ShapesWorld as training elements: fixed shapes, understanding masks, and the edit mixture."""
+import collections
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,16 @@ def test_edit_prompt_longer_than_gen_len_is_an_error(scenes, tok):
     src[0]
   with pytest.raises(ValueError, match="edit_fraction"):
     ShapesTaskSource(scenes, tok, num_image_tokens=16, edit_fraction=1.5)
+
+
+def test_every_question_kind_is_asked_evenly(scenes, tok):
+  """Regression: the first questions of each scene (colour/shape) must not crowd out count/position."""
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=48, questions_per_scene=4)
+  kinds = collections.Counter()
+  for i in range(len(src)):
+    ids, loss = src[i]["und_ids"], src[i]["und_loss_mask"]
+    question = tok.decode(ids[5:int(np.argmax(loss))])
+    scene = scenes[i % len(scenes)]
+    kinds[next(q["kind"] for q in scene["qa"] if tok.decode(tok.encode(q["question"])) == question)] += 1
+  assert set(kinds) == {"color", "shape", "count", "position"}
+  assert min(kinds.values()) > 0.1 * len(src), kinds
