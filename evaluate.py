@@ -1,13 +1,26 @@
-r"""Scores a checkpoint, or an existing folder of generated images, on the ShapesWorld benchmarks.
+r"""Scores a checkpoint, or existing outputs, on the ShapesWorld / official benchmarks.
 
-    # a training run's checkpoint (latest step, or --step): Q/A accuracy + ShapesWorld-GenEval
-    python evaluate.py --config=configs/shapes_tiny.py --checkpoint=runs/shapes_tiny --out=runs/eval
-    # any model's images in GenEval's official layout, scored with the strict shapes detector
-    python evaluate.py --score_only --geneval_dir=DIR --metadata=prompts.jsonl --out=runs/eval
+    # a training run's checkpoint (latest step, or --step): Q/A, ShapesWorld-GenEval, -ColorBench and
+    # -ROVER, generated on the fly with the model (--evals picks a subset)
+    python evaluate.py --config=configs/shapes_tiny.py --checkpoint=runs/shapes_tiny --out=runs/eval \
+        --evals=geneval,colorbench,rover
+    # score-only (no model); the flag groups below combine freely in one call:
+    #   GenEval image folder (official layout), shapes detector or --detector=hf on local weights
+    python evaluate.py --score_only --out=runs/eval --geneval_dir=DIR --metadata=prompts.jsonl \
+        --detector=hf --hf_detector_dir=W/mask2former --hf_clip_dir=W/clip-vit-l-14 --device=cuda
+    #   official ColorBench parquet + a model's responses
+    python evaluate.py --score_only --out=runs/eval --colorbench_data=ColorBench/data \
+        --colorbench_predictions=preds.json
+    #   judged ROVER records -> summary; ShapesWorld-ROVER gen_{id} files -> exact scores
+    python evaluate.py --score_only --out=runs/eval --rover_metrics=DIR/rover_metrics.jsonl \
+        --shapes_rover_dir=runs/eval/rover
 
-Writes the official GenEval files (results.jsonl, summary_scores.txt), `results.json` with every score,
-and prints the score table. The checkpoint mode restores the same state tree that train.py saved
-(built abstractly, so nothing is allocated twice) and reads the run's tokenizer.json.
+Writes the official files of each benchmark, `results.json` with every score, `scores.md` (markdown
+tables) and one bar chart `<benchmark>.png` per benchmark, and prints the score table. The checkpoint
+mode restores the same state tree that train.py saved (built abstractly, so nothing is allocated
+twice) and reads the run's tokenizer.json. Score-only keys: geneval, colorbench, rover_ig /
+rover_tg (judged records), shapes_rover_ig / shapes_rover_tg (exact). ColorBench predictions are a
+JSON object idx → response text, or the official result file (idx → row with `model_ans`).
 """
 from __future__ import annotations
 
@@ -17,34 +30,129 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+EVALS = ("qa", "geneval", "colorbench", "rover")
+
 
 def _define_flags():
   """CLI flags, defined only when run as a script (so train.py and evaluate.py import together)."""
   global _CONFIG, _CHECKPOINT, _STEP, _OUT, _SCORE_ONLY, _GENEVAL_DIR, _METADATA
-  global _ALLOW_INCOMPLETE, _IMAGES_PER_PROMPT
+  global _ALLOW_INCOMPLETE, _IMAGES_PER_PROMPT, _EVALS, _CB_DATA, _CB_PREDS, _CB_ROUTE
+  global _ROVER_METRICS, _ROVER_CONFIG, _SHAPES_ROVER_DIR, _SHAPES_ROVER_TASKS, _SEED, _IMAGE_SIZE
+  global _DETECTOR, _HF_DETECTOR_DIR, _HF_CLIP_DIR, _DEVICE
   _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (checkpoint mode).")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The run's workdir (holds checkpoints/, tokenizer.json).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-  _SCORE_ONLY = flags.DEFINE_bool("score_only", False, "Score --geneval_dir without a model.")
+  _EVALS = flags.DEFINE_list("evals", list(EVALS), f"Checkpoint mode: benchmarks among {EVALS}.")
+  _SCORE_ONLY = flags.DEFINE_bool("score_only", False, "Score existing outputs without a model.")
   _GENEVAL_DIR = flags.DEFINE_string("geneval_dir", None, "Images in GenEval's layout (score-only mode).")
   _METADATA = flags.DEFINE_string("metadata", None, "GenEval prompt file (evaluation_metadata.jsonl).")
   _ALLOW_INCOMPLETE = flags.DEFINE_bool("allow_incomplete", False, "Score an incomplete image folder.")
   _IMAGES_PER_PROMPT = flags.DEFINE_integer("images_per_prompt", 4, "Images per prompt (GenEval: 4).")
+  _DETECTOR = flags.DEFINE_enum("detector", "shapes", ["shapes", "hf"], "GenEval detector (score-only).")
+  _HF_DETECTOR_DIR = flags.DEFINE_string("hf_detector_dir", None, "Local Mask2Former weights (--detector=hf).")
+  _HF_CLIP_DIR = flags.DEFINE_string("hf_clip_dir", None, "Local CLIP weights (--detector=hf).")
+  _DEVICE = flags.DEFINE_string("device", "cpu", "torch device of the hf detector.")
+  _CB_DATA = flags.DEFINE_string("colorbench_data", None, "ColorBench parquet file/folder or JSON rows.")
+  _CB_PREDS = flags.DEFINE_string("colorbench_predictions", None, "ColorBench responses (JSON).")
+  _CB_ROUTE = flags.DEFINE_enum("official_route", None, ["open", "api", "cot"],
+                                "Mirror the official ColorBench answer parser of this route.")
+  _ROVER_METRICS = flags.DEFINE_string("rover_metrics", None, "A judged rover_metrics.jsonl (or its folder).")
+  _ROVER_CONFIG = flags.DEFINE_enum("rover_config", "IG", ["IG", "TG"], "ROVER config of --rover_metrics.")
+  _SHAPES_ROVER_DIR = flags.DEFINE_string("shapes_rover_dir", None, "ShapesWorld-ROVER outputs (IG/, TG/).")
+  _SHAPES_ROVER_TASKS = flags.DEFINE_integer("shapes_rover_tasks", 16, "ShapesWorld-ROVER tasks per config.")
+  _SEED = flags.DEFINE_integer("seed", 0, "Seed of the ShapesWorld-ROVER tasks (score-only mode).")
+  _IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Image size of the ShapesWorld-ROVER tasks.")
 
 
-def score_only(geneval_dir: str, metadata: str, out: str, *, allow_incomplete: bool,
-               images_per_prompt: int = 4) -> dict:
-  from jaxmodels.evals import geneval
-  from jaxmodels.evals.detectors import ShapesDetector
-  summary = geneval.score_folder(geneval_dir, metadata, ShapesDetector(), out_dir=out,
-                                 allow_incomplete=allow_incomplete,
-                                 images_per_prompt=images_per_prompt)["summary"]
-  return {"geneval": {"overall": summary["overall"],
-                      **{t: v["accuracy"] for t, v in summary["tags"].items()}}}
+def _geneval_scores(summary: dict) -> dict:
+  return {"overall": summary["overall"], **{t: v["accuracy"] for t, v in summary["tags"].items()}}
 
 
-def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None) -> dict:
+def read_predictions(path: str) -> dict:
+  """ColorBench responses from JSON: {idx: text} or the official {idx: row with model_ans}."""
+  from jaxmodels.evals import EvalInputError
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+  except OSError as e:
+    raise EvalInputError(f"{path}: cannot read predictions ({e.strerror})") from None
+  except json.JSONDecodeError as e:
+    raise EvalInputError(f"{path}: invalid JSON ({e.msg})") from None
+  if not isinstance(raw, dict):
+    raise EvalInputError(f"{path}: expected a JSON object idx -> response")
+  out = {}
+  for key, value in raw.items():
+    if isinstance(value, dict):
+      if "model_ans" not in value:
+        raise EvalInputError(f"{path}: entry {key} has no field 'model_ans'")
+      key, value = value.get("idx", key), value["model_ans"]
+    if value is not None and not isinstance(value, str):
+      raise EvalInputError(f"{path}: entry {key} is not a response string")
+    out[str(key)] = value
+  return out
+
+
+def score_only(geneval_dir: str | None, metadata: str | None, out: str, *,
+               allow_incomplete: bool = False, images_per_prompt: int = 4,
+               colorbench_data: str | None = None, colorbench_predictions: str | None = None,
+               official_route: str | None = None, rover_metrics: str | None = None,
+               rover_config: str = "IG", shapes_rover_dir: str | None = None,
+               shapes_rover_tasks: int = 16, seed: int = 0, image_size: int = 32,
+               detector=None) -> dict:
+  """Scores whatever outputs are given (see the module docstring); no model. `detector` is the
+  GenEval detector (default: the `shapes` one)."""
+  from jaxmodels.evals import EvalInputError
+  scores = {}
+  if geneval_dir or metadata:
+    if not (geneval_dir and metadata):
+      raise EvalInputError("GenEval scoring needs both --geneval_dir and --metadata")
+    from jaxmodels.evals import geneval
+    from jaxmodels.evals.detectors import ShapesDetector
+    summary = geneval.score_folder(geneval_dir, metadata, detector or ShapesDetector(), out_dir=out,
+                                   allow_incomplete=allow_incomplete,
+                                   images_per_prompt=images_per_prompt)["summary"]
+    scores["geneval"] = _geneval_scores(summary)
+  if colorbench_data or colorbench_predictions:
+    if not (colorbench_data and colorbench_predictions):
+      raise EvalInputError("ColorBench scoring needs --colorbench_data and --colorbench_predictions")
+    from jaxmodels.evals import colorbench, reports
+    rows = colorbench.load_colorbench(colorbench_data, with_images=False)
+    result = colorbench.score(rows, read_predictions(colorbench_predictions),
+                              official_route=official_route)
+    reports.write_json(os.path.join(out, "colorbench_scores.json"),
+                       {k: v for k, v in result.items() if k != "per_row"})
+    scores["colorbench"] = {k: v for k, v in colorbench.table_row(result).items() if v is not None}
+  if rover_metrics:
+    from jaxmodels.evals import reports, rover
+    path = os.path.join(rover_metrics, "rover_metrics.jsonl") if os.path.isdir(rover_metrics) \
+        else rover_metrics
+    if not os.path.isfile(path):
+      raise EvalInputError(f"{path}: no rover_metrics.jsonl here")
+    summary = rover.summarize(rover.read_records(path), config=rover_config)
+    reports.write_json(os.path.join(out, "rover_summary.json"),
+                       {"summary": summary, "config": rover_config})
+    scores[f"rover_{rover_config.lower()}"] = dict(summary["overall"])
+  if shapes_rover_dir:
+    from jaxmodels.evals import shapes_rover
+    tasks = shapes_rover.make_tasks(seed=seed, num_ig=shapes_rover_tasks,
+                                    num_tg=shapes_rover_tasks, image_size=image_size)
+    tasks = {c: t for c, t in tasks.items() if os.path.isdir(os.path.join(shapes_rover_dir, c))}
+    if not tasks:
+      raise EvalInputError(f"{shapes_rover_dir}: no IG/ or TG/ folder of gen_{{id}}.png files")
+    result = shapes_rover.score_folder(tasks, shapes_rover_dir)
+    for config in tasks:
+      scores[f"shapes_rover_{config.lower()}"] = {k: v for k, v in result[config]["exact"].items()
+                                           if v is not None}
+  if not scores:
+    raise EvalInputError("score-only mode: nothing to score (give --geneval_dir/--metadata, "
+                         "--colorbench_data/--colorbench_predictions, --rover_metrics or "
+                         "--shapes_rover_dir)")
+  return scores
+
+
+def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
+                        evals=EVALS) -> dict:
   import jax
   from flax import nnx
 
@@ -52,10 +160,13 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None)
   from input_pipeline.tokenizers import WordTokenizer
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.errors import CheckpointFormatError
+  from jaxmodels.errors import CheckpointFormatError, ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
 
+  unknown = [e for e in evals if e not in EVALS]
+  if unknown:
+    raise ConfigError(f"--evals: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(EVALS)}")
   mesh, rules = mesh_and_rules(config)
   make_state, _ = train_state_factory(config)
   abstract = nnx.eval_shape(make_state)
@@ -71,8 +182,16 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None)
     raise CheckpointFormatError(f"{tok_path}: missing (the run's tokenizer is saved there by train.py)")
   scores = shapes_eval.evaluate_model(model, WordTokenizer.load(tok_path), config,
                                       config.data.get("data_dir") or default_data_dir(), out,
-                                      rng=jax.random.key(config.seed + 1), final=True)
+                                      rng=jax.random.key(config.seed + 1), final=True,
+                                      evals=tuple(evals))
   return {"step": step, **scores}
+
+
+def write_outputs(out: str, scores: dict) -> None:
+  """`results.json`, `scores.md` and one bar chart per benchmark in `out`."""
+  from jaxmodels.evals import reports
+  reports.write_json(os.path.join(out, "results.json"), scores)
+  reports.write_score_reports(out, {k: v for k, v in scores.items() if isinstance(v, dict)})
 
 
 def main(argv):
@@ -85,17 +204,27 @@ def _run():
   from jaxmodels.evals import shapes_world as shapes_eval
   os.makedirs(_OUT.value, exist_ok=True)
   if _SCORE_ONLY.value:
-    if not (_GENEVAL_DIR.value and _METADATA.value):
-      raise app.UsageError("--score_only needs --geneval_dir and --metadata")
+    detector = None
+    if _DETECTOR.value == "hf":
+      from jaxmodels.evals.detectors import make_detector
+      if not (_HF_DETECTOR_DIR.value and _HF_CLIP_DIR.value):
+        raise app.UsageError("--detector=hf needs --hf_detector_dir and --hf_clip_dir")
+      detector = make_detector("hf", detector_dir=_HF_DETECTOR_DIR.value,
+                               clip_dir=_HF_CLIP_DIR.value, device=_DEVICE.value)
     scores = score_only(_GENEVAL_DIR.value, _METADATA.value, _OUT.value,
                         allow_incomplete=_ALLOW_INCOMPLETE.value,
-                        images_per_prompt=_IMAGES_PER_PROMPT.value)
+                        images_per_prompt=_IMAGES_PER_PROMPT.value,
+                        colorbench_data=_CB_DATA.value, colorbench_predictions=_CB_PREDS.value,
+                        official_route=_CB_ROUTE.value, rover_metrics=_ROVER_METRICS.value,
+                        rover_config=_ROVER_CONFIG.value, shapes_rover_dir=_SHAPES_ROVER_DIR.value,
+                        shapes_rover_tasks=_SHAPES_ROVER_TASKS.value, seed=_SEED.value,
+                        image_size=_IMAGE_SIZE.value, detector=detector)
   else:
     if not (_CONFIG.value and _CHECKPOINT.value):
       raise app.UsageError("checkpoint mode needs --config and --checkpoint (or use --score_only)")
-    scores = evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUT.value, _STEP.value)
-  with open(os.path.join(_OUT.value, "results.json"), "w") as f:
-    json.dump(scores, f, indent=2)
+    scores = evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUT.value, _STEP.value,
+                                 evals=_EVALS.value)
+  write_outputs(_OUT.value, scores)
   shapes_eval.print_scores({k: v for k, v in scores.items() if isinstance(v, dict)})
 
 

@@ -1,13 +1,20 @@
 """Benchmark scoring that follows the official rules: GenEval, ColorBench and ROVER-style.
 
-The modules are pure Python (numpy, pillow; pyarrow only where parquet is read) and never import
-JAX, so they run next to any model, or on outputs saved by another framework:
+The scoring modules are pure Python (numpy, pillow; pyarrow only where parquet is read) and never
+import JAX, so they run next to any model, or on outputs saved by another framework (shapes_world
+is the JAX side, hf_detector the torch one):
 
   geneval     GenEval rules on detections, the official image-folder layout, results.jsonl
               and the summary_scores shape; detectors plug in through `geneval.Detector`.
   colorbench  ColorBench data loading, prompt text, answer extraction and metrics.
   rover       ROVER-IG/TG data layouts, judge-driven scoring with a resumable jsonl, summary.
   judges      the `Judge` interface and an OpenAI-compatible HTTP judge (standard library only).
+  detectors   the `shapes` GenEval detector (pixel geometry in shape_fit) and `make_detector`;
+  hf_detector the `hf` detector (transformers Mask2Former + CLIP, torch; local weights only).
+  shapes_colorbench, shapes_rover   ShapesWorld versions of ColorBench and ROVER, made on the fly
+              and scored exactly (ROVER without a judge).
+  shapes_world  a unified model's ShapesWorld scores and its answer / edit adapters (JAX).
+  reports     JSON / JSONL / summary writers, scores.md tables and bar charts.
 
 Example:
   from jaxmodels.evals import geneval

@@ -521,13 +521,21 @@ def score_folder(folder: str | os.PathLike, metadata_path: str | os.PathLike, de
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     sink = (Path(out_dir) / "results.jsonl").open("w", encoding="utf-8")
   try:
-    for metadata, path in tqdm(jobs, desc="GenEval", unit="img", disable=not progress):
-      detections = detector.detect(load_image(path))
-      row = result_record(path, metadata, detections, **rules)
-      results.append(row)
-      if sink is not None:
-        sink.write(json.dumps(row) + "\n")
-        sink.flush()
+    # Detectors with `detect_batch` (e.g. `hf`) get `batch_size` images at a time.
+    step = max(1, int(getattr(detector, "batch_size", 1))) if hasattr(
+        detector, "detect_batch") else 1
+    with tqdm(total=len(jobs), desc="GenEval", unit="img", disable=not progress) as bar:
+      for start in range(0, len(jobs), step):
+        chunk = jobs[start:start + step]
+        images = [load_image(path) for _, path in chunk]
+        found = detector.detect_batch(images) if step > 1 else [detector.detect(images[0])]
+        for (metadata, path), detections in zip(chunk, found):
+          row = result_record(path, metadata, detections, **rules)
+          results.append(row)
+          if sink is not None:
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
+        bar.update(len(chunk))
   finally:
     if sink is not None:
       sink.close()

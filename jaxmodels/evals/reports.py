@@ -94,3 +94,61 @@ def write_geneval_summary(out_dir: str | os.PathLike, summary: dict,
   out.mkdir(parents=True, exist_ok=True)
   (out / "summary_scores.txt").write_text(geneval_summary_text(summary), encoding="utf-8")
   write_json(out / "summary.json", dict(summary, settings=settings or {}))
+
+
+def _numeric(table: dict) -> dict[str, float]:
+  return {str(k): float(v) for k, v in table.items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def markdown_table(scores: dict) -> str:
+  """Benchmarks (name → {metric: number}) as markdown: one `| metric | value |` table each;
+  non-numeric entries are left out."""
+  lines = []
+  for bench, table in scores.items():
+    if not isinstance(table, dict) or not _numeric(table):
+      continue
+    lines += [f"### {bench}", "", "| metric | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in _numeric(table).items()]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def bar_chart(path: str | os.PathLike, title: str, values: dict) -> None:
+  """A PNG bar chart of {name: number} drawn with Pillow (no plotting library needed). Values
+  in 0..1 are drawn on a 0..1 axis, larger ones on 0..100 (ROVER's scale) or their maximum."""
+  from PIL import Image, ImageDraw
+  values = _numeric(values)
+  if not values:
+    return
+  top = 1.0 if max(values.values()) <= 1.0 else max(100.0, max(values.values()))
+  bar, gap, height, margin = 48, 16, 220, 40
+  width = margin * 2 + len(values) * (bar + gap)
+  img = Image.new("RGB", (max(width, 240), height + 2 * margin + 8), "white")
+  draw = ImageDraw.Draw(img)
+  draw.text((margin, 8), f"{title} (axis 0..{top:g})", fill="black")
+  base = margin + height
+  draw.line([(margin - 4, base), (img.width - margin // 2, base)], fill="black")
+  for i, (name, value) in enumerate(values.items()):
+    x = margin + i * (bar + gap)
+    h = int(round(height * max(0.0, min(value, top)) / top))
+    draw.rectangle([x, base - h, x + bar, base], fill=(30, 80, 230))
+    draw.text((x, base - h - 12), f"{value:.3g}", fill="black")
+    draw.text((x, base + 4), name[:9], fill="black")
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  img.save(path, format="PNG")
+
+
+def write_score_reports(out_dir: str | os.PathLike, scores: dict) -> list[Path]:
+  """Writes `scores.md` (markdown tables) and `<benchmark>.png` (bar chart) per benchmark next
+  to the scores JSON; returns the files written."""
+  out = Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "scores.md").write_text(markdown_table(scores), encoding="utf-8")
+  written = [out / "scores.md"]
+  for bench, table in scores.items():
+    if isinstance(table, dict) and _numeric(table):
+      bar_chart(out / f"{bench}.png", bench, table)
+      written.append(out / f"{bench}.png")
+  return written

@@ -1,8 +1,11 @@
-"""Scoring a unified model on ShapesWorld: understanding Q/A accuracy and GenEval-style generation.
+"""Scoring a unified model on ShapesWorld: understanding Q/A accuracy, GenEval-style generation,
+ShapesWorld-ColorBench (understanding) and ShapesWorld-ROVER (editing), and the model adapters.
 
     qa = qa_accuracy(model, tok, val_scenes)            # {"color": 0.9, "shape": ..., "overall": ...}
     gen = geneval_generate_and_score(model, tok, records, ShapesDetector(), rng=jax.random.key(0))
     gen["summary"]["overall"], gen["images"]            # GenEval summary, uint8 [N, S, S, 3]
+    answer_fn = model_answer_fn(model, tok)             # (images uint8 [B,H,W,3], texts) -> replies
+    edit_fn = model_edit_fn(model, tok, rng=key)        # (images, instructions) -> (images, texts)
 
 The GenEval rules are `jaxmodels.evals.geneval`'s (the official ones); ShapesWorld prompts follow
 GenEval's schema, so the same rules and summary apply.
@@ -33,6 +36,12 @@ def _und_embeddings(model, ids, images):
 @nnx.jit(static_argnames=("num_steps", "guidance"))
 def _sample(model, ids, mask, rng, num_steps, guidance):
   return model.generate_image(ids, mask, rng, num_steps=num_steps, guidance=guidance)
+
+
+@nnx.jit(static_argnames=("num_steps", "guidance", "image_guidance"))
+def _sample_edit(model, ids, mask, rng, cond_images, num_steps, guidance, image_guidance):
+  return model.generate_image(ids, mask, rng, num_steps=num_steps, guidance=guidance,
+                              cond_images=cond_images, image_guidance=image_guidance)
 
 
 def _batches(items: Sequence, size: int):
@@ -73,6 +82,69 @@ def qa_accuracy(model, tokenizer, scenes: Sequence[dict], *, kinds: Sequence[str
   scores = {k: right[k] / per_kind[k] for k in kinds if per_kind[k]}
   scores["overall"] = float(np.mean(list(scores.values()))) if scores else 0.0
   return scores
+
+
+def model_answer_fn(model, tokenizer, *, batch_size: int = 32, prompt_len: int = 48,
+                    max_new_tokens: int = 4):
+  """`answer_fn(images uint8 [B, H, W, 3], texts list[str]) -> list[str]` of a unified model:
+  greedy answers through the understanding path (<bos> <image>×n text), batches padded to
+  `batch_size` so one compiled shape serves every call (the shapes of `qa_accuracy`)."""
+  size = model.config.und_encoder.image_size
+
+  def answer(images, texts):
+    out = []
+    for start in range(0, len(texts), batch_size):
+      imgs = list(images[start:start + batch_size])
+      rows = _pad_batch(list(zip(imgs, texts[start:start + batch_size])), batch_size)
+      pixels = jnp.asarray(np.stack([to_unit_range(np.asarray(i, np.uint8), size)
+                                     for i, _ in rows]))
+      room = max(0, prompt_len - 1 - model.num_image_tokens)  # long texts lose words, never images
+      prompts = [left_pad(und_prompt(tokenizer, "", model.num_image_tokens)
+                          + tokenizer.encode(t)[:room], prompt_len, tokenizer.pad_id)
+                 for _, t in rows]
+      ids = jnp.asarray(np.stack([p[0] for p in prompts]))
+      mask = jnp.asarray(np.stack([p[1] for p in prompts]))
+      embeds = _und_embeddings(model, ids, pixels)
+      tokens = np.asarray(generate(model.llm, ids, max_new_tokens, attention_mask=mask,
+                                   inputs_embeds=embeds, eos_token_id=tokenizer.eos_id,
+                                   pad_token_id=tokenizer.pad_id))[:, prompt_len:]
+      for row in tokens[:len(imgs)]:
+        out.append(tokenizer.decode([t for t in row if t not in (tokenizer.pad_id,
+                                                                 tokenizer.eos_id)]).strip())
+    return out
+
+  return answer
+
+
+def model_edit_fn(model, tokenizer, *, rng: jax.Array, num_steps: int = 20, guidance: float = 3.0,
+                  image_guidance: float = 1.5, batch_size: int = 32, text_len: int = 32):
+  """`edit_fn(source images uint8 [B, H, W, 3], instructions) -> (images uint8, texts)` of a
+  unified model: the prompt is <bos> <image>×n instruction (left-padded to n + 1 + `text_len`),
+  the placeholders filled from the source image (`generate_image(..., cond_images=...)`, 3-way
+  guidance). The model writes no reasoning text, so every text is "" (RP / RA missing)."""
+  size = model.config.und_encoder.image_size
+  n_img = model.num_image_tokens
+  length = n_img + 1 + text_len
+  calls = [0]
+
+  def edit(images, instructions):
+    out = []
+    for start in range(0, len(instructions), batch_size):
+      imgs = list(images[start:start + batch_size])
+      rows = _pad_batch(list(zip(imgs, instructions[start:start + batch_size])), batch_size)
+      cond = jnp.asarray(np.stack([to_unit_range(np.asarray(i, np.uint8), size) for i, _ in rows]))
+      prompts = [left_pad([tokenizer.bos_id] + [tokenizer.image_id] * n_img
+                          + tokenizer.encode(t)[:text_len], length, tokenizer.pad_id)
+                 for _, t in rows]
+      ids = jnp.asarray(np.stack([p[0] for p in prompts]))
+      mask = jnp.asarray(np.stack([p[1] for p in prompts]))
+      x = _sample_edit(model, ids, mask, jax.random.fold_in(rng, calls[0]), cond, num_steps,
+                       guidance, image_guidance)
+      calls[0] += 1
+      out.extend(to_uint8(x)[:len(imgs)])
+    return np.stack(out), [""] * len(out)
+
+  return edit
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -121,18 +193,52 @@ def save_grid(images: np.ndarray, path: str, *, columns: int = 8, scale: int = 2
   Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
 
 
-def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng, final: bool) -> dict:
-  """Q/A accuracy on the validation split; with `final`, also ShapesWorld-GenEval on the test split
-  (writing `<workdir>/geneval/` in the official layout and `<workdir>/samples.png`)."""
+EVALS = ("qa", "geneval", "colorbench", "rover")
+
+
+def _present(table: dict) -> dict:
+  """The entries that have a value (metric writers take numbers only)."""
+  return {k: float(v) for k, v in table.items() if v is not None}
+
+
+def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng, final: bool,
+                   evals: Sequence[str] = EVALS) -> dict:
+  """The ShapesWorld scores of a model, by benchmark (`evals` selects among `EVALS`).
+
+  qa: Q/A accuracy on the validation split. colorbench: ShapesWorld-ColorBench (perception,
+  reasoning, overall, robustness; a small subset in the loop, `evals.colorbench_per_task` /
+  `colorbench_seeds` items at the end). With `final`, and a pixel-generating model: geneval
+  (ShapesWorld-GenEval on the test split, `<workdir>/geneval/` in the official layout and
+  `<workdir>/samples.png`) and rover (ShapesWorld-ROVER IG and TG, `evals.rover_tasks` each,
+  exact scores on ROVER's 0..100 scale, `<workdir>/rover/`; needs an understanding encoder for
+  the source image and a prompt-conditioned DiT, i.e. not queries="image_tokens"). Set sizes
+  default to min(geneval_prompts, 16) (ColorBench: at most 8 per task).
+  """
   from input_pipeline import shapes_world as sw
+  from jaxmodels.evals import shapes_colorbench, shapes_rover
   ev, cfg_name = config.evals, config.data.get("config", "res32")
+  # Sizes of the ColorBench / ROVER sets: config.evals keys, else scaled with geneval_prompts (so
+  # smoke configs stay small).
+  small = max(1, min(ev.get("geneval_prompts", 16), 16))
   scores = {}
-  if model.und_encoder is not None:
+  can_read = model.und_encoder is not None
+  if "qa" in evals and can_read:
     val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
     scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]
     scores["qa"] = qa_accuracy(model, tokenizer, scenes, max_per_kind=ev.qa_per_kind,
                                batch_size=ev.batch_size, prompt_len=config.data.und_len)
-  if final and model.config.gen_target == "pixels":
+  if "colorbench" in evals and can_read:
+    size = ev.get("colorbench_image_size", 32)
+    rows = shapes_colorbench.make_rows(
+        seed=config.seed, image_size=size,
+        per_task=ev.get("colorbench_per_task", min(small, 8)) if final else 2,
+        robustness_seeds=ev.get("colorbench_seeds", min(small, 8)) if final else 2)
+    answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
+                             prompt_len=config.data.und_len)
+    result = shapes_colorbench.evaluate(answer, rows, batch_size=ev.batch_size, text="question",
+                                        match_choices=True, progress=final)
+    scores["colorbench"] = _present(shapes_colorbench.summary(result))
+  if final and model.config.gen_target == "pixels" and "geneval" in evals:
     from jaxmodels.evals.detectors import ShapesDetector
     test = sw.load_split(data_dir, "test", cfg_name, decode=True)
     records = [test[i]["metadata"] for i in range(min(len(test), ev.geneval_prompts))]
@@ -143,12 +249,29 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     scores["geneval"] = {"overall": out["summary"]["overall"],
                          **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
     save_grid(out["images"][:64], os.path.join(workdir, "samples.png"))
+  editable = can_read and model.config.queries != "image_tokens"   # prompts with image inputs
+  if final and model.config.gen_target == "pixels" and "rover" in evals and editable:
+    tasks = shapes_rover.make_tasks(seed=config.seed, num_ig=ev.get("rover_tasks", small),
+                                    num_tg=ev.get("rover_tasks", small),
+                                    image_size=model.config.gen_image_size)
+    edit = model_edit_fn(model, tokenizer, rng=jax.random.fold_in(rng, 7),
+                         num_steps=ev.sample_steps, guidance=ev.guidance,
+                         batch_size=ev.batch_size)
+    answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
+                             prompt_len=config.data.und_len)
+    out = shapes_rover.run(tasks, edit, answer_fn=answer, out_dir=os.path.join(workdir, "rover"),
+                           batch_size=ev.batch_size, progress=True)
+    scores["rover_ig"] = _present(out["IG"]["exact"])   # 0..100, missing metrics left out
+    scores["rover_tg"] = _present(out["TG"]["exact"])
   return scores
 
 
 def print_scores(scores: dict) -> None:
+  """One block per benchmark: `name  value` lines (n/a for a missing value)."""
   print("\n== Scores ==")
   for bench, table in scores.items():
     print(f"{bench}:")
     for name, value in table.items():
-      print(f"  {name:<16} {value:6.3f}")
+      text = "n/a" if value is None else f"{value:6.3f}" if isinstance(value, (int, float)) \
+          else str(value)
+      print(f"  {name:<16} {text:>8}")
