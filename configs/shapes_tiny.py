@@ -12,11 +12,12 @@ matching. Both losses train jointly; the run stops at `train.total_steps` or aft
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from input_pipeline.shapes_world import palette
 from jaxmodels.config_utils import base_config, parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, runlocal=False)
+  a = parse_arg(arg, runlocal=False, target="pixels")
   c = base_config()
   c.model = ml_collections.ConfigDict(dict(
       llm=dict(model_type="qwen2", vocab_size=128, hidden_size=128, intermediate_size=256, num_layers=2,
@@ -31,6 +32,13 @@ def get_config(arg=None):
                use_pad_token=False, time_convention="sigma_1000", scan_layers=True),
       gen_target="pixels", gen_image_size=32, num_queries=16, connector="mlp", cond_dropout=0.1,
       und_weight=1.0, gen_weight=1.0))
+  if a.target == "ae":   # the flow head generates a jointly trained patch autoencoder's 8×8 latent
+    c.model.gen_target = "autoencoder"
+    c.model.autoencoder = dict(image_size=32, patch_size=4, latent_channels=8, hidden_size=128,
+                               palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
+    c.model.dit.update(sample_size=8, patch_size=1, in_channels=8)
+  elif a.target != "pixels":
+    raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'pixels' or 'ae'")
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=40, gen_len=16,
       questions_per_scene=4, worker_count=0))

@@ -207,9 +207,10 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
 
   qa: Q/A accuracy on the validation split. colorbench: ShapesWorld-ColorBench (perception,
   reasoning, overall, robustness; a small subset in the loop, `evals.colorbench_per_task` /
-  `colorbench_seeds` items at the end). With `final`, and a pixel-generating model: geneval
-  (ShapesWorld-GenEval on the test split, `<workdir>/geneval/` in the official layout and
-  `<workdir>/samples.png`) and rover (ShapesWorld-ROVER IG and TG, `evals.rover_tasks` each,
+  `colorbench_seeds` items at the end). A pixel-generating model writes `<workdir>/samples.png` at
+  every evaluation (in the loop: `evals.loop_samples` prompts spread over the tags); with `final`
+  also geneval (ShapesWorld-GenEval on the test split, `<workdir>/geneval/` in the official layout)
+  and rover (ShapesWorld-ROVER IG and TG, `evals.rover_tasks` each,
   exact scores on ROVER's 0..100 scale, `<workdir>/rover/`; needs an understanding encoder for
   the source image and a prompt-conditioned DiT, i.e. not queries="image_tokens"). Set sizes
   default to min(geneval_prompts, 16) (ColorBench: at most 8 per task).
@@ -238,22 +239,26 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     result = shapes_colorbench.evaluate(answer, rows, batch_size=ev.batch_size, text="question",
                                         match_choices=True, progress=final)
     scores["colorbench"] = _present(shapes_colorbench.summary(result))
-  if final and model.config.gen_target == "pixels" and "geneval" in evals:
+  if model.config.generates_pixels and "geneval" in evals:
+    # Final: ShapesWorld-GenEval on the test prompts; in-loop: only a sample grid of the first
+    # `evals.loop_samples` prompts (samples.png, overwritten at every evaluation).
     from jaxmodels.evals.detectors import ShapesDetector
     test = sw.load_split(data_dir, "test", cfg_name, decode=True)
-    records = [test[i]["metadata"] for i in range(min(len(test), ev.geneval_prompts))]
+    n = ev.geneval_prompts if final else ev.get("loop_samples", 16)
+    records = [test[i]["metadata"] for i in _spread(len(test), n)]
     out = geneval_generate_and_score(
         model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
         guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.gen_len,
-        out_dir=os.path.join(workdir, "geneval"))
-    scores["geneval"] = {"overall": out["summary"]["overall"],
-                         **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
+        out_dir=os.path.join(workdir, "geneval") if final else None)
+    if final:
+      scores["geneval"] = {"overall": out["summary"]["overall"],
+                           **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
     save_grid(out["images"][:64], os.path.join(workdir, "samples.png"))
   editable = can_read and model.config.queries != "image_tokens"   # prompts with image inputs
-  if final and model.config.gen_target == "pixels" and "rover" in evals and editable:
+  if final and model.config.generates_pixels and "rover" in evals and editable:
     tasks = shapes_rover.make_tasks(seed=config.seed, num_ig=ev.get("rover_tasks", small),
                                     num_tg=ev.get("rover_tasks", small),
-                                    image_size=model.config.gen_image_size)
+                                    image_size=model.config.output_image_size)
     edit = model_edit_fn(model, tokenizer, rng=jax.random.fold_in(rng, 7),
                          num_steps=ev.sample_steps, guidance=ev.guidance,
                          batch_size=ev.batch_size)
@@ -264,6 +269,14 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     scores["rover_ig"] = _present(out["IG"]["exact"])   # 0..100, missing metrics left out
     scores["rover_tg"] = _present(out["TG"]["exact"])
   return scores
+
+
+def _spread(total: int, n: int) -> list[int]:
+  """n indices spread evenly over range(total) (all of them when n >= total): the test split is grouped
+  by tag, so a spread subset covers every tag."""
+  if n >= total:
+    return list(range(total))
+  return sorted({int(i) for i in np.linspace(0, total - 1, n)})
 
 
 def print_scores(scores: dict) -> None:

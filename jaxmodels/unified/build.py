@@ -22,6 +22,7 @@ from jaxmodels.flow.sana import SanaConfig, sana_1600m_config
 from jaxmodels.llm import LLMConfig
 from jaxmodels.unified.config import ImageTokenizerConfig, UnifiedConfig
 from jaxmodels.unified.latte_flow import LatteConfig
+from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
 from jaxmodels.vision.vit import VisionConfig
 
 
@@ -96,6 +97,12 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
     tok = dict(tok)
     tok["encoder"] = vision_config(tok.get("encoder"), "model.image_tokenizer.encoder")
     d["image_tokenizer"] = make_dataclass(ImageTokenizerConfig, tok, "model.image_tokenizer")
+  ae = d.get("autoencoder")
+  if ae is not None:
+    ae = dict(ae)
+    if ae.get("palette") is not None:
+      ae["palette"] = tuple(tuple(int(v) for v in rgb) for rgb in ae["palette"])
+    d["autoencoder"] = make_dataclass(PatchAutoencoderConfig, ae, "model.autoencoder")
   if isinstance(d.get("edit_drop"), list):
     d["edit_drop"] = tuple(d["edit_drop"])
   return make_dataclass(UnifiedConfig, d, "model")

@@ -5,10 +5,10 @@ The paper models are *choices* in one composition (see `jaxmodels.unified.model`
   field               Pisces                 BLIP3-o                 shapes_tiny (embedded default)
   und_encoder         SigLIP-so400m          (inside Qwen2.5-VL)     tiny SigLIP-style ViT
   gen_encoder         CLIP-style, pooled 4×4 EVA-CLIP, pooled 4×4    none
-  gen_target          "gen_encoder"          "gen_encoder"           "pixels"
+  gen_target          "gen_encoder"          "gen_encoder"           "autoencoder" (patch AE)
   queries             64 learnable           64 learnable            16 learnable
   connector           "mlp"                  "identity"              "mlp"
-  dit                 Lumina-style           Lumina (BLIP3-o var.)   tiny Lumina over pixel patches
+  dit                 Lumina-style           Lumina (BLIP3-o var.)   tiny Lumina over the AE latent
   freeze              —                      llm, encoders           —
 
   field               MetaQuery               BLIP3o-NEXT                     LaTtE-Flow
@@ -26,9 +26,10 @@ from typing import Any
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.llm import LLMConfig
+from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
 from jaxmodels.vision.vit import VisionConfig
 
-GEN_TARGETS = ("pixels", "gen_encoder", "latents")
+GEN_TARGETS = ("pixels", "gen_encoder", "latents", "autoencoder")
 CONNECTORS = ("identity", "mlp", "mlp_norm", "transformer")
 PROJECTORS = ("linear", "mlp2x_gelu")
 CFG_NULLS = ("zeros", "empty_caption")
@@ -80,6 +81,10 @@ class UnifiedConfig:
   flow_weight: float = 1.0                   # image_tokens: weight of the flow loss next to the CE
   latent_size: int = 16                      # gen_target="latents": [B, s, s, latent_channels]
   latent_channels: int = 32
+  # gen_target="autoencoder": a jointly trained per-patch autoencoder (patch_autoencoder.py); the flow
+  # head generates its latent grid and sampling decodes it to pixels.
+  autoencoder: PatchAutoencoderConfig | None = None
+  ae_weight: float = 1.0
   edit_drop: tuple = (0.2, 0.2, 0.1)         # (caption only, image only, both) drop probs, edit inputs
   # Flow objective (jaxmodels.flow conventions).
   sigma_sampling: str = "uniform"            # uniform | logit_normal | mode
@@ -101,6 +106,9 @@ class UnifiedConfig:
     check("queries", QUERIES)
     if self.gen_target == "gen_encoder" and self.gen_encoder is None:
       raise ConfigError("config.model.gen_target='gen_encoder' needs config.model.gen_encoder")
+    if (self.gen_target == "autoencoder") != (self.autoencoder is not None):
+      raise ConfigError("config.model.gen_target='autoencoder' goes with config.model.autoencoder "
+                        "(and only it)")
     if self.connector == "identity" and self.llm.hidden_size != dit_cond_dim(self.dit):
       raise ConfigError(f"config.model.connector='identity' needs llm.hidden_size "
                         f"({self.llm.hidden_size}) == the DiT condition width ({dit_cond_dim(self.dit)})")
@@ -125,6 +133,8 @@ class UnifiedConfig:
       return 3
     if self.gen_target == "latents":
       return self.latent_channels
+    if self.gen_target == "autoencoder":
+      return self.autoencoder.latent_channels
     return self.gen_encoder.hidden_size
 
   @property
@@ -133,7 +143,19 @@ class UnifiedConfig:
       return self.gen_image_size
     if self.gen_target == "latents":
       return self.latent_size
+    if self.gen_target == "autoencoder":
+      return self.autoencoder.grid_size
     return self.gen_encoder.grid_size // self.gen_pool
+
+  @property
+  def output_image_size(self) -> int:
+    """Side of the images `generate_image` returns when `generates_pixels`."""
+    return self.autoencoder.image_size if self.gen_target == "autoencoder" else self.gen_image_size
+
+  @property
+  def generates_pixels(self) -> bool:
+    """Whether `generate_image` returns images (pixels, or the autoencoder's decoded latents)."""
+    return self.gen_target in ("pixels", "autoencoder")
 
   def replace(self, **kw: Any) -> "UnifiedConfig":
     return dataclasses.replace(self, **kw)

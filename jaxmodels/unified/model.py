@@ -46,6 +46,7 @@ from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
 from jaxmodels.unified.connector import Connector, SanaDiT
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.latte_flow import LatteFlow
+from jaxmodels.unified.patch_autoencoder import PatchAutoencoder
 from jaxmodels.vision.vit import VisionTransformer, avg_pool_tokens
 
 
@@ -149,6 +150,7 @@ class UnifiedModel(nnx.Module):
     self.connector = (None if c.connector == "identity" else
                       Connector(c.connector, d, cond_dim, num_layers=c.connector_layers,
                                 norm_init=c.connector_norm_init, **kw))
+    self.autoencoder = PatchAutoencoder(c.autoencoder, rngs=rngs) if c.autoencoder else None
     kind = type(c.dit).__name__
     self.dit = (SanaDiT(c.dit, rngs=rngs) if kind == "SanaConfig" else
                 LatteFlow(c.dit, rngs=rngs) if kind == "LatteConfig" else LuminaNextDiT(c.dit, rngs=rngs))
@@ -265,14 +267,21 @@ class UnifiedModel(nnx.Module):
     return self.image_token_forward(ids, mask, codes)[3]
 
   # ---------------------------------------------------------------- generation: flow
+  def target_images(self, images: jax.Array) -> jax.Array:
+    """images [B, H, W, 3] resized to the side the pixel / autoencoder target works at."""
+    c = self.config
+    s = c.autoencoder.image_size if c.gen_target == "autoencoder" else c.gen_image_size
+    if images.shape[1:3] != (s, s):
+      images = jax.image.resize(images, (images.shape[0], s, s, images.shape[-1]), "linear")
+    return images
+
   def target(self, images: jax.Array) -> jax.Array:
     """Clean flow target x₀ [B, h, w, C] for images [B, H, W, 3] in [-1, 1]."""
     c = self.config
     if c.gen_target == "pixels":
-      s = c.gen_image_size
-      if images.shape[1:3] != (s, s):
-        images = jax.image.resize(images, (images.shape[0], s, s, images.shape[-1]), "linear")
-      return images
+      return self.target_images(images)
+    if c.gen_target == "autoencoder":   # the jointly trained encoder's latents, as a fixed target
+      return jax.lax.stop_gradient(self.autoencoder.encode(self.target_images(images)))
     tokens = _encoder_tokens(self.gen_encoder, images, c.gen_pool, last_block=True)
     g = int(round(tokens.shape[1] ** 0.5))
     return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], g, g, -1))
@@ -404,6 +413,7 @@ class UnifiedModel(nnx.Module):
       vfn = flow.cfg_velocity_fn(velocity_fn, (cond, cond_mask), (null, cond_mask), guidance)
     x = flow.sample(vfn, x_init, num_steps=num_steps, solver=solver, shift=shift)
     x = jnp.clip(x, -1.0, 1.0) if c.gen_target == "pixels" else x
+    x = self.autoencoder.decode(x) if c.gen_target == "autoencoder" else x
     return (x, codes) if return_codes else x
 
   # ---------------------------------------------------------------- training entry point
@@ -417,4 +427,7 @@ class UnifiedModel(nnx.Module):
     if "gen_ids" in batch:
       loss, m = self.generation_loss(batch, rng)
       total, metrics = total + c.gen_weight * loss, {**metrics, **m}
+      if self.autoencoder is not None:
+        loss, m = self.autoencoder.reconstruction_loss(self.target_images(batch["gen_image"]))
+        total, metrics = total + c.ae_weight * loss, {**metrics, **m}
     return total, metrics
