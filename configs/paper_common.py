@@ -66,6 +66,7 @@ def pisces(*, tiny: bool) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       llm=llm_cfg, und_encoder=und, gen_encoder=gen, dit=dit, gen_target="gen_encoder", gen_pool=4,
       num_queries=queries, connector="identity", cond_dropout=0.1, und_weight=1.0, gen_weight=1.0,
+      gen_projector=True,   # image inputs of generation prompts: pooled gen features -> own projector
       image_token_id=image_token))
   frozen = ["gen_encoder/.*"]   # the generation encoder defines the target space: kept frozen
   return _trainer(c, lr=2e-5 if not tiny else 1e-3, warmup=3 if tiny else 2000,

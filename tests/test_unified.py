@@ -17,6 +17,7 @@ from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, train
 from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified.build import unified_config
 from jaxmodels.vision import VisionTransformer
+from jaxmodels.vision.vit import avg_pool_tokens
 
 PAPER_CONFIGS = ["blip3o_8b", "blip3o_4b", "pisces_8b"]
 
@@ -125,3 +126,22 @@ def test_config_errors_name_the_key():
   config.model.llm.preset = "gpt5"
   with pytest.raises(ConfigError, match="unknown LLM preset 'gpt5'"):
     unified_config(config.model)
+
+
+def test_pisces_edit_inputs_go_through_the_decoupled_generation_encoder():
+  """Pisces: image inputs of a generation prompt are read by the pooled generation encoder and its
+  own projector; the understanding encoder serves understanding only."""
+  ucfg = unified_config(_config("pisces_8b", "tiny").model)
+  assert ucfg.gen_projector
+  model = UnifiedModel(ucfg, rngs=nnx.Rngs(0))
+  n = (ucfg.gen_encoder.grid_size // ucfg.gen_pool) ** 2
+  ids = jnp.asarray([[1] + [ucfg.image_token_id] * n + [5, 6]], jnp.int32)
+  images = jax.random.uniform(jax.random.key(0), (1, ucfg.gen_encoder.image_size,
+                                                  ucfg.gen_encoder.image_size, 3), minval=-1, maxval=1)
+  before = model.prompt_embeddings(ids, images)
+  patches = model.gen_encoder(images)[:, 1:]          # CLIP-style: class token dropped
+  np.testing.assert_allclose(before[:, 1:1 + n], model.gen_projector(avg_pool_tokens(patches, ucfg.gen_pool)),
+                             rtol=1e-5, atol=1e-6)
+  und = nnx.state(model.und_encoder, nnx.Param)
+  nnx.update(model.und_encoder, jax.tree.map(lambda x: x + 1.0, und))
+  np.testing.assert_array_equal(model.prompt_embeddings(ids, images), before)

@@ -3,8 +3,8 @@
     python tools/param_count.py --config=configs/blip3o_8b.py
     python tools/param_count.py --config=configs/pisces_8b.py:tiny
 
-Prints one JSON object: llm, und_encoder, und_projector, gen_encoder, image_tokenizer, queries,
-query_embed, connector, dit, total, trainable (after the config's optim.trainable / optim.frozen filters).
+Prints one JSON object: llm, und_encoder, und_projector, gen_encoder, gen_projector, image_tokenizer,
+queries, query_embed, connector, dit, autoencoder, total, trainable (after the config's optim.trainable / optim.frozen filters).
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def count(config) -> dict[str, int]:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
 
   out = {}
-  for part in ("llm", "und_encoder", "und_projector", "gen_encoder", "image_tokenizer", "queries",
-               "query_embed", "connector", "dit"):
+  for part in ("llm", "und_encoder", "und_projector", "gen_encoder", "gen_projector", "image_tokenizer",
+               "queries", "query_embed", "connector", "dit", "autoencoder"):
     node = getattr(model, part, None)
     out[part] = 0 if node is None else n(nnx.state(node, nnx.Param) if isinstance(node, nnx.Module) else node)
   out["total"] = n(nnx.state(model, nnx.Param))

@@ -64,7 +64,8 @@ class UnifiedConfig:
   image_token_id: int = -1                   # placeholder id in und sequences (one per image token)
   gen_encoder: VisionConfig | None = None    # frozen target encoder for gen_target="gen_encoder"
   gen_pool: int = 4                          # a×a pooling of its patch tokens (BLIP3-o/Pisces: 4)
-  gen_projector: bool = False                # Pisces: pooled gen features -> LLM input projector
+  gen_projector: bool = False                # Pisces: image inputs of generation prompts go through
+                                             # the pooled gen encoder + its own projector
   gen_target: str = "pixels"
   gen_image_size: int = 32                   # pixels target: images are resized to this side
   num_queries: int = 64
@@ -106,6 +107,8 @@ class UnifiedConfig:
     check("queries", QUERIES)
     if self.gen_target == "gen_encoder" and self.gen_encoder is None:
       raise ConfigError("config.model.gen_target='gen_encoder' needs config.model.gen_encoder")
+    if self.gen_projector and self.gen_encoder is None:
+      raise ConfigError("config.model.gen_projector=True needs config.model.gen_encoder")
     if (self.gen_target == "autoencoder") != (self.autoencoder is not None):
       raise ConfigError("config.model.gen_target='autoencoder' goes with config.model.autoencoder "
                         "(and only it)")

@@ -137,6 +137,10 @@ class UnifiedModel(nnx.Module):
     self.und_projector = (Projector(c.und_encoder.hidden_size, d, c.und_projector, **kw)
                           if c.und_encoder else None)
     self.gen_encoder = VisionTransformer(c.gen_encoder, rngs=rngs) if c.gen_encoder else None
+    # Pisces' decoupled input path: image inputs of generation prompts (editing) are read by the
+    # generation encoder, a×a pooled (gen_pool), through their own projector.
+    self.gen_projector = (Projector(c.gen_encoder.hidden_size, d, c.und_projector, **kw)
+                          if c.gen_projector else None)
     # BLIP3-o initialises its latent queries with randn.
     self.queries = (param(rngs, nnx.initializers.normal(1.0), (c.num_queries, d), (None, "embed"), pdtype)
                     if c.queries == "learnable" else None)
@@ -199,11 +203,19 @@ class UnifiedModel(nnx.Module):
     extra = jnp.take(self.query_embed[...], jnp.clip(ids - v, 0, None), axis=0).astype(base.dtype)
     return jnp.where((ids >= v)[..., None], extra, base)
 
+  def prompt_image_tokens(self, images: jax.Array) -> jax.Array:
+    """LLM-space tokens [B, n, D] of a generation prompt's input images: the understanding encoder's
+    (shared), or with `gen_projector` the pooled generation encoder's (Pisces, decoupled)."""
+    if self.gen_projector is None:
+      return self.image_tokens(images)
+    return self.gen_projector(_encoder_tokens(self.gen_encoder, images, self.config.gen_pool,
+                                              last_block=False))
+
   def prompt_embeddings(self, ids: jax.Array, images: jax.Array | None) -> jax.Array:
     """Prompt embeddings; `image_token_id` placeholders are filled from `images` (editing inputs)."""
     if images is None:
       return self.embed_tokens(ids)
-    return splice_image_tokens(self.embed_tokens(ids), ids, self.image_tokens(images),
+    return splice_image_tokens(self.embed_tokens(ids), ids, self.prompt_image_tokens(images),
                                self.config.image_token_id)
 
   def condition(self, ids: jax.Array, mask: jax.Array, images: jax.Array | None = None) -> jax.Array:
