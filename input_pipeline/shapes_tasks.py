@@ -4,10 +4,13 @@ Element i of `ShapesTaskSource` joins, for scene s = i mod N, its prompt and ima
 one of its open questions (understanding): round r = i div N asks kind (r + s) mod K of the K question
 kinds the scene has (so every kind is asked equally often) and, within that kind, cycles through its
 questions; one pass over the source visits every scene `questions_per_scene` times with different
-questions. Arrays (fixed shapes, ready to batch):
+questions. With `turns` = k > 1 one understanding sequence asks k different questions about its image
+(a multi-turn conversation: k answers supervised per image encoding, turns that would not fit in
+`und_len` are left out); the next element's round starts after them. Arrays (fixed shapes):
 
   und_image [S_u, S_u, 3] float32 in [-1, 1]      und_ids [T_u] int32: <bos> <image>×n question answer <eos>
   und_mask [T_u] int32 (right-padded)             und_loss_mask [T_u] int32: 1 on answer tokens and <eos>
+  (und_ids with turns = k: <bos> <image>×n Q1 A1 <eos> ... Qk Ak <eos>)
   gen_image [S_g, S_g, 3] float32 in [-1, 1]      gen_ids [T_g] int32 prompt, left-padded; gen_mask [T_g]
 
 With `edit_fraction` = p > 0, a fixed pseudo-random fraction p of the elements (a hash of the index)
@@ -99,14 +102,14 @@ class ShapesTaskSource:
   def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
                und_len: int = 48, gen_len: int = 16, und_image_size: int = 32, gen_image_size: int = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
-               edit_fraction: float = 0.0):
+               edit_fraction: float = 0.0, turns: int = 1):
     if not 0.0 <= edit_fraction <= 1.0:
       raise ValueError(f"edit_fraction={edit_fraction} must be in [0, 1]")
     self.scenes, self.tok = scenes, tokenizer
     self.n_img, self.und_len, self.gen_len = num_image_tokens, und_len, gen_len
     self.und_size, self.gen_size = und_image_size, gen_image_size
     self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
-    self.edit_fraction = edit_fraction
+    self.edit_fraction, self.turns = edit_fraction, turns
 
   def is_edit(self, i: int) -> bool:
     """Whether element i is an edit (a fixed hash of i, so a fraction `edit_fraction` of any range)."""
@@ -118,14 +121,22 @@ class ShapesTaskSource:
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     n = len(self.scenes)
     ex = self.scenes[int(i) % n]
-    item = pick_question(ex["qa"], self.kinds, scene=int(i) % n, round_=int(i) // n)
-    prompt = und_prompt(self.tok, item["question"], self.n_img)
-    answer = self.tok.encode(str(item["answer"])) + [self.tok.eos_id]
-    ids = (prompt + answer)[:self.und_len]
+    ids, weights = [self.tok.bos_id] + [self.tok.image_id] * self.n_img, [0] * (1 + self.n_img)
+    asked = set()
+    for t in range(self.turns):   # <bos> <image>×n Q1 A1 <eos> Q2 A2 <eos> ...; loss on A_t <eos>
+      item = pick_question(ex["qa"], self.kinds, scene=int(i) % n, round_=(int(i) // n) * self.turns + t)
+      question = self.tok.encode(item["question"])
+      answer = self.tok.encode(str(item["answer"])) + [self.tok.eos_id]
+      if item["question"] in asked or (t and len(ids) + len(question) + len(answer) > self.und_len):
+        continue
+      asked.add(item["question"])
+      ids, weights = ids + question + answer, weights + [0] * len(question) + [1] * len(answer)
+    ids, weights = ids[:self.und_len], weights[:self.und_len]
     und_ids = np.full((self.und_len,), self.tok.pad_id, np.int32)
     und_ids[:len(ids)] = ids
     und_mask = (np.arange(self.und_len) < len(ids)).astype(np.int32)
-    loss_mask = ((np.arange(self.und_len) >= len(prompt)) & (und_mask > 0)).astype(np.int32)
+    loss_mask = np.zeros((self.und_len,), np.int32)
+    loss_mask[:len(weights)] = weights
     image = ex["image"]
     out = dict(und_image=to_unit_range(image, self.und_size), und_ids=und_ids, und_mask=und_mask,
                und_loss_mask=loss_mask)

@@ -75,3 +75,27 @@ def test_every_question_kind_is_asked_evenly(scenes, tok):
     kinds[next(q["kind"] for q in scene["qa"] if tok.decode(tok.encode(q["question"])) == question)] += 1
   assert set(kinds) == {"color", "shape", "count", "position"}
   assert min(kinds.values()) > 0.1 * len(src), kinds
+
+
+def test_multi_turn_sequences_supervise_every_answer(scenes, tok):
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=64, questions_per_scene=2, turns=3)
+  for i in (0, 7, len(src) - 1):
+    ex, scene = src[i], scenes[i % len(scenes)]
+    ids, loss, mask = ex["und_ids"], ex["und_loss_mask"], ex["und_mask"]
+    qa = {tok.decode(tok.encode(q["question"])): tok.decode(tok.encode(str(q["answer"]))) for q in scene["qa"]}
+    # split after the image into turns at each <eos>: question tokens (loss 0), then answer + <eos> (loss 1)
+    turns, start = [], 5
+    for j in range(5, int(mask.sum())):
+      if ids[j] == tok.eos_id:
+        turns.append((ids[start:j + 1], loss[start:j + 1]))
+        start = j + 1
+    assert 1 <= len(turns) <= 3 and start == mask.sum()
+    questions = []
+    for t_ids, t_loss in turns:
+      first = int(np.argmax(t_loss))
+      assert t_loss[first:].all() and not t_loss[:first].any()
+      question = tok.decode(t_ids[:first])
+      assert tok.decode(t_ids[first:-1]) == qa[question]
+      questions.append(question)
+    assert len(set(questions)) == len(questions)
+  assert max(int(src[i]["und_mask"].sum()) for i in range(len(src))) <= 64
