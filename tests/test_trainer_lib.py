@@ -76,6 +76,13 @@ def test_ema_tracks_the_submodule():
   ts = nnx.merge(graphdef, state)
   np.testing.assert_allclose(ts.ema.scale.get_value(), 0.5 * start + 0.5 * np.asarray(ts.model.norm.scale.get_value()),
                              atol=1e-6)
+  # Evaluation uses the EMA weights in a copy; the training model keeps its own.
+  trained = np.asarray(ts.model.norm.scale.get_value())
+  ev = ts.eval_model()
+  np.testing.assert_array_equal(ev.norm.scale.get_value(), ts.ema.scale.get_value())
+  np.testing.assert_array_equal(ts.model.norm.scale.get_value(), trained)
+  assert not np.array_equal(trained, ts.ema.scale.get_value())
+  np.testing.assert_array_equal(ev.embed.embedding.get_value(), ts.model.embed.embedding.get_value())
 
 
 def test_checkpoint_roundtrip_and_resharding_restore(tmp_path):

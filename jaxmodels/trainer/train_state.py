@@ -43,6 +43,15 @@ class TrainState(nnx.Module):
       nnx.update(ema, jax.tree.map(jnp.copy, nnx.state(ema)))
     self.ema = nnx.data(ema)
 
+  def eval_model(self) -> nnx.Module:
+    """The model to evaluate and sample from: `model` with the EMA weights in place of `ema_path`'s
+    (a copy; the training model is untouched), or `model` itself without EMA."""
+    if self.ema is None:
+      return self.model
+    model = nnx.clone(self.model)
+    nnx.update(get_submodule(model, self.ema_path), nnx.state(self.ema))
+    return model
+
 
 def _split_microbatches(batch: Any, k: int) -> Any:
   def one(x):
