@@ -1,8 +1,8 @@
 """Decoder-only language models: Llama 3.x, Qwen2/2.5, Qwen3 and Phi-3 as one module + config.
 
 The HF model types differ only in config: qkv bias (Qwen2), per-head qk RMSNorm (Qwen3), RoPE
-scaling (Llama 3.1+), partial rotary (Phi), GQA ratio and embedding tying. Loading and saving HF
-checkpoints lives in `jaxmodels.hf`.
+scaling (Llama 3.1+ "llama3", Phi-3.5 "longrope"), partial rotary (Phi), GQA ratio and embedding
+tying. Loading and saving HF checkpoints lives in `jaxmodels.hf`.
 
     model = jaxmodels.hf.from_pretrained("/ckpt/Qwen2.5-0.5B")
     logits = model(input_ids)                    # [B, T] int32 -> [B, T, V]
@@ -20,7 +20,7 @@ from flax import nnx
 from jaxmodels import sharding
 from jaxmodels.layers import BlockStack, Embed, Linear, RMSNorm, TransformerBlock
 from jaxmodels.layers.attention import make_attention_mask
-from jaxmodels.layers.rotary import rope_cos_sin, rope_inv_freq
+from jaxmodels.layers.rotary import rope_tables
 
 KVCache = tuple[jax.Array, jax.Array]  # (k, v), each [L, B, S, K, H]
 
@@ -38,7 +38,8 @@ class LLMConfig:
   head_dim: int | None = None           # default hidden_size // num_heads
   rms_norm_eps: float = 1e-5
   rope_theta: float = 500000.0
-  rope_scaling: tuple | None = None     # HF rope parameters for "linear"/"llama3" (dict accepted)
+  rope_scaling: tuple | None = None     # HF rope parameters for "linear"/"llama3"/"longrope" (dict
+                                        # accepted; lists, e.g. longrope's factors, become tuples)
   partial_rotary_factor: float = 1.0
   max_position_embeddings: int = 8192
   qkv_bias: bool = False                # Qwen2: True
@@ -60,8 +61,10 @@ class LLMConfig:
 
   def __post_init__(self):
     # Modules keep their config as static (hashed) graph data: freeze dicts and lists.
-    if isinstance(self.rope_scaling, dict):
-      object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+    if self.rope_scaling is not None:
+      items = self.rope_scaling.items() if hasattr(self.rope_scaling, "items") else self.rope_scaling
+      object.__setattr__(self, "rope_scaling", tuple(sorted(
+          (k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in items)))
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
 
@@ -131,7 +134,7 @@ class LLM(nnx.Module):
     k_slots = q_slots if cache is None else jnp.arange(cache[0].shape[2])
     mask = make_attention_mask(q_slots, k_slots, attention_mask, causal=True,
                                sliding_window=c.sliding_window)
-    rope = rope_cos_sin(positions, rope_inv_freq(c.rotary_dim, c.rope_theta, c.rope_scaling_dict))
+    rope = rope_tables(positions, c.rotary_dim, c.rope_theta, c.rope_scaling_dict, c.max_position_embeddings)
     x, cache, layer_outputs = self.layers(x, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
                                           return_hidden=return_layer_outputs)
     return LMOutput(self.norm(x), cache, layer_outputs)

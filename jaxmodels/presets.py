@@ -14,6 +14,37 @@ from jaxmodels.vision.vit import VisionConfig
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
 
+# rope_scaling of microsoft/Phi-3.5-mini-instruct's config.json (48 = head_dim 96 / 2 factors each).
+PHI35_ROPE = {
+    "rope_type": "longrope", "original_max_position_embeddings": 4096,
+    "short_factor": (
+        1.0, 1.0199999809265137, 1.0299999713897705, 1.0299999713897705, 1.0499999523162842,
+        1.0499999523162842, 1.0499999523162842, 1.0499999523162842, 1.0499999523162842,
+        1.0699999332427979, 1.0999999046325684, 1.1099998950958252, 1.1599998474121094,
+        1.1599998474121094, 1.1699998378753662, 1.2899998426437378, 1.339999794960022,
+        1.679999828338623, 1.7899998426437378, 1.8199998140335083, 1.8499997854232788,
+        1.8799997568130493, 1.9099997282028198, 1.9399996995925903, 1.9899996519088745,
+        2.0199997425079346, 2.0199997425079346, 2.0199997425079346, 2.0199997425079346,
+        2.0199997425079346, 2.0199997425079346, 2.0299997329711914, 2.0299997329711914,
+        2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914,
+        2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0799996852874756,
+        2.0899996757507324, 2.189999580383301, 2.2199995517730713, 2.5899994373321533,
+        2.729999542236328, 2.749999523162842, 2.8399994373321533),
+    "long_factor": (
+        1.0800000429153442, 1.1100000143051147, 1.1399999856948853, 1.340000033378601,
+        1.5899999141693115, 1.600000023841858, 1.6200000047683716, 2.620000123977661,
+        3.2300000190734863, 3.2300000190734863, 4.789999961853027, 7.400000095367432,
+        7.700000286102295, 9.09000015258789, 12.199999809265137, 17.670000076293945,
+        24.46000099182129, 28.57000160217285, 30.420001983642578, 30.840002059936523,
+        32.590003967285156, 32.93000411987305, 42.320003509521484, 44.96000289916992,
+        50.340003967285156, 50.45000457763672, 57.55000305175781, 57.93000411987305,
+        58.21000289916992, 60.1400032043457, 62.61000442504883, 62.62000274658203,
+        62.71000289916992, 63.1400032043457, 63.1400032043457, 63.77000427246094,
+        63.93000411987305, 63.96000289916992, 63.970001220703125, 64.02999877929688,
+        64.06999969482422, 64.08000183105469, 64.12000274658203, 64.41000366210938,
+        64.4800033569336, 64.51000213623047, 64.52999877929688, 64.83999633789062),
+}
+
 LLM_PRESETS: dict[str, dict[str, Any]] = {
     # meta-llama/Llama-3.1-8B(-Instruct)
     "llama3.1-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -50,14 +81,12 @@ LLM_PRESETS: dict[str, dict[str, Any]] = {
     "phi3-mini": dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
                       num_layers=32, num_heads=32, num_kv_heads=32, rms_norm_eps=1e-5, rope_theta=10000.0,
                       sliding_window=2047, max_position_embeddings=4096),
-    # microsoft/Phi-3.5-mini-instruct. Its config.json uses rope_scaling type "longrope" (short/long
-    # factor lists, original context 4096), which jaxmodels.layers.rotary does not implement: this
-    # preset keeps plain RoPE (theta 1e4), so it is exact in shapes / parameter counts only, not in
-    # logits of the released checkpoint.
+    # microsoft/Phi-3.5-mini-instruct: longrope (short/long factors below, original context 4096,
+    # max 131072 -> cos/sin scaled by sqrt(1 + ln 32 / ln 4096) ≈ 1.19).
     "phi3.5-mini": dict(model_type="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
                         num_layers=32, num_heads=32, num_kv_heads=32, rms_norm_eps=1e-5, rope_theta=10000.0,
                         sliding_window=262144, max_position_embeddings=131072, bos_token_id=1,
-                        eos_token_id=32000, pad_token_id=32000),
+                        eos_token_id=32000, pad_token_id=32000, rope_scaling=PHI35_ROPE),
 }
 
 VISION_PRESETS: dict[str, dict[str, Any]] = {

@@ -13,6 +13,11 @@ TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_laye
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
 
+# Phi-3.5-style longrope on the tiny config: head_dim 8 -> 4 factors each; context 16 of 128, so the
+# attention factor is sqrt(1 + ln 8 / ln 16) and sequences longer than 16 switch to the long factors.
+LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.3, 2.1, 3.7],
+            "long_factor": [1.5, 4.0, 9.0, 30.0], "original_max_position_embeddings": 16}
+
 CASES = {
     # name: (config class, extra kwargs) — covering GQA ratios, tying, biases, qk-norm, rope scaling.
     "llama3_gqa2_llama3rope": (transformers.LlamaConfig, dict(
@@ -30,15 +35,27 @@ CASES = {
     "phi3_gqa_partial_rotary": (transformers.Phi3Config, dict(
         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=2,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    "phi3_longrope": (transformers.Phi3Config, dict(
+        num_attention_heads=4, num_key_value_heads=4, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        original_max_position_embeddings=16, rope_parameters=LONGROPE)),
 }
+
+
+def _oracle(name, tmp_path_factory):
+  cls, extra = CASES[name]
+  model = transformers.AutoModelForCausalLM.from_config(cls(**TINY, **extra)).eval()
+  perturb_(model, 0.05)
+  return name, model, save_tiny(model, tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def oracle(request, tmp_path_factory):
-  cls, extra = CASES[request.param]
-  model = transformers.AutoModelForCausalLM.from_config(cls(**TINY, **extra)).eval()
-  perturb_(model, 0.05)
-  return request.param, model, save_tiny(model, tmp_path_factory.mktemp(request.param))
+  return _oracle(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def longrope_oracle(tmp_path_factory):
+  return _oracle("phi3_longrope", tmp_path_factory)
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -68,3 +85,27 @@ def test_config_is_read(oracle):
   assert c.num_kv_heads == model.config.num_key_value_heads
   assert c.tie_word_embeddings == bool(model.config.tie_word_embeddings)
   assert c.qk_norm == name.startswith("qwen3")
+
+
+@pytest.mark.parametrize("length", [10, 16, 17, 40])   # <=, = and > original_max_position_embeddings
+def test_longrope_short_and_long_sequences(longrope_oracle, length):
+  _, model, path = longrope_oracle
+  ids = np.random.RandomState(length).randint(0, 96, (2, length))
+  ours = hf.from_pretrained(path)
+  scaling = ours.config.rope_scaling_dict
+  assert scaling["rope_type"] == "longrope" and scaling["original_max_position_embeddings"] == 16
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids))), torch_logits(model, ids), atol=1e-4)
+
+
+def test_longrope_config_round_trip(tmp_path):
+  from jaxmodels.hf.llm_family import config_from_hf, config_to_hf
+  from jaxmodels.presets import llm_preset
+  ours = llm_preset("phi3.5-mini")
+  theirs = transformers.Phi3Config(**{k: v for k, v in config_to_hf(ours).items() if k != "architectures"})
+  assert theirs.original_max_position_embeddings == 4096
+  assert theirs.rope_parameters["rope_type"] == "longrope"
+  assert theirs.rope_parameters["long_factor"] == list(ours.rope_scaling_dict["long_factor"])
+  theirs.save_pretrained(tmp_path)
+  import json
+  back = config_from_hf(json.load(open(tmp_path / "config.json")))
+  assert back.rope_scaling == ours.rope_scaling and back.max_position_embeddings == 131072

@@ -18,10 +18,14 @@ def config_from_hf(d: dict, **overrides) -> LLMConfig:
   theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
   scaling = {**rope, **legacy}
   rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+  if mt == "phi3" and rope_type in ("su", "yarn"):   # Phi3Config's legacy names for longrope
+    rope_type = "longrope"
   if rope_type not in SUPPORTED_ROPE_TYPES:
     raise ConfigError(f"config.json: rope_type {rope_type!r} is not supported "
                       f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
   scaling = {k: v for k, v in scaling.items() if k not in ("rope_theta", "partial_rotary_factor")}
+  if rope_type == "longrope":
+    scaling = _longrope_from_hf(d, scaling)
   if d.get("use_sliding_window"):
     raise ConfigError("config.json: use_sliding_window=true (per-layer sliding windows) is not supported")
   attention_bias = bool(d.get("attention_bias", False))
@@ -46,6 +50,22 @@ def config_from_hf(d: dict, **overrides) -> LLMConfig:
   return LLMConfig(**kw)
 
 
+def _longrope_from_hf(d: dict, scaling: dict) -> dict:
+  """Phi-3.5's longrope parameters; a top-level `original_max_position_embeddings` wins (as in
+  transformers' Phi3Config)."""
+  orig = d.get("original_max_position_embeddings") or scaling.get("original_max_position_embeddings")
+  out = {"rope_type": "longrope",
+         "original_max_position_embeddings": orig or d.get("max_position_embeddings")}
+  for key in ("short_factor", "long_factor"):
+    if not isinstance(scaling.get(key), list):
+      raise ConfigError(f"config.json: rope_scaling.{key} must be a list of numbers for longrope")
+    out[key] = tuple(float(x) for x in scaling[key])
+  for key in ("factor", "attention_factor"):
+    if scaling.get(key) is not None:
+      out[key] = float(scaling[key])
+  return out
+
+
 def _check_exportable(c: LLMConfig):
   """Raises if `c` has a feature the HF architecture of `c.model_type` cannot express."""
   fixed = {"qwen2": dict(qkv_bias=True, o_bias=False, mlp_bias=False, qk_norm=False),
@@ -66,7 +86,7 @@ def config_to_hf(c: LLMConfig) -> dict:
   _check_exportable(c)
   rope = {"rope_type": "default", "rope_theta": c.rope_theta}
   if c.rope_scaling is not None:
-    rope.update(c.rope_scaling_dict)
+    rope.update({k: list(v) if isinstance(v, tuple) else v for k, v in c.rope_scaling_dict.items()})
   if c.partial_rotary_factor != 1.0 or c.model_type == "phi3":
     rope["partial_rotary_factor"] = c.partial_rotary_factor
   d = dict(
@@ -86,6 +106,8 @@ def config_to_hf(c: LLMConfig) -> dict:
     d["use_sliding_window"] = False
   if c.model_type == "phi3":
     d["sliding_window"] = c.sliding_window
+    if rope.get("rope_type") == "longrope":    # Phi3Config reads this top-level field first
+      d["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
   return d
 
 

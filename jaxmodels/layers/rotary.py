@@ -1,9 +1,15 @@
 """Rotary position embeddings (RoPE) in the Hugging Face "rotate half" layout.
 
 Frequency schedules follow transformers' `rope_type`: "default", "linear" (positions divided by
-`factor`) and "llama3" (wavelength-dependent smoothing between `low_freq_factor` and
-`high_freq_factor` around `original_max_position_embeddings`). `partial_rotary_factor` < 1 rotates
+`factor`), "llama3" (wavelength-dependent smoothing between `low_freq_factor` and
+`high_freq_factor` around `original_max_position_embeddings`) and "longrope" (Phi-3.5: per-frequency
+divisors `short_factor` while the sequence fits `original_max_position_embeddings`, `long_factor`
+beyond it, and cos/sin scaled by `attention_factor`, default sqrt(1 + ln s / ln L_orig) with
+s = max_position_embeddings / L_orig, or `factor` when given). `partial_rotary_factor` < 1 rotates
 only the first `rotary_dim` channels of each head (Phi-style).
+
+`rope_tables(positions, rotary_dim, theta, scaling, max_position_embeddings)` is the one entry point
+that handles every type; `rope_inv_freq` + `rope_cos_sin` remain for the fixed schedules.
 """
 from __future__ import annotations
 
@@ -16,13 +22,25 @@ import numpy as np
 
 from jaxmodels.errors import ConfigError
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+LONGROPE_KEYS = ("short_factor", "long_factor", "original_max_position_embeddings")
 
 
-def rope_inv_freq(rotary_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> np.ndarray:
-  """Inverse frequencies [rotary_dim // 2] (float32) for the given rope type."""
+def rope_type_of(scaling: Mapping[str, Any] | None) -> str:
+  return (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+
+
+def rope_inv_freq(rotary_dim: int, theta: float, scaling: Mapping[str, Any] | None = None, *,
+                  long: bool = False) -> np.ndarray:
+  """Inverse frequencies [rotary_dim // 2] (float32) for the given rope type ("longrope": the short
+  set, or the long one with `long=True`)."""
   inv_freq = 1.0 / (theta ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim))
-  rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+  rope_type = rope_type_of(scaling)
+  if rope_type == "longrope":
+    _check_longrope(scaling, rotary_dim)
+    ext = np.asarray(scaling["long_factor" if long else "short_factor"], np.float32)
+    base = theta ** (np.arange(0, rotary_dim, 2, dtype=np.float32) / rotary_dim)
+    return (1.0 / (ext * base)).astype(np.float32)
   if rope_type == "default":
     return inv_freq.astype(np.float32)
   if rope_type == "linear":
@@ -38,6 +56,50 @@ def rope_inv_freq(rotary_dim: int, theta: float, scaling: Mapping[str, Any] | No
     medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
     return np.where(medium, smoothed, scaled).astype(np.float32)
   raise ConfigError(f"unsupported rope_type {rope_type!r}; supported: {SUPPORTED_ROPE_TYPES}")
+
+
+def _check_longrope(scaling: Mapping[str, Any], rotary_dim: int) -> None:
+  missing = [k for k in LONGROPE_KEYS if scaling.get(k) is None]
+  if missing:
+    raise ConfigError(f"rope_scaling: longrope needs {missing[0]!r}")
+  for key in ("short_factor", "long_factor"):
+    if len(scaling[key]) != rotary_dim // 2:
+      raise ConfigError(f"rope_scaling.{key} has {len(scaling[key])} entries; longrope needs "
+                        f"rotary_dim // 2 = {rotary_dim // 2}")
+
+
+def longrope_attention_factor(scaling: Mapping[str, Any], max_position_embeddings: int | None) -> float:
+  """The cos/sin multiplier of longrope: `attention_factor`, else sqrt(1 + ln s / ln L_orig) for
+  s = `factor` (default max_position_embeddings / L_orig), 1 when s <= 1 (as transformers)."""
+  if scaling.get("attention_factor") is not None:
+    return float(scaling["attention_factor"])
+  orig = float(scaling["original_max_position_embeddings"])
+  factor = scaling.get("factor")
+  if factor is None:
+    if max_position_embeddings is None:
+      raise ConfigError("rope_scaling: longrope needs 'factor' or max_position_embeddings")
+    factor = max_position_embeddings / orig
+  factor = float(factor)
+  return 1.0 if factor <= 1.0 else math.sqrt(1.0 + math.log(factor) / math.log(orig))
+
+
+def rope_tables(positions: jax.Array, rotary_dim: int, theta: float,
+                scaling: Mapping[str, Any] | None = None,
+                max_position_embeddings: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """positions [B, T] (int) -> (cos, sin), each [B, T, rotary_dim] float32, for every rope type.
+
+  "longrope" picks one frequency set for the whole call, as transformers' Phi-3 does: the long
+  factors when max(positions) + 1 > original_max_position_embeddings, else the short ones (a traced
+  select, so it works under jit; with a KV cache each call decides for its own positions)."""
+  if rope_type_of(scaling) != "longrope":
+    return rope_cos_sin(positions, rope_inv_freq(rotary_dim, theta, scaling))
+  short = rope_inv_freq(rotary_dim, theta, scaling)
+  long = rope_inv_freq(rotary_dim, theta, scaling, long=True)
+  seq_len = jnp.max(positions) + 1
+  inv_freq = jnp.where(seq_len > int(scaling["original_max_position_embeddings"]), long, short)
+  cos, sin = rope_cos_sin(positions, inv_freq)
+  attn = longrope_attention_factor(scaling, max_position_embeddings)
+  return cos * attn, sin * attn
 
 
 def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
