@@ -39,6 +39,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   import numpy as np
   from flax import nnx
 
+  from input_pipeline import pipeline
   from input_pipeline.datasets import make_train_data
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer
@@ -46,7 +47,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
-  from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
+  from jaxmodels.trainer.setup import mesh_and_rules, shapes_eval_supported, train_state_factory
 
   check_writable(workdir)
   if jax.process_index() == 0:
@@ -65,10 +66,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   graphdef, state = nnx.split(ts)
   shardings = sharding.state_shardings(state, mesh, rules)
   n_params = sharding.param_count(ts.model)
+  can_eval = shapes_eval_supported(config, ts.model)   # ShapesWorld evals need a UnifiedModel on its data
   logging.info("model: %.2fM parameters", n_params / 1e6)
 
   ############################ Data ##########################################
-  data = make_train_data(config, workdir, num_image_tokens=ts.model.num_image_tokens)
+  on_error = config.data.get("on_error", "raise")        # a corrupt record: "raise" or "skip" + count
+  with pipeline.corrupt_record_policy(on_error):
+    data = make_train_data(config, workdir, num_image_tokens=ts.model.num_image_tokens)
   if data.tokenizer.vocab_size > ucfg.llm.vocab_size:
     raise ConfigError(f"config.model.llm.vocab_size={ucfg.llm.vocab_size} is smaller than the "
                      f"tokenizer's {data.tokenizer.vocab_size} tokens")
@@ -140,13 +144,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
       out_of_time = limit is not None and (time.time() - t0) / 60 > limit
       stop_signal = stop.requested()
       if step % config.train.log_every == 0 or step == total or out_of_time or stop_signal:
-        pending = (step, metrics)
+        pending = (step, {**metrics, "data_skipped": pipeline.skipped_count()} if on_error == "skip"
+                   else metrics)
       if step % config.train.ckpt_every == 0 or step == total or out_of_time or stop_signal:
         save(step)
         saved = step
       if stop_signal:
         break
-      if step % config.train.eval_every == 0 and step != total and not out_of_time:
+      if step % config.train.eval_every == 0 and step != total and not out_of_time and can_eval:
         scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).model, data.tokenizer, config,
                                             data.data_dir, workdir, rng=jax.random.fold_in(eval_rng, step),
                                             final=False)
@@ -175,15 +180,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   ############################ Final evaluation ##############################
   model = nnx.merge(graphdef, state).model
-  scores = shapes_eval.evaluate_model(model, data.tokenizer, config, data.data_dir, workdir,
-                                      rng=eval_rng, final=True)
+  scores = {} if not can_eval else shapes_eval.evaluate_model(
+      model, data.tokenizer, config, data.data_dir, workdir, rng=eval_rng, final=True)
   writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="final")
   writer.close()
   ckpt.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "scores.json"), "w") as f:
       json.dump({"step": step, "train_minutes": train_minutes, "params": n_params,
-                 "nonfinite_skipped": guard.total, **scores}, f, indent=2)
+                 "nonfinite_skipped": guard.total, "data_skipped": pipeline.skipped_count(), **scores},
+                f, indent=2)
     shapes_eval.print_scores(scores)
     print(f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, samples.png, scores.json)")
   return scores
@@ -264,4 +270,5 @@ def _run():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from jaxmodels.config_utils import flags_parser
+  app.run(main, flags_parser=flags_parser)   # config mistakes: one line, no traceback

@@ -1,11 +1,19 @@
 """The Grain pipeline: deterministic, process-sharded, checkpointable batches from a source.
 
 `make_dataset` chains
-  MapDataset.source(source) -> seed(seed) -> shuffle() -> repeat(num_epochs)
-  -> [process_index::process_count] -> map(preprocess) -> batch(batch_size) -> to_iter_dataset
+  MapDataset.source(GuardedSource(source, preprocess)) -> seed(seed) -> shuffle() -> repeat(num_epochs)
+  -> this process's rows of each global batch -> batch(batch_size) -> to_iter_dataset
   (-> mp_prefetch(worker_count) when worker_count > 0),
-so each process reads a disjoint 1/process_count of every epoch's permutation and the order depends
-only on `seed`. `mixture` mixes such datasets with `grain.IterDataset.mix`, which keeps one
+so each process reads a disjoint 1/process_count of every epoch's permutation (its contiguous block of
+each global batch, so the global batches do not depend on the number of processes; unbatched
+pipelines take every process_count-th element) and the order depends only on `seed`.
+
+Reading and preprocessing one record runs under the corrupt-record policy `on_error` (the vocabulary
+of `input_pipeline.sources`): "raise" stops with a one-line DataError naming the record; "skip"
+replaces it by the next good record (index + 1, + 2, ...), so the order stays deterministic and
+resumable, and counts it (`skipped_count()`, logged).
+
+`mixture` mixes such datasets with `grain.IterDataset.mix`, which keeps one
 checkpoint state per component. Iterators from either are checkpointable: `it.get_state()` is a
 small JSON-able dict; `it.set_state(state)` on a fresh iterator of the same pipeline resumes with the
 identical next batch. With Orbax, save it as `grain.checkpoint.CheckpointSave(it)` (see
@@ -22,12 +30,105 @@ identical next batch. With Orbax, save it as `grain.checkpoint.CheckpointSave(it
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import contextlib
+import logging
+import threading
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from input_pipeline.sources import DataError
+from input_pipeline.sources import ON_ERROR_POLICIES, DataError
 from jaxmodels.errors import ConfigError
+
+_log = logging.getLogger(__name__)
+_policy = {"on_error": "raise"}        # the default of make_dataset(on_error=None)
+_skipped = {"count": 0}                # corrupt records skipped in this process (all pipelines)
+_skipped_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def corrupt_record_policy(on_error: str) -> Iterator[None]:
+  """Sets the `on_error` policy of the pipelines built inside the block (`make_dataset(on_error=None)`),
+  for callers that build them through code that does not pass it, e.g. train.py around
+  `make_train_data` with `config.data.on_error`."""
+  _check_policy(on_error)
+  previous, _policy["on_error"] = _policy["on_error"], on_error
+  try:
+    yield
+  finally:
+    _policy["on_error"] = previous
+
+
+def skipped_count() -> int:
+  """Corrupt records skipped so far by this process's pipelines (worker processes count their own)."""
+  return _skipped["count"]
+
+
+def _check_policy(on_error: str) -> None:
+  if on_error not in ON_ERROR_POLICIES:
+    raise ConfigError(f"on_error={on_error!r} (config.data.on_error): expected one of {ON_ERROR_POLICIES}")
+
+
+class GuardedSource:
+  """A random-access source whose records are read and preprocessed under a corrupt-record policy.
+
+  Any exception from `source[i]` or `preprocess` (a truncated PNG, a bad JSON field, a record that
+  does not parse) is, for "raise", a one-line DataError naming the record; for "skip", the record is
+  replaced by the next good one (i + 1, i + 2, ... wrapping around), counted in `num_skipped` and in
+  `skipped_count()`, and logged. Picklable when `source` and `preprocess` are (Grain workers).
+
+  Example:
+    >>> src = GuardedSource(raw_source, decode_and_resize, on_error="skip")
+    >>> example = src[17]; src.num_skipped
+  """
+
+  def __init__(self, source, preprocess: Callable[[Any], Any] | None = None, on_error: str = "raise"):
+    _check_policy(on_error)
+    self.source, self.preprocess, self.on_error = source, preprocess, on_error
+    self.num_skipped = 0
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def _read(self, i: int):
+    example = self.source[i]
+    return self.preprocess(example) if self.preprocess is not None else example
+
+  def __getitem__(self, index):
+    n = len(self)
+    i = int(index) % n
+    try:
+      return self._read(i)
+    except (IndexError, KeyboardInterrupt):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if self.on_error == "raise":
+        raise DataError(f"{self._name()}: record {i} is corrupt ({type(e).__name__}: {_short(e)}); "
+                        "set config.data.on_error='skip' to skip such records") from e
+      self._note_skip(i, e)
+    for step in range(1, n):
+      j = (i + step) % n
+      try:
+        return self._read(j)
+      except Exception as e:  # pylint: disable=broad-except
+        self._note_skip(j, e)
+    raise DataError(f"{self._name()}: all {n} records are corrupt (on_error='skip')")
+
+  def _name(self) -> str:
+    return type(self.source).__name__
+
+  def _note_skip(self, i: int, err: Exception) -> None:
+    with _skipped_lock:
+      self.num_skipped += 1
+      _skipped["count"] += 1
+      total = _skipped["count"]
+    _log.warning("skipping corrupt record %d of %s (%d skipped so far): %s: %s", i, self._name(), total,
+                 type(err).__name__, _short(err))
+
+
+def _short(err: Exception) -> str:
+  text = " ".join(str(err).split())
+  return text if len(text) < 200 else text[:197] + "..."
 
 
 def stack_batch(examples: Sequence[Any]) -> Any:
@@ -74,12 +175,36 @@ def _process_defaults(process_index: int | None, process_count: int | None) -> t
   return int(process_index), int(process_count)
 
 
+class _ProcessBlocks:
+  """Process `index`'s rows of every global batch: with `local` rows per process and
+  G = local * count rows per global batch, local element j is element (j // local) * G +
+  index * local + j % local of the (shuffled, repeated) stream. The global batch assembled from all
+  processes (`jax.make_array_from_process_local_data`, process order) is then exactly the batch one
+  process would read alone, whatever the number of processes. For a finite stream the last partial
+  global batch is dropped (`drop_remainder`) or split in process order."""
+
+  def __init__(self, ds, index: int, count: int, local: int, drop_remainder: bool):
+    self.ds, self.index, self.local, self.global_ = ds, index, local, local * count
+    n = len(ds)
+    full, tail = divmod(n, self.global_)
+    extra = 0 if drop_remainder else min(max(tail - index * local, 0), local)
+    self._len = full * local + extra
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, j):
+    k, r = divmod(int(j), self.local)
+    return self.ds[k * self.global_ + self.index * self.local + r]
+
+
 def make_dataset(source, *, seed: int, batch_size: int | None,
                  preprocess: Callable[[dict], dict] | None = None, shuffle: bool = True,
                  num_epochs: int | None = None, process_index: int | None = None,
                  process_count: int | None = None, drop_remainder: bool = True,
                  worker_count: int = 0, worker_buffer_size: int = 1, read_threads: int = 2,
-                 prefetch: int = 4, batch_fn: Callable[[Sequence[Any]], Any] | None = None):
+                 prefetch: int = 4, batch_fn: Callable[[Sequence[Any]], Any] | None = None,
+                 on_error: str | None = None):
   """Builds the per-process Grain pipeline over a random-access source.
 
   Args:
@@ -99,12 +224,15 @@ def make_dataset(source, *, seed: int, batch_size: int | None,
     read_threads: threads reading/preprocessing elements ahead (0 reads in the caller's thread).
     prefetch: elements (batches) the read threads keep ready.
     batch_fn: how to combine examples (default `stack_batch`, whose errors name the field).
+    on_error: corrupt-record policy for reading + preprocessing a record, "raise" or "skip"
+      (see `GuardedSource`); None: the one set by `corrupt_record_policy` (default "raise").
 
   Returns:
     A `grain.IterDataset`; `iter(ds)` gives a checkpointable iterator.
 
   Raises:
-    ConfigError: for a non-positive batch size or an inconsistent process index/count.
+    ConfigError: for a non-positive batch size, an inconsistent process index/count or an unknown
+      `on_error`.
     DataError: for an empty source.
 
   Example:
@@ -121,14 +249,18 @@ def make_dataset(source, *, seed: int, batch_size: int | None,
   process_index, process_count = _process_defaults(process_index, process_count)
   if len(source) == 0:
     raise DataError(f"{type(source).__name__}: the source has no records")
-  ds = grain.MapDataset.source(source).seed(int(seed))
+  on_error = _policy["on_error"] if on_error is None else on_error
+  # Reading and preprocessing happen together under the policy; a deterministic `preprocess` gives
+  # the same elements as mapping it after the shuffle.
+  ds = grain.MapDataset.source(GuardedSource(source, preprocess, on_error)).seed(int(seed))
   if shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(num_epochs)
-  if process_count > 1:
+  if process_count > 1 and batch_size is not None:
+    ds = grain.MapDataset.source(_ProcessBlocks(ds, process_index, process_count, batch_size,
+                                                drop_remainder))
+  elif process_count > 1:
     ds = ds[process_index::process_count]
-  if preprocess is not None:
-    ds = ds.map(preprocess)
   if batch_size is not None:
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=batch_fn or stack_batch)
   if read_threads > 0:

@@ -295,6 +295,13 @@ def make_source(spec: Mapping[str, Any]) -> RecordSource:
   return cls(**spec)
 
 
+def reader_class(kind: str):
+  """The reader class of a source `type` ("tfds", "array_record", "webdataset", "llava_json")."""
+  if kind not in _SOURCE_TYPES:
+    raise ConfigError(f"data source type={kind!r}: expected one of {sorted(_SOURCE_TYPES)}")
+  return _source_class(_SOURCE_TYPES[kind])
+
+
 def source_types() -> Sequence[str]:
   """The `type` names `make_source` accepts."""
   return tuple(_SOURCE_TYPES)

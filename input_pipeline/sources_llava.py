@@ -98,6 +98,16 @@ class LlavaJsonSource(RecordSource):
   def _num_records(self) -> int:
     return len(self._records)
 
+  def texts(self, limit: int | None = None):
+    """The conversation texts of the first `limit` records (no image is read), e.g. to build a
+    vocabulary; records that do not parse are passed over."""
+    for raw in self._records[:limit]:
+      rec = json.loads(raw)
+      turns = rec.get("conversations") if isinstance(rec, dict) else None
+      for turn in turns if isinstance(turns, list) else ():
+        if isinstance(turn, dict) and isinstance(turn.get("value"), str):
+          yield turn["value"]
+
   def _read(self, index: int) -> dict[str, Any]:
     rec = json.loads(self._records[index])
     rid = rec.get("id", index) if isinstance(rec, dict) else index

@@ -29,6 +29,8 @@ rendering of the real template):
               <|assistant|>\\n; an empty system message is dropped; without a generation prompt the
               text ends with the eos token.
 Messages are dicts {"role": "system" | "user" | "assistant", "content": str}.
+`encode_chat_with_images` (both tokenizers) turns each "<image>" of the text into one `IMAGE_SLOT`
+id (LLaVA's IMAGE_TOKEN_INDEX, -200) that the data pipeline expands into the model's image tokens.
 
 User errors (a missing file, a malformed tokenizer file, an unknown chat format, bad messages)
 raise `TokenizerError`.
@@ -46,6 +48,9 @@ from jaxmodels.errors import JaxModelsError
 
 Messages = Sequence[Mapping[str, str]]
 Segments = list[tuple[str, bool]]  # (text, is_assistant_target)
+
+
+IMAGE_SLOT = -200   # one image's place in encode_chat_with_images output (LLaVA's IMAGE_TOKEN_INDEX)
 
 
 class TokenizerError(JaxModelsError):
@@ -345,6 +350,37 @@ class HFTokenizer:
     end-of-turn token), for the understanding loss. The ids equal
     `encode(apply_chat_template(...))`: the text is tokenized once and masked by character offsets.
     """
+    text, spans = self._render_spans(messages, chat_format, add_generation_prompt, options)
+    enc = self.tokenizer.encode(text, add_special_tokens=False)
+    # A token is a target when its first character lies in an assistant span.
+    mask = [any(a <= start < b for a, b in spans) for start, _ in enc.offsets]
+    return list(enc.ids), mask
+
+  def encode_chat_with_images(self, messages: Messages, *, image_token: str = "<image>",
+                              add_generation_prompt: bool = False, chat_format: str | None = None,
+                              **options) -> tuple[list[int], list[bool]]:
+    """As `encode_chat`, but each `image_token` in the rendered text becomes one `IMAGE_SLOT` id
+    (mask False) and the text between them is tokenised piece by piece (LLaVA's
+    `tokenizer_image_token`), so the result does not depend on whether the vocabulary knows
+    `image_token`."""
+    text, spans = self._render_spans(messages, chat_format, add_generation_prompt, options)
+    ids: list[int] = []
+    mask: list[bool] = []
+    pos = 0
+    for k, chunk in enumerate(text.split(image_token)):
+      if k:
+        ids.append(IMAGE_SLOT)
+        mask.append(False)
+        pos += len(image_token)
+      if chunk:
+        enc = self.tokenizer.encode(chunk, add_special_tokens=False)
+        ids += enc.ids
+        mask += [any(a <= pos + start < b for a, b in spans) for start, _ in enc.offsets]
+      pos += len(chunk)
+    return ids, mask
+
+  def _render_spans(self, messages, chat_format, add_generation_prompt, options):
+    """The rendered text and the [start, end) character spans of assistant targets."""
     segs = chat_segments(messages, self._format(chat_format),
                          add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
                          eos_token=self.eos_token, **options)
@@ -354,10 +390,7 @@ class HFTokenizer:
         spans.append((pos, pos + len(piece)))
       text += piece
       pos += len(piece)
-    enc = self.tokenizer.encode(text, add_special_tokens=False)
-    # A token is a target when its first character lies in an assistant span.
-    mask = [any(a <= start < b for a, b in spans) for start, _ in enc.offsets]
-    return list(enc.ids), mask
+    return text, spans
 
 
 def _wrap(ids: list[int], tok, add_bos: bool, add_eos: bool) -> list[int]:
@@ -516,6 +549,28 @@ class WordTokenizer:
   def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
     ids = [self._ids.get(t, self.unk_id) for t in self.split(text)]
     return _wrap(ids, self, add_bos, add_eos)
+
+  def encode_chat_with_images(self, messages: Messages, *, image_token: str = "<image>",
+                              add_generation_prompt: bool = False, chat_format: str | None = None,
+                              **options) -> tuple[list[int], list[bool]]:
+    """A plain conversation layout (no chat format): <bos>, then each message's words; assistant
+    messages end with <eos> and are the targets. "<image>" becomes `IMAGE_SLOT`.
+
+    Example:
+      >>> tok = WordTokenizer(["what", "colour", "?", "red"])
+      >>> tok.encode_chat_with_images([{"role": "user", "content": "<image> what colour?"},
+      ...                              {"role": "assistant", "content": "red"}])
+      ([1, -200, 5, 6, 7, 8, 2], [False, False, False, False, False, True, True])
+    """
+    del chat_format, options
+    if image_token != "<image>":
+      raise TokenizerError(f"WordTokenizer: image_token must be '<image>', got {image_token!r}")
+    ids, mask = [self.bos_id], [False]
+    for role, content, _ in _check_messages(messages):
+      piece = self.encode(content) + ([self.eos_id] if role == "assistant" else [])
+      ids += [IMAGE_SLOT if i == self.image_id else i for i in piece]
+      mask += [role == "assistant"] * len(piece)
+    return ids, mask
 
   def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
     """Ids -> text: tokens joined by spaces, no space before punctuation. With

@@ -7,6 +7,9 @@ target whose leaves carry shardings, so a checkpoint written on one mesh restore
     ckpt = Checkpointer(f"{workdir}/checkpoints", keep=3)
     ckpt.save(step, state, data_iter=it, config=config.to_dict())
     state = ckpt.restore(ckpt.latest_step(), sharding.abstract_state(state, shardings), data_iter=it)
+
+Evaluation needs only the weights: `restore_params(workdir, abstract)` reads the model (and EMA)
+subtrees of the saved state and never touches the optimizer moments (an Orbax partial restore).
 """
 from __future__ import annotations
 
@@ -70,9 +73,25 @@ class Checkpointer:
       raise CheckpointFormatError(f"{self.directory}/{step}: cannot restore the state ({e})") from None
     return restored["state"]
 
-  def check_tree(self, step: int, abstract_state: Any) -> None:
+  def restore_partial(self, step: int, abstract_state: Any) -> Any:
+    """Restores only the subtrees present in `abstract_state` (e.g. {"model": ..., "ema": ...}): an
+    Orbax partial restore, so the other saved arrays (optimizer moments) are never read."""
+    if step not in self.all_steps():
+      raise CheckpointFormatError(f"{self.directory}: no checkpoint for step {step} "
+                                  f"(complete ones: {self.all_steps()})")
+    self.check_tree(step, abstract_state, partial=True)
+    args = ocp.args.PyTreeRestore(abstract_state, partial_restore=True,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+    try:
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.join(self.directory, str(step), "state"), args=args)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+      raise CheckpointFormatError(f"{self.directory}/{step}: cannot restore the parameters ({e})") from None
+
+  def check_tree(self, step: int, abstract_state: Any, *, partial: bool = False) -> None:
     """Compares the saved tree (keys and shapes, from the metadata) with the target before restoring;
-    raises CheckpointFormatError naming the first differing key."""
+    raises CheckpointFormatError naming the first differing key. `partial`: saved keys outside the
+    target's top-level subtrees are ignored."""
     from etils import epath
     path = epath.Path(self.directory) / str(step) / "state"
     try:
@@ -81,6 +100,9 @@ class Checkpointer:
       raise CheckpointFormatError(f"{path}: unreadable checkpoint metadata ({e})") from None
     saved = _shapes(getattr(meta, "item_metadata", meta))
     wanted = _shapes(abstract_state)
+    if partial:
+      tops = {k.split("/")[0] for k in wanted}
+      saved = {k: v for k, v in saved.items() if k.split("/")[0] in tops}
     where = f"{self.directory}/{step}"
     for key in sorted(set(saved) | set(wanted)):
       if key not in saved:
@@ -107,6 +129,51 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_params(workdir: str, abstract_state: Any, step: int | None = None) -> Any:
+  """Eval-only restore: the model (and EMA) weights of a training checkpoint, no optimizer state.
+
+  Args:
+    workdir: a run directory (its `checkpoints/` is used) or a checkpoints directory.
+    abstract_state: the train state's abstract target (ShapeDtypeStructs with shardings, e.g.
+      `sharding.abstract_state(state, shardings)`) or just its {"model": ..., "ema": ...} part; an
+      "optimizer" entry is dropped, so its moments are never read (nor need to fit in memory).
+    step: the step to read (default: the latest complete one).
+
+  Returns:
+    {"model": restored state, "ema": restored state (when the target has one)} with the target's
+    shardings: any mesh or device count, whatever the mesh at save time.
+
+  Raises:
+    CheckpointFormatError: no checkpoint, or a tree that does not match (naming the first key).
+
+  Example:
+    >>> abstract = sharding.abstract_state(nnx.state(nnx.eval_shape(make_state)), shardings)
+    >>> params = restore_params("runs/shapes_tiny", abstract)
+    >>> nnx.update(model, params["model"])
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    directory = workdir
+  if "://" not in directory and not os.path.isdir(directory):
+    raise CheckpointFormatError(f"{workdir}: no such run or checkpoints directory")
+  ckpt = Checkpointer(directory, async_save=False)
+  try:
+    if step is None:
+      step = ckpt.latest_step()
+      if step is None:
+        raise CheckpointFormatError(f"{ckpt.directory}: no complete checkpoint to evaluate")
+    target = {k: v for k, v in dict(abstract_state).items()
+              if k != "optimizer" and v is not None and len(_leaves(v))}
+    return ckpt.restore_partial(step, target)
+  finally:
+    ckpt.close()
+
+
+def _leaves(tree: Any) -> list:
+  import jax
+  return jax.tree.leaves(tree)
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:

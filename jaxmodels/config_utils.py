@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import ast
-from typing import Any
+import difflib
+import importlib.util
+import os
+from typing import Any, Sequence
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -43,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict(dict(batch_size=32, worker_count=0))
+  c.data = ml_collections.ConfigDict(dict(batch_size=32, worker_count=0,
+                                          on_error="raise"))   # corrupt records: "raise" or "skip"
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", lr=1e-4, warmup_steps=100, min_lr_ratio=0.1, schedule="cosine", b1=0.9, b2=0.95,
       eps=1e-8, weight_decay=0.0, clip_norm=1.0, trainable=None, frozen=None))
@@ -58,3 +62,97 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = None                    # dict(hf={"llm": path, ...}) to start from pretrained towers
   c.evals = ml_collections.ConfigDict()
   return c
+
+
+############################ Command-line overrides ########################
+
+def override_paths(argv: Sequence[str], name: str = "config") -> list[str]:
+  """The dotted keys overridden on a command line: `--config.train.total_steps=3` -> "train.total_steps".
+
+  Example:
+    >>> override_paths(["train.py", "--config=c.py", "--config.optim.lr=0.1", "--config.seed", "2"])
+    ['optim.lr', 'seed']
+  """
+  out = []
+  for arg in argv:
+    for prefix in (f"--{name}.", f"-{name}."):
+      if arg.startswith(prefix):
+        out.append(arg[len(prefix):].split("=", 1)[0])
+        break
+  return out
+
+
+def check_overrides(config: Any, paths: Sequence[str], name: str = "config") -> None:
+  """Raises a one-line ConfigError for the first override naming a key the config does not have.
+
+  The message names the whole key and suggests the closest existing one:
+  `--config.trian.total_steps: config has no key 'trian' (did you mean 'train'?)`.
+  Keys below a non-dict value (a list index, a dataclass, a None placeholder) are not checked.
+  """
+  for path in paths:
+    node, walked = config, name
+    for part in path.replace("]", "").replace("[", ".").split("."):
+      if not isinstance(node, (ml_collections.ConfigDict, dict)):
+        break
+      keys = [str(k) for k in node.keys()]
+      if part not in keys:
+        close = difflib.get_close_matches(part, keys, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(keys))})"
+        raise ConfigError(f"--{name}.{path}: {walked} has no key {part!r}{hint}")
+      node, walked = node[part], f"{walked}.{part}"
+
+
+def load_config_file(spec: str) -> Any:
+  """Loads `path/to/file.py[:arg]` as ml_collections' config flag does: `module.get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location("_jaxmodels_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if ":" in spec else module.get_config()
+
+
+def flags_parser(argv: Sequence[str], name: str = "config") -> list[str]:
+  """`app.run(main, flags_parser=flags_parser)`: absl flag parsing whose config mistakes end the
+  program with one line (`error: ...`, exit status 1) instead of a traceback: a missing config file,
+  an unknown `--config.x` key (with a did-you-mean), a bad `:arg`. Other flag errors keep absl's own
+  one-line report."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  from jaxmodels.errors import JaxModelsError  # pylint: disable=g-import-not-at-top
+  try:
+    rest = flags.FLAGS(list(argv))
+    if name in flags.FLAGS and flags.FLAGS[name].present:
+      flags.FLAGS[name].value.keys()   # a file that failed to load raises on first use: do it here
+    return rest
+  except flags.Error as e:
+    raise SystemExit(f"error: {_one_line(e)}") from None
+  except JaxModelsError as e:
+    raise SystemExit(f"error: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(f"error: {_explain(argv, name, e)}") from None
+
+
+def _explain(argv: Sequence[str], name: str, err: Exception) -> str:
+  """A one-line description of a failure inside ml_collections' config flag."""
+  spec = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      spec = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      spec = argv[i + 1]
+  if spec is not None:
+    try:
+      config = load_config_file(spec)
+      check_overrides(config, override_paths(argv, name), name)
+    except ConfigError as e:
+      return str(e)
+    except Exception as e:  # pylint: disable=broad-except
+      return f"--{name}={spec}: {type(e).__name__}: {_one_line(e)}"
+  return f"--{name}: {type(err).__name__}: {_one_line(err)}"
+
+
+def _one_line(err: Exception) -> str:
+  text = " ".join(str(err).replace("\\n", " ").split())
+  return text if len(text) < 300 else text[:297] + "..."

@@ -14,7 +14,7 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.llm import LLM
 from jaxmodels.sharding import param_count
 from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, trainable_filter
-from jaxmodels.unified.dbfusion import FUSION_MODES, DBFusion
+from jaxmodels.unified.dbfusion import DEFAULT_PROMPTS, FUSION_MODES, DBFusion
 from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
 from jaxmodels.vision.florence2 import Florence2, florence2_preset
 
@@ -51,10 +51,10 @@ def test_fusion_modes_combine_the_streams():
   np.testing.assert_array_equal(fuse("average"), np.full((1, 2, 3), 1.5))
 
 
-def _batch(model: FlorenceVL, b=2, seed=0):
+def _batch(model: FlorenceVL, b=2, seed=0, t=None):
   c = model.config
   rs = np.random.RandomState(seed)
-  text = rs.randint(1, c.llm.vocab_size - 1, (b, 6))
+  text = rs.randint(1, c.llm.vocab_size - 1, (b, 6 if t is None else t - model.num_image_tokens))
   ids = np.concatenate([text[:, :1], np.full((b, model.num_image_tokens), c.image_token_id), text[:, 1:]], 1)
   loss_mask = np.zeros_like(ids)
   loss_mask[:, -3:] = 1
@@ -78,16 +78,26 @@ def _build(config, seed=0):
   return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
-def test_tiny_config_takes_a_jitted_train_step():
-  config = _config("florence_vl_8b", "tiny")
+def test_tiny_config_takes_a_jitted_train_step(tmp_path):
+  # The trainer's pieces: the model type routed by config.model.type and a batch of real LLaVA rows.
+  from input_pipeline.datasets import make_train_data
+  from jaxmodels.trainer.setup import model_factory
+  from test_train_realdata import _write_llava
+  config = _config("florence_vl_8b", "tiny,data=llava_json")
+  assert type(nnx.eval_shape(model_factory(config))) is FlorenceVL
+  config.data.source.json_path = _write_llava(tmp_path, corrupt=False)
+  config.data.batch_size = 2
   model = _build(config)
+  data = make_train_data(config, str(tmp_path / "work"), num_image_tokens=model.num_image_tokens)
+  real = next(data.iterator)
   tx, lr = make_optimizer(config.optim.to_dict(), 10)
   wrt = trainable_filter(config.optim.trainable, config.optim.frozen)
   ts = TrainState(model, tx, wrt=wrt)
   before = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(ts.model, nnx.Param))}
   graphdef, state = nnx.split(ts)
   step = make_train_step(ts, lr_schedule=lr)
-  batch = _batch(model)
+  batch = {k: jnp.asarray(v) for k, v in real.items()}
+  assert jax.tree.map(jnp.shape, batch) == jax.tree.map(jnp.shape, _batch(model, t=64))
   state, metrics = step(state, batch, jax.random.key(0))     # lr 0 (warmup starts at 0)
   state, metrics = step(state, batch, jax.random.key(1))
   assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["und_loss"]))
@@ -157,3 +167,34 @@ def test_full_florence_vl_is_the_sum_of_its_parts(name, llm, width):
   llm_n = _count(lambda: LLM(presets.llm_preset(llm, scan_layers=True), rngs=nnx.Rngs(0)))
   projector = 4096 * width + width + 2 * (width * width + width)
   assert total == 567_561_216 + projector + llm_n
+
+
+def _bart_like_tokenizer(folder):
+  """A word-level tokenizer.json whose post-processor wraps text in <s> ... </s> (as Florence-2's)."""
+  import tokenizers
+  from tokenizers import models, pre_tokenizers, processors
+  split = lambda p: p.replace(".", " .").replace("?", " ?").replace(",", " ,").split()  # noqa: E731
+  words = ["<s>", "<pad>", "</s>", "<unk>"] + sorted({w for p in DEFAULT_PROMPTS for w in split(p)})
+  tok = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                               pre_tokenizers.Punctuation()])
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                     special_tokens=[("<s>", 0), ("</s>", 2)])
+  tok.save(str(folder / "tokenizer.json"))
+  return words
+
+
+def test_prompt_ids_from_a_local_tokenizer_or_a_one_line_error(tmp_path):
+  from jaxmodels.trainer.setup import model_factory
+  words = _bart_like_tokenizer(tmp_path)
+  config = _config("florence_vl_3b")
+  with pytest.raises(ConfigError, match=r"^config.model.dbfusion.tokenizer is not set"):
+    model_factory(config)                           # the trainer needs the prompt ids
+  config.model.dbfusion.tokenizer = str(tmp_path / "missing")
+  with pytest.raises(ConfigError, match="config.model.dbfusion.tokenizer='.*missing'"):
+    florence_vl_config(config.model)
+  config.model.dbfusion.tokenizer = str(tmp_path)
+  ids = florence_vl_config(config.model).dbfusion.prompt_ids
+  assert [[words[i] for i in p] for p in ids][1] == ["<s>", "What", "is", "the", "text", "in", "the", "image",
+                                                     "?", "</s>"]
+  assert all(p[0] == 0 and p[-1] == 2 and 3 not in p for p in ids)

@@ -98,7 +98,17 @@ def test_process_shards_are_disjoint_and_cover_the_data():
   kept = [b["idx"].shape[0] for b in build(RangeSource(n), num_epochs=1, batch_size=3,
                                            process_index=0, process_count=count,
                                            drop_remainder=False)]
-  assert kept == [3, 3, 2]
+  assert kept == [3, 3, 3]          # process 0's block of the last (partial) global batch: 18-20
+
+
+def test_process_blocks_assemble_the_single_process_batches():
+  """Process p reads rows [p*L, (p+1)*L) of each global batch: concatenated in process order, the
+  per-process batches are the single-process batches (multi-host runs see the same global batches)."""
+  alone = iter(build(RangeSource(50), batch_size=6))
+  parts = [iter(build(RangeSource(50), batch_size=2, process_index=p, process_count=3)) for p in range(3)]
+  for _ in range(12):                # past the first epoch (8 global batches of 6)
+    expected = next(alone)["idx"]
+    np.testing.assert_array_equal(np.concatenate([next(it)["idx"] for it in parts]), expected)
 
 
 @pytest.mark.parametrize("read_threads", [0, 2])
@@ -238,3 +248,51 @@ def test_webdataset_with_word_tokenizer_in_worker_processes(tmp_path):
   for i in (workers, resumed):
     if hasattr(i, "close"):
       i.close()
+
+
+############################ Corrupt records ###############################
+
+class TruncatedPngSource(RangeSource):
+  """RangeSource whose records i % 7 == 3 carry a truncated PNG that fails to decode."""
+
+  def __getitem__(self, i):
+    ex = super().__getitem__(i)
+    buf = io.BytesIO()
+    Image.fromarray(ex["image"]).save(buf, format="PNG")
+    png = buf.getvalue()
+    ex["png"] = png[: len(png) // 2] if int(i) % 7 == 3 else png
+    return ex
+
+
+def decode_png(ex):
+  return {"idx": ex["idx"], "image": np.asarray(Image.open(io.BytesIO(ex["png"])).convert("RGB"))}
+
+
+def test_corrupt_record_raise_names_the_record():
+  ds = build(TruncatedPngSource(20), batch_size=4, shuffle=False, preprocess=decode_png, on_error="raise")
+  it = iter(ds)
+  with pytest.raises(sources.DataError, match=r"TruncatedPngSource: record 3 is corrupt \(.*on_error='skip'"):
+    next(it)
+  with pytest.raises(ConfigError, match=r"on_error='ignore'.*expected one of \('raise', 'skip'\)"):
+    build(TruncatedPngSource(20), batch_size=4, on_error="ignore")
+
+
+def test_corrupt_record_skip_replaces_counts_and_resumes_identically():
+  before = pipeline.skipped_count()
+  ds = build(TruncatedPngSource(20), batch_size=4, shuffle=False, preprocess=decode_png, on_error="skip")
+  it = iter(ds)
+  first = next(it)["idx"].tolist()
+  assert first == [0, 1, 2, 4]                      # record 3 replaced by the next good one
+  assert pipeline.skipped_count() >= before + 1      # (read-ahead threads may have met more)
+  state = it.get_state()
+  rest = [next(it)["idx"].tolist() for _ in range(3)]
+  assert rest[1] == [8, 9, 11, 11]                  # 10 % 7 == 3 -> 11
+  again = iter(ds)
+  again.set_state(state)
+  assert [next(again)["idx"].tolist() for _ in range(3)] == rest
+  # The policy can be set around code that builds pipelines without passing it (train.py).
+  with pipeline.corrupt_record_policy("skip"):
+    quiet = build(TruncatedPngSource(20), batch_size=4, shuffle=False, preprocess=decode_png)
+  assert next(iter(quiet))["idx"].tolist() == [0, 1, 2, 4]
+  with pytest.raises(sources.DataError):
+    next(iter(build(TruncatedPngSource(20), batch_size=4, shuffle=False, preprocess=decode_png)))

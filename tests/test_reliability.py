@@ -227,6 +227,55 @@ def test_mesh_that_does_not_divide_the_devices_is_a_config_error():
     mesh_and_rules(c)
 
 
+def test_config_typo_is_one_line_with_a_suggestion(tmp_path):
+  from jaxmodels.config_utils import check_overrides, override_paths
+  c = shapes_tiny.get_config("runlocal")
+  argv = ["train.py", "--config=x.py", "--config.train.total_steps=3", "--config.optim.lr", "0.1"]
+  assert override_paths(argv) == ["train.total_steps", "optim.lr"]
+  check_overrides(c, override_paths(argv))          # existing keys pass
+  with pytest.raises(ConfigError, match=r"--config.train.totl_steps: config.train has no key 'totl_steps' "
+                                        r"\(did you mean 'total_steps'\?\)"):
+    check_overrides(c, ["train.totl_steps"])
+  for flag, expected in [
+      ("--config.trian.total_steps=3",
+       "error: --config.trian.total_steps: config has no key 'trian' (did you mean 'train'?)"),
+      ("--config.train.total_steps=abc", "error: flag --config.train.total_steps=abc: invalid literal"),
+      ("--config=configs/shapes_tiny.py:runlokal", "error: config argument 'runlokal' is unknown"),
+      ("--config=configs/nope.py", "error: config file configs/nope.py does not exist")]:
+    r = subprocess.run([sys.executable, "train.py", "--config=configs/shapes_tiny.py:runlocal", flag,
+                        f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    lines = [x for x in r.stderr.strip().splitlines() if not x.startswith("I1")]   # absl info lines
+    assert r.returncode == 1 and lines[-1].startswith(expected), (flag, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, flag
+  assert not (tmp_path / "run").exists()             # nothing was started
+
+
+def test_corrupt_shapes_world_record_skips_and_counts_or_fails(data_dir, tmp_path, monkeypatch):
+  from input_pipeline import datasets, pipeline
+  from input_pipeline.shapes_world import builder
+  from input_pipeline.sources import DataError
+
+  def truncated(self, index):     # every 5th stored scene has a truncated PNG
+    raw = self._source[index]
+    if int(index) % 5 == 0:
+      raw = {**raw, "image": raw["image"][: len(raw["image"]) // 2]}
+    return builder.decode_example(raw)
+
+  monkeypatch.setattr(builder.DecodedSource, "__getitem__", truncated)
+  c = _config(data_dir)
+  with pipeline.corrupt_record_policy(c.data.get("on_error", "raise")):
+    data = datasets.make_train_data(c, str(tmp_path), num_image_tokens=16)
+  with pytest.raises(DataError, match=r"record \d+ is corrupt \(.*\); set config.data.on_error='skip'"):
+    next(data.iterator)
+  before = pipeline.skipped_count()
+  with pipeline.corrupt_record_policy("skip"):
+    data = datasets.make_train_data(c, str(tmp_path), num_image_tokens=16)
+  batches = [next(data.iterator) for _ in range(3)]
+  assert all(b["und_ids"].shape[0] == c.data.batch_size for b in batches)
+  assert pipeline.skipped_count() > before
+
+
 ############################ Tools #########################################
 
 @pytest.mark.slow

@@ -1,17 +1,20 @@
-"""train.py end to end at :runlocal size: checkpoints, metrics, final scores, exact resume."""
+"""train.py end to end at :runlocal size: checkpoints, metrics, final scores, bitwise-exact resume."""
 import json
-import shutil
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import train
 from configs import shapes_tiny
+from jaxmodels.checkpoint import Checkpointer
 
 
 def _config(data_dir, **train_overrides):
   c = shapes_tiny.get_config("runlocal")
   c.data.data_dir = data_dir
-  c.train.update(log_every=1, **train_overrides)
+  c.train.update(log_every=1, ema_decay=0.9, **train_overrides)
   c.evals.update(qa_per_kind=2, geneval_prompts=4, sample_steps=2, batch_size=4)
   c.checkpoint.async_save = False
   return c
@@ -22,24 +25,89 @@ def _losses(workdir):
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
+@pytest.fixture(scope="module")
+def full_run(data_dir, tmp_path_factory):
+  """One uninterrupted 6-step run on the 8 CPU devices (mesh fsdp=8): (workdir, scores)."""
+  full = tmp_path_factory.mktemp("full")
+  return full, train.train_and_evaluate(_config(data_dir), str(full))
+
+
 @pytest.mark.slow
-def test_train_end_to_end_and_exact_resume(data_dir, tmp_path):
-  full = tmp_path / "full"
-  scores = train.train_and_evaluate(_config(data_dir), str(full))
+def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
+  full, scores = full_run
   assert sorted(p.name for p in (full / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
   for name in ("metrics.jsonl", "scores.json", "samples.png", "tokenizer.json", "config.json"):
     assert (full / name).is_file(), name
-  assert set(scores) == {"qa", "geneval"} and 0.0 <= scores["geneval"]["overall"] <= 1.0
+  assert {"qa", "geneval"} <= set(scores) and 0.0 <= scores["geneval"]["overall"] <= 1.0
   assert (full / "geneval" / "results.jsonl").is_file()
   losses = _losses(full)
   assert sorted(losses) == [1, 2, 3, 4, 5, 6]
 
-  # A run that stopped after step 3 resumes from its checkpoint (model, optimizer, data iterator)
-  # and computes exactly the same losses for steps 4-6.
+  # Exact resume: a second run of the same 6 steps is stopped after step 3 (as a SIGTERM would stop
+  # it), then restarted in its workdir. The whole loss sequence and the final state (parameters,
+  # EMA, optimizer moments, step) are bitwise those of the uninterrupted run, which needs the data
+  # iterator restored too.
   resumed = tmp_path / "resumed"
-  shutil.copytree(full, resumed, ignore=shutil.ignore_patterns("6", "metrics.jsonl", "tb"))
+  polls = iter(range(1, 1000))
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(train.StopRequest, "requested", lambda self: next(polls) >= 3)   # polled once a step
+    out = train.train_and_evaluate(_config(data_dir), str(resumed))
+  assert out == {"stopped_by": "", "step": 3}
+  assert not (resumed / "scores.json").exists()
   train.train_and_evaluate(_config(data_dir), str(resumed))
   again = _losses(resumed)
-  assert sorted(again) == [4, 5, 6]
-  for step in (4, 5, 6):
-    assert again[step] == losses[step], (step, again[step], losses[step])
+  assert again == losses, (again, losses)            # steps 1-6, bitwise equal floats
+  final = [_leaves(run / "checkpoints", 6) for run in (full, resumed)]
+  assert len(final[0]) == len(final[1]) > 10
+  for (key, a), (key_b, b) in zip(final[0], final[1]):
+    assert key == key_b and a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+def _leaves(directory, step):
+  """(path, numpy array) for every leaf of the saved train state at `step`."""
+  ckpt = Checkpointer(str(directory), async_save=False)
+  state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  ckpt.close()
+  return [(_name(k), np.asarray(v)) for k, v in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+
+def _name(path):
+  """"model/llm/embed/embedding" for a key path (an nnx Variable's trailing `value` dropped)."""
+  keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return "/".join(keys[:-1] if keys and keys[-1] == "value" else keys)
+
+
+@pytest.mark.slow
+def test_restore_onto_other_meshes_and_params_only(data_dir, full_run):
+  """The fsdp=8 checkpoint restores onto fsdp=2 over 2 devices and onto 1 device with the same
+  values (train.py's restore path: an abstract target carrying the new shardings); `restore_params`
+  reads model + EMA only, never the optimizer state."""
+  from flax import nnx
+
+  from jaxmodels import sharding
+  from jaxmodels.checkpoint import restore_params
+  from jaxmodels.trainer.setup import train_state_factory
+  full, _ = full_run
+  saved = dict(_leaves(full / "checkpoints", 6))
+  make_state, _ = train_state_factory(_config(data_dir))
+  abstract = nnx.state(nnx.eval_shape(make_state))
+  ckpt = Checkpointer(str(full / "checkpoints"), async_save=False)
+  for n in (2, 1):
+    mesh = sharding.make_mesh({"data": 1, "fsdp": n, "tensor": 1}, devices=jax.devices()[:n])
+    target = sharding.abstract_state(abstract, sharding.state_shardings(abstract, mesh))
+    restored = ckpt.restore(6, target)
+    leaves = jax.tree_util.tree_flatten_with_path(restored)[0]
+    assert len(leaves) == len(saved)
+    for key, x in leaves:
+      assert x.sharding.mesh.devices.size == n and set(x.sharding.device_set) <= set(jax.devices()[:n])
+      np.testing.assert_array_equal(_host(x), saved[_name(key)], err_msg=_name(key))
+    params = restore_params(str(full), target)      # what evaluate.py needs: no optimizer state
+    assert set(params) == {"model", "ema"}
+    for key, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+      np.testing.assert_array_equal(_host(x), saved[_name(key)], err_msg=_name(key))
+  ckpt.close()
+
+
+def _host(x):
+  return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)

@@ -1,6 +1,7 @@
 r"""Ahead-of-time memory plan for a big run, on this CPU: no accelerator, nothing allocated at full size.
 
-    python tools/plan.py --config=configs/blip3o_8b.py --devices=256 --mesh=data:1,fsdp:256,tensor:1 --hbm_gb=80
+    python tools/plan.py --config=configs/blip3o_8b.py --devices=256 --mesh=data:1,fsdp:256,tensor:1 --hbm_gb=80 \
+        --batch_size=256
     python tools/plan.py --config=configs/blip3o_8b.py:tiny --devices=8 --mesh=data:1,fsdp:8,tensor:1 --json
 
 Builds `--devices` fake CPU devices (XLA's host-platform device count, set before JAX starts), the
@@ -52,27 +53,58 @@ def _bytes_per_device(tree) -> int:
   return total
 
 
-def batch_spec(config, mesh):
-  """Abstract global batch of train.py's ShapesWorld task layout, sharded over the batch axes."""
+def _image_size(cfg, default: int = 32) -> int:
+  """The first `image_size` found in a (nested) config dataclass, else `default`."""
+  import dataclasses
+  if cfg is None or not dataclasses.is_dataclass(cfg):
+    return default
+  if isinstance(getattr(cfg, "image_size", None), int):
+    return cfg.image_size
+  for f in dataclasses.fields(cfg):
+    found = _image_size(getattr(cfg, f.name), 0)
+    if found:
+      return found
+  return default
+
+
+def batch_spec(config, mesh, model):
+  """Abstract global batch in train.py's task layout for `model` (a UnifiedModel or a FlorenceVL),
+  sharded over the batch axes. Sequence lengths: `config.data.und_len` (else `max_length`, else the
+  image tokens + 256 text tokens) and `config.data.gen_len` (else 128)."""
   import jax
   import jax.numpy as jnp
 
   from jaxmodels import sharding
-  m, d = config.model, config.data
+  c, d = model.config, config.data
   b = d.batch_size
-  und_size = m.und_encoder.image_size if m.get("und_encoder") else 32
-  gen_size = m.gen_encoder.image_size if m.get("gen_encoder") else m.get("gen_image_size", 32)
-  shapes = dict(und_image=((b, und_size, und_size, 3), jnp.float32),
-                und_ids=((b, d.get("und_len", 48)), jnp.int32), und_mask=((b, d.get("und_len", 48)), jnp.int32),
-                und_loss_mask=((b, d.get("und_len", 48)), jnp.int32),
-                gen_image=((b, gen_size, gen_size, 3), jnp.float32),
-                gen_ids=((b, d.get("gen_len", 16)), jnp.int32), gen_mask=((b, d.get("gen_len", 16)), jnp.int32))
+  und_len = d.get("und_len") or d.get("max_length") or model.num_image_tokens + 256
+  gen_len = d.get("gen_len") or 128
+  if hasattr(c, "dbfusion"):                                   # FlorenceVL: understanding only
+    und_size = c.dbfusion.image_size
+  else:
+    und_size = _image_size(c.und_encoder) if c.und_encoder is not None else _image_size(c.image_tokenizer)
+  shapes = dict(und_image=((b, und_size, und_size, 3), jnp.float32), und_ids=((b, und_len), jnp.int32),
+                und_mask=((b, und_len), jnp.int32), und_loss_mask=((b, und_len), jnp.int32))
+  if not hasattr(c, "dbfusion"):
+    if c.gen_target == "latents":          # precomputed latents; image-token models still read images
+      shapes["gen_latents"] = ((b, c.latent_size, c.latent_size, c.latent_channels), jnp.float32)
+    size = (c.gen_image_size if c.gen_target == "pixels" else
+            _image_size(getattr(c, "autoencoder", None), und_size) if c.gen_target == "autoencoder" else
+            _image_size(c.gen_encoder) if c.gen_encoder is not None else
+            _image_size(c.image_tokenizer, und_size))
+    if c.gen_target != "latents" or c.image_tokenizer is not None:
+      shapes["gen_image"] = ((b, size, size, 3), jnp.float32)
+    shapes.update(gen_ids=((b, gen_len), jnp.int32), gen_mask=((b, gen_len), jnp.int32))
   return {k: jax.ShapeDtypeStruct(s, t, sharding=sharding.batch_sharding(mesh, len(s)))
           for k, (s, t) in shapes.items()}
 
 
-def plan(config, hbm_gb: float | None = None) -> dict:
-  """Lowers and compiles train.py's step for `config.mesh` over the visible devices; returns bytes."""
+def plan(config, hbm_gb: float | None = None, *, compile_step: bool = True) -> dict:
+  """Lowers and compiles train.py's step for `config.mesh` over the visible devices; returns bytes.
+  `compile_step=False` stops before lowering: exact parameter / optimizer / EMA / batch bytes, no
+  temporaries (`temp_bytes` None; `fits` then only says whether the state alone fits)."""
+  import time
+
   import jax
   from flax import nnx
 
@@ -87,11 +119,14 @@ def plan(config, hbm_gb: float | None = None) -> dict:
   target = sharding.abstract_state(state, shardings)
   step_fn = make_train_step(abstract_ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
                             state_shardings=shardings)
-  batch = batch_spec(config, mesh)
+  batch = batch_spec(config, mesh, abstract_ts.model)
   rng = jax.eval_shape(lambda: jax.random.key(0))
-  with sharding.use_mesh(mesh, rules):
-    compiled = step_fn.lower(target, batch, rng).compile()
-  mem = compiled.memory_analysis()
+  t0 = time.time()
+  mem = None
+  if compile_step:
+    with sharding.use_mesh(mesh, rules):
+      compiled = step_fn.lower(target, batch, rng).compile()
+    mem = compiled.memory_analysis()
   parts = {name: _bytes_per_device(target[name]) if name in target else 0
            for name in ("model", "optimizer", "ema")}
   out = {
@@ -103,6 +138,8 @@ def plan(config, hbm_gb: float | None = None) -> dict:
       "output_bytes": int(getattr(mem, "output_size_in_bytes", 0)) if mem is not None else None,
       "alias_bytes": int(getattr(mem, "alias_size_in_bytes", 0)) if mem is not None else None,
       "param_count": sharding.param_count(state["model"]),
+      "batch_shapes": {k: list(v.shape) for k, v in batch.items()},
+      "compile_seconds": round(time.time() - t0, 1) if compile_step else None,
   }
   # Live at the step's peak: the (donated, aliased) state + batch + temporaries + non-aliased outputs.
   temp = out["temp_bytes"] or 0
@@ -123,9 +160,22 @@ def format_table(r: dict) -> str:
   lines = [f"{r['devices']} devices, mesh {r['mesh']}, {r['param_count'] / 1e6:.1f}M parameters; "
            f"per device:"]
   lines += [f"  {name:<18}{b / GiB:12.4f} GiB  ({b:,} bytes)" for name, b in rows]
+  if r["temp_bytes"] is None:
+    lines.append("  (step not compiled: --no_compile; temporaries not included)")
   if "fits" in r:
     lines.append(f"  fits {r['hbm_bytes'] / GiB:.0f} GiB HBM: {'yes' if r['fits'] else 'NO'}")
   return "\n".join(lines)
+
+
+def stand_in_prompt_ids(config) -> None:
+  """Florence-VL configs read their DBFusion prompt ids from a local Florence-2 tokenizer; a plan
+  needs only their lengths, so without a tokenizer each prompt gets 12 stand-in ids."""
+  model = config.model
+  if model.get("type") != "florence_vl":
+    return
+  fusion = model.get("dbfusion") or {}
+  if fusion.get("prompt_ids") is None and not fusion.get("tokenizer"):
+    model.dbfusion.prompt_ids = tuple((0,) + (5,) * 10 + (2,) for _ in fusion.get("prompts", ()))
 
 
 def main(argv=None):
@@ -134,6 +184,9 @@ def main(argv=None):
   p.add_argument("--devices", type=int, required=True, help="number of (fake) devices")
   p.add_argument("--mesh", default=None, help="e.g. data:1,fsdp:256,tensor:1 (default: the config's)")
   p.add_argument("--hbm_gb", type=float, default=None, help="HBM per device, GiB")
+  p.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
+  p.add_argument("--no_compile", action="store_true",
+                 help="state bytes only (exact), without compiling the step (no temporaries)")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   a = p.parse_args(argv)
   if "jax" in sys.modules:
@@ -148,7 +201,10 @@ def main(argv=None):
     config = load_config(a.config)
     if a.mesh:
       config.mesh = parse_mesh(a.mesh)
-    result = plan(config, a.hbm_gb)
+    if a.batch_size:
+      config.data.batch_size = a.batch_size
+    stand_in_prompt_ids(config)
+    result = plan(config, a.hbm_gb, compile_step=not a.no_compile)
     result["config"] = a.config
     print(json.dumps(result) if a.json else format_table(result))
     return result

@@ -33,14 +33,48 @@ def mesh_and_rules(config):
   return mesh, table(rules)
 
 
-def train_state_factory(config) -> tuple[Callable[[], TrainState], optax.Schedule]:
-  """(make_state, lr schedule): `make_state()` builds model + optimizer (+ EMA) from `config`."""
+MODEL_TYPES = ("unified", "florence_vl")
+
+
+def model_type(config) -> str:
+  """`config.model.type`: "unified" (default; `UnifiedModel`) or "florence_vl" (`FlorenceVL`)."""
+  kind = config.model.get("type", None) or "unified"
+  if kind not in MODEL_TYPES:
+    raise ConfigError(f"config.model.type={kind!r}: expected one of {MODEL_TYPES}")
+  return kind
+
+
+def model_factory(config) -> Callable[[], nnx.Module]:
+  """A constructor of the model named by `config.model.type` (the config is checked here, once)."""
+  if model_type(config) == "florence_vl":
+    from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
+    fcfg = florence_vl_config(config.model, require_prompt_ids=True)
+    return lambda: FlorenceVL(fcfg, rngs=nnx.Rngs(config.seed))
   ucfg = unified_config(config.model)
+  return lambda: UnifiedModel(ucfg, rngs=nnx.Rngs(config.seed))
+
+
+def shapes_eval_supported(config, model) -> bool:
+  """Whether the ShapesWorld evaluations (Q/A, GenEval) apply to this run: they need a UnifiedModel
+  trained on ShapesWorld's own tokenizer. Logs a note when they are skipped."""
+  from absl import logging
+  data = config.data.get("name", "shapes_world") or "shapes_world"
+  if not isinstance(model, UnifiedModel) or data != "shapes_world":
+    logging.info("ShapesWorld evaluations skipped: they need a UnifiedModel trained on shapes_world "
+                 "(config.model.type=%s, config.data.name=%s)", model_type(config), data)
+    return False
+  return True
+
+
+def train_state_factory(config) -> tuple[Callable[[], TrainState], optax.Schedule]:
+  """(make_state, lr schedule): `make_state()` builds model + optimizer (+ EMA) from `config`;
+  the model is a `UnifiedModel` or, for `config.model.type="florence_vl"`, a `FlorenceVL`."""
+  make_model = model_factory(config)
   tx, lr = make_optimizer(config.optim.to_dict(), config.train.total_steps)
   wrt = trainable_filter(config.optim.get("trainable"), config.optim.get("frozen"))
 
   def make_state() -> TrainState:
-    model = UnifiedModel(ucfg, rngs=nnx.Rngs(config.seed))
-    return TrainState(model, tx, wrt=wrt, ema_decay=config.train.ema_decay, ema_path=config.train.ema_path)
+    return TrainState(make_model(), tx, wrt=wrt, ema_decay=config.train.ema_decay,
+                      ema_path=config.train.ema_path)
 
   return make_state, lr

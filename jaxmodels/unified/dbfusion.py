@@ -50,7 +50,8 @@ class DBFusionConfig:
   image_size: int = 768
   prompts: tuple[str, ...] = DEFAULT_PROMPTS
   # Tokenised prompts (Florence-2 tokenizer, with its <s> ... </s>), one tuple per prompt. Must be set
-  # before the model is called: `resolve_prompt_ids` fills them from a tokenizer.
+  # before the model is called: `resolve_prompt_ids` fills them from a tokenizer (configs: the local
+  # path `config.model.dbfusion.tokenizer`, read by `florence_vl_config`).
   prompt_ids: tuple[tuple[int, ...], ...] | None = None
   drop_global_token: bool = True
   frozen: bool = False
@@ -94,9 +95,26 @@ class DBFusionConfig:
     return dataclasses.replace(self, **kw)
 
 
-def resolve_prompt_ids(config: DBFusionConfig, tokenizer) -> DBFusionConfig:
-  """Fills `prompt_ids` by tokenising `prompts` (a HF tokenizer of the Florence-2 checkpoint)."""
-  return config.replace(prompt_ids=tuple(tuple(tokenizer(p)["input_ids"]) for p in config.prompts))
+def resolve_prompt_ids(config: DBFusionConfig, tokenizer, *,
+                       key: str = "config.model.dbfusion.tokenizer") -> DBFusionConfig:
+  """Fills `prompt_ids` by tokenising `prompts` with Florence-2's (BART) tokenizer, whose
+  post-processor adds <s> ... </s>. `tokenizer`: a local path (a Florence-2 checkpoint folder with
+  tokenizer.json, or the file), an `input_pipeline.tokenizers.HFTokenizer`, or a transformers
+  tokenizer. A missing path raises a one-line ConfigError naming `key`."""
+  if tokenizer is None or isinstance(tokenizer, str):
+    import os
+    from input_pipeline.tokenizers import load_tokenizer
+    if not tokenizer:
+      raise ConfigError(f"{key} is not set: give the local Florence-2 checkpoint (tokenizer.json) "
+                        "to tokenise dbfusion.prompts, or set dbfusion.prompt_ids")
+    if not os.path.exists(tokenizer):
+      raise ConfigError(f"{key}={tokenizer!r}: no such file or folder (Florence-2 tokenizer.json)")
+    tokenizer = load_tokenizer(tokenizer)
+  if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "encode"):        # our HFTokenizer
+    ids = [tokenizer.encode(p, add_special_tokens=True) for p in config.prompts]
+  else:                                                                        # transformers
+    ids = [tokenizer(p)["input_ids"] for p in config.prompts]
+  return config.replace(prompt_ids=tuple(tuple(int(i) for i in p) for p in ids))
 
 
 class MLPProjector(nnx.Module):

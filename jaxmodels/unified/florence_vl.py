@@ -25,7 +25,7 @@ from flax import nnx
 from jaxmodels.errors import ConfigError
 from jaxmodels.generate import generate
 from jaxmodels.llm import LLM, LLMConfig
-from jaxmodels.unified.dbfusion import DBFusion, DBFusionConfig
+from jaxmodels.unified.dbfusion import DBFusion, DBFusionConfig, resolve_prompt_ids
 from jaxmodels.unified.model import answer_loss, splice_image_tokens
 from jaxmodels.vision.davit import DaViTConfig
 from jaxmodels.vision.florence2 import Florence2Config, florence2_preset
@@ -46,9 +46,14 @@ class FlorenceVLConfig:
                         f"{self.llm.hidden_size}")
 
 
-def florence_vl_config(model: Mapping[str, Any]) -> FlorenceVLConfig:
+def florence_vl_config(model: Mapping[str, Any], *,
+                       require_prompt_ids: bool = False) -> FlorenceVLConfig:
   """From `config.model` = dict(llm=dict(preset=..., ...), florence=dict(preset=..., vision=dict(...),
-  ...), dbfusion=dict(mode=..., prompts=..., prompt_ids=..., ...), image_token_id=...)."""
+  ...), dbfusion=dict(mode=..., prompts=..., prompt_ids=..., tokenizer=..., ...), image_token_id=...).
+
+  `dbfusion.tokenizer` (a local Florence-2 checkpoint folder or tokenizer.json) fills `prompt_ids`
+  when they are not given; `require_prompt_ids` (the trainer) raises a ConfigError naming that key
+  when neither is set."""
   from jaxmodels.unified.build import _plain, llm_config, make_dataclass
   def plain(x):
     return {k: plain(v) for k, v in x.items()} if hasattr(x, "keys") else x
@@ -70,8 +75,12 @@ def florence_vl_config(model: Mapping[str, Any]) -> FlorenceVLConfig:
     raise ConfigError(f"config.model.florence: unknown field {bad[0]!r}")
   florence = florence2_preset(f.pop("preset", "florence2-large"), decoder=False,
                               **({"vision": vision} if vision else {}), **f)
-  fusion = make_dataclass(DBFusionConfig, {**(d.get("dbfusion") or {}), "florence": florence,
+  fusion_d = dict(d.get("dbfusion") or {})
+  tokenizer = fusion_d.pop("tokenizer", None)
+  fusion = make_dataclass(DBFusionConfig, {**fusion_d, "florence": florence,
                                            "out_dim": llm.hidden_size}, "model.dbfusion")
+  if fusion.prompt_ids is None and (tokenizer or require_prompt_ids):
+    fusion = resolve_prompt_ids(fusion, tokenizer)
   return FlorenceVLConfig(llm=llm, dbfusion=fusion, image_token_id=d.get("image_token_id", 128_011))
 
 
