@@ -130,3 +130,31 @@ def test_metric_writer_lines_jsonl_eta_and_nan_guard(tmp_path, capsys):
     w.write(12, {"loss": float("nan")})
   w.close()
   assert (tmp_path / "tb").is_dir()
+
+
+def test_init_from_another_runs_checkpoint_loads_weights_only(tmp_path):
+  """config.init.checkpoint: the other run's model weights (EMA restarted from them), a fresh
+  optimizer; unknown init keys are one-line errors."""
+  import ml_collections
+
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.trainer.setup import initialize
+  tx, _ = make_optimizer(dict(lr=1e-2), 10)
+  ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
+  graphdef, state = nnx.split(ts)
+  state, _ = make_train_step(ts)(state, BATCH, jax.random.key(0))
+  state, _ = make_train_step(ts)(state, BATCH, jax.random.key(1))
+  ckpt = Checkpointer(str(tmp_path / "run1" / "checkpoints"), async_save=False)
+  ckpt.save(2, state)
+  ckpt.close()
+  trained = jax.tree.map(lambda x: np.array(x, copy=True), nnx.state(nnx.merge(graphdef, state).model))
+
+  fresh = TrainState(TinyLM(CFG, rngs=nnx.Rngs(5)), tx, ema_decay=0.9, ema_path="norm")
+  mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+  config = ml_collections.ConfigDict({"init": {"checkpoint": str(tmp_path / "run1")}})
+  initialize(config, fresh, mesh, None)
+  jax.tree.map(np.testing.assert_array_equal, trained, jax.tree.map(np.asarray, nnx.state(fresh.model)))
+  np.testing.assert_array_equal(fresh.ema.scale.get_value(), trained["norm"]["scale"])
+  assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(nnx.state(fresh.optimizer.opt_state)))
+  with pytest.raises(ConfigError, match="config.init.chekpoint: unknown key"):
+    initialize(ml_collections.ConfigDict({"init": {"chekpoint": "x"}}), fresh, mesh, None)

@@ -78,3 +78,37 @@ def train_state_factory(config) -> tuple[Callable[[], TrainState], optax.Schedul
                       ema_path=config.train.ema_path)
 
   return make_state, lr
+
+
+def initialize(config, ts: TrainState, mesh, rules) -> None:
+  """Applies `config.init` to a freshly built state (only when there is nothing to resume).
+
+  config.init = {"hf": {"llm": path, "und_encoder": path, ...}}: Hugging Face towers (jaxmodels.hf)
+  loaded into those parts of the model; {"checkpoint": run_dir}: another run's model parameters from
+  its latest checkpoint — not its optimizer state, data position or step (e.g. stage 2 of BLIP3-o's
+  sequential training starts from stage 1's weights with a new optimizer over the unfrozen part).
+  The EMA, if any, starts from the loaded weights.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from jaxmodels.trainer.train_state import get_submodule
+  init = config.init.to_dict() if hasattr(config.init, "to_dict") else dict(config.init)
+  unknown = sorted(set(init) - {"hf", "checkpoint"})
+  if unknown:
+    raise ConfigError(f"config.init.{unknown[0]}: unknown key (known: checkpoint, hf)")
+  for part, path in (init.get("hf") or {}).items():
+    from jaxmodels import hf
+    tower = getattr(ts.model, part, None)
+    if not isinstance(tower, nnx.Module):
+      raise ConfigError(f"config.init.hf.{part}: the model has no part {part!r}")
+    loaded = hf.from_pretrained(path, dtype=jax.tree.leaves(nnx.state(tower, nnx.Param))[0].dtype)
+    nnx.update(tower, jax.device_put(nnx.state(loaded), sharding.state_shardings(nnx.state(tower), mesh, rules)))
+  if init.get("checkpoint"):
+    from jaxmodels.checkpoint import restore_params
+    state = nnx.state(ts.model)
+    target = {"model": sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))}
+    nnx.update(ts.model, restore_params(init["checkpoint"], target)["model"])
+  if ts.ema is not None and init:
+    start = nnx.state(get_submodule(ts.model, ts.ema_path))
+    nnx.update(ts.ema, jax.tree.map(jnp.copy, start))
