@@ -20,22 +20,25 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/shapes_tiny.py[:arg].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host); "
-                                  "settings not given below are auto-detected (Cloud TPU, SLURM, Open MPI, "
-                                  "Kubernetes) or read from JAX_COORDINATOR_ADDRESS.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (implies --distributed).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (implies --distributed).")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags():
+  """CLI flags, defined only when run as a script (tools import train_and_evaluate with their own flags)."""
+  global _CONFIG, _WORKDIR, _DISTRIBUTED, _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/shapes_tiny.py[:arg].",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples).")
+  _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host); "
+                                    "settings not given below are auto-detected (Cloud TPU, SLURM, Open MPI, "
+                                    "Kubernetes) or read from JAX_COORDINATOR_ADDRESS.")
+  _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --distributed).")
+  _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (implies --distributed).")
+  _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (implies --distributed).")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the whole job (importable: tests and notebooks call this). Returns the final scores."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from flax import nnx
 
@@ -47,7 +50,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
-  from jaxmodels.trainer.setup import mesh_and_rules, shapes_eval_supported, train_state_factory
+  from jaxmodels.trainer.setup import initialize, mesh_and_rules, shapes_eval_supported, train_state_factory
 
   check_writable(workdir)
   if jax.process_index() == 0:
@@ -91,15 +94,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start = other.latest_step()
     state = other.restore(start, target, data_iter=data.iterator)
     logging.info("resumed from another run %s at step %d", config.resume, start)
-  elif config.init:
-    from jaxmodels import hf
-    for part, path in config.init.to_dict().get("hf", {}).items():
-      loaded = hf.from_pretrained(path, dtype=jnp.dtype(getattr(ucfg, part).param_dtype))
-      tower = getattr(ts.model, part)
-      placement = sharding.state_shardings(nnx.state(tower), mesh, rules)
-      nnx.update(tower, jax.device_put(nnx.state(loaded), placement))
-      logging.info("initialised %s from %s", part, path)
+  elif config.init:                        # pretrained towers or another run's weights
+    initialize(config, ts, mesh, rules)
     state = nnx.state(ts)
+    logging.info("initialised from %s", config.init.to_dict())
 
   ############################ Compiled step #################################
   batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim)  # noqa: E731
@@ -152,7 +150,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if stop_signal:
         break
       if step % config.train.eval_every == 0 and step != total and not out_of_time and can_eval:
-        scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).model, data.tokenizer, config,
+        scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).eval_model(), data.tokenizer, config,
                                             data.data_dir, workdir, rng=jax.random.fold_in(eval_rng, step),
                                             final=False)
         writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="eval")
@@ -179,7 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return {"stopped_by": stop.name, "step": step}
 
   ############################ Final evaluation ##############################
-  model = nnx.merge(graphdef, state).model
+  model = nnx.merge(graphdef, state).eval_model()   # EMA weights where the config keeps an EMA
   scores = {} if not can_eval else shapes_eval.evaluate_model(
       model, data.tokenizer, config, data.data_dir, workdir, rng=eval_rng, final=True)
   writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="final")
@@ -271,4 +269,5 @@ def _run():
 
 if __name__ == "__main__":
   from jaxmodels.config_utils import flags_parser
+  _define_flags()
   app.run(main, flags_parser=flags_parser)   # config mistakes: one line, no traceback

@@ -111,3 +111,13 @@ def test_restore_onto_other_meshes_and_params_only(data_dir, full_run):
 
 def _host(x):
   return np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+
+
+@pytest.mark.slow
+def test_evaluate_py_scores_the_checkpoint_like_the_final_evaluation(data_dir, tmp_path, full_run):
+  """evaluate.py restores parameters only (model + EMA, no optimizer) and, with the same config,
+  reproduces train.py's final Q/A scores from the last checkpoint."""
+  import evaluate
+  full, scores = full_run
+  out = evaluate.evaluate_checkpoint(_config(data_dir), str(full), str(tmp_path), evals=("qa",))
+  assert out["step"] == 6 and out["qa"] == scores["qa"]
