@@ -58,15 +58,23 @@ def shapes_world_tokenizer(data_dir: str, config_name: str, workdir: str | None)
   """The run's tokenizer: reused from `<workdir>/tokenizer.json`, else built from the train split."""
   from input_pipeline import shapes_world as sw
   from input_pipeline.shapes_tasks import shapes_tokenizer
+  return run_word_tokenizer(workdir, lambda: shapes_tokenizer(
+      list(sw.load_split(data_dir, "train", config_name)) + list(sw.load_split(data_dir, "validation",
+                                                                                config_name))))
+
+
+def run_word_tokenizer(workdir: str | None, build):
+  """The run's WordTokenizer: `<workdir>/tokenizer.json` when it exists (resume, evaluation), else
+  `build()`, saved there by process 0 atomically (a temp file renamed), so no reader sees half a file."""
   from input_pipeline.tokenizers import WordTokenizer
   path = os.path.join(workdir, "tokenizer.json") if workdir else None
   if path and os.path.exists(path):
     return WordTokenizer.load(path)
-  tok = shapes_tokenizer(list(sw.load_split(data_dir, "train", config_name)) +
-                         list(sw.load_split(data_dir, "validation", config_name)))
+  tok = build()
   if path and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    tok.save(path)
+    tok.save(path + ".tmp")
+    os.replace(path + ".tmp", path)
   return tok
 
 
@@ -287,20 +295,15 @@ def real_data_tokenizer(config, source, io: ModelIO, workdir: str | None):
       raise ConfigError(f"config.data.chat_format is not set and {data.tokenizer} has no chat template "
                         "we recognise (llama3, llama3.1, qwen2, qwen2.5, qwen3, chatml, phi3)")
     return tok
-  path = os.path.join(workdir, "tokenizer.json") if workdir else None
-  if path and os.path.exists(path):
-    return WordTokenizer.load(path)
-  prompt = data.get("caption_prompt") or DEFAULT_CAPTION_PROMPT
-  texts = [prompt, *_corpus(source, data.name, data.get("caption_field", "caption"),
-                            int(data.get("vocab_records", 10_000)))]
-  # Word ids stay below the model's placeholder id, unless that id is the tokenizer's own <image>.
-  own_image_id = len(WordTokenizer.SPECIALS) - 1
-  cap = io.image_token_id if io.image_token_id > own_image_id else None
-  tok = WordTokenizer.from_texts(texts, max_size=cap)
-  if path and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tok.save(path)
-  return tok
+  def build():
+    prompt = data.get("caption_prompt") or DEFAULT_CAPTION_PROMPT
+    texts = [prompt, *_corpus(source, data.name, data.get("caption_field", "caption"),
+                              int(data.get("vocab_records", 10_000)))]
+    # Word ids stay below the model's placeholder id, unless that id is the tokenizer's own <image>.
+    own_image_id = len(WordTokenizer.SPECIALS) - 1
+    cap = io.image_token_id if io.image_token_id > own_image_id else None
+    return WordTokenizer.from_texts(texts, max_size=cap)
+  return run_word_tokenizer(workdir, build)
 
 
 def make_real_data(config, workdir: str | None, *, num_image_tokens: int) -> TrainData:
