@@ -9,6 +9,7 @@ from typing import Any
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.llm import LLMConfig
+from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
 
 LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -106,6 +107,20 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
                                hidden_act="gelu", layer_norm_eps=1e-6, use_head=False),
 }
 
+# Qwen2.5-VL vision towers (`Qwen25VisionConfig`): the `vision_config` of Qwen/Qwen2.5-VL-7B-Instruct and
+# Qwen/Qwen2.5-VL-3B-Instruct config.json (depth 32, hidden_size 1280, num_heads 16, intermediate_size
+# 3420, patch_size 14, temporal_patch_size 2, spatial_merge_size 2, window_size 112,
+# fullatt_block_indexes [7, 15, 23, 31], tokens_per_second 2); they differ only in out_hidden_size = the
+# LLM width (these match transformers' Qwen2_5_VLVisionConfig defaults, except hidden_size 3584 there).
+# 676.6M parameters for 7B, merger included (tests/test_qwen2_5_vl_parity.py counts transformers' model).
+_QWEN25_VL_VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                         temporal_patch_size=2, spatial_merge_size=2, window_size=112,
+                         fullatt_block_indexes=(7, 15, 23, 31), hidden_act="silu", tokens_per_second=2)
+QWEN25_VL_VISION_PRESETS: dict[str, dict[str, Any]] = {
+    "qwen2.5-vl-7b-vision": dict(_QWEN25_VL_VISION, out_hidden_size=3584),
+    "qwen2.5-vl-3b-vision": dict(_QWEN25_VL_VISION, out_hidden_size=2048),
+}
+
 
 def _get(table: dict, name: str, kind: str) -> dict:
   if name not in table:
@@ -119,3 +134,7 @@ def llm_preset(name: str, **overrides) -> LLMConfig:
 
 def vision_preset(name: str, **overrides) -> VisionConfig:
   return VisionConfig(**{**_get(VISION_PRESETS, name, "vision"), **overrides})
+
+
+def qwen2_5_vl_vision_preset(name: str, **overrides) -> Qwen25VisionConfig:
+  return Qwen25VisionConfig(**{**_get(QWEN25_VL_VISION_PRESETS, name, "Qwen2.5-VL vision"), **overrides})
