@@ -51,7 +51,9 @@ class TrainData:
 
 
 def default_data_dir() -> str:
-  return os.environ.get("JAXMODELS_DATA_DIR", os.path.expanduser("~/.cache/jaxmodels/tfds"))
+  """Where ShapesWorld and other TFDS datasets are built (see shapes_world.builder.default_data_dir)."""
+  from input_pipeline.shapes_world.builder import default_data_dir as builder_default
+  return builder_default()
 
 
 def shapes_world_tokenizer(data_dir: str, config_name: str, workdir: str | None):

@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any, Iterator, Sequence
 
 from etils import epath
@@ -201,13 +202,18 @@ def _as_config(config: str | ShapesWorldConfig) -> str | ShapesWorldConfig:
   return config
 
 
-def get_builder(data_dir: str, config: str | ShapesWorldConfig = "default") -> ShapesWorld:
-  """The `ShapesWorld` builder for `config`, writing under `data_dir`."""
-  return ShapesWorld(data_dir=str(data_dir), config=_as_config(config),
+def default_data_dir() -> str:
+  """$JAXMODELS_DATA_DIR, else ~/.cache/jaxmodels/tfds: where datasets are built on first use."""
+  return os.environ.get("JAXMODELS_DATA_DIR", os.path.expanduser("~/.cache/jaxmodels/tfds"))
+
+
+def get_builder(data_dir: str | None, config: str | ShapesWorldConfig = "default") -> ShapesWorld:
+  """The `ShapesWorld` builder for `config`, writing under `data_dir` (None: `default_data_dir()`)."""
+  return ShapesWorld(data_dir=str(data_dir or default_data_dir()), config=_as_config(config),
                      file_format="array_record")
 
 
-def prepare(data_dir: str, config: str | ShapesWorldConfig = "default") -> ShapesWorld:
+def prepare(data_dir: str | None, config: str | ShapesWorldConfig = "default") -> ShapesWorld:
   """Builds the dataset into `data_dir` unless it is already there.
 
   The first call generates and writes all three splits (TFDS shows a progress
@@ -221,12 +227,13 @@ def prepare(data_dir: str, config: str | ShapesWorldConfig = "default") -> Shape
   return builder
 
 
-def load_split(data_dir: str, split: str, config: str | ShapesWorldConfig = "default", *,
+def load_split(data_dir: str | None, split: str, config: str | ShapesWorldConfig = "default", *,
                decode: bool = False) -> Sequence[dict[str, Any]]:
   """Random-access source of one split, building the dataset on first use.
 
   Args:
-    data_dir: TFDS data directory (files go to data_dir/shapes_world/<config>/1.0.0).
+    data_dir: TFDS data directory (files go to data_dir/shapes_world/<config>/1.0.0); None: the
+      default, `default_data_dir()`.
     split: "train", "validation" or "test" (TFDS slicing such as "train[:10]" works too).
     config: a config name ("default", "res32", "tiny") or a `ShapesWorldConfig`.
     decode: if True, wrap the source so items come through `decode_example`.
