@@ -69,3 +69,28 @@ def test_avg_pool_tokens():
   np.testing.assert_allclose(avg_pool_tokens(tokens, 4)[:, 0], np.asarray(tokens).mean(1))
   with pytest.raises(ValueError, match="square grid"):
     avg_pool_tokens(tokens, 3)
+
+
+def test_conv_stem_keeps_the_token_grid_and_is_not_exportable(tmp_path):
+  import jax
+  from flax import nnx
+
+  from jaxmodels.errors import CheckpointFormatError, ConfigError
+  from jaxmodels.vision.vit import VisionConfig, VisionTransformer
+  c = VisionConfig(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2, image_size=32,
+                   patch_size=4, use_head=False, stem="conv", stem_width=8)
+  tower = VisionTransformer(c, rngs=nnx.Rngs(0))
+  # a stride-1 conv (3 -> 8), two stride-2 convs (8 -> 16 -> 32), a 1x1 conv to 16
+  assert [k.kernel.shape for k in tower.patch_embed.convs] == [(3, 3, 3, 8), (3, 3, 8, 16), (3, 3, 16, 32)]
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  assert tower(x).shape == (2, 64, 16)
+  # each token sees only its neighbourhood: changing the top-left corner leaves the stem's far tokens
+  stem = tower.patch_embed(x)
+  moved = tower.patch_embed(x.at[:, :4, :4].add(1.0))
+  assert np.allclose(stem[:, -1], moved[:, -1]) and not np.allclose(stem[:, 0], moved[:, 0])
+  with pytest.raises(ConfigError, match="power-of-two patch_size"):
+    VisionConfig(patch_size=14, stem="conv")
+  with pytest.raises(ConfigError, match="stem must be"):
+    VisionConfig(stem="convolution")
+  with pytest.raises(CheckpointFormatError, match="stem='conv'"):
+    hf.save_pretrained(tower, tmp_path / "out")

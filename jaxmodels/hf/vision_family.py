@@ -103,6 +103,9 @@ def _mlp(m: KeyMap, ours: tuple, hf: str):
 
 
 def keymap(c: VisionConfig) -> KeyMap:
+  if c.stem != "patch":
+    raise CheckpointFormatError(f"HF vision checkpoints hold a patchify embedding; this tower has "
+                                f"stem={c.stem!r} (no HF counterpart)")
   pre = "vision_model."
   m: KeyMap = {
       ("patch_embed", "kernel"): (Source(pre + "embeddings.patch_embedding.weight", "linear", n_in=3)

@@ -14,6 +14,14 @@ Images are NHWC float arrays, normalised as the tower's HF image processor does 
           Images of any size divisible by the patch size are accepted, with a padding mask in
           `encode_patches` for batches of differently shaped images.
 
+Option (no HF counterpart): `stem="conv"` replaces the patchify embedding by a convolutional stem
+(after Xiao et al. 2021, "Early Convolutions Help Transformers See Better"): a stride-1 3×3 convolution at
+full resolution, log2(p) stride-2 3×3 convolutions (widths stem_width·2^i, GELU after each) and a 1×1
+convolution to D, giving the same (H/p)×(W/p) token grid.
+Tiny towers trained from scratch need it: on ShapesWorld single-object shape classification (32 px,
+p = 4, width 64, 2 layers, 600 Adam steps) the patchify tower stays near chance (~0.31 for 6 shapes)
+while the conv-stem tower reaches ~0.95 (BENCHMARKS.md, "Learning levers").
+
     tower = jaxmodels.hf.from_pretrained("/ckpts/siglip-so400m-patch14-384")
     tokens = tower(pixels)                                   # [B, 384, 384, 3] -> [B, 729, 1152]
     out = tower(pixels, output_hidden_states=True)           # out.hidden_states: [L+1, B, N, D]
@@ -41,6 +49,7 @@ from jaxmodels import sharding
 from jaxmodels.errors import ConfigError
 from jaxmodels.layers import (MLP, Attention, BlockStack, LayerNorm, TransformerBlock, make_attention_mask,
                               param)
+from jaxmodels.layers.conv import Conv2d
 from jaxmodels.layers.linear import fan_in_normal
 
 
@@ -63,6 +72,9 @@ class VisionConfig:
   # [D, C, p, p]) or "linear" (SigLIP2: nn.Linear weight [D, p·p·C] over (row, col, channel)-flattened
   # patches). The computation is the same either way.
   patch_embed: str = "conv"
+  # "patch": HF's patchify embedding; "conv": a convolutional stem (module docstring), ours only.
+  stem: str = "patch"
+  stem_width: int = 32
   # SigLIP2 NaFlex: size of the learned square position table (g×g, g = √num_patches), bilinearly
   # resized to each image's patch grid, so any image whose sides are multiples of patch_size works.
   # None: a fixed table for image_size×image_size images (SigLIP / CLIP).
@@ -76,6 +88,13 @@ class VisionConfig:
   def __post_init__(self):
     if self.patch_embed not in ("conv", "linear"):
       raise ConfigError(f"VisionConfig.patch_embed must be 'conv' or 'linear', got {self.patch_embed!r}")
+    if self.stem not in ("patch", "conv"):
+      raise ConfigError(f"VisionConfig.stem must be 'patch' or 'conv', got {self.stem!r}")
+    if self.stem == "conv":
+      if self.patch_size < 2 or self.patch_size & (self.patch_size - 1):
+        raise ConfigError(f"VisionConfig.stem='conv' needs a power-of-two patch_size, got {self.patch_size}")
+      if self.num_patches is not None:
+        raise ConfigError("VisionConfig.stem='conv' is not supported with NaFlex (num_patches)")
     if self.num_patches is not None:
       g = math.isqrt(self.num_patches)
       if self.num_patches <= 0 or g * g != self.num_patches:
@@ -150,6 +169,28 @@ class PatchEmbed(nnx.Module):
     return y.reshape(b, gh * gw, -1)
 
 
+class ConvStem(nnx.Module):
+  """Convolutional stem: [B, H, W, C] -> [B, (H/p)·(W/p), D] through a stride-1 3×3 convolution (width
+  w), log2(p) stride-2 3×3 convolutions (widths 2w, 4w, ...), GELU after each, and a 1×1 convolution to D."""
+
+  def __init__(self, patch: int, channels: int, dim: int, width: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs | None):
+    convs, c_in = [], channels
+    for i in range(patch.bit_length()):            # one stride-1 convolution, then log2(p) stride-2
+      convs.append(Conv2d(c_in, width << i, 3, stride=2 if i else 1, dtype=dtype, param_dtype=param_dtype,
+                          rngs=rngs))
+      c_in = width << i
+    self.convs = nnx.List(convs)
+    self.out = Conv2d(c_in, dim, 1, padding=0, axes=("conv_in", "embed"), dtype=dtype,
+                      param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for conv in self.convs:
+      x = jax.nn.gelu(conv(x))
+    y = self.out(x)
+    return y.reshape(y.shape[0], -1, y.shape[-1])
+
+
 class AttentionPoolingHead(nnx.Module):
   """SigLIP's MAP head: a learned probe attends over the tokens, then LayerNorm + MLP residual."""
 
@@ -179,8 +220,12 @@ class VisionTransformer(nnx.Module):
     self.config = c = config
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     d = c.hidden_size
-    self.patch_embed = PatchEmbed(c.patch_size, c.num_channels, d, use_bias=not c.is_clip,
-                                  dtype=dtype, param_dtype=pdtype, rngs=rngs)
+    if c.stem == "conv":
+      self.patch_embed = ConvStem(c.patch_size, c.num_channels, d, c.stem_width, dtype=dtype,
+                                  param_dtype=pdtype, rngs=rngs)
+    else:
+      self.patch_embed = PatchEmbed(c.patch_size, c.num_channels, d, use_bias=not c.is_clip,
+                                    dtype=dtype, param_dtype=pdtype, rngs=rngs)
     self.class_embedding = (param(rngs, nnx.initializers.normal(0.02), (d,), ("embed",), pdtype)
                             if c.is_clip else None)
     self.position_embedding = param(rngs, nnx.initializers.normal(0.02), (c.num_positions, d),
