@@ -70,6 +70,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   shardings = sharding.state_shardings(state, mesh, rules)
   n_params = sharding.param_count(ts.model)
   can_eval = shapes_eval_supported(config, ts.model)   # ShapesWorld evals need a UnifiedModel on its data
+  which = shapes_eval.selected_evals(config)           # config.evals.which, e.g. "qa,geneval"
   logging.info("model: %.2fM parameters", n_params / 1e6)
 
   ############################ Data ##########################################
@@ -152,7 +153,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step % config.train.eval_every == 0 and step != total and not out_of_time and can_eval:
         scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).eval_model(), data.tokenizer, config,
                                             data.data_dir, workdir, rng=jax.random.fold_in(eval_rng, step),
-                                            final=False)
+                                            final=False, evals=which)
         writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="eval")
         writer.pause()
       if out_of_time:
@@ -179,7 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ############################ Final evaluation ##############################
   model = nnx.merge(graphdef, state).eval_model()   # EMA weights where the config keeps an EMA
   scores = {} if not can_eval else shapes_eval.evaluate_model(
-      model, data.tokenizer, config, data.data_dir, workdir, rng=eval_rng, final=True)
+      model, data.tokenizer, config, data.data_dir, workdir, rng=eval_rng, final=True, evals=which)
   writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="final")
   writer.close()
   ckpt.close()

@@ -52,7 +52,8 @@ def get_config(arg=None):
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   c.train.update(total_steps=2000, log_every=50, eval_every=500, ckpt_every=500,
                  time_limit_minutes=7.5)
-  c.evals = ml_collections.ConfigDict(dict(qa_per_kind=64, geneval_prompts=553, sample_steps=20,
+  c.evals = ml_collections.ConfigDict(dict(which="qa,geneval,colorbench,rover",  # a subset skips the rest
+                                           qa_per_kind=64, geneval_prompts=553, sample_steps=20,
                                            guidance=3.0, batch_size=64))
   if a.runlocal:   # a smoke run: a few steps, small evals
     c.data.config = "tiny"

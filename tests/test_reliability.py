@@ -144,7 +144,8 @@ def _cli(workdir, data_dir, *flags):
   return [sys.executable, "train.py", "--config=configs/shapes_tiny.py:runlocal", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.train.log_every=1",
           "--config.train.eval_every=1000", "--config.evals.qa_per_kind=1",
-          "--config.evals.geneval_prompts=2", "--config.evals.sample_steps=1", *flags]
+          "--config.evals.geneval_prompts=2", "--config.evals.sample_steps=1", "--config.evals.which=qa",
+          *flags]
 
 
 @pytest.mark.slow
@@ -225,6 +226,17 @@ def test_mesh_that_does_not_divide_the_devices_is_a_config_error():
   c.mesh.update(data=3, fsdp=-1, tensor=1)
   with pytest.raises(ConfigError, match="config.mesh"):
     mesh_and_rules(c)
+
+
+def test_unknown_evaluation_name_is_a_config_error():
+  from jaxmodels.evals.shapes_world import EVALS, selected_evals
+  c = shapes_tiny.get_config("runlocal")
+  assert selected_evals(c) == tuple(sorted(EVALS, key=c.evals.which.split(",").index))
+  c.evals.which = " qa, rover "
+  assert selected_evals(c) == ("qa", "rover")
+  c.evals.which = "qa,genevl"
+  with pytest.raises(ConfigError, match=r"config.evals.which: unknown evaluation\(s\) \['genevl'\]"):
+    selected_evals(c)
 
 
 def test_config_typo_is_one_line_with_a_suggestion(tmp_path):

@@ -37,7 +37,8 @@ def _command(workdir: str, data_dir: str, total_steps: int, extra=()) -> list[st
           "--config.train.ckpt_every=1", "--config.train.eval_every=1000000",
           "--config.checkpoint.keep=3", "--config.checkpoint.async_save=True",
           "--config.evals.qa_per_kind=1", "--config.evals.geneval_prompts=2",
-          "--config.evals.sample_steps=1", "--config.evals.batch_size=2", *extra]
+          "--config.evals.sample_steps=1", "--config.evals.batch_size=2",
+          "--config.evals.which=qa", *extra]   # checkpoints are the point: skip generation evals
 
 
 def _env(workdir: str) -> dict:

@@ -24,6 +24,7 @@ from flax import nnx
 from PIL import Image
 
 from input_pipeline.shapes_tasks import OPEN_QA_KINDS, left_pad, open_questions, to_unit_range, und_prompt
+from jaxmodels.errors import ConfigError
 from jaxmodels.evals import geneval
 from jaxmodels.generate import generate
 
@@ -194,6 +195,18 @@ def save_grid(images: np.ndarray, path: str, *, columns: int = 8, scale: int = 2
 
 
 EVALS = ("qa", "geneval", "colorbench", "rover")
+
+
+def selected_evals(config) -> tuple[str, ...]:
+  """The evaluations named by `config.evals.which` (comma-separated, default: all of `EVALS`; "" for
+  none), checked against `EVALS` with a one-line error naming the key."""
+  which = config.get("evals", {}).get("which", ",".join(EVALS))
+  names = tuple(n.strip() for n in str(which).split(",") if n.strip())
+  unknown = [n for n in names if n not in EVALS]
+  if unknown:
+    raise ConfigError(f"config.evals.which: unknown evaluation(s) {unknown}; expected a comma-separated "
+                      f"subset of {list(EVALS)}")
+  return names
 
 
 def _present(table: dict) -> dict:
