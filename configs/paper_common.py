@@ -13,6 +13,11 @@ TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
                 scan_layers=True)
 TINY_DIT = dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=4, in_channels=32, ffn_hidden_size=128,
                 scan_layers=True)
+# Qwen2.5-VL vision tower at CPU size: same structure (window blocks + one full-attention block,
+# 2×2 patch merger to the LLM width); 32 px / (patch 4 · merge 2) = 4×4 = 16 tokens in 2×2-token windows.
+TINY_QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4,
+                        window_size=16, fullatt_block_indexes=(1,), out_hidden_size=TINY_LLM["hidden_size"],
+                        image_size=32)
 FROZEN_BACKBONE = ["llm/.*", "und_encoder/.*", "und_projector/.*", "gen_encoder/.*"]
 
 
@@ -25,23 +30,30 @@ def _trainer(c, *, lr, warmup, steps, frozen=None, ema_decay=None):
 
 
 def blip3o(*, llm: str, caption_dim: int, ffn: str, tiny: bool) -> ml_collections.ConfigDict:
-  """BLIP3-o stage 2 (spec §2): frozen backbone, 64 queries + NextDiT over 8×8 EVA-CLIP features."""
+  """BLIP3-o stage 2 (spec §2): frozen backbone, 64 queries + NextDiT over 8×8 EVA-CLIP features.
+
+  Understanding is the Qwen2.5-VL MLLM's own: its vision tower (`qwen2.5-vl-{7b,3b}-vision`, from the
+  language preset's size) at 448×448 -> 16×16 = 256 merged tokens of the LLM width, spliced without a
+  projector (und_projector="none"). `llm` is "qwen2.5-7b" or "qwen2.5-3b"."""
   c = base_config()
+  vision = {"qwen2.5-7b": "qwen2.5-vl-7b-vision", "qwen2.5-3b": "qwen2.5-vl-3b-vision"}[llm]
   if tiny:
     llm_cfg = dict(preset=llm, **TINY_LLM)
     gen = dict(preset="eva-clip-e-14-plus", **{**TINY_VIT, "patch_size": 2})   # 16×16 grid -> 4×4
-    und = dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False)
+    und = dict(preset=vision, **TINY_QWEN_VISION)
     dit = dict(type="lumina", preset="blip3o", ffn=ffn, caption_dim=TINY_LLM["hidden_size"], **TINY_DIT)
     queries = 8
   else:
     llm_cfg = dict(preset=llm, scan_layers=True, remat="full", dtype="bfloat16")
     gen = dict(preset="eva-clip-e-14-plus", scan_layers=True, dtype="bfloat16")
-    und = dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16")
+    # 448 px: the EVA-CLIP target's input side too, so one image size serves both paths (why: module
+    # doc of configs/blip3o_8b.py). Its blocks are a loop, not a scan (window / full layouts).
+    und = dict(preset=vision, image_size=448, remat="full", dtype="bfloat16")
     dit = dict(type="lumina", preset="blip3o", ffn=ffn, caption_dim=caption_dim, remat="full")
     queries = 64
   c.model = ml_collections.ConfigDict(dict(
-      llm=llm_cfg, und_encoder=und, gen_encoder=gen, dit=dit, gen_target="gen_encoder", gen_pool=4,
-      num_queries=queries, connector="identity", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0,
+      llm=llm_cfg, und_encoder=und, und_projector="none", gen_encoder=gen, dit=dit, gen_target="gen_encoder",
+      gen_pool=4, num_queries=queries, connector="identity", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0,
       image_token_id=TINY_LLM["vocab_size"] - 1 if tiny else 151667))
   # lr 1e-4 cosine to a 1e-5 floor, warmup ratio 0.003 (spec §2.5); backbone frozen (sequential stage).
   return _trainer(c, lr=1e-4, warmup=3 if tiny else 450, steps=1000 if tiny else 150_000,

@@ -1,6 +1,6 @@
 """MetaQuery, BLIP3o-NEXT and LaTtE-Flow as configs of the unified model: tiny variants train a step
 and sample; LaTtE-Flow's layerwise experts run M of L layers per sampling step; full-size SANA-1.6B
-checked with nnx.eval_shape only."""
+checked with nnx.eval_shape only. BLIP3-o's understanding path runs through the Qwen2.5-VL tower."""
 import importlib
 
 import jax
@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxmodels import flow, presets
+from jaxmodels.errors import ConfigError
 from jaxmodels.flow.sana import sana_1600m_config
 from jaxmodels.llm import LLM
 from jaxmodels.sharding import param_count
@@ -17,6 +18,7 @@ from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, train
 from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified.build import unified_config
 from jaxmodels.unified.connector import SanaDiT
+from jaxmodels.vision.qwen2_5_vl import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionTransformer
 
 
 def _model(name):
@@ -186,3 +188,63 @@ def test_full_size_configs_build_with_eval_shape():
       assert ucfg.num_queries == 256 and ucfg.queries == "vocab"
     if name == "blip3o_next_3b":
       assert ucfg.llm.vocab_size == 151936 + 65536 + 5
+
+
+def test_blip3o_understanding_runs_through_the_qwen_tower():
+  """BLIP3-o's und_encoder is the Qwen2.5-VL tower: [-1, 1] images are renormalised to its processor's
+  OpenAI-CLIP mean/std, its merged tokens (already the LLM width) are spliced without a projector,
+  `answer` decodes from them, and the sequential stage keeps the tower frozen."""
+  config, model = _model("blip3o_8b")
+  c, enc = model.config, model.config.und_encoder
+  assert isinstance(model.und_encoder, Qwen25VisionTransformer) and model.und_projector is None
+  assert enc.fullatt_block_indexes == (enc.depth - 1,) and enc.window_merge < enc.grid_size
+  n = model.num_image_tokens
+  assert n == (enc.image_size // (enc.patch_size * enc.spatial_merge_size)) ** 2 == 16
+  rs = np.random.RandomState(0)
+  images = jnp.asarray(rs.uniform(-1, 1, (2, enc.image_size, enc.image_size, 3)), jnp.float32)
+  tokens = nnx.jit(lambda m, x: m.image_tokens(x))(model, images)
+  assert tokens.shape == (2, n, c.llm.hidden_size)
+  pixels = ((np.asarray(images) + 1) / 2 - np.asarray(OPENAI_CLIP_MEAN)) / np.asarray(OPENAI_CLIP_STD)
+  np.testing.assert_allclose(tokens, model.und_encoder(jnp.asarray(pixels, jnp.float32)), rtol=1e-5, atol=1e-5)
+  text = rs.randint(1, 200, (2, 4))
+  ids = jnp.asarray(np.concatenate([text[:, :1], np.full((2, n), c.image_token_id), text[:, 1:]], 1))
+  mask = jnp.ones_like(ids).at[0, 0].set(0)
+  embeds = model.und_embeddings(ids, images)
+  np.testing.assert_allclose(embeds[:, 1:1 + n], tokens, rtol=1e-6, atol=1e-6)
+  out = model.answer(images, ids, mask, max_new_tokens=3)
+  assert out.shape == (2, 3) and out.dtype == jnp.int32
+  trainable = {p[0] for p, _ in nnx.to_flat_state(nnx.state(model, trainable_filter(config.optim.trainable,
+                                                                                      config.optim.frozen)))}
+  assert "und_encoder" not in trainable and "llm" not in trainable and "dit" in trainable
+
+
+@pytest.mark.parametrize("name,vision,out_hidden", [("blip3o_8b", "qwen2.5-vl-7b-vision", 3584),
+                                                     ("blip3o_4b", "qwen2.5-vl-3b-vision", 2048)])
+def test_blip3o_full_size_und_encoder_is_qwen2_5_vl(name, vision, out_hidden):
+  ucfg = unified_config(importlib.import_module(f"configs.{name}").get_config().model)
+  enc = ucfg.und_encoder
+  assert enc == presets.qwen2_5_vl_vision_preset(vision, image_size=448, dtype="bfloat16", remat="full")
+  assert enc.out_hidden_size == ucfg.llm.hidden_size == out_hidden and ucfg.und_projector == "none"
+  assert (enc.grid_size // ucfg.und_pool) ** 2 == 256
+  if name == "blip3o_8b":
+    # Qwen2.5-VL-7B's ViT incl. the merger: 676,550,144 parameters, what transformers'
+    # Qwen2_5_VisionTransformerPretrainedModel has for its vision_config (tests/test_qwen2_5_vl_parity.py).
+    assert _count(lambda: Qwen25VisionTransformer(enc, rngs=nnx.Rngs(0))) == 676_550_144
+
+
+def test_blip3o_qwen_und_encoder_config_errors():
+  config = importlib.import_module("configs.blip3o_8b").get_config("tiny")
+  config.model.und_encoder.windw_size = 16
+  with pytest.raises(ConfigError, match=r"config.model.und_encoder.windw_size: unknown field for Qwen25Vision"):
+    unified_config(config.model)
+  config = importlib.import_module("configs.blip3o_8b").get_config("tiny")
+  config.model.und_encoder.out_hidden_size = 48
+  with pytest.raises(ConfigError, match=r"und_projector='none' needs the und_encoder's output width \(48\)"):
+    unified_config(config.model)
+  config.model.und_projector = "linear"                      # a projector from the merger width instead
+  model = nnx.eval_shape(lambda: UnifiedModel(unified_config(config.model), rngs=nnx.Rngs(0)))
+  assert model.und_projector.fc1.kernel.shape == (48, 64)
+  config = importlib.import_module("configs.blip3o_8b").get_config("tiny")
+  config.model.gen_encoder = dict(model_type="qwen2_5_vl_vision")
+  with pytest.raises(ConfigError, match=r"config.model.gen_encoder: the Qwen2.5-VL vision tower is supported"):
+    unified_config(config.model)

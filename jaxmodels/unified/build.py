@@ -2,13 +2,16 @@
 
     config.model = dict(
         llm=dict(preset="qwen2.5-7b", scan_layers=True),     # preset fields, then overrides
-        und_encoder=None,
+        und_encoder=dict(preset="qwen2.5-vl-7b-vision", image_size=448),   # or a ViT preset / None
         gen_encoder=dict(preset="eva-clip-e-14-plus"),
         dit=dict(type="lumina", preset="blip3o", ffn="4864"),
         num_queries=64, connector="identity", ...)
     unified = unified_config(config.model)                  # -> UnifiedConfig (frozen, hashable)
 
-Unknown keys raise a ConfigError naming `config.model.<path>.<key>`.
+Encoders: a `preset` from `presets.VISION_PRESETS` (or no preset) gives a `VisionConfig`; a Qwen2.5-VL
+preset (`presets.QWEN25_VL_VISION_PRESETS`) or `model_type="qwen2_5_vl_vision"` gives a
+`Qwen25VisionConfig` (accepted for `und_encoder` only). Unknown keys raise a ConfigError naming
+`config.model.<path>.<key>`.
 """
 from __future__ import annotations
 
@@ -23,7 +26,10 @@ from jaxmodels.llm import LLMConfig
 from jaxmodels.unified.config import ImageTokenizerConfig, UnifiedConfig
 from jaxmodels.unified.latte_flow import LatteConfig
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
+from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
+
+QWEN_VISION_TYPE = Qwen25VisionConfig.model_type   # "qwen2_5_vl_vision"
 
 
 def _plain(d: Any) -> dict:
@@ -51,11 +57,24 @@ def llm_config(d: Mapping[str, Any], where: str = "model.llm") -> LLMConfig:
   return make_dataclass(LLMConfig, {**base, **d}, where)
 
 
-def vision_config(d: Mapping[str, Any] | None, where: str) -> VisionConfig | None:
+def vision_config(d: Mapping[str, Any] | None, where: str, *,
+                  allow_qwen: bool = False) -> VisionConfig | Qwen25VisionConfig | None:
+  """An encoder dict -> `VisionConfig`, or (allow_qwen) a `Qwen25VisionConfig` for a Qwen2.5-VL
+  preset / model_type="qwen2_5_vl_vision"."""
   if d is None:
     return None
   d = _plain(d)
   preset = d.pop("preset", None)
+  qwen = preset in presets.QWEN25_VL_VISION_PRESETS or d.get("model_type") == QWEN_VISION_TYPE
+  if qwen and not allow_qwen:
+    raise ConfigError(f"config.{where}: the Qwen2.5-VL vision tower is supported as config.model.und_encoder "
+                      f"only")
+  if qwen:
+    if preset is not None and preset not in presets.QWEN25_VL_VISION_PRESETS:
+      raise ConfigError(f"config.{where}.preset={preset!r}: model_type={QWEN_VISION_TYPE!r} needs a "
+                        f"Qwen2.5-VL preset ({', '.join(sorted(presets.QWEN25_VL_VISION_PRESETS))})")
+    base = dataclasses.asdict(presets.qwen2_5_vl_vision_preset(preset)) if preset else {}
+    return make_dataclass(Qwen25VisionConfig, {**base, **d}, where)
   base = dataclasses.asdict(presets.vision_preset(preset)) if preset else {}
   return make_dataclass(VisionConfig, {**base, **d}, where)
 
@@ -90,7 +109,7 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
     raise ConfigError("config.model needs at least 'llm' and 'dit'")
   d["llm"] = llm_config(d["llm"])
   d["dit"] = dit_config(d["dit"])
-  d["und_encoder"] = vision_config(d.get("und_encoder"), "model.und_encoder")
+  d["und_encoder"] = vision_config(d.get("und_encoder"), "model.und_encoder", allow_qwen=True)
   d["gen_encoder"] = vision_config(d.get("gen_encoder"), "model.gen_encoder")
   tok = d.get("image_tokenizer")
   if tok is not None:

@@ -3,7 +3,8 @@
 The paper models are *choices* in one composition (see `jaxmodels.unified.model`):
 
   field               Pisces                 BLIP3-o                 shapes_tiny (embedded default)
-  und_encoder         SigLIP-so400m          (inside Qwen2.5-VL)     tiny SigLIP-style ViT
+  und_encoder         SigLIP-so400m          Qwen2.5-VL's ViT        tiny SigLIP-style ViT
+  und_projector       mlp2x_gelu             "none" (merger output)  mlp2x_gelu
   gen_encoder         CLIP-style, pooled 4×4 EVA-CLIP, pooled 4×4    none
   gen_target          "gen_encoder"          "gen_encoder"           "autoencoder" (patch AE)
   queries             64 learnable           64 learnable            16 learnable
@@ -26,12 +27,14 @@ from typing import Any
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.llm import LLMConfig
+from jaxmodels.unified.encoders import encoder_width
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
+from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
 
 GEN_TARGETS = ("pixels", "gen_encoder", "latents", "autoencoder")
 CONNECTORS = ("identity", "mlp", "mlp_norm", "transformer")
-PROJECTORS = ("linear", "mlp2x_gelu")
+PROJECTORS = ("linear", "mlp2x_gelu", "none")   # none: identity (encoder width == LLM width)
 CFG_NULLS = ("zeros", "empty_caption")
 QUERIES = ("learnable", "vocab", "image_tokens", "none")
 
@@ -58,8 +61,8 @@ class UnifiedConfig:
   """Parts and wiring. Sub-configs are the towers' own frozen configs (hashable)."""
   llm: LLMConfig
   dit: Any                                   # LuminaConfig (SANA configs plug in the same way)
-  und_encoder: VisionConfig | None = None
-  und_projector: str = "mlp2x_gelu"
+  und_encoder: VisionConfig | Qwen25VisionConfig | None = None   # a ViT, or the Qwen2.5-VL tower
+  und_projector: str = "mlp2x_gelu"          # "none": tokens used as they are (Qwen2.5-VL's merger)
   und_pool: int = 1                          # a×a pooling of understanding tokens (1 = none)
   image_token_id: int = -1                   # placeholder id in und sequences (one per image token)
   gen_encoder: VisionConfig | None = None    # frozen target encoder for gen_target="gen_encoder"
@@ -105,6 +108,7 @@ class UnifiedConfig:
     check("und_projector", PROJECTORS)
     check("cfg_null", CFG_NULLS)
     check("queries", QUERIES)
+    self._check_und_encoder()
     if self.gen_target == "gen_encoder" and self.gen_encoder is None:
       raise ConfigError("config.model.gen_target='gen_encoder' needs config.model.gen_encoder")
     if self.gen_projector and self.gen_encoder is None:
@@ -129,6 +133,23 @@ class UnifiedConfig:
     if is_latte and self.dit.num_layers != self.llm.num_layers:
       raise ConfigError(f"config.model.dit.num_layers={self.dit.num_layers} must equal "
                         f"llm.num_layers={self.llm.num_layers} (layer ℓ reads LLM layer ℓ)")
+
+  def _check_und_encoder(self):
+    enc = self.und_encoder
+    if enc is not None:
+      width = encoder_width(enc)
+      if self.und_projector == "none" and width != self.llm.hidden_size:
+        raise ConfigError(f"config.model.und_projector='none' needs the und_encoder's output width "
+                          f"({width}) == llm.hidden_size ({self.llm.hidden_size})")
+      if isinstance(enc, Qwen25VisionConfig) and enc.image_size % enc.image_multiple:
+        raise ConfigError(f"config.model.und_encoder.image_size={enc.image_size}: must be a multiple of "
+                          f"patch_size × spatial_merge_size = {enc.image_multiple}")
+      if enc.grid_size % self.und_pool:
+        raise ConfigError(f"config.model.und_pool={self.und_pool} must divide the und_encoder's token "
+                          f"grid side {enc.grid_size}")
+    if self.gen_projector and self.und_projector == "none":
+      raise ConfigError("config.model.gen_projector=True takes its kind from und_projector; "
+                        "und_projector='none' is not one (use 'linear' or 'mlp2x_gelu')")
 
   @property
   def target_channels(self) -> int:

@@ -2,6 +2,9 @@
 
   understanding   image [B,H,W,3] -> und_encoder -> a×a pool -> projector -> image tokens spliced into
                   the LLM sequence at `image_token_id` placeholders -> next-token loss on answer tokens.
+                  und_encoder is a SigLIP/CLIP ViT or the Qwen2.5-VL tower (BLIP3-o: the frozen MLLM's
+                  own; images renormalised to its CLIP mean/std, its merger already outputs the LLM
+                  width, so und_projector="none" splices its tokens as Qwen2.5-VL does; see encoders.py).
   generation      prompt ids -> LLM with N learnable queries appended -> last-layer (post-norm) hidden
                   states at the queries [B, N, D] -> connector -> flow DiT condition -> velocity on the
                   *target*: pixels, or frozen gen-encoder features pooled a×a (BLIP3-o / Pisces).
@@ -44,14 +47,15 @@ from jaxmodels.layers import Linear, get_activation, param
 from jaxmodels.llm import LLM
 from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
 from jaxmodels.unified.connector import Connector, SanaDiT
+from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_width
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.latte_flow import LatteFlow
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoder
-from jaxmodels.vision.vit import VisionTransformer, avg_pool_tokens
 
 
 class Projector(nnx.Module):
-  """[..., D_in] -> [..., D_out]: "linear", or "mlp2x_gelu" (Linear -> GELU -> Linear, LLaVA-style)."""
+  """[..., D_in] -> [..., D_out]: "linear", or "mlp2x_gelu" (Linear -> GELU -> Linear, LLaVA-style).
+  (und_projector="none" builds no projector: the encoder's tokens already have the LLM width.)"""
 
   def __init__(self, in_dim: int, out_dim: int, kind: str = "mlp2x_gelu", *, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs):
@@ -62,18 +66,6 @@ class Projector(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.fc1(x)
     return h if self.fc2 is None else self.fc2(get_activation("gelu")(h))
-
-
-def _encoder_tokens(encoder: VisionTransformer, images: jax.Array, pool: int, *, last_block: bool) -> jax.Array:
-  """Patch tokens [B, N', D] of a ViT: class token dropped, optionally the last block's output
-  without the final norm (BLIP3-o's target), a×a average pooled."""
-  if last_block:
-    tokens = encoder(images, output_hidden_states=True).hidden_states[-1]
-  else:
-    tokens = encoder(images)
-  if encoder.config.is_clip:
-    tokens = tokens[:, 1:]
-  return avg_pool_tokens(tokens, pool) if pool > 1 else tokens
 
 
 def splice_image_tokens(text: jax.Array, ids: jax.Array, image_tokens: jax.Array,
@@ -133,10 +125,12 @@ class UnifiedModel(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
     d = c.llm.hidden_size
     self.llm = LLM(c.llm, rngs=rngs)
-    self.und_encoder = VisionTransformer(c.und_encoder, rngs=rngs) if c.und_encoder else None
-    self.und_projector = (Projector(c.und_encoder.hidden_size, d, c.und_projector, **kw)
-                          if c.und_encoder else None)
-    self.gen_encoder = VisionTransformer(c.gen_encoder, rngs=rngs) if c.gen_encoder else None
+    # und_encoder: a ViT, or the Qwen2.5-VL tower (see encoders.py); the projector maps its output width
+    # (Qwen: the merger's out_hidden_size) to the LLM's, or is absent for und_projector="none".
+    self.und_encoder = build_encoder(c.und_encoder, rngs=rngs)
+    self.und_projector = (Projector(encoder_width(c.und_encoder), d, c.und_projector, **kw)
+                          if c.und_encoder and c.und_projector != "none" else None)
+    self.gen_encoder = build_encoder(c.gen_encoder, rngs=rngs)
     # Pisces' decoupled input path: image inputs of generation prompts (editing) are read by the
     # generation encoder, a×a pooled (gen_pool), through their own projector.
     self.gen_projector = (Projector(c.gen_encoder.hidden_size, d, c.und_projector, **kw)
@@ -162,19 +156,23 @@ class UnifiedModel(nnx.Module):
   # ---------------------------------------------------------------- understanding
   @property
   def num_image_tokens(self) -> int:
-    """Placeholder tokens one image occupies in an understanding sequence."""
+    """Placeholder tokens one image occupies in an understanding sequence: (grid / und_pool)², with
+    grid = image_size / patch_size for a ViT, image_size / (patch_size · merge) for Qwen2.5-VL."""
     if self.und_encoder is None:
       return self.image_tokenizer.grid_size(self.config.image_tokenizer.scale) ** 2
     enc = self.config.und_encoder
     return (enc.grid_size // self.config.und_pool) ** 2
 
   def image_tokens(self, images: jax.Array) -> jax.Array:
-    """images [B, H, W, 3] -> LLM-space image tokens [B, n, D] (the understanding encoder, or the
-    embeddings of the image's discrete tokens when the model only has an image tokenizer)."""
+    """images [B, H, W, 3] in [-1, 1] -> LLM-space image tokens [B, n, D] (the understanding encoder, or
+    the embeddings of the image's discrete tokens when the model only has an image tokenizer).
+
+    Encoder path: und_encoder (a Qwen2.5-VL tower first renormalises the images to its processor's
+    OpenAI-CLIP mean/std, `encoders.qwen_pixels`) -> a×a pool -> und_projector (none: identity)."""
     if self.und_encoder is None:
       return self.llm.embed(self.image_codes(images) + self.config.image_vocab_offset)
-    tokens = _encoder_tokens(self.und_encoder, images, self.config.und_pool, last_block=False)
-    return self.und_projector(tokens)
+    tokens = encoder_tokens(self.und_encoder, images, self.config.und_pool, last_block=False)
+    return tokens if self.und_projector is None else self.und_projector(tokens)
 
   def und_embeddings(self, ids: jax.Array, images: jax.Array) -> jax.Array:
     """Token embeddings [B, T, D] with the i-th placeholder of a row replaced by its i-th image token."""
@@ -208,8 +206,8 @@ class UnifiedModel(nnx.Module):
     (shared), or with `gen_projector` the pooled generation encoder's (Pisces, decoupled)."""
     if self.gen_projector is None:
       return self.image_tokens(images)
-    return self.gen_projector(_encoder_tokens(self.gen_encoder, images, self.config.gen_pool,
-                                              last_block=False))
+    return self.gen_projector(encoder_tokens(self.gen_encoder, images, self.config.gen_pool,
+                                             last_block=False))
 
   def prompt_embeddings(self, ids: jax.Array, images: jax.Array | None) -> jax.Array:
     """Prompt embeddings; `image_token_id` placeholders are filled from `images` (editing inputs)."""
@@ -294,7 +292,7 @@ class UnifiedModel(nnx.Module):
       return self.target_images(images)
     if c.gen_target == "autoencoder":   # the jointly trained encoder's latents, as a fixed target
       return jax.lax.stop_gradient(self.autoencoder.encode(self.target_images(images)))
-    tokens = _encoder_tokens(self.gen_encoder, images, c.gen_pool, last_block=True)
+    tokens = encoder_tokens(self.gen_encoder, images, c.gen_pool, last_block=True)
     g = int(round(tokens.shape[1] ** 0.5))
     return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], g, g, -1))
 

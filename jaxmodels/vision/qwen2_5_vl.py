@@ -32,8 +32,11 @@ back into the processor's order (HF leaves `last_hidden_state` in window order; 
     out = tower.encode_patches(pixel_values, grid_thw)   # Qwen2VLImageProcessor outputs as they are
     out.image_tokens                               # [Σ t·h·w / 4, 3584] (HF's `pooler_output`)
 
-Pixels are expected normalised as the HF processor does (OpenAI-CLIP mean/std); `__call__` repeats each
-image over the temporal_patch_size frames, as the processor does for still images.
+Pixels are expected normalised as the HF processor does (OpenAI-CLIP mean/std, `OPENAI_CLIP_MEAN/STD`);
+`__call__` repeats each image over the temporal_patch_size frames, as the processor does for still images.
+`image_size` is not an HF field: it is the square input side a composition feeds (e.g. the
+understanding encoder of `jaxmodels.unified`, which reads `grid_size` / `num_tokens` / `is_clip` like a
+`VisionConfig`'s); the tower itself takes any side that is a multiple of `image_multiple`.
 """
 from __future__ import annotations
 
@@ -50,6 +53,10 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.layers import MLP, RMSNorm, TransformerBlock, make_attention_mask, param
 from jaxmodels.layers.block import REMAT_POLICIES
 from jaxmodels.layers.linear import fan_in_normal
+
+# Qwen2VLImageProcessor's normalisation (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +78,8 @@ class Qwen25VisionConfig:
   rope_theta: float = 10000.0
   rms_norm_eps: float = 1e-6                 # fixed in HF's blocks and merger
   tokens_per_second: int = 2                 # video M-RoPE only (the LLM side); kept for export
+  # Ours, not HF's: the square input side when used as a fixed-size encoder (448 -> 16×16 = 256 tokens).
+  image_size: int = 448
   remat: str = "none"
   attention_impl: str = "einsum"
   # The blocks alternate between window and frame layouts, so they cannot be one lax.scan; the flag
@@ -119,6 +128,21 @@ class Qwen25VisionConfig:
   def image_multiple(self) -> int:
     """Image sides must be multiples of this: patch_size · spatial_merge_size (28)."""
     return self.patch_size * self.spatial_merge_size
+
+  @property
+  def grid_size(self) -> int:
+    """Merged tokens per side of an image_size × image_size input: image_size / (patch · merge)."""
+    return self.image_size // self.image_multiple
+
+  @property
+  def num_tokens(self) -> int:
+    """Output tokens of an image_size × image_size input: grid_size²."""
+    return self.grid_size ** 2
+
+  @property
+  def is_clip(self) -> bool:
+    """No class token (read by code written for `VisionConfig`)."""
+    return False
 
   def replace(self, **kw: Any) -> "Qwen25VisionConfig":
     return dataclasses.replace(self, **kw)

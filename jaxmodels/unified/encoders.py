@@ -1,0 +1,76 @@
+"""Image encoders of the unified model: config -> tower, and images -> patch / image tokens.
+
+Two kinds of tower serve as `und_encoder`:
+
+  VisionConfig          SigLIP / CLIP-style ViT (`jaxmodels.vision.vit`): tokens [B, g², hidden_size]
+                        for g = image_size / patch_size (CLIP's class token dropped); it reads the
+                        model's [-1, 1] images as they are.
+  Qwen25VisionConfig    the Qwen2.5-VL tower (`jaxmodels.vision.qwen2_5_vl`): its patch merger already
+                        maps to the LLM width, so tokens are [B, g², out_hidden_size] for
+                        g = image_size / (patch_size · spatial_merge_size) (448 -> 16, 256 tokens).
+                        Images are converted from the model's [-1, 1] to what its HF processor feeds:
+                        x ↦ ((x + 1) / 2 − OpenAI-CLIP mean) / std, per channel.
+
+Generation encoders (`gen_encoder`, the image tokenizer's encoder) are `VisionConfig` towers only.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxmodels.vision.qwen2_5_vl import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionConfig,
+                                         Qwen25VisionTransformer)
+from jaxmodels.vision.vit import VisionConfig, VisionTransformer, avg_pool_tokens
+
+EncoderConfig = VisionConfig | Qwen25VisionConfig
+
+
+def is_qwen(config) -> bool:
+  return isinstance(config, Qwen25VisionConfig)
+
+
+def encoder_width(config: EncoderConfig) -> int:
+  """Width of the tokens an encoder outputs: the ViT's hidden size, or Qwen's merger output."""
+  return config.out_hidden_size if is_qwen(config) else config.hidden_size
+
+
+def build_encoder(config: EncoderConfig | None, *, rngs: nnx.Rngs):
+  """The tower for an encoder config (None -> None)."""
+  if config is None:
+    return None
+  if is_qwen(config):
+    return Qwen25VisionTransformer(config, rngs=rngs)
+  return VisionTransformer(config, rngs=rngs)
+
+
+def qwen_pixels(images: jax.Array) -> jax.Array:
+  """images [B, H, W, 3] in [-1, 1] -> the Qwen2.5-VL processor's normalisation: [0, 1], then
+  OpenAI-CLIP mean/std per channel (float32)."""
+  x = (images.astype(jnp.float32) + 1.0) * 0.5
+  return (x - jnp.asarray(OPENAI_CLIP_MEAN)) / jnp.asarray(OPENAI_CLIP_STD)
+
+
+def encoder_tokens(encoder, images: jax.Array, pool: int, *, last_block: bool) -> jax.Array:
+  """images [B, S, S, 3] in [-1, 1] (S = the config's image_size) -> tokens [B, (g/pool)², D].
+
+  ViT: patch tokens with the class token dropped, optionally the last block's output without the
+  final norm (BLIP3-o's generation target). Qwen2.5-VL: the merged tokens (row-major over the g×g
+  merged grid) of the processor-normalised images (`qwen_pixels`); `last_block` is not supported
+  (its blocks' outputs are unmerged patch tokens). Then pool×pool average pooling.
+  """
+  c = encoder.config
+  if is_qwen(c):
+    if last_block:
+      raise ValueError("the Qwen2.5-VL tower serves as und_encoder only (no last-block target)")
+    if images.shape[1:3] != (c.image_size, c.image_size):
+      raise ValueError(f"images {tuple(images.shape)}: the Qwen2.5-VL und_encoder expects "
+                       f"{c.image_size}x{c.image_size} images ({c.num_tokens} tokens)")
+    tokens = encoder(qwen_pixels(images))
+  elif last_block:
+    tokens = encoder(images, output_hidden_states=True).hidden_states[-1]
+  else:
+    tokens = encoder(images)
+  if c.is_clip:
+    tokens = tokens[:, 1:]
+  return avg_pool_tokens(tokens, pool) if pool > 1 else tokens
