@@ -76,6 +76,32 @@ def pick_question(qa: Sequence[dict], kinds: Sequence[str], *, scene: int, round
   return qs[(j // len(by_kind) + scene) % len(qs)]
 
 
+def dense_labels(scene: dict[str, Any], image_size: int, grid: int) -> np.ndarray:
+  """Per-cell object labels of a scene for an auxiliary dense loss on the understanding encoder.
+
+  The image_size² canvas is cut into grid×grid cells (one per encoder token); a cell is labelled with
+  the object that covers most of its pixels (exact visible masks, later objects on top), 0 where no
+  object touches it. Returns int32 [grid, grid, 2]: (1 + shape index in `shapes.SHAPES`, 1 + colour
+  index in `palette` order), 0 = background.
+  """
+  from input_pipeline.shapes_world import palette, shapes
+  from input_pipeline.shapes_world.render import render_with_masks
+  from input_pipeline.shapes_world.scene import Scene
+  if image_size % grid:
+    raise ValueError(f"dense labels: image size {image_size} is not a multiple of the grid {grid}")
+  sc = Scene.from_dict(scene)
+  masks = render_with_masks(sc, image_size).masks                       # [K, S, S]
+  c = image_size // grid
+  counts = masks.reshape(len(masks), grid, c, grid, c).sum((2, 4))            # [K, G, G]
+  labels = np.zeros((grid, grid, 2), np.int32)
+  if len(masks):
+    best = counts.argmax(0)
+    table = np.array([[1 + shapes.shape_id(o.shape), 1 + palette.color_id(o.color)] for o in sc.objects],
+                     np.int32)
+    labels = np.where((counts.max(0) > 0)[..., None], table[best], 0).astype(np.int32)
+  return labels
+
+
 def und_prompt(tokenizer: WordTokenizer, question: str, num_image_tokens: int) -> list[int]:
   return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(question)
 
@@ -102,7 +128,7 @@ class ShapesTaskSource:
   def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
                und_len: int = 48, gen_len: int = 16, und_image_size: int = 32, gen_image_size: int = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
-               edit_fraction: float = 0.0, turns: int = 1):
+               edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0):
     if not 0.0 <= edit_fraction <= 1.0:
       raise ValueError(f"edit_fraction={edit_fraction} must be in [0, 1]")
     self.scenes, self.tok = scenes, tokenizer
@@ -110,6 +136,7 @@ class ShapesTaskSource:
     self.und_size, self.gen_size = und_image_size, gen_image_size
     self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
     self.edit_fraction, self.turns = edit_fraction, turns
+    self.dense_grid = dense_grid
 
   def is_edit(self, i: int) -> bool:
     """Whether element i is an edit (a fixed hash of i, so a fraction `edit_fraction` of any range)."""
@@ -140,6 +167,8 @@ class ShapesTaskSource:
     image = ex["image"]
     out = dict(und_image=to_unit_range(image, self.und_size), und_ids=und_ids, und_mask=und_mask,
                und_loss_mask=loss_mask)
+    if self.dense_grid:
+      out["und_labels"] = dense_labels(ex["scene"], self.und_size, self.dense_grid)
     if self.edit_fraction and self.is_edit(i):
       prompt = edit_prompt(self.tok, ex["edit_instruction"], self.n_img)
       target, cond = ex["edit_image"], to_unit_range(image, self.und_size)

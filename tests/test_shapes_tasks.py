@@ -99,3 +99,27 @@ def test_multi_turn_sequences_supervise_every_answer(scenes, tok):
       questions.append(question)
     assert len(set(questions)) == len(questions)
   assert max(int(src[i]["und_mask"].sum()) for i in range(len(src))) <= 64
+
+
+def test_dense_labels_name_the_object_covering_each_cell(scenes, tok):
+  from input_pipeline.shapes_tasks import dense_labels
+  from input_pipeline.shapes_world import palette, shapes
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=40, und_image_size=32, dense_grid=8)
+  for i in range(6):
+    scene = scenes[i]
+    labels = src[i]["und_labels"]
+    assert labels.shape == (8, 8, 2) and labels.dtype == np.int32
+    # every object owns at least one cell, and the cells name only the scene's (shape, colour) pairs
+    pairs = {(1 + shapes.shape_id(o["shape"]), 1 + palette.color_id(o["color"]))
+             for o in scene["scene"]["objects"]}
+    found = {tuple(v) for v in labels.reshape(-1, 2) if v.any()}
+    assert found == pairs
+    # a cell is background exactly when the 32-px render shows only background there
+    image = sw.render(sw.Scene.from_dict(scene["scene"]), 32)
+    background = (image == np.asarray(scene["scene"]["background"], np.uint8)).all(-1)
+    empty = background.reshape(8, 4, 8, 4).all((1, 3))
+    np.testing.assert_array_equal(labels[..., 0] == 0, empty)
+    np.testing.assert_array_equal(labels[..., 1] == 0, empty)
+  with pytest.raises(ValueError, match="not a multiple of the grid"):
+    dense_labels(scenes[0]["scene"], 32, 5)
+  assert "und_labels" not in ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=40)[0]

@@ -145,3 +145,29 @@ def test_pisces_edit_inputs_go_through_the_decoupled_generation_encoder():
   und = nnx.state(model.und_encoder, nnx.Param)
   nnx.update(model.und_encoder, jax.tree.map(lambda x: x + 1.0, und))
   np.testing.assert_array_equal(model.prompt_embeddings(ids, images), before)
+
+
+def test_dense_label_head_adds_its_weighted_loss_and_trains_the_encoder():
+  config = _config("shapes_tiny", "runlocal")
+  config.model.update(und_dense_weight=0.5, und_dense_classes=[7, 11])
+  model = UnifiedModel(unified_config(config.model), rngs=nnx.Rngs(0))
+  batch = {k: v for k, v in _batch(model, b=2).items() if k.startswith("und")}
+  g = model.config.und_encoder.grid_size
+  labels = jnp.asarray(np.random.RandomState(1).randint(0, 7, (2, g, g, 2)), jnp.int32)
+
+  @nnx.jit
+  def parts(m):
+    plain, metrics = m.understanding_loss(batch)
+    total, with_labels = m.understanding_loss({**batch, "und_labels": labels})
+    dense = lambda m_: m_.und_dense.loss(m_.image_tokens(batch["und_image"], with_features=True)[1],
+                                        labels)[0]
+    return plain, total, dense(m), nnx.grad(dense)(m), metrics, with_labels
+  plain, total, dense, grads, metrics, with_labels = parts(model)
+  assert "und_dense_loss" not in metrics and {"und_dense_acc_0", "und_dense_acc_1"} <= set(with_labels)
+  np.testing.assert_allclose(total, plain + 0.5 * dense, rtol=1e-6)
+  # the dense loss trains the encoder (and its head), never the LLM
+  assert any(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(nnx.state(grads.und_encoder)))
+  assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree.leaves(nnx.state(grads.llm)))
+  config.model.und_dense_classes = []
+  with pytest.raises(ConfigError, match="und_dense_weight > 0 needs an und_encoder and und_dense_classes"):
+    unified_config(config.model)

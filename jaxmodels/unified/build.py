@@ -4,6 +4,7 @@
         llm=dict(preset="qwen2.5-7b", scan_layers=True),     # preset fields, then overrides
         und_encoder=dict(preset="qwen2.5-vl-7b-vision", image_size=448),   # or a ViT preset / None
         gen_encoder=dict(preset="eva-clip-e-14-plus"),
+        vae=dict(preset="dc-ae-f32c32", dtype="bfloat16"),   # in-model DC-AE (gen_target="latents")
         dit=dict(type="lumina", preset="blip3o", ffn="4864"),
         num_queries=64, connector="identity", ...)
     unified = unified_config(config.model)                  # -> UnifiedConfig (frozen, hashable)
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 
 from jaxmodels import presets
 from jaxmodels.errors import ConfigError
+from jaxmodels.flow.dcae import DCAEConfig, dcae_f32c32_config
 from jaxmodels.flow.lumina import LuminaConfig, blip3o_dit_config
 from jaxmodels.flow.sana import SanaConfig, sana_1600m_config
 from jaxmodels.llm import LLMConfig
@@ -102,6 +104,21 @@ def dit_config(d: Mapping[str, Any], where: str = "model.dit") -> LuminaConfig |
   return make_dataclass(LuminaConfig, d, where)
 
 
+VAE_PRESETS = {"dc-ae-f32c32": dcae_f32c32_config}   # SANA's DC-AE (1.0 and 1.1 share the layout)
+
+
+def vae_config(d: Mapping[str, Any] | None, where: str = "model.vae") -> DCAEConfig | None:
+  """vae dict -> DCAEConfig: `preset` "dc-ae-f32c32" then overrides, or DCAEConfig fields alone."""
+  if d is None:
+    return None
+  d = _plain(d)
+  preset = d.pop("preset", None)
+  if preset is not None and preset not in VAE_PRESETS:
+    raise ConfigError(f"config.{where}.preset={preset!r}: known presets: {', '.join(VAE_PRESETS)}")
+  base = dataclasses.asdict(VAE_PRESETS[preset]()) if preset else {}
+  return make_dataclass(DCAEConfig, {**base, **d}, where)
+
+
 def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
   d = _plain(model)
   d.pop("type", None)
@@ -111,6 +128,7 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
   d["dit"] = dit_config(d["dit"])
   d["und_encoder"] = vision_config(d.get("und_encoder"), "model.und_encoder", allow_qwen=True)
   d["gen_encoder"] = vision_config(d.get("gen_encoder"), "model.gen_encoder")
+  d["vae"] = vae_config(d.get("vae"))
   tok = d.get("image_tokenizer")
   if tok is not None:
     tok = dict(tok)
@@ -122,6 +140,7 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
     if ae.get("palette") is not None:
       ae["palette"] = tuple(tuple(int(v) for v in rgb) for rgb in ae["palette"])
     d["autoencoder"] = make_dataclass(PatchAutoencoderConfig, ae, "model.autoencoder")
-  if isinstance(d.get("edit_drop"), list):
-    d["edit_drop"] = tuple(d["edit_drop"])
+  for key in ("edit_drop", "und_dense_classes"):     # lists from config files -> hashable tuples
+    if isinstance(d.get(key), list):
+      d[key] = tuple(d[key])
   return make_dataclass(UnifiedConfig, d, "model")

@@ -16,9 +16,18 @@ The paper models are *choices* in one composition (see `jaxmodels.unified.model`
   queries             "vocab" (N=256 new ids) "image_tokens" (TA-Tok codes)   "none" (per-layer states)
   connector           "transformer"           "mlp_norm"                      "identity"
   dit                 SANA-1.6B               SANA-1.6B (caption parts train) "latte" (K groups)
-  gen_target          "latents" (DC-AE)       "latents" (DC-AE)               "latents"
+  gen_target          "latents" (DC-AE)       "latents" + in-model DC-AE      "latents"
   cfg_null            "empty_caption"         "zeros"                         "zeros"
-  freeze              llm, und encoder        tokenizer, SANA but caption     llm, und encoder
+  freeze              llm, und encoder        tokenizer, SANA but caption,    llm, und encoder
+                                              vae
+
+gen_target="latents": with `vae` (a DCAEConfig) the model holds a frozen DC-AE (latent_codec.py): the
+target is (vae.encode(gen_image) − vae_shift) · scaling_factor and `generate_image` decodes to pixels;
+without it the batch carries precomputed latents (batch["gen_latents"]) and sampling returns latents.
+`edit_latents` (BLIP3o-NEXT editing, UNCONFIRMED equations): how the reference image's scaled DC-AE
+latents enter the flow head besides its discrete tokens in the prompt: "cond" (projected latent tokens
+appended to the DiT condition), "noise" (added to the noisy latent through a zero-initialised 1×1
+projection), "cond_noise" (both, the released edit recipe's name), "none".
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ import dataclasses
 from typing import Any
 
 from jaxmodels.errors import ConfigError
+from jaxmodels.flow.dcae import DCAEConfig
 from jaxmodels.llm import LLMConfig
 from jaxmodels.unified.encoders import encoder_width
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
@@ -37,6 +47,7 @@ CONNECTORS = ("identity", "mlp", "mlp_norm", "transformer")
 PROJECTORS = ("linear", "mlp2x_gelu", "none")   # none: identity (encoder width == LLM width)
 CFG_NULLS = ("zeros", "empty_caption")
 QUERIES = ("learnable", "vocab", "image_tokens", "none")
+EDIT_LATENTS = ("none", "cond", "noise", "cond_noise")
 
 
 def dit_cond_dim(dit: Any) -> int:
@@ -85,6 +96,9 @@ class UnifiedConfig:
   flow_weight: float = 1.0                   # image_tokens: weight of the flow loss next to the CE
   latent_size: int = 16                      # gen_target="latents": [B, s, s, latent_channels]
   latent_channels: int = 32
+  vae: DCAEConfig | None = None              # frozen in-model DC-AE for "latents" (else gen_latents)
+  vae_shift: float = 0.0                     # z₀ = (latent − shift) · scaling_factor (SANA: shift 0)
+  edit_latents: str = "none"                 # image_tokens editing: see the module docstring
   # gen_target="autoencoder": a jointly trained per-patch autoencoder (patch_autoencoder.py); the flow
   # head generates its latent grid and sampling decodes it to pixels.
   autoencoder: PatchAutoencoderConfig | None = None
@@ -98,6 +112,10 @@ class UnifiedConfig:
   # Loss weights (a missing part of the batch contributes nothing).
   und_weight: float = 1.0
   gen_weight: float = 1.0
+  # Auxiliary dense labels on the understanding encoder's tokens (dense_head.py; off at 0): classes per
+  # label channel, background included, e.g. (7, 11) for ShapesWorld's shapes and colours.
+  und_dense_weight: float = 0.0
+  und_dense_classes: tuple[int, ...] = ()
 
   def __post_init__(self):
     def check(field, allowed):
@@ -108,6 +126,7 @@ class UnifiedConfig:
     check("und_projector", PROJECTORS)
     check("cfg_null", CFG_NULLS)
     check("queries", QUERIES)
+    check("edit_latents", EDIT_LATENTS)
     self._check_und_encoder()
     if self.gen_target == "gen_encoder" and self.gen_encoder is None:
       raise ConfigError("config.model.gen_target='gen_encoder' needs config.model.gen_encoder")
@@ -116,6 +135,7 @@ class UnifiedConfig:
     if (self.gen_target == "autoencoder") != (self.autoencoder is not None):
       raise ConfigError("config.model.gen_target='autoencoder' goes with config.model.autoencoder "
                         "(and only it)")
+    self._check_vae()
     if self.connector == "identity" and self.llm.hidden_size != dit_cond_dim(self.dit):
       raise ConfigError(f"config.model.connector='identity' needs llm.hidden_size "
                         f"({self.llm.hidden_size}) == the DiT condition width ({dit_cond_dim(self.dit)})")
@@ -134,6 +154,17 @@ class UnifiedConfig:
       raise ConfigError(f"config.model.dit.num_layers={self.dit.num_layers} must equal "
                         f"llm.num_layers={self.llm.num_layers} (layer ℓ reads LLM layer ℓ)")
 
+  def _check_vae(self):
+    if self.vae is not None:
+      if self.gen_target != "latents":
+        raise ConfigError("config.model.vae (a DC-AE) goes with gen_target='latents'")
+      if self.vae.latent_channels != self.latent_channels:
+        raise ConfigError(f"config.model.vae.latent_channels={self.vae.latent_channels} must equal "
+                          f"config.model.latent_channels={self.latent_channels}")
+    if self.edit_latents != "none" and (self.vae is None or self.queries != "image_tokens"):
+      raise ConfigError(f"config.model.edit_latents={self.edit_latents!r} needs config.model.vae and "
+                        f"queries='image_tokens' (BLIP3o-NEXT editing)")
+
   def _check_und_encoder(self):
     enc = self.und_encoder
     if enc is not None:
@@ -147,6 +178,9 @@ class UnifiedConfig:
       if enc.grid_size % self.und_pool:
         raise ConfigError(f"config.model.und_pool={self.und_pool} must divide the und_encoder's token "
                           f"grid side {enc.grid_size}")
+    if self.und_dense_weight and (not self.und_dense_classes or self.und_encoder is None):
+      raise ConfigError("config.model.und_dense_weight > 0 needs an und_encoder and und_dense_classes "
+                        "(classes per label channel, e.g. [7, 11])")
     if self.gen_projector and self.und_projector == "none":
       raise ConfigError("config.model.gen_projector=True takes its kind from und_projector; "
                         "und_projector='none' is not one (use 'linear' or 'mlp2x_gelu')")
@@ -173,13 +207,16 @@ class UnifiedConfig:
 
   @property
   def output_image_size(self) -> int:
-    """Side of the images `generate_image` returns when `generates_pixels`."""
+    """Side of the images `generate_image` returns when `generates_pixels` (with a vae: the side its
+    latents decode to, latent_size · compression)."""
+    if self.vae is not None:
+      return self.latent_size * self.vae.spatial_compression_ratio
     return self.autoencoder.image_size if self.gen_target == "autoencoder" else self.gen_image_size
 
   @property
   def generates_pixels(self) -> bool:
-    """Whether `generate_image` returns images (pixels, or the autoencoder's decoded latents)."""
-    return self.gen_target in ("pixels", "autoencoder")
+    """Whether `generate_image` returns images (pixels, or the (DC-)autoencoder's decoded latents)."""
+    return self.gen_target in ("pixels", "autoencoder") or self.vae is not None
 
   def replace(self, **kw: Any) -> "UnifiedConfig":
     return dataclasses.replace(self, **kw)

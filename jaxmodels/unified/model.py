@@ -25,10 +25,12 @@ LLM embedding stays frozen) | "image_tokens" (BLIP3o-NEXT: discrete image tokens
 joint CE + flow loss on teacher-forced image-token states, sampling draws tokens then runs the DiT) |
 "none" (LaTtE-Flow: the generation stack reads the LLM's per-layer prompt states); `dit.type` "lumina"
 | "sana" | "latte"; `connector` "identity" | "mlp" | "mlp_norm" | "transformer"; `cfg_null` "zeros" |
-"empty_caption"; gen_target "latents" reads precomputed (frozen DC-AE, scaled) latents from
-batch["gen_latents"] [B, s, s, C]. Editing inputs (MetaQuery): gen_ids may hold `image_token_id`
-placeholders filled from batch["gen_cond_image"]; sampling with `cond_images` uses 3-way image+text
-guidance.
+"empty_caption"; gen_target "latents" encodes gen_image with the model's frozen DC-AE (config `vae`,
+latent_codec.py; `generate_image` then decodes to pixels [B, H, W, 3] in [-1, 1]), or without one reads
+precomputed scaled latents from batch["gen_latents"] [B, s, s, C]. Editing inputs: gen_ids may hold
+`image_token_id` placeholders filled from batch["gen_cond_image"] (MetaQuery: encoder tokens, sampling
+with `cond_images` uses 3-way image+text guidance; BLIP3o-NEXT: the reference's discrete tokens, plus its
+DC-AE latents in the condition and/or noise space per `edit_latents`, 2-way CFG against the zero null).
 
 Choices where the papers are silent (UNCONFIRMED in the spec; all config fields): Pisces' generation
 target is taken to be its pooled generation-encoder features, as in BLIP3-o by the same authors;
@@ -47,10 +49,13 @@ from jaxmodels.layers import Linear, get_activation, param
 from jaxmodels.llm import LLM
 from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
 from jaxmodels.unified.connector import Connector, SanaDiT
+from jaxmodels.unified.dense_head import DenseLabelHead
 from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_width
+from jaxmodels.unified import latent_codec
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.latte_flow import LatteFlow
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoder
+from jaxmodels.vision import avg_pool_tokens
 
 
 class Projector(nnx.Module):
@@ -130,6 +135,8 @@ class UnifiedModel(nnx.Module):
     self.und_encoder = build_encoder(c.und_encoder, rngs=rngs)
     self.und_projector = (Projector(encoder_width(c.und_encoder), d, c.und_projector, **kw)
                           if c.und_encoder and c.und_projector != "none" else None)
+    self.und_dense = (DenseLabelHead(encoder_width(c.und_encoder), c.und_dense_classes, **kw)
+                      if c.und_dense_weight else None)
     self.gen_encoder = build_encoder(c.gen_encoder, rngs=rngs)
     # Pisces' decoupled input path: image inputs of generation prompts (editing) are read by the
     # generation encoder, a×a pooled (gen_pool), through their own projector.
@@ -149,6 +156,7 @@ class UnifiedModel(nnx.Module):
                       Connector(c.connector, d, cond_dim, num_layers=c.connector_layers,
                                 norm_init=c.connector_norm_init, **kw))
     self.autoencoder = PatchAutoencoder(c.autoencoder, rngs=rngs) if c.autoencoder else None
+    self.vae, self.edit_latents = latent_codec.build(c, rngs=rngs)   # frozen DC-AE; editing injection
     kind = type(c.dit).__name__
     self.dit = (SanaDiT(c.dit, rngs=rngs) if kind == "SanaConfig" else
                 LatteFlow(c.dit, rngs=rngs) if kind == "LatteConfig" else LuminaNextDiT(c.dit, rngs=rngs))
@@ -163,16 +171,22 @@ class UnifiedModel(nnx.Module):
     enc = self.config.und_encoder
     return (enc.grid_size // self.config.und_pool) ** 2
 
-  def image_tokens(self, images: jax.Array) -> jax.Array:
+  def image_tokens(self, images: jax.Array, *, with_features: bool = False):
     """images [B, H, W, 3] in [-1, 1] -> LLM-space image tokens [B, n, D] (the understanding encoder, or
     the embeddings of the image's discrete tokens when the model only has an image tokenizer).
 
     Encoder path: und_encoder (a Qwen2.5-VL tower first renormalises the images to its processor's
-    OpenAI-CLIP mean/std, `encoders.qwen_pixels`) -> a×a pool -> und_projector (none: identity)."""
+    OpenAI-CLIP mean/std, `encoders.qwen_pixels`) -> a×a pool -> und_projector (none: identity).
+    with_features: also return the encoder's unpooled tokens [B, g², D_enc] (None without an encoder),
+    which the dense auxiliary head reads."""
     if self.und_encoder is None:
-      return self.llm.embed(self.image_codes(images) + self.config.image_vocab_offset)
-    tokens = encoder_tokens(self.und_encoder, images, self.config.und_pool, last_block=False)
-    return tokens if self.und_projector is None else self.und_projector(tokens)
+      tokens = self.llm.embed(self.image_codes(images) + self.config.image_vocab_offset)
+      return (tokens, None) if with_features else tokens
+    feats = encoder_tokens(self.und_encoder, images, 1, last_block=False)
+    pool = self.config.und_pool
+    tokens = avg_pool_tokens(feats, pool) if pool > 1 else feats
+    tokens = tokens if self.und_projector is None else self.und_projector(tokens)
+    return (tokens, feats) if with_features else tokens
 
   def und_embeddings(self, ids: jax.Array, images: jax.Array) -> jax.Array:
     """Token embeddings [B, T, D] with the i-th placeholder of a row replaced by its i-th image token."""
@@ -180,8 +194,15 @@ class UnifiedModel(nnx.Module):
                                self.config.image_token_id)
 
   def understanding_loss(self, batch) -> tuple[jax.Array, dict]:
-    embeds = self.und_embeddings(batch["und_ids"], batch["und_image"])
-    return answer_loss(self.llm, embeds, batch["und_ids"], batch["und_mask"], batch["und_loss_mask"])
+    """Answer-token CE, plus und_dense_weight × the dense label loss when the batch has und_labels."""
+    ids = batch["und_ids"]
+    tokens, feats = self.image_tokens(batch["und_image"], with_features=True)
+    embeds = splice_image_tokens(self.llm.embed(ids), ids, tokens, self.config.image_token_id)
+    loss, metrics = answer_loss(self.llm, embeds, ids, batch["und_mask"], batch["und_loss_mask"])
+    if self.und_dense is not None and "und_labels" in batch:
+      dense, m = self.und_dense.loss(feats, batch["und_labels"])
+      loss, metrics = loss + self.config.und_dense_weight * dense, {**metrics, **m}
+    return loss, metrics
 
   def answer(self, images: jax.Array, ids: jax.Array, mask: jax.Array, max_new_tokens: int,
              **generate_kwargs) -> jax.Array:
@@ -252,7 +273,11 @@ class UnifiedModel(nnx.Module):
 
   # BLIP3o-NEXT ------------------------------------------------------
   def image_codes(self, images: jax.Array) -> jax.Array:
-    """images [B, H, W, 3] in [-1, 1] -> codebook indices [B, n] (frozen tokenizer)."""
+    """images [B, H, W, 3] in [-1, 1] (resized to the tokenizer's side) -> codebook indices [B, n]
+    (frozen tokenizer)."""
+    s = self.config.image_tokenizer.encoder.image_size
+    if images.shape[1:3] != (s, s):
+      images = jax.image.resize(images, (images.shape[0], s, s, images.shape[-1]), "linear")
     return self.image_tokenizer.encode(images, self.config.image_tokenizer.scale)
 
   def _image_prefix_ids(self, b: int) -> jax.Array:
@@ -261,20 +286,41 @@ class UnifiedModel(nnx.Module):
     im_start, scale_tok = o + t.num_scale_tokens, o + t.scale - 1
     return jnp.broadcast_to(jnp.array([im_start, scale_tok], jnp.int32)[None], (b, 2))
 
-  def image_token_forward(self, ids, mask, codes):
-    """Teacher-forced pass over [prompt, <im_start>, <S_k>, image tokens] -> (logits over the
-    sequence [B, T', V], condition [B, 1 + n, C] = connector(states of <S_k> and the image tokens))."""
+  def with_reference_codes(self, ids: jax.Array, ref_images: jax.Array | None) -> jax.Array:
+    """ids [B, T] with the `image_token_id` placeholders replaced, in order, by the discrete token ids
+    of `ref_images` (BLIP3o-NEXT editing: the reference's tokens are AR inputs; rows hold n of them)."""
+    if ref_images is None:
+      return ids
+    codes = self.image_codes(ref_images) + self.config.image_vocab_offset
+    return splice_image_tokens(ids[..., None], ids, codes[..., None], self.config.image_token_id)[..., 0]
+
+  def reference_latents(self, ref_images: jax.Array | None) -> jax.Array | None:
+    """Scaled DC-AE latents [B, s, s, C] of editing references (None without `edit_latents`)."""
+    if ref_images is None or self.edit_latents is None:
+      return None
+    return latent_codec.encode(self.vae, ref_images, self.config)
+
+  def image_token_forward(self, ids, mask, codes, ref_images=None):
+    """Teacher-forced pass over [prompt, <im_start>, <S_k>, image tokens] -> (sequence [B, T'], its
+    mask, hidden states [B, T', D], condition [B, 1 + n (+ s²), C], reference latents [B, s, s, C] or
+    None). condition = connector(states of <S_k> and the image tokens); for editing (`ref_images`
+    [B, H, W, 3]: their tokens fill the prompt's placeholders) with edit_latents "cond"/"cond_noise"
+    the reference's projected latent tokens go through the connector too and are appended."""
     b, n = codes.shape
-    seq = jnp.concatenate([ids.astype(jnp.int32), self._image_prefix_ids(b),
-                           codes + self.config.image_vocab_offset], axis=1)
+    ids = self.with_reference_codes(ids.astype(jnp.int32), ref_images)
+    seq = jnp.concatenate([ids, self._image_prefix_ids(b), codes + self.config.image_vocab_offset], axis=1)
     full_mask = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, n + 2), jnp.int32)], axis=1)
     hidden = self.llm.forward(seq, _positions(full_mask), full_mask).hidden
-    cond = hidden[:, -(n + 1):]
+    cond, ref = hidden[:, -(n + 1):], self.reference_latents(ref_images)
+    extra = None if ref is None else self.edit_latents.cond_tokens(ref)
+    if extra is not None:
+      cond = jnp.concatenate([cond, extra.astype(cond.dtype)], axis=1)
     cond = cond if self.connector is None else self.connector(cond)
-    return seq, full_mask, hidden, cond
+    return seq, full_mask, hidden, cond, ref
 
-  def image_token_condition(self, ids, mask, codes) -> jax.Array:
-    return self.image_token_forward(ids, mask, codes)[3]
+  def image_token_condition(self, ids, mask, codes, ref_images=None) -> jax.Array:
+    """The DiT condition [B, 1 + n (+ s²), C] of `image_token_forward`."""
+    return self.image_token_forward(ids, mask, codes, ref_images)[3]
 
   # ---------------------------------------------------------------- generation: flow
   def target_images(self, images: jax.Array) -> jax.Array:
@@ -290,6 +336,11 @@ class UnifiedModel(nnx.Module):
     c = self.config
     if c.gen_target == "pixels":
       return self.target_images(images)
+    if c.gen_target == "latents":   # the frozen DC-AE's scaled latents
+      if self.vae is None:
+        raise ValueError("gen_target='latents' without config.model.vae: the batch must carry "
+                         "precomputed latents (gen_latents)")
+      return latent_codec.encode(self.vae, images, c)
     if c.gen_target == "autoencoder":   # the jointly trained encoder's latents, as a fixed target
       return jax.lax.stop_gradient(self.autoencoder.encode(self.target_images(images)))
     tokens = encoder_tokens(self.gen_encoder, images, c.gen_pool, last_block=True)
@@ -297,7 +348,9 @@ class UnifiedModel(nnx.Module):
     return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], g, g, -1))
 
   def batch_target(self, batch) -> jax.Array:
-    if self.config.gen_target == "latents":
+    """x₀ of a batch: gen_latents when the target is latents and the model has no vae, else
+    target(gen_image)."""
+    if self.config.gen_target == "latents" and self.vae is None:
       return batch["gen_latents"]
     return self.target(batch["gen_image"])
 
@@ -327,15 +380,19 @@ class UnifiedModel(nnx.Module):
     k_drop, k_sigma, k_noise, k_edit = jax.random.split(rng, 4)
     x0 = self.batch_target(batch)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-    metrics = {}
+    metrics, ref = {}, None
     if c.queries == "image_tokens":
+      ids, mask, ref_images = self._edit_inputs(k_edit, batch)   # editing: gen_cond_image references
       codes = self.image_codes(batch["gen_image"])
-      seq, full_mask, hidden, cond = self.image_token_forward(batch["gen_ids"], batch["gen_mask"], codes)
+      seq, full_mask, hidden, cond, ref = self.image_token_forward(ids, mask, codes, ref_images)
       logits = self.llm.logits(hidden[:, :-1])
-      # CE over the text and image tokens: every real target token except <im_start>/<S_k>.
+      # CE over the text and image tokens: every real target token except <im_start>/<S_k> (and an edit
+      # reference's tokens, which are inputs).
       weight = full_mask[:, 1:].astype(jnp.float32) * (jnp.cumsum(full_mask, 1)[:, :-1] > 0)
-      t = batch["gen_ids"].shape[1]
+      t = ids.shape[1]
       weight = weight.at[:, t - 1:t + 1].set(0.0)
+      if ref_images is not None:
+        weight = weight.at[:, :t - 1].multiply((ids[:, 1:] != c.image_token_id).astype(jnp.float32))
       logp = jnp.take_along_axis(jax.nn.log_softmax(logits), seq[:, 1:, None], axis=-1)[..., 0]
       ce = -(logp * weight).sum() / jnp.maximum(weight.sum(), 1.0)
       metrics["gen_ce"] = ce
@@ -357,19 +414,22 @@ class UnifiedModel(nnx.Module):
     null = "zeros" if c.cfg_null == "zeros" else self.null_condition(cond)
     cond = flow.drop_condition(k_drop, cond, c.cond_dropout, null=null)
     sigmas = flow.sample_training_sigmas(k_sigma, x0.shape[0], c.sigma_sampling, shift=c.train_shift)
-    v = self.velocity(flow.noisy_input(x0, noise, sigmas), sigmas, cond)
+    x_t = flow.noisy_input(x0, noise, sigmas)
+    v = self.velocity(x_t if ref is None else self.edit_latents.inject(x_t, ref), sigmas, cond)
     loss = flow.flow_matching_loss(v, x0, noise)
     metrics["gen_flow_loss"] = loss
     if c.queries == "image_tokens":
       loss = metrics["gen_ce"] + c.flow_weight * loss
     return loss, {**metrics, "gen_loss": loss}
 
-  def sample_image_tokens(self, ids, mask, rng, *, temperature: float = 1.0) -> jax.Array:
-    """BLIP3o-NEXT: codes [B, n] drawn after [prompt, <im_start>, <S_k>] (top-k / top-p)."""
+  def sample_image_tokens(self, ids, mask, rng, *, temperature: float = 1.0, ref_images=None) -> jax.Array:
+    """BLIP3o-NEXT: codes [B, n] drawn after [prompt, <im_start>, <S_k>] (top-k / top-p); `ref_images`
+    fill the prompt's placeholders with their tokens (editing)."""
     c = self.config
     b = ids.shape[0]
     n = self.image_tokenizer.grid_size(c.image_tokenizer.scale) ** 2
-    prefix = jnp.concatenate([ids.astype(jnp.int32), self._image_prefix_ids(b)], axis=1)
+    ids = self.with_reference_codes(ids.astype(jnp.int32), ref_images)
+    prefix = jnp.concatenate([ids, self._image_prefix_ids(b)], axis=1)
     pmask = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 2), jnp.int32)], axis=1)
     lo = c.image_vocab_offset
     lm = _ImageTokenLM(self.llm, lo, lo + c.image_tokenizer.codebook_size)
@@ -382,17 +442,20 @@ class UnifiedModel(nnx.Module):
                      guidance: float = 3.0, solver: str = "euler", shift: float = 1.0,
                      cond_images: jax.Array | None = None, image_guidance: float = 1.5,
                      return_codes: bool = False):
-    """Samples targets [B, h, w, C] for prompts (pixels in [-1, 1] for the pixel target).
+    """Samples targets [B, h, w, C] for prompts: pixels in [-1, 1] for the pixel target, and images
+    [B, H, W, 3] in [-1, 1] decoded by the autoencoder / in-model DC-AE (latents without a vae).
 
     cond_images (editing inputs, placeholders in `ids`): 3-way guidance (`flow.image_text_guidance`)
     with text scale `guidance` and image scale `image_guidance`. queries="image_tokens": image tokens
-    are sampled first (return_codes=True also returns them)."""
+    are sampled first (return_codes=True also returns them); an edit's reference tokens and latents are
+    in both CFG branches except the zero-null condition (`image_guidance` is unused)."""
     c = self.config
     k_tok, k_x = jax.random.split(rng)
-    cond_mask, codes = None, None
+    cond_mask, codes, ref = None, None, None
     if c.queries == "image_tokens":
-      codes = self.sample_image_tokens(ids, mask, k_tok)
-      cond = self.image_token_condition(ids, mask, codes)   # re-encoded, teacher-forced states
+      codes = self.sample_image_tokens(ids, mask, k_tok, ref_images=cond_images)
+      # Re-encoded, teacher-forced states (+ the reference's latent tokens when editing).
+      _, _, _, cond, ref = self.image_token_forward(ids, mask, codes, cond_images)
     else:
       cond = self.condition(ids, mask, cond_images)
       if c.queries == "none":
@@ -401,9 +464,11 @@ class UnifiedModel(nnx.Module):
     x_init = jax.random.normal(k_x, (ids.shape[0], side, side, c.target_channels), jnp.float32)
 
     def velocity_fn(x, t, cond_):
-      return self.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, *cond_)
+      cond_, cmask_, ref_ = cond_
+      x = x if ref_ is None else self.edit_latents.inject(x, ref_)
+      return self.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, cond_, cmask_)
 
-    if cond_images is not None:
+    if cond_images is not None and c.queries != "image_tokens":
       is_img = ids == c.image_token_id
       mask_img = jnp.where(is_img, mask, 0)
       cond_img = self.condition(ids, mask_img, cond_images)
@@ -412,18 +477,19 @@ class UnifiedModel(nnx.Module):
       cmasks = None if cond_mask is None else jnp.concatenate([mask_img, mask_img, cond_mask], 0)
 
       def vfn(x, t):
-        v = velocity_fn(jnp.concatenate([x] * 3), jnp.concatenate([t] * 3), (conds, cmasks))
+        v = velocity_fn(jnp.concatenate([x] * 3), jnp.concatenate([t] * 3), (conds, cmasks, None))
         v_null, v_img, v_full = jnp.split(v, 3)
         return flow.image_text_guidance(v_null, v_img, v_full, image_guidance, guidance)
     elif guidance == 1.0:
-      vfn = lambda x, t: velocity_fn(x, t, (cond, cond_mask))  # noqa: E731
+      vfn = lambda x, t: velocity_fn(x, t, (cond, cond_mask, ref))  # noqa: E731
     else:
       null = self.null_condition(cond) if c.cfg_null == "empty_caption" and c.queries != "none" \
           else jnp.zeros_like(cond)
-      vfn = flow.cfg_velocity_fn(velocity_fn, (cond, cond_mask), (null, cond_mask), guidance)
+      vfn = flow.cfg_velocity_fn(velocity_fn, (cond, cond_mask, ref), (null, cond_mask, ref), guidance)
     x = flow.sample(vfn, x_init, num_steps=num_steps, solver=solver, shift=shift)
     x = jnp.clip(x, -1.0, 1.0) if c.gen_target == "pixels" else x
     x = self.autoencoder.decode(x) if c.gen_target == "autoencoder" else x
+    x = latent_codec.decode(self.vae, x, c) if self.vae is not None else x
     return (x, codes) if return_codes else x
 
   # ---------------------------------------------------------------- training entry point
