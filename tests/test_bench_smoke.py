@@ -30,3 +30,40 @@ def test_bench_decode_smoke():
   r = _run("bench_decode.py", "--sizes=smoke", "--batches=1", "--new_tokens=4", "--repeats=1")
   run = r["runs"]["smoke_b1"]
   assert run["jax_tok_s"] > 0 and run["torch_tok_s"] > 0 and r["copy_bandwidth_gbs"] > 0
+
+
+@pytest.mark.slow
+def test_bench_flow_smoke():
+  r = _run("bench_flow.py", "--latte_sizes=smoke", "--dit_sizes=smoke", "--sample_steps=2", "--rounds=1")
+  latte = r["latte"]["smoke"]
+  k = latte["num_groups"]
+  # Layer evaluations: steps x L at full depth vs steps x M with the layerwise experts, ratio K exactly,
+  # from the jaxpr and from a run-time counter alike.
+  evals = (latte["layer_evals_full"], latte["layer_evals_latte"])
+  assert evals == (2 * latte["num_layers"], 2 * latte["group_size"])
+  assert latte["layer_eval_ratio"] == k == 2
+  assert (latte["counted_full"], latte["counted_latte"]) == evals
+  assert latte["latte_s"] > 0 and latte["full_s"] > 0
+  for name in ("sana_smoke", "lumina_smoke"):
+    dit = r["dit"][name]
+    assert dit["jax_steps_s"] > 0 and dit["torch_steps_s"] > 0 and dit["ratio"] > 0
+    assert dit["max_abs_diff"] < 1e-3          # same weights, same noise: the same samples
+
+
+@pytest.mark.slow
+def test_bench_compile_smoke():
+  r = _run("bench_compile.py", "--size=smoke", "--layers=1,2", "--rounds=1")
+  assert set(r["variants"]) == {"scan_1", "scan_2", "unrolled_1", "unrolled_2"}
+  for v in r["variants"].values():
+    assert v["lower_s"] > 0 and v["compile_s"] > 0
+    assert abs(v["total_s"] - v["lower_s"] - v["compile_s"]) < 1e-6
+  assert r["ratio"]["scan"] > 0 and r["ratio"]["unrolled"] > 0
+
+
+@pytest.mark.slow
+def test_bench_data_smoke():
+  r = _run("bench_data.py", "--config_arg=runlocal", "--data_batches=2", "--train_steps=1", "--drain=1",
+           "--rounds=1")
+  assert r["config"] == "configs/shapes_tiny.py" and r["dataset"] == "tiny" and r["batch_size"] == 8
+  assert r["data_examples_s"] > 0 and r["train_examples_s"] > 0
+  assert abs(r["ratio"] - r["data_examples_s"] / r["train_examples_s"]) < 1e-9

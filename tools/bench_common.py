@@ -66,3 +66,55 @@ def emit(result: dict, as_json: bool, table_rows: list[str]):
     print(json.dumps(result, indent=2))
   else:
     print("\n".join(table_rows))
+
+
+def alternate(fns: dict, rounds: int, warmup: bool = True) -> dict:
+  """Median seconds per call of each zero-argument fn in `fns` ({name: fn}), measured side by side:
+  one warm-up call each, then `rounds` rounds that call every fn once in turn (A, B, A, B, ...)."""
+  if warmup:
+    for fn in fns.values():
+      fn()
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t)
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def load_average() -> float:
+  """1-minute load average (0.0 where the OS does not report it)."""
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return 0.0
+
+
+def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool = True):
+  """The decoder-LM train step of bench_train.py (Llama-style, f32, next-token loss, AdamW) for the
+  size dict `s` (a SIZES entry; `num_layers` overrides its depth). Returns the jitted, not yet
+  compiled `step(state, batch, rng) -> (state, metrics)`, its state and a batch {"ids": [B, T]}."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+
+  from jaxmodels.llm import LLM, LLMConfig
+  from jaxmodels.trainer import TrainState, make_optimizer, make_train_step
+
+  cfg = LLMConfig(model_type="llama", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
+                  intermediate_size=s["intermediate_size"], num_layers=num_layers or s["num_layers"],
+                  num_heads=s["num_heads"], num_kv_heads=s["num_heads"], rope_theta=10000.0,
+                  scan_layers=scan_layers)
+
+  class LM(LLM):
+    def loss(self, batch, rng):
+      logits = self(batch["ids"][:, :-1])
+      logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["ids"][:, 1:, None], -1)
+      return -logp.mean(), {}
+
+  tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None), 1000)
+  ts = TrainState(LM(cfg, rngs=nnx.Rngs(0)), tx)
+  ids = np.random.RandomState(0).randint(0, s["vocab_size"], (s["batch"], s["seq_len"]))
+  return make_train_step(ts), nnx.split(ts)[1], {"ids": jnp.asarray(ids)}

@@ -1,0 +1,288 @@
+"""Flow sampling speed: (a) LaTtE-Flow layerwise experts vs the same head at full depth, (b) the SANA
+and Lumina-Next DiTs vs diffusers (PyTorch eager) on identical weights.
+
+    python tools/bench_flow.py --latte_sizes=small --dit_sizes=tiny,small --rounds=5 [--json]
+    python tools/bench_flow.py --latte_sizes=smoke --dit_sizes=smoke --sample_steps=2 --rounds=1 --json
+
+(a) A `LatteFlow` head with L layers in K groups samples `--sample_steps` Euler steps (σ from 1 to 0,
+every group owns steps); each step runs only the group owning σ, i.e. M = L/K layers. The baseline is
+the same parameters in a `LatteFlow` with one group, which runs all L layers every step. Reports the
+wall speedup (full / LaTtE, target ≥ 0.8·K) and the layer-evaluation ratio, counted twice: from the
+sampler's jaxpr (trip counts of the innermost scans, i.e. steps × layers per step) and at run time
+(a host callback in `LatteLayer.__call__`, in a separate untimed run).
+
+(b) `--sample_steps` Euler steps of the transformer alone (no text encoder, no VAE): a diffusers model
+is built at a tiny/small size, saved with `save_pretrained` and imported with `jaxmodels.hf`; both
+sides start from the same noise and caption. jaxmodels runs the whole loop jitted (`flow.sample`, one
+`lax.scan`); diffusers runs its forward in a Python loop under `torch.no_grad()`. Reports steps/s for
+both, the ratio (target ≥ 1.5×) and the max |Δ| of the final latents (a parity check).
+
+All timings: warm-up first, then A/B alternating rounds in one process, medians.
+"""
+from __future__ import annotations
+
+from bench_common import alternate, emit, load_average, machine  # noqa: I001
+
+from absl import app, flags
+
+_LATTE = flags.DEFINE_list("latte_sizes", ["small"], "LaTtE-Flow sizes (small, smoke); empty: skip.")
+_DIT = flags.DEFINE_list("dit_sizes", ["tiny", "small"], "DiT sizes (tiny, small, smoke); empty: skip.")
+_MODELS = flags.DEFINE_list("dits", ["sana", "lumina"], "DiTs to compare with diffusers.")
+_STEPS = flags.DEFINE_integer("sample_steps", 30, "Euler steps per sample.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed A/B rounds (median reported).")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch's default). "
+                                      "On a loaded 2-core machine 2 OpenMP threads stall on every op.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+
+# LaTtE-Flow heads: image tokens = latent², caption states [B, L, ctx_len, context_dim].
+LATTE_SIZES = {
+    "small": dict(hidden_size=256, num_layers=8, num_groups=4, num_heads=4, intermediate_size=704,
+                  context_dim=256, in_channels=4, latent=16, ctx_len=32, batch=2),
+    "smoke": dict(hidden_size=32, num_layers=4, num_groups=2, num_heads=2, intermediate_size=64,
+                  context_dim=32, in_channels=4, latent=4, ctx_len=4, batch=1),
+}
+# DiTs: width, depth, latent side (tokens = (latent / patch)²), caption length.
+DIT_SIZES = {
+    "small": dict(width=256, heads=8, layers=4, latent=16, ctx_len=32, batch=2),
+    "tiny": dict(width=64, heads=4, layers=2, latent=8, ctx_len=16, batch=2),
+    "smoke": dict(width=32, heads=2, layers=1, latent=4, ctx_len=4, batch=1),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# (a) LaTtE-Flow
+# ------------------------------------------------------------------------------------------------
+def _subjaxprs(eqn):
+  """(sub-jaxpr, is_branch) pairs of an equation (scan/while bodies, cond branches, pjit, ...)."""
+  out = []
+  for name, v in eqn.params.items():
+    for item in (v if isinstance(v, (tuple, list)) else (v,)):
+      inner = getattr(item, "jaxpr", item)
+      if hasattr(inner, "eqns"):
+        out.append((inner, name == "branches"))
+  return out
+
+
+def layer_evaluations(jaxpr, mult: int = 1) -> int:
+  """Executions of innermost-scan bodies: Σ over scans with no scan inside of (their length × the
+  lengths of the scans around them). For a sampler over a layer-stack scan: steps × layers per step.
+  cond branches count as their maximum."""
+  total, branches = 0, []
+  for eqn in jaxpr.eqns:
+    subs = _subjaxprs(eqn)
+    if eqn.primitive.name == "scan":
+      length = eqn.params["length"]
+      inner = sum(layer_evaluations(j, mult * length) for j, _ in subs)
+      total += inner if inner else mult * length
+      continue
+    branches += [layer_evaluations(j, mult) for j, b in subs if b]
+    total += sum(layer_evaluations(j, mult) for j, b in subs if not b)
+  return total + (max(branches) if branches else 0)
+
+
+def _latte_sampler(module, steps: int):
+  """Jitted `run(state, x [B,h,w,C], ctx [B,L,T,Dc], mask [B,T]) -> x₀` and the module's state."""
+  import jax
+  from flax import nnx
+
+  from jaxmodels import flow
+  graphdef, state = nnx.split(module)
+
+  @jax.jit
+  def run(state, x, ctx, mask):
+    m = nnx.merge(graphdef, state)
+    return flow.sample(lambda x, t: m.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, ctx, mask), x,
+                       num_steps=steps)
+  return run, state
+
+
+def _runtime_layer_count(module, steps: int, inputs) -> int:
+  """Runs the sampler once with a host callback in every `LatteLayer` call; returns the call count."""
+  import jax
+
+  from jaxmodels.unified import latte_flow
+  count = [0]
+  original = latte_flow.LatteLayer.__call__
+
+  def counted(self, x, *args):
+    jax.debug.callback(lambda _: count.__setitem__(0, count[0] + 1), x[0, 0, 0])
+    return original(self, x, *args)
+
+  latte_flow.LatteLayer.__call__ = counted
+  try:
+    run, state = _latte_sampler(module, steps)
+    jax.block_until_ready(run(state, *inputs))
+    jax.effects_barrier()
+  finally:
+    latte_flow.LatteLayer.__call__ = original
+  return count[0]
+
+
+def bench_latte(size: str, steps: int, rounds: int) -> dict:
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from jaxmodels.unified.latte_flow import LatteConfig, LatteFlow
+
+  s = LATTE_SIZES[size]
+  cfg = LatteConfig(hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_groups=s["num_groups"],
+                    num_heads=s["num_heads"], intermediate_size=s["intermediate_size"],
+                    context_dim=s["context_dim"], in_channels=s["in_channels"], patch_size=1,
+                    sample_size=s["latent"])
+  latte = LatteFlow(cfg, rngs=nnx.Rngs(0))
+  params = nnx.state(latte, nnx.Param)          # perturb: open the zero-initialised adaLN / TCRA gates
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  nnx.update(latte, jax.tree.unflatten(
+      treedef, [p + 0.02 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]))
+  full = LatteFlow(cfg.replace(num_groups=1), rngs=nnx.Rngs(0))
+  nnx.update(full, nnx.state(latte))             # the same parameters, one group of all L layers
+
+  b, big_l = s["batch"], s["num_layers"]
+  k1, k2 = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(k1, (b, s["latent"], s["latent"], s["in_channels"]), jnp.float32)
+  ctx = jax.random.normal(k2, (b, big_l, s["ctx_len"], s["context_dim"]), jnp.float32)
+  mask = jnp.ones((b, s["ctx_len"]), bool)
+  inputs = (x, ctx, mask)
+  run_l, st_l = _latte_sampler(latte, steps)
+  run_f, st_f = _latte_sampler(full, steps)
+  evals_l = layer_evaluations(jax.make_jaxpr(run_l)(st_l, *inputs).jaxpr)
+  evals_f = layer_evaluations(jax.make_jaxpr(run_f)(st_f, *inputs).jaxpr)
+  counted_l = _runtime_layer_count(latte, steps, inputs)
+  counted_f = _runtime_layer_count(full, steps, inputs)
+  t = alternate({"latte": lambda: run_l(st_l, *inputs).block_until_ready(),
+                 "full": lambda: run_f(st_f, *inputs).block_until_ready()}, rounds)
+  return {"num_layers": big_l, "num_groups": cfg.num_groups, "group_size": cfg.group_size,
+          "sample_steps": steps, "latte_s": t["latte"], "full_s": t["full"],
+          "speedup": t["full"] / t["latte"], "target_speedup": 0.8 * cfg.num_groups,
+          "layer_evals_latte": evals_l, "layer_evals_full": evals_f, "layer_eval_ratio": evals_f / evals_l,
+          "counted_latte": counted_l, "counted_full": counted_f}
+
+
+# ------------------------------------------------------------------------------------------------
+# (b) SANA / Lumina-Next vs diffusers
+# ------------------------------------------------------------------------------------------------
+def _diffusers_model(kind: str, s: dict):
+  """A random diffusers transformer (eval mode) and its kwargs for one Euler step."""
+  import diffusers
+  import torch
+  torch.manual_seed(0)
+  w, h = s["width"], s["heads"]
+  if kind == "sana":
+    return diffusers.SanaTransformer2DModel(
+        in_channels=8, out_channels=8, num_attention_heads=h, attention_head_dim=w // h,
+        num_layers=s["layers"], num_cross_attention_heads=h, cross_attention_head_dim=w // h,
+        cross_attention_dim=w, caption_channels=w, sample_size=s["latent"]).eval()
+  model = diffusers.LuminaNextDiT2DModel(
+      sample_size=2 * s["latent"], patch_size=2, in_channels=4, hidden_size=w, num_layers=s["layers"],
+      num_attention_heads=h, num_kv_heads=max(1, h // 2), multiple_of=16, cross_attention_dim=w).eval()
+  with torch.no_grad():                          # torch.empty pad token; open the zero-init cross gates
+    model.pad_token.zero_()
+    for layer in model.layers:
+      layer.gate.normal_()
+  return model
+
+
+def bench_dit(kind: str, size: str, steps: int, rounds: int) -> dict:
+  import tempfile
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from flax import nnx
+
+  from jaxmodels import flow, hf
+
+  s = DIT_SIZES[size]
+  tmodel = _diffusers_model(kind, s)
+  with tempfile.TemporaryDirectory() as d:
+    tmodel.save_pretrained(d)
+    ours = hf.from_pretrained(d)
+  side, ch = (s["latent"], 8) if kind == "sana" else (2 * s["latent"], 4)
+  rs = np.random.RandomState(0)
+  x0 = rs.randn(s["batch"], side, side, ch).astype(np.float32)
+  cap = rs.randn(s["batch"], s["ctx_len"], s["width"]).astype(np.float32)
+  mask = np.ones((s["batch"], s["ctx_len"]), np.int64)
+  mask[0, s["ctx_len"] // 2:] = 0                # one padded caption
+  grid = np.asarray(flow.inference_sigmas(steps), np.float64)
+
+  graphdef, state = nnx.split(ours)
+
+  @jax.jit
+  def run_jax(state, x, cap, mask):
+    m = nnx.merge(graphdef, state)
+    if kind == "sana":
+      vfn = lambda x, t: m(x, t, cap, mask)                    # noqa: E731  (t = 1000·σ)
+    else:
+      vfn = lambda x, t: m.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, cap, mask)  # noqa: E731
+    return flow.sample(vfn, x, num_steps=steps)
+
+  jx, jcap, jmask = jnp.asarray(x0), jnp.asarray(cap), jnp.asarray(mask)
+  tx, tcap, tmask = torch.tensor(x0).permute(0, 3, 1, 2).contiguous(), torch.tensor(cap), torch.tensor(mask)
+  rope = None
+  if kind == "lumina":
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+    rope = get_2d_rotary_pos_embed_lumina(tmodel.head_dim, 384, 384)
+
+  def run_torch():
+    x = tx
+    with torch.no_grad():
+      for i in range(steps):
+        sigma, dsigma = float(grid[i]), float(grid[i + 1] - grid[i])
+        if kind == "sana":
+          t = torch.full((s["batch"],), 1000.0 * sigma)
+          v = tmodel(x, tcap, t, encoder_attention_mask=tmask).sample
+        else:                                    # Lumina: t = 1 − σ, v = −output (learned σ dropped)
+          t = torch.full((s["batch"],), 1.0 - sigma)
+          v = -tmodel(x, t, tcap, tmask, rope, cross_attention_kwargs={}).sample[:, :ch]
+        x = x + dsigma * v
+    return x
+
+  out = {}
+
+  def torch_fn():
+    out["torch"] = run_torch()
+
+  def jax_fn():
+    out["jax"] = run_jax(state, jx, jcap, jmask).block_until_ready()
+
+  t = alternate({"jax": jax_fn, "torch": torch_fn}, rounds)
+  diff = float(np.abs(np.asarray(out["jax"]) - out["torch"].permute(0, 2, 3, 1).numpy()).max())
+  return {"tokens": (side // (1 if kind == "sana" else 2)) ** 2, "sample_steps": steps,
+          "jax_steps_s": steps / t["jax"], "torch_steps_s": steps / t["torch"],
+          "ratio": t["torch"] / t["jax"], "max_abs_diff": diff,
+          "sample_std": float(np.std(np.asarray(out["jax"]))),
+          "params": sum(p.numel() for p in tmodel.parameters())}
+
+
+def main(argv):
+  del argv
+  import torch
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
+  result = {"machine": machine(), "load_average": load_average(), "torch_threads": torch.get_num_threads(),
+            "latte": {}, "dit": {}}
+  rows = [f"machine: {result['machine']} (load {result['load_average']:.1f}, torch threads "
+          f"{result['torch_threads']})"]
+  for size in _LATTE.value:
+    r = bench_latte(size, _STEPS.value, _ROUNDS.value)
+    result["latte"][size] = r
+    rows.append(f"latte {size} (L={r['num_layers']}, K={r['num_groups']}, {r['sample_steps']} steps): "
+                f"{r['latte_s']:.3f}s vs full depth {r['full_s']:.3f}s | speedup {r['speedup']:.2f}x "
+                f"(target {r['target_speedup']:.1f}x) | layer evals {r['layer_evals_full']}/"
+                f"{r['layer_evals_latte']} = {r['layer_eval_ratio']:.2f} (counted {r['counted_full']}/"
+                f"{r['counted_latte']})")
+  for kind in _MODELS.value:
+    for size in _DIT.value:
+      r = bench_dit(kind, size, _STEPS.value, _ROUNDS.value)
+      result["dit"][f"{kind}_{size}"] = r
+      rows.append(f"{kind} {size} ({r['params'] / 1e6:.2f}M params, {r['tokens']} tokens): jax "
+                  f"{r['jax_steps_s']:.1f} steps/s | diffusers {r['torch_steps_s']:.1f} steps/s | "
+                  f"ratio {r['ratio']:.2f}x | max |diff| {r['max_abs_diff']:.1e}")
+  emit(result, _JSON.value, rows)
+
+
+if __name__ == "__main__":
+  app.run(main)
