@@ -143,3 +143,14 @@ def test_unsupported_config_option_is_a_clear_error(tmp_path, key, value, match)
   with pytest.raises(ConfigError, match=match) as err:
     hf.from_pretrained(str(tmp_path))
   assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("stride,padding,k", [(1, 1, 3), (2, 1, 3), (1, 2, 5), (2, 0, 3)])
+def test_cpu_depthwise_path_equals_grouped_convolution(stride, padding, k):
+  import jax
+  from jaxmodels.layers.conv import _depthwise_shifted_sum
+  x = jax.random.normal(jax.random.key(0), (2, 9, 10, 6))
+  kernel = jax.random.normal(jax.random.key(1), (k, k, 1, 6))
+  ref = jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6)
+  np.testing.assert_allclose(_depthwise_shifted_sum(x, kernel[:, :, 0], stride, padding), ref, atol=1e-5)
