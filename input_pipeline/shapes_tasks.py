@@ -102,6 +102,15 @@ def dense_labels(scene: dict[str, Any], image_size: int, grid: int) -> np.ndarra
   return labels
 
 
+def _leaks(item: dict, context: str, kinds_asked: set) -> bool:
+  """Whether an earlier turn's text gives `item`'s answer away: its answer occurs in the conversation so
+  far ("What color is the cross? green" then "What shape is the green object?"), or it is a second
+  position question (a relation answered once implies the others)."""
+  answer = f" {str(item['answer']).lower()} "
+  words = " " + " ".join(w.strip("?.,") for w in context.split()) + " "
+  return answer in words or (item["kind"] == "position" and "position" in kinds_asked)
+
+
 def und_prompt(tokenizer: WordTokenizer, question: str, num_image_tokens: int) -> list[int]:
   return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(question)
 
@@ -128,7 +137,7 @@ class ShapesTaskSource:
   def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
                und_len: int = 48, gen_len: int = 16, und_image_size: int = 32, gen_image_size: int = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
-               edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0):
+               edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False):
     if not 0.0 <= edit_fraction <= 1.0:
       raise ValueError(f"edit_fraction={edit_fraction} must be in [0, 1]")
     self.scenes, self.tok = scenes, tokenizer
@@ -136,7 +145,7 @@ class ShapesTaskSource:
     self.und_size, self.gen_size = und_image_size, gen_image_size
     self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
     self.edit_fraction, self.turns = edit_fraction, turns
-    self.dense_grid = dense_grid
+    self.dense_grid, self.leak_free = dense_grid, leak_free
 
   def is_edit(self, i: int) -> bool:
     """Whether element i is an edit (a fixed hash of i, so a fraction `edit_fraction` of any range)."""
@@ -149,14 +158,18 @@ class ShapesTaskSource:
     n = len(self.scenes)
     ex = self.scenes[int(i) % n]
     ids, weights = [self.tok.bos_id] + [self.tok.image_id] * self.n_img, [0] * (1 + self.n_img)
-    asked = set()
+    asked, context, kinds_asked = set(), " ", set()
     for t in range(self.turns):   # <bos> <image>×n Q1 A1 <eos> Q2 A2 <eos> ...; loss on A_t <eos>
       item = pick_question(ex["qa"], self.kinds, scene=int(i) % n, round_=(int(i) // n) * self.turns + t)
       question = self.tok.encode(item["question"])
       answer = self.tok.encode(str(item["answer"])) + [self.tok.eos_id]
       if item["question"] in asked or (t and len(ids) + len(question) + len(answer) > self.und_len):
         continue
+      if self.leak_free and _leaks(item, context, kinds_asked):
+        continue
       asked.add(item["question"])
+      context += f"{item['question']} {item['answer']} ".lower()
+      kinds_asked.add(item["kind"])
       ids, weights = ids + question + answer, weights + [0] * len(question) + [1] * len(answer)
     ids, weights = ids[:self.und_len], weights[:self.und_len]
     und_ids = np.full((self.und_len,), self.tok.pad_id, np.int32)

@@ -123,3 +123,26 @@ def test_dense_labels_name_the_object_covering_each_cell(scenes, tok):
   with pytest.raises(ValueError, match="not a multiple of the grid"):
     dense_labels(scenes[0]["scene"], 32, 5)
   assert "und_labels" not in ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=40)[0]
+
+
+def test_leak_free_turns_never_answer_from_the_conversation(scenes, tok):
+  kw = dict(num_image_tokens=4, und_len=80, turns=4)
+  leaky, free = ShapesTaskSource(scenes, tok, **kw), ShapesTaskSource(scenes, tok, leak_free=True, **kw)
+  leaks = 0
+  for src in (leaky, free):
+    found = 0
+    for i in range(len(scenes)):
+      ex = src[i]
+      text = tok.decode(list(ex["und_ids"][5:int(ex["und_mask"].sum())]))
+      turns = [t.strip() for t in text.split("<eos>") if t.strip()]
+      positions = 0
+      for k, turn in enumerate(turns):
+        question, answer = turn.split("?")
+        before = " " + " ".join(turns[:k]).replace("?", " ") + " "
+        found += f" {answer.strip()} " in before
+        positions += question.startswith(("where is", "is the"))
+      found += positions > 1
+    leaks = leaks or found
+    if src is free:
+      assert found == 0
+  assert leaks > 0        # without the rule, answers do repeat earlier turns (the rule has work to do)
