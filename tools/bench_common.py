@@ -94,7 +94,8 @@ def load_average() -> float:
 def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool = True):
   """The decoder-LM train step of bench_train.py (Llama-style, f32, next-token loss, AdamW) for the
   size dict `s` (a SIZES entry; `num_layers` overrides its depth). Returns the jitted, not yet
-  compiled `step(state, batch, rng) -> (state, metrics)`, its state and a batch {"ids": [B, T]}."""
+  compiled `step(state, batch, rng) -> (state, metrics)`, its state, a batch {"ids": [B, T]} and the
+  LLMConfig."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -117,4 +118,4 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
   tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None), 1000)
   ts = TrainState(LM(cfg, rngs=nnx.Rngs(0)), tx)
   ids = np.random.RandomState(0).randint(0, s["vocab_size"], (s["batch"], s["seq_len"]))
-  return make_train_step(ts), nnx.split(ts)[1], {"ids": jnp.asarray(ids)}
+  return make_train_step(ts), nnx.split(ts)[1], {"ids": jnp.asarray(ids)}, cfg

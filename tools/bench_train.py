@@ -10,7 +10,7 @@ measured in the same run, and MFU = achieved / peak.
 """
 from __future__ import annotations
 
-from bench_common import SIZES, emit, machine, matmul_peak_gflops, median_time  # noqa: I001
+from bench_common import SIZES, emit, lm_train_step, machine, matmul_peak_gflops, median_time  # noqa: I001
 
 from absl import app, flags
 
@@ -21,34 +21,15 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 def bench(size: str, steps: int) -> dict:
   import jax
-  import jax.numpy as jnp
   import numpy as np
   import torch
   import transformers
-  from flax import nnx
 
   from jaxmodels.flops import train_flops_per_token
-  from jaxmodels.llm import LLM, LLMConfig
-  from jaxmodels.trainer import TrainState, make_optimizer, make_train_step
 
   s = SIZES[size]
-  cfg = LLMConfig(model_type="llama", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
-                  intermediate_size=s["intermediate_size"], num_layers=s["num_layers"],
-                  num_heads=s["num_heads"], num_kv_heads=s["num_heads"], rope_theta=10000.0,
-                  scan_layers=True)
-  ids = np.random.RandomState(0).randint(0, s["vocab_size"], (s["batch"], s["seq_len"]))
-
-  class LM(LLM):
-    def loss(self, batch, rng):
-      logits = self(batch["ids"][:, :-1])
-      logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["ids"][:, 1:, None], -1)
-      return -logp.mean(), {}
-
-  tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None), 1000)
-  ts = TrainState(LM(cfg, rngs=nnx.Rngs(0)), tx)
-  step = make_train_step(ts)
-  state = nnx.split(ts)[1]
-  batch = {"ids": jnp.asarray(ids)}
+  step, state, batch, cfg = lm_train_step(s)
+  ids = np.asarray(batch["ids"]).astype(np.int64)
   holder = {"state": step(state, batch, jax.random.key(0))[0]}
 
   def jax_step():
