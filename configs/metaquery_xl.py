@@ -4,8 +4,14 @@ Enc-Proj connector -> SANA-1.6B (512px), see `paper_common.metaquery`.
     python train.py --config=configs/metaquery_xl.py --workdir=runs/metaquery_xl
     python train.py --config=configs/metaquery_xl.py:tiny --workdir=/tmp/metaquery_xl_tiny
 
-Choices: the MLLM's vision tower is not modelled (a SigLIP-so400m tower stands in for understanding,
-which stays frozen); the generation target is precomputed DC-AE f32c32 latents (batch["gen_latents"]);
+Understanding is Qwen2.5-VL-7B's own (spec §4.1: the frozen base MLLM): the `und_encoder` is its vision
+tower (`presets.qwen2.5-vl-7b-vision`: window-attention ViT + 2×2 patch merger to the LLM width,
+spliced without a projector, und_projector="none"; weights via config.init.hf.und_encoder=<Qwen2.5-VL-
+7B-Instruct dir>), frozen with the LLM; it also reads the input images of editing / instruction
+prompts. Images are read at a fixed 448×448 (16×16 = 256 tokens; Qwen2.5-VL itself takes native
+resolutions), as in configs/blip3o_8b.py; :tiny uses a same-structure tiny tower.
+
+Choices: the generation target is precomputed DC-AE f32c32 latents (batch["gen_latents"]);
 the empty-caption CFG null is the MLLM pass over no caption tokens (the chat template is the data
 pipeline's); the <|im_end|> after <eoi> is not appended.
 """

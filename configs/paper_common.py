@@ -90,28 +90,52 @@ TINY_SANA = dict(type="sana", in_channels=8, out_channels=8, num_attention_heads
                  num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=16,
                  cross_attention_dim=32, caption_channels=48, mlp_ratio=2.5, sample_size=4)
 TINY_LATENT = dict(latent_size=4, latent_channels=8)
+# DC-AE at CPU size with f32c32's structure (ResBlock stages then EfficientViT stages with multi-scale
+# kernel 5, stride-2 conv down / nearest-interpolate up, both shortcuts, SANA's scaling factor): 4 stages,
+# 8× compression, 32×32×3 <-> 4×4×8 (TINY_LATENT).
+TINY_VAE = dict(
+    latent_channels=8, attention_head_dim=8,
+    encoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+    decoder_block_types=("ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"),
+    encoder_block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 32, 32),
+    encoder_layers_per_block=(1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1),
+    encoder_qkv_multiscales=((), (), (5,), (5,)), decoder_qkv_multiscales=((), (), (5,), (5,)),
+    downsample_block_type="Conv", upsample_block_type="interpolate", scaling_factor=0.41407)
 MLLM_FROZEN = ["llm/.*", "und_encoder/.*", "und_projector/.*"]
+
+
+# MetaQuery-L / -XL sit on Qwen2.5-VL-3B / -7B (spec §4.1): their MLLM's own vision tower.
+QWEN_VL_VISION = {"qwen2.5-3b": "qwen2.5-vl-3b-vision", "qwen2.5-7b": "qwen2.5-vl-7b-vision"}
 
 
 def metaquery(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
   """MetaQuery (spec §4): frozen MLLM + N=256 vocabulary query tokens (only their rows train) ->
   24-layer bidirectional QK-L2-norm encoder + projection/RMSNorm(√5.5) -> SANA-1.6B (512px: 16×16×32
-  DC-AE latents, fully fine-tuned), empty-caption CFG null, 3-way guidance for editing inputs."""
+  DC-AE latents, fully fine-tuned), empty-caption CFG null, 3-way guidance for editing inputs.
+
+  Understanding (and the prompt's input images) go through the frozen MLLM's vision tower: for the
+  Qwen2.5-VL backbones (L: qwen2.5-3b, XL: qwen2.5-7b) the Qwen2.5-VL ViT + merger at 448×448 ->
+  16×16 = 256 tokens of the LLM width, spliced without a projector (as BLIP3-o); for MetaQuery-B
+  (LLaVA-OneVision-Qwen2-0.5B) a SigLIP-so400m tower + MLP projector stands in for LLaVA-OV's."""
   c = base_config()
+  vision = QWEN_VL_VISION.get(llm)
+  projector = "none" if vision else "mlp2x_gelu"
   if tiny:
     llm_cfg = dict(preset=llm, **TINY_LLM)
-    und = dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False)
+    und = (dict(preset=vision, **TINY_QWEN_VISION) if vision else
+           dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False))
     dit = dict(TINY_SANA)
     extra = dict(num_queries=8, connector_layers=1, image_token_id=TINY_LLM["vocab_size"] - 1, **TINY_LATENT)
   else:
     llm_cfg = dict(preset=llm, scan_layers=True, remat="full", dtype="bfloat16")
-    und = dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16")
+    und = (dict(preset=vision, image_size=448, remat="full", dtype="bfloat16") if vision else
+           dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16"))
     # Sana_1600M_512px: the 1.6B layout at sample_size 16 (512 / 32).
     dit = dict(type="sana", preset="sana-1600m", sample_size=16, remat="full")
     extra = dict(num_queries=256, connector_layers=24, image_token_id=151655, latent_size=16,
                  latent_channels=32)
   c.model = ml_collections.ConfigDict(dict(
-      llm=llm_cfg, und_encoder=und, dit=dit, gen_target="latents", queries="vocab",
+      llm=llm_cfg, und_encoder=und, und_projector=projector, dit=dit, gen_target="latents", queries="vocab",
       connector="transformer", cfg_null="empty_caption", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0,
       **extra))
   # 0.5B T2I recipe (spec §4.2): lr 1e-4 cosine to 1e-5, warmup 5k.
@@ -119,10 +143,15 @@ def metaquery(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
                   frozen=MLLM_FROZEN)
 
 
-def blip3o_next(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
+def blip3o_next(*, llm: str, tiny: bool, edit: bool = False) -> ml_collections.ConfigDict:
   """BLIP3o-NEXT (spec §3): Qwen3 with 65,536 image + 3 scale + 2 tag tokens appended to its vocab,
   TA-Tok-style SimVQ tokenizer (SigLIP2-so400m/14-384 stand-in: our SigLIP-so400m preset shape), joint
-  CE + flow loss, connector Linear-GELU-Linear-RMSNorm(√5.5) -> SANA 1.5 1.6B (1024px, 32×32×32)."""
+  CE + flow loss, connector Linear-GELU-Linear-RMSNorm(√5.5) -> SANA 1.5 1.6B (1024px, 32×32×32) over
+  the latents of the frozen in-model DC-AE f32c32 (`vae`; tiny: TINY_VAE, 32 px -> 4×4×8).
+
+  edit: the editing variant (spec §3.6): gen_ids' `image_token_id` placeholders take the reference
+  image's (batch gen_cond_image) discrete tokens, and its DC-AE latents enter the DiT condition and the
+  noisy input (edit_latents="cond_noise", latent_codec.py)."""
   c = base_config()
   if tiny:
     offset, codebook = 256, 64
@@ -130,7 +159,8 @@ def blip3o_next(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
     tok = dict(encoder=dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False),
                codebook_size=codebook, code_dim=8, scale=2)       # 8×8 grid pooled 2× -> 16 tokens
     dit = dict(TINY_SANA)
-    extra = dict(image_top_k=16, image_token_id=offset - 1, **TINY_LATENT)
+    extra = dict(image_top_k=16, image_token_id=offset - 1, vae=dict(TINY_VAE), gen_image_size=32,
+                 **TINY_LATENT)
   else:
     from jaxmodels import presets
     offset, codebook = presets.LLM_PRESETS[llm]["vocab_size"], 65536
@@ -139,14 +169,19 @@ def blip3o_next(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
     tok = dict(encoder=dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16"),
                codebook_size=codebook, code_dim=64, scale=1)
     dit = dict(type="sana", preset="sana-1600m", qk_norm="rms_norm_across_heads", remat="full")
-    extra = dict(image_top_k=1200, image_token_id=offset - 1, latent_size=32, latent_channels=32)
+    # SANA's DC-AE f32c32 (1024 px -> 32×32×32), bf16 compute over f32 weights; gen_image_size is the
+    # side the data pipeline resizes targets to (Resize + CenterCrop 1024, spec §3.1).
+    extra = dict(image_top_k=1200, image_token_id=offset - 1, latent_size=32, latent_channels=32,
+                 vae=dict(preset="dc-ae-f32c32", dtype="bfloat16"), gen_image_size=1024)
   c.model = ml_collections.ConfigDict(dict(
       llm=llm_cfg, und_encoder=None, image_tokenizer=tok, image_vocab_offset=offset, dit=dit,
       gen_target="latents", queries="image_tokens", connector="mlp_norm", cfg_null="zeros",
-      cond_dropout=0.1, image_top_p=0.95, und_weight=0.0, gen_weight=1.0, **extra))
-  # Trainable: the whole AR LM + connector + SANA's caption parts; tokenizer frozen (spec §3.2).
+      cond_dropout=0.1, image_top_p=0.95, und_weight=0.0, gen_weight=1.0,
+      edit_latents="cond_noise" if edit else "none", **extra))
+  # Trainable: the whole AR LM + connector + SANA's caption parts (+ the edit injection); tokenizer and
+  # DC-AE frozen (spec §3.2).
   return _trainer(c, lr=1e-4, warmup=3 if tiny else 3360, steps=1000 if tiny else 336_000,
-                  frozen=["image_tokenizer/.*", "dit/(?!caption).*"])
+                  frozen=["image_tokenizer/.*", "vae/.*", "dit/(?!caption).*"])
 
 
 def latte_flow(*, tiny: bool) -> ml_collections.ConfigDict:

@@ -1,6 +1,8 @@
 """MetaQuery, BLIP3o-NEXT and LaTtE-Flow as configs of the unified model: tiny variants train a step
 and sample; LaTtE-Flow's layerwise experts run M of L layers per sampling step; full-size SANA-1.6B
-checked with nnx.eval_shape only. BLIP3-o's understanding path runs through the Qwen2.5-VL tower."""
+checked with nnx.eval_shape only. BLIP3-o's understanding path runs through the Qwen2.5-VL tower.
+BLIP3o-NEXT's latents come from its frozen in-model DC-AE, and its editing variant conditions on the
+reference image's tokens and latents."""
 import importlib
 
 import jax
@@ -11,18 +13,20 @@ from flax import nnx
 
 from jaxmodels import flow, presets
 from jaxmodels.errors import ConfigError
+from jaxmodels.flow.dcae import AutoencoderDC, dcae_f32c32_config
 from jaxmodels.flow.sana import sana_1600m_config
 from jaxmodels.llm import LLM
 from jaxmodels.sharding import param_count
 from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, trainable_filter
 from jaxmodels.unified import UnifiedModel
+from jaxmodels.unified import latent_codec
 from jaxmodels.unified.build import unified_config
 from jaxmodels.unified.connector import SanaDiT
 from jaxmodels.vision.qwen2_5_vl import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionTransformer
 
 
-def _model(name):
-  config = importlib.import_module(f"configs.{name}").get_config("tiny")
+def _model(name, arg="tiny"):
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
   return config, UnifiedModel(unified_config(config.model), rngs=nnx.Rngs(0))
 
 
@@ -70,6 +74,7 @@ def test_tiny_model_trains_a_step_and_samples(name):
     assert not any(p.startswith("image_tokenizer/") for p in changed)
     assert any(p.startswith("dit/caption") for p in changed)
     assert not any(p.startswith("dit/") and not p.startswith("dit/caption") for p in changed)
+    assert any(p.startswith("vae/") for p in before) and not any(p.startswith("vae/") for p in changed)
   else:
     assert {f"gen_loss_group{k}" for k in range(2)} <= set(metrics)
     assert any(p.startswith("dit/layers") for p in changed)
@@ -77,7 +82,10 @@ def test_tiny_model_trains_a_step_and_samples(name):
   c = model.config
   gen = nnx.jit(lambda m, i, k, r: m.generate_image(i, k, r, num_steps=2, guidance=2.0))
   images = gen(model, batch["gen_ids"], batch["gen_mask"], jax.random.key(2))
-  assert images.shape == (2, c.latent_size, c.latent_size, c.latent_channels)
+  if c.vae is not None:   # BLIP3o-NEXT: sampled latents decoded by the in-model DC-AE
+    assert images.shape == (2, 32, 32, 3) and float(jnp.abs(images).max()) <= 1.0
+  else:
+    assert images.shape == (2, c.latent_size, c.latent_size, c.latent_channels)
   assert np.all(np.isfinite(np.asarray(images)))
   n = model.num_image_tokens
   ids = jnp.concatenate([batch["gen_ids"][:, :1], jnp.full((2, n), c.image_token_id), batch["gen_ids"][:, 1:]], 1)
@@ -94,6 +102,89 @@ def test_blip3o_next_samples_image_tokens_in_the_codebook():
   assert np.all((np.asarray(codes) >= 0) & (np.asarray(codes) < t.codebook_size))
   tok = model.image_codes(batch["gen_image"])
   assert tok.shape == codes.shape and tok.dtype == jnp.int32
+
+
+def test_blip3o_next_latent_target_is_the_frozen_dcae():
+  """gen_target="latents" with the in-model DC-AE: x₀ = vae.encode(gen_image) · scaling_factor (SANA:
+  no shift; batch gen_latents are not read), `decode` undoes the scaling, the vae is never trainable."""
+  config, model = _model("blip3o_next_3b")
+  c = model.config
+  assert isinstance(model.vae, AutoencoderDC) and c.vae.scaling_factor == 0.41407
+  assert c.generates_pixels and c.output_image_size == c.latent_size * c.vae.spatial_compression_ratio == 32
+  assert c.vae.encoder_block_types == ("ResBlock",) * 2 + ("EfficientViTBlock",) * 2   # f32c32's structure
+  batch = _batch(model)
+  x0, raw, images, raw_images = nnx.jit(lambda m, b: (
+      m.batch_target(b), m.vae.encode(b["gen_image"]), latent_codec.decode(m.vae, b["gen_latents"], c),
+      m.vae.decode(b["gen_latents"] / 0.41407)))(model, batch)
+  assert x0.shape == (2, c.latent_size, c.latent_size, c.latent_channels) and images.shape == (2, 32, 32, 3)
+  np.testing.assert_allclose(x0, raw * 0.41407, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(images, jnp.clip(raw_images, -1, 1), rtol=1e-5, atol=1e-6)
+  trainable = {p[0] for p, _ in nnx.to_flat_state(nnx.state(model, trainable_filter(config.optim.trainable,
+                                                                                      config.optim.frozen)))}
+  assert "vae" not in trainable and "image_tokenizer" not in trainable and "llm" in trainable
+  # Without a vae the precomputed latents are the target.
+  config.model.vae = None
+  ucfg = unified_config(config.model)
+  assert ucfg.vae is None and not ucfg.generates_pixels
+  config.model.vae = dict(latent_channels=4)
+  with pytest.raises(ConfigError, match=r"config.model.vae.latent_channels=4 must equal"):
+    unified_config(config.model)
+
+
+def test_blip3o_next_dcae_loads_through_init_hf(tmp_path):
+  """config.init.hf.vae = a diffusers AutoencoderDC directory fills the model's frozen DC-AE."""
+  from jaxmodels import hf, sharding
+  from jaxmodels.trainer.setup import initialize
+  config, model = _model("blip3o_next_3b")
+  source = AutoencoderDC(model.config.vae, rngs=nnx.Rngs(7))
+  hf.save_pretrained(source, str(tmp_path / "vae"))
+  tx, _ = make_optimizer(config.optim.to_dict(), 10)
+  ts = TrainState(model, tx, wrt=trainable_filter(config.optim.trainable, config.optim.frozen))
+  config.init = dict(hf=dict(vae=str(tmp_path / "vae")))
+  initialize(config, ts, sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}), None)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, nnx.state(source, nnx.Param)),
+               jax.tree.map(np.asarray, nnx.state(ts.model.vae, nnx.Param)))
+
+
+def test_blip3o_next_editing_conditions_on_the_reference():
+  """`:edit` (spec §3.6): the reference's discrete tokens fill the prompt's placeholders and its DC-AE
+  latents are appended to the DiT condition (s² tokens after <S_k> + n image tokens) and injected into
+  the noisy input; the condition depends on the reference. Edit sampling and the edit loss are traced
+  with eval_shape (their compiled runs would add ~1 min on CPU; the T2I ones run above)."""
+  config, model = _model("blip3o_next_3b", "tiny,edit")
+  c = model.config
+  assert c.edit_latents == "cond_noise" and model.edit_latents is not None
+  batch = _batch(model)
+  n, s = model.num_image_tokens, c.latent_size
+  ids = jnp.concatenate([batch["gen_ids"][:, :1], jnp.full((2, n), c.image_token_id),
+                         batch["gen_ids"][:, 1:]], 1)
+  mask = jnp.ones_like(ids)
+  src = batch["gen_image"]
+  codes = jnp.asarray(np.random.RandomState(1).randint(0, c.image_tokenizer.codebook_size, (2, n)), jnp.int32)
+  edit_fn = nnx.jit(lambda m, r: (m.image_token_condition(ids, mask, codes, r),
+                                   m.with_reference_codes(ids, r), m.image_codes(r), m.reference_latents(r)))
+  cond, spliced, ref_codes, ref = edit_fn(model, src)
+  assert cond.shape == (2, 1 + n + s * s, c.dit.caption_channels)
+  assert ref.shape == (2, s, s, c.latent_channels)
+  other = edit_fn(model, -src)[0]
+  assert float(jnp.abs(cond[:, :1 + n] - other[:, :1 + n]).max()) > 1e-3    # through the AR tokens
+  assert float(jnp.abs(cond[:, 1 + n:] - other[:, 1 + n:]).max()) > 1e-3    # through the latent tokens
+  np.testing.assert_array_equal(spliced[:, 1:1 + n], ref_codes + c.image_vocab_offset)
+  np.testing.assert_array_equal(spliced[:, 1 + n:], ids[:, 1 + n:])
+  # Noise-space injection: zero-initialised (a pretrained DiT starts unchanged), then reads the reference.
+  x = batch["gen_latents"]
+  np.testing.assert_array_equal(model.edit_latents.inject(x, ref), x)
+  model.edit_latents.noise_proj.kernel[...] = jnp.eye(c.latent_channels)
+  np.testing.assert_allclose(model.edit_latents.inject(x, ref), x + ref, rtol=1e-6, atol=1e-6)
+  out = nnx.eval_shape(lambda m: m.generate_image(ids, mask, jax.random.key(0), num_steps=1, guidance=2.0,
+                                                  cond_images=src), model)
+  assert out.shape == (2, 32, 32, 3)
+  edit_batch = dict(gen_ids=ids, gen_mask=mask, gen_image=jnp.flip(src, 1), gen_cond_image=src)
+  loss, metrics = nnx.eval_shape(lambda m: m.loss(edit_batch, jax.random.key(0)), model)
+  assert loss.shape == () and {"gen_ce", "gen_flow_loss"} <= set(metrics)
+  config.model.vae = None
+  with pytest.raises(ConfigError, match=r"edit_latents='cond_noise' needs config.model.vae"):
+    unified_config(config.model)
 
 
 def test_metaquery_editing_three_way_guidance():
@@ -188,6 +279,11 @@ def test_full_size_configs_build_with_eval_shape():
       assert ucfg.num_queries == 256 and ucfg.queries == "vocab"
     if name == "blip3o_next_3b":
       assert ucfg.llm.vocab_size == 151936 + 65536 + 5
+      # SANA's DC-AE f32c32 (bf16 compute): 1024 px <-> 32×32×32; 312,250,275 parameters as diffusers'
+      # AutoencoderDC with the dc-ae-f32c32-sana-1.0 config (tests/test_dcae.py).
+      assert ucfg.vae == dcae_f32c32_config(dtype="bfloat16") and ucfg.output_image_size == 1024
+      assert _count(lambda: AutoencoderDC(ucfg.vae, rngs=nnx.Rngs(0))) == 312_250_275
+      assert "vae/.*" in config.optim.frozen
 
 
 def test_blip3o_understanding_runs_through_the_qwen_tower():
@@ -230,6 +326,31 @@ def test_blip3o_full_size_und_encoder_is_qwen2_5_vl(name, vision, out_hidden):
     # Qwen2.5-VL-7B's ViT incl. the merger: 676,550,144 parameters, what transformers'
     # Qwen2_5_VisionTransformerPretrainedModel has for its vision_config (tests/test_qwen2_5_vl_parity.py).
     assert _count(lambda: Qwen25VisionTransformer(enc, rngs=nnx.Rngs(0))) == 676_550_144
+
+
+@pytest.mark.parametrize("name,vision,out_hidden", [("metaquery_l", "qwen2.5-vl-3b-vision", 2048),
+                                                     ("metaquery_xl", "qwen2.5-vl-7b-vision", 3584)])
+def test_metaquery_l_xl_und_encoder_is_qwen2_5_vl(name, vision, out_hidden):
+  """MetaQuery-L/XL read images with their frozen Qwen2.5-VL's own tower (spec §4.1), at 448 px (256
+  merged tokens of the LLM width, no projector); MetaQuery-B keeps its SigLIP stand-in + projector."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  ucfg = unified_config(config.model)
+  enc = ucfg.und_encoder
+  assert enc == presets.qwen2_5_vl_vision_preset(vision, image_size=448, dtype="bfloat16", remat="full")
+  assert enc.out_hidden_size == ucfg.llm.hidden_size == out_hidden and ucfg.und_projector == "none"
+  assert (enc.grid_size // ucfg.und_pool) ** 2 == 256 and "und_encoder/.*" in config.optim.frozen
+  assert unified_config(importlib.import_module("configs.metaquery_b").get_config().model).und_projector \
+      == "mlp2x_gelu"
+  if name == "metaquery_l":
+    # Tiny: a same-structure Qwen tower; an editing prompt's placeholders take its tokens.
+    _, model = _model(name)
+    c = model.config
+    assert isinstance(model.und_encoder, Qwen25VisionTransformer) and model.und_projector is None
+    n = model.num_image_tokens
+    ids = jnp.concatenate([jnp.full((2, n), c.image_token_id), jnp.arange(1, 11).reshape(2, 5)], 1)
+    images = jnp.zeros((2, c.und_encoder.image_size, c.und_encoder.image_size, 3))
+    cond = nnx.eval_shape(lambda m: m.condition(ids, jnp.ones_like(ids), images), model)
+    assert cond.shape == (2, c.num_queries, c.dit.caption_channels)
 
 
 def test_blip3o_qwen_und_encoder_config_errors():

@@ -4,7 +4,8 @@ Latents (spec §3.2, §4.2; diffusers' SANA pipeline):
 
     images [B, H, W, 3] in [-1, 1] -> resize to s·f (f = DC-AE compression, s = latent_size)
       -> z₀ = (vae.encode(images) − vae_shift) · scaling_factor          [B, s, s, C]   (`encode`)
-    sampled z₀ -> vae.decode(z₀ / scaling_factor + vae_shift) -> clip [-1, 1]   [B, s·f, s·f, 3] (`decode`)
+    sampled z₀ -> vae.decode(z₀ / scaling_factor + vae_shift) -> clip [-1, 1]    [B, s·f, s·f, 3]
+                                                                                  (`decode`)
 
 SANA's DC-AE has no shift factor (vae_shift 0) and scaling_factor 0.41407 (f32c32). The DC-AE is frozen:
 `encode` stops gradients, and configs list "vae/.*" in optim.frozen so it holds no optimizer state. Its
