@@ -1,16 +1,21 @@
 """The embedded default: a tiny decoupled-encoder unified model trained on ShapesWorld on a laptop.
 
-A SigLIP-style understanding encoder (32 px, 4-px patches, 2×2 pooled to 16 tokens) feeds a small
-Qwen2-style LLM for Q/A; 16 learnable queries read the LLM's hidden states for generation, and an
-MLP connector conditions a Lumina-style DiT that generates, by flow matching, the 8×8×8 latent grid
-of a jointly trained per-patch palette autoencoder (`target=ae`, the default; its decoder paints every
-pixel one palette colour: BLIP3-o's compact-target idea at toy scale, see
+A SigLIP-style understanding encoder (32 px, a convolutional stem to the 8×8 token grid, 2×2 pooled to
+16 tokens) feeds a small Qwen2-style LLM for Q/A; 16 learnable queries read the LLM's hidden states
+for generation, and an MLP connector conditions a Lumina-style DiT that generates, by flow matching,
+the 8×8×8 latent grid of a jointly trained per-patch palette autoencoder (`target=ae`, the default;
+its decoder paints every pixel one palette colour: BLIP3-o's compact-target idea at toy scale, see
 jaxmodels/unified/patch_autoencoder.py) — or 32×32 pixels with 4-px patches (`:target=pixels`).
 At equal steps the latent target gives crisp single-colour objects where pixels give noisy blobs
 (BENCHMARKS.md; both still score 0 on the strict detector). Each understanding sequence asks 4
-questions about its image (multi-turn: 4 supervised answers per image encoding; count accuracy
-0.56 -> 0.66 at 1500 steps); `data.edit_fraction` mixes in edit pairs. Both losses train jointly; the run stops at `train.total_steps` or after `train.time_limit_minutes`, then evaluates
-(Q/A, ShapesWorld-ColorBench, -GenEval and -ROVER) and prints the score table.
+questions about its image (multi-turn: up to 4 supervised answers per image encoding, leaving out
+turns an earlier turn gives away, `data.qa_leak_free`); `data.edit_fraction` mixes in edit pairs.
+Three levers make the understanding path learn shapes in budget (BENCHMARKS.md, "Learning levers"):
+the conv stem (`stem="conv"`: a patchify ViT this small stays at chance on shapes), dense per-token
+shape/colour labels from the renderer's masks on the encoder (`und_dense_weight`, `data.dense_labels`)
+and leak-free multi-turn Q/A (colour questions answered from the image, not copied from the text).
+Both losses train jointly; the run stops at `train.total_steps` or after `train.time_limit_minutes`,
+then evaluates (Q/A, ShapesWorld-ColorBench, -GenEval and -ROVER) and prints the score table.
 
     python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny
     python train.py --config=configs/shapes_tiny.py:runlocal --workdir=/tmp/shapes_smoke   # seconds
@@ -32,8 +37,9 @@ def get_config(arg=None):
                rope_theta=10000.0, scan_layers=True),
       und_encoder=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
                        num_layers=2, num_heads=2, image_size=32, patch_size=4, use_head=False,
-                       scan_layers=True),
+                       stem="conv", stem_width=32, scan_layers=True),
       und_pool=2, und_projector="mlp2x_gelu", image_token_id=4,     # WordTokenizer's <image>
+      und_dense_weight=1.0, und_dense_classes=[7, 11],              # 1 + 6 shapes, 1 + 10 colours
       dit=dict(type="lumina", sample_size=32, patch_size=4, in_channels=3, hidden_size=128, num_layers=3,
                num_heads=4, ffn_hidden_size=256, learn_sigma=False, cross_attention_dim=64,
                use_pad_token=False, time_convention="sigma_1000", scan_layers=True),
@@ -48,9 +54,12 @@ def get_config(arg=None):
     raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'pixels' or 'ae'")
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=80, gen_len=16,
-      questions_per_scene=4, qa_turns=4, edit_fraction=0.0, on_error="raise", worker_count=0))
+      questions_per_scene=4, qa_turns=4, qa_leak_free=True, dense_labels=True, edit_fraction=0.0,
+      on_error="raise", worker_count=0))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
-  c.train.update(total_steps=2000, log_every=50, eval_every=500, ckpt_every=500,
+  # ~1000 steps fit the time limit on 2 cores: the cosine schedule ends with the run (the time limit
+  # is a safety net on slower machines).
+  c.train.update(total_steps=1000, log_every=50, eval_every=500, ckpt_every=500,
                  time_limit_minutes=7.5)
   c.evals = ml_collections.ConfigDict(dict(which="qa,geneval,colorbench,rover",  # a subset skips the rest
                                            qa_per_kind=64, geneval_prompts=553, sample_steps=20,
