@@ -187,12 +187,18 @@ def main(argv=None):
   p.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
   p.add_argument("--no_compile", action="store_true",
                  help="state bytes only (exact), without compiling the step (no temporaries)")
+  p.add_argument("--fast_compile", action="store_true",
+                 help="skip LLVM optimisation of the (never run) CPU executable: same memory analysis, "
+                      "shorter compile (--xla_backend_optimization_level=0)")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   a = p.parse_args(argv)
   if "jax" in sys.modules:
     raise SystemExit("error: tools/plan.py must set the device count before JAX starts (run it as a script)")
+  # Buffer assignment (hence memory_analysis) is done on the optimised HLO before LLVM code generation,
+  # which takes most of a big step's compile time and whose result a plan never runs.
+  extra = " --xla_backend_optimization_level=0" if a.fast_compile else ""
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={a.devices}").strip()
+                             f" --xla_force_host_platform_device_count={a.devices}{extra}").strip()
   os.environ["JAX_PLATFORMS"] = "cpu"
   sys.path.insert(0, str(REPO))
   from jaxmodels.errors import run_cli
