@@ -76,7 +76,7 @@ def build(*, llm: str, image_token_id: int, tiny: bool, stage: int, freeze_flore
     image_token = 4 if data == "shapes_world" else TINY_LLM["vocab_size"] - 1
   else:
     llm_cfg = dict(preset=llm, scan_layers=True, remat="full", dtype="bfloat16")
-    florence = dict(preset="florence2-large", vision=dict(scan_layers=True, dtype="bfloat16"),
+    florence = dict(preset="florence2-large", vision=dict(scan_layers=True, remat="full", dtype="bfloat16"),
                     scan_layers=True, dtype="bfloat16")
     # prompt_ids from Florence-2's tokenizer: --config.model.dbfusion.tokenizer=/ckpt/Florence-2-large-ft
     fusion = dict(image_size=768, prompts=DEFAULT_PROMPTS, prompt_ids=None, tokenizer=placeholder(str))

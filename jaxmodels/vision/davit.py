@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmodels import sharding
 from jaxmodels.errors import ConfigError
 from jaxmodels.layers import MLP, BlockStack, LayerNorm, Linear
 from jaxmodels.layers.attention import dot_product_attention
@@ -201,7 +202,11 @@ class DaViT(nnx.Module):
     self.stages = nnx.List([stage(s) for s in range(len(c.embed_dim))])
 
   def __call__(self, pixel_values: jax.Array) -> jax.Array:
-    x = pixel_values.astype(jnp.dtype(self.config.dtype))
+    # The feature maps stay sharded over the batch (as every tower's activations): without the
+    # constraint XLA gathers the images to every device once the first conv's kernel is fsdp-sharded.
+    batch_sharded = lambda t: sharding.constrain(t, ("act_batch", None, None, None))
+    x = batch_sharded(pixel_values.astype(jnp.dtype(self.config.dtype)))
     for conv, blocks in zip(self.convs, self.stages):
-      x, _, _ = blocks(conv(x))
+      x, _, _ = blocks(batch_sharded(conv(x)))
+      x = batch_sharded(x)
     return x
