@@ -27,3 +27,14 @@ def shared_data() -> pathlib.Path:
 def data_dir(tmp_path_factory) -> str:
   """One TFDS data dir per test session, so the ShapesWorld tiny build is made once and shared."""
   return str(tmp_path_factory.mktemp("tfds"))
+
+
+# The slowest modules first: with `-n 2 --dist loadfile` (the test command) each module is one unit of
+# work, handed to the workers in collection order, so a long module left for the end runs alone.
+SLOW_MODULES = ("test_multihost.py", "test_train.py", "test_reliability.py", "test_unified_papers.py",
+                "test_florence_vl.py", "test_unified.py", "test_bench_smoke.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: order within a module kept
