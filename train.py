@@ -113,11 +113,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
                             state_shardings=shardings)
   rng, eval_rng = jax.random.split(jax.random.key(config.seed))   # step keys: fold_in(rng, step)
   first = to_global(next(data.iterator))
+  gen_every = config.train.get("gen_every", 1)
+  if not isinstance(gen_every, int) or gen_every < 1:
+    raise ConfigError(f"config.train.gen_every={gen_every!r}: expected an integer >= 1")
   with sharding.use_mesh(mesh, rules):
     compiled = step_fn.lower(state, first, rng).compile()
+    # train.gen_every = k > 1: steps k, 2k, ... train on the whole batch, the others on its
+    # understanding inputs only (a second program): more understanding updates per second.
+    compiled_und = compiled if gen_every == 1 else step_fn.lower(
+        state, understanding_inputs(first, gen_every), rng).compile()
+  flops = compiled_flops(compiled)
+  if flops and gen_every > 1 and compiled_flops(compiled_und):
+    flops = (flops + (gen_every - 1) * compiled_flops(compiled_und)) / gen_every
   tokens = int(np.prod(first["und_ids"].shape[1:])) if "und_ids" in first else 0
   writer = MetricWriter(workdir, total_steps=total, batch_size=config.data.batch_size,
-                        tokens_per_example=tokens, flops_per_step=compiled_flops(compiled), start_step=start)
+                        tokens_per_example=tokens, flops_per_step=flops, start_step=start)
 
   ############################ Train loop ####################################
   # SIGTERM / SIGINT (preemption, scancel, Ctrl-C) end the current step, save it and exit cleanly.
@@ -133,7 +143,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for step in range(start + 1, total + 1):
       if step > start + 1:
         batch = to_global(next(data.iterator))
-      state, metrics = compiled(state, batch, jax.random.fold_in(rng, step))
+      if step % gen_every:
+        state, metrics = compiled_und(state, understanding_inputs(batch, gen_every),
+                                      jax.random.fold_in(rng, step))
+      else:
+        state, metrics = compiled(state, batch, jax.random.fold_in(rng, step))
       if flag is not None:                     # the previous step's non-finite flag (one step behind)
         guard.update(step - 1, flag, last_checkpoint=ckpt.latest_step)
       flag = metrics["nonfinite"]
@@ -192,6 +206,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
     shapes_eval.print_scores(scores)
     print(f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, samples.png, scores.json)")
   return scores
+
+
+def understanding_inputs(batch: dict, gen_every: int) -> dict:
+  """The batch without its generation inputs (`gen_*`), for the understanding-only steps of
+  `train.gen_every` > 1 (a clear error when there is nothing to split)."""
+  from jaxmodels.errors import ConfigError
+  und = {k: v for k, v in batch.items() if not k.startswith("gen_")}
+  if len(und) in (0, len(batch)):
+    raise ConfigError(f"config.train.gen_every={gen_every}: expected 1, or k > 1 for batches with both "
+                      f"understanding and generation inputs (this batch has {sorted(batch)})")
+  return und
 
 
 def check_writable(workdir: str) -> None:

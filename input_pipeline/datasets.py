@@ -104,6 +104,7 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
                       else model.get("gen_image_size", 32)),
       questions_per_scene=data.get("questions_per_scene", 4), edit_fraction=data.get("edit_fraction", 0.0),
       turns=data.get("qa_turns", 1), leak_free=data.get("qa_leak_free", False),
+      layout=data.get("und_layout", "image_first"),
       dense_grid=(model.und_encoder.image_size // model.und_encoder.patch_size
                   if data.get("dense_labels") and model.get("und_encoder") else 0))
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=data.batch_size // jax.process_count(),

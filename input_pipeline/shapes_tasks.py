@@ -10,7 +10,9 @@ questions. With `turns` = k > 1 one understanding sequence asks k different ques
 
   und_image [S_u, S_u, 3] float32 in [-1, 1]      und_ids [T_u] int32: <bos> <image>×n question answer <eos>
   und_mask [T_u] int32 (right-padded)             und_loss_mask [T_u] int32: 1 on answer tokens and <eos>
-  (und_ids with turns = k: <bos> <image>×n Q1 A1 <eos> ... Qk Ak <eos>)
+  (und_ids with turns = k: <bos> <image>×n Q1 A1 <eos> ... Qk Ak <eos>; with layout="question_first"
+   each turn shows the image after its question: <bos> Q1 <image>×n A1 <eos> ... Qk <image>×n Ak <eos>,
+   with "question_twice" before and after it: <bos> Q1 <image>×n Q1 A1 <eos> ...)
   gen_image [S_g, S_g, 3] float32 in [-1, 1]      gen_ids [T_g] int32 prompt, left-padded; gen_mask [T_g]
 
 With `edit_fraction` = p > 0, a fixed pseudo-random fraction p of the elements (a hash of the index)
@@ -111,8 +113,29 @@ def _leaks(item: dict, context: str, kinds_asked: set) -> bool:
   return answer in words or (item["kind"] == "position" and "position" in kinds_asked)
 
 
-def und_prompt(tokenizer: WordTokenizer, question: str, num_image_tokens: int) -> list[int]:
-  return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(question)
+UND_LAYOUTS = ("image_first", "question_first", "question_twice")
+
+
+def und_prompt(tokenizer: WordTokenizer, question: str | Sequence[int], num_image_tokens: int,
+               layout: str = "image_first") -> list[int]:
+  """The prompt whose next token starts the answer: <bos> <image>×n question ("image_first"),
+  <bos> question <image>×n ("question_first": the image tokens attend to the question, so a causal
+  LLM can mark the object it names before the answer is read out) or <bos> question <image>×n
+  question ("question_twice": both). `question`: text or token ids."""
+  return [tokenizer.bos_id] + _turn(tokenizer, question, num_image_tokens, layout)
+
+
+def _turn(tokenizer: WordTokenizer, question: str | Sequence[int], num_image_tokens: int,
+          layout: str) -> list[int]:
+  image = [tokenizer.image_id] * num_image_tokens
+  text = tokenizer.encode(question) if isinstance(question, str) else list(question)
+  if layout == "image_first":
+    return image + text
+  if layout == "question_first":
+    return text + image
+  if layout == "question_twice":
+    return text + image + text
+  raise ValueError(f"data.und_layout={layout!r}: expected one of {UND_LAYOUTS}")
 
 
 def edit_prompt(tokenizer: WordTokenizer, instruction: str, num_image_tokens: int) -> list[int]:
@@ -137,7 +160,9 @@ class ShapesTaskSource:
   def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
                und_len: int = 48, gen_len: int = 16, und_image_size: int = 32, gen_image_size: int = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
-               edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False):
+               edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False,
+               layout: str = "image_first"):
+    und_prompt(tokenizer, "", 0, layout)   # validates the layout
     if not 0.0 <= edit_fraction <= 1.0:
       raise ValueError(f"edit_fraction={edit_fraction} must be in [0, 1]")
     self.scenes, self.tok = scenes, tokenizer
@@ -145,7 +170,7 @@ class ShapesTaskSource:
     self.und_size, self.gen_size = und_image_size, gen_image_size
     self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
     self.edit_fraction, self.turns = edit_fraction, turns
-    self.dense_grid, self.leak_free = dense_grid, leak_free
+    self.dense_grid, self.leak_free, self.layout = dense_grid, leak_free, layout
 
   def is_edit(self, i: int) -> bool:
     """Whether element i is an edit (a fixed hash of i, so a fraction `edit_fraction` of any range)."""
@@ -157,11 +182,14 @@ class ShapesTaskSource:
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     n = len(self.scenes)
     ex = self.scenes[int(i) % n]
-    ids, weights = [self.tok.bos_id] + [self.tok.image_id] * self.n_img, [0] * (1 + self.n_img)
+    first = self.layout == "image_first"    # the image once, at the start; else once per turn
+    ids = [self.tok.bos_id] + ([self.tok.image_id] * self.n_img if first else [])
+    weights = [0] * len(ids)
     asked, context, kinds_asked = set(), " ", set()
     for t in range(self.turns):   # <bos> <image>×n Q1 A1 <eos> Q2 A2 <eos> ...; loss on A_t <eos>
       item = pick_question(ex["qa"], self.kinds, scene=int(i) % n, round_=(int(i) // n) * self.turns + t)
-      question = self.tok.encode(item["question"])
+      question = (self.tok.encode(item["question"]) if first   # Q_t [<image>×n [Q_t]] A_t
+                  else _turn(self.tok, item["question"], self.n_img, self.layout))
       answer = self.tok.encode(str(item["answer"])) + [self.tok.eos_id]
       if item["question"] in asked or (t and len(ids) + len(question) + len(answer) > self.und_len):
         continue

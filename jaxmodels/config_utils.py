@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8, weight_decay=0.0, clip_norm=1.0, trainable=None, frozen=None))
   c.train = ml_collections.ConfigDict(dict(
       total_steps=1000, accum_steps=1, log_every=50, eval_every=500, ckpt_every=500,
+      gen_every=1,   # k > 1: the generation inputs train on every k-th step only (the rest: understanding)
       ema_decay=placeholder(float), ema_path="dit", time_limit_minutes=placeholder(float),
       nonfinite="stop", max_nonfinite=1))   # non-finite loss/grads: "skip" the update or "stop"
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))

@@ -146,3 +146,27 @@ def test_leak_free_turns_never_answer_from_the_conversation(scenes, tok):
     if src is free:
       assert found == 0
   assert leaks > 0        # without the rule, answers do repeat earlier turns (the rule has work to do)
+
+
+def test_question_first_turns_show_the_image_after_each_question(scenes, tok):
+  from input_pipeline.shapes_tasks import und_prompt
+  kw = dict(num_image_tokens=4, und_len=80, turns=3)
+  image_first = ShapesTaskSource(scenes, tok, **kw)
+  question_first = ShapesTaskSource(scenes, tok, layout="question_first", **kw)
+  img = tok.image_id
+  for i in (0, 3, len(scenes) - 1):
+    a, b = image_first[i], question_first[i]
+    ids, loss = b["und_ids"][:int(b["und_mask"].sum())], b["und_loss_mask"]
+    turns = tok.decode([t for t in ids[1:] if t != img]).split("<eos>")
+    # the same questions and answers, each question followed by the image's n placeholders
+    assert tok.decode([t for t in a["und_ids"][1:int(a["und_mask"].sum())] if t != img]).split("<eos>") == turns
+    n_turns = len([t for t in turns if t.strip()])
+    assert (ids == img).sum() == 4 * n_turns
+    for j in np.flatnonzero(np.diff(np.r_[0, (ids == img).astype(int)]) == -1):   # first token after a run
+      assert loss[j - 1] == 0 and loss[j] == 1        # the answer follows the image directly
+    assert loss.sum() == a["und_loss_mask"].sum()
+  q = "what color is the circle?"
+  assert und_prompt(tok, q, 2, "question_first") == [tok.bos_id] + tok.encode(q) + [img, img]
+  assert und_prompt(tok, q, 2) == [tok.bos_id, img, img] + tok.encode(q)
+  with pytest.raises(ValueError, match="und_layout='sideways'"):
+    ShapesTaskSource(scenes, tok, layout="sideways", **kw)

@@ -27,9 +27,10 @@ def _losses(workdir):
 
 @pytest.fixture(scope="module")
 def full_run(data_dir, tmp_path_factory):
-  """One uninterrupted 6-step run on the 8 CPU devices (mesh fsdp=8): (workdir, scores)."""
+  """One uninterrupted 6-step run on the 8 CPU devices (mesh fsdp=8), generation inputs on every
+  second step (`train.gen_every=2`, as the main job): (workdir, scores)."""
   full = tmp_path_factory.mktemp("full")
-  return full, train.train_and_evaluate(_config(data_dir), str(full))
+  return full, train.train_and_evaluate(_config(data_dir, gen_every=2), str(full))
 
 
 @pytest.mark.slow
@@ -42,6 +43,9 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
   assert (full / "geneval" / "results.jsonl").is_file()
   losses = _losses(full)
   assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+  rows = [json.loads(line) for line in open(full / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "train/gen_loss" in r] == [2, 4, 6]   # gen_every=2
+  assert all("train/und_loss" in r for r in rows if "train/loss" in r)
 
   # Exact resume: a second run of the same 6 steps is stopped after step 3 (as a SIGTERM would stop
   # it), then restarted in its workdir. The whole loss sequence and the final state (parameters,
@@ -51,10 +55,10 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
   polls = iter(range(1, 1000))
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(train.StopRequest, "requested", lambda self: next(polls) >= 3)   # polled once a step
-    out = train.train_and_evaluate(_config(data_dir), str(resumed))
+    out = train.train_and_evaluate(_config(data_dir, gen_every=2), str(resumed))
   assert out == {"stopped_by": "", "step": 3}
   assert not (resumed / "scores.json").exists()
-  train.train_and_evaluate(_config(data_dir), str(resumed))
+  train.train_and_evaluate(_config(data_dir, gen_every=2), str(resumed))
   again = _losses(resumed)
   assert again == losses, (again, losses)            # steps 1-6, bitwise equal floats
   final = [_leaves(run / "checkpoints", 6) for run in (full, resumed)]
@@ -62,6 +66,14 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
   for (key, a), (key_b, b) in zip(final[0], final[1]):
     assert key == key_b and a.dtype == b.dtype and a.shape == b.shape
     np.testing.assert_array_equal(a, b, err_msg=key)
+
+
+def test_gen_every_needs_both_kinds_of_inputs():
+  from jaxmodels.errors import ConfigError
+  batch = {"und_ids": 1, "und_image": 2, "gen_ids": 3, "gen_image": 4}
+  assert train.understanding_inputs(batch, 2) == {"und_ids": 1, "und_image": 2}
+  with pytest.raises(ConfigError, match="config.train.gen_every=3: expected 1, or k > 1"):
+    train.understanding_inputs({"gen_ids": 3}, 3)
 
 
 def _leaves(directory, step):

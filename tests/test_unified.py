@@ -171,3 +171,12 @@ def test_dense_label_head_adds_its_weighted_loss_and_trains_the_encoder():
   config.model.und_dense_classes = []
   with pytest.raises(ConfigError, match="und_dense_weight > 0 needs an und_encoder and und_dense_classes"):
     unified_config(config.model)
+
+
+def test_splice_repeats_the_image_for_each_group_of_placeholders():
+  from jaxmodels.unified.model import splice_image_tokens
+  text = jnp.zeros((1, 9, 2))
+  ids = jnp.asarray([[1, 5, 5, 7, 5, 5, 8, 5, 5]])             # the image (n = 2) shown three times
+  image = jnp.asarray([[[1.0, 1.0], [2.0, 2.0]]])
+  out = splice_image_tokens(text, ids, image, 5)[0, :, 0]
+  np.testing.assert_array_equal(out, [0, 1, 2, 0, 1, 2, 0, 1, 2])

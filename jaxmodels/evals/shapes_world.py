@@ -57,8 +57,9 @@ def _pad_batch(rows: list, size: int) -> list:
 
 def qa_accuracy(model, tokenizer, scenes: Sequence[dict], *, kinds: Sequence[str] = OPEN_QA_KINDS,
                 max_per_kind: int = 64, batch_size: int = 32, prompt_len: int = 48,
-                max_new_tokens: int = 4) -> dict[str, float]:
-  """Greedy-answer accuracy per question kind (exact match of the decoded answer) and their mean."""
+                max_new_tokens: int = 4, layout: str = "image_first") -> dict[str, float]:
+  """Greedy-answer accuracy per question kind (exact match of the decoded answer) and their mean;
+  prompts in the training data's `layout` (input_pipeline.shapes_tasks.und_prompt)."""
   size = model.config.und_encoder.image_size
   items, per_kind = [], collections.Counter()
   for ex in scenes:
@@ -70,8 +71,8 @@ def qa_accuracy(model, tokenizer, scenes: Sequence[dict], *, kinds: Sequence[str
   for chunk in _batches(items, batch_size):
     rows = _pad_batch(list(chunk), batch_size)
     images = jnp.asarray(np.stack([to_unit_range(img, size) for img, _ in rows]))
-    prompts = [left_pad(und_prompt(tokenizer, q["question"], model.num_image_tokens), prompt_len,
-                        tokenizer.pad_id) for _, q in rows]
+    prompts = [left_pad(und_prompt(tokenizer, q["question"], model.num_image_tokens, layout),
+                        prompt_len, tokenizer.pad_id) for _, q in rows]
     ids = jnp.asarray(np.stack([p[0] for p in prompts]))
     mask = jnp.asarray(np.stack([p[1] for p in prompts]))
     embeds = _und_embeddings(model, ids, images)
@@ -86,9 +87,10 @@ def qa_accuracy(model, tokenizer, scenes: Sequence[dict], *, kinds: Sequence[str
 
 
 def model_answer_fn(model, tokenizer, *, batch_size: int = 32, prompt_len: int = 48,
-                    max_new_tokens: int = 4):
+                    max_new_tokens: int = 4, layout: str = "image_first"):
   """`answer_fn(images uint8 [B, H, W, 3], texts list[str]) -> list[str]` of a unified model:
-  greedy answers through the understanding path (<bos> <image>×n text), batches padded to
+  greedy answers through the understanding path (<bos> <image>×n text, or <bos> text <image>×n with
+  layout="question_first"), batches padded to
   `batch_size` so one compiled shape serves every call (the shapes of `qa_accuracy`)."""
   size = model.config.und_encoder.image_size
 
@@ -100,9 +102,8 @@ def model_answer_fn(model, tokenizer, *, batch_size: int = 32, prompt_len: int =
       pixels = jnp.asarray(np.stack([to_unit_range(np.asarray(i, np.uint8), size)
                                      for i, _ in rows]))
       room = max(0, prompt_len - 1 - model.num_image_tokens)  # long texts lose words, never images
-      prompts = [left_pad(und_prompt(tokenizer, "", model.num_image_tokens)
-                          + tokenizer.encode(t)[:room], prompt_len, tokenizer.pad_id)
-                 for _, t in rows]
+      prompts = [left_pad(und_prompt(tokenizer, tokenizer.encode(t)[:room], model.num_image_tokens,
+                                     layout), prompt_len, tokenizer.pad_id) for _, t in rows]
       ids = jnp.asarray(np.stack([p[0] for p in prompts]))
       mask = jnp.asarray(np.stack([p[1] for p in prompts]))
       embeds = _und_embeddings(model, ids, pixels)
@@ -236,11 +237,13 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   small = max(1, min(ev.get("geneval_prompts", 16), 16))
   scores = {}
   can_read = model.und_encoder is not None
+  layout = config.data.get("und_layout", "image_first")   # prompts as in training
   if "qa" in evals and can_read:
     val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
     scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]
     scores["qa"] = qa_accuracy(model, tokenizer, scenes, max_per_kind=ev.qa_per_kind,
-                               batch_size=ev.batch_size, prompt_len=config.data.und_len)
+                               batch_size=ev.batch_size, prompt_len=config.data.und_len,
+                               layout=layout)
   if "colorbench" in evals and can_read:
     size = ev.get("colorbench_image_size", 32)
     rows = shapes_colorbench.make_rows(
@@ -248,7 +251,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
         per_task=ev.get("colorbench_per_task", min(small, 8)) if final else 2,
         robustness_seeds=ev.get("colorbench_seeds", min(small, 8)) if final else 2)
     answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
-                             prompt_len=config.data.und_len)
+                             prompt_len=config.data.und_len, layout=layout)
     result = shapes_colorbench.evaluate(answer, rows, batch_size=ev.batch_size, text="question",
                                         match_choices=True, progress=final)
     scores["colorbench"] = _present(shapes_colorbench.summary(result))
@@ -276,7 +279,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
                          num_steps=ev.sample_steps, guidance=ev.guidance,
                          batch_size=ev.batch_size)
     answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
-                             prompt_len=config.data.und_len)
+                             prompt_len=config.data.und_len, layout=layout)
     out = shapes_rover.run(tasks, edit, answer_fn=answer, out_dir=os.path.join(workdir, "rover"),
                            batch_size=ev.batch_size, progress=True)
     scores["rover_ig"] = _present(out["IG"]["exact"])   # 0..100, missing metrics left out

@@ -76,9 +76,10 @@ class Projector(nnx.Module):
 def splice_image_tokens(text: jax.Array, ids: jax.Array, image_tokens: jax.Array,
                         image_token_id: int) -> jax.Array:
   """text [B, T, D] with the i-th `image_token_id` placeholder of each row replaced by
-  image_tokens[b, i] ([B, n, D]); rows must hold exactly n placeholders (extra ones repeat the last)."""
+  image_tokens[b, i mod n] ([B, n, D]): a row holds the image once (n placeholders) or k times (k·n
+  placeholders, e.g. one copy per turn of a question-first conversation, `data.und_layout`)."""
   is_img = ids == image_token_id
-  index = jnp.clip(jnp.cumsum(is_img, axis=1) - 1, 0, image_tokens.shape[1] - 1)
+  index = jnp.maximum(jnp.cumsum(is_img, axis=1) - 1, 0) % image_tokens.shape[1]
   spliced = jnp.take_along_axis(image_tokens.astype(text.dtype), index[..., None], axis=1)
   return jnp.where(is_img[..., None], spliced, text)
 
