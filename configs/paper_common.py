@@ -6,7 +6,9 @@ import ml_collections
 
 from jaxmodels.config_utils import base_config
 
-# Tiny variants scan their layers: one compiled block per tower keeps CPU compile times short.
+# Tiny variants scan their layers: one compiled block per tower keeps CPU compile times short. The
+# full-size towers scan too (LLMs, ViTs, the Lumina and SANA DiTs, the Qwen2.5-VL tower in groups of
+# window + full blocks): an unrolled 8B-class train step takes 20+ minutes to compile for a plan.
 TINY_LLM = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                 num_kv_heads=2, max_position_embeddings=512, scan_layers=True)
 TINY_VIT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, image_size=32, patch_size=4,
@@ -47,9 +49,10 @@ def blip3o(*, llm: str, caption_dim: int, ffn: str, tiny: bool) -> ml_collection
     llm_cfg = dict(preset=llm, scan_layers=True, remat="full", dtype="bfloat16")
     gen = dict(preset="eva-clip-e-14-plus", scan_layers=True, dtype="bfloat16")
     # 448 px: the EVA-CLIP target's input side too, so one image size serves both paths (why: module
-    # doc of configs/blip3o_8b.py). Its blocks are a loop, not a scan (window / full layouts).
-    und = dict(preset=vision, image_size=448, remat="full", dtype="bfloat16")
-    dit = dict(type="lumina", preset="blip3o", ffn=ffn, caption_dim=caption_dim, remat="full")
+    # doc of configs/blip3o_8b.py). Its blocks scan as 4 groups of 8 (7 window blocks + 1 full one).
+    und = dict(preset=vision, image_size=448, scan_layers=True, remat="full", dtype="bfloat16")
+    dit = dict(type="lumina", preset="blip3o", ffn=ffn, caption_dim=caption_dim, scan_layers=True,
+               remat="full")
     queries = 64
   c.model = ml_collections.ConfigDict(dict(
       llm=llm_cfg, und_encoder=und, und_projector="none", gen_encoder=gen, dit=dit, gen_target="gen_encoder",
@@ -73,7 +76,8 @@ def pisces(*, tiny: bool) -> ml_collections.ConfigDict:
     llm_cfg = dict(preset="llama3.1-8b", scan_layers=True, remat="full", dtype="bfloat16")
     und = dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16")
     gen = dict(preset="clip-vit-l-14-336", image_size=448, scan_layers=True, dtype="bfloat16")
-    dit = dict(type="lumina", preset="blip3o", caption_dim=4096, in_channels=1024, remat="full")
+    dit = dict(type="lumina", preset="blip3o", caption_dim=4096, in_channels=1024, scan_layers=True,
+               remat="full")
     queries, image_token = 64, 128_011    # a reserved Llama-3 special token as <image>
   c.model = ml_collections.ConfigDict(dict(
       llm=llm_cfg, und_encoder=und, gen_encoder=gen, dit=dit, gen_target="gen_encoder", gen_pool=4,
@@ -128,10 +132,10 @@ def metaquery(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
     extra = dict(num_queries=8, connector_layers=1, image_token_id=TINY_LLM["vocab_size"] - 1, **TINY_LATENT)
   else:
     llm_cfg = dict(preset=llm, scan_layers=True, remat="full", dtype="bfloat16")
-    und = (dict(preset=vision, image_size=448, remat="full", dtype="bfloat16") if vision else
+    und = (dict(preset=vision, image_size=448, scan_layers=True, remat="full", dtype="bfloat16") if vision else
            dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16"))
     # Sana_1600M_512px: the 1.6B layout at sample_size 16 (512 / 32).
-    dit = dict(type="sana", preset="sana-1600m", sample_size=16, remat="full")
+    dit = dict(type="sana", preset="sana-1600m", sample_size=16, scan_layers=True, remat="full")
     extra = dict(num_queries=256, connector_layers=24, image_token_id=151655, latent_size=16,
                  latent_channels=32)
   c.model = ml_collections.ConfigDict(dict(
@@ -168,7 +172,8 @@ def blip3o_next(*, llm: str, tiny: bool, edit: bool = False) -> ml_collections.C
                    dtype="bfloat16")
     tok = dict(encoder=dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16"),
                codebook_size=codebook, code_dim=64, scale=1)
-    dit = dict(type="sana", preset="sana-1600m", qk_norm="rms_norm_across_heads", remat="full")
+    dit = dict(type="sana", preset="sana-1600m", qk_norm="rms_norm_across_heads", scan_layers=True,
+               remat="full")
     # SANA's DC-AE f32c32 (1024 px -> 32×32×32), bf16 compute over f32 weights; gen_image_size is the
     # side the data pipeline resizes targets to (Resize + CenterCrop 1024, spec §3.1).
     extra = dict(image_top_k=1200, image_token_id=offset - 1, latent_size=32, latent_channels=32,

@@ -115,12 +115,14 @@ def test_jit_remat_and_grad(oracle):
   assert all(np.isfinite(norms)) and all(v > 0 for v in norms)
 
 
-def test_sharded_matches_unsharded(oracle):
+@pytest.mark.parametrize("scan", [False, True])
+def test_sharded_matches_unsharded(oracle, scan):
   _, path = oracle
   ours = hf.from_pretrained(path)
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  sharded = sharding.shard_module(hf.from_pretrained(path), mesh)
-  assert len(sharded.blocks[0].attn.q.kernel.get_value().sharding.device_set) == 8
+  sharded = sharding.shard_module(hf.from_pretrained(path, scan_layers=scan), mesh)
+  q = sharded.blocks.blocks.attn.q if scan else sharded.blocks[0].attn.q
+  assert len(q.kernel.get_value().sharding.device_set) == 8
   pixels = jnp.asarray(np.random.RandomState(4).uniform(-1, 1, (2, 16, 24, 3)).astype(np.float32))
   call = nnx.jit(lambda m, x: m(x))
   with sharding.use_mesh(mesh):
@@ -179,10 +181,43 @@ def test_preset_param_count(name, out_hidden):
     assert abs(count / 0.67e9 - 1) < 0.02
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_groups_match_loop_and_transformers(oracle, remat):
+  # TINY's full-attention blocks 1, 3: a scan over 2 groups of (window, full).
+  model, path = oracle
+  grid = np.array(GRIDS["two_images"])
+  patches = jnp.asarray(_patches(grid, seed=5))
+  loop, scanned = hf.from_pretrained(path), hf.from_pretrained(path, scan_layers=True, remat=remat)
+  assert scanned.config.layer_period == 2
+  assert scanned.blocks.blocks.attn.q.kernel.get_value().shape[0] == TINY["depth"]   # stacked [L, ...]
+  call = nnx.jit(lambda m, p: m.encode_patches(p, grid, output_hidden_states=True))
+  ours, want = call(scanned, patches), call(loop, patches)
+  for field in ("image_tokens", "last_hidden_state", "hidden_states"):
+    np.testing.assert_allclose(getattr(ours, field), getattr(want, field), atol=1e-5, err_msg=field)
+  ref = _reference(model, np.asarray(patches), grid)
+  np.testing.assert_allclose(ours.image_tokens, ref.pooler_output.numpy(), atol=1e-4)
+  pixels = jnp.asarray(np.random.RandomState(6).uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32))
+  loss_fn = lambda m: jnp.mean(m(pixels) ** 2)                           # noqa: E731
+  (loss, grads), want_loss = nnx.jit(nnx.value_and_grad(loss_fn))(scanned), nnx.jit(loss_fn)(loop)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  assert all(np.isfinite(float(jnp.abs(g).sum())) for g in jax.tree.leaves(grads))
+
+
+def test_scanned_save_pretrained_round_trip(oracle, tmp_path):
+  model, path = oracle
+  hf.save_pretrained(hf.from_pretrained(path, scan_layers=True), str(tmp_path))
+  back = Qwen2_5_VisionTransformerPretrainedModel.from_pretrained(str(tmp_path)).eval()
+  for name, tensor in model.state_dict().items():
+    np.testing.assert_array_equal(back.state_dict()[name].numpy(), tensor.numpy(), err_msg=name)
+
+
 def test_config_errors(oracle):
   _, path = oracle
+  with pytest.raises(ConfigError, match="scan_layers.*fullatt_block_indexes"):
+    hf.from_pretrained(path, scan_layers=True, fullatt_block_indexes=(1, 2))
   with pytest.raises(ConfigError, match="scan_layers"):
-    hf.from_pretrained(path, scan_layers=True)
+    Qwen25VisionConfig(depth=4, fullatt_block_indexes=(3,), scan_layers=True)
+  assert Qwen25VisionConfig().layer_period == 8          # the released towers: 7, 15, 23, 31
   with pytest.raises(ConfigError, match="fullatt_block_indexes"):
     Qwen25VisionConfig(depth=4, fullatt_block_indexes=(4,))
   ours = hf.from_pretrained(path)

@@ -101,6 +101,26 @@ def test_remat_matches(oracle):
       ours(jnp.zeros((1, 5, 3, 4)), jnp.ones((1,)), jnp.zeros((1, 3, 12)), guidance=jnp.ones((1,)))
 
 
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_matches_loop_and_diffusers(oracle, remat):
+  cfg, model, path, ours = oracle
+  guided = cfg.get("guidance_embeds", False)
+  x, y = _inputs((8, 12), seed=3)
+  scanned = hf.from_pretrained(path, scan_layers=True, remat=remat)
+  assert scanned.blocks.blocks.attn1.q.kernel.get_value().shape[0] == TINY["num_layers"]   # [L, ...]
+  out = _ours(scanned, x, y, MASK, guided)
+  np.testing.assert_allclose(out, _ours(ours, x, y, MASK, guided), atol=1e-5)
+  np.testing.assert_allclose(out[:2], _reference(model, x, y, MASK, guided)[:2], atol=1e-4)
+
+
+def test_scanned_export_loads_in_diffusers(oracle, tmp_path):
+  _, model, path, _ = oracle
+  hf.save_pretrained(hf.from_pretrained(path, scan_layers=True), str(tmp_path))
+  theirs = diffusers.SanaTransformer2DModel.from_pretrained(str(tmp_path)).eval()
+  for name, tensor in model.state_dict().items():
+    np.testing.assert_array_equal(theirs.state_dict()[name].numpy(), tensor.numpy(), err_msg=name)
+
+
 def test_export_loads_in_diffusers(oracle, tmp_path):
   cfg, model, _, ours = oracle
   guided = cfg.get("guidance_embeds", False)
@@ -130,6 +150,9 @@ def test_1600m_param_count_without_allocating():
   assert shapes["blocks.0.ff.inverted_value.kernel"] == (1, 1, 2240, 5600)
   assert shapes["caption_projection.linear_1.kernel"] == (2304, 2240)
   assert len(abstract.blocks) == 20
+  scanned = nnx.eval_shape(lambda: SanaTransformer(sana_1600m_config(scan_layers=True), rngs=nnx.Rngs(0)))
+  assert sharding.param_count(scanned) == DIFFUSERS_1600M
+  assert scanned.blocks.blocks.attn1.q.kernel.get_value().shape == (20, 2240, 70, 32)
 
 
 @pytest.mark.parametrize("key, value, match", [

@@ -22,7 +22,8 @@ from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified import latent_codec
 from jaxmodels.unified.build import unified_config
 from jaxmodels.unified.connector import SanaDiT
-from jaxmodels.vision.qwen2_5_vl import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionTransformer
+from jaxmodels.vision.qwen2_5_vl import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionConfig,
+                                         Qwen25VisionTransformer)
 
 
 def _model(name, arg="tiny"):
@@ -286,6 +287,18 @@ def test_full_size_configs_build_with_eval_shape():
       assert "vae/.*" in config.optim.frozen
 
 
+@pytest.mark.parametrize("name", ["pisces_8b", "blip3o_4b", "blip3o_8b", "metaquery_b", "metaquery_l",
+                                  "metaquery_xl", "blip3o_next_3b"])
+def test_full_size_towers_scan_their_layers(name):
+  """The full-size towers are scans (an unrolled 8B-class train step takes 20+ min to compile on CPU):
+  LLM, ViTs, the Lumina / SANA DiT, and the Qwen2.5-VL tower as groups of (7 window + 1 full) blocks."""
+  ucfg = unified_config(importlib.import_module(f"configs.{name}").get_config().model)
+  towers = [ucfg.llm, ucfg.dit, ucfg.und_encoder, ucfg.gen_encoder]
+  assert all(t.scan_layers for t in towers if t is not None), name
+  if isinstance(ucfg.und_encoder, Qwen25VisionConfig):
+    assert ucfg.und_encoder.layer_period == 8 and ucfg.und_encoder.depth == 32
+
+
 def test_blip3o_understanding_runs_through_the_qwen_tower():
   """BLIP3-o's und_encoder is the Qwen2.5-VL tower: [-1, 1] images are renormalised to its processor's
   OpenAI-CLIP mean/std, its merged tokens (already the LLM width) are spliced without a projector,
@@ -319,7 +332,8 @@ def test_blip3o_understanding_runs_through_the_qwen_tower():
 def test_blip3o_full_size_und_encoder_is_qwen2_5_vl(name, vision, out_hidden):
   ucfg = unified_config(importlib.import_module(f"configs.{name}").get_config().model)
   enc = ucfg.und_encoder
-  assert enc == presets.qwen2_5_vl_vision_preset(vision, image_size=448, dtype="bfloat16", remat="full")
+  assert enc == presets.qwen2_5_vl_vision_preset(vision, image_size=448, dtype="bfloat16", remat="full",
+                                                 scan_layers=True)
   assert enc.out_hidden_size == ucfg.llm.hidden_size == out_hidden and ucfg.und_projector == "none"
   assert (enc.grid_size // ucfg.und_pool) ** 2 == 256
   if name == "blip3o_8b":
@@ -336,7 +350,8 @@ def test_metaquery_l_xl_und_encoder_is_qwen2_5_vl(name, vision, out_hidden):
   config = importlib.import_module(f"configs.{name}").get_config()
   ucfg = unified_config(config.model)
   enc = ucfg.und_encoder
-  assert enc == presets.qwen2_5_vl_vision_preset(vision, image_size=448, dtype="bfloat16", remat="full")
+  assert enc == presets.qwen2_5_vl_vision_preset(vision, image_size=448, dtype="bfloat16", remat="full",
+                                                 scan_layers=True)
   assert enc.out_hidden_size == ucfg.llm.hidden_size == out_hidden and ucfg.und_projector == "none"
   assert (enc.grid_size // ucfg.und_pool) ** 2 == 256 and "und_encoder/.*" in config.optim.frozen
   assert unified_config(importlib.import_module("configs.metaquery_b").get_config().model).und_projector \

@@ -17,6 +17,10 @@ Block (x: [B, N, D] image tokens, N = (H/p)·(W/p); y: [B, L, D] projected capti
     x += CrossAttn(x, y, caption mask)                           softmax attention, no norm
     x += gate₂ · MixFFN(LN(x)·(1 + scale₂) + shift₂)            1x1 conv, 3x3 depthwise, SiLU-GLU, 1x1
 
+`scan_layers=True` stacks the (identical) blocks' parameters [num_layers, ...] in a `BlockStack` and
+runs them as one lax.scan (the conditioning travels in its `mask` slot as a `SanaBlockInputs`); the
+loop layout and the scanned one load and export the same diffusers checkpoints.
+
 The convolution layers SANA shares with DC-AE (`Conv2d`, `GLUMBConv`, `ChannelRMSNorm`) live in
 `jaxmodels.layers.conv`.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +39,7 @@ from jaxmodels import sharding
 from jaxmodels.errors import ConfigError
 from jaxmodels.flow.embeddings import TextProjection, TimestepEmbedding, timestep_embedding, unpatchify
 from jaxmodels.layers.attention import dot_product_attention
-from jaxmodels.layers.block import REMAT_POLICIES
+from jaxmodels.layers.block import REMAT_POLICIES, BlockStack
 from jaxmodels.layers.conv import Conv2d, GLUMBConv
 from jaxmodels.layers.linear import Linear, param
 from jaxmodels.layers.norms import LayerNorm, RMSNorm, layer_norm
@@ -79,6 +84,7 @@ class SanaConfig:
   timestep_scale: float = 1.0
   # Execution choices (not part of the checkpoint).
   remat: str = "none"                    # per-block rematerialisation: "none" | "full" | "dots"
+  scan_layers: bool = False              # blocks as one lax.scan over stacked [num_layers, ...] params
   attention_impl: str = "einsum"         # cross-attention kernel, see layers.dot_product_attention
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -261,6 +267,17 @@ class SanaCrossAttention(nnx.Module):
     return self.o(out)
 
 
+@flax.struct.dataclass
+class SanaBlockInputs:
+  """Per-call conditioning shared by every block (passed through `BlockStack`'s `mask` slot).
+
+  `grid` is static (pytree metadata), so it stays a Python tuple under jit, remat and scan."""
+  modulation: jax.Array                  # [B, 6·D] adaLN-single output
+  context: jax.Array                     # [B, L, D] projected, normalised captions
+  mask: jax.Array | None                 # [B, 1, 1, L] bool (True = attend) or None
+  grid: tuple[int, int] = flax.struct.field(pytree_node=False, default=(1, 1))   # token grid (h, w)
+
+
 class SanaBlock(nnx.Module):
   """One SANA transformer block (see the module docstring): x [B, N, D] -> [B, N, D]."""
 
@@ -280,9 +297,12 @@ class SanaBlock(nnx.Module):
                   if c.norm_elementwise_affine else None)
     self.ff = GLUMBConv(d, d, c.mlp_hidden, axes=("embed", "mlp"), **kw)
 
-  def __call__(self, x: jax.Array, modulation: jax.Array, context: jax.Array, mask: jax.Array | None,
-               grid: tuple[int, int]) -> jax.Array:
-    """x [B, N, D]; modulation [B, 6·D]; context [B, L, D]; mask [B, 1, 1, L] | None; grid (h, w)."""
+  def __call__(self, x: jax.Array, *, mask: SanaBlockInputs, rope=None, cache=None,
+               cache_index=0) -> tuple[jax.Array, None]:
+    """`BlockStack` calling convention: x [B, N, D] and the conditioning as `mask` (a
+    `SanaBlockInputs`) -> (x [B, N, D], None)."""
+    del rope, cache, cache_index
+    modulation, context, mask, grid = mask.modulation, mask.context, mask.mask, mask.grid
     b, n, d = x.shape
     mod = self.scale_shift_table[...].astype(x.dtype)[None] + modulation.reshape(b, 6, d)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod[:, i:i + 1] for i in range(6))
@@ -293,7 +313,7 @@ class SanaBlock(nnx.Module):
     h = h * (1 + scale_mlp) + shift_mlp
     ff = self.ff(h.reshape(b, grid[0], grid[1], d)).reshape(b, n, d)
     x = x + gate_mlp * ff
-    return sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
+    return sharding.constrain(x, ("act_batch", "act_length", "act_embed")), None
 
 
 class SanaTransformer(nnx.Module):
@@ -310,7 +330,11 @@ class SanaTransformer(nnx.Module):
     self.time_embed = SanaTimeEmbed(d, guidance=c.guidance_embeds, **kw)
     self.caption_projection = TextProjection(c.caption_channels, d, **kw)
     self.caption_norm = RMSNorm(d, eps=1e-5, param_dtype=pdtype, rngs=rngs)
-    self.blocks = nnx.List([SanaBlock(c, **kw) for _ in range(c.num_layers)])
+    if c.scan_layers:     # params [num_layers, ...] under blocks.blocks (the HF keymap stacks them)
+      self.blocks = BlockStack(c.num_layers, lambda r: SanaBlock(c, dtype=dtype, param_dtype=pdtype, rngs=r),
+                               scan=True, remat=c.remat, rngs=rngs)
+    else:
+      self.blocks = nnx.List([SanaBlock(c, **kw) for _ in range(c.num_layers)])
     self.scale_shift_table = param(rngs, nnx.initializers.normal(d ** -0.5), (2, d), (None, "embed"),
                                    pdtype)
     self.proj_out = Linear(d, c.patch_size ** 2 * c.resolved_out_channels, axes=("embed", None),
@@ -362,21 +386,29 @@ class SanaTransformer(nnx.Module):
       keep = keep | ~jnp.any(keep, axis=-1, keepdims=True)
       mask = keep[:, None, None, :]
 
-    for block in self.blocks:
-      if c.remat == "none":
-        x = block(x, modulation, context, mask, grid)
-        continue
-      # jax.checkpoint over split/merge (not nnx.remat) so this also works when the model itself
-      # was merged inside an outer transform (a lax.scan sampler, jax.grad of a pure function).
-      graphdef, state = nnx.split(block)
-
-      def run(state, x, modulation, context, mask, graphdef=graphdef):
-        return nnx.merge(graphdef, state)(x, modulation, context, mask, grid)
-
-      x = jax.checkpoint(run, policy=REMAT_POLICIES[c.remat])(state, x, modulation, context, mask)
+    inputs = SanaBlockInputs(modulation, context, mask, grid)
+    if c.scan_layers:
+      x, _, _ = self.blocks(x, mask=inputs)      # BlockStack: lax.scan, remat inside its body
+    else:
+      for block in self.blocks:
+        x = self._run_block(block, x, inputs)
 
     final_mod = self.scale_shift_table[...].astype(dtype)[None] + embedded_t[:, None]     # [B, 2, D]
     shift, scale = final_mod[:, :1], final_mod[:, 1:]
     x = layer_norm(x, 1e-6) * (1 + scale) + shift
     x = self.proj_out(x).reshape(b, grid[0], grid[1], -1)
     return unpatchify(x, p, c.resolved_out_channels)
+
+  def _run_block(self, block: SanaBlock, x: jax.Array, inputs: SanaBlockInputs) -> jax.Array:
+    """One block of the loop layout, rematerialised per the config: x [B, N, D] -> [B, N, D]."""
+    remat = self.config.remat
+    if remat == "none":
+      return block(x, mask=inputs)[0]
+    # jax.checkpoint over split/merge (not nnx.remat) so this also works when the model itself
+    # was merged inside an outer transform (a lax.scan sampler, jax.grad of a pure function).
+    graphdef, state = nnx.split(block)
+
+    def run(state, x, inputs):
+      return nnx.merge(graphdef, state)(x, mask=inputs)[0]
+
+    return jax.checkpoint(run, policy=REMAT_POLICIES[remat])(state, x, inputs)

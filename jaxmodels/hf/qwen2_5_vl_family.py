@@ -63,8 +63,11 @@ def keymap(c: Qwen25VisionConfig) -> KeyMap:
   }
   _linear(m, ("merger", "mlp", "fc1"), "merger.mlp.0")
   _linear(m, ("merger", "mlp", "fc2"), "merger.mlp.2")
+  # Loop layout: blocks at ("blocks", i); scanned: a BlockStack at "blocks", so ("blocks", "blocks", i)
+  # in its loop layout (keymap.load_into / export stack and unstack the [depth, ...] parameters).
+  stack = ("blocks", "blocks") if c.scan_layers else ("blocks",)
   for i in range(c.depth):
-    ours, hf = ("blocks", i), f"blocks.{i}."
+    ours, hf = stack + (i,), f"blocks.{i}."
     m[ours + ("attn_norm", "scale")] = Source(hf + "norm1.weight")
     m[ours + ("mlp_norm", "scale")] = Source(hf + "norm2.weight")
     for j, p in enumerate(("q", "k", "v")):

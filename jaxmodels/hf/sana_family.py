@@ -92,8 +92,11 @@ def keymap(c: SanaConfig) -> KeyMap:
   _linear(m, ("time_embed", "linear"), "time_embed.linear", bias=True)
   _linear(m, ("proj_out",), "proj_out", bias=True)
   qk_norm = c.qk_norm is not None
+  # Loop layout: blocks at ("blocks", i); scanned: a BlockStack at "blocks", i.e. ("blocks", "blocks", i)
+  # in its loop layout (keymap.load_into / export stack and unstack the [num_layers, ...] parameters).
+  stack = ("blocks", "blocks") if c.scan_layers else ("blocks",)
   for i in range(c.num_layers):
-    ours, hf = ("blocks", i), f"transformer_blocks.{i}"
+    ours, hf = stack + (i,), f"transformer_blocks.{i}"
     m[ours + ("scale_shift_table",)] = Source(f"{hf}.scale_shift_table")
     _attention(m, ours + ("attn1",), f"{hf}.attn1", qkv_bias=c.attention_bias, qk_norm=qk_norm)
     _attention(m, ours + ("attn2",), f"{hf}.attn2", qkv_bias=True, qk_norm=qk_norm)

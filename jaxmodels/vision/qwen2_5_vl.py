@@ -27,6 +27,12 @@ segments have unequal lengths; consecutive layers of the same kind stay in that 
 HF's per-chunk loop / `cu_seqlens` varlen attention computes, without an N×N mask. Outputs are put
 back into the processor's order (HF leaves `last_hidden_state` in window order; we do not).
 
+Scan (`scan_layers=True`): when the kinds of the blocks repeat with a period p (full attention at
+7, 15, 23, 31 of 32: p = 8), the parameters are stacked [depth, ...] (a `BlockStack`) and the blocks
+run as one lax.scan over depth / p groups, each group's p blocks unrolled with its layout switches
+(p − 1 window blocks, one full block). Same outputs as the loop; one compiled group instead of 32
+blocks. A non-periodic `fullatt_block_indexes` with scan_layers=True is a ConfigError.
+
     tower = jaxmodels.hf.from_pretrained("/ckpts/Qwen2.5-VL-7B-Instruct")     # its `visual.` tower
     tokens = tower(pixels)                         # [B, 448, 448, 3] -> [B, 256, 3584]
     out = tower.encode_patches(pixel_values, grid_thw)   # Qwen2VLImageProcessor outputs as they are
@@ -51,7 +57,7 @@ from flax import nnx
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.layers import MLP, RMSNorm, TransformerBlock, make_attention_mask, param
-from jaxmodels.layers.block import REMAT_POLICIES
+from jaxmodels.layers.block import REMAT_POLICIES, BlockStack
 from jaxmodels.layers.linear import fan_in_normal
 
 # Qwen2VLImageProcessor's normalisation (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
@@ -82,17 +88,15 @@ class Qwen25VisionConfig:
   image_size: int = 448
   remat: str = "none"
   attention_impl: str = "einsum"
-  # The blocks alternate between window and frame layouts, so they cannot be one lax.scan; the flag
-  # exists only so that `from_pretrained(..., scan_layers=True)` gives a clear error.
+  # The blocks alternate window and frame layouts, so they are not one scan over layers; when the
+  # full-attention blocks are every p-th block (7, 15, 23, 31: p = 8) they are a lax.scan over
+  # depth / p groups of p blocks (p − 1 window blocks, then one full block). See `layer_period`.
   scan_layers: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
 
   def __post_init__(self):
     object.__setattr__(self, "fullatt_block_indexes", tuple(int(i) for i in self.fullatt_block_indexes))
-    if self.scan_layers:
-      raise ConfigError("Qwen25VisionConfig.scan_layers: the Qwen2.5-VL tower alternates window and "
-                        "full attention layouts and runs its blocks as a loop; use remat instead")
     if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
       raise ConfigError(f"Qwen25VisionConfig: hidden_size {self.hidden_size} / num_heads {self.num_heads} "
                         f"must be a head size divisible by 4 (2-D rotary embedding)")
@@ -104,10 +108,28 @@ class Qwen25VisionConfig:
       raise ConfigError(f"Qwen25VisionConfig.fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
     if self.remat not in REMAT_POLICIES:
       raise ConfigError(f"Qwen25VisionConfig.remat {self.remat!r}: expected one of {sorted(REMAT_POLICIES)}")
+    if self.scan_layers and self.depth > 1 and self.layer_period == self.depth:
+      raise ConfigError(
+          f"Qwen25VisionConfig.scan_layers: fullatt_block_indexes {list(self.fullatt_block_indexes)} "
+          f"do not repeat with a period dividing depth {self.depth} at least twice (e.g. every 8th "
+          "block of 32: 7, 15, 23, 31), so the blocks cannot be scanned as groups; use "
+          "scan_layers=False (a loop) with remat")
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def block_kinds(self) -> tuple[str, ...]:
+    """"full" or "window" for each of the `depth` blocks."""
+    return tuple("full" if i in self.fullatt_block_indexes else "window" for i in range(self.depth))
+
+  @property
+  def layer_period(self) -> int:
+    """Smallest p dividing depth with block_kinds[i] == block_kinds[i % p]: the group a scan repeats."""
+    kinds = self.block_kinds
+    return next(p for p in range(1, self.depth + 1)
+                if self.depth % p == 0 and all(k == kinds[i % p] for i, k in enumerate(kinds)))
 
   @property
   def merge_unit(self) -> int:
@@ -322,12 +344,19 @@ class Qwen25VisionTransformer(nnx.Module):
     self.config = c = config
     dtype, pdtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
     self.patch_embed = PatchEmbed3d(c, dtype=dtype, param_dtype=pdtype, rngs=rngs)
-    # Not a BlockStack: layers switch between window and frame layouts (different shapes), see above.
-    self.blocks = nnx.List([
-        TransformerBlock(c.hidden_size, c.num_heads, c.intermediate_size, norm="rms", norm_eps=c.rms_norm_eps,
-                         mlp="gated", activation=c.hidden_act, qkv_bias=True, out_bias=True, mlp_bias=True,
-                         attention_impl=c.attention_impl, dtype=dtype, param_dtype=pdtype, rngs=rngs)
-        for _ in range(c.depth)])
+
+    def make_block(r):
+      return TransformerBlock(c.hidden_size, c.num_heads, c.intermediate_size, norm="rms",
+                              norm_eps=c.rms_norm_eps, mlp="gated", activation=c.hidden_act, qkv_bias=True,
+                              out_bias=True, mlp_bias=True, attention_impl=c.attention_impl, dtype=dtype,
+                              param_dtype=pdtype, rngs=r)
+
+    if c.scan_layers:
+      # Stacked [depth, ...] parameters (the HF keymap stacks a BlockStack's layers generically); the
+      # stack is run by `_run_grouped`, not by BlockStack.__call__ (layouts switch inside a group).
+      self.blocks = BlockStack(c.depth, make_block, scan=True, rngs=rngs)
+    else:
+      self.blocks = nnx.List([make_block(rngs) for _ in range(c.depth)])
     self.merger = PatchMerger(c, dtype=dtype, param_dtype=pdtype, rngs=rngs)
 
   def encode_patches(self, patches: jax.Array, grid_thw, *, output_hidden_states: bool = False):
@@ -349,29 +378,70 @@ class Qwen25VisionTransformer(nnx.Module):
     }
     cos, sin = vision_rope(position_ids(grid, m)[perm], c.head_dim, c.rope_theta)
 
-    def call(block, x, mask, rope):
-      return block(x, mask=mask, rope=rope)[0]
-    if c.remat != "none":
-      call = nnx.remat(call, policy=REMAT_POLICIES[c.remat])
-
     x0 = self.patch_embed(patches)
-    x, kind, hidden = x0[perm], None, [x0]
-    for i, block in enumerate(self.blocks):
-      want = "full" if i in c.fullatt_block_indexes else "window"
+    run = self._run_grouped if c.scan_layers else self._run_loop
+    x, hidden = run(x0[perm], layouts, (cos, sin), output_hidden_states)    # window order
+    x = x[unperm]
+    tokens = self.merger(x)
+    if not output_hidden_states:
+      return tokens
+    return Qwen25VisionOutput(tokens, x, jnp.concatenate([x0[None], hidden[:, unperm]]))
+
+  def _run_blocks(self, blocks, kinds, x, layouts, rope, output_hidden_states):
+    """Runs `blocks` (modules) of `kinds` on x [N, D] (window order) -> (x [N, D], hidden [n, N, D] | None).
+
+    Consecutive blocks of one kind share the segment layout; the sequence is re-gathered on a switch."""
+    remat = self.config.remat
+
+    def call(block, x, mask, rope):
+      if remat == "none":
+        return block(x, mask=mask, rope=rope)[0]
+      # jax.checkpoint over split/merge (not nnx.remat): also right for blocks merged inside a scan.
+      graphdef, state = nnx.split(block)
+
+      def run(state, x, mask, rope):
+        return nnx.merge(graphdef, state)(x, mask=mask, rope=rope)[0]
+      return jax.checkpoint(run, policy=REMAT_POLICIES[remat], prevent_cse=False)(state, x, mask, rope)
+
+    kind, hidden = None, []
+    for block, want in zip(blocks, kinds):
       if want != kind:                         # switch layouts: back to the sequence, then re-gather
         if kind is not None:
           x = layouts[kind].to_sequence(x)
         kind, layout = want, layouts[want]
         x, mask = layout.to_segments(x), layout.mask()
-        rope = (layout.to_segments(cos), layout.to_segments(sin))
-      x = call(block, x, mask, rope)
+        seg_rope = (layout.to_segments(rope[0]), layout.to_segments(rope[1]))
+      x = call(block, x, mask, seg_rope)
       if output_hidden_states:
-        hidden.append(layouts[kind].to_sequence(x)[unperm])
-    x = (layouts[kind].to_sequence(x) if kind is not None else x)[unperm]
-    tokens = self.merger(x)
-    if not output_hidden_states:
-      return tokens
-    return Qwen25VisionOutput(tokens, x, jnp.stack(hidden))
+        hidden.append(layouts[kind].to_sequence(x))
+    x = layouts[kind].to_sequence(x) if kind is not None else x
+    return x, (jnp.stack(hidden) if output_hidden_states else None)
+
+  def _run_loop(self, x, layouts, rope, output_hidden_states):
+    """The `depth` blocks as a Python loop: x [N, D] -> (x [N, D], hidden [depth, N, D] | None)."""
+    return self._run_blocks(list(self.blocks), self.config.block_kinds, x, layouts, rope,
+                            output_hidden_states)
+
+  def _run_grouped(self, x, layouts, rope, output_hidden_states):
+    """The stacked blocks as a lax.scan over depth / p groups of p = `layer_period` blocks (the
+    group's blocks unrolled, layouts switching inside it): same results as `_run_loop`.
+
+    A plain lax.scan over the split state (as BlockStack's), so it nests in any outer transform."""
+    c = self.config
+    p = c.layer_period
+    graphdef, state = nnx.split(self.blocks.blocks)
+    groups = jax.tree.map(lambda a: a.reshape((c.depth // p, p) + a.shape[1:]), state)   # [G, p, ...]
+
+    def body(x, group_state):
+      blocks = [nnx.merge(graphdef, jax.tree.map(lambda a, j=j: a[j], group_state), copy=True)
+                for j in range(p)]
+      x, hidden = self._run_blocks(blocks, c.block_kinds[:p], x, layouts, rope, output_hidden_states)
+      return x, hidden
+
+    x, hidden = jax.lax.scan(body, x, groups)
+    if output_hidden_states:
+      hidden = hidden.reshape((c.depth,) + hidden.shape[2:])            # [G, p, N, D] -> [L, N, D]
+    return x, hidden
 
   def __call__(self, pixel_values: jax.Array, *, output_hidden_states: bool = False):
     """Images [B, H, W, C] (H, W multiples of `image_multiple`) -> tokens [B, (H/28)·(W/28), D_out]
