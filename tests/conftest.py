@@ -1,5 +1,6 @@
 """Test setup: 8 virtual CPU devices for sharding tests (must precede the first jax import)."""
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -13,6 +14,20 @@ import pytest  # noqa: E402
 
 # The steering repo's shared/ folder sits beside the checkout (../shared), in CI as in development.
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_configure(config):
+  """A persistent XLA compilation cache: the trainer tests compile the same tiny train step again in
+  every run and subprocess (resume, SIGTERM, chaos kills, multi-host, ablations); with the cache the
+  later compiles are disk reads. One directory per xdist worker (its id is set by now; jax, which
+  reads these variables on import, is not imported yet), inherited by the worker's subprocesses."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") and not os.environ.get("JAXMODELS_TEST_XLA_CACHE"):
+    return                                   # the user's own cache directory wins
+  worker = getattr(config, "workerinput", {}).get("workerid", "main")   # xdist workers inherit the
+  os.environ["JAXMODELS_TEST_XLA_CACHE"] = "1"                          # controller's env: overwrite
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "jaxmodels-test-xla-cache",
+                                                         worker)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 @pytest.fixture(scope="session")

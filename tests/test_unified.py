@@ -16,6 +16,7 @@ from jaxmodels.sharding import param_count
 from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, trainable_filter
 from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified.build import unified_config
+from jaxmodels.unified.encoders import clip_pixels
 from jaxmodels.vision import VisionTransformer
 from jaxmodels.vision.vit import avg_pool_tokens
 
@@ -139,7 +140,7 @@ def test_pisces_edit_inputs_go_through_the_decoupled_generation_encoder():
   images = jax.random.uniform(jax.random.key(0), (1, ucfg.gen_encoder.image_size,
                                                   ucfg.gen_encoder.image_size, 3), minval=-1, maxval=1)
   before = model.prompt_embeddings(ids, images)
-  patches = model.gen_encoder(images)[:, 1:]          # CLIP-style: class token dropped
+  patches = model.gen_encoder(clip_pixels(images))[:, 1:]   # CLIP-style: OpenAI-CLIP statistics, no class token
   np.testing.assert_allclose(before[:, 1:1 + n], model.gen_projector(avg_pool_tokens(patches, ucfg.gen_pool)),
                              rtol=1e-5, atol=1e-6)
   und = nnx.state(model.und_encoder, nnx.Param)
@@ -180,3 +181,17 @@ def test_splice_repeats_the_image_for_each_group_of_placeholders():
   image = jnp.asarray([[[1.0, 1.0], [2.0, 2.0]]])
   out = splice_image_tokens(text, ids, image, 5)[0, :, 0]
   np.testing.assert_array_equal(out, [0, 1, 2, 0, 1, 2, 0, 1, 2])
+
+
+def test_each_tower_reads_its_processors_normalisation():
+  """SigLIP's processor maps [0, 1] with mean = std = 0.5, i.e. the model's [-1, 1] as is; CLIP-family
+  towers (CLIP ViT-L, the EVA-CLIP-style gen encoder) and Qwen2.5-VL use OpenAI-CLIP mean/std."""
+  from jaxmodels.unified.encoders import encoder_pixels
+  from jaxmodels.vision.vit import VisionConfig
+  white = jnp.ones((1, 2, 2, 3))
+  siglip = VisionConfig(hidden_size=8, intermediate_size=8, num_layers=1, num_heads=2, image_size=4, patch_size=2)
+  clip = VisionConfig(model_type="clip_vision_model", hidden_size=8, intermediate_size=8, num_layers=1,
+                      num_heads=2, image_size=4, patch_size=2)
+  np.testing.assert_array_equal(encoder_pixels(siglip, white), white)
+  expected = [(1 - 0.48145466) / 0.26862954, (1 - 0.4578275) / 0.26130258, (1 - 0.40821073) / 0.27577711]
+  np.testing.assert_allclose(encoder_pixels(clip, white)[0, 0, 0], expected, rtol=1e-6)

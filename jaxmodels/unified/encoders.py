@@ -3,8 +3,11 @@
 Two kinds of tower serve as `und_encoder`:
 
   VisionConfig          SigLIP / CLIP-style ViT (`jaxmodels.vision.vit`): tokens [B, g², hidden_size]
-                        for g = image_size / patch_size (CLIP's class token dropped); it reads the
-                        model's [-1, 1] images as they are.
+                        for g = image_size / patch_size (CLIP's class token dropped). SigLIP towers
+                        read the model's [-1, 1] images as they are (their processor's mean = std =
+                        0.5); CLIP-family towers (`model_type="clip_vision_model"`: CLIP ViT-L/14,
+                        the EVA-CLIP-style generation encoder) get their processor's OpenAI-CLIP
+                        normalisation, as the Qwen tower does.
   Qwen25VisionConfig    the Qwen2.5-VL tower (`jaxmodels.vision.qwen2_5_vl`): its patch merger already
                         maps to the LLM width, so tokens are [B, g², out_hidden_size] for
                         g = image_size / (patch_size · spatial_merge_size) (448 -> 16, 256 tokens).
@@ -44,11 +47,17 @@ def build_encoder(config: EncoderConfig | None, *, rngs: nnx.Rngs):
   return VisionTransformer(config, rngs=rngs)
 
 
-def qwen_pixels(images: jax.Array) -> jax.Array:
-  """images [B, H, W, 3] in [-1, 1] -> the Qwen2.5-VL processor's normalisation: [0, 1], then
+def clip_pixels(images: jax.Array) -> jax.Array:
+  """images [B, H, W, 3] in [-1, 1] -> the CLIP / Qwen2.5-VL processors' normalisation: [0, 1], then
   OpenAI-CLIP mean/std per channel (float32)."""
   x = (images.astype(jnp.float32) + 1.0) * 0.5
   return (x - jnp.asarray(OPENAI_CLIP_MEAN)) / jnp.asarray(OPENAI_CLIP_STD)
+
+
+def encoder_pixels(config: EncoderConfig, images: jax.Array) -> jax.Array:
+  """images [B, H, W, 3] in [-1, 1] -> what the tower's HF processor would feed it: OpenAI-CLIP
+  mean/std for Qwen2.5-VL and CLIP-family ViTs, unchanged for SigLIP (mean = std = 0.5)."""
+  return clip_pixels(images) if is_qwen(config) or config.is_clip else images
 
 
 def encoder_tokens(encoder, images: jax.Array, pool: int, *, last_block: bool) -> jax.Array:
@@ -56,17 +65,18 @@ def encoder_tokens(encoder, images: jax.Array, pool: int, *, last_block: bool) -
 
   ViT: patch tokens with the class token dropped, optionally the last block's output without the
   final norm (BLIP3-o's generation target). Qwen2.5-VL: the merged tokens (row-major over the g×g
-  merged grid) of the processor-normalised images (`qwen_pixels`); `last_block` is not supported
-  (its blocks' outputs are unmerged patch tokens). Then pool×pool average pooling.
+  merged grid); `last_block` is not supported (its blocks' outputs are unmerged patch tokens). Every
+  tower reads its processor's normalisation (`encoder_pixels`). Then pool×pool average pooling.
   """
   c = encoder.config
+  images = encoder_pixels(c, images)
   if is_qwen(c):
     if last_block:
       raise ValueError("the Qwen2.5-VL tower serves as und_encoder only (no last-block target)")
     if images.shape[1:3] != (c.image_size, c.image_size):
       raise ValueError(f"images {tuple(images.shape)}: the Qwen2.5-VL und_encoder expects "
                        f"{c.image_size}x{c.image_size} images ({c.num_tokens} tokens)")
-    tokens = encoder(qwen_pixels(images))
+    tokens = encoder(images)
   elif last_block:
     tokens = encoder(images, output_hidden_states=True).hidden_states[-1]
   else:

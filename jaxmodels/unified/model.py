@@ -176,8 +176,8 @@ class UnifiedModel(nnx.Module):
     """images [B, H, W, 3] in [-1, 1] -> LLM-space image tokens [B, n, D] (the understanding encoder, or
     the embeddings of the image's discrete tokens when the model only has an image tokenizer).
 
-    Encoder path: und_encoder (a Qwen2.5-VL tower first renormalises the images to its processor's
-    OpenAI-CLIP mean/std, `encoders.qwen_pixels`) -> a×a pool -> und_projector (none: identity).
+    Encoder path: und_encoder (Qwen2.5-VL and CLIP-family towers first renormalise the images to their
+    processor's OpenAI-CLIP mean/std, `encoders.encoder_pixels`) -> a×a pool -> und_projector.
     with_features: also return the encoder's unpooled tokens [B, g², D_enc] (None without an encoder),
     which the dense auxiliary head reads."""
     if self.und_encoder is None:
