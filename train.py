@@ -122,9 +122,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # understanding inputs only (a second program): more understanding updates per second.
     compiled_und = compiled if gen_every == 1 else step_fn.lower(
         state, understanding_inputs(first, gen_every), rng).compile()
-  flops = compiled_flops(compiled)
-  if flops and gen_every > 1 and compiled_flops(compiled_und):
-    flops = (flops + (gen_every - 1) * compiled_flops(compiled_und)) / gen_every
+  flops, flops_und = compiled_flops(compiled), compiled_flops(compiled_und)
+  if flops and flops_und:   # the mean over a cycle of gen_every steps
+    flops = (flops + (gen_every - 1) * flops_und) / gen_every
   tokens = int(np.prod(first["und_ids"].shape[1:])) if "und_ids" in first else 0
   writer = MetricWriter(workdir, total_steps=total, batch_size=config.data.batch_size,
                         tokens_per_example=tokens, flops_per_step=flops, start_step=start)
@@ -142,12 +142,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   try:
     for step in range(start + 1, total + 1):
       if step > start + 1:
-        batch = to_global(next(data.iterator))
-      if step % gen_every:
-        state, metrics = compiled_und(state, understanding_inputs(batch, gen_every),
-                                      jax.random.fold_in(rng, step))
-      else:
-        state, metrics = compiled(state, batch, jax.random.fold_in(rng, step))
+        batch = next(data.iterator)
+      und_only = step % gen_every != 0           # (never with gen_every=1)
+      if und_only:                               # the gen_* arrays never leave the host
+        batch = understanding_inputs(batch, gen_every)
+      state, metrics = (compiled_und if und_only else compiled)(
+          state, to_global(batch) if step > start + 1 else batch, jax.random.fold_in(rng, step))
       if flag is not None:                     # the previous step's non-finite flag (one step behind)
         guard.update(step - 1, flag, last_checkpoint=ckpt.latest_step)
       flag = metrics["nonfinite"]

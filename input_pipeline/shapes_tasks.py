@@ -162,7 +162,8 @@ class ShapesTaskSource:
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
                edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False,
                layout: str = "image_first"):
-    und_prompt(tokenizer, "", 0, layout)   # validates the layout
+    if layout not in UND_LAYOUTS:
+      raise ValueError(f"data.und_layout={layout!r}: expected one of {UND_LAYOUTS}")
     if not 0.0 <= edit_fraction <= 1.0:
       raise ValueError(f"edit_fraction={edit_fraction} must be in [0, 1]")
     self.scenes, self.tok = scenes, tokenizer
