@@ -96,9 +96,9 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
   size dict `s` (a SIZES entry; `num_layers` overrides its depth). Returns the jitted, not yet
   compiled `step(state, batch, rng) -> (state, metrics)`, its state, a batch {"ids": [B, T]} and the
   LLMConfig."""
-  import jax
   import jax.numpy as jnp
   import numpy as np
+  import optax
   from flax import nnx
 
   from jaxmodels.llm import LLM, LLMConfig
@@ -112,8 +112,7 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
   class LM(LLM):
     def loss(self, batch, rng):
       logits = self(batch["ids"][:, :-1])
-      logp = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["ids"][:, 1:, None], -1)
-      return -logp.mean(), {}
+      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["ids"][:, 1:]).mean(), {}
 
   tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None), 1000)
   ts = TrainState(LM(cfg, rngs=nnx.Rngs(0)), tx)

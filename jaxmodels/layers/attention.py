@@ -51,16 +51,25 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   if impl != "einsum":
     raise ValueError(f"unknown attention impl {impl!r}")
   b, t, n, h = q.shape
-  kh = k.shape[2]
-  qg = q.reshape(b, t, kh, n // kh, h)
-  logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+  s, kh = k.shape[1], k.shape[2]
+  g = n // kh
+  # Laid out for XLA:CPU (measured, tools/bench_train.py): heads-major operands with the g query heads
+  # of a KV group stacked along the query axis, so both dots are plain batched matmuls over [B, K]
+  # with contiguous [g·T, H] x [S, H] tiles; and the softmax normalisation applied to the [.., H]
+  # output instead of the [.., S] probabilities (exp(l - max) · v / Σ exp(l - max), the same function).
+  # Forward ~1.9x, backward ~1.5x faster than the [B, T, N, H] einsum with a normalised softmax.
+  qg = q.reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, h)
+  kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  logits = jnp.einsum("bkqh,bksh->bkqs", qg, kt, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     m = mask.reshape(mask.shape[0], -1, 1, *mask.shape[-2:]) if mask.shape[1] == 1 else \
-        mask.reshape(mask.shape[0], kh, n // kh, *mask.shape[-2:])
-    logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-  return out.reshape(b, t, n, h)
+        mask.reshape(mask.shape[0], kh, g, *mask.shape[-2:])
+    logits = jnp.where(m, logits.reshape(b, kh, g, t, s), jnp.finfo(jnp.float32).min)
+    logits = logits.reshape(b, kh, g * t, s)
+  weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+  out = jnp.einsum("bkqs,bksh->bkqh", weights.astype(v.dtype), vt, preferred_element_type=jnp.float32)
+  out = (out / weights.sum(-1, keepdims=True)).astype(q.dtype)
+  return out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 class Attention(nnx.Module):

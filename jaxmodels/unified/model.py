@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from jaxmodels import flow
@@ -90,9 +91,11 @@ def answer_loss(llm: LLM, embeds: jax.Array, ids: jax.Array, mask: jax.Array,
   [B, T, D]; also token accuracy and whole-answer accuracy."""
   logits = llm(None, attention_mask=mask, inputs_embeds=embeds)[:, :-1]
   targets, weight = ids[:, 1:], loss_mask[:, 1:].astype(jnp.float32)
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+  # optax's logsumexp − label-logit form: the gather-from-log_softmax form's backward (a scatter into
+  # [B, T, V] then the log_softmax VJP) cost ~2x the head's matmuls on CPU (BENCHMARKS.md, issue 9).
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
   denom = jnp.maximum(weight.sum(), 1.0)
-  loss = -(logp * weight).sum() / denom
+  loss = (nll * weight).sum() / denom
   right = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
   token_acc = (right * weight).sum() / denom
   answer_acc = jnp.mean(jnp.all((right > 0) | (weight == 0), axis=1))
@@ -394,8 +397,8 @@ class UnifiedModel(nnx.Module):
       weight = weight.at[:, t - 1:t + 1].set(0.0)
       if ref_images is not None:
         weight = weight.at[:, :t - 1].multiply((ids[:, 1:] != c.image_token_id).astype(jnp.float32))
-      logp = jnp.take_along_axis(jax.nn.log_softmax(logits), seq[:, 1:, None], axis=-1)[..., 0]
-      ce = -(logp * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+      nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), seq[:, 1:])
+      ce = (nll * weight).sum() / jnp.maximum(weight.sum(), 1.0)
       metrics["gen_ce"] = ce
     elif c.queries == "none":
       ids, mask, images = self._edit_inputs(k_edit, batch)

@@ -21,6 +21,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
 from jaxmodels.flow.embeddings import patchify, unpatchify
@@ -97,7 +98,6 @@ class PatchAutoencoder(nnx.Module):
       loss = jnp.mean((logits - images) ** 2)
       return loss, {"ae_loss": loss}
     classes = self.pixel_classes(images)
-    logp = jax.nn.log_softmax(logits)
-    loss = -jnp.mean(jnp.take_along_axis(logp, classes[..., None], -1))
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, classes).mean()
     acc = jnp.mean((jnp.argmax(logits, -1) == classes).astype(jnp.float32))
     return loss, {"ae_loss": loss, "ae_pixel_acc": acc}
