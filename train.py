@@ -165,6 +165,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if stop_signal:
         break
       if step % config.train.eval_every == 0 and step != total and not out_of_time and can_eval:
+        if pending is not None:   # log this step's rate before the eval's time is excluded (pause)
+          writer.write(*pending)
+          pending = None
         scores = shapes_eval.evaluate_model(nnx.merge(graphdef, state).eval_model(), data.tokenizer, config,
                                             data.data_dir, workdir, rng=jax.random.fold_in(eval_rng, step),
                                             final=False, evals=which)

@@ -46,6 +46,10 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
   rows = [json.loads(line) for line in open(full / "metrics.jsonl")]
   assert [r["step"] for r in rows if "train/gen_loss" in r] == [2, 4, 6]   # gen_every=2
   assert all("train/und_loss" in r for r in rows if "train/loss" in r)
+  # A step's train row is written before its in-loop eval (whose time the rate then excludes); the
+  # other order gave the next interval the eval's end as its start (steps/s in the thousands, ETA 0).
+  kinds = [(r["step"], "eval" if any(k.startswith("eval/") for k in r) else "train") for r in rows]
+  assert kinds.index((3, "train")) < kinds.index((3, "eval")), kinds
 
   # Exact resume: a second run of the same 6 steps is stopped after step 3 (as a SIGTERM would stop
   # it), then restarted in its workdir. The whole loss sequence and the final state (parameters,
