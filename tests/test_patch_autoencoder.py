@@ -80,3 +80,38 @@ def test_unified_model_generates_through_the_autoencoder():
   x = nnx.jit(lambda m, i, k: m.generate_image(i, k, jax.random.key(1), num_steps=2))(
       model, batch["gen_ids"], batch["gen_mask"])
   assert x.shape == (b, 32, 32, 3)
+
+
+def test_class_loss_trains_the_latents_not_the_decoder():
+  cfg = PatchAutoencoderConfig(image_size=16, patch_size=4, latent_channels=6, hidden_size=32, palette=PALETTE)
+  ae = PatchAutoencoder(cfg, rngs=nnx.Rngs(0))
+  images, classes = _scenes(2)
+  z = ae.encode(images)
+  w = jnp.array([1.0, 0.0])
+  g_model, g_z = nnx.grad(lambda m, z: m.class_loss(z, images, w), argnums=(0, 1))(ae, z)
+  assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(nnx.state(g_model)))
+  assert float(jnp.abs(g_z[0]).max()) > 0 and float(jnp.abs(g_z[1]).max()) == 0.0   # weight 0: no gradient
+  logits = ae.decode_logits(z[:1])
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(classes[:1])).mean() / 2
+  np.testing.assert_allclose(ae.class_loss(z, images, w), want, rtol=1e-5)
+
+
+def test_gen_decoder_weight_adds_the_decoded_class_loss():
+  import importlib
+  import pytest
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.unified import UnifiedModel
+  from jaxmodels.unified.build import unified_config
+  config = importlib.import_module("configs.shapes_tiny").get_config("target=ae")
+  config.model.gen_decoder_weight = 0.5
+  model = UnifiedModel(unified_config(config.model), rngs=nnx.Rngs(0))
+  b = 2
+  batch = dict(gen_ids=jnp.ones((b, 16), jnp.int32), gen_mask=jnp.ones((b, 16), jnp.int32),
+               gen_image=jnp.asarray(np.asarray(PALETTE, np.float32)[np.zeros((b, 32, 32), int)] / 127.5 - 1))
+  _, m = nnx.jit(lambda m, b: m.loss(b, jax.random.key(0)))(model, batch)
+  assert float(m["gen_decoder_loss"]) > 0
+  np.testing.assert_allclose(m["gen_loss"], m["gen_flow_loss"] + 0.5 * m["gen_decoder_loss"], rtol=1e-5)
+  pixels = importlib.import_module("configs.shapes_tiny").get_config("target=pixels")
+  pixels.model.gen_decoder_weight = 0.5
+  with pytest.raises(ConfigError, match="gen_decoder_weight"):
+    unified_config(pixels.model)

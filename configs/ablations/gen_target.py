@@ -4,7 +4,8 @@ BLIP3-o finds that diffusing a compact semantic feature space (CLIP features) tr
 higher than diffusing VAE latents or pixels. Toy stand-in: arm "ae" generates the 8×8×8 latent of a
 jointly trained per-patch autoencoder whose decoder predicts palette colours (`shapes_tiny:target=ae`);
 arm "pixels" generates the 32×32×3 image directly (`shapes_tiny:target=pixels`). Same LLM, encoder,
-queries and connector; the DiT differs only in its input grid. Metric: ShapesWorld-GenEval per tag.
+queries and connector; the DiT differs only in its input grid. Metrics: ShapesWorld-GenEval per tag and
+the progress signals below its strict bar (`geneval_progress`: lenient score, shape-fit IoU, specks).
 
     python tools/ablate.py --ablation=gen_target --seeds=3 --minutes=10 --workdir=runs/ablations
     python train.py --config=configs/ablations/gen_target.py:ae --workdir=/tmp/gen_target_ae
@@ -13,7 +14,7 @@ from configs import shapes_tiny
 from configs.ablations import common
 
 ARMS = ("ae", "pixels")
-METRICS = ("geneval/*",)
+METRICS = ("geneval/*", "geneval_progress/*")
 
 
 def get_config(arg=None):

@@ -15,7 +15,8 @@ from configs import shapes_tiny
 from configs.ablations import common
 
 ARMS = ("K1", "K2", "K4")
-METRICS = ("geneval/*", "sampling/s_per_image")
+METRICS = ("geneval/*", "geneval_progress/lenient_overall", "geneval_progress/median_fit_iou",
+           "sampling/s_per_image")
 LOWER_IS_BETTER = ("sampling/s_per_image",)
 MEASURE = ("sampling",)
 NUM_LAYERS = 4

@@ -15,7 +15,7 @@ from configs import shapes_tiny
 from configs.ablations import common
 
 ARMS = ("shared", "decoupled")
-METRICS = ("qa/overall", "rover_ig/RV", "rover_ig/VC", "geneval/overall")
+METRICS = ("qa/overall", "rover_ig/RV", "rover_ig/VC", "geneval/overall", "geneval_progress/median_fit_iou")
 # 1 (<bos>) + 16 image tokens + up to 26 instruction words, with room to spare.
 GEN_LEN = 48
 

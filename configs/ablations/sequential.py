@@ -21,7 +21,7 @@ from configs.ablations import common
 from jaxmodels.errors import ConfigError
 
 ARMS = ("joint", "sequential")
-METRICS = ("qa/overall", "geneval/overall", "stage1/qa/overall")
+METRICS = ("qa/overall", "geneval/overall", "geneval_progress/median_fit_iou", "stage1/qa/overall")
 # Arms run as several trainings, each with an equal share of the budget; stage k > 1 starts from
 # stage k-1's parameters (tools/ablate.py sets `config.init.checkpoint`).
 STAGES = {"sequential": ("stage1", "stage2")}

@@ -223,7 +223,8 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   reasoning, overall, robustness; a small subset in the loop, `evals.colorbench_per_task` /
   `colorbench_seeds` items at the end). A pixel-generating model writes `<workdir>/samples.png` at
   every evaluation (in the loop: `evals.loop_samples` prompts spread over the tags); with `final`
-  also geneval (ShapesWorld-GenEval on the test split, `<workdir>/geneval/` in the official layout)
+  also geneval (ShapesWorld-GenEval on the test split, `<workdir>/geneval/` in the official layout,
+  plus `geneval_progress`: lenient-detector score and shape-fit diagnostics, shapes_progress.py)
   and rover (ShapesWorld-ROVER IG and TG, `evals.rover_tasks` each,
   exact scores on ROVER's 0..100 scale, `<workdir>/rover/`; needs an understanding encoder for
   the source image and a prompt-conditioned DiT, i.e. not queries="image_tokens"). Set sizes
@@ -231,6 +232,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   """
   from input_pipeline import shapes_world as sw
   from jaxmodels.evals import shapes_colorbench, shapes_rover
+  from jaxmodels.evals.shapes_progress import progress_scores
   ev, cfg_name = config.evals, config.data.get("config", "res32")
   # Sizes of the ColorBench / ROVER sets: config.evals keys, else scaled with geneval_prompts (so
   # smoke configs stay small).
@@ -269,6 +271,8 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     if final:
       scores["geneval"] = {"overall": out["summary"]["overall"],
                            **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
+      # Below the strict bar: how far off the samples are (diagnostics, not GenEval; see the module).
+      scores["geneval_progress"] = progress_scores(out["images"], records)
     save_grid(out["images"][:64], os.path.join(workdir, "samples.png"))
   editable = can_read and model.config.queries != "image_tokens"   # prompts with image inputs
   if final and model.config.generates_pixels and "rover" in evals and editable:

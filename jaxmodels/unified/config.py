@@ -103,6 +103,10 @@ class UnifiedConfig:
   # head generates its latent grid and sampling decodes it to pixels.
   autoencoder: PatchAutoencoderConfig | None = None
   ae_weight: float = 1.0
+  # Pixel-class loss on the flow head's clean-latent estimate x̂₀ = x_σ − σ·v̂ decoded by the (frozen
+  # for this term) palette decoder, weighted per example by (1 − σ)^2: supervises what sampling's
+  # last steps decode to, not only the latent's MSE (off at 0; needs a palette autoencoder).
+  gen_decoder_weight: float = 0.0
   edit_drop: tuple = (0.2, 0.2, 0.1)         # (caption only, image only, both) drop probs, edit inputs
   # Flow objective (jaxmodels.flow conventions).
   sigma_sampling: str = "uniform"            # uniform | logit_normal | mode
@@ -135,6 +139,10 @@ class UnifiedConfig:
     if (self.gen_target == "autoencoder") != (self.autoencoder is not None):
       raise ConfigError("config.model.gen_target='autoencoder' goes with config.model.autoencoder "
                         "(and only it)")
+    if self.gen_decoder_weight and not (self.autoencoder is not None and self.autoencoder.palette
+                                        and self.queries in ("learnable", "vocab")):
+      raise ConfigError(f"config.model.gen_decoder_weight={self.gen_decoder_weight}: needs "
+                        "gen_target='autoencoder' with a palette and queries 'learnable' or 'vocab'")
     self._check_vae()
     if self.connector == "identity" and self.llm.hidden_size != dit_cond_dim(self.dit):
       raise ConfigError(f"config.model.connector='identity' needs llm.hidden_size "

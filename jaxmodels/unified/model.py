@@ -422,6 +422,12 @@ class UnifiedModel(nnx.Module):
     v = self.velocity(x_t if ref is None else self.edit_latents.inject(x_t, ref), sigmas, cond)
     loss = flow.flow_matching_loss(v, x0, noise)
     metrics["gen_flow_loss"] = loss
+    if c.gen_decoder_weight:   # pixel classes of the clean-latent estimate (config.py)
+      sig = sigmas.reshape((-1,) + (1,) * (x_t.ndim - 1))
+      x0_hat = x_t.astype(jnp.float32) - sig * v.astype(jnp.float32)
+      dec = self.autoencoder.class_loss(x0_hat, self.target_images(batch["gen_image"]), (1.0 - sigmas) ** 2)
+      metrics["gen_decoder_loss"] = dec
+      loss = loss + c.gen_decoder_weight * dec
     if c.queries == "image_tokens":
       loss = metrics["gen_ce"] + c.flow_weight * loss
     return loss, {**metrics, "gen_loss": loss}

@@ -75,6 +75,17 @@ class PatchAutoencoder(nnx.Module):
     h = get_activation("gelu")(self.dec_in(latents))
     return unpatchify(self.dec_out(h), self.config.patch_size, self.config.out_channels).astype(jnp.float32)
 
+  def class_loss(self, latents: jax.Array, images: jax.Array, weights: jax.Array) -> jax.Array:
+    """Per-pixel cross-entropy of `decode_logits(latents)` against the palette classes of `images`,
+    averaged per example and weighted by `weights` [B]; no gradient reaches the decoder (it trains on
+    the encoder's latents only: `reconstruction_loss`), only `latents` (e.g. a flow head's estimate)."""
+    if not self.config.palette:
+      raise ValueError("class_loss needs an autoencoder with a palette")
+    graphdef, state = nnx.split(self)
+    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
+    nll = optax.softmax_cross_entropy_with_integer_labels(frozen.decode_logits(latents), self.pixel_classes(images))
+    return jnp.mean(weights * nll.reshape(nll.shape[0], -1).mean(1))
+
   def _palette(self) -> jax.Array:
     return jnp.asarray(self.config.palette, jnp.float32) / 127.5 - 1.0   # [K, 3] in [-1, 1]
 
