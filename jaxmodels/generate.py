@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmodels.layers.block import unstack_layers
+
 
 def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: float | jax.Array = 0.0,
                   top_k: int = 0, top_p: float | jax.Array = 1.0, greedy: bool = True) -> jax.Array:
@@ -40,7 +42,8 @@ def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: floa
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "greedy"))
 def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_p, eos_ids, pad_id,
               inputs_embeds, *, max_new_tokens: int, top_k: int, greedy: bool):
-  model = nnx.merge(graphdef, state)
+  # Per-layer weights sliced once here, not at every token inside the loop (BlockStack.unstack).
+  model = unstack_layers(nnx.merge(graphdef, state))
   b, t = input_ids.shape
   total = t + max_new_tokens
   cache = model.init_cache(b, total)

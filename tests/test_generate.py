@@ -14,13 +14,14 @@ from oracles import perturb_, save_tiny  # noqa: E402
 NEW = 24
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["loop", "scan"])
+def pair(request, tmp_path_factory):
   cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                  bos_token_id=None, eos_token_id=None, pad_token_id=0)
   model = perturb_(transformers.AutoModelForCausalLM.from_config(cfg).eval(), 0.1)
-  return model, hf.from_pretrained(save_tiny(model, tmp_path_factory.mktemp("gen")))
+  # scan: stacked layer weights, unstacked by generate outside its token loop (BlockStack.unstack)
+  return model, hf.from_pretrained(save_tiny(model, tmp_path_factory.mktemp("gen")), scan_layers=request.param)
 
 
 def _reference(model, ids, mask, **kw):

@@ -59,7 +59,8 @@ class BlockStack(nnx.Module):
   """`num_layers` blocks built by `make_block(rngs)`, run as a loop or as one `nnx.scan`.
 
   With `scan=True` the parameters are stacked on a leading `layers` axis ([L, ...]); outputs are
-  identical to the loop. A KV cache is a pair (k, v) of [L, B, S, K, H] in both modes.
+  identical to the loop. A KV cache is a pair (k, v) of [L, B, S, K, H] in both modes. `unstack()`
+  turns a scanned stack into the loop (decoding).
   `remat` is one of REMAT_POLICIES ("none", "full", "dots").
   """
 
@@ -100,6 +101,18 @@ class BlockStack(nnx.Module):
         hiddens.append(x)
     return x, cache, (jnp.stack(hiddens) if return_hidden else None)
 
+  def unstack(self) -> None:
+    """Turns a scanned stack into a loop over L blocks in place (each holding slices of the
+    stacked state; outputs unchanged). For decoding (`generate` does it on its traced copy of the
+    model, outside the token loop): inside a loop, a scan over stacked weights slices (copies) every
+    layer's weights at every step, which measured ~2.5x slower per token on CPU (BENCHMARKS.md)."""
+    if not self.scan:
+      return
+    graphdef, state = nnx.split(self.blocks)
+    self.blocks = nnx.List([nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+                            for i in range(self.num_layers)])
+    self.scan = False
+
   def _scan(self, x, mask, rope, cache, cache_index, return_hidden):
     # A plain lax.scan over the stacked block state (split/merge by hand rather than nnx.scan), so
     # the stack works inside any outer JAX transform (jit, grad, lax.scan of a sampler) alike.
@@ -116,3 +129,11 @@ class BlockStack(nnx.Module):
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)
     x, (cache, hidden) = jax.lax.scan(body, x, (state, cache))
     return x, cache, hidden
+
+
+def unstack_layers(module: nnx.Module) -> nnx.Module:
+  """`BlockStack.unstack()` on every scanned stack inside `module` (in place); returns `module`."""
+  for _, node in list(nnx.iter_graph(module)):
+    if isinstance(node, BlockStack):
+      node.unstack()
+  return module
