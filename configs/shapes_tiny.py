@@ -68,7 +68,10 @@ def get_config(arg=None):
                  time_limit_minutes=7.5)
   c.evals = ml_collections.ConfigDict(dict(which="qa,geneval,colorbench,rover",  # a subset skips the rest
                                            qa_per_kind=64, geneval_prompts=553, sample_steps=20,
-                                           guidance=3.0, batch_size=64))
+                                           guidance=3.0, batch_size=64,
+                                           # > 0: in-loop evals also score GenEval + geneval_progress on
+                                           # this many test prompts (a learning curve in metrics.jsonl)
+                                           loop_geneval_prompts=0))
   if a.runlocal:   # a smoke run: a few steps, small evals
     c.data.config = "tiny"
     c.data.batch_size = 8

@@ -14,14 +14,14 @@ from oracles import perturb_, save_tiny  # noqa: E402
 NEW = 24
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["loop", "scan"])
-def pair(request, tmp_path_factory):
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
   cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                  bos_token_id=None, eos_token_id=None, pad_token_id=0)
   model = perturb_(transformers.AutoModelForCausalLM.from_config(cfg).eval(), 0.1)
-  # scan: stacked layer weights, unstacked by generate outside its token loop (BlockStack.unstack)
-  return model, hf.from_pretrained(save_tiny(model, tmp_path_factory.mktemp("gen")), scan_layers=request.param)
+  path = save_tiny(model, tmp_path_factory.mktemp("gen"))
+  return model, hf.from_pretrained(path), path
 
 
 def _reference(model, ids, mask, **kw):
@@ -31,14 +31,14 @@ def _reference(model, ids, mask, **kw):
 
 
 def test_greedy_matches_transformers(pair):
-  model, ours = pair
+  model, ours, _ = pair
   ids = np.random.RandomState(0).randint(1, 97, (2, 8))
   mask = np.ones_like(ids)
   np.testing.assert_array_equal(np.asarray(generate(ours, ids, NEW)), _reference(model, ids, mask))
 
 
 def test_greedy_left_padded_batch_matches_transformers(pair):
-  model, ours = pair
+  model, ours, _ = pair
   ids = np.random.RandomState(1).randint(1, 97, (3, 9))
   mask = np.ones_like(ids)
   mask[0, :4], mask[2, :1] = 0, 0
@@ -47,8 +47,22 @@ def test_greedy_left_padded_batch_matches_transformers(pair):
   np.testing.assert_array_equal(out, _reference(model, ids, mask))
 
 
+def test_scanned_layers_decode_the_same(pair):
+  # Stacked [L, ...] layer weights: generate unstacks them once, outside its token loop
+  # (BlockStack.unstack); the padded batch exercises the cache masks too.
+  model, _, path = pair
+  scanned = hf.from_pretrained(path, scan_layers=True)
+  ids = np.random.RandomState(1).randint(1, 97, (3, 9))
+  mask = np.ones_like(ids)
+  mask[0, :4] = 0
+  ids[mask == 0] = 0
+  out = np.asarray(generate(scanned, ids, NEW, attention_mask=mask))
+  np.testing.assert_array_equal(out, _reference(model, ids, mask))
+  assert scanned.layers.scan   # the caller's model keeps its stacked layout
+
+
 def test_eos_then_pad(pair):
-  model, ours = pair
+  model, ours, _ = pair
   ids = np.random.RandomState(0).randint(1, 97, (2, 8))
   free = np.asarray(generate(ours, ids, NEW))
   eos = int(free[0, 8 + 3])   # a token row 0 emits at step 3
@@ -60,7 +74,7 @@ def test_eos_then_pad(pair):
 
 
 def test_sampling_is_seeded_and_topk1_is_greedy(pair):
-  _, ours = pair
+  _, ours, _ = pair
   ids = np.random.RandomState(2).randint(1, 97, (2, 6))
   a = generate(ours, ids, 8, temperature=1.0, rng=jax.random.key(3))
   b = generate(ours, ids, 8, temperature=1.0, rng=jax.random.key(3))

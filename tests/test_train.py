@@ -15,7 +15,7 @@ def _config(data_dir, **train_overrides):
   c = shapes_tiny.get_config("runlocal")
   c.data.data_dir = data_dir
   c.train.update(log_every=1, ema_decay=0.9, **train_overrides)
-  c.evals.update(qa_per_kind=2, geneval_prompts=4, sample_steps=2, batch_size=4)
+  c.evals.update(qa_per_kind=2, geneval_prompts=4, sample_steps=2, batch_size=4, loop_geneval_prompts=3)
   c.checkpoint.async_save = False
   return c
 
@@ -50,6 +50,11 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
   # other order gave the next interval the eval's end as its start (steps/s in the thousands, ETA 0).
   kinds = [(r["step"], "eval" if any(k.startswith("eval/") for k in r) else "train") for r in rows]
   assert kinds.index((3, "train")) < kinds.index((3, "eval")), kinds
+  # evals.loop_geneval_prompts: the in-loop evaluation scores GenEval and its progress signals too.
+  ev = next(r for r in rows if r["step"] == 3 and "eval/geneval/overall" in r)
+  assert {"eval/geneval_progress/median_fit_iou", "eval/geneval_progress/lenient_overall"} <= set(ev)
+  assert {"overall", "single_object"} <= set(scores["geneval"])
+  assert {"lenient_overall", "objects_per_image", "median_fit_iou"} <= set(scores["geneval_progress"])
 
   # Exact resume: a second run of the same 6 steps is stopped after step 3 (as a SIGTERM would stop
   # it), then restarted in its workdir. The whole loss sequence and the final state (parameters,

@@ -40,3 +40,7 @@ def full(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A real ablation run: the budget is `--minutes` (time limit) or `--steps`; no in-loop evals."""
   c.train.update(total_steps=TOTAL_STEPS, eval_every=10**9, ckpt_every=500)
   return c
+
+
+# geneval_progress counts of artefacts (shapes_progress.py): fewer is better.
+PROGRESS_LOWER_IS_BETTER = ("geneval_progress/speckles_per_image", "geneval_progress/unfit_per_image")

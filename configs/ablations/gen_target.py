@@ -15,6 +15,7 @@ from configs.ablations import common
 
 ARMS = ("ae", "pixels")
 METRICS = ("geneval/*", "geneval_progress/*")
+LOWER_IS_BETTER = common.PROGRESS_LOWER_IS_BETTER
 
 
 def get_config(arg=None):

@@ -224,7 +224,9 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   `colorbench_seeds` items at the end). A pixel-generating model writes `<workdir>/samples.png` at
   every evaluation (in the loop: `evals.loop_samples` prompts spread over the tags); with `final`
   also geneval (ShapesWorld-GenEval on the test split, `<workdir>/geneval/` in the official layout,
-  plus `geneval_progress`: lenient-detector score and shape-fit diagnostics, shapes_progress.py)
+  plus `geneval_progress`: lenient-detector score and shape-fit diagnostics, shapes_progress.py); with
+  `evals.loop_geneval_prompts` = n > 0 the in-loop evaluations score both on n spread test prompts
+  (a learning curve in metrics.jsonl: `eval/geneval/*`, `eval/geneval_progress/*`)
   and rover (ShapesWorld-ROVER IG and TG, `evals.rover_tasks` each,
   exact scores on ROVER's 0..100 scale, `<workdir>/rover/`; needs an understanding encoder for
   the source image and a prompt-conditioned DiT, i.e. not queries="image_tokens"). Set sizes
@@ -262,13 +264,14 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     # `evals.loop_samples` prompts (samples.png, overwritten at every evaluation).
     from jaxmodels.evals.detectors import ShapesDetector
     test = sw.load_split(data_dir, "test", cfg_name, decode=True)
-    n = ev.geneval_prompts if final else ev.get("loop_samples", 16)
+    loop_scored = ev.get("loop_geneval_prompts", 0)   # > 0: in-loop evals score GenEval too
+    n = ev.geneval_prompts if final else (loop_scored or ev.get("loop_samples", 16))
     records = [test[i]["metadata"] for i in _spread(len(test), n)]
     out = geneval_generate_and_score(
         model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
         guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.gen_len,
         out_dir=os.path.join(workdir, "geneval") if final else None)
-    if final:
+    if final or loop_scored:
       scores["geneval"] = {"overall": out["summary"]["overall"],
                            **{t: v["accuracy"] for t, v in out["summary"]["tags"].items()}}
       # Below the strict bar: how far off the samples are (diagnostics, not GenEval; see the module).
