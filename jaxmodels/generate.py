@@ -46,7 +46,7 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
   model = unstack_layers(nnx.merge(graphdef, state))
   b, t = input_ids.shape
   total = t + max_new_tokens
-  cache = model.init_cache(b, total)
+  cache = model.init_cache(b, total, per_layer=True)   # in-place per-layer token writes
   kv_mask = jnp.concatenate([attention_mask, jnp.ones((b, max_new_tokens), attention_mask.dtype)], 1)
   positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
   out = model.forward(input_ids, positions, kv_mask, cache=cache, cache_index=0, inputs_embeds=inputs_embeds)

@@ -22,7 +22,13 @@ from jaxmodels.layers import BlockStack, Embed, Linear, RMSNorm, TransformerBloc
 from jaxmodels.layers.attention import make_attention_mask
 from jaxmodels.layers.rotary import rope_tables
 
-KVCache = tuple[jax.Array, jax.Array]  # (k, v), each [L, B, S, K, H]
+KVCache = tuple  # (k, v), each [L, B, S, K, H], or each a tuple of L [B, S, K, H] (per layer)
+
+
+def cache_length(cache: KVCache) -> int:
+  """S, the number of slots of a stacked or per-layer KV cache."""
+  k = cache[0]
+  return k[0].shape[1] if isinstance(k, (tuple, list)) else k.shape[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +137,7 @@ class LLM(nnx.Module):
     q_slots = jnp.arange(t) + cache_index
     if positions is None:
       positions = jnp.broadcast_to(q_slots[None], (b, t))
-    k_slots = q_slots if cache is None else jnp.arange(cache[0].shape[2])
+    k_slots = q_slots if cache is None else jnp.arange(cache_length(cache))
     mask = make_attention_mask(q_slots, k_slots, attention_mask, causal=True,
                                sliding_window=c.sliding_window)
     rope = rope_tables(positions, c.rotary_dim, c.rope_theta, c.rope_scaling_dict, c.max_position_embeddings)
@@ -144,9 +150,14 @@ class LLM(nnx.Module):
     out = self.embed.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
     return sharding.constrain(out, ("act_batch", "act_length", "vocab")).astype(jnp.float32)
 
-  def init_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
-    """Zeroed KV cache (k, v), each [L, B, max_length, K, H]."""
+  def init_cache(self, batch_size: int, max_length: int, dtype=None, *, per_layer: bool = False) -> KVCache:
+    """Zeroed KV cache (k, v), each [L, B, max_length, K, H]; with `per_layer`, each a tuple of L
+    arrays [B, max_length, K, H] (what `generate` uses: a decode step then writes its token into each
+    layer's buffer in place, where the stacked layout copied every layer's cache slice out and back in
+    at every token; needs unstacked layers, `BlockStack.unstack`)."""
     c = self.config
     shape = (c.num_layers, batch_size, max_length, c.num_kv_heads, c.resolved_head_dim)
     dtype = dtype or jnp.dtype(c.dtype)
+    if per_layer:
+      return tuple(tuple(jnp.zeros(shape[1:], dtype) for _ in range(c.num_layers)) for _ in range(2))
     return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)

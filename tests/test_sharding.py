@@ -7,6 +7,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxmodels import sharding
+from jaxmodels.layers.block import unstack_layers
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.vision import VisionConfig, VisionTransformer
 
@@ -131,10 +132,15 @@ def test_remat_keeps_loss_and_grads(scan, remat):
     LLM(CFG.replace(remat="sometimes"), rngs=nnx.Rngs(0))
 
 
-def test_kv_cache_decode_equals_full_forward():
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "per_layer"])
+def test_kv_cache_decode_equals_full_forward(per_layer):
   model = LLM(CFG.replace(scan_layers=True), rngs=nnx.Rngs(5))
   full = np.asarray(model(IDS))
-  cache = model.init_cache(4, 8)
+  if per_layer:   # generate's layout: per-layer buffers, which need the layers unstacked
+    with pytest.raises(ValueError, match="unstacked"):
+      model.forward(IDS[:, :5], None, jnp.ones((4, 8), jnp.int32), cache=model.init_cache(4, 8, per_layer=True))
+    unstack_layers(model)
+  cache = model.init_cache(4, 8, per_layer=per_layer)
   mask = jnp.ones((4, 8), jnp.int32)
   out = model.forward(IDS[:, :5], None, mask, cache=cache, cache_index=0)
   steps = [np.asarray(model.logits(out.hidden))]

@@ -59,8 +59,9 @@ class BlockStack(nnx.Module):
   """`num_layers` blocks built by `make_block(rngs)`, run as a loop or as one `nnx.scan`.
 
   With `scan=True` the parameters are stacked on a leading `layers` axis ([L, ...]); outputs are
-  identical to the loop. A KV cache is a pair (k, v) of [L, B, S, K, H] in both modes. `unstack()`
-  turns a scanned stack into the loop (decoding).
+  identical to the loop. A KV cache is a pair (k, v) of [L, B, S, K, H] in both modes, or (loop only)
+  a pair of tuples of L [B, S, K, H] (`LLM.init_cache(per_layer=True)`). `unstack()` turns a scanned
+  stack into the loop (decoding).
   `remat` is one of REMAT_POLICIES ("none", "full", "dots").
   """
 
@@ -88,14 +89,19 @@ class BlockStack(nnx.Module):
   def __call__(self, x: jax.Array, *, mask=None, rope=None,
                cache: LayerCache | None = None, cache_index=0, return_hidden: bool = False):
     """Returns (x [B,T,D], cache or None, per-layer outputs [L,B,T,D] or None)."""
+    per_layer = cache is not None and isinstance(cache[0], (tuple, list))
     if self.scan:
+      if per_layer:
+        raise ValueError("a per-layer KV cache needs an unstacked BlockStack (BlockStack.unstack)")
       return self._scan(x, mask, rope, cache, cache_index, return_hidden)
     call = self._call_block()
     hiddens = []
     for i, block in enumerate(self.blocks):
       layer_cache = None if cache is None else (cache[0][i], cache[1][i])
       x, layer_cache = call(block, x, mask, rope, layer_cache, cache_index)
-      if cache is not None:
+      if per_layer:
+        cache = tuple(c[:i] + (u,) + c[i + 1:] for c, u in zip(cache, layer_cache))
+      elif cache is not None:
         cache = (cache[0].at[i].set(layer_cache[0]), cache[1].at[i].set(layer_cache[1]))
       if return_hidden:
         hiddens.append(x)
