@@ -7,8 +7,7 @@ the 8×8×8 latent grid of a jointly trained per-patch palette autoencoder (`tar
 its decoder paints every pixel one palette colour: BLIP3-o's compact-target idea at toy scale, see
 jaxmodels/unified/patch_autoencoder.py) — or 32×32 pixels with 4-px patches (`:target=pixels`).
 At equal steps the latent target gives crisp single-colour objects where pixels give noisy blobs
-(BENCHMARKS.md; both still score 0 on the strict detector), and logit-normal σ sampling trains it
-to closer shape fits than uniform σ (`geneval_progress` in the score table). Each understanding sequence asks up to 4
+(BENCHMARKS.md; both still score 0 on the strict detector). Each understanding sequence asks up to 4
 questions about its image (multi-turn, leaving out turns an earlier turn gives away,
 `data.qa_leak_free`), each question *before* its own copy of the image tokens
 (`data.und_layout="question_first"`: <bos> Q1 <image>×16 A1 <eos> Q2 <image>×16 A2 <eos> ...);
