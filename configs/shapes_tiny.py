@@ -48,9 +48,7 @@ def get_config(arg=None):
                num_heads=4, ffn_hidden_size=256, learn_sigma=False, cross_attention_dim=64,
                use_pad_token=False, time_convention="sigma_1000", scan_layers=True),
       gen_target="pixels", gen_image_size=32, num_queries=16, connector="mlp", cond_dropout=0.1,
-      # SD3's logit-normal σ sampling: fewer specks and closer shape fits than uniform σ at equal
-      # steps in 2 of 2 seeds (BENCHMARKS.md, "Session 6: generation levers").
-      sigma_sampling="logit_normal", und_weight=1.0, gen_weight=1.0))
+      und_weight=1.0, gen_weight=1.0))
   if a.target == "ae":   # the flow head generates a jointly trained patch autoencoder's 8×8 latent
     c.model.gen_target = "autoencoder"
     c.model.autoencoder = dict(image_size=32, patch_size=4, latent_channels=8, hidden_size=128,
