@@ -110,7 +110,8 @@ class LLM(nnx.Module):
           c.hidden_size, c.num_heads, c.intermediate_size, num_kv_heads=c.num_kv_heads,
           head_dim=c.resolved_head_dim, norm="rms", norm_eps=c.rms_norm_eps, mlp="gated",
           activation=c.hidden_act, qkv_bias=c.qkv_bias, out_bias=c.o_bias, mlp_bias=c.mlp_bias,
-          qk_norm=c.qk_norm, attention_impl=c.attention_impl, dtype=dtype, param_dtype=pdtype, rngs=r)
+          qk_norm=c.qk_norm, attention_impl=c.attention_impl, causal=True, dtype=dtype, param_dtype=pdtype,
+          rngs=r)
 
     self.layers = BlockStack(c.num_layers, make_block, scan=c.scan_layers, remat=c.remat, rngs=rngs)
     self.norm = RMSNorm(c.hidden_size, eps=c.rms_norm_eps, param_dtype=pdtype, rngs=rngs)
@@ -138,8 +139,12 @@ class LLM(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(q_slots[None], (b, t))
     k_slots = q_slots if cache is None else jnp.arange(cache_length(cache))
-    mask = make_attention_mask(q_slots, k_slots, attention_mask, causal=True,
-                               sliding_window=c.sliding_window)
+    if (cache is None and attention_mask is None and c.sliding_window is None
+        and c.attention_impl != "einsum"):
+      mask = None                # plain causal: fused kernels apply it themselves (is_causal)
+    else:
+      mask = make_attention_mask(q_slots, k_slots, attention_mask, causal=True,
+                                 sliding_window=c.sliding_window)
     rope = rope_tables(positions, c.rotary_dim, c.rope_theta, c.rope_scaling_dict, c.max_position_embeddings)
     x, cache, layer_outputs = self.layers(x, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
                                           return_hidden=return_layer_outputs)

@@ -176,3 +176,35 @@ def test_per_tower_rules(mesh):
   assert sh["lm_head"]["kernel"].get_value().spec == P("tensor", "fsdp")
   assert sh["embed"]["embedding"].get_value().spec == P("tensor", "fsdp")      # default: vocab, embed
   assert sh["layers"]["blocks"][0]["mlp"]["up"]["kernel"].get_value().spec == P("fsdp", "tensor")
+
+
+def test_causal_flag_and_even_length_padding_match_the_mask():
+  """The fused-kernel paths: `causal=True` (no mask array; `is_causal` for xla/cudnn) and the padding
+  of odd lengths that cuDNN's masked (bias) kernel needs give the plain masked result."""
+  from jaxmodels.layers.attention import _even_lengths, dot_product_attention, make_attention_mask
+  rs = np.random.RandomState(1)
+  q = jnp.asarray(rs.normal(size=(2, 7, 4, 8)), jnp.float32)
+  k = jnp.asarray(rs.normal(size=(2, 7, 2, 8)), jnp.float32)
+  v = jnp.asarray(rs.normal(size=(2, 7, 2, 8)), jnp.float32)
+  mask = make_attention_mask(jnp.arange(7), jnp.arange(7), None, causal=True)
+  ref = dot_product_attention(q, k, v, mask, scale=0.3, impl="einsum")
+  for impl in ("einsum", "xla"):
+    np.testing.assert_allclose(dot_product_attention(q, k, v, None, scale=0.3, impl=impl, causal=True),
+                               ref, atol=1e-5)
+  np.testing.assert_allclose(_even_lengths(q, k, v, mask, 0.3, impl="xla"), ref, atol=1e-5)
+  np.testing.assert_allclose(_even_lengths(q, k, v, None, 0.3, impl="xla", causal=True), ref, atol=1e-5)
+  with pytest.raises(ValueError, match="causal=True takes no mask"):
+    dot_product_attention(q, k, v, mask, scale=0.3, causal=True)
+
+
+def test_llm_fused_causal_path_matches_the_masked_one():
+  """attention_impl="xla" drops the mask array for plain causal inputs: same logits and gradients."""
+  cfg = CFG.replace(num_layers=2, scan_layers=True)
+  ref = LLM(cfg, rngs=nnx.Rngs(0))
+  fused = LLM(cfg.replace(attention_impl="xla"), rngs=nnx.Rngs(0))
+  ids = jnp.asarray(np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 9)))
+  loss = lambda m: jnp.square(m(ids)).mean()        # noqa: E731
+  (l_ref, g_ref), (l_fused, g_fused) = nnx.value_and_grad(loss)(ref), nnx.value_and_grad(loss)(fused)
+  np.testing.assert_allclose(l_fused, l_ref, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_fused)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

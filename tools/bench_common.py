@@ -1,4 +1,9 @@
-"""Shared pieces of the benchmark tools: sizes, timing, the machine's matmul peak, output."""
+"""Shared pieces of the benchmark tools: sizes, dtypes, devices, timing, the machine's peaks, output.
+
+Every tool runs where JAX's default backend is: on a CPU machine both sides (jaxmodels and PyTorch) run
+on the CPU; where PyTorch sees a CUDA device (a GPU machine), the PyTorch side runs there too, with its
+asynchronous work synchronised before each clock read.
+"""
 from __future__ import annotations
 
 import json
@@ -18,7 +23,30 @@ SIZES = {
                   seq_len=256, batch=16),
     "smoke": dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, vocab_size=256,
                   seq_len=32, batch=2),
+    # Accelerator size (~0.95B parameters, Llama-3.2-1B-like widths): the issue's two sizes leave a GPU
+    # mostly idle (launch-bound), so the GPU rows add this one to read MFU where the chip is busy.
+    "xl": dict(hidden_size=2048, num_layers=16, num_heads=16, intermediate_size=5632, vocab_size=32000,
+               seq_len=2048, batch=4),
 }
+DTYPES = ("float32", "bfloat16")
+
+
+def torch_device() -> str:
+  """"cuda" where PyTorch sees a GPU, else "cpu"."""
+  import torch
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync():
+  """Waits for PyTorch's queued device work (a no-op on the CPU)."""
+  import torch
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
+
+
+def torch_dtype(name: str):
+  import torch
+  return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def machine() -> dict:
@@ -42,23 +70,64 @@ def median_time(fn, steps: int) -> float:
   return statistics.median(times)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> dict:
-  """Best of a jitted JAX and a torch f32 n×n matmul, in GFLOP/s."""
+def matmul_peak_gflops(n: int | None = None, repeats: int = 5, dtype: str = "float32") -> dict:
+  """Best of a jitted JAX and a torch n×n matmul in `dtype`, in GFLOP/s, on each side's device
+  (n defaults to 2048 on a CPU and 8192 on an accelerator, where smaller products do not fill it).
+  On an accelerator each timing is the mean over 10 back-to-back products (launch gaps amortised)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   import torch
+  on_accel = jax.default_backend() != "cpu"
+  n = n or (8192 if on_accel else 2048)
+  inner = 10 if on_accel else 1
   a = np.random.RandomState(0).standard_normal((n, n)).astype(np.float32)
-  ja = jnp.asarray(a)
+  ja = jnp.asarray(a, jnp.dtype(dtype))
   mm = jax.jit(lambda x: x @ x)
   mm(ja).block_until_ready()
-  t_jax = median_time(lambda: mm(ja).block_until_ready(), repeats)
-  ta = torch.from_numpy(a)
+
+  def jax_run():
+    for _ in range(inner):
+      out = mm(ja)
+    out.block_until_ready()
+
+  t_jax = median_time(jax_run, repeats) / inner
+  ta = torch.from_numpy(a).to(torch_device(), torch_dtype(dtype))
   ta @ ta
-  t_torch = median_time(lambda: ta @ ta, repeats)
+
+  def torch_run():
+    for _ in range(inner):
+      ta @ ta
+    torch_sync()
+
+  torch_sync()
+  t_torch = median_time(torch_run, repeats) / inner
   flops = 2 * n ** 3
-  return {"jax": flops / t_jax / 1e9, "torch": flops / t_torch / 1e9,
+  return {"n": n, "dtype": dtype, "jax": flops / t_jax / 1e9, "torch": flops / t_torch / 1e9,
           "peak": max(flops / t_jax, flops / t_torch) / 1e9}
+
+
+def copy_bandwidth_gbs(nbytes: int = 512 << 20) -> float:
+  """Memory copy bandwidth in GB/s, counting bytes read plus written: a numpy copy on a CPU machine,
+  a device-to-device copy (PyTorch, 2 GiB) where PyTorch sees a GPU."""
+  import numpy as np
+  if torch_device() == "cuda":
+    import torch
+    nbytes = max(nbytes, 2 << 30)
+    a = torch.ones(nbytes // 4, device="cuda")
+    b = torch.empty_like(a)
+
+    def copy():
+      for _ in range(10):
+        b.copy_(a)
+      torch_sync()
+
+    copy()
+    return 2 * nbytes * 10 / median_time(copy, 5) / 1e9
+  a = np.ones(nbytes // 4, np.float32)
+  b = np.empty_like(a)
+  t = median_time(lambda: np.copyto(b, a), 5)
+  return 2 * nbytes / t / 1e9        # read + write
 
 
 def emit(result: dict, as_json: bool, table_rows: list[str]):
@@ -91,11 +160,13 @@ def load_average() -> float:
     return 0.0
 
 
-def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool = True):
-  """The decoder-LM train step of bench_train.py (Llama-style, f32, next-token loss, AdamW) for the
-  size dict `s` (a SIZES entry; `num_layers` overrides its depth). Returns the jitted, not yet
-  compiled `step(state, batch, rng) -> (state, metrics)`, its state, a batch {"ids": [B, T]} and the
-  LLMConfig."""
+def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool = True,
+                  dtype: str = "float32", attention_impl: str = "einsum"):
+  """The decoder-LM train step of bench_train.py (Llama-style, next-token loss, AdamW) for the size
+  dict `s` (a SIZES entry; `num_layers` overrides its depth). Parameters and optimizer state are f32;
+  `dtype` is the compute dtype (bfloat16: mixed precision, as PyTorch's autocast). Returns the jitted,
+  not yet compiled `step(state, batch, rng) -> (state, metrics)`, its state, a batch {"ids": [B, T]}
+  and the LLMConfig."""
   import jax.numpy as jnp
   import numpy as np
   import optax
@@ -107,11 +178,11 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
   cfg = LLMConfig(model_type="llama", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
                   intermediate_size=s["intermediate_size"], num_layers=num_layers or s["num_layers"],
                   num_heads=s["num_heads"], num_kv_heads=s["num_heads"], rope_theta=10000.0,
-                  scan_layers=scan_layers)
+                  scan_layers=scan_layers, dtype=dtype, attention_impl=attention_impl)
 
   class LM(LLM):
     def loss(self, batch, rng):
-      logits = self(batch["ids"][:, :-1])
+      logits = self(batch["ids"][:, :-1]).astype(jnp.float32)
       return optax.softmax_cross_entropy_with_integer_labels(logits, batch["ids"][:, 1:]).mean(), {}
 
   tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None), 1000)

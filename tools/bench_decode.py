@@ -3,13 +3,17 @@
 
     python tools/bench_decode.py --sizes=small,large --batches=1,8 [--json]
     python tools/bench_decode.py --sizes=smoke --batches=1 --new_tokens=8 --json     # used by a test
+    python tools/bench_decode.py --sizes=small,large,xl --batches=1,8 --dtype=bfloat16   # on a GPU
 
-Reports tokens/s for both, the ratio, and the memory-bandwidth bound for batch-1 decode (f32 parameter
-bytes per step ÷ the machine's copy bandwidth, measured in the same run).
+Reports tokens/s for both, the ratio, and the memory-bandwidth bound for batch-1 decode (parameter
+bytes per step ÷ the machine's copy bandwidth, measured in the same run). `--dtype=bfloat16` stores
+the weights (and the KV cache) in bf16 on both sides, which halves that bound. Where PyTorch sees a
+GPU, its side runs there and the bandwidth is the GPU's device-to-device copy.
 """
 from __future__ import annotations
 
-from bench_common import SIZES, emit, machine, median_time  # noqa: I001
+from bench_common import (DTYPES, SIZES, copy_bandwidth_gbs, emit, machine,  # noqa: I001
+                          median_time, torch_device, torch_dtype, torch_sync)
 
 from absl import app, flags
 
@@ -18,20 +22,16 @@ _BATCHES = flags.DEFINE_list("batches", ["1", "8"], "Batch sizes.")
 _NEW = flags.DEFINE_integer("new_tokens", 128, "New tokens per sequence.")
 _PROMPT = flags.DEFINE_integer("prompt_len", 16, "Prompt length.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per side (median).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "Weight, cache and compute dtype (both sides).")
+_ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla"], "jaxmodels attention implementation.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
-def copy_bandwidth_gbs(nbytes: int = 512 << 20) -> float:
-  import numpy as np
-  a = np.ones(nbytes // 4, np.float32)
-  b = np.empty_like(a)
-  t = median_time(lambda: np.copyto(b, a), 5)
-  return 2 * nbytes / t / 1e9        # read + write
-
-
-def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth: float) -> dict:
+def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth: float,
+          dtype: str = "float32", attention: str = "einsum") -> dict:
   import tempfile
 
+  import jax.numpy as jnp
   import numpy as np
   import torch
   import transformers
@@ -49,14 +49,16 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
   tmodel = transformers.LlamaForCausalLM(cfg).eval()
   with tempfile.TemporaryDirectory() as d:
     tmodel.save_pretrained(d)
-    ours = hf.from_pretrained(d, scan_layers=True)
+    ours = hf.from_pretrained(d, dtype=jnp.dtype(dtype), scan_layers=True, attention_impl=attention)
+  tmodel = tmodel.to(torch_device(), torch_dtype(dtype))
   ids = np.random.RandomState(0).randint(1, s["vocab_size"], (batch, prompt))
-  tids = torch.tensor(ids)
+  tids = torch.tensor(ids, device=torch_device())
 
   def run_torch():
     with torch.no_grad():
       tmodel.generate(tids, attention_mask=torch.ones_like(tids), max_new_tokens=new, min_new_tokens=new,
                       do_sample=False)
+    torch_sync()
 
   def run_jax():
     generate(ours, ids, new).block_until_ready()
@@ -64,7 +66,7 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
   run_jax(), run_torch()
   t_jax = median_time(run_jax, repeats)
   t_torch = median_time(run_torch, repeats)
-  param_bytes = sum(p.numel() for p in tmodel.parameters()) * 4
+  param_bytes = sum(p.numel() * p.element_size() for p in tmodel.parameters())
   return {"jax_tok_s": batch * new / t_jax, "torch_tok_s": batch * new / t_torch, "ratio": t_torch / t_jax,
           "bound_ms_per_step": param_bytes / (bandwidth * 1e9) * 1e3,
           "jax_ms_per_step": t_jax / new * 1e3}
@@ -73,11 +75,11 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
 def main(argv):
   del argv
   bw = copy_bandwidth_gbs()
-  result = {"machine": machine(), "copy_bandwidth_gbs": bw, "runs": {}}
+  result = {"machine": machine(), "dtype": _DTYPE.value, "copy_bandwidth_gbs": bw, "runs": {}}
   rows = [f"machine: {result['machine']}", f"copy bandwidth: {bw:.1f} GB/s"]
   for size in _SIZES.value:
     for batch in map(int, _BATCHES.value):
-      r = bench(size, batch, _NEW.value, _PROMPT.value, _REPEATS.value, bw)
+      r = bench(size, batch, _NEW.value, _PROMPT.value, _REPEATS.value, bw, _DTYPE.value, _ATTENTION.value)
       result["runs"][f"{size}_b{batch}"] = r
       rows.append(f"{size} batch {batch}: jax {r['jax_tok_s']:.0f} tok/s ({r['jax_ms_per_step']:.2f} ms/step, "
                   f"bound {r['bound_ms_per_step']:.2f}) | torch {r['torch_tok_s']:.0f} tok/s | "

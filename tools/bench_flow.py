@@ -3,6 +3,7 @@ and Lumina-Next DiTs vs diffusers (PyTorch eager) on identical weights.
 
     python tools/bench_flow.py --latte_sizes=small --dit_sizes=tiny,small --rounds=5 [--json]
     python tools/bench_flow.py --latte_sizes=smoke --dit_sizes=smoke --sample_steps=2 --rounds=1 --json
+    python tools/bench_flow.py --dit_sizes=small,base --dtype=bfloat16     # on a GPU
 
 (a) A `LatteFlow` head with L layers in K groups samples `--sample_steps` Euler steps (σ from 1 to 0,
 every group owns steps); each step runs only the group owning σ, i.e. M = L/K layers. The baseline is
@@ -15,13 +16,16 @@ sampler's jaxpr (trip counts of the innermost scans, i.e. steps × layers per st
 is built at a tiny/small size, saved with `save_pretrained` and imported with `jaxmodels.hf`; both
 sides start from the same noise and caption. jaxmodels runs the whole loop jitted (`flow.sample`, one
 `lax.scan`); diffusers runs its forward in a Python loop under `torch.no_grad()`. Reports steps/s for
-both, the ratio (target ≥ 1.5×) and the max |Δ| of the final latents (a parity check).
+both, the ratio (target ≥ 1.5×) and the max |Δ| of the final latents (a parity check). `--dtype`
+sets both sides' weights and compute (bf16: the weights are rounded once, identically, on both sides);
+where PyTorch sees a GPU, diffusers runs there.
 
 All timings: warm-up first, then A/B alternating rounds in one process, medians.
 """
 from __future__ import annotations
 
-from bench_common import alternate, emit, load_average, machine  # noqa: I001
+from bench_common import (DTYPES, alternate, emit, load_average, machine, torch_device,  # noqa: I001
+                          torch_dtype, torch_sync)
 
 from absl import app, flags
 
@@ -32,6 +36,7 @@ _STEPS = flags.DEFINE_integer("sample_steps", 30, "Euler steps per sample.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed A/B rounds (median reported).")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch's default). "
                                       "On a loaded 2-core machine 2 OpenMP threads stall on every op.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "DiT weight and compute dtype (both sides).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 # LaTtE-Flow heads: image tokens = latent², caption states [B, L, ctx_len, context_dim].
@@ -43,6 +48,7 @@ LATTE_SIZES = {
 }
 # DiTs: width, depth, latent side (tokens = (latent / patch)²), caption length.
 DIT_SIZES = {
+    "base": dict(width=1152, heads=16, layers=12, latent=32, ctx_len=64, batch=4),   # accelerator size
     "small": dict(width=256, heads=8, layers=4, latent=16, ctx_len=32, batch=2),
     "tiny": dict(width=64, heads=4, layers=2, latent=8, ctx_len=16, batch=2),
     "smoke": dict(width=32, heads=2, layers=1, latent=4, ctx_len=4, batch=1),
@@ -184,7 +190,7 @@ def _diffusers_model(kind: str, s: dict):
   return model
 
 
-def bench_dit(kind: str, size: str, steps: int, rounds: int) -> dict:
+def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float32") -> dict:
   import tempfile
 
   import jax
@@ -199,7 +205,9 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int) -> dict:
   tmodel = _diffusers_model(kind, s)
   with tempfile.TemporaryDirectory() as d:
     tmodel.save_pretrained(d)
-    ours = hf.from_pretrained(d)
+    ours = hf.from_pretrained(d, dtype=jnp.dtype(dtype))
+  device = torch_device()
+  tmodel = tmodel.to(device, torch_dtype(dtype))
   side, ch = (s["latent"], 8) if kind == "sana" else (2 * s["latent"], 4)
   rs = np.random.RandomState(0)
   x0 = rs.randn(s["batch"], side, side, ch).astype(np.float32)
@@ -219,12 +227,15 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int) -> dict:
       vfn = lambda x, t: m.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, cap, mask)  # noqa: E731
     return flow.sample(vfn, x, num_steps=steps)
 
-  jx, jcap, jmask = jnp.asarray(x0), jnp.asarray(cap), jnp.asarray(mask)
-  tx, tcap, tmask = torch.tensor(x0).permute(0, 3, 1, 2).contiguous(), torch.tensor(cap), torch.tensor(mask)
+  jdt = jnp.dtype(dtype)
+  jx, jcap, jmask = jnp.asarray(x0, jdt), jnp.asarray(cap, jdt), jnp.asarray(mask)
+  tdt = torch_dtype(dtype)
+  tx = torch.tensor(x0).permute(0, 3, 1, 2).contiguous().to(device, tdt)
+  tcap, tmask = torch.tensor(cap).to(device, tdt), torch.tensor(mask).to(device)
   rope = None
   if kind == "lumina":
     from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
-    rope = get_2d_rotary_pos_embed_lumina(tmodel.head_dim, 384, 384)
+    rope = get_2d_rotary_pos_embed_lumina(tmodel.head_dim, 384, 384).to(device)
 
   def run_torch():
     x = tx
@@ -232,12 +243,13 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int) -> dict:
       for i in range(steps):
         sigma, dsigma = float(grid[i]), float(grid[i + 1] - grid[i])
         if kind == "sana":
-          t = torch.full((s["batch"],), 1000.0 * sigma)
+          t = torch.full((s["batch"],), 1000.0 * sigma, device=device)
           v = tmodel(x, tcap, t, encoder_attention_mask=tmask).sample
         else:                                    # Lumina: t = 1 − σ, v = −output (learned σ dropped)
-          t = torch.full((s["batch"],), 1.0 - sigma)
+          t = torch.full((s["batch"],), 1.0 - sigma, device=device)
           v = -tmodel(x, t, tcap, tmask, rope, cross_attention_kwargs={}).sample[:, :ch]
         x = x + dsigma * v
+    torch_sync()
     return x
 
   out = {}
@@ -249,11 +261,12 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int) -> dict:
     out["jax"] = run_jax(state, jx, jcap, jmask).block_until_ready()
 
   t = alternate({"jax": jax_fn, "torch": torch_fn}, rounds)
-  diff = float(np.abs(np.asarray(out["jax"]) - out["torch"].permute(0, 2, 3, 1).numpy()).max())
+  diff = float(np.abs(np.asarray(out["jax"], np.float32)
+                      - out["torch"].permute(0, 2, 3, 1).float().cpu().numpy()).max())
   return {"tokens": (side // (1 if kind == "sana" else 2)) ** 2, "sample_steps": steps,
           "jax_steps_s": steps / t["jax"], "torch_steps_s": steps / t["torch"],
           "ratio": t["torch"] / t["jax"], "max_abs_diff": diff,
-          "sample_std": float(np.std(np.asarray(out["jax"]))),
+          "sample_std": float(np.std(np.asarray(out["jax"], np.float32))), "dtype": dtype,
           "params": sum(p.numel() for p in tmodel.parameters())}
 
 
@@ -263,7 +276,7 @@ def main(argv):
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
   result = {"machine": machine(), "load_average": load_average(), "torch_threads": torch.get_num_threads(),
-            "latte": {}, "dit": {}}
+            "dtype": _DTYPE.value, "latte": {}, "dit": {}}
   rows = [f"machine: {result['machine']} (load {result['load_average']:.1f}, torch threads "
           f"{result['torch_threads']})"]
   for size in _LATTE.value:
@@ -276,7 +289,7 @@ def main(argv):
                 f"{r['counted_latte']})")
   for kind in _MODELS.value:
     for size in _DIT.value:
-      r = bench_dit(kind, size, _STEPS.value, _ROUNDS.value)
+      r = bench_dit(kind, size, _STEPS.value, _ROUNDS.value, _DTYPE.value)
       result["dit"][f"{kind}_{size}"] = r
       rows.append(f"{kind} {size} ({r['params'] / 1e6:.2f}M params, {r['tokens']} tokens): jax "
                   f"{r['jax_steps_s']:.1f} steps/s | diffusers {r['torch_steps_s']:.1f} steps/s | "

@@ -2,24 +2,32 @@
 
     python tools/bench_train.py --sizes=small,large --steps=5 [--json]
     python tools/bench_train.py --sizes=smoke --steps=2 --json          # seconds; used by a test
+    python tools/bench_train.py --sizes=small,large,xl --dtype=bfloat16 --attention=cudnn   # on a GPU
 
-Same architecture (Llama-style: RMSNorm, RoPE, SwiGLU, untied head), shapes, f32 and optimizer on
-both sides; runs alternate (A/B) after a warm-up, in one process; reports median step times, the
+Same architecture (Llama-style: RMSNorm, RoPE, SwiGLU, untied head), shapes, precision and optimizer
+on both sides (f32; or `--dtype=bfloat16`: f32 parameters and AdamW state with bf16 compute, i.e.
+PyTorch under `torch.autocast`); where PyTorch sees a GPU, its side runs there (synchronised per step); runs alternate (A/B) after a warm-up, in one process; reports median step times, the
 speedup (torch time / jax time), achieved GFLOP/s from `jaxmodels.flops`, the machine's matmul peak
 measured in the same run, and MFU = achieved / peak.
 """
 from __future__ import annotations
 
-from bench_common import SIZES, emit, lm_train_step, machine, matmul_peak_gflops, median_time  # noqa: I001
+from bench_common import (DTYPES, SIZES, emit, lm_train_step, machine, matmul_peak_gflops,  # noqa: I001
+                          median_time, torch_device, torch_dtype, torch_sync)
+
+import sys
 
 from absl import app, flags
 
 _SIZES = flags.DEFINE_list("sizes", ["small", "large"], "Sizes to run (small, large, smoke).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per side (median reported).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype (parameters stay f32).")
+_ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"],
+                               "jaxmodels attention implementation (cudnn: fused, GPU only).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
-def bench(size: str, steps: int) -> dict:
+def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsum") -> dict:
   import jax
   import numpy as np
   import torch
@@ -28,13 +36,13 @@ def bench(size: str, steps: int) -> dict:
   from jaxmodels.flops import train_flops_per_token
 
   s = SIZES[size]
-  step, state, batch, cfg = lm_train_step(s)
+  step, state, batch, cfg = lm_train_step(s, dtype=dtype, attention_impl=attention)
   ids = np.asarray(batch["ids"]).astype(np.int64)
   holder = {"state": step(state, batch, jax.random.key(0))[0]}
 
   def jax_step():
-    holder["state"], m = step(holder["state"], batch, jax.random.key(1))
-    m["loss"].block_until_ready()
+    holder["state"], _ = step(holder["state"], batch, jax.random.key(1))
+    jax.block_until_ready(holder["state"])     # the whole update, not just the loss
 
   torch.manual_seed(0)
   tcfg = transformers.LlamaConfig(vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
@@ -42,15 +50,18 @@ def bench(size: str, steps: int) -> dict:
                                   num_hidden_layers=s["num_layers"], num_attention_heads=s["num_heads"],
                                   num_key_value_heads=s["num_heads"], max_position_embeddings=s["seq_len"],
                                   tie_word_embeddings=False)
-  tmodel = transformers.LlamaForCausalLM(tcfg)
+  device = torch_device()
+  tmodel = transformers.LlamaForCausalLM(tcfg).to(device)
   opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, weight_decay=0.0)
-  tids = torch.tensor(ids)
+  tids = torch.tensor(ids, device=device)
 
   def torch_step():
-    loss = tmodel(tids, labels=tids).loss
+    with torch.autocast(device, dtype=torch_dtype(dtype), enabled=dtype != "float32"):
+      loss = tmodel(tids, labels=tids).loss
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
+    torch_sync()
 
   jax_step(), torch_step()                     # warm-up
   t_jax, t_torch = [], []
@@ -66,16 +77,26 @@ def bench(size: str, steps: int) -> dict:
 
 def main(argv):
   del argv
-  peak = matmul_peak_gflops()
-  result = {"machine": machine(), "matmul_gflops": peak, "sizes": {}}
-  rows = [f"machine: {result['machine']}", f"matmul peak: {peak['peak']:.0f} GFLOP/s "
-          f"(jax {peak['jax']:.0f}, torch {peak['torch']:.0f})"]
+  peak = matmul_peak_gflops(dtype=_DTYPE.value)
+  result = {"machine": machine(), "dtype": _DTYPE.value, "attention": _ATTENTION.value,
+            "matmul_gflops": peak, "sizes": {}}
+  rows = [f"machine: {result['machine']}", f"matmul peak ({peak['dtype']}, n={peak['n']}): "
+          f"{peak['peak']:.0f} GFLOP/s (jax {peak['jax']:.0f}, torch {peak['torch']:.0f})"]
   for size in _SIZES.value:
-    r = bench(size, _STEPS.value)
+    try:
+      r = bench(size, _STEPS.value, _DTYPE.value, _ATTENTION.value)
+      r["attention"] = _ATTENTION.value
+    except Exception as e:                     # noqa: BLE001  (e.g. cudnn rejects a shape or this backend)
+      if _ATTENTION.value == "xla":
+        raise
+      print(f"{size}: attention={_ATTENTION.value} failed ({type(e).__name__}: {str(e)[:200]}); using xla",
+            file=sys.stderr)
+      r = bench(size, _STEPS.value, _DTYPE.value, "xla")
+      r["attention"] = "xla"
     r["jax_mfu"] = r["jax_gflops"] / peak["peak"]
     r["torch_mfu"] = r["torch_gflops"] / peak["peak"]
     result["sizes"][size] = r
-    rows.append(f"{size}: jax {r['jax_step_s']:.3f}s ({r['jax_gflops']:.0f} GFLOP/s, MFU {r['jax_mfu']:.2f}) | "
+    rows.append(f"{size} ({r['attention']} attention): jax {r['jax_step_s']:.3f}s ({r['jax_gflops']:.0f} GFLOP/s, MFU {r['jax_mfu']:.2f}) | "
                 f"torch {r['torch_step_s']:.3f}s ({r['torch_gflops']:.0f} GFLOP/s, MFU {r['torch_mfu']:.2f}) | "
                 f"speedup {r['speedup']:.2f}x")
   emit(result, _JSON.value, rows)

@@ -40,14 +40,25 @@ def make_attention_mask(q_slots: jax.Array, k_slots: jax.Array, kv_valid: jax.Ar
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-                          *, scale: float, impl: str = "einsum") -> jax.Array:
+                          *, scale: float, impl: str = "einsum", causal: bool = False) -> jax.Array:
   """softmax(q·kᵀ·scale + mask) · v with grouped KV heads -> [B, T, N, H].
 
   impl "einsum" (portable, float32 softmax, fully-masked rows give a uniform average instead of NaN);
   "xla" / "cudnn" call `jax.nn.dot_product_attention` (cudnn = fused flash attention on GPU).
+  `causal` (with mask None, T == S): the causal mask, which the fused kernels apply themselves
+  (`is_causal`, no [T, S] mask or bias in memory); einsum builds it.
   """
+  if causal and (mask is not None or q.shape[1] != k.shape[1]):
+    raise ValueError("causal=True takes no mask and needs as many queries as keys "
+                     f"(got mask {mask is not None}, T={q.shape[1]}, S={k.shape[1]})")
+  if impl == "cudnn" and (q.shape[1] % 2 or k.shape[1] % 2):
+    return _even_lengths(q, k, v, mask, scale, impl, causal)
   if impl in ("xla", "cudnn"):
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=impl)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, is_causal=causal,
+                                        implementation=impl)
+  if causal:
+    slots = jnp.arange(q.shape[1])
+    mask = make_attention_mask(slots, slots, causal=True)
   if impl != "einsum":
     raise ValueError(f"unknown attention impl {impl!r}")
   b, t, n, h = q.shape
@@ -72,15 +83,33 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   return out.reshape(b, kh, g, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
+def _even_lengths(q, k, v, mask, scale, impl="cudnn", causal=False):
+  """cuDNN's fused attention rejects odd T or S when training (seen on an H200 with jax 0.11:
+  "Unsupported sequence length Q 255, KV 255", also with `is_causal`): pad queries and keys by one
+  and slice the padded query rows away. Padded keys are masked out (causal: they come after every
+  real query); a padded query row attends to key 0, so it stays finite."""
+  t, s = q.shape[1], k.shape[1]
+  pt, ps = t % 2, s % 2
+  pad = lambda x, p: jnp.pad(x, ((0, 0), (0, p), (0, 0), (0, 0)))   # noqa: E731
+  if mask is not None:
+    mask = jnp.pad(jnp.broadcast_to(mask, (*mask.shape[:2], t, s)), ((0, 0), (0, 0), (0, pt), (0, ps)))
+    if pt:
+      mask = mask.at[:, :, t, 0].set(True)
+  out = jax.nn.dot_product_attention(pad(q, pt), pad(k, ps), pad(v, ps), mask=mask, scale=scale,
+                                     is_causal=causal, implementation=impl)
+  return out[:, :t]
+
+
 class Attention(nnx.Module):
   """Self- (or cross-) attention: [B, T, D] -> [B, T, D]."""
 
   def __init__(self, dim: int, num_heads: int, num_kv_heads: int | None = None,
                head_dim: int | None = None, *, qkv_bias: bool = False, out_bias: bool = False,
                qk_norm: bool = False, norm_eps: float = 1e-6, kv_dim: int | None = None,
-               impl: str = "einsum", dtype=jnp.float32, param_dtype=jnp.float32,
+               impl: str = "einsum", causal: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs | None = None):
     num_kv_heads = num_kv_heads or num_heads
+    self.causal = causal         # mask=None then means the causal mask (see `dot_product_attention`)
     head_dim = head_dim or dim // num_heads
     if num_heads % num_kv_heads:
       raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
@@ -105,7 +134,8 @@ class Attention(nnx.Module):
                rope: tuple[jax.Array, jax.Array] | None = None, kv_input: jax.Array | None = None,
                cache: LayerCache | None = None, cache_index: jax.Array | int = 0,
                ) -> tuple[jax.Array, LayerCache | None]:
-    """Returns (y [B, T, D], updated cache or None). `rope` = (cos, sin) for the query positions."""
+    """Returns (y [B, T, D], updated cache or None). `rope` = (cos, sin) for the query positions.
+    With `causal` set at construction, mask=None means the causal mask (no cache, T == S)."""
     kv_input = x if kv_input is None else kv_input
     q, k, v = self.q(x), self.k(kv_input), self.v(kv_input)
     if self.q_norm is not None:
@@ -120,5 +150,6 @@ class Attention(nnx.Module):
       v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), idx)
       cache = (k, v)
     out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask,
-                                scale=self.head_dim ** -0.5, impl=self.impl)
+                                scale=self.head_dim ** -0.5, impl=self.impl,
+                                causal=self.causal and mask is None)
     return self.o(out), cache

@@ -32,13 +32,13 @@ class TransformerBlock(nnx.Module):
                head_dim: int | None = None, norm: str = "rms", norm_eps: float = 1e-6,
                mlp: str = "gated", activation: str = "silu", qkv_bias: bool = False,
                out_bias: bool = False, mlp_bias: bool = False, qk_norm: bool = False,
-               attention_impl: str = "einsum", dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs | None = None):
+               attention_impl: str = "einsum", causal: bool = False, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attn_norm = make_norm(norm, dim, eps=norm_eps, param_dtype=param_dtype, rngs=rngs)
     self.attn = Attention(dim, num_heads, num_kv_heads, head_dim, qkv_bias=qkv_bias,
                           out_bias=out_bias, qk_norm=qk_norm, norm_eps=norm_eps,
-                          impl=attention_impl, **kw)
+                          impl=attention_impl, causal=causal, **kw)
     self.mlp_norm = make_norm(norm, dim, eps=norm_eps, param_dtype=param_dtype, rngs=rngs)
     if mlp == "gated":
       self.mlp = GatedMLP(dim, mlp_dim, activation=activation, use_bias=mlp_bias, **kw)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The benchmark tools' accelerator rows (bf16) in one run, for a GPU machine with JAX (CUDA), PyTorch
+# and transformers installed. From the repository root:
+#
+#     OUT=bench_out bash tools/bench_gpu.sh
+#
+# Writes one JSON object per tool to $OUT/<tool>.json (stderr to $OUT/<tool>.err) and prints a summary
+# table at the end. Wheels in .whl/ (diffusers and its importlib_metadata; flax at the version this
+# repository is tested with) are installed into /tmp/site first, for machines that cannot download.
+# Each tool runs under its own time limit, so one failure leaves the others' rows. QUICK=1 runs every
+# tool at its smoke size (a check of this script, on any machine).
+set -u
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+# JAX preallocates 75% of GPU memory by default; PyTorch runs in the same process.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
+PY=${PY:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
+$PY -c "import jax, flax, torch, transformers; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__,
+'| torch', torch.__version__, torch.cuda.is_available(), '| transformers', transformers.__version__)" 2>&1 | tee -a "$OUT/gpu.txt"
+
+jax_backend() { $PY -c "import jax; print(jax.default_backend())" 2>/dev/null; }
+run() {  # run NAME LIMIT_S ARGS...: one tool, JSON to $OUT/NAME.json
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" $PY "tools/${name%%.*}.py" "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err"
+  local rc=$?
+  echo "== $name rc=$rc in $((SECONDS - t0)) s: $*"
+  [ $rc -eq 0 ] || grep -v "^[IW][0-9]" "$OUT/$name.err" | tail -6
+  return $rc
+}
+
+if [ "${QUICK:-0}" = 1 ]; then
+  TRAIN=smoke DECODE=smoke DECODE_XL=smoke LATTE=smoke DIT=smoke COMPILE="--size=smoke --layers=1,2" EXTRA="--sample_steps=2"
+else
+  TRAIN=small,large,xl DECODE=small,large DECODE_XL=xl LATTE=small DIT=small,base COMPILE="--size=small --layers=4,32" EXTRA=""
+fi
+run bench_train.smoke 120 --sizes=smoke --steps=1 --dtype=bfloat16 || {
+  echo "smoke failed with the carried flax; retrying with the machine's own"; rm -rf /tmp/site/flax /tmp/site/flax-*
+  run bench_train.smoke 120 --sizes=smoke --steps=1 --dtype=bfloat16; }
+ATT=cudnn; [ "$(jax_backend)" = gpu ] || ATT=einsum
+run bench_train 240 --sizes=$TRAIN --steps=10 --dtype=bfloat16 --attention=$ATT
+run bench_decode 150 --sizes=$DECODE --batches=1,8 --repeats=3 --dtype=bfloat16
+run bench_decode.xl 150 --sizes=$DECODE_XL --batches=1 --repeats=3 --dtype=bfloat16
+run bench_flow 150 --latte_sizes=$LATTE --dit_sizes=$DIT --rounds=5 --dtype=bfloat16 $EXTRA
+run bench_compile 90 $COMPILE --rounds=1
+
+$PY - "$OUT" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+def load(name):
+  try:
+    return json.loads((out / f"{name}.json").read_text())
+  except Exception as e:                     # noqa: BLE001  (a failed tool leaves no JSON)
+    print(f"{name}: no result ({type(e).__name__})"); return None
+r = load("bench_train")
+if r:
+  p = r["matmul_gflops"]
+  print(f"train ({r['attention']}): matmul peak {p['peak'] / 1e3:.0f} TFLOP/s (jax {p['jax'] / 1e3:.0f}, torch {p['torch'] / 1e3:.0f})")
+  for k, v in r["sizes"].items():
+    print(f"  {k} ({v['attention']}): jax {v['jax_step_s'] * 1e3:.1f} ms (MFU {v['jax_mfu']:.2f}) torch {v['torch_step_s'] * 1e3:.1f} ms "
+          f"(MFU {v['torch_mfu']:.2f}) speedup {v['speedup']:.2f}x")
+for name in ("bench_decode", "bench_decode.xl"):
+  r = load(name)
+  if r:
+    print(f"{name}: copy {r['copy_bandwidth_gbs']:.0f} GB/s")
+    for k, v in r["runs"].items():
+      print(f"  {k}: jax {v['jax_tok_s']:.0f} tok/s ({v['jax_ms_per_step']:.2f} ms/step, bound {v['bound_ms_per_step']:.3f}) "
+            f"torch {v['torch_tok_s']:.0f} tok/s ratio {v['ratio']:.2f}x")
+r = load("bench_flow")
+if r:
+  for k, v in r["latte"].items():
+    print(f"latte {k}: speedup {v['speedup']:.2f}x (target {v['target_speedup']:.1f})")
+  for k, v in r["dit"].items():
+    print(f"dit {k}: jax {v['jax_steps_s']:.1f} steps/s torch {v['torch_steps_s']:.1f} ratio {v['ratio']:.2f}x diff {v['max_abs_diff']:.1e}")
+r = load("bench_compile")
+if r:
+  print("compile time ratio (deep/shallow):", {k: round(v, 2) for k, v in r["ratio"].items()})
+EOF
