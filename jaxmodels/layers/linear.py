@@ -58,10 +58,13 @@ class Linear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)
-    kernel = self.kernel[...].astype(self.dtype)
-    y = jax.lax.dot_general(
-        x.astype(self.dtype), kernel,
-        ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
+    k_in, k_out = math.prod(self.in_shape), math.prod(self.out_shape)
+    kernel = self.kernel[...].astype(self.dtype).reshape(k_in, k_out)
+    # One 2-D matmul [M, K_in] @ [K_in, K_out] rather than a dot_general over the leading dims: XLA:CPU
+    # then runs the backward's dW = xᵀ·dy without the transpose copies it inserts for the batched
+    # form (measured, [4, 511, 1024] @ [1024, 2816], forward + backward: 235 -> 204 ms).
+    y = jnp.dot(x.astype(self.dtype).reshape(-1, k_in), kernel)
+    y = y.reshape(*x.shape[:x.ndim - n_in], *self.out_shape)
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
