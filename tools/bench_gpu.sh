@@ -5,8 +5,10 @@
 #     OUT=bench_out bash tools/bench_gpu.sh
 #
 # Writes one JSON object per tool to $OUT/<tool>.json (stderr to $OUT/<tool>.err) and prints a summary
-# table at the end. Wheels in .whl/ (diffusers and its importlib_metadata; flax at the version this
-# repository is tested with) are installed into /tmp/site first, for machines that cannot download.
+# table at the end. Wheels in .whl/ (diffusers and its importlib_metadata; optionally flax at the
+# version this repository is tested with) are installed into /tmp/site first, for machines that cannot
+# download; if the carried flax does not import with the machine's jax (flax 0.12.8 under jax 0.11.2
+# did not), the script drops it and uses the machine's own.
 # Each tool runs under its own time limit, so one failure leaves the others' rows. QUICK=1 runs every
 # tool at its smoke size (a check of this script, on any machine).
 set -u
