@@ -83,7 +83,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   ############################ Restore #######################################
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-                      async_save=config.checkpoint.async_save)
+                      async_save=config.checkpoint.async_save,
+                      replica_parallel=config.checkpoint.get("replica_parallel", False))
   start = 0
   target = sharding.abstract_state(state, shardings)
   if ckpt.latest_step() is not None:

@@ -58,7 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
       nonfinite="stop", max_nonfinite=1))   # non-finite loss/grads: "skip" the update or "stop"
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.sharding_rules = None          # None = jaxmodels.sharding.DEFAULT_RULES
-  c.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True))
+  # replica_parallel: Orbax splits replicated arrays' writes between replicas (pays on many-host
+  # data-parallel pods; costs per-shape slice compiles at the first save: jaxmodels.checkpoint).
+  c.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True, replica_parallel=False))
   c.resume = placeholder(str)      # another run's workdir/checkpoints to continue from
   c.init = None                    # dict(hf={"llm": path, ...}) to start from pretrained towers
   c.evals = ml_collections.ConfigDict()
