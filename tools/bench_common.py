@@ -137,15 +137,26 @@ def emit(result: dict, as_json: bool, table_rows: list[str]):
     print("\n".join(table_rows))
 
 
-def alternate(fns: dict, rounds: int, warmup: bool = True) -> dict:
+SETTLE_S = 0.3
+
+
+def alternate(fns: dict, rounds: int, warmup: bool = True, settle_s: float = SETTLE_S) -> dict:
   """Median seconds per call of each zero-argument fn in `fns` ({name: fn}), measured side by side:
-  one warm-up call each, then `rounds` rounds that call every fn once in turn (A, B, A, B, ...)."""
+  one warm-up call each, then `rounds` rounds that call every fn once in turn (A, B, A, B, ...).
+
+  Each timed call starts after `settle_s` idle seconds: PyTorch's OpenMP workers keep spinning for a
+  while after an op returns, and on a small CPU they then take cores from whatever runs next (2 cores,
+  Lumina-Next small: JAX 25.4 steps/s right after a torch call vs 31.5 with torch's threads passive;
+  torch itself is slower with passive threads, 18.1 -> 14.9, so the fair measurement lets each side
+  start on a quiet machine rather than changing torch's wait policy)."""
   if warmup:
     for fn in fns.values():
       fn()
   times = {name: [] for name in fns}
   for _ in range(rounds):
     for name, fn in fns.items():
+      if settle_s:
+        time.sleep(settle_s)
       t = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - t)

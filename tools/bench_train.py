@@ -12,8 +12,8 @@ measured in the same run, and MFU = achieved / peak.
 """
 from __future__ import annotations
 
-from bench_common import (DTYPES, SIZES, emit, lm_train_step, machine, matmul_peak_gflops,  # noqa: I001
-                          median_time, torch_device, torch_dtype, torch_sync)
+from bench_common import (DTYPES, SIZES, alternate, emit, lm_train_step, machine,  # noqa: I001
+                          matmul_peak_gflops, torch_device, torch_dtype, torch_sync)
 
 import sys
 
@@ -63,13 +63,8 @@ def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsu
     opt.zero_grad(set_to_none=True)
     torch_sync()
 
-  jax_step(), torch_step()                     # warm-up
-  t_jax, t_torch = [], []
-  for _ in range(steps):                       # alternate A/B
-    t_jax.append(median_time(jax_step, 1))
-    t_torch.append(median_time(torch_step, 1))
-  import statistics
-  tj, tt = statistics.median(t_jax), statistics.median(t_torch)
+  t = alternate({"jax": jax_step, "torch": torch_step}, steps)      # warm-up, then A/B rounds
+  tj, tt = t["jax"], t["torch"]
   flops = train_flops_per_token(cfg, s["seq_len"] - 1) * s["batch"] * (s["seq_len"] - 1)
   return {"jax_step_s": tj, "torch_step_s": tt, "speedup": tt / tj,
           "jax_gflops": flops / tj / 1e9, "torch_gflops": flops / tt / 1e9}
