@@ -193,6 +193,8 @@ def test_causal_flag_and_even_length_padding_match_the_mask():
                                ref, atol=1e-5)
   np.testing.assert_allclose(_even_lengths(q, k, v, mask, 0.3, impl="xla"), ref, atol=1e-5)
   np.testing.assert_allclose(_even_lengths(q, k, v, None, 0.3, impl="xla", causal=True), ref, atol=1e-5)
+  full = dot_product_attention(q, k, v, None, scale=0.3, impl="einsum")          # no mask at all
+  np.testing.assert_allclose(_even_lengths(q, k, v, None, 0.3, impl="xla"), full, atol=1e-5)
   with pytest.raises(ValueError, match="causal=True takes no mask"):
     dot_product_attention(q, k, v, mask, scale=0.3, causal=True)
 

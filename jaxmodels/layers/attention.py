@@ -91,6 +91,8 @@ def _even_lengths(q, k, v, mask, scale, impl="cudnn", causal=False):
   t, s = q.shape[1], k.shape[1]
   pt, ps = t % 2, s % 2
   pad = lambda x, p: jnp.pad(x, ((0, 0), (0, p), (0, 0), (0, 0)))   # noqa: E731
+  if mask is None and not causal and ps:
+    mask = jnp.ones((1, 1, t, s), bool)          # the padded key must still be masked out
   if mask is not None:
     mask = jnp.pad(jnp.broadcast_to(mask, (*mask.shape[:2], t, s)), ((0, 0), (0, 0), (0, pt), (0, ps)))
     if pt:
