@@ -7,8 +7,7 @@ the 8×8×8 latent grid of a jointly trained per-patch palette autoencoder (`tar
 its decoder paints every pixel one palette colour: BLIP3-o's compact-target idea at toy scale, see
 jaxmodels/unified/patch_autoencoder.py) — or 32×32 pixels with 4-px patches (`:target=pixels`).
 At equal steps the latent target gives crisp single-colour objects where pixels give noisy blobs
-(BENCHMARKS.md; both still score 0 on the strict detector), and logit-normal σ sampling trains it
-to closer shape fits than uniform σ (`geneval_progress` in the score table). Each understanding sequence asks up to 4
+(BENCHMARKS.md; both still score 0 on the strict detector). Each understanding sequence asks up to 4
 questions about its image (multi-turn, leaving out turns an earlier turn gives away,
 `data.qa_leak_free`), each question *before* its own copy of the image tokens
 (`data.und_layout="question_first"`: <bos> Q1 <image>×16 A1 <eos> Q2 <image>×16 A2 <eos> ...);
@@ -49,9 +48,7 @@ def get_config(arg=None):
                num_heads=4, ffn_hidden_size=256, learn_sigma=False, cross_attention_dim=64,
                use_pad_token=False, time_convention="sigma_1000", scan_layers=True),
       gen_target="pixels", gen_image_size=32, num_queries=16, connector="mlp", cond_dropout=0.1,
-      # SD3's logit-normal σ sampling: fewer specks and closer shape fits than uniform σ at equal
-      # steps in 2 of 2 seeds (BENCHMARKS.md, "Session 6: generation levers").
-      sigma_sampling="logit_normal", und_weight=1.0, gen_weight=1.0))
+      und_weight=1.0, gen_weight=1.0))
   if a.target == "ae":   # the flow head generates a jointly trained patch autoencoder's 8×8 latent
     c.model.gen_target = "autoencoder"
     c.model.autoencoder = dict(image_size=32, patch_size=4, latent_channels=8, hidden_size=128,
