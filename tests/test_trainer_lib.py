@@ -167,6 +167,8 @@ def test_checkpoint_save_compiles_nothing_unless_replica_parallel(tmp_path, capl
   import logging
 
   from jax.sharding import NamedSharding
+
+  from jaxmodels.checkpoint import set_replica_parallel
   from jax.sharding import PartitionSpec as P
   mesh = jax.make_mesh((8,), ("data",))
 
@@ -186,4 +188,4 @@ def test_checkpoint_save_compiles_nothing_unless_replica_parallel(tmp_path, capl
     assert save_and_count(False, 0) == 0
     assert save_and_count(True, 100) > 0        # the check can fail: replica-parallel compiles slices
   finally:
-    Checkpointer(str(tmp_path / "reset"), async_save=False)      # back to the default for this worker
+    set_replica_parallel(False)                                   # back to the default for this worker

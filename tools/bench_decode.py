@@ -12,8 +12,8 @@ GPU, its side runs there and the bandwidth is the GPU's device-to-device copy.
 """
 from __future__ import annotations
 
-from bench_common import (DTYPES, SIZES, copy_bandwidth_gbs, emit, machine,  # noqa: I001
-                          median_time, torch_device, torch_dtype, torch_sync)
+from bench_common import (DTYPES, SIZES, alternate, copy_bandwidth_gbs, emit,  # noqa: I001
+                          machine, torch_device, torch_dtype, torch_sync)
 
 from absl import app, flags
 
@@ -63,9 +63,8 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
   def run_jax():
     generate(ours, ids, new).block_until_ready()
 
-  run_jax(), run_torch()
-  t_jax = median_time(run_jax, repeats)
-  t_torch = median_time(run_torch, repeats)
+  t = alternate({"jax": run_jax, "torch": run_torch}, repeats)     # warm-up, then A/B rounds
+  t_jax, t_torch = t["jax"], t["torch"]
   param_bytes = sum(p.numel() * p.element_size() for p in tmodel.parameters())
   return {"jax_tok_s": batch * new / t_jax, "torch_tok_s": batch * new / t_torch, "ratio": t_torch / t_jax,
           "bound_ms_per_step": param_bytes / (bandwidth * 1e9) * 1e3,

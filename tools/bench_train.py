@@ -6,7 +6,8 @@
 
 Same architecture (Llama-style: RMSNorm, RoPE, SwiGLU, untied head), shapes, precision and optimizer
 on both sides (f32; or `--dtype=bfloat16`: f32 parameters and AdamW state with bf16 compute, i.e.
-PyTorch under `torch.autocast`); where PyTorch sees a GPU, its side runs there (synchronised per step); runs alternate (A/B) after a warm-up, in one process; reports median step times, the
+PyTorch under `torch.autocast`); where PyTorch sees a GPU, its side runs there (synchronised per
+step); runs alternate (A/B) after a warm-up, in one process; reports median step times, the
 speedup (torch time / jax time), achieved GFLOP/s from `jaxmodels.flops`, the machine's matmul peak
 measured in the same run, and MFU = achieved / peak.
 """
