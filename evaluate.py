@@ -206,7 +206,9 @@ def write_outputs(out: str, scores: dict) -> None:
 
 def main(argv):
   del argv
+  from jaxmodels import host_devices
   from jaxmodels.errors import run_cli
+  host_devices.ensure_collective_threads()   # before the first computation (virtual CPU devices)
   run_cli(_run)
 
 

@@ -8,6 +8,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from jaxmodels import host_devices  # noqa: E402
+
+# Two XLA:CPU threads per virtual device (PJRT_NPROC, inherited by the tests' subprocesses): with one,
+# the 8-device train step's collectives deadlock now and then and XLA aborts the worker.
+host_devices.ensure_collective_threads()
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
