@@ -504,7 +504,9 @@ def run_ablation(name: str, workdir: str, *, seeds: int = 3, minutes: float | No
 
 def main(argv):
   del argv
+  from jaxmodels import host_devices
   from jaxmodels.errors import run_cli
+  host_devices.ensure_collective_threads()   # before the first computation (virtual CPU devices)
   run_cli(_run)
 
 
