@@ -284,16 +284,17 @@ class StopRequest:
 
 def main(argv):
   del argv
-  from jaxmodels import host_devices
   from jaxmodels.errors import run_cli
-  host_devices.ensure_collective_threads()   # before the first computation (virtual CPU devices)
   run_cli(_run)
 
 
 def _run():
+  from jaxmodels import host_devices
   explicit = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                   process_id=_PROCESS_ID.value)
-  if _DISTRIBUTED.value or any(v is not None for v in explicit.values()):
+  distributed = _DISTRIBUTED.value or any(v is not None for v in explicit.values())
+  host_devices.ensure_collective_threads(multiprocess=distributed)   # before the first computation
+  if distributed:
     import jax
     jax.distributed.initialize(**explicit)
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)

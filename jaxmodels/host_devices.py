@@ -50,14 +50,19 @@ def collective_thread_count(devices: int, cores: int | None = None) -> int:
   return max(cores, THREADS_PER_DEVICE * devices)
 
 
-def ensure_collective_threads(environ=None) -> int | None:
+def ensure_collective_threads(environ=None, multiprocess: bool = False) -> int | None:
   """Sets PJRT_NPROC for N > 1 virtual CPU devices (unless the user set PJRT_NPROC or NPROC).
 
-  Returns the pool size now in effect for XLA:CPU, or None with one device. Call before the first JAX
-  computation: once the CPU backend exists the variable is no longer read, and a warning says so."""
+  Returns the pool size now in effect for XLA:CPU, or None where XLA's default stays: one device, or
+  `multiprocess` (jax.distributed with gloo CPU collectives). There every device is a gloo rank, and
+  with spare threads two collectives of one step over the same device group ran at once on one gloo
+  communicator and their messages interleaved ("Received data size doesn't match expected size", then
+  abort: 2 of 3 runs of tests/test_multihost.py's processes with 2N threads; with XLA's default that
+  test's processes have passed every run so far). Call before the first JAX computation: once the CPU backend exists the variable is
+  no longer read, and a warning says so."""
   environ = os.environ if environ is None else environ
   devices = forced_cpu_device_count(environ)
-  if devices <= 1:
+  if devices <= 1 or multiprocess:
     return None
   for name in ("PJRT_NPROC", "NPROC"):
     if environ.get(name, "").strip().isdigit():
