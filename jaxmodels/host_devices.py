@@ -2,11 +2,13 @@
 collectives over them cannot deadlock.
 
 XLA:CPU runs every device's program on one shared intra-op pool of max(cores, N) threads, and an
-in-process collective blocks its thread until all participants arrive. When a program holds two
-independent collectives over overlapping groups (FSDP all-gathers over `fsdp` beside gradient
-reductions over `data`), devices may start them in different orders; with exactly one thread per
-device, all N threads then wait in rendezvous whose missing members have no thread left, and after
-40 s XLA aborts the process ("Termination timeout ... exceeded", SIGABRT). Measured here (jax 0.10.2,
+in-process collective blocks its thread until all participants arrive. A device's collectives are
+ordered only by when they start, so with independent collectives over overlapping groups (FSDP
+all-gathers over `fsdp` beside gradient reductions over `data`) a device can hold two threads, one in
+each, while another device's first collective has no thread left: all N threads then wait in
+rendezvous that cannot complete, and after 40 s XLA aborts the process ("Termination timeout ...
+exceeded", SIGABRT). A core dump of the abort showed exactly that: 4 threads in an `fsdp` all-gather,
+4 in a `data` all-reduce, none free. Measured here (jax 0.10.2,
 2 cores, 8 devices, mesh data=2 x fsdp=4): 60 steps of the shapes_tiny train loop aborted in 2 of 2
 runs with the default pool and in 0 of 8 with 2N threads (2 of them beside two CPU-bound processes);
 the minimal program kept in `tests/test_host_devices.py` aborted in 5 of 5 runs with N threads and
@@ -58,8 +60,8 @@ def ensure_collective_threads(environ=None, multiprocess: bool = False) -> int |
   with spare threads two collectives of one step over the same device group ran at once on one gloo
   communicator and their messages interleaved ("Received data size doesn't match expected size", then
   abort: 2 of 3 runs of tests/test_multihost.py's processes with 2N threads; with XLA's default that
-  test's processes have passed every run so far). Call before the first JAX computation: once the CPU backend exists the variable is
-  no longer read, and a warning says so."""
+  test's processes have passed every run so far). Call before the first JAX computation: once the CPU
+  backend exists the variable is no longer read, and a warning says so."""
   environ = os.environ if environ is None else environ
   devices = forced_cpu_device_count(environ)
   if devices <= 1 or multiprocess:
