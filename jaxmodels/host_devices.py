@@ -55,21 +55,25 @@ def collective_thread_count(devices: int, cores: int | None = None) -> int:
 def ensure_collective_threads(environ=None, multiprocess: bool = False) -> int | None:
   """Sets PJRT_NPROC for N > 1 virtual CPU devices (unless the user set PJRT_NPROC or NPROC).
 
-  Returns the pool size now in effect for XLA:CPU, or None where XLA's default stays: one device, or
-  `multiprocess` (jax.distributed with gloo CPU collectives). There every device is a gloo rank, and
-  with spare threads two collectives of one step over the same device group ran at once on one gloo
-  communicator and their messages interleaved ("Received data size doesn't match expected size", then
-  abort: 2 of 3 runs of tests/test_multihost.py's processes with 2N threads; with XLA's default that
-  test's processes have passed every run so far). Call before the first JAX computation: once the CPU
-  backend exists the variable is no longer read, and a warning says so."""
+  One process: max(cores, 2N) threads (see the module docstring). `multiprocess` (jax.distributed,
+  gloo CPU collectives): exactly N, one thread per local device, the configuration
+  tests/test_multihost.py runs. There every device is a gloo rank, and with spare threads two
+  collectives of one step over the same device group ran at once on one gloo communicator and their
+  messages interleaved ("Received data size doesn't match expected size", then abort: 2 of 3 runs of
+  that test's processes with 2N threads, none with N; XLA's own default, max(cores, N), gives the
+  spare threads on any machine with more cores than devices).
+
+  Returns the pool size now in effect, or None with one device (XLA's default stays). Call before the
+  first JAX computation: once the CPU backend exists the variable is no longer read, and a warning
+  says so."""
   environ = os.environ if environ is None else environ
   devices = forced_cpu_device_count(environ)
-  if devices <= 1 or multiprocess:
+  if devices <= 1:
     return None
   for name in ("PJRT_NPROC", "NPROC"):
     if environ.get(name, "").strip().isdigit():
       return int(environ[name])
-  threads = collective_thread_count(devices)
+  threads = devices if multiprocess else collective_thread_count(devices)
   environ["PJRT_NPROC"] = str(threads)
   if environ is os.environ and _backends_initialized():
     logging.warning("PJRT_NPROC=%d set after JAX created its CPU backend: collectives over %d virtual "

@@ -33,8 +33,8 @@ def test_pool_size_is_two_threads_per_device_or_the_cores_and_the_user_setting_w
   threads = host_devices.ensure_collective_threads(env)
   assert threads == int(env["PJRT_NPROC"]) == max(16, os.cpu_count() or 1)
   assert host_devices.ensure_collective_threads({}) is None            # one device: nothing to size
-  gloo = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  assert host_devices.ensure_collective_threads(gloo, multiprocess=True) is None and "PJRT_NPROC" not in gloo
+  gloo = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}      # one thread per device
+  assert host_devices.ensure_collective_threads(gloo, multiprocess=True) == 4 == int(gloo["PJRT_NPROC"])
   user = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "NPROC": "40"}
   assert host_devices.ensure_collective_threads(user) == 40 and "PJRT_NPROC" not in user
 

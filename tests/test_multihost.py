@@ -57,7 +57,7 @@ def _launch(workdir, data_dir, port, process_id):
   cmd = [sys.executable, "train.py", "--config=configs/shapes_tiny.py:runlocal", f"--workdir={workdir}",
          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={process_id}",
          f"--config.data.data_dir={data_dir}", *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
-  env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"}   # XLA's pool size for gloo (host_devices)
+  env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"}   # train.py sizes it (host_devices)
   env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", PYTHONUNBUFFERED="1")
   log = open(workdir.parent / f"process_{process_id}.log", "w+")
