@@ -1,5 +1,5 @@
-"""Virtual CPU devices (`--xla_force_host_platform_device_count=N`): size XLA:CPU's thread pools so
-collectives over them cannot deadlock.
+"""Virtual CPU devices (`--xla_force_host_platform_device_count=N`): size XLA:CPU's thread pool so
+collectives over them do not deadlock.
 
 XLA:CPU runs every device's program on one shared intra-op pool of max(cores, N) threads, and an
 in-process collective blocks its thread until all participants arrive. A device's collectives are
@@ -8,16 +8,16 @@ all-gathers over `fsdp` beside gradient reductions over `data`) a device can hol
 each, while another device's first collective has no thread left: all N threads then wait in
 rendezvous that cannot complete, and after 40 s XLA aborts the process ("Termination timeout ...
 exceeded", SIGABRT). A core dump of the abort showed exactly that: 4 threads in an `fsdp` all-gather,
-4 in a `data` all-reduce, none free. Measured here (jax 0.10.2,
-2 cores, 8 devices, mesh data=2 x fsdp=4): 60 steps of the shapes_tiny train loop aborted in 2 of 2
-runs with the default pool and in 0 of 8 with 2N threads (2 of them beside two CPU-bound processes);
-the minimal program kept in `tests/test_host_devices.py` aborted in 5 of 5 runs with N threads and
-finished in 0.6 s with 2N, and with 16 independent collectives too. This was the "Fatal Python error:
-Aborted" that killed test workers now and then.
+4 in a `data` all-reduce, none free. Measured here (jax 0.10.2, 2 cores, 8 devices, mesh data=2 x
+fsdp=4): 60 steps of the shapes_tiny train loop aborted in 2 of 2 runs with the default pool and in 0
+of 8 with 2N threads (2 of them beside two CPU-bound processes); the minimal program kept in
+`tests/test_host_devices.py` aborted in 5 of 5 runs with N threads and finished in 0.6 s with 2N, as
+did a variant with 16 independent collectives. This was the "Fatal Python error: Aborted" that killed
+test workers now and then.
 
 The pool size is read once, when the CPU client is created, from `PJRT_NPROC` (or `NPROC`), so
 `ensure_collective_threads()` must run before the first JAX computation. The entry points (train.py,
-evaluate.py) and the test setup call it; a notebook calls it before touching devices:
+evaluate.py, tools/ablate.py) and the test setup call it; a notebook calls it before touching devices:
 
     from jaxmodels import host_devices
     host_devices.ensure_collective_threads()     # then import jax / build meshes
