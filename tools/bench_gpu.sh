@@ -10,7 +10,8 @@
 # download; if the carried flax does not import with the machine's jax (flax 0.12.8 under jax 0.11.2
 # did not), the script drops it and uses the machine's own.
 # Each tool runs under its own time limit, so one failure leaves the others' rows. QUICK=1 runs every
-# tool at its smoke size (a check of this script, on any machine).
+# tool at its smoke size (a check of this script, on any machine). ONLY="bench_train bench_flow" runs
+# just the named rows (names as in $OUT; the smoke row always runs), for a rerun inside a short lease.
 set -u
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
@@ -30,6 +31,9 @@ $PY -c "import jax, flax, torch, transformers; print('jax', jax.__version__, jax
 jax_backend() { $PY -c "import jax; print(jax.default_backend())" 2>/dev/null; }
 run() {  # run NAME LIMIT_S ARGS...: one tool, JSON to $OUT/NAME.json
   local name=$1 limit=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [ "$name" != bench_train.smoke ] && [[ " $ONLY " != *" $name "* ]]; then
+    return 0
+  fi
   local t0=$SECONDS
   timeout "$limit" $PY "tools/${name%%.*}.py" "$@" --json > "$OUT/$name.json" 2> "$OUT/$name.err"
   local rc=$?
@@ -39,9 +43,10 @@ run() {  # run NAME LIMIT_S ARGS...: one tool, JSON to $OUT/NAME.json
 }
 
 if [ "${QUICK:-0}" = 1 ]; then
-  TRAIN=smoke DECODE=smoke DECODE_XL=smoke LATTE=smoke DIT=smoke COMPILE="--size=smoke --layers=1,2" EXTRA="--sample_steps=2"
+  TRAIN=smoke DECODE=smoke DECODE_XL=smoke CMDBUF=smoke LATTE=smoke DIT=smoke COMPILE="--size=smoke --layers=1,2" EXTRA="--sample_steps=2"
 else
-  TRAIN=small,large,xl DECODE=small,large DECODE_XL=xl LATTE=small DIT=small,base COMPILE="--size=small --layers=4,32" EXTRA=""
+  TRAIN=small,large,xl DECODE=small,large DECODE_XL=xl CMDBUF=small,large,xl LATTE=small DIT=${DIT-small,base}
+  COMPILE="--size=small --layers=4,32" EXTRA=""
 fi
 run bench_train.smoke 120 --sizes=smoke --steps=1 --dtype=bfloat16 || {
   echo "smoke failed with the carried flax; retrying with the machine's own"; rm -rf /tmp/site/flax /tmp/site/flax-*
@@ -55,8 +60,11 @@ run bench_decode.xl 150 --sizes=$DECODE_XL --batches=1 --repeats=3 --dtype=bfloa
 # Batch-1 decode on a GPU is launch-bound (one while-loop iteration = every layer's kernels): the same
 # run with XLA's command buffers (CUDA graphs) extended to while/conditional bodies.
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
-  run bench_decode.cmdbuf 150 --sizes=$DECODE --batches=1 --repeats=3 --dtype=bfloat16
+  run bench_decode.cmdbuf 150 --sizes=$CMDBUF --batches=1 --repeats=3 --dtype=bfloat16
 run bench_flow 150 --latte_sizes=$LATTE --dit_sizes=$DIT --rounds=5 --dtype=bfloat16 $EXTRA
+# LaTtE-Flow's 30-step sampler is launch-bound too (~8 ms a sample): the same rows with command buffers.
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
+  run bench_flow.cmdbuf 120 --latte_sizes=$LATTE --dit_sizes= --rounds=5 --dtype=bfloat16 $EXTRA
 run bench_compile 90 $COMPILE --rounds=1
 
 $PY - "$OUT" <<'EOF'
@@ -81,10 +89,13 @@ for name in ("bench_decode", "bench_decode.xl", "bench_decode.cmdbuf"):
     for k, v in r["runs"].items():
       print(f"  {k}: jax {v['jax_tok_s']:.0f} tok/s ({v['jax_ms_per_step']:.2f} ms/step, bound {v['bound_ms_per_step']:.3f}) "
             f"torch {v['torch_tok_s']:.0f} tok/s ratio {v['ratio']:.2f}x")
+for name in ("bench_flow", "bench_flow.cmdbuf"):
+  r = load(name)
+  for k, v in (r["latte"] if r else {}).items():
+    print(f"{name} latte {k}: latte {v['latte_s'] * 1e3:.2f} ms full {v['full_s'] * 1e3:.2f} ms "
+          f"speedup {v['speedup']:.2f}x (target {v['target_speedup']:.1f})")
 r = load("bench_flow")
 if r:
-  for k, v in r["latte"].items():
-    print(f"latte {k}: speedup {v['speedup']:.2f}x (target {v['target_speedup']:.1f})")
   for k, v in r["dit"].items():
     print(f"dit {k}: jax {v['jax_steps_s']:.1f} steps/s torch {v['torch_steps_s']:.1f} ratio {v['ratio']:.2f}x diff {v['max_abs_diff']:.1e}")
 r = load("bench_compile")
