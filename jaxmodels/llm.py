@@ -60,7 +60,8 @@ class LLMConfig:
   pad_token_id: int | None = None
   # Execution choices (not part of the checkpoint).
   scan_layers: bool = False
-  remat: str = "none"
+  remat: str = "none"                   # layers.block.REMAT_POLICIES; "dots" trained fastest on the CPU
+                                        # (saves memory everywhere; BENCHMARKS.md, bench_train --remat)
   attention_impl: str = "einsum"
   dtype: str = "float32"
   param_dtype: str = "float32"

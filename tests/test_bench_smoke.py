@@ -19,9 +19,11 @@ def _run(tool, *args):
 
 @pytest.mark.slow
 def test_bench_train_smoke():
-  r = _run("bench_train.py", "--sizes=smoke", "--steps=1")
+  r = _run("bench_train.py", "--sizes=smoke", "--steps=1", "--remat=dots,none")
   smoke = r["sizes"]["smoke"]
   assert smoke["jax_step_s"] > 0 and smoke["torch_step_s"] > 0 and 0 < smoke["jax_mfu"] < 1.5
+  assert smoke["remat"] == "dots" and set(smoke["remat_step_s"]) == {"dots", "none"}
+  assert smoke["jax_step_s"] == smoke["remat_step_s"]["dots"]
   assert r["matmul_gflops"]["peak"] > 0
 
 

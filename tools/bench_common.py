@@ -172,10 +172,11 @@ def load_average() -> float:
 
 
 def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool = True,
-                  dtype: str = "float32", attention_impl: str = "einsum"):
+                  dtype: str = "float32", attention_impl: str = "einsum", remat: str = "none"):
   """The decoder-LM train step of bench_train.py (Llama-style, next-token loss, AdamW) for the size
   dict `s` (a SIZES entry; `num_layers` overrides its depth). Parameters and optimizer state are f32;
-  `dtype` is the compute dtype (bfloat16: mixed precision, as PyTorch's autocast). Returns the jitted,
+  `dtype` is the compute dtype (bfloat16: mixed precision, as PyTorch's autocast); `remat` the layer
+  stack's rematerialisation policy (`jaxmodels.layers.block.REMAT_POLICIES`). Returns the jitted,
   not yet compiled `step(state, batch, rng) -> (state, metrics)`, its state, a batch {"ids": [B, T]}
   and the LLMConfig."""
   import jax.numpy as jnp
@@ -189,7 +190,7 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
   cfg = LLMConfig(model_type="llama", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
                   intermediate_size=s["intermediate_size"], num_layers=num_layers or s["num_layers"],
                   num_heads=s["num_heads"], num_kv_heads=s["num_heads"], rope_theta=10000.0,
-                  scan_layers=scan_layers, dtype=dtype, attention_impl=attention_impl)
+                  scan_layers=scan_layers, dtype=dtype, attention_impl=attention_impl, remat=remat)
 
   class LM(LLM):
     def loss(self, batch, rng):

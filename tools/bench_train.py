@@ -1,6 +1,6 @@
 """One training step (forward + backward + AdamW) of a decoder LM: jaxmodels vs PyTorch eager.
 
-    python tools/bench_train.py --sizes=small,large --steps=5 [--json]
+    python tools/bench_train.py --sizes=small,large --steps=5 [--remat=dots,none] [--json]
     python tools/bench_train.py --sizes=smoke --steps=2 --json          # seconds; used by a test
     python tools/bench_train.py --sizes=small,large,xl --dtype=bfloat16 --attention=cudnn   # on a GPU
 
@@ -9,7 +9,10 @@ on both sides (f32; or `--dtype=bfloat16`: f32 parameters and AdamW state with b
 PyTorch under `torch.autocast`); where PyTorch sees a GPU, its side runs there (synchronised per
 step); runs alternate (A/B) after a warm-up, in one process; reports median step times, the
 speedup (torch time / jax time), achieved GFLOP/s from `jaxmodels.flops`, the machine's matmul peak
-measured in the same run, and MFU = achieved / peak.
+measured in the same run, and MFU = achieved / peak. `--remat` lists layer-stack rematerialisation
+policies (`REMAT_POLICIES`; the library default is "none"): each is a jaxmodels variant in the same
+A/B rounds (`remat_step_s`); the first one gives the headline row. On the CPU "dots" (save the
+projections' outputs, recompute the rest in the backward pass) measured fastest (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -25,10 +28,13 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per side (median reported
 _DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype (parameters stay f32).")
 _ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"],
                                "jaxmodels attention implementation (cudnn: fused, GPU only).")
+_REMAT = flags.DEFINE_list("remat", ["none"], "jaxmodels layer-stack remat policies (REMAT_POLICIES); "
+                           "the first is the headline row, all run in the same A/B rounds.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
-def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsum") -> dict:
+def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsum",
+          remat: tuple[str, ...] = ("none",)) -> dict:
   import jax
   import numpy as np
   import torch
@@ -37,13 +43,16 @@ def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsu
   from jaxmodels.flops import train_flops_per_token
 
   s = SIZES[size]
-  step, state, batch, cfg = lm_train_step(s, dtype=dtype, attention_impl=attention)
-  ids = np.asarray(batch["ids"]).astype(np.int64)
-  holder = {"state": step(state, batch, jax.random.key(0))[0]}
+  jax_steps = {}
+  for policy in remat:
+    step, state, batch, cfg = lm_train_step(s, dtype=dtype, attention_impl=attention, remat=policy)
+    holder = {"state": step(state, batch, jax.random.key(0))[0]}
 
-  def jax_step():
-    holder["state"], _ = step(holder["state"], batch, jax.random.key(1))
-    jax.block_until_ready(holder["state"])     # the whole update, not just the loss
+    def jax_step(step=step, holder=holder):
+      holder["state"], _ = step(holder["state"], batch, jax.random.key(1))
+      jax.block_until_ready(holder["state"])     # the whole update, not just the loss
+    jax_steps[f"jax:{policy}"] = jax_step
+  ids = np.asarray(batch["ids"]).astype(np.int64)
 
   torch.manual_seed(0)
   tcfg = transformers.LlamaConfig(vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
@@ -64,37 +73,42 @@ def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsu
     opt.zero_grad(set_to_none=True)
     torch_sync()
 
-  t = alternate({"jax": jax_step, "torch": torch_step}, steps)      # warm-up, then A/B rounds
-  tj, tt = t["jax"], t["torch"]
+  t = alternate({**jax_steps, "torch": torch_step}, steps)      # warm-up, then A/B rounds
+  tj, tt = t[f"jax:{remat[0]}"], t["torch"]
   flops = train_flops_per_token(cfg, s["seq_len"] - 1) * s["batch"] * (s["seq_len"] - 1)
   return {"jax_step_s": tj, "torch_step_s": tt, "speedup": tt / tj,
-          "jax_gflops": flops / tj / 1e9, "torch_gflops": flops / tt / 1e9}
+          "jax_gflops": flops / tj / 1e9, "torch_gflops": flops / tt / 1e9, "remat": remat[0],
+          "remat_step_s": {policy: t[f"jax:{policy}"] for policy in remat}}
 
 
 def main(argv):
   del argv
+  from jaxmodels.layers.block import REMAT_POLICIES
+  unknown = sorted(set(_REMAT.value) - set(REMAT_POLICIES))
+  if unknown or not _REMAT.value:
+    raise app.UsageError(f"--remat: unknown policies {unknown}; choose from {sorted(REMAT_POLICIES)}")
   peak = matmul_peak_gflops(dtype=_DTYPE.value)
-  result = {"machine": machine(), "dtype": _DTYPE.value, "attention": _ATTENTION.value,
+  result = {"machine": machine(), "dtype": _DTYPE.value, "attention": _ATTENTION.value, "remat": _REMAT.value,
             "matmul_gflops": peak, "sizes": {}}
   rows = [f"machine: {result['machine']}", f"matmul peak ({peak['dtype']}, n={peak['n']}): "
           f"{peak['peak']:.0f} GFLOP/s (jax {peak['jax']:.0f}, torch {peak['torch']:.0f})"]
   for size in _SIZES.value:
     try:
-      r = bench(size, _STEPS.value, _DTYPE.value, _ATTENTION.value)
+      r = bench(size, _STEPS.value, _DTYPE.value, _ATTENTION.value, _REMAT.value)
       r["attention"] = _ATTENTION.value
     except Exception as e:                     # noqa: BLE001  (e.g. cudnn rejects a shape or this backend)
       if _ATTENTION.value == "xla":
         raise
       print(f"{size}: attention={_ATTENTION.value} failed ({type(e).__name__}: {str(e)[:200]}); using xla",
             file=sys.stderr)
-      r = bench(size, _STEPS.value, _DTYPE.value, "xla")
+      r = bench(size, _STEPS.value, _DTYPE.value, "xla", _REMAT.value)
       r["attention"] = "xla"
     r["jax_mfu"] = r["jax_gflops"] / peak["peak"]
     r["torch_mfu"] = r["torch_gflops"] / peak["peak"]
     result["sizes"][size] = r
     rows.append(f"{size} ({r['attention']} attention): jax {r['jax_step_s']:.3f}s ({r['jax_gflops']:.0f} GFLOP/s, MFU {r['jax_mfu']:.2f}) | "
                 f"torch {r['torch_step_s']:.3f}s ({r['torch_gflops']:.0f} GFLOP/s, MFU {r['torch_mfu']:.2f}) | "
-                f"speedup {r['speedup']:.2f}x")
+                f"speedup {r['speedup']:.2f}x (remat {', '.join(f'{k} {v:.3f}s' for k, v in r['remat_step_s'].items())})")
   emit(result, _JSON.value, rows)
 
 
