@@ -54,7 +54,9 @@ run bench_train.smoke 120 --sizes=smoke --steps=1 --dtype=bfloat16 || {
 ATT=cudnn; [ "$(jax_backend)" = gpu ] || ATT=einsum
 # The train rows hold f32 state for both frameworks plus activations: give JAX more of the GPU (at 0.45
 # the xl step with materialised attention ran out of memory on an H200).
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 run bench_train 240 --sizes=$TRAIN --steps=10 --dtype=bfloat16 --attention=$ATT
+# remat "dots" trains fastest on the CPU; "none" is the library default: both, in the same A/B rounds.
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 run bench_train 240 --sizes=$TRAIN --steps=10 --dtype=bfloat16 --attention=$ATT \
+  --remat=none,dots
 run bench_decode 150 --sizes=$DECODE --batches=1,8 --repeats=3 --dtype=bfloat16
 run bench_decode.xl 150 --sizes=$DECODE_XL --batches=1 --repeats=3 --dtype=bfloat16
 # Batch-1 decode on a GPU is launch-bound (one while-loop iteration = every layer's kernels): the same
@@ -71,6 +73,8 @@ $PY - "$OUT" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 def load(name):
+  if not (out / f"{name}.json").exists():    # not run (ONLY=...); a run tool always leaves the file
+    return None
   try:
     return json.loads((out / f"{name}.json").read_text())
   except Exception as e:                     # noqa: BLE001  (a failed tool leaves no JSON)
@@ -81,7 +85,8 @@ if r:
   print(f"train ({r['attention']}): matmul peak {p['peak'] / 1e3:.0f} TFLOP/s (jax {p['jax'] / 1e3:.0f}, torch {p['torch'] / 1e3:.0f})")
   for k, v in r["sizes"].items():
     print(f"  {k} ({v['attention']}): jax {v['jax_step_s'] * 1e3:.1f} ms (MFU {v['jax_mfu']:.2f}) torch {v['torch_step_s'] * 1e3:.1f} ms "
-          f"(MFU {v['torch_mfu']:.2f}) speedup {v['speedup']:.2f}x")
+          f"(MFU {v['torch_mfu']:.2f}) speedup {v['speedup']:.2f}x; remat "
+          + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in v.get("remat_step_s", {}).items()))
 for name in ("bench_decode", "bench_decode.xl", "bench_decode.cmdbuf"):
   r = load(name)
   if r:
