@@ -88,8 +88,8 @@ def main(argv):
   if unknown or not _REMAT.value:
     raise app.UsageError(f"--remat: unknown policies {unknown}; choose from {sorted(REMAT_POLICIES)}")
   peak = matmul_peak_gflops(dtype=_DTYPE.value)
-  result = {"machine": machine(), "dtype": _DTYPE.value, "attention": _ATTENTION.value, "remat": _REMAT.value,
-            "matmul_gflops": peak, "sizes": {}}
+  result = {"machine": machine(), "dtype": _DTYPE.value, "attention": _ATTENTION.value,
+            "remat": _REMAT.value, "matmul_gflops": peak, "sizes": {}}
   rows = [f"machine: {result['machine']}", f"matmul peak ({peak['dtype']}, n={peak['n']}): "
           f"{peak['peak']:.0f} GFLOP/s (jax {peak['jax']:.0f}, torch {peak['torch']:.0f})"]
   for size in _SIZES.value:
@@ -106,9 +106,11 @@ def main(argv):
     r["jax_mfu"] = r["jax_gflops"] / peak["peak"]
     r["torch_mfu"] = r["torch_gflops"] / peak["peak"]
     result["sizes"][size] = r
-    rows.append(f"{size} ({r['attention']} attention): jax {r['jax_step_s']:.3f}s ({r['jax_gflops']:.0f} GFLOP/s, MFU {r['jax_mfu']:.2f}) | "
-                f"torch {r['torch_step_s']:.3f}s ({r['torch_gflops']:.0f} GFLOP/s, MFU {r['torch_mfu']:.2f}) | "
-                f"speedup {r['speedup']:.2f}x (remat {', '.join(f'{k} {v:.3f}s' for k, v in r['remat_step_s'].items())})")
+    remat = ", ".join(f"{k} {v:.3f}s" for k, v in r["remat_step_s"].items())
+    rows.append(f"{size} ({r['attention']} attention): jax {r['jax_step_s']:.3f}s "
+                f"({r['jax_gflops']:.0f} GFLOP/s, MFU {r['jax_mfu']:.2f}) | torch {r['torch_step_s']:.3f}s "
+                f"({r['torch_gflops']:.0f} GFLOP/s, MFU {r['torch_mfu']:.2f}) | speedup {r['speedup']:.2f}x "
+                f"(remat {remat})")
   emit(result, _JSON.value, rows)
 
 
