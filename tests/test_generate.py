@@ -61,6 +61,17 @@ def test_scanned_layers_decode_the_same(pair):
   assert scanned.layers.scan   # the caller's model keeps its stacked layout
 
 
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["loop", "scanned"])
+def test_remat_models_decode_the_same(pair, scan_layers):
+  # A remat policy (the training configs set one) must not break decoding: generate runs the
+  # (unstacked) blocks inside its token loop, where nnx.remat raised TraceContextError.
+  model, _, path = pair
+  ours = hf.from_pretrained(path, scan_layers=scan_layers, remat="dots")
+  ids = np.random.RandomState(2).randint(1, 97, (2, 8))
+  np.testing.assert_array_equal(np.asarray(generate(ours, ids, NEW)),
+                                _reference(model, ids, np.ones_like(ids)))
+
+
 def test_eos_then_pad(pair):
   model, ours, _ = pair
   ids = np.random.RandomState(0).randint(1, 97, (2, 8))

@@ -82,9 +82,22 @@ class BlockStack(nnx.Module):
   def _call_block(self):
     def call(block, x, mask, rope, cache, cache_index):
       return block(x, mask=mask, rope=rope, cache=cache, cache_index=cache_index)
-    if self.remat != "none":
-      call = nnx.remat(call, policy=REMAT_POLICIES[self.remat])
-    return call
+    if self.remat == "none":
+      return call
+    policy = REMAT_POLICIES[self.remat]
+
+    def remat_call(block, x, mask, rope, cache, cache_index):
+      # jax.checkpoint over the block's state, split/merged by hand as in `_scan`: nnx.remat raised
+      # TraceContextError for a block of an unstacked stack called inside another trace (the
+      # decode loop of `generate`, which unstacks a remat'd scanned model).
+      graphdef, state = nnx.split(block)
+
+      def pure(state, x, mask, rope, cache, cache_index):
+        return nnx.merge(graphdef, state, copy=True)(x, mask=mask, rope=rope, cache=cache,
+                                                      cache_index=cache_index)
+      return jax.checkpoint(pure, policy=policy, prevent_cse=False)(state, x, mask, rope, cache,
+                                                                     cache_index)
+    return remat_call
 
   def __call__(self, x: jax.Array, *, mask=None, rope=None,
                cache: LayerCache | None = None, cache_index=0, return_hidden: bool = False):
