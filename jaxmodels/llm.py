@@ -61,7 +61,7 @@ class LLMConfig:
   # Execution choices (not part of the checkpoint).
   scan_layers: bool = False
   remat: str = "none"                   # layers.block.REMAT_POLICIES; "dots" trained fastest on the CPU
-                                        # (saves memory everywhere; BENCHMARKS.md, bench_train --remat)
+                                        # (BENCHMARKS.md) but aborted multi-process gloo runs there
   attention_impl: str = "einsum"
   dtype: str = "float32"
   param_dtype: str = "float32"

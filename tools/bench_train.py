@@ -84,9 +84,8 @@ def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsu
 def main(argv):
   del argv
   from jaxmodels.layers.block import REMAT_POLICIES
-  unknown = sorted(set(_REMAT.value) - set(REMAT_POLICIES))
-  if unknown or not _REMAT.value:
-    raise app.UsageError(f"--remat: unknown policies {unknown}; choose from {sorted(REMAT_POLICIES)}")
+  if not _REMAT.value or set(_REMAT.value) - set(REMAT_POLICIES):
+    raise app.UsageError(f"--remat={','.join(_REMAT.value)}: expected one or more of {sorted(REMAT_POLICIES)}")
   peak = matmul_peak_gflops(dtype=_DTYPE.value)
   result = {"machine": machine(), "dtype": _DTYPE.value, "attention": _ATTENTION.value,
             "remat": _REMAT.value, "matmul_gflops": peak, "sizes": {}}
