@@ -241,5 +241,7 @@ def _run():
 
 
 if __name__ == "__main__":
+  from jaxmodels import host_malloc
+  host_malloc.reexec_for_xla_cpu()   # first: glibc reads its malloc settings at start-up
   _define_flags()
   app.run(main)

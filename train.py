@@ -301,6 +301,8 @@ def _run():
 
 
 if __name__ == "__main__":
+  from jaxmodels import host_malloc
+  host_malloc.reexec_for_xla_cpu()   # first: glibc reads its malloc settings at start-up
   from jaxmodels.config_utils import flags_parser
   _define_flags()
   app.run(main, flags_parser=flags_parser)   # config mistakes: one line, no traceback

@@ -544,6 +544,8 @@ def _run():
 
 
 if __name__ == "__main__":
+  from jaxmodels import host_malloc
+  host_malloc.reexec_for_xla_cpu()   # first: glibc reads its malloc settings at start-up
   from absl import app, flags
   _ABLATION = flags.DEFINE_string("ablation", "all", f"One of {', '.join(ABLATIONS)}, a comma list, or all.")
   _WORKDIR = flags.DEFINE_string("workdir", "runs/ablations", "Output root (<workdir>/<ablation>/...).")

@@ -114,4 +114,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from jaxmodels import host_malloc
+  host_malloc.reexec_for_xla_cpu()   # first: glibc reads its malloc settings at start-up
   app.run(main)
