@@ -50,6 +50,8 @@ def test_bench_flow_smoke():
     dit = r["dit"][name]
     assert dit["jax_steps_s"] > 0 and dit["torch_steps_s"] > 0 and dit["ratio"] > 0
     assert dit["max_abs_diff"] < 1e-3          # same weights, same noise: the same samples
+    assert dit["flops_per_step"] > 0 and abs(dit["jax_mfu"] / dit["torch_mfu"] - dit["ratio"]) < 1e-6
+    assert abs(dit["ratio_bound"] * dit["torch_mfu"] - 1) < 1e-6
 
 
 @pytest.mark.slow

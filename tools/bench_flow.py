@@ -16,7 +16,10 @@ sampler's jaxpr (trip counts of the innermost scans, i.e. steps × layers per st
 is built at a tiny/small size, saved with `save_pretrained` and imported with `jaxmodels.hf`; both
 sides start from the same noise and caption. jaxmodels runs the whole loop jitted (`flow.sample`, one
 `lax.scan`); diffusers runs its forward in a Python loop under `torch.no_grad()`. Reports steps/s for
-both, the ratio (target ≥ 1.5×) and the max |Δ| of the final latents (a parity check). `--dtype`
+both, the ratio (target ≥ 1.5×) and the max |Δ| of the final latents (a parity check), and each
+side's GFLOP/s and MFU against the machine's matmul peak measured in the same run (FLOPs of one step:
+XLA's count for one model evaluation), hence `ratio_bound`, the ratio a sampler at the peak would
+reach (a ceiling for the target on a compute-bound size). `--dtype`
 sets both sides' weights and compute (bf16: the weights are rounded once, identically, on both sides);
 where PyTorch sees a GPU, diffusers runs there.
 
@@ -24,8 +27,8 @@ All timings: warm-up first, then A/B alternating rounds in one process, medians.
 """
 from __future__ import annotations
 
-from bench_common import (DTYPES, alternate, emit, load_average, machine, torch_device,  # noqa: I001
-                          torch_dtype, torch_sync)
+from bench_common import (DTYPES, alternate, emit, load_average, machine,  # noqa: I001
+                          matmul_peak_gflops, torch_device, torch_dtype, torch_sync)
 
 from absl import app, flags
 
@@ -218,17 +221,22 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float
 
   graphdef, state = nnx.split(ours)
 
-  @jax.jit
-  def run_jax(state, x, cap, mask):
+  def velocity(state, x, t, cap, mask):
     m = nnx.merge(graphdef, state)
     if kind == "sana":
-      vfn = lambda x, t: m(x, t, cap, mask)                    # noqa: E731  (t = 1000·σ)
-    else:
-      vfn = lambda x, t: m.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, cap, mask)  # noqa: E731
-    return flow.sample(vfn, x, num_steps=steps)
+      return m(x, t, cap, mask)                                  # t = 1000·σ
+    return m.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, cap, mask)
+
+  @jax.jit
+  def run_jax(state, x, cap, mask):
+    return flow.sample(lambda x, t: velocity(state, x, t, cap, mask), x, num_steps=steps)
 
   jdt = jnp.dtype(dtype)
   jx, jcap, jmask = jnp.asarray(x0, jdt), jnp.asarray(cap, jdt), jnp.asarray(mask)
+  # FLOPs of one model evaluation (one sampler step), as XLA counts them in the unoptimised HLO:
+  # the same architecture and shapes run on both sides, so one count serves both.
+  flops = float(jax.jit(velocity).lower(state, jx, jnp.full((s["batch"],), 500.0, jdt), jcap,
+                                        jmask).cost_analysis()["flops"])
   tdt = torch_dtype(dtype)
   tx = torch.tensor(x0).permute(0, 3, 1, 2).contiguous().to(device, tdt)
   tcap, tmask = torch.tensor(cap).to(device, tdt), torch.tensor(mask).to(device)
@@ -265,7 +273,8 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float
                       - out["torch"].permute(0, 2, 3, 1).float().cpu().numpy()).max())
   return {"tokens": (side // (1 if kind == "sana" else 2)) ** 2, "sample_steps": steps,
           "jax_steps_s": steps / t["jax"], "torch_steps_s": steps / t["torch"],
-          "ratio": t["torch"] / t["jax"], "max_abs_diff": diff,
+          "ratio": t["torch"] / t["jax"], "max_abs_diff": diff, "flops_per_step": flops,
+          "jax_gflops": flops * steps / t["jax"] / 1e9, "torch_gflops": flops * steps / t["torch"] / 1e9,
           "sample_std": float(np.std(np.asarray(out["jax"], np.float32))), "dtype": dtype,
           "params": sum(p.numel() for p in tmodel.parameters())}
 
@@ -287,13 +296,20 @@ def main(argv):
                 f"(target {r['target_speedup']:.1f}x) | layer evals {r['layer_evals_full']}/"
                 f"{r['layer_evals_latte']} = {r['layer_eval_ratio']:.2f} (counted {r['counted_full']}/"
                 f"{r['counted_latte']})")
+  if _DIT.value and _MODELS.value:
+    peak = result["matmul_gflops"] = matmul_peak_gflops(dtype=_DTYPE.value)
+    rows.append(f"matmul peak ({peak['dtype']}, n={peak['n']}): {peak['peak']:.0f} GFLOP/s")
   for kind in _MODELS.value:
     for size in _DIT.value:
       r = bench_dit(kind, size, _STEPS.value, _ROUNDS.value, _DTYPE.value)
+      # A sampler running at the measured matmul peak would reach ratio_bound over diffusers.
+      r.update(jax_mfu=r["jax_gflops"] / peak["peak"], torch_mfu=r["torch_gflops"] / peak["peak"],
+               ratio_bound=peak["peak"] / r["torch_gflops"])
       result["dit"][f"{kind}_{size}"] = r
       rows.append(f"{kind} {size} ({r['params'] / 1e6:.2f}M params, {r['tokens']} tokens): jax "
-                  f"{r['jax_steps_s']:.1f} steps/s | diffusers {r['torch_steps_s']:.1f} steps/s | "
-                  f"ratio {r['ratio']:.2f}x | max |diff| {r['max_abs_diff']:.1e}")
+                  f"{r['jax_steps_s']:.1f} steps/s (MFU {r['jax_mfu']:.2f}) | diffusers "
+                  f"{r['torch_steps_s']:.1f} steps/s (MFU {r['torch_mfu']:.2f}) | ratio {r['ratio']:.2f}x "
+                  f"(at the peak: {r['ratio_bound']:.2f}x) | max |diff| {r['max_abs_diff']:.1e}")
   emit(result, _JSON.value, rows)
 
 
