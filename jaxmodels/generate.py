@@ -39,11 +39,13 @@ def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: floa
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "greedy"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "greedy",
+                                             "fuse_projections"))
 def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_p, eos_ids, pad_id,
-              inputs_embeds, *, max_new_tokens: int, top_k: int, greedy: bool):
-  # Per-layer weights sliced once here, not at every token inside the loop (BlockStack.unstack).
-  model = unstack_layers(nnx.merge(graphdef, state))
+              inputs_embeds, *, max_new_tokens: int, top_k: int, greedy: bool, fuse_projections: bool):
+  # Per-layer weights sliced once here, not at every token inside the loop (BlockStack.unstack), and
+  # q/k/v and gate/up joined into one matmul each (fewer kernels per token).
+  model = unstack_layers(nnx.merge(graphdef, state), fuse_projections=fuse_projections)
   b, t = input_ids.shape
   total = t + max_new_tokens
   cache = model.init_cache(b, total, per_layer=True)   # in-place per-layer token writes
@@ -71,13 +73,17 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
 def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
              attention_mask: jax.Array | None = None, temperature: float = 0.0, top_p: float = 1.0,
              top_k: int = 0, rng: jax.Array | None = None, eos_token_id: int | list[int] | None = None,
-             pad_token_id: int | None = None, inputs_embeds: jax.Array | None = None) -> jax.Array:
+             pad_token_id: int | None = None, inputs_embeds: jax.Array | None = None,
+             fuse_projections: bool = True) -> jax.Array:
   """Decodes `max_new_tokens` tokens after `input_ids` [B, T] (left-padded where attention_mask is 0).
 
   `inputs_embeds` [B, T, D] replaces the prompt's token embeddings in the prefill (multimodal prompts
   with image features spliced in); `input_ids` still gives the prompt's length and is returned.
   temperature 0 is greedy. eos/pad ids default to the model config's; after a row emits eos its
-  remaining tokens are pad_token_id (as transformers does). Returns [B, T + max_new_tokens] int32.
+  remaining tokens are pad_token_id (as transformers does). `fuse_projections` runs each layer's
+  q/k/v and gate/up projections as one matmul each, on a concatenated copy of their weights made once
+  per call (`unstack_layers`); the tokens are the same either way. Returns [B, T + max_new_tokens]
+  int32.
   """
   config = model.config
   input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -95,4 +101,4 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   graphdef, state = nnx.split(model)
   return _generate(graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
                    jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds, max_new_tokens=max_new_tokens,
-                   top_k=top_k, greedy=greedy)
+                   top_k=top_k, greedy=greedy, fuse_projections=fuse_projections)

@@ -72,6 +72,35 @@ def test_remat_models_decode_the_same(pair, scan_layers):
                                 _reference(model, ids, np.ones_like(ids)))
 
 
+def test_fused_projections_match_the_separate_ones(pair):
+  # generate joins q/k/v and gate/up into one matmul each (the default) or not: same tokens, both
+  # equal to transformers'; the layers' outputs agree to float rounding, with qkv bias, qk-norm and
+  # grouped KV heads, and cross-attention keeps using the separate projections.
+  from flax import nnx
+
+  from jaxmodels.layers.attention import Attention
+  from jaxmodels.layers.mlp import GatedMLP
+  model, ours, _ = pair
+  ids = np.random.RandomState(3).randint(1, 97, (2, 8))
+  ref = _reference(model, ids, np.ones_like(ids))
+  for fuse in (True, False):
+    np.testing.assert_array_equal(np.asarray(generate(ours, ids, NEW, fuse_projections=fuse)), ref)
+  assert ours.layers.blocks[0].attn.qkv is None        # the caller's model is left as it was
+
+  x, ctx = jax.random.normal(jax.random.key(0), (2, 5, 16)), jax.random.normal(jax.random.key(1), (2, 3, 16))
+  attn = Attention(16, 4, 2, qkv_bias=True, qk_norm=True, rngs=nnx.Rngs(0))
+  for name in ("q", "k", "v"):
+    getattr(attn, name).bias[...] = jax.random.normal(jax.random.key(2), getattr(attn, name).bias.shape)
+  mlp = GatedMLP(16, 24, use_bias=True, rngs=nnx.Rngs(1))
+  mlp.up.bias[...] = jnp.ones((24,))
+  before = attn(x)[0], attn(x, kv_input=ctx)[0], mlp(x)
+  attn.fuse_qkv()
+  mlp.fuse_gate_up()
+  assert attn.qkv.kernel.shape == (16, 4 + 2 + 2, 4) and mlp.gate_up.kernel.shape == (16, 48)
+  for a, b in zip(before, (attn(x)[0], attn(x, kv_input=ctx)[0], mlp(x))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
 def test_eos_then_pad(pair):
   model, ours, _ = pair
   ids = np.random.RandomState(0).randint(1, 97, (2, 8))

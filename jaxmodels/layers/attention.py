@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxmodels import sharding
-from jaxmodels.layers.linear import Linear
+from jaxmodels.layers.linear import Linear, concat_linears
 from jaxmodels.layers.norms import RMSNorm
 from jaxmodels.layers.rotary import apply_rope
 
@@ -126,11 +126,20 @@ class Attention(nnx.Module):
                     use_bias=qkv_bias, **kw)
     self.o = Linear((num_heads, head_dim), dim, axes=("heads", "head_dim", "embed"),
                     use_bias=out_bias, **kw)
+    self.qkv = None              # set by fuse_qkv() (decoding)
     if qk_norm:
       self.q_norm = RMSNorm(head_dim, eps=norm_eps, axes=("head_dim",), param_dtype=param_dtype, rngs=rngs)
       self.k_norm = RMSNorm(head_dim, eps=norm_eps, axes=("head_dim",), param_dtype=param_dtype, rngs=rngs)
     else:
       self.q_norm = self.k_norm = None
+
+  def fuse_qkv(self) -> None:
+    """Adds `qkv`, the q, k and v projections as one [D, N + 2K, H] matmul, used for self-attention
+    from then on (in place; outputs unchanged; cross-attention keeps the separate ones). For
+    decoding (`generate` does it on its traced copy): per token, one kernel instead of three."""
+    if self.qkv is None and self.q.in_shape == self.k.in_shape:
+      fused = concat_linears([self.q, self.k, self.v], axis=0, axes=("embed", "heads", "head_dim"))
+      self.qkv = nnx.data(fused)
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None,
                rope: tuple[jax.Array, jax.Array] | None = None, kv_input: jax.Array | None = None,
@@ -138,8 +147,13 @@ class Attention(nnx.Module):
                ) -> tuple[jax.Array, LayerCache | None]:
     """Returns (y [B, T, D], updated cache or None). `rope` = (cos, sin) for the query positions.
     With `causal` set at construction, mask=None means the causal mask (no cache, T == S)."""
-    kv_input = x if kv_input is None else kv_input
-    q, k, v = self.q(x), self.k(kv_input), self.v(kv_input)
+    if self.qkv is not None and kv_input is None:
+      n, kh = self.num_heads, self.num_kv_heads
+      qkv = self.qkv(x)
+      q, k, v = qkv[..., :n, :], qkv[..., n:n + kh, :], qkv[..., n + kh:, :]
+    else:
+      kv_input = x if kv_input is None else kv_input
+      q, k, v = self.q(x), self.k(kv_input), self.v(kv_input)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     if rope is not None:

@@ -150,9 +150,17 @@ class BlockStack(nnx.Module):
     return x, cache, hidden
 
 
-def unstack_layers(module: nnx.Module) -> nnx.Module:
-  """`BlockStack.unstack()` on every scanned stack inside `module` (in place); returns `module`."""
+def unstack_layers(module: nnx.Module, fuse_projections: bool = False) -> nnx.Module:
+  """`BlockStack.unstack()` on every scanned stack inside `module` (in place); returns `module`.
+  `fuse_projections`: then also `Attention.fuse_qkv()` and `GatedMLP.fuse_gate_up()` on every
+  attention and gated MLP (one matmul each instead of three / two; for decoding)."""
   for _, node in list(nnx.iter_graph(module)):
     if isinstance(node, BlockStack):
       node.unstack()
+  if fuse_projections:
+    for _, node in list(nnx.iter_graph(module)):
+      if isinstance(node, Attention):
+        node.fuse_qkv()
+      elif isinstance(node, GatedMLP):
+        node.fuse_gate_up()
   return module

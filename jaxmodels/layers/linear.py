@@ -68,3 +68,21 @@ class Linear(nnx.Module):
     if self.bias is not None:
       y = y + self.bias[...].astype(self.dtype)
     return y
+
+
+def concat_linears(layers: Sequence[Linear], axis: int, axes: Axes) -> Linear:
+  """One `Linear` whose output is the given layers' outputs joined along output dim `axis` (their
+  kernels concatenated there; same input shape): [..., *in] -> [..., *out] with out[axis] summed.
+  Used to run several projections of one input as a single matmul (fewer kernels when decoding)."""
+  first = layers[0]
+  if any(l.in_shape != first.in_shape or (l.bias is None) != (first.bias is None) for l in layers):
+    raise ValueError("concat_linears: the layers differ in input shape or bias")
+  n_in = len(first.in_shape)
+  kernel = jnp.concatenate([l.kernel[...] for l in layers], axis=n_in + axis)
+  out_shape = kernel.shape[n_in:]
+  fused = Linear(first.in_shape, out_shape, axes=axes, use_bias=first.bias is not None,
+                 dtype=first.dtype, param_dtype=kernel.dtype, kernel_init=lambda key, shape, dtype: kernel)
+  if first.bias is not None:
+    fused.bias[...] = jnp.concatenate([l.bias[...] for l in layers], axis=axis)
+  return fused
+
