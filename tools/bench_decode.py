@@ -6,7 +6,8 @@
     python tools/bench_decode.py --sizes=small,large,xl --batches=1,8 --dtype=bfloat16   # on a GPU
 
 Reports tokens/s for both, the ratio, and the memory-bandwidth bound for batch-1 decode (parameter
-bytes per step ÷ the machine's copy bandwidth, measured in the same run). `--dtype=bfloat16` stores
+bytes per step ÷ the machine's copy bandwidth, measured in the same run). `--unfused` adds jaxmodels
+with separate q/k/v and gate/up matmuls (`generate(fuse_projections=False)`) to the same A/B rounds. `--dtype=bfloat16` stores
 the weights (and the KV cache) in bf16 on both sides, which halves that bound. Where PyTorch sees a
 GPU, its side runs there and the bandwidth is the GPU's device-to-device copy.
 """
@@ -24,11 +25,13 @@ _PROMPT = flags.DEFINE_integer("prompt_len", 16, "Prompt length.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per side (median).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "Weight, cache and compute dtype (both sides).")
 _ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla"], "jaxmodels attention implementation.")
+_UNFUSED = flags.DEFINE_bool("unfused", False, "Also time jaxmodels with separate q/k/v and gate/up "
+                             "matmuls (generate(fuse_projections=False)) in the same A/B rounds.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
 def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth: float,
-          dtype: str = "float32", attention: str = "einsum") -> dict:
+          dtype: str = "float32", attention: str = "einsum", unfused: bool = False) -> dict:
   import tempfile
 
   import jax.numpy as jnp
@@ -60,15 +63,20 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
                       do_sample=False)
     torch_sync()
 
-  def run_jax():
-    generate(ours, ids, new).block_until_ready()
+  def run_jax(fuse=True):
+    generate(ours, ids, new, fuse_projections=fuse).block_until_ready()
 
-  t = alternate({"jax": run_jax, "torch": run_torch}, repeats)     # warm-up, then A/B rounds
+  runs = {"jax": run_jax, "torch": run_torch}
+  if unfused:
+    runs["jax_unfused"] = lambda: run_jax(fuse=False)
+  t = alternate(runs, repeats)     # warm-up, then A/B rounds
   t_jax, t_torch = t["jax"], t["torch"]
   param_bytes = sum(p.numel() * p.element_size() for p in tmodel.parameters())
-  return {"jax_tok_s": batch * new / t_jax, "torch_tok_s": batch * new / t_torch, "ratio": t_torch / t_jax,
-          "bound_ms_per_step": param_bytes / (bandwidth * 1e9) * 1e3,
-          "jax_ms_per_step": t_jax / new * 1e3}
+  r = {"jax_tok_s": batch * new / t_jax, "torch_tok_s": batch * new / t_torch, "ratio": t_torch / t_jax,
+       "bound_ms_per_step": param_bytes / (bandwidth * 1e9) * 1e3, "jax_ms_per_step": t_jax / new * 1e3}
+  if unfused:
+    r.update(jax_unfused_ms_per_step=t["jax_unfused"] / new * 1e3, fusion_speedup=t["jax_unfused"] / t_jax)
+  return r
 
 
 def main(argv):
@@ -78,11 +86,13 @@ def main(argv):
   rows = [f"machine: {result['machine']}", f"copy bandwidth: {bw:.1f} GB/s"]
   for size in _SIZES.value:
     for batch in map(int, _BATCHES.value):
-      r = bench(size, batch, _NEW.value, _PROMPT.value, _REPEATS.value, bw, _DTYPE.value, _ATTENTION.value)
+      r = bench(size, batch, _NEW.value, _PROMPT.value, _REPEATS.value, bw, _DTYPE.value, _ATTENTION.value,
+                _UNFUSED.value)
       result["runs"][f"{size}_b{batch}"] = r
       rows.append(f"{size} batch {batch}: jax {r['jax_tok_s']:.0f} tok/s ({r['jax_ms_per_step']:.2f} ms/step, "
                   f"bound {r['bound_ms_per_step']:.2f}) | torch {r['torch_tok_s']:.0f} tok/s | "
-                  f"ratio {r['ratio']:.2f}x")
+                  f"ratio {r['ratio']:.2f}x" + (f" | unfused jax {r['jax_unfused_ms_per_step']:.2f} ms/step "
+                                                f"(fusion {r['fusion_speedup']:.2f}x)" if _UNFUSED.value else ""))
   emit(result, _JSON.value, rows)
 
 

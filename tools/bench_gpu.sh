@@ -57,8 +57,9 @@ ATT=cudnn; [ "$(jax_backend)" = gpu ] || ATT=einsum
 # remat "dots" trains fastest on the CPU; "none" is the library default: both, in the same A/B rounds.
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 run bench_train 240 --sizes=$TRAIN --steps=10 --dtype=bfloat16 --attention=$ATT \
   --remat=none,dots
-run bench_decode 150 --sizes=$DECODE --batches=1,8 --repeats=3 --dtype=bfloat16
-run bench_decode.xl 150 --sizes=$DECODE_XL --batches=1 --repeats=3 --dtype=bfloat16
+# --unfused: the separate q/k/v and gate/up matmuls too (generate fuses them; launch-bound here).
+run bench_decode 150 --sizes=$DECODE --batches=1,8 --repeats=3 --dtype=bfloat16 --unfused
+run bench_decode.xl 150 --sizes=$DECODE_XL --batches=1 --repeats=3 --dtype=bfloat16 --unfused
 # Batch-1 decode on a GPU is launch-bound (one while-loop iteration = every layer's kernels): the same
 # run with XLA's command buffers (CUDA graphs) extended to while/conditional bodies.
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
@@ -93,7 +94,8 @@ for name in ("bench_decode", "bench_decode.xl", "bench_decode.cmdbuf"):
     print(f"{name}: copy {r['copy_bandwidth_gbs']:.0f} GB/s")
     for k, v in r["runs"].items():
       print(f"  {k}: jax {v['jax_tok_s']:.0f} tok/s ({v['jax_ms_per_step']:.2f} ms/step, bound {v['bound_ms_per_step']:.3f}) "
-            f"torch {v['torch_tok_s']:.0f} tok/s ratio {v['ratio']:.2f}x")
+            f"torch {v['torch_tok_s']:.0f} tok/s ratio {v['ratio']:.2f}x"
+            + (f"; unfused {v['jax_unfused_ms_per_step']:.2f} ms/step" if "jax_unfused_ms_per_step" in v else ""))
 for name in ("bench_flow", "bench_flow.cmdbuf"):
   r = load(name)
   for k, v in (r["latte"] if r else {}).items():
