@@ -156,7 +156,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(*pending)
         pending = None
       out_of_time = limit is not None and (time.time() - t0) / 60 > limit
-      stop_signal = stop.requested()
+      stop_signal = stop.requested(in_flight=metrics)
       if step % config.train.log_every == 0 or step == total or out_of_time or stop_signal:
         pending = (step, {**metrics, "data_skipped": pipeline.skipped_count()} if on_error == "skip"
                    else metrics)
@@ -264,13 +264,19 @@ class StopRequest:
   def name(self) -> str:
     return signal.Signals(self.signum).name if self.signum is not None else ""
 
-  def requested(self) -> bool:
+  def requested(self, in_flight=None) -> bool:
+    """`in_flight`: outputs of the step just dispatched. On the CPU backend the all-gather waits for
+    them: XLA:CPU orders the collectives of successive executables only by their launch, and two
+    collectives in flight at once on one gloo communicator interleave their messages and abort the
+    process ("Received data size doesn't match expected size"). On accelerators nothing waits."""
     import jax
     local = self.signum is not None
     if jax.process_count() == 1:
       return local
     import numpy as np
     from jax.experimental import multihost_utils
+    if in_flight is not None and jax.default_backend() == "cpu":
+      jax.block_until_ready(in_flight)
     flags_ = multihost_utils.process_allgather(np.int32(local))
     if not local and flags_.any():
       self.signum = signal.SIGTERM

@@ -104,7 +104,7 @@ def test_two_processes_match_one_and_stop_together(data_dir, tmp_path, monkeypat
   # The single-process run on this process's 8 devices, stopped at the same step.
   single = tmp_path / "single"
   polls = iter(range(1, TOTAL))
-  monkeypatch.setattr(train.StopRequest, "requested", lambda self: next(polls) >= step)
+  monkeypatch.setattr(train.StopRequest, "requested", lambda self, in_flight=None: next(polls) >= step)
   out = train.train_and_evaluate(_config(data_dir), str(single))
   assert out["step"] == step
   alone = _losses(single)

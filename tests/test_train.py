@@ -63,7 +63,7 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
   resumed = tmp_path / "resumed"
   polls = iter(range(1, 1000))
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(train.StopRequest, "requested", lambda self: next(polls) >= 3)   # polled once a step
+    mp.setattr(train.StopRequest, "requested", lambda self, in_flight=None: next(polls) >= 3)  # once a step
     out = train.train_and_evaluate(_config(data_dir, gen_every=2), str(resumed))
   assert out == {"stopped_by": "", "step": 3}
   assert not (resumed / "scores.json").exists()
