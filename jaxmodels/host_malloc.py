@@ -4,14 +4,14 @@ XLA:CPU allocates an executable's temporaries (several GB for a training step) w
 execution starts and frees them when it ends. With glibc's defaults a block that large is served by
 mmap and handed back by munmap, and the executing thread (not Python's main thread) uses its own
 arena, whose heaps cannot hold a block above 64 MB. So every step faults ~1M fresh pages in and the
-kernel zeroes them (measured on 2 AMD EPYC cores: bench_train's large step 0.97M minor faults, 2-5 s
-of system time in a ~12.8 s step). With one arena, no mmap and no trimming, the freed block stays in
-the heap and the next execution reuses it: zero faults per step and the step 15-20% faster
-(BENCHMARKS.md, "host malloc").
+kernel zeroes them (measured on 2 AMD EPYC cores: bench_train's large step ~0.98M minor faults and
+~4 s of system time in a ~13 s step). With one arena, no mmap and no trimming, the freed block stays
+in the heap and the next execution reuses it: zero faults per step, and bench_train's steps 15%
+(small) to 22-29% (large) faster (BENCHMARKS.md, "Host malloc").
 
 glibc reads these settings only at process start (`mallopt` cannot raise the trim threshold above
 2 GB, nor change the arena limit once threads have arenas), so the entry points (train.py,
-evaluate.py, tools/bench_*.py) call `reexec_for_xla_cpu()` first: it re-executes the same command once
+evaluate.py, tools/bench_*.py, tools/ablate.py) call `reexec_for_xla_cpu()` first: it re-executes the same command once
 with the variables set. `JAXMODELS_HOST_MALLOC` chooses:
 
   auto    (default) only when the run will use JAX's CPU backend: JAX_PLATFORMS is "cpu", or unset

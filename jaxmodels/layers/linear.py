@@ -72,7 +72,8 @@ class Linear(nnx.Module):
 
 def concat_linears(layers: Sequence[Linear], axis: int, axes: Axes) -> Linear:
   """One `Linear` whose output is the given layers' outputs joined along output dim `axis` (their
-  kernels concatenated there; same input shape): [..., *in] -> [..., *out] with out[axis] summed.
+  kernels concatenated there; same input shape): [..., *in] -> [..., *out], out[axis] the sum of
+  theirs.
   Used to run several projections of one input as a single matmul (fewer kernels when decoding)."""
   first = layers[0]
   if any(l.in_shape != first.in_shape or (l.bias is None) != (first.bias is None) for l in layers):
@@ -85,4 +86,3 @@ def concat_linears(layers: Sequence[Linear], axis: int, axes: Axes) -> Linear:
   if first.bias is not None:
     fused.bias[...] = jnp.concatenate([l.bias[...] for l in layers], axis=axis)
   return fused
-
