@@ -50,9 +50,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
-  from jaxmodels.trainer.setup import initialize, mesh_and_rules, shapes_eval_supported, train_state_factory
+  from jaxmodels.trainer.setup import (initialize, mesh_and_rules, no_remat_on_multiprocess_cpu,
+                                       shapes_eval_supported, train_state_factory)
 
   check_writable(workdir)
+  config, unremat = no_remat_on_multiprocess_cpu(config)
+  if unremat:
+    logging.warning("multi-process CPU run: remat set to 'none' in %s (XLA:CPU gloo collectives of one "
+                    "step may overlap under remat and abort; see trainer/setup.py)", ", ".join(unremat))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))

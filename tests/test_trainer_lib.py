@@ -189,3 +189,17 @@ def test_checkpoint_save_compiles_nothing_unless_replica_parallel(tmp_path, capl
     assert save_and_count(True, 100) > 0        # the check can fail: replica-parallel compiles slices
   finally:
     set_replica_parallel(False)                                   # back to the default for this worker
+
+
+def test_no_remat_on_multiprocess_cpu(monkeypatch):
+  from configs import shapes_tiny
+  from jaxmodels.trainer.setup import no_remat_on_multiprocess_cpu
+  config = shapes_tiny.get_config()
+  assert no_remat_on_multiprocess_cpu(config) == (config, [])          # one process: unchanged
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  changed, paths = no_remat_on_multiprocess_cpu(config)
+  assert sorted(paths) == ["model.dit.remat", "model.llm.remat", "model.und_encoder.remat"]
+  assert changed.model.llm.remat == changed.model.dit.remat == "none"
+  assert config.model.llm.remat == "dots"                               # the caller's config is kept
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert no_remat_on_multiprocess_cpu(config)[1] == []                  # accelerators keep remat

@@ -15,6 +15,34 @@ from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified.build import unified_config
 
 
+def no_remat_on_multiprocess_cpu(config):
+  """Returns (config, paths): on JAX's CPU backend with several processes, a copy of `config` with
+  every `remat` under `config.model` set to "none" (and the dotted paths it changed); else `config`
+  unchanged. Remat never changes the math, only the backward's schedule: with it, XLA:CPU started two
+  collectives of one step at once on a gloo communicator and the processes aborted ("Received data
+  size doesn't match expected size"; 3 of 3 two-process runs of tests/test_multihost.py with
+  remat "dots", none with "none"): XLA:CPU orders a program's collectives only by their start.
+  BENCHMARKS.md, embedded default, session 10."""
+  import copy
+
+  import jax
+  if jax.process_count() == 1 or jax.default_backend() != "cpu" or "model" not in config:
+    return config, []
+  config, changed = copy.deepcopy(config), []
+
+  def walk(node, prefix):
+    for key in list(node.keys()):
+      value = node[key]
+      if key == "remat" and value not in (None, "none"):
+        node[key] = "none"
+        changed.append(f"{prefix}.{key}")
+      elif hasattr(value, "keys"):
+        walk(value, f"{prefix}.{key}")
+
+  walk(config.model, "model")
+  return config, changed
+
+
 def mesh_and_rules(config):
   """The mesh and the logical-axis rules: `config.sharding_rules` is None (defaults), one table
   [(logical, mesh axes), ...], or per-tower tables {"dit": [...], "default": [...]}."""
