@@ -17,10 +17,10 @@ chance on shapes), dense per-token shape/colour labels from the renderer's masks
 (`und_dense_weight`, `data.dense_labels`), leak-free turns (answers read from the image, not copied
 from the text), question-first turns (the image tokens see the question, so the 2-layer LLM can
 pick out the object it names: two-object colour questions go from 0.71 to 0.94) and
-`train.gen_every=3` (generation inputs on every third step: ~1.5× the steps in the same time) and
-`remat="dots"` on the three towers (the backward pass recomputes all but the projections' outputs:
-~20% more steps per second on 2 cores, the same losses; BENCHMARKS.md; train.py turns it off for
-multi-process CPU runs, where XLA:CPU's gloo collectives abort under it).
+`train.gen_every=3` (generation inputs on every third step: ~1.5× the steps in the same time).
+The towers' `remat` stays "none": "dots" gave ~20% more steps per second before the entry points'
+host-malloc settings and nothing measurable since (BENCHMARKS.md); train.py turns remat off for
+multi-process CPU runs anyway, where XLA:CPU's gloo collectives abort under it.
 The run stops at `train.total_steps` or after `train.time_limit_minutes`, then evaluates (Q/A,
 ShapesWorld-ColorBench, -GenEval and -ROVER) and prints the score table.
 
@@ -41,15 +41,15 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       llm=dict(model_type="qwen2", vocab_size=128, hidden_size=128, intermediate_size=256, num_layers=2,
                num_heads=4, num_kv_heads=2, qkv_bias=True, max_position_embeddings=256,
-               rope_theta=10000.0, scan_layers=True, remat="dots"),
+               rope_theta=10000.0, scan_layers=True, remat="none"),
       und_encoder=dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=128,
                        num_layers=2, num_heads=2, image_size=32, patch_size=4, use_head=False,
-                       stem="conv", stem_width=32, scan_layers=True, remat="dots"),
+                       stem="conv", stem_width=32, scan_layers=True, remat="none"),
       und_pool=2, und_projector="mlp2x_gelu", image_token_id=4,     # WordTokenizer's <image>
       und_dense_weight=1.0, und_dense_classes=[7, 11],              # 1 + 6 shapes, 1 + 10 colours
       dit=dict(type="lumina", sample_size=32, patch_size=4, in_channels=3, hidden_size=128, num_layers=3,
                num_heads=4, ffn_hidden_size=256, learn_sigma=False, cross_attention_dim=64,
-               use_pad_token=False, time_convention="sigma_1000", scan_layers=True, remat="dots"),
+               use_pad_token=False, time_convention="sigma_1000", scan_layers=True, remat="none"),
       gen_target="pixels", gen_image_size=32, num_queries=16, connector="mlp", cond_dropout=0.1,
       und_weight=1.0, gen_weight=1.0))
   if a.target == "ae":   # the flow head generates a jointly trained patch autoencoder's 8×8 latent
@@ -65,9 +65,9 @@ def get_config(arg=None):
       edit_fraction=0.0, on_error="raise", worker_count=0))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   # Generation inputs on every third step (the others train understanding only, about half the
-  # cost) and remat "dots": 2000 steps train in ~6.7 minutes on 2 cores and the cosine schedule ends
-  # with the run (the time limit is a safety net on slower machines).
-  c.train.update(total_steps=2000, gen_every=3, log_every=50, eval_every=500, ckpt_every=500,
+  # cost): ~1500 steps fit the time limit on 2 cores and the cosine schedule ends with the run (the
+  # time limit is a safety net on slower machines).
+  c.train.update(total_steps=1500, gen_every=3, log_every=50, eval_every=500, ckpt_every=500,
                  time_limit_minutes=7.5)
   c.evals = ml_collections.ConfigDict(dict(which="qa,geneval,colorbench,rover",  # a subset skips the rest
                                            qa_per_kind=64, geneval_prompts=553, sample_steps=20,

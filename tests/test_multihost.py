@@ -29,16 +29,22 @@ from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL = 1000           # the LR schedule's length; the runs are stopped long before
+# remat "dots" in both runs: train.py turns it off in the two-process CPU run (XLA:CPU's gloo
+# collectives abort under it), which must still match the single-process run that keeps it.
 OVERRIDES = {"train.total_steps": TOTAL, "train.log_every": 1, "train.ckpt_every": TOTAL,
-             "train.eval_every": TOTAL, "checkpoint.async_save": False, "mesh.data": 2, "mesh.fsdp": 4}
+             "train.eval_every": TOTAL, "checkpoint.async_save": False, "mesh.data": 2, "mesh.fsdp": 4,
+             "model.llm.remat": "dots", "model.und_encoder.remat": "dots", "model.dit.remat": "dots"}
 
 
 def _config(data_dir):
   c = shapes_tiny.get_config("runlocal")
   c.data.data_dir = data_dir
   for key, value in OVERRIDES.items():
-    group, name = key.split(".")
-    c[group][name] = value
+    *groups, name = key.split(".")
+    node = c
+    for group in groups:
+      node = node[group]
+    node[name] = value
   return c
 
 
@@ -96,8 +102,6 @@ def test_two_processes_match_one_and_stop_together(data_dir, tmp_path, monkeypat
   step = int(step)
   assert saved == str(step) and step >= 2
   assert "gloo" in outputs[0] or jax.config.jax_cpu_collectives_implementation == "gloo"
-  # The config's remat "dots" is turned off in the two-process CPU run (its gloo collectives abort
-  # under it); the single-process run below keeps it, and the losses must still agree.
   assert all("remat set to 'none' in" in o and "model.llm.remat" in o for o in outputs), _tail(procs)
   assert _config(data_dir).model.llm.remat == "dots"
   data_states = sorted(p.name for p in (workdir / "checkpoints" / str(step) / "data").glob("process_*"))
