@@ -271,9 +271,10 @@ class StopRequest:
 
   def requested(self, in_flight=None) -> bool:
     """`in_flight`: outputs of the step just dispatched. On the CPU backend the all-gather waits for
-    them: XLA:CPU orders the collectives of successive executables only by their launch, and two
-    collectives in flight at once on one gloo communicator interleave their messages and abort the
-    process ("Received data size doesn't match expected size"). On accelerators nothing waits."""
+    them, so its collective cannot run beside the step's own: two collectives in flight at once on
+    one gloo communicator interleave their messages and abort the processes ("Received data size
+    doesn't match expected size"; see `no_remat_on_multiprocess_cpu`). On accelerators nothing
+    waits (the host keeps dispatching ahead)."""
     import jax
     local = self.signum is not None
     if jax.process_count() == 1:
