@@ -9,8 +9,8 @@ Reports tokens/s for both, the ratio, and the memory-bandwidth bound for batch-1
 bytes per step ÷ the machine's copy bandwidth, measured in the same run). `--unfused` adds jaxmodels
 with separate q/k/v and gate/up matmuls (`generate(fuse_projections=False)`) to the same A/B rounds.
 `--dtype=bfloat16` stores the weights (and the KV cache) in bf16 on both sides, which halves that
-bound. Where PyTorch sees a
-GPU, its side runs there and the bandwidth is the GPU's device-to-device copy.
+bound. Where PyTorch sees a GPU, its side runs there and the bandwidth is the GPU's device-to-device
+copy.
 """
 from __future__ import annotations
 
