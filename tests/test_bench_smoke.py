@@ -25,6 +25,11 @@ def test_bench_train_smoke():
   assert smoke["remat"] == "dots" and set(smoke["remat_step_s"]) == {"dots", "none"}
   assert smoke["jax_step_s"] == smoke["remat_step_s"]["dots"]
   assert r["matmul_gflops"]["peak"] > 0
+  # The tool re-executed itself with the host-malloc settings where they apply, and says so.
+  from jaxmodels import host_malloc
+  own = {k: os.environ[k] for k in host_malloc.MALLOC_ENV if k in os.environ}    # a user's own, kept
+  expected = host_malloc.MALLOC_ENV if host_malloc.wanted() else (own or "glibc defaults")
+  assert r["machine"]["malloc"] == expected
 
 
 @pytest.mark.slow
