@@ -128,6 +128,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # understanding inputs only (a second program): more understanding updates per second.
     compiled_und = compiled if gen_every == 1 else step_fn.lower(
         state, understanding_inputs(first, gen_every), rng).compile()
+  if jax.process_count() > 1:
+    # Enter the first step together (a coordination-service barrier, not a collective): XLA:CPU's
+    # gloo sets a communicator up at its first collective with a 30 s deadline, which a process
+    # still compiling on a loaded host missed ("Gloo context initialization failed").
+    from orbax.checkpoint import multihost
+    multihost.get_barrier_sync_fn()(key="jaxmodels_train_compiled", timeout_ms=30 * 60 * 1000)
   flops, flops_und = compiled_flops(compiled), compiled_flops(compiled_und)
   if flops and flops_und:   # the mean over a cycle of gen_every steps
     flops = (flops + (gen_every - 1) * flops_und) / gen_every
