@@ -60,8 +60,9 @@ class LLMConfig:
   pad_token_id: int | None = None
   # Execution choices (not part of the checkpoint).
   scan_layers: bool = False
-  remat: str = "none"                   # layers.block.REMAT_POLICIES; "dots" trained fastest on the CPU
-                                        # (BENCHMARKS.md) but aborted multi-process gloo runs there
+  remat: str = "none"                   # layers.block.REMAT_POLICIES; on the CPU "dots" ties "none"
+                                        # since host_malloc (BENCHMARKS.md); train.py drops remat for
+                                        # multi-process CPU runs (gloo)
   attention_impl: str = "einsum"
   dtype: str = "float32"
   param_dtype: str = "float32"
