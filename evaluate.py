@@ -153,7 +153,6 @@ def score_only(geneval_dir: str | None, metadata: str | None, out: str, *,
 
 def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
                         evals=EVALS) -> dict:
-  import jax
   from flax import nnx
 
   from input_pipeline.datasets import default_data_dir
@@ -162,7 +161,8 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
   from jaxmodels.checkpoint import Checkpointer, restore_params
   from jaxmodels.errors import CheckpointFormatError, ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
-  from jaxmodels.trainer.setup import mesh_and_rules, shapes_eval_supported, train_state_factory
+  from jaxmodels.trainer.setup import (mesh_and_rules, run_keys, shapes_eval_supported,
+                                       train_state_factory)
 
   unknown = [e for e in evals if e not in EVALS]
   if unknown:
@@ -192,7 +192,7 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
     raise CheckpointFormatError(f"{tok_path}: missing (the run's tokenizer is saved there by train.py)")
   scores = shapes_eval.evaluate_model(model, WordTokenizer.load(tok_path), config,
                                       config.data.get("data_dir") or default_data_dir(), out,
-                                      rng=jax.random.key(config.seed + 1), final=True,
+                                      rng=run_keys(config.seed)[1], final=True,
                                       evals=tuple(evals))
   return {"step": step, **scores}
 

@@ -51,7 +51,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
   from jaxmodels.trainer.setup import (initialize, mesh_and_rules, no_remat_on_multiprocess_cpu,
-                                       shapes_eval_supported, train_state_factory)
+                                       run_keys, shapes_eval_supported, train_state_factory)
 
   check_writable(workdir)
   config, unremat = no_remat_on_multiprocess_cpu(config)
@@ -117,7 +117,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   stop_signal = False
   step_fn = make_train_step(ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
                             state_shardings=shardings)
-  rng, eval_rng = jax.random.split(jax.random.key(config.seed))   # step keys: fold_in(rng, step)
+  rng, eval_rng = run_keys(config.seed)     # step keys: fold_in(rng, step)
   first = to_global(next(data.iterator))
   gen_every = config.train.get("gen_every", 1)
   if not isinstance(gen_every, int) or gen_every < 1:

@@ -1,5 +1,6 @@
 """train.py end to end at :runlocal size: checkpoints, metrics, final scores, bitwise-exact resume."""
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -137,8 +138,16 @@ def _host(x):
 @pytest.mark.slow
 def test_evaluate_py_scores_the_checkpoint_like_the_final_evaluation(data_dir, tmp_path, full_run):
   """evaluate.py restores parameters only (model + EMA, no optimizer) and, with the same config,
-  reproduces train.py's final Q/A scores from the last checkpoint."""
+  reproduces train.py's final scores from the last checkpoint: Q/A and ColorBench, and the
+  generation-based GenEval and ROVER too (both sample with the run's evaluation key)."""
   import evaluate
   full, scores = full_run
-  out = evaluate.evaluate_checkpoint(_config(data_dir), str(full), str(tmp_path), evals=("qa",))
-  assert out["step"] == 6 and out["qa"] == scores["qa"]
+  out = evaluate.evaluate_checkpoint(_config(data_dir), str(full), str(tmp_path))
+  assert out["step"] == 6
+  final = {k: v for k, v in scores.items() if k in evaluate.EVALS or k in out}
+  assert {k: v for k, v in out.items() if k != "step"} == {k: v for k, v in final.items() if k != "step"}
+  # The tiny run's generation scores are mostly 0, so compare what was generated: the same images.
+  images = sorted(p.relative_to(full) for p in (full / "geneval").rglob("*.png"))
+  assert len(images) >= 4
+  for rel in images + [Path("samples.png")]:
+    assert (tmp_path / rel).read_bytes() == (full / rel).read_bytes(), rel

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import optax
 from flax import nnx
 
@@ -41,6 +42,15 @@ def no_remat_on_multiprocess_cpu(config):
 
   walk(config.model, "model")
   return config, changed
+
+
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(step key, evaluation key) of a run with `config.seed`. train.py folds the step into the first
+  for each step's randomness, and evaluates with the second (folded with the step for the periodic
+  evaluations, as is for the final one); evaluate.py scores a checkpoint with that same final key, so
+  its generation-based scores (GenEval, ROVER) reproduce the run's final ones."""
+  step_key, eval_key = jax.random.split(jax.random.key(seed))
+  return step_key, eval_key
 
 
 def mesh_and_rules(config):
