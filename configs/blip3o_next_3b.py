@@ -18,7 +18,7 @@ UNCONFIRMED (spec §3.1), chosen here: the Qwen3 size is Qwen3-1.7B (1.7B + SANA
 scripts default to Qwen3-0.6B: `:llm=qwen3-0.6b`); the tokenizer code dimension is 64; the SigLIP2
 encoder is modelled by our SigLIP-so400m/14-384 preset (same shape); new embeddings use the default
 init, not the mean of the old rows. Training targets are encoded in the model by the frozen DC-AE from
-gen_image (set `--config.model.vae=None` to feed precomputed scaled latents as batch["gen_latents"];
+gen_image (set `config.model.vae = None` to feed precomputed scaled latents as batch["gen_latents"];
 generate_image then returns latents); generate_image returns 1024×1024 pixels in [-1, 1].
 """
 from configs import paper_common

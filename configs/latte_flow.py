@@ -8,7 +8,9 @@ turns it off).
 
 UNCONFIRMED (spec §5), chosen here: the "Couple" variant (frozen LLM, parallel trainable path of the
 LLM's width 1536 / 12 heads / SwiGLU 8960); equal-width σ intervals with the noisiest one on the first
-group; shared patch embedding and output head; 16×16×32 latents; zero-null CFG.
+group; shared patch embedding and output head; 16×16×32 latents of SANA's DC-AE f32c32 at 512 px,
+frozen in the model (`vae`; :tiny: a tiny DC-AE, 32 px -> 4×4×8; `config.model.vae = None` trains on
+precomputed latents, batch["gen_latents"]); zero-null CFG.
 """
 from configs import paper_common
 from jaxmodels.config_utils import parse_arg

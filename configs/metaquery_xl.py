@@ -11,7 +11,9 @@ spliced without a projector, und_projector="none"; weights via config.init.hf.un
 prompts. Images are read at a fixed 448×448 (16×16 = 256 tokens; Qwen2.5-VL itself takes native
 resolutions), as in configs/blip3o_8b.py; :tiny uses a same-structure tiny tower.
 
-Choices: the generation target is precomputed DC-AE f32c32 latents (batch["gen_latents"]);
+Choices: the generation target is the latents of SANA's DC-AE f32c32, frozen in the model (`vae`;
+512 px -> 16×16×32; :tiny: a same-structure tiny DC-AE, 32 px -> 4×4×8), computed from the batch's
+images on the fly (`config.model.vae = None` trains on precomputed latents, batch["gen_latents"]);
 the empty-caption CFG null is the MLLM pass over no caption tokens (the chat template is the data
 pipeline's); the <|im_end|> after <eoi> is not appended.
 """

@@ -23,11 +23,13 @@ TINY_QWEN_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads
 FROZEN_BACKBONE = ["llm/.*", "und_encoder/.*", "und_projector/.*", "gen_encoder/.*"]
 
 
-def _trainer(c, *, lr, warmup, steps, frozen=None, ema_decay=None):
+def _trainer(c, *, tiny, lr, warmup, steps, frozen=None, ema_decay=None):
   c.optim.lr, c.optim.warmup_steps, c.optim.frozen = lr, warmup, frozen
   c.optim.min_lr_ratio = 0.1
   c.train.total_steps = steps
   c.train.ema_decay = ema_decay
+  if tiny:   # ShapesWorld evaluations sized for a laptop run of a tiny variant
+    c.evals.update(qa_per_kind=8, geneval_prompts=16, sample_steps=4, batch_size=16)
   return c
 
 
@@ -59,7 +61,7 @@ def blip3o(*, llm: str, caption_dim: int, ffn: str, tiny: bool) -> ml_collection
       gen_pool=4, num_queries=queries, connector="identity", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0,
       image_token_id=TINY_LLM["vocab_size"] - 1 if tiny else 151667))
   # lr 1e-4 cosine to a 1e-5 floor, warmup ratio 0.003 (spec §2.5); backbone frozen (sequential stage).
-  return _trainer(c, lr=1e-4, warmup=3 if tiny else 450, steps=1000 if tiny else 150_000,
+  return _trainer(c, tiny=tiny, lr=1e-4, warmup=3 if tiny else 450, steps=1000 if tiny else 150_000,
                   frozen=FROZEN_BACKBONE, ema_decay=None)
 
 
@@ -85,7 +87,7 @@ def pisces(*, tiny: bool) -> ml_collections.ConfigDict:
       gen_projector=True,   # image inputs of generation prompts: pooled gen features -> own projector
       image_token_id=image_token))
   frozen = ["gen_encoder/.*"]   # the generation encoder defines the target space: kept frozen
-  return _trainer(c, lr=2e-5 if not tiny else 1e-3, warmup=3 if tiny else 2000,
+  return _trainer(c, tiny=tiny, lr=2e-5 if not tiny else 1e-3, warmup=3 if tiny else 2000,
                   steps=1000 if tiny else 100_000, frozen=frozen)
 
 
@@ -106,6 +108,10 @@ TINY_VAE = dict(
     encoder_qkv_multiscales=((), (), (5,), (5,)), decoder_qkv_multiscales=((), (), (5,), (5,)),
     downsample_block_type="Conv", upsample_block_type="interpolate", scaling_factor=0.41407)
 MLLM_FROZEN = ["llm/.*", "und_encoder/.*", "und_projector/.*"]
+# SANA's DC-AE f32c32 (bf16 compute over f32 weights), frozen in the model: the latent targets of the
+# SANA / LaTtE-Flow heads are computed from the batch's images on the fly. `config.model.vae = None`
+# trains on precomputed latents instead (batch["gen_latents"], from a pipeline of your own).
+SANA_DCAE = dict(preset="dc-ae-f32c32", dtype="bfloat16")
 
 
 # MetaQuery-L / -XL sit on Qwen2.5-VL-3B / -7B (spec §4.1): their MLLM's own vision tower.
@@ -129,7 +135,8 @@ def metaquery(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
     und = (dict(preset=vision, **TINY_QWEN_VISION) if vision else
            dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False))
     dit = dict(TINY_SANA)
-    extra = dict(num_queries=8, connector_layers=1, image_token_id=TINY_LLM["vocab_size"] - 1, **TINY_LATENT)
+    extra = dict(num_queries=8, connector_layers=1, image_token_id=TINY_LLM["vocab_size"] - 1,
+                 vae=dict(TINY_VAE), gen_image_size=32, **TINY_LATENT)
   else:
     llm_cfg = dict(preset=llm, scan_layers=True, remat="full", dtype="bfloat16")
     und = (dict(preset=vision, image_size=448, scan_layers=True, remat="full", dtype="bfloat16") if vision else
@@ -137,14 +144,14 @@ def metaquery(*, llm: str, tiny: bool) -> ml_collections.ConfigDict:
     # Sana_1600M_512px: the 1.6B layout at sample_size 16 (512 / 32).
     dit = dict(type="sana", preset="sana-1600m", sample_size=16, scan_layers=True, remat="full")
     extra = dict(num_queries=256, connector_layers=24, image_token_id=151655, latent_size=16,
-                 latent_channels=32)
+                 latent_channels=32, vae=dict(SANA_DCAE), gen_image_size=512)
   c.model = ml_collections.ConfigDict(dict(
       llm=llm_cfg, und_encoder=und, und_projector=projector, dit=dit, gen_target="latents", queries="vocab",
       connector="transformer", cfg_null="empty_caption", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0,
       **extra))
   # 0.5B T2I recipe (spec §4.2): lr 1e-4 cosine to 1e-5, warmup 5k.
-  return _trainer(c, lr=1e-4, warmup=3 if tiny else 5000, steps=1000 if tiny else 200_000,
-                  frozen=MLLM_FROZEN)
+  return _trainer(c, tiny=tiny, lr=1e-4, warmup=3 if tiny else 5000, steps=1000 if tiny else 200_000,
+                  frozen=MLLM_FROZEN + ["vae/.*"])
 
 
 def blip3o_next(*, llm: str, tiny: bool, edit: bool = False) -> ml_collections.ConfigDict:
@@ -177,7 +184,7 @@ def blip3o_next(*, llm: str, tiny: bool, edit: bool = False) -> ml_collections.C
     # SANA's DC-AE f32c32 (1024 px -> 32×32×32), bf16 compute over f32 weights; gen_image_size is the
     # side the data pipeline resizes targets to (Resize + CenterCrop 1024, spec §3.1).
     extra = dict(image_top_k=1200, image_token_id=offset - 1, latent_size=32, latent_channels=32,
-                 vae=dict(preset="dc-ae-f32c32", dtype="bfloat16"), gen_image_size=1024)
+                 vae=dict(SANA_DCAE), gen_image_size=1024)
   c.model = ml_collections.ConfigDict(dict(
       llm=llm_cfg, und_encoder=None, image_tokenizer=tok, image_vocab_offset=offset, dit=dit,
       gen_target="latents", queries="image_tokens", connector="mlp_norm", cfg_null="zeros",
@@ -185,7 +192,7 @@ def blip3o_next(*, llm: str, tiny: bool, edit: bool = False) -> ml_collections.C
       edit_latents="cond_noise" if edit else "none", **extra))
   # Trainable: the whole AR LM + connector + SANA's caption parts (+ the edit injection); tokenizer and
   # DC-AE frozen (spec §3.2).
-  return _trainer(c, lr=1e-4, warmup=3 if tiny else 3360, steps=1000 if tiny else 336_000,
+  return _trainer(c, tiny=tiny, lr=1e-4, warmup=3 if tiny else 3360, steps=1000 if tiny else 336_000,
                   frozen=["image_tokenizer/.*", "vae/.*", "dit/(?!caption).*"])
 
 
@@ -198,15 +205,17 @@ def latte_flow(*, tiny: bool) -> ml_collections.ConfigDict:
     und = dict(preset="siglip-so400m-patch14-384", **TINY_VIT, use_head=False)
     dit = dict(type="latte", hidden_size=32, num_layers=4, num_groups=2, num_heads=2, intermediate_size=64,
                context_dim=TINY_LLM["hidden_size"], in_channels=8, sample_size=4)
-    extra = dict(image_token_id=TINY_LLM["vocab_size"] - 1, **TINY_LATENT)
+    extra = dict(image_token_id=TINY_LLM["vocab_size"] - 1, vae=dict(TINY_VAE), gen_image_size=32,
+                 **TINY_LATENT)
   else:
     llm_cfg = dict(preset="qwen2-1.5b", scan_layers=True, remat="full", dtype="bfloat16")
     und = dict(preset="siglip-so400m-patch14-384", scan_layers=True, dtype="bfloat16")
     dit = dict(type="latte", hidden_size=1536, num_layers=28, num_groups=4, num_heads=12,
                intermediate_size=8960, context_dim=1536, in_channels=32, sample_size=16)
-    extra = dict(image_token_id=151655, latent_size=16, latent_channels=32)
+    extra = dict(image_token_id=151655, latent_size=16, latent_channels=32, vae=dict(SANA_DCAE),
+                 gen_image_size=512)
   c.model = ml_collections.ConfigDict(dict(
       llm=llm_cfg, und_encoder=und, dit=dit, gen_target="latents", queries="none", connector="identity",
       cfg_null="zeros", cond_dropout=0.1, und_weight=0.0, gen_weight=1.0, **extra))
-  return _trainer(c, lr=1e-4, warmup=3 if tiny else 2000, steps=1000 if tiny else 100_000,
-                  frozen=MLLM_FROZEN)
+  return _trainer(c, tiny=tiny, lr=1e-4, warmup=3 if tiny else 2000, steps=1000 if tiny else 100_000,
+                  frozen=MLLM_FROZEN + ["vae/.*"])

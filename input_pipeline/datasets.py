@@ -84,19 +84,24 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
   from input_pipeline import pipeline
   data = config.data
   name = data.get("name", "shapes_world") or "shapes_world"
+  model = config.model
+  if model.get("gen_target") == "latents" and model.get("vae") is None and model.get("gen_weight", 1.0):
+    raise ConfigError("config.model.vae=None: the generation target is then precomputed latents "
+                      "(batch['gen_latents']), which these data sources do not produce; set config.model.vae "
+                      "(e.g. dict(preset='dc-ae-f32c32')) to encode the batch's images in the model")
   if name in REAL_SOURCES:
     return make_real_data(config, workdir, num_image_tokens=num_image_tokens)
   if name != "shapes_world":
     raise ConfigError(f"config.data.name={name!r}: expected 'shapes_world' or one of {REAL_SOURCES}")
   from input_pipeline import shapes_world as sw
-  from input_pipeline.shapes_tasks import ShapesTaskSource
+  from input_pipeline.shapes_tasks import GEN_LEN, UND_LEN, ShapesTaskSource
   data_dir = data.get("data_dir") or default_data_dir()
   cfg_name = data.get("config", "res32")
   tok = shapes_world_tokenizer(data_dir, cfg_name, workdir)
   model = config.model
   source = ShapesTaskSource(
       sw.load_split(data_dir, "train", cfg_name, decode=True), tok, num_image_tokens=num_image_tokens,
-      und_len=data.get("und_len", 48), gen_len=data.get("gen_len", 16),
+      und_len=data.get("und_len", UND_LEN), gen_len=data.get("gen_len", GEN_LEN),
       und_image_size=(model.dbfusion.get("image_size", 768) if model.get("type") == "florence_vl"
                       else model.und_encoder.image_size if model.get("und_encoder") else 32),
       gen_image_size=(model.autoencoder.image_size if model.get("autoencoder")

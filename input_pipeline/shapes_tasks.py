@@ -154,11 +154,17 @@ def left_pad(ids: Sequence[int], length: int, pad_id: int) -> tuple[np.ndarray, 
   return out, mask
 
 
+# Default token lengths of the understanding sequence and of the generation prompt (data.und_len /
+# data.gen_len), shared with the ShapesWorld evaluations, which prompt the model at the same lengths.
+UND_LEN, GEN_LEN = 48, 16
+
+
 class ShapesTaskSource:
   """Random-access training elements (see the module docstring); picklable for Grain workers."""
 
   def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
-               und_len: int = 48, gen_len: int = 16, und_image_size: int = 32, gen_image_size: int = 32,
+               und_len: int = UND_LEN, gen_len: int = GEN_LEN, und_image_size: int = 32,
+               gen_image_size: int = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
                edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False,
                layout: str = "image_first"):

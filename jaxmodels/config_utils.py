@@ -63,7 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True, replica_parallel=False))
   c.resume = placeholder(str)      # another run's workdir/checkpoints to continue from
   c.init = None                    # dict(hf={"llm": path, ...}) to start from pretrained towers
-  c.evals = ml_collections.ConfigDict()
+  # The ShapesWorld evaluations train.py runs (in the loop and at the end) and evaluate.py repeats:
+  # Q/A per question kind, GenEval prompts, ColorBench, ROVER; flow steps and CFG scale of sampling.
+  c.evals = ml_collections.ConfigDict(dict(
+      which="qa,geneval,colorbench,rover", qa_per_kind=64, geneval_prompts=553, sample_steps=20,
+      guidance=3.0, batch_size=64, loop_geneval_prompts=0))
   return c
 
 

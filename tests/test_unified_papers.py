@@ -26,8 +26,10 @@ from jaxmodels.vision.qwen2_5_vl import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen
                                          Qwen25VisionTransformer)
 
 
-def _model(name, arg="tiny"):
+def _model(name, arg="tiny", **model_overrides):
   config = importlib.import_module(f"configs.{name}").get_config(arg)
+  for key, value in model_overrides.items():
+    config.model[key] = value
   return config, UnifiedModel(unified_config(config.model), rngs=nnx.Rngs(0))
 
 
@@ -197,7 +199,7 @@ def test_metaquery_editing_three_way_guidance():
   mask = jnp.ones_like(ids)
   out = model.generate_image(ids, mask, jax.random.key(0), num_steps=1, guidance=3.0,
                              cond_images=batch["gen_image"], image_guidance=1.5)
-  assert out.shape == (2, c.latent_size, c.latent_size, c.latent_channels)
+  assert out.shape == (2, c.output_image_size, c.output_image_size, 3)   # decoded by the in-model DC-AE
   assert np.all(np.isfinite(np.asarray(out)))
 
 
@@ -217,7 +219,7 @@ def _scan_lengths(jaxpr):
 
 
 def test_latte_step_runs_m_of_l_layers_and_matches_by_hand_sampling():
-  _, model = _model("latte_flow")
+  _, model = _model("latte_flow", vae=None)     # precomputed latents: samples come back as latents
   dit = model.dit
   big_l, m = dit.config.num_layers, dit.config.group_size
   assert (big_l, m) == (4, 2)
@@ -278,6 +280,10 @@ def test_full_size_configs_build_with_eval_shape():
       assert (ucfg.dit.num_layers, ucfg.dit.num_groups, ucfg.dit.group_size) == (28, 4, 7)
     if name.startswith("metaquery"):
       assert ucfg.num_queries == 256 and ucfg.queries == "vocab"
+    if name.startswith("metaquery") or name == "latte_flow":
+      # Latents of SANA's frozen DC-AE f32c32 at 512 px: 16×16×32, encoded in the model from images.
+      assert ucfg.vae == dcae_f32c32_config(dtype="bfloat16") and ucfg.output_image_size == 512
+      assert (ucfg.latent_size, ucfg.latent_channels) == (16, 32) and "vae/.*" in config.optim.frozen
     if name == "blip3o_next_3b":
       assert ucfg.llm.vocab_size == 151936 + 65536 + 5
       # SANA's DC-AE f32c32 (bf16 compute): 1024 px <-> 32×32×32; 312,250,275 parameters as diffusers'

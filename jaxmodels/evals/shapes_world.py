@@ -23,7 +23,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from input_pipeline.shapes_tasks import OPEN_QA_KINDS, left_pad, open_questions, to_unit_range, und_prompt
+from input_pipeline.shapes_tasks import (GEN_LEN, OPEN_QA_KINDS, UND_LEN, left_pad, open_questions,
+                                         to_unit_range, und_prompt)
 from jaxmodels.errors import ConfigError
 from jaxmodels.evals import geneval
 from jaxmodels.generate import generate
@@ -242,11 +243,12 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   scores = {}
   can_read = model.und_encoder is not None
   layout = config.data.get("und_layout", "image_first")   # prompts as in training
+  und_len = config.data.get("und_len", UND_LEN)
   if "qa" in evals and can_read:
     val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
     scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]
     scores["qa"] = qa_accuracy(model, tokenizer, scenes, max_per_kind=ev.qa_per_kind,
-                               batch_size=ev.batch_size, prompt_len=config.data.und_len,
+                               batch_size=ev.batch_size, prompt_len=und_len,
                                layout=layout)
   if "colorbench" in evals and can_read:
     size = ev.get("colorbench_image_size", 32)
@@ -255,7 +257,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
         per_task=ev.get("colorbench_per_task", min(small, 8)) if final else 2,
         robustness_seeds=ev.get("colorbench_seeds", min(small, 8)) if final else 2)
     answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
-                             prompt_len=config.data.und_len, layout=layout)
+                             prompt_len=und_len, layout=layout)
     result = shapes_colorbench.evaluate(answer, rows, batch_size=ev.batch_size, text="question",
                                         match_choices=True, progress=final)
     scores["colorbench"] = _present(shapes_colorbench.summary(result))
@@ -269,7 +271,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     records = [test[i]["metadata"] for i in _spread(len(test), n)]
     out = geneval_generate_and_score(
         model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
-        guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.gen_len,
+        guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.get("gen_len", GEN_LEN),
         out_dir=os.path.join(workdir, "geneval") if final else None)
     if final or loop_scored:
       scores["geneval"] = {"overall": out["summary"]["overall"],
@@ -286,7 +288,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
                          num_steps=ev.sample_steps, guidance=ev.guidance,
                          batch_size=ev.batch_size)
     answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
-                             prompt_len=config.data.und_len, layout=layout)
+                             prompt_len=und_len, layout=layout)
     out = shapes_rover.run(tasks, edit, answer_fn=answer, out_dir=os.path.join(workdir, "rover"),
                            batch_size=ev.batch_size, progress=True)
     scores["rover_ig"] = _present(out["IG"]["exact"])   # 0..100, missing metrics left out
