@@ -85,7 +85,8 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
   data = config.data
   name = data.get("name", "shapes_world") or "shapes_world"
   model = config.model
-  if model.get("gen_target") == "latents" and model.get("vae") is None and model.get("gen_weight", 1.0):
+  makes_gen = name == "shapes_world" or "gen" in tuple(data.get("tasks") or ())
+  if makes_gen and model.get("gen_target") == "latents" and model.get("vae") is None:
     raise ConfigError("config.model.vae=None: the generation target is then precomputed latents "
                       "(batch['gen_latents']), which these data sources do not produce; set config.model.vae "
                       "(e.g. dict(preset='dc-ae-f32c32')) to encode the batch's images in the model")
@@ -98,7 +99,6 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
   data_dir = data.get("data_dir") or default_data_dir()
   cfg_name = data.get("config", "res32")
   tok = shapes_world_tokenizer(data_dir, cfg_name, workdir)
-  model = config.model
   source = ShapesTaskSource(
       sw.load_split(data_dir, "train", cfg_name, decode=True), tok, num_image_tokens=num_image_tokens,
       und_len=data.get("und_len", UND_LEN), gen_len=data.get("gen_len", GEN_LEN),
