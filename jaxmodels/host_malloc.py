@@ -11,8 +11,8 @@ in the heap and the next execution reuses it: zero faults per step, and bench_tr
 
 glibc reads these settings only at process start (`mallopt` cannot raise the trim threshold above
 2 GB, nor change the arena limit once threads have arenas), so the entry points (train.py,
-evaluate.py, tools/bench_*.py, tools/ablate.py) call `reexec_for_xla_cpu()` first: it re-executes the same command once
-with the variables set. `JAXMODELS_HOST_MALLOC` chooses:
+evaluate.py, tools/bench_*.py, tools/ablate.py) call `reexec_for_xla_cpu()` first: it re-executes the
+same command once with the variables set. `JAXMODELS_HOST_MALLOC` chooses:
 
   auto    (default) only when the run will use JAX's CPU backend: JAX_PLATFORMS is "cpu", or unset
           with no GPU/TPU device node (/dev/nvidia*, /dev/kfd, /dev/accel*, /dev/vfio/*) on the host;

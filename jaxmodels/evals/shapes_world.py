@@ -243,7 +243,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   scores = {}
   can_read = model.und_encoder is not None
   layout = config.data.get("und_layout", "image_first")   # prompts as in training
-  und_len = config.data.get("und_len", UND_LEN)
+  und_len, gen_len = config.data.get("und_len", UND_LEN), config.data.get("gen_len", GEN_LEN)
   if "qa" in evals and can_read:
     val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
     scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]
@@ -271,7 +271,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     records = [test[i]["metadata"] for i in _spread(len(test), n)]
     out = geneval_generate_and_score(
         model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
-        guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=config.data.get("gen_len", GEN_LEN),
+        guidance=ev.guidance, batch_size=ev.batch_size, prompt_len=gen_len,
         out_dir=os.path.join(workdir, "geneval") if final else None)
     if final or loop_scored:
       scores["geneval"] = {"overall": out["summary"]["overall"],

@@ -26,7 +26,6 @@ def no_remat_on_multiprocess_cpu(config):
   BENCHMARKS.md, embedded default, session 10."""
   import copy
 
-  import jax
   if jax.process_count() == 1 or jax.default_backend() != "cpu" or "model" not in config:
     return config, []
   config, changed = copy.deepcopy(config), []
