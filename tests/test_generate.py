@@ -1,4 +1,6 @@
 """Greedy decoding equals transformers' generate(do_sample=False); sampling controls behave."""
+import math
+
 import numpy as np
 import pytest
 
@@ -84,8 +86,11 @@ def test_fused_projections_match_the_separate_ones(pair):
   ids = np.random.RandomState(3).randint(1, 97, (2, 8))
   ref = _reference(model, ids, np.ones_like(ids))
   for fuse in (True, False):
-    np.testing.assert_array_equal(np.asarray(generate(ours, ids, NEW, fuse_projections=fuse)), ref)
+    for transpose in (False, True):     # kernels as stored / transposed (the GPU default)
+      out = generate(ours, ids, NEW, fuse_projections=fuse, transpose_kernels=transpose)
+      np.testing.assert_array_equal(np.asarray(out), ref)
   assert ours.layers.blocks[0].attn.qkv is None        # the caller's model is left as it was
+  assert ours.layers.blocks[0].attn.q.kernel_t is None
 
   x, ctx = jax.random.normal(jax.random.key(0), (2, 5, 16)), jax.random.normal(jax.random.key(1), (2, 3, 16))
   attn = Attention(16, 4, 2, qkv_bias=True, qk_norm=True, rngs=nnx.Rngs(0))
@@ -99,6 +104,12 @@ def test_fused_projections_match_the_separate_ones(pair):
   assert attn.qkv.kernel.shape == (16, 4 + 2 + 2, 4) and mlp.gate_up.kernel.shape == (16, 48)
   for a, b in zip(before, (attn(x)[0], attn(x, kv_input=ctx)[0], mlp(x))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+  # Transposed kernels ([K_out, K_in] copies, multi-dimensional in/out shapes, with bias): same outputs.
+  for layer in (attn.qkv, attn.q, attn.o, mlp.gate_up, mlp.down):
+    layer.transpose_kernel()
+    assert layer.kernel_t.shape == (math.prod(layer.out_shape), math.prod(layer.in_shape))
+  for a, b in zip(before, (attn(x)[0], attn(x, kv_input=ctx)[0], mlp(x))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
 def test_eos_then_pad(pair):

@@ -3,6 +3,7 @@ and sample; LaTtE-Flow's layerwise experts run M of L layers per sampling step; 
 checked with nnx.eval_shape only. BLIP3-o's understanding path runs through the Qwen2.5-VL tower.
 BLIP3o-NEXT's latents come from its frozen in-model DC-AE, and its editing variant conditions on the
 reference image's tokens and latents."""
+import dataclasses
 import importlib
 
 import jax
@@ -22,6 +23,7 @@ from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified import latent_codec
 from jaxmodels.unified.build import unified_config
 from jaxmodels.unified.connector import SanaDiT
+from jaxmodels.unified.latte_flow import LatteFlow
 from jaxmodels.vision.qwen2_5_vl import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionConfig,
                                          Qwen25VisionTransformer)
 
@@ -231,6 +233,14 @@ def test_latte_step_runs_m_of_l_layers_and_matches_by_hand_sampling():
   jaxpr = jax.make_jaxpr(lambda s: dit.velocity(x, s, cond, mask))(jnp.full((2,), 0.7))
   lengths = _scan_lengths(jaxpr.jaxpr)
   assert lengths == [m], lengths
+  # unroll_group (None: unrolled on a GPU only): the group's layers as straight-line code or a scan,
+  # the same velocity.
+  v = {}
+  for unroll in (True, False):
+    d = LatteFlow(dataclasses.replace(dit.config, unroll_group=unroll), rngs=nnx.Rngs(0))
+    nnx.update(d, nnx.state(dit))
+    v[unroll] = d.velocity(x, jnp.full((2,), 0.7), cond, mask)
+  np.testing.assert_allclose(np.asarray(v[True]), np.asarray(v[False]), rtol=1e-5, atol=1e-5)
   # σ -> group: noisiest interval to the first group.
   assert [int(dit.group_index(jnp.float32(s))) for s in (1.0, 0.6, 0.5, 0.01)] == [0, 0, 1, 1]
 

@@ -15,6 +15,7 @@ from flax import nnx
 
 from jaxmodels import sharding
 from jaxmodels.layers.attention import Attention, LayerCache
+from jaxmodels.layers.linear import Linear
 from jaxmodels.layers.mlp import MLP, GatedMLP
 from jaxmodels.layers.norms import make_norm
 
@@ -150,10 +151,13 @@ class BlockStack(nnx.Module):
     return x, cache, hidden
 
 
-def unstack_layers(module: nnx.Module, fuse_projections: bool = False) -> nnx.Module:
+def unstack_layers(module: nnx.Module, fuse_projections: bool = False,
+                   transpose_kernels: bool = False) -> nnx.Module:
   """`BlockStack.unstack()` on every scanned stack inside `module` (in place); returns `module`.
   `fuse_projections`: then also `Attention.fuse_qkv()` and `GatedMLP.fuse_gate_up()` on every
-  attention and gated MLP (one matmul each instead of three / two; for decoding)."""
+  attention and gated MLP (one matmul each instead of three / two; for decoding).
+  `transpose_kernels`: then `Linear.transpose_kernel()` on every projection inside the block stacks
+  (batch-1 decoding on a GPU; the output head keeps its layout)."""
   for _, node in list(nnx.iter_graph(module)):
     if isinstance(node, BlockStack):
       node.unstack()
@@ -163,4 +167,10 @@ def unstack_layers(module: nnx.Module, fuse_projections: bool = False) -> nnx.Mo
         node.fuse_qkv()
       elif isinstance(node, GatedMLP):
         node.fuse_gate_up()
+  if transpose_kernels:
+    for _, stack in list(nnx.iter_graph(module)):
+      if isinstance(stack, BlockStack):
+        for _, node in list(nnx.iter_graph(stack)):
+          if isinstance(node, Linear):
+            node.transpose_kernel()
   return module

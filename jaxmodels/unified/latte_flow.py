@@ -52,6 +52,11 @@ class LatteConfig:
   sample_size: int = 16              # latent side (base grid of the sin-cos positions)
   residual_attention: bool = True    # TCRA on/off
   noisiest_group: str = "first"      # "first" | "last"
+  # The group's M layers as straight-line code (True) or a lax.scan over them (False); None: unrolled
+  # on a GPU backend only. A 30-step sample of bench_flow's small head (M = 2): H200 8.4 -> 5.6 ms
+  # unrolled (a GPU runs a scan as a device loop with per-iteration overhead); 2-core CPU 511 -> 550
+  # ms, slower (BENCHMARKS.md, session 12).
+  unroll_group: bool | None = None
   dtype: str = "float32"
   param_dtype: str = "float32"
 
@@ -170,7 +175,8 @@ class LatteFlow(nnx.Module):
       h, logits = layer(h, temb, ctx, ctx_mask, prev_logits)
       return (h, logits), None
 
-    (x, _), _ = jax.lax.scan(body, (x, prev), (group_state, group_ctx))
+    unroll = jax.default_backend() == "gpu" if c.unroll_group is None else c.unroll_group
+    (x, _), _ = jax.lax.scan(body, (x, prev), (group_state, group_ctx), unroll=bool(unroll))
     return x
 
   def velocity(self, x: jax.Array, sigma: jax.Array, context: jax.Array, ctx_mask: jax.Array | None = None,
