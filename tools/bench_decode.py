@@ -10,8 +10,8 @@ bytes per step ÷ the machine's copy bandwidth, measured in the same run). `--un
 with separate q/k/v and gate/up matmuls (`generate(fuse_projections=False)`) to the same A/B rounds.
 `--both_layouts` adds jaxmodels with the other kernel layout (`generate(transpose_kernels=...)`: the
 default transposes the layers' kernels at batch 1 on a GPU, not on the CPU). `--dtype=bfloat16`
-stores the weights (and the KV cache) in bf16 on both sides, which halves that bound. Where PyTorch sees a GPU, its side runs there and the bandwidth is the GPU's device-to-device
-copy.
+stores the weights (and the KV cache) in bf16 on both sides, which halves that bound. Where PyTorch
+sees a GPU, its side runs there and the bandwidth is the GPU's device-to-device copy.
 """
 from __future__ import annotations
 
