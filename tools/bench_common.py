@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark tools: sizes, dtypes, devices, timing, the machine's peaks, output.
+"""Shared pieces of the benchmark tools: sizes, dtypes, devices, timing, the machine's peaks, output,
+the LaTtE-Flow benchmark head, and per-kernel summaries of profiler traces.
 
 Every tool runs where JAX's default backend is: on a CPU machine both sides (jaxmodels and PyTorch) run
 on the CPU; where PyTorch sees a CUDA device (a GPU machine), the PyTorch side runs there too, with its
@@ -6,6 +7,9 @@ asynchronous work synchronised before each clock read.
 """
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
 import json
 import os
 import platform
@@ -205,3 +209,105 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
   ts = TrainState(LM(cfg, rngs=nnx.Rngs(0)), tx)
   ids = np.random.RandomState(0).randint(0, s["vocab_size"], (s["batch"], s["seq_len"]))
   return make_train_step(ts), nnx.split(ts)[1], {"ids": jnp.asarray(ids)}, cfg
+
+
+# LaTtE-Flow heads: image tokens = latent², caption states [B, L, ctx_len, context_dim].
+LATTE_SIZES = {
+    "small": dict(hidden_size=256, num_layers=8, num_groups=4, num_heads=4, intermediate_size=704,
+                  context_dim=256, in_channels=4, latent=16, ctx_len=32, batch=2),
+    "smoke": dict(hidden_size=32, num_layers=4, num_groups=2, num_heads=2, intermediate_size=64,
+                  context_dim=32, in_channels=4, latent=4, ctx_len=4, batch=1),
+}
+
+
+def latte_setup(size: str, **config_overrides):
+  """(LaTtE-Flow head of LATTE_SIZES[size] with K groups, the same parameters in one group of all L
+  layers, sampler inputs (x [B,h,w,C], ctx [B,L,T,Dc], mask [B,T])). The parameters are perturbed
+  to open the zero-initialised adaLN / TCRA gates."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from jaxmodels.unified.latte_flow import LatteConfig, LatteFlow
+
+  s = LATTE_SIZES[size]
+  cfg = LatteConfig(hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_groups=s["num_groups"],
+                    num_heads=s["num_heads"], intermediate_size=s["intermediate_size"],
+                    context_dim=s["context_dim"], in_channels=s["in_channels"], patch_size=1,
+                    sample_size=s["latent"], **config_overrides)
+  latte = LatteFlow(cfg, rngs=nnx.Rngs(0))
+  params = nnx.state(latte, nnx.Param)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  nnx.update(latte, jax.tree.unflatten(
+      treedef, [p + 0.02 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]))
+  full = LatteFlow(cfg.replace(num_groups=1), rngs=nnx.Rngs(0))
+  nnx.update(full, nnx.state(latte))             # the same parameters, one group of all L layers
+
+  b, big_l = s["batch"], s["num_layers"]
+  k1, k2 = jax.random.split(jax.random.key(2))
+  x = jax.random.normal(k1, (b, s["latent"], s["latent"], s["in_channels"]), jnp.float32)
+  ctx = jax.random.normal(k2, (b, big_l, s["ctx_len"], s["context_dim"]), jnp.float32)
+  mask = jnp.ones((b, s["ctx_len"]), bool)
+  return latte, full, (x, ctx, mask)
+
+
+def latte_sampler(module, steps: int):
+  """Jitted `run(state, x [B,h,w,C], ctx [B,L,T,Dc], mask [B,T]) -> x₀` and the module's state."""
+  import jax
+  from flax import nnx
+
+  from jaxmodels import flow
+  graphdef, state = nnx.split(module)
+
+  @jax.jit
+  def run(state, x, ctx, mask):
+    m = nnx.merge(graphdef, state)
+    return flow.sample(lambda x, t: m.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, ctx, mask), x,
+                       num_steps=steps)
+  return run, state
+
+
+def kernel_table(trace: dict, module: str, steps: int, top: int = 20) -> dict:
+  """Summarises the events of HLO module `module` (e.g. "jit__generate") in a perfetto trace dict.
+
+  Device lanes (processes named "/device:...") are used where the trace has events of the module
+  there (GPU kernels); otherwise every event that names the module and an HLO op (CPU thunks; not
+  the while / conditional / call thunks that contain others). Rows group by kernel name; per-step
+  figures divide by `steps`."""
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  devices = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+             and str(e.get("args", {}).get("name", "")).startswith("/device:")}
+  mine = [e for e in events if e.get("ph") == "X" and e.get("args", {}).get("hlo_module") == module]
+  on_device = [e for e in mine if e["pid"] in devices]
+  # CPU: a while / conditional / call thunk spans the thunks it runs; count those, not the container.
+  kernels = on_device or [e for e in mine if e["args"].get("hlo_op") and
+                          e["args"]["hlo_op"].split(".")[0] not in ("while", "conditional", "call")]
+  if not kernels:
+    found = sorted({e.get("args", {}).get("hlo_module") for e in events if e.get("ph") == "X"} - {None})
+    raise ValueError(f"no events of HLO module {module!r} in the trace (modules: {found})")
+  busy = sum(e["dur"] for e in kernels)
+  span = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+  rows = collections.defaultdict(lambda: [0, 0.0, ""])
+  for e in kernels:
+    row = rows[e["name"]]
+    row[0] += 1
+    row[1] += e["dur"]
+    row[2] = e["args"].get("hlo_op", "")
+  ranked = sorted(rows.items(), key=lambda kv: -kv[1][1])
+  return {"module": module, "steps": steps, "on_device": bool(on_device), "kernels": len(kernels),
+          "kernels_per_step": len(kernels) / steps, "busy_us_per_step": busy / steps,
+          "span_us_per_step": span / steps, "busy_ratio": busy / span if span else 0.0,
+          "distinct_kernels": len(rows),
+          "top": [{"name": name, "hlo_op": op, "per_step": n / steps, "us_each": t / n,
+                   "us_per_step": t / steps, "share": t / busy} for name, (n, t, op) in ranked[:top]]}
+
+
+def load_trace(trace_dir: str) -> dict:
+  """The newest perfetto_trace.json.gz under `trace_dir` (jax.profiler's layout), parsed."""
+  files = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True),
+                 key=os.path.getmtime)
+  if not files:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  with gzip.open(files[-1]) as f:
+    return json.load(f)

@@ -27,8 +27,8 @@ All timings: warm-up first, then A/B alternating rounds in one process, medians.
 """
 from __future__ import annotations
 
-from bench_common import (DTYPES, alternate, emit, load_average, machine,  # noqa: I001
-                          matmul_peak_gflops, torch_device, torch_dtype, torch_sync)
+from bench_common import (DTYPES, alternate, emit, latte_sampler, latte_setup, load_average,  # noqa: I001
+                          machine, matmul_peak_gflops, torch_device, torch_dtype, torch_sync)
 
 from absl import app, flags
 
@@ -42,13 +42,6 @@ _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op thread
 _DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "DiT weight and compute dtype (both sides).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
-# LaTtE-Flow heads: image tokens = latent², caption states [B, L, ctx_len, context_dim].
-LATTE_SIZES = {
-    "small": dict(hidden_size=256, num_layers=8, num_groups=4, num_heads=4, intermediate_size=704,
-                  context_dim=256, in_channels=4, latent=16, ctx_len=32, batch=2),
-    "smoke": dict(hidden_size=32, num_layers=4, num_groups=2, num_heads=2, intermediate_size=64,
-                  context_dim=32, in_channels=4, latent=4, ctx_len=4, batch=1),
-}
 # DiTs: width, depth, latent side (tokens = (latent / patch)²), caption length.
 DIT_SIZES = {
     "base": dict(width=1152, heads=16, layers=12, latent=32, ctx_len=64, batch=4),   # accelerator size
@@ -89,22 +82,6 @@ def layer_evaluations(jaxpr, mult: int = 1) -> int:
   return total + (max(branches) if branches else 0)
 
 
-def _latte_sampler(module, steps: int):
-  """Jitted `run(state, x [B,h,w,C], ctx [B,L,T,Dc], mask [B,T]) -> x₀` and the module's state."""
-  import jax
-  from flax import nnx
-
-  from jaxmodels import flow
-  graphdef, state = nnx.split(module)
-
-  @jax.jit
-  def run(state, x, ctx, mask):
-    m = nnx.merge(graphdef, state)
-    return flow.sample(lambda x, t: m.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, ctx, mask), x,
-                       num_steps=steps)
-  return run, state
-
-
 def _runtime_layer_count(module, steps: int, inputs) -> int:
   """Runs the sampler once with a host callback in every `LatteLayer` call; returns the call count."""
   import jax
@@ -119,7 +96,7 @@ def _runtime_layer_count(module, steps: int, inputs) -> int:
 
   latte_flow.LatteLayer.__call__ = counted
   try:
-    run, state = _latte_sampler(module, steps)
+    run, state = latte_sampler(module, steps)
     jax.block_until_ready(run(state, *inputs))
     jax.effects_barrier()
   finally:
@@ -129,33 +106,11 @@ def _runtime_layer_count(module, steps: int, inputs) -> int:
 
 def bench_latte(size: str, steps: int, rounds: int) -> dict:
   import jax
-  import jax.numpy as jnp
-  from flax import nnx
 
-  from jaxmodels.unified.latte_flow import LatteConfig, LatteFlow
-
-  s = LATTE_SIZES[size]
-  cfg = LatteConfig(hidden_size=s["hidden_size"], num_layers=s["num_layers"], num_groups=s["num_groups"],
-                    num_heads=s["num_heads"], intermediate_size=s["intermediate_size"],
-                    context_dim=s["context_dim"], in_channels=s["in_channels"], patch_size=1,
-                    sample_size=s["latent"])
-  latte = LatteFlow(cfg, rngs=nnx.Rngs(0))
-  params = nnx.state(latte, nnx.Param)          # perturb: open the zero-initialised adaLN / TCRA gates
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  nnx.update(latte, jax.tree.unflatten(
-      treedef, [p + 0.02 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]))
-  full = LatteFlow(cfg.replace(num_groups=1), rngs=nnx.Rngs(0))
-  nnx.update(full, nnx.state(latte))             # the same parameters, one group of all L layers
-
-  b, big_l = s["batch"], s["num_layers"]
-  k1, k2 = jax.random.split(jax.random.key(2))
-  x = jax.random.normal(k1, (b, s["latent"], s["latent"], s["in_channels"]), jnp.float32)
-  ctx = jax.random.normal(k2, (b, big_l, s["ctx_len"], s["context_dim"]), jnp.float32)
-  mask = jnp.ones((b, s["ctx_len"]), bool)
-  inputs = (x, ctx, mask)
-  run_l, st_l = _latte_sampler(latte, steps)
-  run_f, st_f = _latte_sampler(full, steps)
+  latte, full, inputs = latte_setup(size)
+  cfg, big_l = latte.config, latte.config.num_layers
+  run_l, st_l = latte_sampler(latte, steps)
+  run_f, st_f = latte_sampler(full, steps)
   evals_l = layer_evaluations(jax.make_jaxpr(run_l)(st_l, *inputs).jaxpr)
   evals_f = layer_evaluations(jax.make_jaxpr(run_f)(st_f, *inputs).jaxpr)
   counted_l = _runtime_layer_count(latte, steps, inputs)

@@ -43,10 +43,10 @@ run() {  # run NAME LIMIT_S ARGS...: one tool, JSON to $OUT/NAME.json
 }
 
 if [ "${QUICK:-0}" = 1 ]; then
-  TRAIN=smoke DECODE=smoke DECODE_XL=smoke CMDBUF=smoke LATTE=smoke DIT=smoke COMPILE="--size=smoke --layers=1,2" EXTRA="--sample_steps=2"
+  TRAIN=smoke DECODE=smoke DECODE_XL=smoke CMDBUF=smoke LATTE=smoke DIT=smoke COMPILE="--size=smoke --layers=1,2" EXTRA="--sample_steps=2" PROFILE_LM=smoke
 else
   TRAIN=${TRAIN-small,large,xl} DECODE=small,large DECODE_XL=xl CMDBUF=small,large,xl LATTE=small DIT=${DIT-small,base}
-  COMPILE="--size=small --layers=4,32" EXTRA=""
+  COMPILE="--size=small --layers=4,32" EXTRA="" PROFILE_LM=xl
 fi
 run bench_train.smoke 120 --sizes=smoke --steps=1 --dtype=bfloat16 || {
   echo "smoke failed with the carried flax; retrying with the machine's own"; rm -rf /tmp/site/flax /tmp/site/flax-*
@@ -70,6 +70,9 @@ run bench_flow 150 --latte_sizes=$LATTE --dit_sizes=$DIT --rounds=5 --dtype=bflo
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
   run bench_flow.cmdbuf 120 --latte_sizes=$LATTE --dit_sizes= --rounds=5 --dtype=bfloat16 $EXTRA
 run bench_compile 90 $COMPILE --rounds=1
+# Where the time goes, kernel by kernel (the gaps to the bounds above): batch-1 decode and a LaTtE sample.
+run profile_kernels.decode 90 --target=decode --size=$PROFILE_LM --dtype=bfloat16 --top=30
+run profile_kernels.latte 60 --target=latte --size=$LATTE --top=30
 
 $PY - "$OUT" <<'EOF'
 import json, pathlib, sys
@@ -111,4 +114,10 @@ if r:
 r = load("bench_compile")
 if r:
   print("compile time ratio (deep/shallow):", {k: round(v, 2) for k, v in r["ratio"].items()})
+for name in ("profile_kernels.decode", "profile_kernels.latte"):
+  r = load(name)
+  if r:
+    print(f"{name} ({r['size']}): {r['kernels_per_step']:.0f} kernels/step, {r['busy_us_per_step']:.0f} us kernel "
+          f"time, {r['span_us_per_step']:.0f} us wall (busy {r['busy_ratio']:.2f}); top: "
+          + ", ".join(f"{k['name'][:28]} {k['us_per_step']:.1f}" for k in r["top"][:5]))
 EOF
