@@ -179,6 +179,16 @@ def load_average() -> float:
     return 0.0
 
 
+def lm_config(s: dict, **overrides):
+  """The Llama-style `LLMConfig` of the size dict `s` (a SIZES entry); `overrides` are LLMConfig
+  fields (depth, dtype, scan, remat, attention)."""
+  from jaxmodels.llm import LLMConfig
+  fields = dict(model_type="llama", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
+                intermediate_size=s["intermediate_size"], num_layers=s["num_layers"],
+                num_heads=s["num_heads"], num_kv_heads=s["num_heads"], rope_theta=10000.0)
+  return LLMConfig(**{**fields, **overrides})
+
+
 def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool = True,
                   dtype: str = "float32", attention_impl: str = "einsum", remat: str = "none"):
   """The decoder-LM train step of bench_train.py (Llama-style, next-token loss, AdamW) for the size
@@ -192,13 +202,11 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
   import optax
   from flax import nnx
 
-  from jaxmodels.llm import LLM, LLMConfig
+  from jaxmodels.llm import LLM
   from jaxmodels.trainer import TrainState, make_optimizer, make_train_step
 
-  cfg = LLMConfig(model_type="llama", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
-                  intermediate_size=s["intermediate_size"], num_layers=num_layers or s["num_layers"],
-                  num_heads=s["num_heads"], num_kv_heads=s["num_heads"], rope_theta=10000.0,
-                  scan_layers=scan_layers, dtype=dtype, attention_impl=attention_impl, remat=remat)
+  cfg = lm_config(s, num_layers=num_layers or s["num_layers"], scan_layers=scan_layers, dtype=dtype,
+                  attention_impl=attention_impl, remat=remat)
 
   class LM(LLM):
     def loss(self, batch, rng):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import tempfile
 
 from bench_common import (DTYPES, SIZES, emit, kernel_table, latte_sampler, latte_setup,  # noqa: I001
-                          load_trace, machine)
+                          lm_config, load_trace, machine)
 
 from absl import app, flags
 
@@ -48,14 +48,10 @@ def _decode_program(size: str, steps: int, batch: int, dtype: str, fuse: bool, t
   from flax import nnx
 
   from jaxmodels.generate import generate
-  from jaxmodels.llm import LLM, LLMConfig
+  from jaxmodels.llm import LLM
 
   s = SIZES[size]
-  cfg = LLMConfig(model_type="llama", vocab_size=s["vocab_size"], hidden_size=s["hidden_size"],
-                  intermediate_size=s["intermediate_size"], num_layers=s["num_layers"],
-                  num_heads=s["num_heads"], num_kv_heads=s["num_heads"], max_position_embeddings=4096,
-                  scan_layers=True, dtype=dtype, param_dtype=dtype)
-  model = LLM(cfg, rngs=nnx.Rngs(0))
+  model = LLM(lm_config(s, scan_layers=True, dtype=dtype, param_dtype=dtype), rngs=nnx.Rngs(0))
   ids = np.random.RandomState(0).randint(1, s["vocab_size"], (batch, 16))
   return (lambda: generate(model, ids, steps, fuse_projections=fuse, transpose_kernels=transpose)
           .block_until_ready()), "jit__generate"
