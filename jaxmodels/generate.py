@@ -72,6 +72,12 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
   return jnp.concatenate([input_ids, tokens.T.astype(input_ids.dtype)], axis=1)
 
 
+def transposes_kernels(batch: int) -> bool:
+  """`generate`'s default for `transpose_kernels`: batch 1 on a GPU backend (where it was measured
+  faster; on the CPU the stored layout is faster, larger batches are matrix products, not measured)."""
+  return jax.default_backend() == "gpu" and batch == 1
+
+
 def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
              attention_mask: jax.Array | None = None, temperature: float = 0.0, top_p: float = 1.0,
              top_k: int = 0, rng: jax.Array | None = None, eos_token_id: int | list[int] | None = None,
@@ -86,10 +92,9 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   q/k/v and gate/up projections as one matmul each, on a concatenated copy of their weights made once
   per call (`unstack_layers`); the tokens are the same either way. `transpose_kernels` keeps the
   layers' kernels as [K_out, K_in] copies for the call (`Linear.transpose_kernel`); None (default):
-  at batch 1 on a GPU backend, where it measured 1.18x (xl) and 1.42x (large) faster per token on an
-  H200 (BENCHMARKS.md); not on the CPU, where the stored layout is faster, nor at larger batches
-  (matrix products, not measured). Tokens agree up to summation-order rounding. Returns
-  [B, T + max_new_tokens] int32.
+  `transposes_kernels(B)`, i.e. at batch 1 on a GPU backend, where it measured 1.18x (xl) and 1.42x
+  (large) faster per token on an H200 (BENCHMARKS.md). Tokens agree up to summation-order rounding.
+  Returns [B, T + max_new_tokens] int32.
   """
   config = model.config
   input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -108,5 +113,5 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   return _generate(graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
                    jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds, max_new_tokens=max_new_tokens,
                    top_k=top_k, greedy=greedy, fuse_projections=fuse_projections,
-                   transpose_kernels=(jax.default_backend() == "gpu" and input_ids.shape[0] == 1
-                                      if transpose_kernels is None else bool(transpose_kernels)))
+                   transpose_kernels=(transposes_kernels(input_ids.shape[0]) if transpose_kernels is None
+                                      else bool(transpose_kernels)))

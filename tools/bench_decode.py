@@ -39,14 +39,13 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
           both_layouts: bool = False) -> dict:
   import tempfile
 
-  import jax
   import jax.numpy as jnp
   import numpy as np
   import torch
   import transformers
 
   from jaxmodels import hf
-  from jaxmodels.generate import generate
+  from jaxmodels.generate import generate, transposes_kernels
 
   s = SIZES[size]
   torch.manual_seed(0)
@@ -75,7 +74,7 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
   runs = {"jax": run_jax, "torch": run_torch}
   if unfused:
     runs["jax_unfused"] = lambda: run_jax(fuse=False)
-  other = not (jax.default_backend() == "gpu" and batch == 1)   # the layout generate does not pick
+  other = not transposes_kernels(batch)          # the layout generate does not pick by default
   if both_layouts:
     runs["jax_other_layout"] = lambda: run_jax(transpose=other)
   t = alternate(runs, repeats)     # warm-up, then A/B rounds
