@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmodels.layers.block import unstack_layers
+from jaxmodels.layers.block import KERNEL_LAYOUTS, unstack_layers
 
 
 def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: float | jax.Array = 0.0,
@@ -43,7 +43,7 @@ def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: floa
                                              "fuse_projections", "transpose_kernels"))
 def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_p, eos_ids, pad_id,
               inputs_embeds, *, max_new_tokens: int, top_k: int, greedy: bool, fuse_projections: bool,
-              transpose_kernels: bool):
+              transpose_kernels: str):
   # Per-layer weights sliced once here, not at every token inside the loop (BlockStack.unstack), and
   # q/k/v and gate/up joined into one matmul each (fewer kernels per token).
   model = unstack_layers(nnx.merge(graphdef, state), fuse_projections=fuse_projections,
@@ -72,17 +72,21 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
   return jnp.concatenate([input_ids, tokens.T.astype(input_ids.dtype)], axis=1)
 
 
-def transposes_kernels(batch: int) -> bool:
-  """`generate`'s default for `transpose_kernels`: batch 1 on a GPU backend (where it was measured
-  faster; on the CPU the stored layout is faster, larger batches are matrix products, not measured)."""
-  return jax.default_backend() == "gpu" and batch == 1
+def default_transpose_kernels(batch: int) -> str:
+  """`generate`'s default for `transpose_kernels`: "small" at batch 1 on a GPU backend, else "none".
+  On an H200 (bf16), transposing every layer kernel took batch-1 decoding from 1.15 to 1.00 ms per
+  token (xl) and 0.42 to 0.29 (large): the gain is in the kernels XLA runs as multiply + reduce (the
+  xl o projection 16 -> 3.75 µs), while a kernel large enough for a GEMM ran slower transposed (the
+  xl fused q/k/v, cuBLAS 9.5 µs stored, Triton 12.3 µs transposed), so only the former are
+  transposed. On the CPU the stored layout is faster; larger batches are matrix products."""
+  return "small" if jax.default_backend() == "gpu" and batch == 1 else "none"
 
 
 def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
              attention_mask: jax.Array | None = None, temperature: float = 0.0, top_p: float = 1.0,
              top_k: int = 0, rng: jax.Array | None = None, eos_token_id: int | list[int] | None = None,
              pad_token_id: int | None = None, inputs_embeds: jax.Array | None = None,
-             fuse_projections: bool = True, transpose_kernels: bool | None = None) -> jax.Array:
+             fuse_projections: bool = True, transpose_kernels: bool | str | None = None) -> jax.Array:
   """Decodes `max_new_tokens` tokens after `input_ids` [B, T] (left-padded where attention_mask is 0).
 
   `inputs_embeds` [B, T, D] replaces the prompt's token embeddings in the prefill (multimodal prompts
@@ -90,10 +94,11 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   temperature 0 is greedy. eos/pad ids default to the model config's; after a row emits eos its
   remaining tokens are pad_token_id (as transformers does). `fuse_projections` runs each layer's
   q/k/v and gate/up projections as one matmul each, on a concatenated copy of their weights made once
-  per call (`unstack_layers`); the tokens are the same either way. `transpose_kernels` keeps the
-  layers' kernels as [K_out, K_in] copies for the call (`Linear.transpose_kernel`); None (default):
-  `transposes_kernels(B)`, i.e. at batch 1 on a GPU backend, where it measured 1.18x (xl) and 1.42x
-  (large) faster per token on an H200 (BENCHMARKS.md). Tokens agree up to summation-order rounding.
+  per call (`unstack_layers`); the tokens are the same either way. `transpose_kernels` keeps
+  layer kernels as [K_out, K_in] copies for the call (`Linear.transpose_kernel`): "all" (or True)
+  every one in the block stacks, "small" those XLA's GPU compiler runs as multiply + reduce, "none"
+  (or False) none; None (default): `default_transpose_kernels(B)`, "small" at batch 1 on a GPU
+  backend (BENCHMARKS.md). Tokens agree up to summation-order rounding.
   Returns [B, T + max_new_tokens] int32.
   """
   config = model.config
@@ -113,5 +118,15 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   return _generate(graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
                    jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds, max_new_tokens=max_new_tokens,
                    top_k=top_k, greedy=greedy, fuse_projections=fuse_projections,
-                   transpose_kernels=(transposes_kernels(input_ids.shape[0]) if transpose_kernels is None
-                                      else bool(transpose_kernels)))
+                   transpose_kernels=_kernel_layout(transpose_kernels, input_ids.shape[0]))
+
+
+def _kernel_layout(transpose_kernels: bool | str | None, batch: int) -> str:
+  if transpose_kernels is None:
+    return default_transpose_kernels(batch)
+  if isinstance(transpose_kernels, bool):
+    return "all" if transpose_kernels else "none"
+  if transpose_kernels not in KERNEL_LAYOUTS:
+    raise ValueError(f"generate: transpose_kernels must be None, a bool or one of {KERNEL_LAYOUTS}, "
+                     f"got {transpose_kernels!r}")
+  return transpose_kernels

@@ -35,11 +35,12 @@ def test_bench_train_smoke():
 @pytest.mark.slow
 def test_bench_decode_smoke():
   r = _run("bench_decode.py", "--sizes=smoke", "--batches=1", "--new_tokens=4", "--repeats=1", "--unfused",
-           "--both_layouts")
+           "--layouts=small,all")
   run = r["runs"]["smoke_b1"]
   assert run["jax_tok_s"] > 0 and run["torch_tok_s"] > 0 and r["copy_bandwidth_gbs"] > 0
   assert run["jax_unfused_ms_per_step"] > 0 and run["fusion_speedup"] > 0
-  assert run["other_layout"] == "transposed" and run["jax_other_layout_ms_per_step"] > 0   # CPU: stored
+  assert run["default_layout"] == "none"       # the CPU's: kernels as stored
+  assert set(run["layouts"]) == {"small", "all"} and all(v > 0 for v in run["layouts"].values())
 
 
 @pytest.mark.slow

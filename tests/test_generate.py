@@ -112,6 +112,31 @@ def test_fused_projections_match_the_separate_ones(pair):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def test_small_layout_transposes_the_kernels_xla_gpu_reduces(pair, monkeypatch):
+  # transpose_kernels="small" (the GPU batch-1 default) picks the layers XLA's GPU compiler would run as
+  # multiply + reduce: (1 + K_out) * K_in below the threshold. Tiny model (D 32, 4 q / 2 kv heads of
+  # 8, MLP 64): fused q/k/v 65 * 32 = 2080, o 33 * 32 = 1056, down 33 * 64 = 2112, gate/up 129 * 32.
+  from flax import nnx
+
+  from jaxmodels.layers import linear
+  from jaxmodels.layers.block import unstack_layers
+  _, ours, _ = pair
+  monkeypatch.setattr(linear, "XLA_GPU_DOT_REDUCE_SIZE", 2100)
+  blk = unstack_layers(nnx.clone(ours), fuse_projections=True, transpose_kernels="small").layers.blocks[0]
+  picked = {name: getattr(mod, name).kernel_t is not None
+            for mod, name in ((blk.attn, "qkv"), (blk.attn, "o"), (blk.mlp, "gate_up"), (blk.mlp, "down"))}
+  assert picked == {"qkv": True, "o": True, "gate_up": False, "down": False}
+  everything = unstack_layers(nnx.clone(ours), fuse_projections=True, transpose_kernels="all")
+  assert everything.layers.blocks[0].mlp.gate_up.kernel_t is not None
+  assert everything.lm_head.kernel_t is None           # the output head keeps its layout
+  # At the real threshold: an xl o projection (2048 x 2048) is reduced, the fused q/k/v (2048 x 6144) not.
+  monkeypatch.undo()
+  shapes = nnx.eval_shape(lambda: [linear.Linear(2048, n, axes=("embed", "mlp")) for n in (2048, 6144)])
+  assert [l.reduced_on_gpu() for l in shapes] == [True, False]
+  with pytest.raises(ValueError, match="transpose_kernels"):
+    generate(ours, np.ones((1, 4), np.int32), 2, transpose_kernels="some")
+
+
 def test_eos_then_pad(pair):
   model, ours, _ = pair
   ids = np.random.RandomState(0).randint(1, 97, (2, 8))

@@ -8,8 +8,8 @@
 Reports tokens/s for both, the ratio, and the memory-bandwidth bound for batch-1 decode (parameter
 bytes per step ÷ the machine's copy bandwidth, measured in the same run). `--unfused` adds jaxmodels
 with separate q/k/v and gate/up matmuls (`generate(fuse_projections=False)`) to the same A/B rounds.
-`--both_layouts` adds jaxmodels with the other kernel layout (`generate(transpose_kernels=...)`: the
-default transposes the layers' kernels at batch 1 on a GPU, not on the CPU). `--dtype=bfloat16`
+`--layouts=none,small,all` adds jaxmodels with each listed kernel layout (`generate(transpose_kernels=...)`;
+generate's default, "small" at batch 1 on a GPU and "none" otherwise, is the `jax` row). `--dtype=bfloat16`
 stores the weights (and the KV cache) in bf16 on both sides, which halves that bound. Where PyTorch
 sees a GPU, its side runs there and the bandwidth is the GPU's device-to-device copy.
 """
@@ -29,14 +29,15 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "Weight, cache and comput
 _ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla"], "jaxmodels attention implementation.")
 _UNFUSED = flags.DEFINE_bool("unfused", False, "Also time jaxmodels with separate q/k/v and gate/up "
                              "matmuls (generate(fuse_projections=False)) in the same A/B rounds.")
-_LAYOUTS = flags.DEFINE_bool("both_layouts", False, "Also time jaxmodels with the kernel layout that is "
-                              "not generate's default here (generate(transpose_kernels=...)).")
+_LAYOUTS = flags.DEFINE_list("layouts", [], "Also time jaxmodels with these kernel layouts (none, small, "
+                              "all: generate(transpose_kernels=...)) in the same A/B rounds.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
 def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth: float,
           dtype: str = "float32", attention: str = "einsum", unfused: bool = False,
-          both_layouts: bool = False) -> dict:
+          layouts: tuple[str, ...] = ()) -> dict:
+  import functools
   import tempfile
 
   import jax.numpy as jnp
@@ -45,7 +46,7 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
   import transformers
 
   from jaxmodels import hf
-  from jaxmodels.generate import generate, transposes_kernels
+  from jaxmodels.generate import default_transpose_kernels, generate
 
   s = SIZES[size]
   torch.manual_seed(0)
@@ -74,9 +75,8 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
   runs = {"jax": run_jax, "torch": run_torch}
   if unfused:
     runs["jax_unfused"] = lambda: run_jax(fuse=False)
-  other = not transposes_kernels(batch)          # the layout generate does not pick by default
-  if both_layouts:
-    runs["jax_other_layout"] = lambda: run_jax(transpose=other)
+  for layout in layouts:
+    runs[f"jax_{layout}"] = functools.partial(run_jax, transpose=layout)
   t = alternate(runs, repeats)     # warm-up, then A/B rounds
   t_jax, t_torch = t["jax"], t["torch"]
   param_bytes = sum(p.numel() * p.element_size() for p in tmodel.parameters())
@@ -84,10 +84,10 @@ def bench(size: str, batch: int, new: int, prompt: int, repeats: int, bandwidth:
        "bound_ms_per_step": param_bytes / (bandwidth * 1e9) * 1e3, "jax_ms_per_step": t_jax / new * 1e3}
   if unfused:
     r.update(jax_unfused_ms_per_step=t["jax_unfused"] / new * 1e3, fusion_speedup=t["jax_unfused"] / t_jax)
-  if both_layouts:
-    r.update(other_layout="transposed" if other else "stored",
-             jax_other_layout_ms_per_step=t["jax_other_layout"] / new * 1e3,
-             layout_speedup=t["jax_other_layout"] / t_jax)
+  if layouts:     # ms/step per kernel layout; the default's speedup over each
+    r.update(default_layout=default_transpose_kernels(batch),
+             layouts={k: t[f"jax_{k}"] / new * 1e3 for k in layouts},
+             layout_speedup={k: t[f"jax_{k}"] / t_jax for k in layouts})
   return r
 
 
@@ -99,14 +99,13 @@ def main(argv):
   for size in _SIZES.value:
     for batch in map(int, _BATCHES.value):
       r = bench(size, batch, _NEW.value, _PROMPT.value, _REPEATS.value, bw, _DTYPE.value, _ATTENTION.value,
-                _UNFUSED.value, _LAYOUTS.value)
+                _UNFUSED.value, tuple(_LAYOUTS.value))
       result["runs"][f"{size}_b{batch}"] = r
       rows.append(f"{size} batch {batch}: jax {r['jax_tok_s']:.0f} tok/s ({r['jax_ms_per_step']:.2f} ms/step, "
                   f"bound {r['bound_ms_per_step']:.2f}) | torch {r['torch_tok_s']:.0f} tok/s | "
                   f"ratio {r['ratio']:.2f}x" + (f" | unfused jax {r['jax_unfused_ms_per_step']:.2f} ms/step "
                                                 f"(fusion {r['fusion_speedup']:.2f}x)" if _UNFUSED.value else "")
-                  + (f" | {r['other_layout']} kernels {r['jax_other_layout_ms_per_step']:.2f} ms/step "
-                     f"(default {r['layout_speedup']:.2f}x)" if _LAYOUTS.value else ""))
+                  + "".join(f" | {k} kernels {ms:.2f} ms/step" for k, ms in r.get("layouts", {}).items()))
   emit(result, _JSON.value, rows)
 
 

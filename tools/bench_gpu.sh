@@ -57,10 +57,12 @@ ATT=cudnn; [ "$(jax_backend)" = gpu ] || ATT=einsum
 # remat "dots" trains fastest on the CPU; "none" is the library default: both, in the same A/B rounds.
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 run bench_train 240 --sizes=$TRAIN --steps=10 --dtype=bfloat16 --attention=$ATT \
   --remat=none,dots
-# --unfused: the separate q/k/v and gate/up matmuls too (generate fuses them); --both_layouts: the
-# layers' kernels as stored too (generate transposes them on a GPU).
-run bench_decode 150 --sizes=$DECODE --batches=1,8 --repeats=3 --dtype=bfloat16 --unfused --both_layouts
-run bench_decode.xl 150 --sizes=$DECODE_XL --batches=1 --repeats=3 --dtype=bfloat16 --unfused --both_layouts
+# --unfused: the separate q/k/v and gate/up matmuls too (generate fuses them); --layouts: the layers'
+# kernels as stored ("none"), only the multiply+reduce ones transposed ("small", generate's batch-1 GPU
+# default) and all transposed, in the same A/B rounds.
+run bench_decode 150 --sizes=$DECODE --batches=1,8 --repeats=3 --dtype=bfloat16 --unfused --layouts=none,small,all
+run bench_decode.xl 150 --sizes=$DECODE_XL --batches=1 --repeats=3 --dtype=bfloat16 --unfused \
+  --layouts=none,small,all
 # Batch-1 decode on a GPU is launch-bound (one while-loop iteration = every layer's kernels): the same
 # run with XLA's command buffers (CUDA graphs) extended to while/conditional bodies.
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
@@ -100,8 +102,7 @@ for name in ("bench_decode", "bench_decode.xl", "bench_decode.cmdbuf"):
       print(f"  {k}: jax {v['jax_tok_s']:.0f} tok/s ({v['jax_ms_per_step']:.2f} ms/step, bound {v['bound_ms_per_step']:.3f}) "
             f"torch {v['torch_tok_s']:.0f} tok/s ratio {v['ratio']:.2f}x"
             + (f"; unfused {v['jax_unfused_ms_per_step']:.2f} ms/step" if "jax_unfused_ms_per_step" in v else "")
-            + (f"; {v['other_layout']} kernels {v['jax_other_layout_ms_per_step']:.2f} ms/step"
-               if "other_layout" in v else ""))
+            + "".join(f"; {k} kernels {ms:.2f} ms/step" for k, ms in v.get("layouts", {}).items()))
 for name in ("bench_flow", "bench_flow.cmdbuf"):
   r = load(name)
   for k, v in (r["latte"] if r else {}).items():

@@ -31,8 +31,8 @@ _STEPS = flags.DEFINE_integer("steps", 32, "Decoded tokens (decode) or sampling 
 _BATCH = flags.DEFINE_integer("batch", 1, "decode: batch size.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "decode: weight and compute dtype.")
 _FUSE = flags.DEFINE_bool("fuse", True, "decode: generate(fuse_projections=...).")
-_TRANSPOSE = flags.DEFINE_enum("transpose_kernels", "auto", ["auto", "on", "off"],
-                               "decode: generate(transpose_kernels=None / True / False).")
+_TRANSPOSE = flags.DEFINE_enum("transpose_kernels", "auto", ["auto", "none", "small", "all"],
+                               "decode: generate(transpose_kernels=...); auto: None (its default).")
 _UNROLL = flags.DEFINE_enum("unroll_group", "auto", ["auto", "on", "off"],
                             "latte: LatteConfig.unroll_group None / True / False.")
 _TOP = flags.DEFINE_integer("top", 20, "Kernels listed.")
@@ -69,7 +69,7 @@ def main(argv):
 
   if _TARGET.value == "decode":
     fn, module = _decode_program(_SIZE.value, _STEPS.value, _BATCH.value, _DTYPE.value, _FUSE.value,
-                                 _TRI[_TRANSPOSE.value])
+                                 None if _TRANSPOSE.value == "auto" else _TRANSPOSE.value)
   else:
     fn, module = _latte_program(_SIZE.value, _STEPS.value, _TRI[_UNROLL.value])
   fn()                                                   # compile and warm up outside the trace

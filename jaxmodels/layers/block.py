@@ -24,6 +24,7 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+KERNEL_LAYOUTS = ("none", "small", "all")    # unstack_layers(transpose_kernels=...)
 
 
 class TransformerBlock(nnx.Module):
@@ -152,12 +153,16 @@ class BlockStack(nnx.Module):
 
 
 def unstack_layers(module: nnx.Module, fuse_projections: bool = False,
-                   transpose_kernels: bool = False) -> nnx.Module:
+                   transpose_kernels: str = "none") -> nnx.Module:
   """`BlockStack.unstack()` on every scanned stack inside `module` (in place); returns `module`.
   `fuse_projections`: then also `Attention.fuse_qkv()` and `GatedMLP.fuse_gate_up()` on every
   attention and gated MLP (one matmul each instead of three / two; for decoding).
-  `transpose_kernels`: then `Linear.transpose_kernel()` on every projection inside the block stacks
-  (batch-1 decoding on a GPU; the output head keeps its layout)."""
+  `transpose_kernels` (batch-1 decoding on a GPU; the output head keeps its layout): "all" calls
+  `Linear.transpose_kernel()` on every projection inside the block stacks, "small" only on those
+  XLA's GPU compiler runs as multiply + reduce at one row (`Linear.reduced_on_gpu`; larger ones
+  stay in the stored layout, which cuBLAS reads faster), "none" on none."""
+  if transpose_kernels not in KERNEL_LAYOUTS:
+    raise ValueError(f"transpose_kernels must be one of {KERNEL_LAYOUTS}, got {transpose_kernels!r}")
   for _, node in list(nnx.iter_graph(module)):
     if isinstance(node, BlockStack):
       node.unstack()
@@ -167,10 +172,10 @@ def unstack_layers(module: nnx.Module, fuse_projections: bool = False,
         node.fuse_qkv()
       elif isinstance(node, GatedMLP):
         node.fuse_gate_up()
-  if transpose_kernels:
+  if transpose_kernels != "none":
     for _, stack in list(nnx.iter_graph(module)):
       if isinstance(stack, BlockStack):
         for _, node in list(nnx.iter_graph(stack)):
-          if isinstance(node, Linear):
+          if isinstance(node, Linear) and (transpose_kernels == "all" or node.reduced_on_gpu()):
             node.transpose_kernel()
   return module

@@ -17,6 +17,12 @@ from flax import nnx
 Axes = tuple[str | None, ...]
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
+# XLA's GPU compiler rewrites a dot with a vector operand as multiply + reduce when
+# (M + N) * K < this (gpu_algebraic_simplifier's IsMatrixMultiplicationTooSmallForRewriting; larger
+# ones go to cuBLAS / Triton GEMMs). Session 12's H200 profile agrees: a 2048x2048 kernel (4.2 M) was
+# rewritten, a 2048x6144 one (12.6 M) was not.
+XLA_GPU_DOT_REDUCE_SIZE = 10_000_000
+
 
 def param(rngs: nnx.Rngs | None, init: Initializer, shape: Sequence[int], axes: Axes,
           dtype=jnp.float32) -> nnx.Param:
@@ -67,6 +73,12 @@ class Linear(nnx.Module):
     if self.kernel_t is None:
       k_in, k_out = math.prod(self.in_shape), math.prod(self.out_shape)
       self.kernel_t = nnx.data(self.kernel[...].reshape(k_in, k_out).T)
+
+  def reduced_on_gpu(self, rows: int = 1) -> bool:
+    """Whether XLA's GPU compiler runs this layer on `rows` input rows as multiply + reduce rather
+    than a GEMM (`XLA_GPU_DOT_REDUCE_SIZE`): the case the transposed layout speeds up."""
+    k_in, k_out = math.prod(self.in_shape), math.prod(self.out_shape)
+    return (rows + k_out) * k_in < XLA_GPU_DOT_REDUCE_SIZE
 
   def __call__(self, x: jax.Array) -> jax.Array:
     n_in = len(self.in_shape)
