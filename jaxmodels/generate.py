@@ -72,14 +72,16 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
   return jnp.concatenate([input_ids, tokens.T.astype(input_ids.dtype)], axis=1)
 
 
-def default_transpose_kernels(batch: int) -> str:
+def default_transpose_kernels(batch: int, platform: str | None = None) -> str:
   """`generate`'s default for `transpose_kernels`: "small" at batch 1 on a GPU backend, else "none".
   On an H200 (bf16), transposing every layer kernel took batch-1 decoding from 1.15 to 1.00 ms per
   token (xl) and 0.42 to 0.29 (large): the gain is in the kernels XLA runs as multiply + reduce (the
   xl o projection 16 -> 3.75 µs), while a kernel large enough for a GEMM ran slower transposed (the
   xl fused q/k/v, cuBLAS 9.5 µs stored, Triton 12.3 µs transposed), so only the former are
-  transposed. On the CPU the stored layout is faster; larger batches are matrix products."""
-  return "small" if jax.default_backend() == "gpu" and batch == 1 else "none"
+  transposed. On the CPU the stored layout is faster; larger batches are matrix products. `platform`:
+  the one compiled for (default: JAX's default backend; "cuda" / "rocm" count as "gpu")."""
+  platform = platform or jax.default_backend()
+  return "small" if platform in ("gpu", "cuda", "rocm") and batch == 1 else "none"
 
 
 def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
@@ -101,6 +103,34 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   backend (BENCHMARKS.md). Tokens agree up to summation-order rounding.
   Returns [B, T + max_new_tokens] int32.
   """
+  args, static = _generate_args(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                                temperature=temperature, top_p=top_p, top_k=top_k, rng=rng,
+                                eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                inputs_embeds=inputs_embeds, fuse_projections=fuse_projections,
+                                transpose_kernels=transpose_kernels)
+  return _generate(*args, **static)
+
+
+def lower_generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
+                   device: jax.Device | None = None, **options) -> jax.stages.Lowered:
+  """`generate`'s program for these arguments (the same `options`), lowered and not run:
+  `.compile().as_text()` is its optimised HLO. `model` may be abstract (`nnx.eval_shape`). `device`
+  (e.g. a compile-only device of `jax.experimental.topologies.get_topology_desc`) places every
+  argument there, so the program compiles for that device's platform — a GPU's on a machine without
+  one (tools/profile_kernels.py --gpu_target); the kernel-layout default follows that platform."""
+  platform = device.platform if device is not None else None
+  args, static = _generate_args(model, input_ids, max_new_tokens, platform=platform, **options)
+  if device is not None:
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    args = (args[0],) + jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                                     args[1:])     # args[0]: the graphdef (static)
+  return _generate.lower(*args, **static)
+
+
+def _generate_args(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_p=1.0,
+                   top_k=0, rng=None, eos_token_id=None, pad_token_id=None, inputs_embeds=None,
+                   fuse_projections=True, transpose_kernels=None, platform=None) -> tuple[tuple, dict]:
+  """`_generate`'s positional arguments and static keywords for `generate`'s arguments."""
   config = model.config
   input_ids = jnp.asarray(input_ids, jnp.int32)
   attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
@@ -115,15 +145,16 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   rng = jax.random.key(0) if rng is None else rng
   eos_ids = jnp.asarray(eos if eos else [-1], jnp.int32)
   graphdef, state = nnx.split(model)
-  return _generate(graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
-                   jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds, max_new_tokens=max_new_tokens,
-                   top_k=top_k, greedy=greedy, fuse_projections=fuse_projections,
-                   transpose_kernels=_kernel_layout(transpose_kernels, input_ids.shape[0]))
+  args = (graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
+          jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds)
+  static = dict(max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy, fuse_projections=fuse_projections,
+                transpose_kernels=_kernel_layout(transpose_kernels, input_ids.shape[0], platform))
+  return args, static
 
 
-def _kernel_layout(transpose_kernels: bool | str | None, batch: int) -> str:
+def _kernel_layout(transpose_kernels: bool | str | None, batch: int, platform: str | None = None) -> str:
   if transpose_kernels is None:
-    return default_transpose_kernels(batch)
+    return default_transpose_kernels(batch, platform)
   if isinstance(transpose_kernels, bool):
     return "all" if transpose_kernels else "none"
   if transpose_kernels not in KERNEL_LAYOUTS:

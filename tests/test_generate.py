@@ -137,6 +137,31 @@ def test_small_layout_transposes_the_kernels_xla_gpu_reduces(pair, monkeypatch):
     generate(ours, np.ones((1, 4), np.int32), 2, transpose_kernels="some")
 
 
+def test_lower_generate_compiles_an_abstract_model_for_a_device():
+  # lower_generate: generate's program from an abstract model (nothing allocated), its arguments placed
+  # on a given device (here the CPU; a compile-only GPU device in tools/profile_kernels.py --gpu_target).
+  # The kernel-layout default follows the platform compiled for.
+  import sys
+
+  from flax import nnx
+
+  from jaxmodels.generate import default_transpose_kernels, lower_generate
+  from jaxmodels.llm import LLM, LLMConfig
+  from test_bench_smoke import TOOLS
+  sys.path.insert(0, TOOLS)
+  from hlo_kernels import loop_kernels
+
+  cfg = LLMConfig(model_type="llama", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
+                  num_heads=2, num_kv_heads=1, scan_layers=True)
+  abstract = nnx.eval_shape(lambda: LLM(cfg, rngs=nnx.Rngs(0)))
+  lowered = lower_generate(abstract, np.ones((1, 4), np.int32), 3, device=jax.devices()[0])
+  census = loop_kernels(lowered.compile().as_text())
+  assert census["kernels_per_step"] > 5 and "dot" in " ".join(r["op"] + " " + r["ops"] for r in census["kernels"])
+  assert [default_transpose_kernels(1, "gpu"), default_transpose_kernels(8, "gpu"),
+          default_transpose_kernels(1, "cuda"), default_transpose_kernels(1, "cpu")] == ["small", "none",
+                                                                                       "small", "none"]
+
+
 def test_eos_then_pad(pair):
   model, ours, _ = pair
   ids = np.random.RandomState(0).randint(1, 97, (2, 8))

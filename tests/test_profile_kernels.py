@@ -74,3 +74,24 @@ def test_profile_kernels_smoke(tmp_path):
   assert r["module"] == "jit__generate" and not r["on_device"] and r["steps"] == 4
   assert r["kernels_per_step"] > 5 and 0 < len(r["top"]) <= 5 and r["busy_us_per_step"] > 0
   assert load_trace(str(tmp_path))["traceEvents"]
+
+
+@pytest.mark.slow
+def test_profile_kernels_gpu_target():
+  # --gpu_target compiles decoding for an H100 without a GPU. Where the jax CUDA plugin is installed the
+  # census lists one decoding step's kernels; where it is not (CI), the tool says so in one line.
+  import importlib.util
+  import subprocess
+  args = [sys.executable, os.path.join(TOOLS, "profile_kernels.py"), "--target=decode", "--size=smoke",
+          "--steps=4", "--dtype=bfloat16", "--gpu_target=h100", "--json"]
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_SKIP_CUDA_CONSTRAINTS_CHECK": "1"}
+  out = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=TOOLS)
+  if importlib.util.find_spec("jax_plugins") is None or not any(
+      importlib.util.find_spec(f"jax_plugins.xla_cuda{v}") for v in (12, 13)):
+    assert out.returncode != 0
+    assert "no compile-only CUDA device" in out.stderr and "Traceback" not in out.stderr
+    return
+  assert out.returncode == 0, out.stderr[-2000:]
+  r = json.loads(out.stdout[out.stdout.index("{"):])
+  assert r["gpu_target"] == "h100" and r["kernels_per_step"] > 10
+  assert any(k.startswith("fusion:") for k in r["by_kind"])

@@ -14,6 +14,14 @@ belongs to. Per-step figures include the once-per-call work (decode: prefill and
 copies; counts below 1 per step) spread over the steps. `--trace_dir` keeps the trace (its perfetto_trace.json.gz opens in ui.perfetto.dev); the
 optimised HLO that names the ops comes from `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`.
 Session 12's H200 decode profile (BENCHMARKS.md) was read this way.
+
+`--gpu_target=h200` (decode only) needs no GPU: it compiles the decoding program for that GPU
+(`hlo_kernels.gpu_target_device`; the jax CUDA plugin installed, `JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1`
+without the CUDA libraries) and lists the kernels of one decoding step from the optimised HLO, in
+order, with the ops each fuses — which kernels a library change adds or removes, not their times:
+
+    JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 python tools/profile_kernels.py --target=decode --size=xl \
+        --dtype=bfloat16 --gpu_target=h200 --top=40
 """
 from __future__ import annotations
 
@@ -37,6 +45,10 @@ _UNROLL = flags.DEFINE_enum("unroll_group", "auto", ["auto", "on", "off"],
                             "latte: LatteConfig.unroll_group None / True / False.")
 _TOP = flags.DEFINE_integer("top", 20, "Kernels listed.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "Keep the trace here (default: a temporary directory).")
+_GPU_TARGET = flags.DEFINE_string("gpu_target", "", "decode: compile only, for this GPU (h100, h200 or a "
+                                  "GpuTargetConfig textproto; tools/hlo_kernels.py), and list the "
+                                  "kernels of one decoding step from the optimised HLO (no timings, no GPU "
+                                  "needed; the jax CUDA plugin must be installed).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 _TRI = {"auto": None, "on": True, "off": False}
@@ -57,6 +69,34 @@ def _decode_program(size: str, steps: int, batch: int, dtype: str, fuse: bool, t
           .block_until_ready()), "jit__generate"
 
 
+def _decode_census(size: str, steps: int, batch: int, dtype: str, fuse: bool, transpose, target: str) -> dict:
+  """The kernels of one decoding step as compiled for GPU `target` (hlo_kernels.loop_kernels); the
+  model is abstract (nothing is allocated, so any size fits)."""
+  import numpy as np
+  from flax import nnx
+
+  from hlo_kernels import gpu_target_device, loop_kernels
+  from jaxmodels.generate import lower_generate
+  from jaxmodels.llm import LLM
+
+  s = SIZES[size]
+  model = nnx.eval_shape(lambda: LLM(lm_config(s, scan_layers=True, dtype=dtype, param_dtype=dtype),
+                                     rngs=nnx.Rngs(0)))
+  ids = np.ones((batch, 16), np.int32)
+  lowered = lower_generate(model, ids, steps, device=gpu_target_device(target), fuse_projections=fuse,
+                           transpose_kernels=transpose)
+  return loop_kernels(lowered.compile().as_text())
+
+
+def _census_rows(census: dict, target: str, top: int) -> list[str]:
+  rows = [f"compiled for {target} (no run): {census['kernels_per_step']} kernels per token in loop "
+          f"{census['loop_body']}; by kind: " + ", ".join(f"{k} {n}" for k, n in census["by_kind"].items()),
+          f"{'op':>12} {'kind':>8}  {'shape':<24} fused ops  [source]"]
+  rows += [f"{r['op']:>12} {r['kind'][:8]:>8}  {r['shape'][:24]:<24} {r['ops'][:60]}  [{r['source'][:30]}]"
+           + (f" x{r['repeat']}" if r["repeat"] > 1 else "") for r in census["kernels"][:top]]
+  return rows
+
+
 def _latte_program(size: str, steps: int, unroll):
   latte, _, inputs = latte_setup(size, unroll_group=unroll)
   run, state = latte_sampler(latte, steps)
@@ -67,9 +107,23 @@ def main(argv):
   del argv
   import jax
 
+  transpose = None if _TRANSPOSE.value == "auto" else _TRANSPOSE.value
+  if _GPU_TARGET.value:
+    if _TARGET.value != "decode":
+      raise app.UsageError("--gpu_target is for --target=decode")
+    try:
+      census = _decode_census(_SIZE.value, _STEPS.value, _BATCH.value, _DTYPE.value, _FUSE.value, transpose,
+                              _GPU_TARGET.value)
+    except (RuntimeError, ValueError) as e:     # no CUDA plugin, or an unknown target: one line
+      raise SystemExit(f"profile_kernels: {e}") from None
+    result = {"machine": machine(), "target": "decode", "size": _SIZE.value, "gpu_target": _GPU_TARGET.value,
+              **census}
+    emit(result, _JSON.value, [f"machine: {result['machine']}"]
+         + _census_rows(census, _GPU_TARGET.value, _TOP.value))
+    return
   if _TARGET.value == "decode":
     fn, module = _decode_program(_SIZE.value, _STEPS.value, _BATCH.value, _DTYPE.value, _FUSE.value,
-                                 None if _TRANSPOSE.value == "auto" else _TRANSPOSE.value)
+                                 transpose)
   else:
     fn, module = _latte_program(_SIZE.value, _STEPS.value, _TRI[_UNROLL.value])
   fn()                                                   # compile and warm up outside the trace
