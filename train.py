@@ -50,8 +50,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
+  from jaxmodels.trainer.setup import gen_every as gen_every_of
   from jaxmodels.trainer.setup import (initialize, mesh_and_rules, no_remat_on_multiprocess_cpu,
-                                       run_keys, shapes_eval_supported, train_state_factory)
+                                       run_keys, shapes_eval_supported, train_state_factory,
+                                       understanding_inputs)
 
   check_writable(workdir)
   config, unremat = no_remat_on_multiprocess_cpu(config)
@@ -119,9 +121,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                             state_shardings=shardings)
   rng, eval_rng = run_keys(config.seed)     # step keys: fold_in(rng, step)
   first = to_global(next(data.iterator))
-  gen_every = config.train.get("gen_every", 1)
-  if not isinstance(gen_every, int) or gen_every < 1:
-    raise ConfigError(f"config.train.gen_every={gen_every!r}: expected an integer >= 1")
+  gen_every = gen_every_of(config)
   with sharding.use_mesh(mesh, rules):
     compiled = step_fn.lower(state, first, rng).compile()
     # train.gen_every = k > 1: steps k, 2k, ... train on the whole batch, the others on its
@@ -193,6 +193,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     ckpt.wait()   # never leave an async save uncommitted, even when the loop raises
     stop.restore()
+    pipeline.close(data.iterator)   # its worker processes, if any (the last save holds its state)
   if pending is not None:
     writer.write(*pending)
   train_minutes = (time.time() - t0) / 60
@@ -221,17 +222,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     shapes_eval.print_scores(scores)
     print(f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, samples.png, scores.json)")
   return scores
-
-
-def understanding_inputs(batch: dict, gen_every: int) -> dict:
-  """The batch without its generation inputs (`gen_*`), for the understanding-only steps of
-  `train.gen_every` > 1 (a clear error when there is nothing to split)."""
-  from jaxmodels.errors import ConfigError
-  und = {k: v for k, v in batch.items() if not k.startswith("gen_")}
-  if len(und) in (0, len(batch)):
-    raise ConfigError(f"config.train.gen_every={gen_every}: expected 1, or k > 1 for batches with both "
-                      f"understanding and generation inputs (this batch has {sorted(batch)})")
-  return und
 
 
 def check_writable(workdir: str) -> None:

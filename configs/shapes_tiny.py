@@ -18,6 +18,8 @@ chance on shapes), dense per-token shape/colour labels from the renderer's masks
 from the text), question-first turns (the image tokens see the question, so the 2-layer LLM can
 pick out the object it names: two-object colour questions go from 0.71 to 0.94) and
 `train.gen_every=3` (generation inputs on every third step: ~1.5× the steps in the same time).
+`data.worker_count=1`: the examples are made in one Grain worker process (the same batches as in
+process; tools/bench_data.py measured 1.7k examples/s there against ~0.9k in the training process).
 The towers' `remat` stays "none": "dots" gave ~20% more steps per second before the entry points'
 host-malloc settings and nothing measurable since (BENCHMARKS.md); train.py turns remat off for
 multi-process CPU runs anyway, where XLA:CPU's gloo collectives abort under it.
@@ -62,7 +64,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=96, gen_len=16,
       questions_per_scene=4, qa_turns=4, qa_leak_free=True, und_layout="question_first", dense_labels=True,
-      edit_fraction=0.0, on_error="raise", worker_count=0))
+      edit_fraction=0.0, on_error="raise", worker_count=1))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   # Generation inputs on every third step (the others train understanding only, about half the
   # cost): ~1500 steps fit the time limit on 2 cores and the cosine schedule ends with the run (the
@@ -78,6 +80,7 @@ def get_config(arg=None):
   if a.runlocal:   # a smoke run: a few steps, small evals
     c.data.config = "tiny"
     c.data.batch_size = 8
+    c.data.worker_count = 0       # no worker process to start for a few steps
     c.train.update(total_steps=6, gen_every=1, log_every=2, eval_every=3, ckpt_every=3,
                    time_limit_minutes=None)   # gen_every=1: one compiled program
     c.optim.warmup_steps = 2

@@ -100,7 +100,7 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
   cfg_name = data.get("config", "res32")
   tok = shapes_world_tokenizer(data_dir, cfg_name, workdir)
   source = ShapesTaskSource(
-      sw.load_split(data_dir, "train", cfg_name, decode=True), tok, num_image_tokens=num_image_tokens,
+      sw.load_split(data_dir, "train", cfg_name, decode="lazy"), tok, num_image_tokens=num_image_tokens,
       und_len=data.get("und_len", UND_LEN), gen_len=data.get("gen_len", GEN_LEN),
       und_image_size=(model.dbfusion.get("image_size", 768) if model.get("type") == "florence_vl"
                       else model.und_encoder.image_size if model.get("und_encoder") else 32),

@@ -22,7 +22,7 @@ i.e. black, for text-to-image rows, which hold no <image> placeholder). The mode
 splices the source image's tokens into the instruction (MetaQuery-style editing, `edit_drop`).
 
     tok = shapes_tokenizer(train_raw)                      # WordTokenizer over ShapesWorld's words
-    src = ShapesTaskSource(load_split(d, "train", "res32", decode=True), tok, num_image_tokens=16)
+    src = ShapesTaskSource(load_split(d, "train", "res32", decode="lazy"), tok, num_image_tokens=16)
     ds = input_pipeline.pipeline.make_dataset(src, seed=0, batch_size=32)
 """
 from __future__ import annotations
@@ -87,12 +87,12 @@ def dense_labels(scene: dict[str, Any], image_size: int, grid: int) -> np.ndarra
   index in `palette` order), 0 = background.
   """
   from input_pipeline.shapes_world import palette, shapes
-  from input_pipeline.shapes_world.render import render_with_masks
+  from input_pipeline.shapes_world.render import visible_masks
   from input_pipeline.shapes_world.scene import Scene
   if image_size % grid:
     raise ValueError(f"dense labels: image size {image_size} is not a multiple of the grid {grid}")
   sc = Scene.from_dict(scene)
-  masks = render_with_masks(sc, image_size).masks                       # [K, S, S]
+  masks = visible_masks(sc, image_size)                                 # [K, S, S]
   c = image_size // grid
   counts = masks.reshape(len(masks), grid, c, grid, c).sum((2, 4))            # [K, G, G]
   labels = np.zeros((grid, grid, 2), np.int32)

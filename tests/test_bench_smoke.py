@@ -78,5 +78,6 @@ def test_bench_data_smoke():
   r = _run("bench_data.py", "--config_arg=runlocal", "--data_batches=2", "--train_steps=1", "--drain=1",
            "--rounds=1")
   assert r["config"] == "configs/shapes_tiny.py" and r["dataset"] == "tiny" and r["batch_size"] == 8
+  assert r["gen_every"] == 1 and r["worker_count"] == 0       # :runlocal
   assert r["data_examples_s"] > 0 and r["train_examples_s"] > 0
   assert abs(r["ratio"] - r["data_examples_s"] / r["train_examples_s"]) < 1e-9

@@ -478,6 +478,43 @@ def test_tfds_build_and_reuse(tmp_path, monkeypatch):
     sw.load_split(str(tmp_path), "train", config="huge")
 
 
+def test_lazy_records_equal_the_decoded_ones(tmp_path):
+  # load_split(decode="lazy"): the same keys and values as decode=True, each field decoded when first
+  # read (the training tasks read four of the 19); picklable for Grain workers.
+  import pickle
+  cfg = sw.make_config(image_size=32, num_train=4, num_validation=3, num_test=6)
+  eager = sw.load_split(str(tmp_path), "test", config=cfg, decode=True)
+  lazy = pickle.loads(pickle.dumps(sw.load_split(str(tmp_path), "test", config=cfg, decode="lazy")))
+  assert len(lazy) == len(eager) == 6
+  first = lazy[2]
+  assert first["prompt"] == eager[2]["prompt"] and "decoded=['prompt']" in repr(first)
+  for i in range(len(eager)):
+    a, b = eager[i], lazy[i]
+    assert list(b) == list(a) and len(b) == len(a)
+    for key, value in a.items():
+      got = b[key]
+      assert type(got) is type(value), key
+      if isinstance(value, np.ndarray):
+        assert got.dtype == value.dtype, key
+        np.testing.assert_array_equal(got, value, err_msg=key)
+      else:
+        assert got == value, key
+  with pytest.raises(KeyError):
+    lazy[0]["no_such_field"]
+  with pytest.raises(Exception, match="decode='yes'"):
+    sw.load_split(str(tmp_path), "test", config=cfg, decode="yes")
+
+
+def test_visible_masks_are_the_renderings_masks():
+  # Overlapping hand-made objects (generated scenes never overlap): later objects cover earlier ones.
+  scene = sw.Scene((sw.SceneObject("square", "red", (0.4, 0.4), 0.4),
+                    sw.SceneObject("circle", "blue", (0.55, 0.55), 0.4),
+                    sw.SceneObject("star", "green", (0.5, 0.45), 0.3)))
+  masks = sw.visible_masks(scene, 32)
+  np.testing.assert_array_equal(masks, sw.render_with_masks(scene, 32).masks)
+  assert masks.shape == (3, 32, 32) and not (masks.sum(0) > 1).any() and masks[0].any()
+
+
 def test_custom_config_at_32px(tmp_path):
   cfg = sw.make_config(image_size=32, num_train=6, num_validation=3, num_test=6)
   src = sw.load_split(str(tmp_path), "test", config=cfg, decode=True)

@@ -21,6 +21,11 @@ def _config(data_dir, **train_overrides):
   return c
 
 
+def _with_worker(c):
+  c.data.worker_count = 1
+  return c
+
+
 def _losses(workdir):
   rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
   return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
@@ -60,15 +65,16 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
   # Exact resume: a second run of the same 6 steps is stopped after step 3 (as a SIGTERM would stop
   # it), then restarted in its workdir. The whole loss sequence and the final state (parameters,
   # EMA, optimizer moments, step) are bitwise those of the uninterrupted run, which needs the data
-  # iterator restored too.
+  # iterator restored too. The resumed run makes its batches in a Grain worker process
+  # (`data.worker_count=1`, the main job's setting): the same batches, its state checkpointed.
   resumed = tmp_path / "resumed"
   polls = iter(range(1, 1000))
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(train.StopRequest, "requested", lambda self, in_flight=None: next(polls) >= 3)  # once a step
-    out = train.train_and_evaluate(_config(data_dir, gen_every=2), str(resumed))
+    out = train.train_and_evaluate(_with_worker(_config(data_dir, gen_every=2)), str(resumed))
   assert out == {"stopped_by": "", "step": 3}
   assert not (resumed / "scores.json").exists()
-  train.train_and_evaluate(_config(data_dir, gen_every=2), str(resumed))
+  train.train_and_evaluate(_with_worker(_config(data_dir, gen_every=2)), str(resumed))
   again = _losses(resumed)
   assert again == losses, (again, losses)            # steps 1-6, bitwise equal floats
   final = [_leaves(run / "checkpoints", 6) for run in (full, resumed)]
@@ -79,11 +85,19 @@ def test_train_end_to_end_and_exact_resume(data_dir, tmp_path, full_run):
 
 
 def test_gen_every_needs_both_kinds_of_inputs():
+  import ml_collections
+
   from jaxmodels.errors import ConfigError
+  from jaxmodels.trainer.setup import gen_every, understanding_inputs
   batch = {"und_ids": 1, "und_image": 2, "gen_ids": 3, "gen_image": 4}
-  assert train.understanding_inputs(batch, 2) == {"und_ids": 1, "und_image": 2}
+  assert understanding_inputs(batch, 2) == {"und_ids": 1, "und_image": 2}
   with pytest.raises(ConfigError, match="config.train.gen_every=3: expected 1, or k > 1"):
-    train.understanding_inputs({"gen_ids": 3}, 3)
+    understanding_inputs({"gen_ids": 3}, 3)
+  cfg = lambda **train: ml_collections.ConfigDict(dict(train=train))   # noqa: E731
+  assert gen_every(cfg()) == 1 and gen_every(cfg(gen_every=3)) == 3
+  for bad in (0, 1.5, True):
+    with pytest.raises(ConfigError, match="config.train.gen_every=.*expected an integer >= 1"):
+      gen_every(cfg(gen_every=bad))
 
 
 def _leaves(directory, step):

@@ -8,7 +8,9 @@ step of the same config consumes at its batch size.
 The pipeline reads the already built ShapesWorld split (`~/.cache/jaxmodels/tfds`; nothing is built),
 decodes, renders the task rows, tokenises and batches with the config's worker_count and Grain's read
 threads. The train step is train.py's: `train_state_factory`, sharded state, `make_train_step` lowered
-and compiled on the first batch. After a warm-up of each, rounds alternate a data chunk
+and compiled on the first batch; with `train.gen_every` = k > 1 also on its understanding inputs, and a
+train chunk runs whole cycles of one full step and k - 1 understanding-only steps, as train.py does (the
+rate it consumes examples at). After a warm-up of each, rounds alternate a data chunk
 (`--data_batches` batches, timed after the prefetch buffer has been drained, so buffered batches do
 not count) and a train chunk (`--train_steps` steps on one fixed batch, blocked at the end); medians
 of the chunk rates. Reports both rates and data / train (target ≥ 10×: the pipeline must not be what
@@ -54,7 +56,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   from input_pipeline.datasets import make_train_data
   from jaxmodels import sharding
   from jaxmodels.trainer import make_train_step
-  from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
+  from jaxmodels.trainer.setup import gen_every, mesh_and_rules, train_state_factory, understanding_inputs
 
   mesh, rules = mesh_and_rules(config)
   make_state, lr = train_state_factory(config)
@@ -78,9 +80,13 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
                             state_shardings=shardings)
   rng = jax.random.key(config.seed)
   t0 = time.perf_counter()
+  k = gen_every(config)
+  batch_und = batch if k == 1 else to_global(understanding_inputs(first, k))
   with sharding.use_mesh(mesh, rules):
     compiled = step_fn.lower(state, batch, rng).compile()
+    compiled_und = compiled if k == 1 else step_fn.lower(state, batch_und, rng).compile()
   compile_s = time.perf_counter() - t0
+  train_steps = k * -(-train_steps // k)                    # whole gen_every cycles
   holder = {"state": state, "step": 0}
 
   def data_chunk() -> float:
@@ -95,7 +101,9 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
     t = time.perf_counter()
     for _ in range(train_steps):
       holder["step"] += 1
-      holder["state"], metrics = compiled(holder["state"], batch, jax.random.fold_in(rng, holder["step"]))
+      full = holder["step"] % k == 0                      # as train.py: steps k, 2k, ... see the gen inputs
+      holder["state"], metrics = (compiled if full else compiled_und)(
+          holder["state"], batch if full else batch_und, jax.random.fold_in(rng, holder["step"]))
     jax.block_until_ready(metrics["loss"])
     return train_steps * batch_size / (time.perf_counter() - t)
 
@@ -107,7 +115,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   data_rate, train_rate = statistics.median(data_rates), statistics.median(train_rates)
   shutil.rmtree(workdir, ignore_errors=True)
   return {"dataset": config.data.get("config"), "batch_size": batch_size, "params": n_params,
-          "worker_count": config.data.get("worker_count", 0), "compile_s": compile_s,
+          "worker_count": config.data.get("worker_count", 0), "gen_every": k, "compile_s": compile_s,
           "data_examples_s": data_rate, "train_examples_s": train_rate,
           "train_steps_s": train_rate / batch_size,
           "ratio": data_rate / train_rate, "target_ratio": 10.0}
@@ -121,7 +129,8 @@ def main(argv):
             "config_arg": _ARG.value, **r}
   rows = [f"machine: {result['machine']} (load {result['load_average']:.1f})",
           f"{_CONFIG.value}{':' + _ARG.value if _ARG.value else ''} (ShapesWorld {r['dataset']}, batch "
-          f"{r['batch_size']}, {r['params'] / 1e6:.2f}M params, worker_count {r['worker_count']})",
+          f"{r['batch_size']}, {r['params'] / 1e6:.2f}M params, worker_count {r['worker_count']}, "
+          f"gen_every {r['gen_every']})",
           f"data pipeline: {r['data_examples_s']:.0f} examples/s | train step: {r['train_examples_s']:.0f} "
           f"examples/s ({r['train_steps_s']:.2f} steps/s) | ratio {r['ratio']:.1f}x (target >= 10x)"]
   emit(result, _JSON.value, rows)

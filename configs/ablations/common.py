@@ -29,6 +29,7 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Seconds per run (`--runlocal`): 3 steps, tiny evaluation sets, no in-loop evaluation."""
   c.data.config = "tiny"
   c.data.batch_size = 8
+  c.data.worker_count = 0        # no worker process to start for 3 steps
   c.train.update(total_steps=3, log_every=1, eval_every=10**9, ckpt_every=10**9, time_limit_minutes=None)
   c.optim.warmup_steps = 1
   c.evals.update(qa_per_kind=2, geneval_prompts=4, sample_steps=2, batch_size=8, rover_tasks=2,

@@ -18,6 +18,7 @@ Modules (one concept each):
   edits      edit pairs
   generator  examples and splits from seeds
   builder    TFDS builder `shapes_world` (ArrayRecord, no TensorFlow), `load_split`
+  lazy       records whose fields are decoded on first access (`load_split(decode="lazy")`)
 
 Example:
   >>> from input_pipeline import shapes_world as sw
@@ -62,6 +63,7 @@ from input_pipeline.shapes_world.render import decode_png
 from input_pipeline.shapes_world.render import encode_png
 from input_pipeline.shapes_world.render import render
 from input_pipeline.shapes_world.render import render_with_masks
+from input_pipeline.shapes_world.render import visible_masks
 from input_pipeline.shapes_world.scene import Scene
 from input_pipeline.shapes_world.scene import SceneObject
 from input_pipeline.shapes_world.shapes import SHAPES
@@ -73,5 +75,5 @@ __all__ = [
     "check_scene", "decode_example", "decode_png", "encode_png", "generate_example",
     "generate_split", "geneval_prompt_set", "get_builder", "load_split", "make_config",
     "make_edit", "make_qa", "nearest_color", "prepare", "relative_position", "render",
-    "render_with_masks", "tag_counts", "to_features",
+    "render_with_masks", "tag_counts", "to_features", "visible_masks",
 ]

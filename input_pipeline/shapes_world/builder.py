@@ -50,7 +50,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from etils import epath
 import numpy as np
@@ -103,6 +103,10 @@ def make_config(image_size: int = 64, num_train: int = 10000, num_validation: in
                            image_size=int(image_size), num_train=int(num_train),
                            num_validation=int(num_validation), num_test=int(num_test),
                            seed=int(seed))
+
+
+PNG_FIELDS = ("image", "edit_image")
+JSON_FIELDS = ("metadata", "scene", "qa", "edit")
 
 
 def _features() -> tfds.features.FeaturesDict:
@@ -228,7 +232,7 @@ def prepare(data_dir: str | None, config: str | ShapesWorldConfig = "default") -
 
 
 def load_split(data_dir: str | None, split: str, config: str | ShapesWorldConfig = "default", *,
-               decode: bool = False) -> Sequence[dict[str, Any]]:
+               decode: bool | str = False) -> Sequence[Mapping[str, Any]]:
   """Random-access source of one split, building the dataset on first use.
 
   Args:
@@ -236,14 +240,22 @@ def load_split(data_dir: str | None, split: str, config: str | ShapesWorldConfig
       default, `default_data_dir()`.
     split: "train", "validation" or "test" (TFDS slicing such as "train[:10]" works too).
     config: a config name ("default", "res32", "tiny") or a `ShapesWorldConfig`.
-    decode: if True, wrap the source so items come through `decode_example`.
+    decode: if True, wrap the source so items come through `decode_example`; "lazy": items are
+      `lazy.LazyRecord`s, which parse and decode a field on its first access only (the same values;
+      for readers that use a few fields, e.g. the training tasks).
 
   Returns:
     A sequence (len, [i]) of feature dicts, usable as `grain.MapDataset.source(...)`.
   """
   if split.split("[")[0] not in SPLITS:
     raise _ConfigError(f"shapes_world split {split!r} unknown; expected one of {SPLITS}")
-  source = prepare(data_dir, config).as_data_source(split=split)
+  if decode not in (True, False, "lazy"):
+    raise _ConfigError(f"load_split: decode={decode!r}: expected True, False or 'lazy'")
+  builder = prepare(data_dir, config)
+  if decode == "lazy":
+    from input_pipeline.shapes_world.lazy import LazySource
+    return LazySource(builder, split)
+  source = builder.as_data_source(split=split)
   return DecodedSource(source) if decode else source
 
 
@@ -251,23 +263,21 @@ def _text(v) -> str:
   return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
-def decode_example(raw: dict[str, Any]) -> dict[str, Any]:
-  """Decodes a raw record: PNG → uint8 [S, S, 3], JSON → objects, bytes → str.
+def decode_field(key: str, value: Any) -> Any:
+  """One field of a raw record, decoded: "image"/"edit_image" PNG → uint8 [S, S, 3];
+  "metadata"/"scene"/"qa"/"edit" JSON → objects; other text → str; tensors unchanged."""
+  if key in PNG_FIELDS:
+    return render_lib.decode_png(value)
+  if key in JSON_FIELDS:
+    return json.loads(_text(value))
+  if isinstance(value, (bytes, str)):
+    return _text(value)
+  return value
 
-  Returns a new dict with the same keys: "image"/"edit_image" arrays,
-  "metadata"/"scene"/"qa"/"edit" parsed, other text as str, tensors unchanged.
-  """
-  out: dict[str, Any] = {}
-  for k, v in raw.items():
-    if k in ("image", "edit_image"):
-      out[k] = render_lib.decode_png(v)
-    elif k in ("metadata", "scene", "qa", "edit"):
-      out[k] = json.loads(_text(v))
-    elif isinstance(v, (bytes, str)):
-      out[k] = _text(v)
-    else:
-      out[k] = v
-  return out
+
+def decode_example(raw: dict[str, Any]) -> dict[str, Any]:
+  """Decodes a raw record, every field through `decode_field`; returns a new dict, same keys."""
+  return {k: decode_field(k, v) for k, v in raw.items()}
 
 
 class DecodedSource:

@@ -94,17 +94,28 @@ def render_with_masks(scene: Scene, size: int) -> Rendering:
   return _compose(scene, [object_mask(o, size) for o in scene.objects], size)
 
 
+def visible_masks(scene: Scene, size: int) -> np.ndarray:
+  """bool [N, size, size]: each object's visible pixels (later objects cover earlier ones), the
+  masks of `render_with_masks` without painting the image or measuring boxes."""
+  return _visible([object_mask(o, size) for o in scene.objects], size)
+
+
+def _visible(full: list[np.ndarray], size: int) -> np.ndarray:
+  masks = np.zeros((len(full), size, size), bool)
+  for k, m in enumerate(full):
+    masks[:k] &= ~m
+    masks[k] = m
+  return masks
+
+
 def _compose(scene: Scene, full: list[np.ndarray], size: int) -> Rendering:
   """Paints the objects' full masks in order; masks keep visible pixels."""
   image = np.empty((size, size, 3), np.uint8)
   image[...] = np.asarray(scene.background, np.uint8)
-  n = len(full)
-  masks = np.zeros((n, size, size), bool)
-  for k, (obj, m) in enumerate(zip(scene.objects, full)):
-    masks[:k] &= ~m
-    masks[k] = m
+  for obj, m in zip(scene.objects, full):
     image[m] = palette.COLOR_RGB[obj.color]
-  boxes = np.stack([mask_box(m) for m in masks]) if n else np.zeros((0, 4), np.int32)
+  masks = _visible(full, size)
+  boxes = np.stack([mask_box(m) for m in masks]) if len(full) else np.zeros((0, 4), np.int32)
   return Rendering(image=image, masks=masks, boxes=boxes.astype(np.int32))
 
 

@@ -52,6 +52,25 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return step_key, eval_key
 
 
+def gen_every(config) -> int:
+  """`config.train.gen_every` (default 1), checked: steps k, 2k, ... train on the whole batch, the
+  others on its understanding inputs only (`understanding_inputs`)."""
+  k = config.train.get("gen_every", 1)
+  if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    raise ConfigError(f"config.train.gen_every={k!r}: expected an integer >= 1")
+  return k
+
+
+def understanding_inputs(batch: dict, gen_every: int) -> dict:
+  """The batch without its generation inputs (`gen_*`), for the understanding-only steps of
+  `train.gen_every` > 1 (a clear error when there is nothing to split)."""
+  und = {k: v for k, v in batch.items() if not k.startswith("gen_")}
+  if len(und) in (0, len(batch)):
+    raise ConfigError(f"config.train.gen_every={gen_every}: expected 1, or k > 1 for batches with both "
+                      f"understanding and generation inputs (this batch has {sorted(batch)})")
+  return und
+
+
 def mesh_and_rules(config):
   """The mesh and the logical-axis rules: `config.sharding_rules` is None (defaults), one table
   [(logical, mesh axes), ...], or per-tower tables {"dit": [...], "default": [...]}."""
