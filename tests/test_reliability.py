@@ -264,17 +264,22 @@ def test_config_typo_is_one_line_with_a_suggestion(tmp_path):
 
 
 def test_corrupt_shapes_world_record_skips_and_counts_or_fails(data_dir, tmp_path, monkeypatch):
+  from tensorflow_datasets.core import example_parser
+
   from input_pipeline import datasets, pipeline
-  from input_pipeline.shapes_world import builder
+  from input_pipeline.shapes_world import lazy
   from input_pipeline.sources import DataError
 
-  def truncated(self, index):     # every 5th stored scene has a truncated PNG
+  def truncated(self, index):     # every 5th stored scene has a truncated PNG (training reads lazily)
     raw = self._source[index]
     if int(index) % 5 == 0:
-      raw = {**raw, "image": raw["image"][: len(raw["image"]) // 2]}
-    return builder.decode_example(raw)
+      ex = example_parser.tf_example_pb2.Example.FromString(raw)
+      png = ex.features.feature["image"].bytes_list.value
+      png[0] = png[0][: len(png[0]) // 2]
+      raw = ex.SerializeToString()
+    return lazy.LazyRecord(raw, self._features, self._byte_fields, self._keys)
 
-  monkeypatch.setattr(builder.DecodedSource, "__getitem__", truncated)
+  monkeypatch.setattr(lazy.LazySource, "__getitem__", truncated)
   c = _config(data_dir)
   with pipeline.corrupt_record_policy(c.data.get("on_error", "raise")):
     data = datasets.make_train_data(c, str(tmp_path), num_image_tokens=16)
