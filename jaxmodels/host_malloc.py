@@ -21,7 +21,10 @@ same command once with the variables set. `JAXMODELS_HOST_MALLOC` chooses:
 
 Nothing is changed where any of the variables is already set (the user chose), off Linux/glibc, or
 when the process was already re-executed. The cost: the process keeps its peak heap (memory freed by
-a step is not returned to the OS), and all threads share one malloc arena.
+a step is not returned to the OS), and all threads share one malloc arena — which slowed Python data
+loading in the training process by about a third once XLA had compiled there (ShapesWorld batches,
+BENCHMARKS.md "Input pipeline"); configs/shapes_tiny.py therefore makes its batches in a Grain worker
+process (`data.worker_count=1`), which re-executes nothing and has an arena of its own.
 """
 from __future__ import annotations
 
