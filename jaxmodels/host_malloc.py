@@ -24,7 +24,7 @@ when the process was already re-executed. The cost: the process keeps its peak h
 a step is not returned to the OS), and all threads share one malloc arena — which slowed Python data
 loading in the training process by about a third once XLA had compiled there (ShapesWorld batches,
 BENCHMARKS.md "Input pipeline"); configs/shapes_tiny.py therefore makes its batches in a Grain worker
-process (`data.worker_count=1`), which re-executes nothing and has an arena of its own.
+process (`data.worker_count=1`): a heap of its own, with no XLA compilation in it.
 """
 from __future__ import annotations
 
