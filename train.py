@@ -50,10 +50,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
-  from jaxmodels.trainer.setup import gen_every as gen_every_of
-  from jaxmodels.trainer.setup import (initialize, mesh_and_rules, no_remat_on_multiprocess_cpu,
-                                       run_keys, shapes_eval_supported, train_state_factory,
-                                       understanding_inputs)
+  from jaxmodels.trainer.setup import (gen_every_of, initialize, mesh_and_rules,
+                                       no_remat_on_multiprocess_cpu, run_keys, shapes_eval_supported,
+                                       train_state_factory, trains_generation, understanding_inputs)
 
   check_writable(workdir)
   config, unremat = no_remat_on_multiprocess_cpu(config)
@@ -155,7 +154,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for step in range(start + 1, total + 1):
       if step > start + 1:
         batch = next(data.iterator)
-      und_only = step % gen_every != 0           # (never with gen_every=1)
+      und_only = not trains_generation(step, gen_every)   # (never with gen_every=1)
       if und_only:                               # the gen_* arrays never leave the host
         batch = understanding_inputs(batch, gen_every)
       state, metrics = (compiled_und if und_only else compiled)(

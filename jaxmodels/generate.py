@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmodels.layers.block import KERNEL_LAYOUTS, unstack_layers
+from jaxmodels.layers.block import unstack_layers
 
 
 def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: float | jax.Array = 0.0,
@@ -157,7 +157,4 @@ def _kernel_layout(transpose_kernels: bool | str | None, batch: int, platform: s
     return default_transpose_kernels(batch, platform)
   if isinstance(transpose_kernels, bool):
     return "all" if transpose_kernels else "none"
-  if transpose_kernels not in KERNEL_LAYOUTS:
-    raise ValueError(f"generate: transpose_kernels must be None, a bool or one of {KERNEL_LAYOUTS}, "
-                     f"got {transpose_kernels!r}")
-  return transpose_kernels
+  return transpose_kernels      # unstack_layers checks it against KERNEL_LAYOUTS

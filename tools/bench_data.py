@@ -56,7 +56,8 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   from input_pipeline.datasets import make_train_data
   from jaxmodels import sharding
   from jaxmodels.trainer import make_train_step
-  from jaxmodels.trainer.setup import gen_every, mesh_and_rules, train_state_factory, understanding_inputs
+  from jaxmodels.trainer.setup import (gen_every_of, mesh_and_rules, train_state_factory, trains_generation,
+                                       understanding_inputs)
 
   mesh, rules = mesh_and_rules(config)
   make_state, lr = train_state_factory(config)
@@ -80,7 +81,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
                             state_shardings=shardings)
   rng = jax.random.key(config.seed)
   t0 = time.perf_counter()
-  k = gen_every(config)
+  k = gen_every_of(config)
   batch_und = batch if k == 1 else to_global(understanding_inputs(first, k))
   with sharding.use_mesh(mesh, rules):
     compiled = step_fn.lower(state, batch, rng).compile()
@@ -101,7 +102,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
     t = time.perf_counter()
     for _ in range(train_steps):
       holder["step"] += 1
-      full = holder["step"] % k == 0                      # as train.py: steps k, 2k, ... see the gen inputs
+      full = trains_generation(holder["step"], k)          # as train.py
       holder["state"], metrics = (compiled if full else compiled_und)(
           holder["state"], batch if full else batch_und, jax.random.fold_in(rng, holder["step"]))
     jax.block_until_ready(metrics["loss"])

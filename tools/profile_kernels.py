@@ -54,17 +54,24 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 _TRI = {"auto": None, "on": True, "off": False}
 
 
+def _decode_model(size: str, dtype: str, abstract: bool = False):
+  """A random LLM of SIZES[size] (scanned layers; `abstract`: shapes only, via nnx.eval_shape)."""
+  from flax import nnx
+
+  from jaxmodels.llm import LLM
+  make = lambda: LLM(lm_config(SIZES[size], scan_layers=True, dtype=dtype, param_dtype=dtype),  # noqa: E731
+                     rngs=nnx.Rngs(0))
+  return nnx.eval_shape(make) if abstract else make()
+
+
 def _decode_program(size: str, steps: int, batch: int, dtype: str, fuse: bool, transpose):
   """A zero-argument run of `generate` on a random LLM of SIZES[size], and its module name."""
   import numpy as np
-  from flax import nnx
 
   from jaxmodels.generate import generate
-  from jaxmodels.llm import LLM
 
-  s = SIZES[size]
-  model = LLM(lm_config(s, scan_layers=True, dtype=dtype, param_dtype=dtype), rngs=nnx.Rngs(0))
-  ids = np.random.RandomState(0).randint(1, s["vocab_size"], (batch, 16))
+  model = _decode_model(size, dtype)
+  ids = np.random.RandomState(0).randint(1, SIZES[size]["vocab_size"], (batch, 16))
   return (lambda: generate(model, ids, steps, fuse_projections=fuse, transpose_kernels=transpose)
           .block_until_ready()), "jit__generate"
 
@@ -73,16 +80,11 @@ def _decode_census(size: str, steps: int, batch: int, dtype: str, fuse: bool, tr
   """The kernels of one decoding step as compiled for GPU `target` (hlo_kernels.loop_kernels); the
   model is abstract (nothing is allocated, so any size fits)."""
   import numpy as np
-  from flax import nnx
 
   from hlo_kernels import gpu_target_device, loop_kernels
   from jaxmodels.generate import lower_generate
-  from jaxmodels.llm import LLM
 
-  s = SIZES[size]
-  model = nnx.eval_shape(lambda: LLM(lm_config(s, scan_layers=True, dtype=dtype, param_dtype=dtype),
-                                     rngs=nnx.Rngs(0)))
-  ids = np.ones((batch, 16), np.int32)
+  model, ids = _decode_model(size, dtype, abstract=True), np.ones((batch, 16), np.int32)
   lowered = lower_generate(model, ids, steps, device=gpu_target_device(target), fuse_projections=fuse,
                            transpose_kernels=transpose)
   return loop_kernels(lowered.compile().as_text())

@@ -52,13 +52,18 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return step_key, eval_key
 
 
-def gen_every(config) -> int:
+def gen_every_of(config) -> int:
   """`config.train.gen_every` (default 1), checked: steps k, 2k, ... train on the whole batch, the
-  others on its understanding inputs only (`understanding_inputs`)."""
+  others on its understanding inputs only (`trains_generation`, `understanding_inputs`)."""
   k = config.train.get("gen_every", 1)
   if not isinstance(k, int) or isinstance(k, bool) or k < 1:
     raise ConfigError(f"config.train.gen_every={k!r}: expected an integer >= 1")
   return k
+
+
+def trains_generation(step: int, gen_every: int) -> bool:
+  """Whether step `step` (counted from 1) trains on the whole batch: every `gen_every`-th step."""
+  return step % gen_every == 0
 
 
 def understanding_inputs(batch: dict, gen_every: int) -> dict:
