@@ -19,8 +19,8 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-# The steering repo's shared/ folder sits beside the checkout (../shared), in CI as in development.
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+# Real benchmark inputs (GenEval prompts, ColorBench samples) committed with their licences.
+TEST_DATA = pathlib.Path(__file__).resolve().parent / "data"
 
 
 def pytest_configure(config):
@@ -35,14 +35,6 @@ def pytest_configure(config):
   os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "jaxmodels-test-xla-cache",
                                                          worker)
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> pathlib.Path:
-  """Real benchmark inputs (GenEval prompts, ColorBench samples) from ../shared/data."""
-  if not SHARED_DATA.is_dir():
-    pytest.fail(f"{SHARED_DATA} is missing: the tests need the shared/ folder beside the checkout")
-  return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,10 @@ import pytest
 from jaxmodels.evals import EvalInputError
 from jaxmodels.evals import colorbench as C
 
-from conftest import SHARED_DATA  # noqa: E402
+from conftest import TEST_DATA  # noqa: E402
 
-SAMPLES = SHARED_DATA / "colorbench"   # a missing shared/ folder is a failure, not a skip
+SAMPLES = TEST_DATA / "colorbench"
 
-
-def needs_samples(fn):
-  return fn
 
 
 # --------------------------------------------------------------------------- extraction
@@ -65,7 +62,6 @@ def test_official_route_for_names():
 
 # --------------------------------------------------------------------------- data formats
 
-@needs_samples
 def test_sample_case_json_rows_and_prompt():
   rows = C.load_colorbench(SAMPLES / "SampleCase.json")
   assert len(rows) == 5 and [r["idx"] for r in rows] == [0, 1, 2, 3, 4]
@@ -78,7 +74,6 @@ def test_sample_case_json_rows_and_prompt():
   assert C.build_prompt(rows[0], instruction="X") == "X\n" + rows[0]["prompt"]
 
 
-@needs_samples
 def test_parquet_rows_roundtrip(tmp_path):
   import pyarrow as pa
   import pyarrow.parquet as pq

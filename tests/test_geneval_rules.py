@@ -9,9 +9,9 @@ import pytest
 from jaxmodels.evals import EvalInputError
 from jaxmodels.evals import geneval as G
 
-from conftest import SHARED_DATA  # noqa: E402
+from conftest import TEST_DATA  # noqa: E402
 
-METADATA = SHARED_DATA / "geneval/evaluation_metadata.jsonl"
+METADATA = TEST_DATA / "geneval/evaluation_metadata.jsonl"
 
 
 def det(cls, box, score=0.95, color=None):

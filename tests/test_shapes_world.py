@@ -1,7 +1,7 @@
 """Tests of ShapesWorld: determinism, GenEval schema, positions, edits, renders, TFDS build.
 
 The GenEval facts (templates, position rule, tag counts) are re-implemented here
-from /work/shared/spec/evals.md §1, independently of the package's own code.
+from the GenEval rules (djghosh13/geneval), independently of the package's own code.
 """
 
 import itertools
@@ -20,6 +20,8 @@ from input_pipeline.shapes_world import edits as edits_lib
 from input_pipeline.shapes_world import generator as gen_lib
 from input_pipeline.shapes_world import layout
 
+from conftest import TEST_DATA  # noqa: E402
+
 SIZE = 64
 GENEVAL_COLORS = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",
                   "white"]
@@ -28,7 +30,7 @@ OFFICIAL = {"single_object": 80, "two_object": 99, "counting": 80, "colors": 94,
             "color_attr": 100}
 RELS = ["left of", "right of", "above", "below"]
 WORDS = {2: "two", 3: "three", 4: "four"}
-OFFICIAL_FILE = "/work/shared/data/geneval/evaluation_metadata.jsonl"
+OFFICIAL_FILE = TEST_DATA / "geneval" / "evaluation_metadata.jsonl"
 
 
 # --- independent GenEval rules ------------------------------------------------------------------
@@ -213,8 +215,6 @@ def test_records_are_geneval_schema_and_match_scene(test_split, train_sample):
 
 
 def test_records_look_like_the_official_file(test_split):
-  if not os.path.exists(OFFICIAL_FILE):
-    pytest.skip("official GenEval file not available")
   with open(OFFICIAL_FILE) as f:
     official = [json.loads(line) for line in f]
   counts = {t: sum(r["tag"] == t for r in official) for t in GENEVAL_TAGS}
