@@ -38,7 +38,7 @@ from jaxmodels.config_utils import base_config, parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, runlocal=False, target="ae")
+  a = parse_arg(arg, runlocal=False, target="ae", width=256, layers=4)
   c = base_config()
   c.model = ml_collections.ConfigDict(dict(
       llm=dict(model_type="qwen2", vocab_size=128, hidden_size=128, intermediate_size=256, num_layers=2,
@@ -59,8 +59,13 @@ def get_config(arg=None):
     c.model.autoencoder = dict(image_size=32, patch_size=4, latent_channels=8, hidden_size=128,
                                palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
     c.model.dit.update(sample_size=8, patch_size=1, in_channels=8)
+  elif a.target == "tokens":   # the LLM draws sparse palette-patch tokens (BLIP3o-NEXT's AR path)
+    c.model.gen_target, c.model.queries, c.model.dit = "patch_tokens", "none", None
+    c.model.llm.update(hidden_size=a.width, intermediate_size=2 * a.width, num_layers=a.layers)
+    c.model.patch_tokens = dict(image_size=32, patch_size=4, max_patches=48, temperature=0.7,
+                                palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
   elif a.target != "pixels":
-    raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'pixels' or 'ae'")
+    raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'pixels', 'ae' or 'tokens'")
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=96, gen_len=16,
       questions_per_scene=4, qa_turns=4, qa_leak_free=True, und_layout="question_first", dense_labels=True,

@@ -4,7 +4,7 @@
     python tools/param_count.py --config=configs/pisces_8b.py:tiny
 
 Prints one JSON object: llm, und_encoder, und_projector, gen_encoder, gen_projector, image_tokenizer,
-queries, query_embed, connector, dit, autoencoder, vae (the frozen in-model DC-AE), edit_latents, total,
+queries, query_embed, connector, dit, patch_head, autoencoder, vae (the frozen in-model DC-AE), edit_latents, total,
 trainable (after the config's optim.trainable / optim.frozen filters).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def count(config) -> dict[str, int]:
 
   out = {}
   for part in ("llm", "und_encoder", "und_projector", "gen_encoder", "gen_projector", "image_tokenizer",
-               "queries", "query_embed", "connector", "dit", "autoencoder", "vae", "edit_latents"):
+               "queries", "query_embed", "connector", "dit", "patch_head", "autoencoder", "vae", "edit_latents"):
     node = getattr(model, part, None)
     out[part] = 0 if node is None else n(nnx.state(node, nnx.Param) if isinstance(node, nnx.Module) else node)
   out["total"] = n(nnx.state(model, nnx.Param))

@@ -28,6 +28,7 @@ from jaxmodels.llm import LLMConfig
 from jaxmodels.unified.config import ImageTokenizerConfig, UnifiedConfig
 from jaxmodels.unified.latte_flow import LatteConfig
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
+from jaxmodels.unified.patch_tokens import PatchTokensConfig
 from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
 
@@ -122,10 +123,11 @@ def vae_config(d: Mapping[str, Any] | None, where: str = "model.vae") -> DCAECon
 def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
   d = _plain(model)
   d.pop("type", None)
-  if "llm" not in d or "dit" not in d:
-    raise ConfigError("config.model needs at least 'llm' and 'dit'")
+  tokens = d.get("gen_target") == "patch_tokens"
+  if "llm" not in d or ("dit" not in d and not tokens):
+    raise ConfigError("config.model needs at least 'llm' and 'dit' (no 'dit' for gen_target='patch_tokens')")
   d["llm"] = llm_config(d["llm"])
-  d["dit"] = dit_config(d["dit"])
+  d["dit"] = dit_config(d["dit"]) if d.get("dit") is not None else None
   d["und_encoder"] = vision_config(d.get("und_encoder"), "model.und_encoder", allow_qwen=True)
   d["gen_encoder"] = vision_config(d.get("gen_encoder"), "model.gen_encoder")
   d["vae"] = vae_config(d.get("vae"))
@@ -140,6 +142,11 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
     if ae.get("palette") is not None:
       ae["palette"] = tuple(tuple(int(v) for v in rgb) for rgb in ae["palette"])
     d["autoencoder"] = make_dataclass(PatchAutoencoderConfig, ae, "model.autoencoder")
+  pt = d.get("patch_tokens")
+  if pt is not None:
+    pt = dict(pt)
+    pt["palette"] = tuple(tuple(int(v) for v in rgb) for rgb in pt.get("palette") or ())
+    d["patch_tokens"] = make_dataclass(PatchTokensConfig, pt, "model.patch_tokens")
   for key in ("edit_drop", "und_dense_classes"):     # lists from config files -> hashable tuples
     if isinstance(d.get(key), list):
       d[key] = tuple(d[key])

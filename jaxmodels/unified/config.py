@@ -39,10 +39,11 @@ from jaxmodels.flow.dcae import DCAEConfig
 from jaxmodels.llm import LLMConfig
 from jaxmodels.unified.encoders import encoder_width
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
+from jaxmodels.unified.patch_tokens import PatchTokensConfig
 from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
 
-GEN_TARGETS = ("pixels", "gen_encoder", "latents", "autoencoder")
+GEN_TARGETS = ("pixels", "gen_encoder", "latents", "autoencoder", "patch_tokens")
 CONNECTORS = ("identity", "mlp", "mlp_norm", "transformer")
 PROJECTORS = ("linear", "mlp2x_gelu", "none")   # none: identity (encoder width == LLM width)
 CFG_NULLS = ("zeros", "empty_caption")
@@ -52,7 +53,9 @@ EDIT_LATENTS = ("none", "cond", "noise", "cond_noise")
 
 def dit_cond_dim(dit: Any) -> int:
   """Width of the condition a DiT config takes (Lumina cross_attention_dim, SANA caption_channels,
-  LaTtE context_dim)."""
+  LaTtE context_dim); None without a DiT."""
+  if dit is None:
+    return None
   return getattr(dit, "caption_channels", None) or dit.cross_attention_dim
 
 
@@ -71,7 +74,8 @@ class ImageTokenizerConfig:
 class UnifiedConfig:
   """Parts and wiring. Sub-configs are the towers' own frozen configs (hashable)."""
   llm: LLMConfig
-  dit: Any                                   # LuminaConfig (SANA configs plug in the same way)
+  dit: Any                                   # LuminaConfig (SANA configs plug in the same way);
+                                             # None for gen_target="patch_tokens"
   und_encoder: VisionConfig | Qwen25VisionConfig | None = None   # a ViT, or the Qwen2.5-VL tower
   und_projector: str = "mlp2x_gelu"          # "none": tokens used as they are (Qwen2.5-VL's merger)
   und_pool: int = 1                          # a×a pooling of understanding tokens (1 = none)
@@ -103,6 +107,9 @@ class UnifiedConfig:
   # head generates its latent grid and sampling decodes it to pixels.
   autoencoder: PatchAutoencoderConfig | None = None
   ae_weight: float = 1.0
+  # gen_target="patch_tokens": the LLM draws the image as sparse palette-patch tokens (patch_tokens.py),
+  # decoded exactly; no DiT, queries="none" (the head reads the LLM's states at the image tokens).
+  patch_tokens: PatchTokensConfig | None = None
   # Pixel-class loss on the flow head's clean-latent estimate x̂₀ = x_σ − σ·v̂ decoded by the (frozen
   # for this term) palette decoder, weighted per example by (1 − σ)^2: supervises what sampling's
   # last steps decode to, not only the latent's MSE (off at 0; needs a palette autoencoder).
@@ -144,7 +151,8 @@ class UnifiedConfig:
       raise ConfigError(f"config.model.gen_decoder_weight={self.gen_decoder_weight}: needs "
                         "gen_target='autoencoder' with a palette and queries 'learnable' or 'vocab'")
     self._check_vae()
-    if self.connector == "identity" and self.llm.hidden_size != dit_cond_dim(self.dit):
+    self._check_patch_tokens()
+    if self.dit is not None and self.connector == "identity" and self.llm.hidden_size != dit_cond_dim(self.dit):
       raise ConfigError(f"config.model.connector='identity' needs llm.hidden_size "
                         f"({self.llm.hidden_size}) == the DiT condition width ({dit_cond_dim(self.dit)})")
     if self.queries == "image_tokens":
@@ -156,7 +164,7 @@ class UnifiedConfig:
         raise ConfigError(f"config.model.llm.vocab_size={self.llm.vocab_size}: image_tokens needs "
                           f"image_vocab_offset + codebook + scale tokens + 2 = {need}")
     is_latte = type(self.dit).__name__ == "LatteConfig"
-    if is_latte != (self.queries == "none"):
+    if is_latte != (self.queries == "none" and self.gen_target != "patch_tokens"):
       raise ConfigError("config.model: dit.type='latte' goes with queries='none' (and only it)")
     if is_latte and self.dit.num_layers != self.llm.num_layers:
       raise ConfigError(f"config.model.dit.num_layers={self.dit.num_layers} must equal "
@@ -172,6 +180,17 @@ class UnifiedConfig:
     if self.edit_latents != "none" and (self.vae is None or self.queries != "image_tokens"):
       raise ConfigError(f"config.model.edit_latents={self.edit_latents!r} needs config.model.vae and "
                         f"queries='image_tokens' (BLIP3o-NEXT editing)")
+
+  def _check_patch_tokens(self):
+    tokens = self.gen_target == "patch_tokens"
+    if tokens != (self.patch_tokens is not None):
+      raise ConfigError("config.model.gen_target='patch_tokens' goes with config.model.patch_tokens "
+                        "(and only it)")
+    if tokens and (self.dit is not None or self.queries != "none"):
+      raise ConfigError("config.model.gen_target='patch_tokens': the LLM draws the image itself; "
+                        "leave config.model.dit unset and set queries='none'")
+    if self.dit is None and not tokens:
+      raise ConfigError(f"config.model.dit is needed for gen_target={self.gen_target!r}")
 
   def _check_und_encoder(self):
     enc = self.und_encoder
@@ -201,6 +220,8 @@ class UnifiedConfig:
       return self.latent_channels
     if self.gen_target == "autoencoder":
       return self.autoencoder.latent_channels
+    if self.gen_target == "patch_tokens":
+      return 3
     return self.gen_encoder.hidden_size
 
   @property
@@ -211,6 +232,8 @@ class UnifiedConfig:
       return self.latent_size
     if self.gen_target == "autoencoder":
       return self.autoencoder.grid_size
+    if self.gen_target == "patch_tokens":
+      return self.patch_tokens.image_size
     return self.gen_encoder.grid_size // self.gen_pool
 
   @property
@@ -219,12 +242,14 @@ class UnifiedConfig:
     latents decode to, latent_size · compression)."""
     if self.vae is not None:
       return self.latent_size * self.vae.spatial_compression_ratio
+    if self.gen_target == "patch_tokens":
+      return self.patch_tokens.image_size
     return self.autoencoder.image_size if self.gen_target == "autoencoder" else self.gen_image_size
 
   @property
   def generates_pixels(self) -> bool:
     """Whether `generate_image` returns images (pixels, or the (DC-)autoencoder's decoded latents)."""
-    return self.gen_target in ("pixels", "autoencoder") or self.vae is not None
+    return self.gen_target in ("pixels", "autoencoder", "patch_tokens") or self.vae is not None
 
   def replace(self, **kw: Any) -> "UnifiedConfig":
     return dataclasses.replace(self, **kw)

@@ -7,7 +7,9 @@
                   width, so und_projector="none" splices its tokens as Qwen2.5-VL does; see encoders.py).
   generation      prompt ids -> LLM with N learnable queries appended -> last-layer (post-norm) hidden
                   states at the queries [B, N, D] -> connector -> flow DiT condition -> velocity on the
-                  *target*: pixels, or frozen gen-encoder features pooled a×a (BLIP3-o / Pisces).
+                  *target*: pixels, or frozen gen-encoder features pooled a×a (BLIP3-o / Pisces);
+                  or gen_target="patch_tokens": the LLM itself draws the image as sparse palette-patch
+                  tokens after the prompt (patch_tokens.py; CE, no DiT, decoded exactly).
 
 Batches are dicts; each path runs when its keys are present (mixtures train both):
   und_image [B,H,W,3] float in [-1,1], und_ids [B,T] int32 (placeholders included), und_mask [B,T]
@@ -38,6 +40,8 @@ classifier-free guidance uses the all-zero null condition of BLIP3-o.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -52,7 +56,7 @@ from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
 from jaxmodels.unified.connector import Connector, SanaDiT
 from jaxmodels.unified.dense_head import DenseLabelHead
 from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_width
-from jaxmodels.unified import latent_codec
+from jaxmodels.unified import latent_codec, patch_tokens
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.latte_flow import LatteFlow
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoder
@@ -121,6 +125,11 @@ class _ImageTokenLM(nnx.Module):
     return jnp.where((ids >= self.lo) & (ids < self.hi), logits, jnp.finfo(jnp.float32).min)
 
 
+@functools.lru_cache(maxsize=8)
+def _patch_tokenizer(config) -> patch_tokens.PatchTokenizer:
+  return patch_tokens.PatchTokenizer(config)
+
+
 def _positions(mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
 
@@ -156,14 +165,24 @@ class UnifiedModel(nnx.Module):
     self.image_tokenizer = (SimVQTokenizer(t.encoder, t.codebook_size, t.code_dim, l2_norm=t.l2_norm,
                                            rngs=rngs) if t is not None else None)
     cond_dim = dit_cond_dim(c.dit)
-    self.connector = (None if c.connector == "identity" else
+    self.connector = (None if c.connector == "identity" or c.dit is None else
                       Connector(c.connector, d, cond_dim, num_layers=c.connector_layers,
                                 norm_init=c.connector_norm_init, **kw))
     self.autoencoder = PatchAutoencoder(c.autoencoder, rngs=rngs) if c.autoencoder else None
     self.vae, self.edit_latents = latent_codec.build(c, rngs=rngs)   # frozen DC-AE; editing injection
     kind = type(c.dit).__name__
-    self.dit = (SanaDiT(c.dit, rngs=rngs) if kind == "SanaConfig" else
+    self.dit = (None if c.dit is None else SanaDiT(c.dit, rngs=rngs) if kind == "SanaConfig" else
                 LatteFlow(c.dit, rngs=rngs) if kind == "LatteConfig" else LuminaNextDiT(c.dit, rngs=rngs))
+    # gen_target="patch_tokens": the LLM draws sparse palette-patch tokens (patch_tokens.py).
+    pt = c.patch_tokens
+    self.patch_head = (None if pt is None else
+                       patch_tokens.PatchTokenHead(pt, d, self.patch_tokenizer.codebook_size,
+                                                   self.patch_tokenizer.num_colours, **kw))
+
+  @property
+  def patch_tokenizer(self) -> "patch_tokens.PatchTokenizer | None":
+    """The (parameter-free) tokenizer of gen_target="patch_tokens", shared by every model of a config."""
+    return None if self.config.patch_tokens is None else _patch_tokenizer(self.config.patch_tokens)
 
   # ---------------------------------------------------------------- understanding
   @property
@@ -382,6 +401,13 @@ class UnifiedModel(nnx.Module):
   def generation_loss(self, batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     c = self.config
     k_drop, k_sigma, k_noise, k_edit = jax.random.split(rng, 4)
+    if c.gen_target == "patch_tokens":
+      ids, mask, images = self._edit_inputs(k_edit, batch)
+      drop = jax.random.uniform(k_drop, (ids.shape[0],)) < c.cond_dropout   # CFG: the empty prompt
+      mask = jnp.where(drop[:, None], 0, mask)
+      loss, metrics = patch_tokens.training_loss(self.llm, self.patch_head, self.patch_tokenizer,
+                                                 self.prompt_embeddings(ids, images), mask, batch["gen_image"])
+      return loss, {**metrics, "gen_loss": loss}
     x0 = self.batch_target(batch)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
     metrics, ref = {}, None
@@ -458,9 +484,17 @@ class UnifiedModel(nnx.Module):
     cond_images (editing inputs, placeholders in `ids`): 3-way guidance (`flow.image_text_guidance`)
     with text scale `guidance` and image scale `image_guidance`. queries="image_tokens": image tokens
     are sampled first (return_codes=True also returns them); an edit's reference tokens and latents are
-    in both CFG branches except the zero-null condition (`image_guidance` is unused)."""
+    in both CFG branches except the zero-null condition (`image_guidance` is unused).
+    gen_target="patch_tokens": tokens drawn at `patch_tokens.temperature` with CFG scale `guidance`
+    against the empty prompt, decoded to [B, S, S, 3]; `num_steps`, `solver`, `shift` are unused and
+    edits condition on the reference's understanding tokens at the placeholders."""
     c = self.config
     k_tok, k_x = jax.random.split(rng)
+    if c.gen_target == "patch_tokens":   # guidance: CFG against the empty prompt; num_steps unused
+      tokens = patch_tokens.sample(self.llm, self.patch_head, self.prompt_embeddings(ids, cond_images), mask,
+                                   k_tok, guidance=guidance, temperature=c.patch_tokens.temperature)
+      x = self.patch_tokenizer.decode(*tokens)
+      return (x, tokens) if return_codes else x
     cond_mask, codes, ref = None, None, None
     if c.queries == "image_tokens":
       codes = self.sample_image_tokens(ids, mask, k_tok, ref_images=cond_images)

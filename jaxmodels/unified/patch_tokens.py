@@ -1,0 +1,358 @@
+"""Sparse palette-patch image tokens: the LLM draws an image as the list of its non-background patches.
+
+BLIP3o-NEXT's generation path at toy scale: the LLM itself generates discrete image tokens with the
+cross-entropy loss that the understanding path already learns fast with. For a palette image (ShapesWorld:
+a flat background and objects in 10 flat colours) a lossless tokenizer needs no training:
+
+  * the image is cut into p×p patches (32 px, p = 4: an 8×8 grid); every pixel is classified to the
+    nearest palette colour (class 0 = background);
+  * a patch is background, or a token (position, pattern, colour): its raster index in the grid, its
+    foreground bit pattern (p² bits) looked up in a codebook of the patterns seen in training renders
+    (`fit_codebook`; an unseen pattern maps to its nearest by Hamming distance), and the majority
+    colour of its foreground pixels;
+  * the image is the raster-ordered list of its foreground tokens, then <eoi>: `max_patches` + 1 slots,
+    position `g²` marking <eoi> and the padding after it.
+
+Why sparse rather than the dense g² grid of codes: the first token chooses where an object starts (the
+dense grid spends most of its tokens on background and, sampled at a temperature below 1, often leaves
+the canvas empty), and a 32 px ShapesWorld image has ~17 foreground patches against 64, so a training
+step costs about half. The trade is measured in BENCHMARKS.md ("generation: image tokens").
+
+Each token is one LLM position. Its input embedding is the sum of its pattern, colour, row and column
+embeddings (<eoi>: row g); the hidden state at a position predicts the next token in two steps
+(`PatchTokenHead`): its position (a softmax over the g² cells and <eoi>; sampling masks cells at or
+before the previous one, the list being sorted), then its pattern and colour given that position (an
+MLP on the state plus the position's query embedding; teacher-forced in training).
+
+Shapes: images [B, S, S, 3] in [-1, 1]; tokens: pos, pattern, colour [B, L] int32 with L = max_patches + 1;
+LLM hidden states [B, T, D].
+
+    tok = PatchTokenizer(PatchTokensConfig(palette=PALETTE))
+    pos, pattern, colour = tok.encode(images)          # [B, 49] each
+    images2 = tok.decode(pos, pattern, colour)         # == images up to unseen patterns
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxmodels.errors import ConfigError
+from jaxmodels.layers import Linear, param
+
+CODEBOOK_DIR = os.path.join(os.path.dirname(__file__), "codebooks")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchTokensConfig:
+  """image_size S, patch_size p (p² <= 16: a pattern is a 16-bit key), `palette` ((r, g, b), ...) with
+  the background first, `codebook`: a file name in jaxmodels/unified/codebooks/ or a path (JSON from
+  `save_codebook`), `max_patches`: foreground patches kept per image (raster order; the rest dropped),
+  `head_hidden`: width of the pattern/colour MLP (0: 2 × the LLM width), `temperature`: default
+  sampling temperature (below 1 trades variety for cleaner outlines; BENCHMARKS.md)."""
+  image_size: int = 32
+  patch_size: int = 4
+  palette: tuple = ()
+  codebook: str = "shapes_world_res32_p4.json"
+  max_patches: int = 48
+  head_hidden: int = 0
+  temperature: float = 0.7
+
+  def __post_init__(self):
+    if self.image_size % self.patch_size:
+      raise ConfigError(f"config.model.patch_tokens.patch_size={self.patch_size} must divide "
+                        f"image_size={self.image_size}")
+    if self.patch_size ** 2 > 16:
+      raise ConfigError(f"config.model.patch_tokens.patch_size={self.patch_size}: at most 4 (16-bit patterns)")
+    if len(self.palette) < 2:
+      raise ConfigError("config.model.patch_tokens.palette: needs the background and at least one colour")
+
+  @property
+  def grid_size(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def num_slots(self) -> int:
+    return self.max_patches + 1
+
+  @property
+  def eoi(self) -> int:
+    """The position id of <eoi> (and of the padding after it)."""
+    return self.grid_size ** 2
+
+
+# ------------------------------------------------------------------------------------ codebook (host)
+def palette_classes(images_u8: np.ndarray, palette) -> np.ndarray:
+  """uint8 images [N, H, W, 3] -> nearest palette index [N, H, W] (0 = background)."""
+  pal = np.asarray(palette, np.int32)
+  x = images_u8.astype(np.int32)[..., None, :]
+  return ((x - pal) ** 2).sum(-1).argmin(-1)
+
+
+def patch_keys(classes: np.ndarray, patch_size: int) -> np.ndarray:
+  """Class maps [N, H, W] -> foreground bit patterns [N, g²] (bit i = pixel i of the patch, raster)."""
+  n, h, w = classes.shape
+  p = patch_size
+  fg = (classes > 0).reshape(n, h // p, p, w // p, p).transpose(0, 1, 3, 2, 4).reshape(n, -1, p * p)
+  return (fg.astype(np.int64) << np.arange(p * p)).sum(-1)
+
+
+def fit_codebook(images_u8: np.ndarray, palette, patch_size: int) -> list[int]:
+  """The foreground patterns of `images_u8` [N, H, W, 3], most frequent first, the empty pattern 0
+  first of all (index 0 = background)."""
+  counts = collections.Counter(patch_keys(palette_classes(images_u8, palette), patch_size).ravel().tolist())
+  counts.pop(0, None)
+  return [0] + [k for k, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def save_codebook(path: str, keys: list[int], *, patch_size: int, source: str) -> None:
+  with open(path, "w") as f:
+    json.dump({"patch_size": patch_size, "source": source, "patterns": [int(k) for k in keys]}, f)
+    f.write("\n")
+
+
+@functools.lru_cache(maxsize=8)
+def load_codebook(name: str, patch_size: int) -> np.ndarray:
+  """Pattern keys [K] of a shipped codebook (file name) or a JSON path."""
+  path = name if os.path.sep in name else os.path.join(CODEBOOK_DIR, name)
+  try:
+    with open(path) as f:
+      data = json.load(f)
+    keys = np.asarray(data["patterns"], np.int64)
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"config.model.patch_tokens.codebook={name!r}: cannot read patterns from {path} "
+                      f"({type(e).__name__}: {e})") from None
+  if data.get("patch_size") != patch_size or keys.size < 2 or keys[0] != 0:
+    raise ConfigError(f"config.model.patch_tokens.codebook={name!r}: {path} holds patch_size "
+                      f"{data.get('patch_size')} patterns starting {keys[:1].tolist()}; expected "
+                      f"patch_size {patch_size}, background pattern 0 first")
+  return keys
+
+
+@functools.lru_cache(maxsize=8)
+def nearest_pattern_table(name: str, patch_size: int) -> np.ndarray:
+  """[2^(p²)] int32: codebook index of the nearest pattern (Hamming; ties -> the more frequent) of
+  every possible bit pattern, so `encode` is a lookup."""
+  keys = load_codebook(name, patch_size)
+  bits = patch_size * patch_size
+  allp = np.arange(1 << bits, dtype=np.int64)
+  popcount = np.zeros(allp.shape, np.int32)
+  for b in range(bits):
+    popcount += ((allp >> b) & 1).astype(np.int32)
+  best = np.zeros(allp.shape, np.int32)
+  best_d = np.full(allp.shape, bits + 1, np.int32)
+  for i, k in enumerate(keys):        # one gather over the 2^(p²) patterns per codebook entry
+    d = popcount[allp ^ k]
+    better = d < best_d
+    best = np.where(better, i, best)
+    best_d = np.where(better, d, best_d)
+  return best
+
+
+# ------------------------------------------------------------------------------------ tokenizer (jit)
+class PatchTokenizer:
+  """Images <-> sparse (position, pattern, colour) tokens; jit-compatible, no parameters."""
+
+  def __init__(self, config: PatchTokensConfig):
+    self.config = c = config
+    keys = load_codebook(c.codebook, c.patch_size)
+    self.codebook_size = len(keys)
+    self.num_colours = len(c.palette) - 1
+    p2 = c.patch_size ** 2
+    # numpy, not jax arrays: traced code embeds them as literals (a jax array captured by a jitted
+    # function becomes an extra argument, which AOT-compiled steps reject).
+    self._bits = ((keys[:, None] >> np.arange(p2)) & 1).astype(bool)                  # [K, p²]
+    self._table = nearest_pattern_table(c.codebook, c.patch_size)                      # [2^p²]
+    self._palette = np.asarray(c.palette, np.float32) / 127.5 - 1.0                     # [C+1, 3]
+
+  def _patches(self, x: jax.Array) -> jax.Array:
+    """[B, S, S, ...] -> [B, g², p², ...] (raster patches, raster pixels)."""
+    c = self.config
+    b, g, p = x.shape[0], c.grid_size, c.patch_size
+    x = x.reshape((b, g, p, g, p) + x.shape[3:])
+    return jnp.moveaxis(x, 2, 3).reshape((b, g * g, p * p) + x.shape[5:])
+
+  def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """images [B, S, S, 3] in [-1, 1] -> (pos, pattern, colour) [B, L]: foreground patches in raster
+    order, then <eoi> (pos g², pattern 0, colour 0) in every remaining slot."""
+    c = self.config
+    if images.shape[1:3] != (c.image_size, c.image_size):
+      images = jax.image.resize(images, (images.shape[0], c.image_size, c.image_size, 3), "nearest")
+    d = ((images[..., None, :].astype(jnp.float32) - jnp.asarray(self._palette)) ** 2).sum(-1)
+    cls = self._patches(jnp.argmin(d, axis=-1))                           # [B, g², p²]
+    fg = cls > 0
+    key = (fg.astype(jnp.int32) << jnp.arange(c.patch_size ** 2)).sum(-1)
+    pattern = jnp.asarray(self._table)[key]                               # [B, g²]
+    votes = jax.nn.one_hot(cls - 1, self.num_colours, dtype=jnp.int32).sum(2)   # class 0 -> no vote
+    colour = jnp.argmax(votes, axis=-1).astype(jnp.int32)
+    g2 = c.grid_size ** 2
+    cell = jnp.arange(g2)
+    order = jnp.argsort(jnp.where(pattern > 0, cell, g2 + cell), axis=1)[:, :c.max_patches]
+    keep = jnp.take_along_axis(pattern, order, 1) > 0
+    pos = jnp.where(keep, order, c.eoi).astype(jnp.int32)
+    pattern = jnp.where(keep, jnp.take_along_axis(pattern, order, 1), 0)
+    colour = jnp.where(keep, jnp.take_along_axis(colour, order, 1), 0)
+    pad = lambda a, v: jnp.pad(a, ((0, 0), (0, 1)), constant_values=v)  # noqa: E731  (the <eoi> slot)
+    return pad(pos, c.eoi), pad(pattern, 0).astype(jnp.int32), pad(colour, 0).astype(jnp.int32)
+
+  def decode(self, pos: jax.Array, pattern: jax.Array, colour: jax.Array) -> jax.Array:
+    """Tokens [B, L] -> images [B, S, S, 3] in [-1, 1]. Slots from the first <eoi> on are ignored; a
+    later token at an already drawn cell overwrites it."""
+    c = self.config
+    b, g, p = pos.shape[0], c.grid_size, c.patch_size
+    live = jnp.cumsum(pos >= c.eoi, axis=1) == 0
+    cell = jnp.where(live, pos, c.eoi)
+    cls = jnp.where(jnp.asarray(self._bits)[pattern], colour[..., None] + 1, 0)   # [B, L, p²]
+    canvas = jnp.zeros((b, g * g + 1, p * p), jnp.int32)
+    canvas = canvas.at[jnp.arange(b)[:, None], cell].set(cls)[:, :g * g]
+    canvas = jnp.moveaxis(canvas.reshape(b, g, g, p, p), 2, 3).reshape(b, g * p, g * p)
+    return jnp.asarray(self._palette)[canvas]
+
+
+# ------------------------------------------------------------------------------------ LLM head
+class PatchTokenHead(nnx.Module):
+  """Embeddings of patch tokens into the LLM and the two-step prediction of the next one (module
+  docstring). `dim` is the LLM width."""
+
+  def __init__(self, config: PatchTokensConfig, dim: int, codebook_size: int, num_colours: int, *,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = c = config
+    g = c.grid_size
+    hidden = c.head_hidden or 2 * dim
+    init = nnx.initializers.normal(dim ** -0.5)
+    emb = lambda n: param(rngs, init, (n, dim), (None, "embed"), param_dtype)  # noqa: E731
+    self.boi = param(rngs, init, (dim,), ("embed",), param_dtype)            # <boi>: starts the image
+    self.pattern_embed, self.colour_embed = emb(codebook_size), emb(num_colours)
+    self.row_embed, self.col_embed = emb(g + 1), emb(g)                     # <eoi> sits on row g
+    self.next_row, self.next_col = emb(g + 1), emb(g)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.pos_out = Linear(dim, g * g + 1, axes=("embed", None), use_bias=True, **kw)
+    self.hidden = Linear(dim, hidden, axes=("embed", "mlp"), use_bias=True, **kw)
+    self.pattern_out = Linear(hidden, codebook_size, axes=("mlp", None), use_bias=True, **kw)
+    self.colour_out = Linear(hidden, num_colours, axes=("mlp", None), use_bias=True, **kw)
+    self.dtype = dtype
+
+  def embed(self, pos, pattern, colour) -> jax.Array:
+    """Tokens [B, L] -> input embeddings [B, L, D]."""
+    g = self.config.grid_size
+    take = lambda t, i: jnp.take(t[...], i, axis=0)  # noqa: E731
+    e = (take(self.pattern_embed, pattern) + take(self.colour_embed, colour)
+         + take(self.row_embed, pos // g) + take(self.col_embed, pos % g))
+    return e.astype(self.dtype)
+
+  def boi_embed(self, b: int) -> jax.Array:
+    return jnp.broadcast_to(self.boi[...].astype(self.dtype), (b, 1, self.boi.shape[0]))
+
+  def pos_logits(self, h: jax.Array) -> jax.Array:
+    """[..., D] -> logits over the next token's position [..., g² + 1] (f32)."""
+    return self.pos_out(h).astype(jnp.float32)
+
+  def pattern_colour_logits(self, h: jax.Array, next_pos: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """States [..., D] and the next token's position [...] -> (pattern [..., K], colour [..., C]) f32."""
+    g = self.config.grid_size
+    q = jnp.take(self.next_row[...], next_pos // g, axis=0) + jnp.take(self.next_col[...], next_pos % g, axis=0)
+    z = jax.nn.gelu(self.hidden(h + q.astype(h.dtype)))
+    return self.pattern_out(z).astype(jnp.float32), self.colour_out(z).astype(jnp.float32)
+
+  def loss(self, hidden: jax.Array, pos, pattern, colour) -> tuple[jax.Array, dict]:
+    """hidden [B, L, D]: the LLM's states at <boi> and at tokens 0..L-2; targets tokens [B, L]. The CE
+    of every target up to and including the first <eoi>; pattern and colour only at real patches."""
+    eoi = self.config.eoi
+    w = jnp.concatenate([jnp.ones_like(pos[:, :1]), (pos[:, :-1] < eoi).astype(pos.dtype)], 1)
+    w = w.astype(jnp.float32)
+    wp = w * (pos < eoi)
+    mean = lambda nll, wt: (nll * wt).sum() / jnp.maximum(wt.sum(), 1.0)  # noqa: E731
+    lp = mean(optax.softmax_cross_entropy_with_integer_labels(self.pos_logits(hidden), pos), w)
+    pl, cl = self.pattern_colour_logits(hidden, pos)
+    lq = mean(optax.softmax_cross_entropy_with_integer_labels(pl, pattern), wp)
+    lc = mean(optax.softmax_cross_entropy_with_integer_labels(cl, colour), wp)
+    return lp + lq + lc, {"gen_pos_ce": lp, "gen_pattern_ce": lq, "gen_colour_ce": lc}
+
+
+# ------------------------------------------------------------------------------------ with the LLM
+def _positions(mask: jax.Array) -> jax.Array:
+  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+
+
+def training_loss(llm, head: PatchTokenHead, tokenizer: PatchTokenizer, prompt_embeds: jax.Array,
+                  mask: jax.Array, images: jax.Array) -> tuple[jax.Array, dict]:
+  """Teacher-forced loss of drawing `images` [B, S, S, 3] after the (left-padded) prompt
+  `prompt_embeds` [B, T, D] / `mask` [B, T]: one LLM pass over [prompt, <boi>, tokens 0..L-2]."""
+  b, t = mask.shape
+  pos, pattern, colour = tokenizer.encode(images)
+  x = jnp.concatenate([prompt_embeds, head.boi_embed(b).astype(prompt_embeds.dtype),
+                       head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1]).astype(prompt_embeds.dtype)], 1)
+  full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
+                          (pos[:, :-1] < head.config.eoi).astype(jnp.int32)], 1)
+  hidden = llm.forward(None, _positions(full), full, inputs_embeds=x).hidden[:, t:]
+  loss, metrics = head.loss(hidden, pos, pattern, colour)
+  metrics["gen_patches"] = jnp.mean(jnp.sum(pos < head.config.eoi, axis=1).astype(jnp.float32))
+  return loss, metrics
+
+
+def _draw(rng, logits, temperature: float) -> jax.Array:
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, logits / temperature, axis=-1).astype(jnp.int32)
+
+
+def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array, rng: jax.Array, *,
+           guidance: float = 1.0, temperature: float = 0.7) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Tokens (pos, pattern, colour) [B, L] drawn after the prompt, one LLM step per token with a KV
+  cache. `guidance` != 1: classifier-free guidance on all three logits against the empty prompt (every
+  prompt token masked, as `cond_dropout` trains it); `temperature` 0 is greedy. Cells at or before the
+  previous token's are masked (the list is sorted); a drawn patch is never the empty pattern."""
+  c = head.config
+  b, t = mask.shape
+  num, eoi = c.num_slots, c.eoi
+  cfg = guidance != 1.0
+  mask = mask.astype(jnp.int32)
+  if cfg:
+    prompt_embeds = jnp.concatenate([prompt_embeds, prompt_embeds])
+    mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+  bb = prompt_embeds.shape[0]
+  first = jnp.concatenate([mask, jnp.ones((bb, 1), jnp.int32)], 1)
+  kv_mask = jnp.concatenate([first, jnp.zeros((bb, num), jnp.int32)], 1)
+  out = llm.forward(None, _positions(first), kv_mask, cache=llm.init_cache(bb, t + 1 + num), cache_index=0,
+                    inputs_embeds=jnp.concatenate([prompt_embeds, head.boi_embed(bb).astype(prompt_embeds.dtype)], 1))
+  start = jnp.sum(first, axis=1)
+
+  def guide(logits):
+    if not cfg:
+      return logits
+    cond, uncond = jnp.split(logits, 2)
+    return uncond + guidance * (cond - uncond)
+
+  def twice(x):
+    return jnp.concatenate([x, x]) if cfg else x
+
+  cells = jnp.arange(eoi + 1)
+
+  def step(carry, i):
+    h, cache, kv_mask, last, done, rng = carry
+    rng, k_pos, k_pat, k_col = jax.random.split(rng, 4)
+    lp = guide(head.pos_logits(h))
+    lp = jnp.where((cells[None] > last[:, None]) | (cells[None] == eoi), lp, -jnp.inf)
+    pos = jnp.where(done, eoi, _draw(k_pos, lp, temperature))
+    pl, cl = head.pattern_colour_logits(h, twice(pos))
+    pl, cl = guide(pl), guide(cl)
+    pattern = jnp.where(pos < eoi, _draw(k_pat, pl.at[:, 0].set(-jnp.inf), temperature), 0)
+    colour = jnp.where(pos < eoi, _draw(k_col, cl, temperature), 0)
+    slot = t + 1 + i
+    kv_mask = kv_mask.at[:, slot].set(1)
+    e = head.embed(twice(pos), twice(pattern), twice(colour))[:, None].astype(prompt_embeds.dtype)
+    o = llm.forward(None, (start + i)[:, None], kv_mask, inputs_embeds=e, cache=cache, cache_index=slot)
+    last = jnp.where(pos < eoi, pos, last)
+    return (o.hidden[:, 0], o.cache, kv_mask, last, done | (pos >= eoi), rng), (pos, pattern, colour)
+
+  init = (out.hidden[:, -1], out.cache, kv_mask, jnp.full((b,), -1, jnp.int32), jnp.zeros((b,), bool), rng)
+  _, (pos, pattern, colour) = jax.lax.scan(step, init, jnp.arange(num))
+  return pos.T, pattern.T, colour.T

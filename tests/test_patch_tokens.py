@@ -1,0 +1,190 @@
+"""Sparse palette-patch image tokens (jaxmodels/unified/patch_tokens.py): the codebook, the lossless
+tokenizer on ShapesWorld renders, the LLM head's loss, and the KV-cache sampler against the
+teacher-forced pass it must agree with."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import shapes_tiny
+from input_pipeline.shapes_world import generator as gen_lib
+from input_pipeline.shapes_world import palette
+from jaxmodels.errors import ConfigError
+from jaxmodels.unified import UnifiedModel
+from jaxmodels.unified import patch_tokens as pt
+from jaxmodels.unified.build import unified_config
+
+PALETTE = tuple([palette.BACKGROUND_RGB] + [tuple(map(int, c)) for c in palette.PALETTE])
+
+
+@pytest.fixture(scope="module")
+def renders():
+  """32 px ShapesWorld test-split scenes (seed 7: not the scenes the shipped codebook was fitted on)."""
+  return np.stack([ex.image for ex in gen_lib.generate_split("test", 48, image_size=32, seed=7)])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return pt.PatchTokenizer(pt.PatchTokensConfig(palette=PALETTE))
+
+
+def to_unit(images_u8):
+  return jnp.asarray(images_u8.astype(np.float32) / 127.5 - 1.0)
+
+
+def to_u8(images):
+  return np.asarray(jnp.round((images + 1.0) * 127.5)).astype(np.uint8)
+
+
+def test_fit_codebook_counts_patterns_most_frequent_first():
+  img = np.zeros((1, 8, 8, 3), np.uint8) + np.array(PALETTE[0], np.uint8)
+  img[0, 0:4, 0:4] = PALETTE[1]          # patch 0: all 16 pixels
+  img[0, 0:4, 4:8] = PALETTE[2]          # patch 1: all 16 (another colour, same pattern)
+  img[0, 4, 4] = PALETTE[3]              # patch 3: only its first pixel (bit 0)
+  assert pt.fit_codebook(img, PALETTE, 4) == [0, 0xFFFF, 1]
+
+
+def test_nearest_pattern_table_is_a_hamming_argmin(tmp_path):
+  keys = [0, 0xFFFF, 0x00FF, 0x0F0F, 0x3333]
+  path = tmp_path / "cb.json"
+  pt.save_codebook(str(path), keys, patch_size=4, source="test")
+  table = pt.nearest_pattern_table(str(path), 4)
+  rng = np.random.default_rng(0)
+  for q in rng.integers(0, 1 << 16, 200):
+    dist = [bin(int(q) ^ k).count("1") for k in keys]
+    assert dist[table[q]] == min(dist)
+  assert [table[k] for k in keys] == list(range(len(keys)))       # members map to themselves
+
+
+def test_codebook_errors_name_the_field(tmp_path):
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({"patch_size": 2, "patterns": [0, 1]}))
+  with pytest.raises(ConfigError, match="patch_tokens.codebook"):
+    pt.load_codebook(str(bad), 4)
+  with pytest.raises(ConfigError, match="cannot read"):
+    pt.load_codebook(str(tmp_path / "missing.json"), 4)
+
+
+def test_encode_lists_foreground_patches_in_raster_order(renders, tokenizer):
+  pos, pattern, colour = map(np.asarray, jax.jit(tokenizer.encode)(to_unit(renders)))
+  cls = pt.palette_classes(renders, PALETTE)
+  fg_cells = (cls.reshape(-1, 8, 4, 8, 4) > 0).any((2, 4)).reshape(len(renders), 64)
+  for b in range(len(renders)):
+    cells = np.nonzero(fg_cells[b])[0]
+    n = len(cells)
+    assert n <= 48
+    np.testing.assert_array_equal(pos[b, :n], cells)           # sorted, every foreground cell
+    assert (pos[b, n:] == 64).all() and (pattern[b, n:] == 0).all() and (pattern[b, :n] > 0).all()
+    for k, cell in enumerate(cells):                           # majority colour of the patch
+      r, c = divmod(cell, 8)
+      vals = cls[b, 4 * r:4 * r + 4, 4 * c:4 * c + 4]
+      vals = vals[vals > 0]
+      assert colour[b, k] + 1 == np.bincount(vals).argmax()
+
+
+def test_decode_inverts_encode_on_renders(renders, tokenizer):
+  out = to_u8(tokenizer.decode(*tokenizer.encode(to_unit(renders))))
+  exact = (out == renders).all(-1)
+  assert exact.mean() > 0.999                 # unseen patterns only: a pixel or two in a few images
+  assert exact.all((1, 2)).mean() > 0.9
+
+
+def test_decode_stops_at_the_first_eoi(tokenizer):
+  pos = jnp.array([[0, 64, 9, 64]]); pattern = jnp.array([[1, 0, 1, 0]]); colour = jnp.array([[2, 0, 5, 0]])
+  img = to_u8(tokenizer.decode(pos, pattern, colour))[0]
+  assert (img[:4, :4] == PALETTE[3]).all()                   # patch 0 drawn (codebook entry 1: all set)
+  assert (img[4:8, 4:8] == PALETTE[0]).all()                 # the token after <eoi> is ignored
+
+
+# ------------------------------------------------------------------------------- with the LLM
+@pytest.fixture(scope="module")
+def model():
+  cfg = shapes_tiny.get_config("target=tokens,width=32,layers=1")
+  cfg.model.patch_tokens.max_patches = 12
+  return UnifiedModel(unified_config(cfg.model), rngs=nnx.Rngs(0))
+
+
+def prompt(b=3, t=6):
+  ids = jnp.tile(jnp.arange(5, 5 + t)[None], (b, 1))
+  mask = jnp.ones((b, t), jnp.int32).at[1, :2].set(0).at[2, :4].set(0)   # left padding
+  return ids, mask
+
+
+def test_config_checks():
+  cfg = shapes_tiny.get_config("target=tokens,width=32,layers=1")
+  bad = cfg.copy_and_resolve_references()
+  bad.model.queries = "learnable"
+  with pytest.raises(ConfigError, match="queries='none'"):
+    unified_config(bad.model)
+  bad = cfg.copy_and_resolve_references()
+  bad.model.patch_tokens.patch_size = 5
+  with pytest.raises(ConfigError, match="patch_tokens.patch_size"):
+    unified_config(bad.model)
+
+
+def test_cached_sampler_matches_the_teacher_forced_pass(model):
+  """Greedy tokens drawn one at a time with the KV cache are the argmax of the teacher-forced pass
+  over the same tokens (the training path, no cache), step by step."""
+  ids, mask = prompt()
+  pos, pattern, colour = nnx.jit(lambda m, i, k: pt.sample(m.llm, m.patch_head, m.prompt_embeddings(i, None), k,
+                                                           jax.random.key(0), temperature=0.0))(model, ids, mask)
+  head, eoi = model.patch_head, model.config.patch_tokens.eoi
+  b, t = mask.shape
+  x = jnp.concatenate([model.prompt_embeddings(ids, None), head.boi_embed(b),
+                       head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1])], 1)
+  full = jnp.concatenate([mask, jnp.ones((b, 1), jnp.int32), (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
+  h = model.llm.forward(None, pt._positions(full), full, inputs_embeds=x).hidden[:, t:]
+  lp = np.asarray(head.pos_logits(h))
+  pl, cl = map(np.asarray, head.pattern_colour_logits(h, pos))
+  pos, pattern, colour = map(np.asarray, (pos, pattern, colour))
+  checked = 0
+  for r in range(b):
+    last = -1
+    for i in range(pos.shape[1]):
+      allowed = lp[r, i].copy()
+      allowed[:last + 1] = -np.inf
+      assert pos[r, i] == allowed.argmax()
+      if pos[r, i] == eoi:
+        break
+      assert pattern[r, i] == 1 + pl[r, i, 1:].argmax() and colour[r, i] == cl[r, i].argmax()
+      last, checked = pos[r, i], checked + 1
+  assert checked > 0
+
+
+def test_guidance_one_is_the_plain_sampler_and_images_decode(model):
+  ids, mask = prompt()
+  f = nnx.jit(lambda m, i, k, g: m.generate_image(i, k, jax.random.key(3), guidance=g, return_codes=True),
+              static_argnums=3)
+  img1, tok1 = f(model, ids, mask, 1.0)
+  tok_plain = pt.sample(model.llm, model.patch_head, model.prompt_embeddings(ids, None), mask,
+                        jax.random.split(jax.random.key(3))[0], temperature=model.config.patch_tokens.temperature)
+  for a, b in zip(tok1, tok_plain):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  img3, tok3 = f(model, ids, mask, 3.0)
+  assert img1.shape == img3.shape == (3, 32, 32, 3)
+  pos = np.asarray(tok3[0])
+  for row in pos:                                          # strictly increasing until <eoi>
+    live = row[:np.argmax(row == 64)] if (row == 64).any() else row
+    assert (np.diff(live) > 0).all()
+
+
+def test_training_step_lowers_the_loss_on_a_fixed_batch(model, renders):
+  m = nnx.clone(model)
+  ids, mask = prompt(8)
+  batch = dict(gen_ids=ids, gen_mask=mask, gen_image=to_unit(renders[:8]))
+  opt = nnx.Optimizer(m, __import__("optax").adam(3e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(m, opt):
+    (loss, met), g = nnx.value_and_grad(lambda m: m.generation_loss(batch, jax.random.key(0)), has_aux=True)(m)
+    opt.update(m, g)
+    return loss, met
+
+  first = float(step(m, opt)[0])
+  for _ in range(40):
+    loss, met = step(m, opt)
+  assert float(loss) < 0.6 * first
+  assert {"gen_pos_ce", "gen_pattern_ce", "gen_colour_ce", "gen_patches"} <= set(met)
