@@ -72,8 +72,9 @@ def is_punct(token: str) -> bool:
 
 def tokenize(text: str) -> list[tuple[str, int]]:
   """text -> [(token, sentence index)]. A sentence ends after . ! ? ... (with closing quotes or
-  brackets kept in it) when the next token starts with an upper-case letter, a digit or a quote,
-  and at every line break."""
+  brackets kept in it) when a word, number or opening quote follows (any case, so lower-cased model
+  output splits as its cased source; "Dr.", "e.g." and "3.5" are single tokens), and at every line
+  break."""
   text = text.replace("\u2019", "'").replace("\u2018", "'").replace("\u201c", '"').replace("\u201d", '"')
   out, sent = [], 0
   for l, line in enumerate(text.splitlines()):
@@ -88,7 +89,7 @@ def tokenize(text: str) -> list[tuple[str, int]]:
       closing = closing or tok in _END
       nxt = toks[i + 1] if i + 1 < len(toks) else None
       if closing and nxt is not None and nxt not in _END and nxt not in ('"', "'", ")", "]"):
-        if nxt[0].isupper() or nxt[0].isdigit() or nxt[0] in "\"'(":
+        if nxt[0].isalnum() or nxt[0] in "\"'(":
           sent += 1
         closing = False
   return out
