@@ -53,7 +53,7 @@ def get_config(arg=None):
                                            mctune_seed=0, mctune_cases=None,
                                            mctune_max_new_tokens=96 if tiny else 512, batch_size=50 if tiny else 16))
   if a.runlocal:      # a smoke run: seconds
-    c.data.update(corpus_size=60, test_size=4, test_per_example=2, batch_size=4)
+    c.data.update(corpus_size=60, test_size=4, test_per_example=2, batch_size=8)
     c.train.update(total_steps=a.steps or 3, log_every=1, ckpt_every=3)
     c.optim.warmup_steps = 1
     c.evals.update(mctune_max_new_tokens=8, batch_size=8)

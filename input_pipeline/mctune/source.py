@@ -147,7 +147,8 @@ class MCTuneSource(RecordSource):
 
 class TextSFTPreprocess:
   """{"prompt", "response"} -> und_ids / und_mask / und_loss_mask [max_length] (see the module
-  docstring). Picklable (Grain workers)."""
+  docstring); long rows are cut at max_length, and a row whose whole response is cut off is an
+  error (the pipeline's on_error policy: raise, or skip and count). Picklable (Grain workers)."""
 
   def __init__(self, tokenizer, max_length: int):
     self.tok, self.max_length = tokenizer, int(max_length)
@@ -163,6 +164,9 @@ class TextSFTPreprocess:
   def __call__(self, ex: dict[str, Any]) -> dict[str, np.ndarray]:
     ids, loss = self.encode(str(ex["prompt"]), str(ex["response"]))
     n = min(len(ids), self.max_length)
+    if not any(loss[:n]):      # truncation (from the right, as Alpaca's) left nothing to learn
+      raise ValueError(f"config.data.max_length={self.max_length}: the prompt has {loss.index(1)} tokens and "
+                       f"leaves no room for its response")
     out_ids = np.full((self.max_length,), self.pad_id, np.int32)
     out_ids[:n] = ids[:n]
     out_loss = np.zeros((self.max_length,), np.int32)
