@@ -176,6 +176,8 @@ def run(backend: Callable[[Sequence[str], int], list[str | None]], out: str, *, 
   the diversity report (see the module docstring)."""
   if not templates:
     raise ValueError("no templates")
+  if not topics and any(t.variant == "conditional" for t in templates):
+    raise ValueError("the conditional template needs a topic list (--topics FILE, one topic a line)")
   state_path, report_path = out + ".state.json", out + ".report.json"
   if overwrite:
     for p in (out, state_path, report_path):
