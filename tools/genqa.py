@@ -22,6 +22,7 @@ topic coverage, counts), also printed.
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import os
 import sys
@@ -41,9 +42,13 @@ from input_pipeline import genqa as G  # noqa: E402
 # Backends: a list of prompts -> a list of replies (None where the backend failed)
 # ------------------------------------------------------------------------------------------------
 class OpenAIBackend:
-  """POST {base_url}/chat/completions, one user message per prompt. HTTP errors, time-outs and
-  replies without choices[0].message.content count in `errors` by kind and give None; 429 / 5xx /
-  connection errors are retried `retries` times with a short back-off."""
+  """POST {base_url}/chat/completions, one user message (a plain string) per prompt. HTTP errors,
+  time-outs and replies without choices[0].message.content count in `errors` by kind and give None;
+  429 / 5xx / connection errors are retried `retries` times with a short back-off. Not
+  `jaxmodels.evals.judges.OpenAIJudge`: that one requires an API key in the environment, sends
+  content parts (for images) and retries empty replies, where a generator wants no key for a local
+  server (serve.py), plain-string content for text-only servers, and empty replies counted as
+  malformed."""
 
   def __init__(self, base_url: str, model: str = "default", *, api_key: str | None = None,
                temperature: float = 1.0, top_p: float = 1.0, max_tokens: int = 1024, timeout: float = 120.0,
@@ -67,12 +72,14 @@ class OpenAIBackend:
         with urllib.request.urlopen(req, timeout=self.timeout) as resp:
           payload = json.loads(resp.read().decode("utf-8"))
         content = payload["choices"][0]["message"]["content"]
+        if isinstance(content, list):      # some servers return content parts
+          content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str):
           raise TypeError("content is not a string")
         return content
       except urllib.error.HTTPError as e:
         kind, retry = f"http_{e.code}", e.code == 429 or e.code >= 500
-      except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+      except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
         kind, retry = f"connection ({type(getattr(e, 'reason', e)).__name__})", True
       except (ValueError, KeyError, IndexError, TypeError):
         kind = "bad_reply"
