@@ -74,6 +74,8 @@ def test_pattern_tagger_hand_counted_sentences():
           lemmas["children"]) == ("dog", "be", "run", "big", "happy", "child")
   m = C.measure("She has eaten two apples, and he has eaten three!")
   assert (m["t_word"], m["n_noun"], m["n_verb"], m["n_uverb"]) == (10, 1, 2, 1)   # has: AUX
+  upos = {t.text: t.upos for t in T.get_tagger("pattern")("He has a dog. It is big and it can run.")}
+  assert (upos["has"], upos["is"], upos["can"], upos["run"], upos["big"]) == ("VERB", "AUX", "AUX", "VERB", "ADJ")
 
 
 def test_tokenizer_and_sentences():

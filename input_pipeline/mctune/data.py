@@ -14,7 +14,8 @@ Record formats (`read_instructions`, chosen per record by its fields):
   chat     {"messages": [{"role": "user"|"assistant"|"system", "content"}, ...]}   first user /
            assistant turn (a system turn is dropped)
   genqa    {"user": str | [str], "assistant": str | [str], ...}   (dialog rows: first turn)
-An "<image>" placeholder is removed (MCTune is text only). A record that fits none of these is a
+An "<image>" placeholder is removed (MCTune is text only; `sources_llava.LlavaJsonSource` is not
+used because it also opens every record's image file). A record that fits none of these is a
 one-line DataError naming the file and record.
 
 Prompt (MCTune's, the Alpaca template): "{meta}\\n\\n### Instruction:\\n{instruction}\\n\\n### Input:\\n
