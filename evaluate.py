@@ -31,6 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 EVALS = ("qa", "geneval", "colorbench", "rover")
+TEXT_EVALS = ("mctune",)   # text-only runs (model.type="lm"): jaxmodels/evals/mctune.py
 
 
 def _define_flags():
@@ -43,7 +44,7 @@ def _define_flags():
   _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The run's workdir (holds checkpoints/, tokenizer.json).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
-  _EVALS = flags.DEFINE_list("evals", list(EVALS), f"Checkpoint mode: benchmarks among {EVALS}.")
+  _EVALS = flags.DEFINE_list("evals", list(EVALS), f"Checkpoint mode: benchmarks among {EVALS + TEXT_EVALS}.")
   _SCORE_ONLY = flags.DEFINE_bool("score_only", False, "Score existing outputs without a model.")
   _GENEVAL_DIR = flags.DEFINE_string("geneval_dir", None, "Images in GenEval's layout (score-only mode).")
   _METADATA = flags.DEFINE_string("metadata", None, "GenEval prompt file (evaluation_metadata.jsonl).")
@@ -164,9 +165,15 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
   from jaxmodels.trainer.setup import (mesh_and_rules, run_keys, shapes_eval_supported,
                                        train_state_factory)
 
-  unknown = [e for e in evals if e not in EVALS]
+  unknown = [e for e in evals if e not in EVALS + TEXT_EVALS]
   if unknown:
-    raise ConfigError(f"--evals: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(EVALS)}")
+    raise ConfigError(f"--evals: unknown benchmark(s) {', '.join(unknown)}; known: "
+                      f"{', '.join(EVALS + TEXT_EVALS)}")
+  if "mctune" in evals:          # MCTune: re-measured controls of generated responses
+    if len(evals) > 1:
+      raise ConfigError("--evals=mctune: a text-only evaluation, not combined with the ShapesWorld ones")
+    from jaxmodels.evals import mctune
+    return mctune.evaluate_checkpoint(config, workdir, out, step)
   mesh, rules = mesh_and_rules(config)
   make_state, _ = train_state_factory(config)
   abstract = nnx.eval_shape(make_state)

@@ -9,6 +9,8 @@ Names: "shapes_world" (the embedded dataset, `shapes_tasks.py`) and the real-wor
   "webdataset"    image + caption tar shards                  -> caption rows (see `data.tasks`)
   "array_record"  ArrayRecord files (`data.image_field`, `data.caption_field`) -> caption rows
   "tfds"          a TFDS dataset in ArrayRecord format         -> caption rows
+  "mctune"        instruction JSON/JSONL (Alpaca, LLaVA, chat, GenQA rows) -> text-only SFT rows,
+                  optionally MCTune control-tagged (`input_pipeline/mctune/source.py`; model.type="lm")
 Real-world rows (fixed shapes, `RealDataPreprocess`):
   und_image [S, S, 3] float32 in [-1, 1]   (S: the understanding encoder's / Florence-VL's image size;
                                             pad to square with the encoder's mean colour, LLaVA's
@@ -92,8 +94,11 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
                       "(e.g. dict(preset='dc-ae-f32c32')) to encode the batch's images in the model")
   if name in REAL_SOURCES:
     return make_real_data(config, workdir, num_image_tokens=num_image_tokens)
+  if name == "mctune":      # text-only SFT rows (input_pipeline/mctune/source.py)
+    from input_pipeline.mctune.source import make_mctune_data
+    return make_mctune_data(config, workdir)
   if name != "shapes_world":
-    raise ConfigError(f"config.data.name={name!r}: expected 'shapes_world' or one of {REAL_SOURCES}")
+    raise ConfigError(f"config.data.name={name!r}: expected 'shapes_world', 'mctune' or one of {REAL_SOURCES}")
   from input_pipeline import shapes_world as sw
   from input_pipeline.shapes_tasks import GEN_LEN, UND_LEN, ShapesTaskSource
   data_dir = data.get("data_dir") or default_data_dir()

@@ -94,11 +94,12 @@ def mesh_and_rules(config):
   return mesh, table(rules)
 
 
-MODEL_TYPES = ("unified", "florence_vl")
+MODEL_TYPES = ("unified", "florence_vl", "lm")
 
 
 def model_type(config) -> str:
-  """`config.model.type`: "unified" (default; `UnifiedModel`) or "florence_vl" (`FlorenceVL`)."""
+  """`config.model.type`: "unified" (default; `UnifiedModel`), "florence_vl" (`FlorenceVL`) or "lm"
+  (`TextLM`, text-only SFT)."""
   kind = config.model.get("type", None) or "unified"
   if kind not in MODEL_TYPES:
     raise ConfigError(f"config.model.type={kind!r}: expected one of {MODEL_TYPES}")
@@ -111,6 +112,10 @@ def model_factory(config) -> Callable[[], nnx.Module]:
     from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
     fcfg = florence_vl_config(config.model, require_prompt_ids=True)
     return lambda: FlorenceVL(fcfg, rngs=nnx.Rngs(config.seed))
+  if model_type(config) == "lm":
+    from jaxmodels.text_lm import TextLM, text_lm_config
+    lcfg = text_lm_config(config.model)
+    return lambda: TextLM(lcfg, rngs=nnx.Rngs(config.seed))
   ucfg = unified_config(config.model)
   return lambda: UnifiedModel(ucfg, rngs=nnx.Rngs(config.seed))
 
