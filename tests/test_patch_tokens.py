@@ -138,7 +138,7 @@ def test_cached_sampler_matches_the_teacher_forced_pass(model):
   full = jnp.concatenate([mask, jnp.ones((b, 1), jnp.int32), (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
   h = model.llm.forward(None, pt._positions(full), full, inputs_embeds=x).hidden[:, t:]
   lp = np.asarray(head.pos_logits(h))
-  pl, cl = map(np.asarray, head.pattern_colour_logits(h, pos))
+  pl, cl = map(np.asarray, head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi)))
   pos, pattern, colour = map(np.asarray, (pos, pattern, colour))
   checked = 0
   for r in range(b):
@@ -160,7 +160,8 @@ def test_guidance_one_is_the_plain_sampler_and_images_decode(model):
               static_argnums=3)
   img1, tok1 = f(model, ids, mask, 1.0)
   tok_plain = pt.sample(model.llm, model.patch_head, model.prompt_embeddings(ids, None), mask,
-                        jax.random.split(jax.random.key(3))[0], temperature=model.config.patch_tokens.temperature)
+                        jax.random.split(jax.random.key(3))[0], temperature=model.config.patch_tokens.temperature,
+                        pattern_temperature=model.config.patch_tokens.pattern_temperature)
   for a, b in zip(tok1, tok_plain):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   img3, tok3 = f(model, ids, mask, 3.0)

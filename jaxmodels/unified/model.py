@@ -492,7 +492,8 @@ class UnifiedModel(nnx.Module):
     k_tok, k_x = jax.random.split(rng)
     if c.gen_target == "patch_tokens":   # guidance: CFG against the empty prompt; num_steps unused
       tokens = patch_tokens.sample(self.llm, self.patch_head, self.prompt_embeddings(ids, cond_images), mask,
-                                   k_tok, guidance=guidance, temperature=c.patch_tokens.temperature)
+                                   k_tok, guidance=guidance, temperature=c.patch_tokens.temperature,
+                                   pattern_temperature=c.patch_tokens.pattern_temperature)
       x = self.patch_tokenizer.decode(*tokens)
       return (x, tokens) if return_codes else x
     cond_mask, codes, ref = None, None, None

@@ -22,7 +22,8 @@ Each token is one LLM position. Its input embedding is the sum of its pattern, c
 embeddings (<eoi>: row g); the hidden state at a position predicts the next token in two steps
 (`PatchTokenHead`): its position (a softmax over the g² cells and <eoi>; sampling masks cells at or
 before the previous one, the list being sorted), then its pattern and colour given that position (an
-MLP on the state plus the position's query embedding; teacher-forced in training).
+MLP on the state plus the position's query embedding and, with `neighbours`, embeddings of the patterns
+already drawn above and to the left of it; teacher-forced in training).
 
 Shapes: images [B, S, S, 3] in [-1, 1]; tokens: pos, pattern, colour [B, L] int32 with L = max_patches + 1;
 LLM hidden states [B, T, D].
@@ -49,6 +50,7 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.layers import Linear, param
 
 CODEBOOK_DIR = os.path.join(os.path.dirname(__file__), "codebooks")
+NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1))   # (row, column) offsets, all earlier in raster order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,10 @@ class PatchTokensConfig:
   the background first, `codebook`: a file name in jaxmodels/unified/codebooks/ or a path (JSON from
   `save_codebook`), `max_patches`: foreground patches kept per image (raster order; the rest dropped),
   `head_hidden`: width of the pattern/colour MLP (0: 2 × the LLM width), `temperature`: default
-  sampling temperature (below 1 trades variety for cleaner outlines; BENCHMARKS.md)."""
+  sampling temperature of the next position (below 1 trades variety for cleaner outlines; BENCHMARKS.md),
+  `pattern_temperature`: of the pattern and colour (None: `temperature`), `neighbours`: the pattern/colour
+  head also reads the patterns already drawn in the next cell's above-left, above, above-right and left
+  neighbours (all earlier in raster order), so that adjacent patches of one outline agree."""
   image_size: int = 32
   patch_size: int = 4
   palette: tuple = ()
@@ -65,6 +70,8 @@ class PatchTokensConfig:
   max_patches: int = 48
   head_hidden: int = 0
   temperature: float = 0.7
+  pattern_temperature: float | None = None
+  neighbours: bool = True
 
   def __post_init__(self):
     if self.image_size % self.patch_size:
@@ -217,6 +224,15 @@ class PatchTokenizer:
     return jnp.asarray(self._palette)[canvas]
 
 
+def canvas_of(pos: jax.Array, pattern: jax.Array, eoi: int) -> jax.Array:
+  """Tokens [B, L] -> the pattern drawn at every cell [B, g² + 1] (0: none; the last slot, <eoi>'s,
+  stays 0). Teacher forcing reads only cells before the predicted one, so the whole image's canvas
+  leaks nothing."""
+  b = pos.shape[0]
+  canvas = jnp.zeros((b, eoi + 1), jnp.int32).at[jnp.arange(b)[:, None], pos].set(pattern.astype(jnp.int32))
+  return canvas.at[:, eoi].set(0)
+
+
 # ------------------------------------------------------------------------------------ LLM head
 class PatchTokenHead(nnx.Module):
   """Embeddings of patch tokens into the LLM and the two-step prediction of the next one (module
@@ -233,6 +249,9 @@ class PatchTokenHead(nnx.Module):
     self.pattern_embed, self.colour_embed = emb(codebook_size), emb(num_colours)
     self.row_embed, self.col_embed = emb(g + 1), emb(g)                     # <eoi> sits on row g
     self.next_row, self.next_col = emb(g + 1), emb(g)
+    # One table per neighbour direction (NEIGHBOURS); row 0 = nothing drawn there.
+    self.neighbour_embed = (param(rngs, init, (len(NEIGHBOURS), codebook_size, dim), (None, None, "embed"),
+                                  param_dtype) if c.neighbours else None)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.pos_out = Linear(dim, g * g + 1, axes=("embed", None), use_bias=True, **kw)
     self.hidden = Linear(dim, hidden, axes=("embed", "mlp"), use_bias=True, **kw)
@@ -255,10 +274,21 @@ class PatchTokenHead(nnx.Module):
     """[..., D] -> logits over the next token's position [..., g² + 1] (f32)."""
     return self.pos_out(h).astype(jnp.float32)
 
-  def pattern_colour_logits(self, h: jax.Array, next_pos: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """States [..., D] and the next token's position [...] -> (pattern [..., K], colour [..., C]) f32."""
+  def pattern_colour_logits(self, h: jax.Array, next_pos: jax.Array,
+                            canvas: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """States [B, (L,) D], the next token's position [B, (L)] and the canvas [B, g² + 1] of patterns
+    drawn so far (`canvas_of`; needed with `neighbours`) -> (pattern [B, (L,) K], colour [B, (L,) C]) f32."""
     g = self.config.grid_size
     q = jnp.take(self.next_row[...], next_pos // g, axis=0) + jnp.take(self.next_col[...], next_pos % g, axis=0)
+    if self.neighbour_embed is not None:
+      row, col = next_pos // g, next_pos % g
+      flat = canvas.reshape(canvas.shape[0], -1)
+      for k, (dr, dc) in enumerate(NEIGHBOURS):
+        r, cc = row + dr, col + dc
+        inside = (r >= 0) & (cc >= 0) & (cc < g) & (row < g)
+        cell = jnp.where(inside, r * g + cc, g * g).reshape(flat.shape[0], -1)
+        drawn = jnp.take_along_axis(flat, cell, axis=1).reshape(next_pos.shape)
+        q = q + jnp.take(self.neighbour_embed[k], drawn, axis=0)
     z = jax.nn.gelu(self.hidden(h + q.astype(h.dtype)))
     return self.pattern_out(z).astype(jnp.float32), self.colour_out(z).astype(jnp.float32)
 
@@ -271,7 +301,7 @@ class PatchTokenHead(nnx.Module):
     wp = w * (pos < eoi)
     mean = lambda nll, wt: (nll * wt).sum() / jnp.maximum(wt.sum(), 1.0)  # noqa: E731
     lp = mean(optax.softmax_cross_entropy_with_integer_labels(self.pos_logits(hidden), pos), w)
-    pl, cl = self.pattern_colour_logits(hidden, pos)
+    pl, cl = self.pattern_colour_logits(hidden, pos, canvas_of(pos, pattern, eoi))
     lq = mean(optax.softmax_cross_entropy_with_integer_labels(pl, pattern), wp)
     lc = mean(optax.softmax_cross_entropy_with_integer_labels(cl, colour), wp)
     return lp + lq + lc, {"gen_pos_ce": lp, "gen_pattern_ce": lq, "gen_colour_ce": lc}
@@ -305,10 +335,11 @@ def _draw(rng, logits, temperature: float) -> jax.Array:
 
 
 def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array, rng: jax.Array, *,
-           guidance: float = 1.0, temperature: float = 0.7) -> tuple[jax.Array, jax.Array, jax.Array]:
+           guidance: float = 1.0, temperature: float = 0.7, pattern_temperature: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Tokens (pos, pattern, colour) [B, L] drawn after the prompt, one LLM step per token with a KV
   cache. `guidance` != 1: classifier-free guidance on all three logits against the empty prompt (every
-  prompt token masked, as `cond_dropout` trains it); `temperature` 0 is greedy. Cells at or before the
+  prompt token masked, as `cond_dropout` trains it); `temperature` (position) and `pattern_temperature`
+  (pattern and colour; None: the same) 0 are greedy. Cells at or before the
   previous token's are masked (the list is sorted); a drawn patch is never the empty pattern."""
   c = head.config
   b, t = mask.shape
@@ -336,23 +367,27 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
 
   cells = jnp.arange(eoi + 1)
 
+  pattern_temperature = temperature if pattern_temperature is None else pattern_temperature
+
   def step(carry, i):
-    h, cache, kv_mask, last, done, rng = carry
+    h, cache, kv_mask, last, done, canvas, rng = carry
     rng, k_pos, k_pat, k_col = jax.random.split(rng, 4)
     lp = guide(head.pos_logits(h))
     lp = jnp.where((cells[None] > last[:, None]) | (cells[None] == eoi), lp, -jnp.inf)
     pos = jnp.where(done, eoi, _draw(k_pos, lp, temperature))
-    pl, cl = head.pattern_colour_logits(h, twice(pos))
+    pl, cl = head.pattern_colour_logits(h, twice(pos), twice(canvas))
     pl, cl = guide(pl), guide(cl)
-    pattern = jnp.where(pos < eoi, _draw(k_pat, pl.at[:, 0].set(-jnp.inf), temperature), 0)
-    colour = jnp.where(pos < eoi, _draw(k_col, cl, temperature), 0)
+    pattern = jnp.where(pos < eoi, _draw(k_pat, pl.at[:, 0].set(-jnp.inf), pattern_temperature), 0)
+    colour = jnp.where(pos < eoi, _draw(k_col, cl, pattern_temperature), 0)
+    canvas = canvas.at[jnp.arange(b), pos].set(pattern).at[:, eoi].set(0)
     slot = t + 1 + i
     kv_mask = kv_mask.at[:, slot].set(1)
     e = head.embed(twice(pos), twice(pattern), twice(colour))[:, None].astype(prompt_embeds.dtype)
     o = llm.forward(None, (start + i)[:, None], kv_mask, inputs_embeds=e, cache=cache, cache_index=slot)
     last = jnp.where(pos < eoi, pos, last)
-    return (o.hidden[:, 0], o.cache, kv_mask, last, done | (pos >= eoi), rng), (pos, pattern, colour)
+    return (o.hidden[:, 0], o.cache, kv_mask, last, done | (pos >= eoi), canvas, rng), (pos, pattern, colour)
 
-  init = (out.hidden[:, -1], out.cache, kv_mask, jnp.full((b,), -1, jnp.int32), jnp.zeros((b,), bool), rng)
+  init = (out.hidden[:, -1], out.cache, kv_mask, jnp.full((b,), -1, jnp.int32), jnp.zeros((b,), bool),
+          jnp.zeros((b, eoi + 1), jnp.int32), rng)
   _, (pos, pattern, colour) = jax.lax.scan(step, init, jnp.arange(num))
   return pos.T, pattern.T, colour.T
