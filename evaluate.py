@@ -153,40 +153,19 @@ def score_only(geneval_dir: str | None, metadata: str | None, out: str, *,
 
 def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
                         evals=EVALS) -> dict:
-  from flax import nnx
-
   from input_pipeline.datasets import default_data_dir
   from input_pipeline.tokenizers import WordTokenizer
-  from jaxmodels import sharding
-  from jaxmodels.checkpoint import Checkpointer, restore_params
   from jaxmodels.errors import CheckpointFormatError, ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
-  from jaxmodels.trainer.setup import (mesh_and_rules, run_keys, shapes_eval_supported,
-                                       train_state_factory)
+  from jaxmodels.trainer.setup import restore_eval_model, run_keys, shapes_eval_supported
 
   unknown = [e for e in evals if e not in EVALS]
   if unknown:
     raise ConfigError(f"--evals: unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(EVALS)}")
-  mesh, rules = mesh_and_rules(config)
-  make_state, _ = train_state_factory(config)
-  abstract = nnx.eval_shape(make_state)
-  graphdef, state = nnx.split(abstract)
-  if not shapes_eval_supported(config, abstract.model):
+  model, step = restore_eval_model(config, workdir, step)   # EMA weights where the run kept an EMA
+  if not shapes_eval_supported(config, model):
     raise ConfigError(f"config.model.type={config.model.get('type')!r}: the ShapesWorld evaluations need a "
                       f"unified model")
-  target = sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointFormatError(f"{ckpt.directory}: no checkpoint to evaluate")
-  ckpt.close()
-  # Parameters only (model + EMA; the optimizer moments are never read), on this run's mesh.
-  params = restore_params(workdir, {k: v for k, v in dict(target).items() if k in ("model", "ema")}, step)
-  ts = nnx.merge(graphdef, state)
-  nnx.update(ts.model, params["model"])
-  if ts.ema is not None:
-    nnx.update(ts.ema, params["ema"])
-  model = ts.eval_model()   # EMA weights where the run kept an EMA
   tok_path = os.path.join(workdir, "tokenizer.json")
   if not os.path.exists(tok_path):
     raise CheckpointFormatError(f"{tok_path}: missing (the run's tokenizer is saved there by train.py)")

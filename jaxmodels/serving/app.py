@@ -1,0 +1,307 @@
+"""The OpenAI-compatible HTTP front end (standard library `http.server`, one thread per connection).
+
+    POST /v1/chat/completions    messages with text and images -> text (SSE with "stream": true)
+    POST /v1/images/generations  prompt -> b64_json PNGs (extra fields: steps, guidance, seed)
+    POST /v1/images/edits        multipart image + prompt (or JSON with a data URL) -> b64_json PNGs
+    GET  /v1/models, /v1/models/{id}, /health, /metrics (batches, programs, queue, rejections)
+
+Each request is validated in its connection's thread (schema.py), queued on the `Engine` and waited
+for up to the request timeout (408 after it); a client that disconnects while it waits is noticed
+(its socket reads EOF) and its queued work dropped. With an API key every /v1 and /metrics call needs
+`Authorization: Bearer <key>` (401 otherwise); the key is compared in constant time and never logged
+(request lines are logged at debug level only, headers never). Any unexpected exception becomes a
+500 OpenAI-style error without a traceback; the server keeps serving.
+
+    server = make_server(engine, ServeOptions(port=0, api_key="..."))
+    threading.Thread(target=server.serve_forever, daemon=True).start(); server.server_address
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hmac
+import io
+import json
+import logging
+import select
+import socket
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from jaxmodels.serving import schema
+from jaxmodels.serving.engine import Engine, Work
+from jaxmodels.serving.schema import APIError, bad
+
+log = logging.getLogger("jaxmodels.serving")
+
+
+@dataclasses.dataclass
+class ServeOptions:
+  host: str = "127.0.0.1"
+  port: int = 8000
+  api_key: str | None = None
+  limits: schema.Limits = dataclasses.field(default_factory=schema.Limits)
+  request_timeout_s: float = 120.0
+  image_root: str | None = None
+
+
+def _png_b64(image) -> str:
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="PNG")
+  return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class _Server(ThreadingHTTPServer):
+  daemon_threads = True
+  allow_reuse_address = True
+  request_queue_size = 128
+
+  def __init__(self, address, engine: Engine, options: ServeOptions):
+    self.engine, self.options, self.started = engine, options, time.time()
+    super().__init__(address, Handler)
+
+  def handle_error(self, request, client_address):   # a broken connection: one quiet line
+    log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
+
+
+def make_server(engine: Engine, options: ServeOptions) -> _Server:
+  """A bound (not yet serving) HTTP server; port 0 picks a free port (see `server_address`)."""
+  from jaxmodels.errors import ConfigError
+  try:
+    return _Server((options.host, options.port), engine, options)
+  except OSError as e:
+    raise ConfigError(f"cannot listen on {options.host}:{options.port}: {e.strerror}") from None
+
+
+class Handler(BaseHTTPRequestHandler):
+  protocol_version = "HTTP/1.1"
+  server_version = "jaxmodels-serve"
+  sys_version = ""
+  server: _Server
+
+  # -------------------------------------------------------------- plumbing
+  def log_message(self, format, *args):   # noqa: A002 - request lines only, at debug level
+    log.debug("%s %s", self.address_string(), format % args)
+
+  def _send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
+    data = json.dumps(payload).encode("utf-8")
+    self.send_response(status)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+      self.send_header(k, v)
+    self.end_headers()
+    self.wfile.write(data)
+
+  def _error(self, e: APIError) -> None:
+    headers = {"Retry-After": "1"} if e.status == 429 else {}
+    if e.status in (411, 413):
+      self.close_connection = True
+      headers["Connection"] = "close"
+    self._send_json(e.status, e.body(), headers)
+
+  def do_GET(self):   # noqa: N802
+    self._dispatch("GET")
+
+  def do_POST(self):  # noqa: N802
+    self._dispatch("POST")
+
+  def _dispatch(self, method: str) -> None:
+    path = self.path.split("?", 1)[0].rstrip("/") or "/"
+    try:
+      routes = {("GET", "/health"): self._health, ("GET", "/healthz"): self._health,
+                ("GET", "/v1/models"): self._models, ("GET", "/metrics"): self._metrics,
+                ("POST", "/v1/chat/completions"): self._chat,
+                ("POST", "/v1/images/generations"): self._generate,
+                ("POST", "/v1/images/edits"): self._edit}
+      handler = routes.get((method, path))
+      if handler is None and method == "GET" and path.startswith("/v1/models/"):
+        handler = self._models
+      if handler is None:
+        known = {p for _, p in routes}
+        raise APIError(405 if path in known else 404,
+                       f"{method} {path}: {'method not allowed' if path in known else 'no such endpoint'}",
+                       code="not_found")
+      if path.startswith("/v1/") or path == "/metrics":
+        self._authorize()
+      handler(path)
+    except APIError as e:
+      self._error(e)
+    except (BrokenPipeError, ConnectionResetError):
+      self.close_connection = True
+    except Exception as e:   # noqa: BLE001 - never a traceback to the client, never a dead server
+      log.error("%s %s: internal error (%s)", method, path, type(e).__name__, exc_info=True)
+      try:
+        self._error(APIError(500, f"internal server error ({type(e).__name__})", type="server_error"))
+      except OSError:
+        self.close_connection = True
+
+  def _authorize(self) -> None:
+    key = self.server.options.api_key
+    if not key:
+      return
+    given = self.headers.get("Authorization", "")
+    token = given[7:] if given[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(token.encode("utf-8", "replace"), key.encode("utf-8")):
+      raise APIError(401, "Incorrect API key provided (send Authorization: Bearer <key>).",
+                     code="invalid_api_key")
+
+  def _body(self) -> bytes:
+    length = self.headers.get("Content-Length")
+    if length is None:
+      raise APIError(411, "a Content-Length header is required", code="length_required")
+    try:
+      length = int(length)
+    except ValueError:
+      raise bad(None, "invalid Content-Length") from None
+    limit = self.server.options.limits.max_body_bytes
+    if length > limit:
+      raise APIError(413, f"request body of {length} bytes is over the limit of {limit}",
+                     code="body_too_large")
+    return self.rfile.read(length)
+
+  def _json_body(self) -> dict:
+    return schema.parse_json(self._body())   # whatever the Content-Type says (curl sends a form type)
+
+  def _client_gone(self) -> bool:
+    """Whether the client closed its side (readable socket with nothing to read)."""
+    try:
+      readable, _, _ = select.select([self.connection], [], [], 0)
+      return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+      return True
+
+  def _wait(self, work: Work):
+    """Submits `work` and waits for it: 408 at the deadline, cancelled when the client leaves."""
+    engine = self.server.engine
+    engine.submit(work)
+    while not work.done.wait(0.05):
+      if time.monotonic() > work.deadline:
+        engine.cancel(work, "timeouts")
+        raise APIError(408, "request timed out", type="timeout_error", code="timeout")
+      if self._client_gone():
+        engine.cancel(work, "client_disconnects")
+        self.close_connection = True
+        raise ConnectionResetError("client disconnected")
+    if work.error is not None:
+      raise work.error
+    return work.result
+
+  def _deadline(self) -> float:
+    return time.monotonic() + self.server.options.request_timeout_s
+
+  def _check_model(self, name: str | None) -> None:
+    served = self.server.engine.model.name
+    if name is not None and name != served:
+      raise APIError(404, f"The model {name!r} does not exist (this server serves {served!r})",
+                     param="model", code="model_not_found")
+
+  # -------------------------------------------------------------- endpoints
+  def _health(self, path: str) -> None:
+    m = self.server.engine.metrics()
+    self._send_json(200, {"status": "ok", "model": self.server.engine.model.name, "queue": m["queue"]})
+
+  def _model_card(self) -> dict:
+    sm = self.server.engine.model
+    return {"id": sm.name, "object": "model", "created": int(self.server.started), "owned_by": "jaxmodels",
+            "capabilities": {"chat": True, "vision": sm.reads_images, "image_generation": sm.generates,
+                             "image_edits": sm.edit_why is None,
+                             "image_size": f"{sm.output_side}x{sm.output_side}" if sm.generates else None,
+                             "context_length": sm.context}}
+
+  def _models(self, path: str) -> None:
+    if path == "/v1/models":
+      self._send_json(200, {"object": "list", "data": [self._model_card()]})
+      return
+    self._check_model(path[len("/v1/models/"):])
+    self._send_json(200, self._model_card())
+
+  def _metrics(self, path: str) -> None:
+    self._send_json(200, self.server.engine.metrics())
+
+  def _chat(self, path: str) -> None:
+    opts = self.server.options
+    req = schema.chat_request(self._json_body(), opts.limits, opts.image_root)
+    self._check_model(req.model)
+    sm = self.server.engine.model
+    work = sm.chat_work(req, self._deadline())
+    results = self._wait(work)
+    choices, completion = [], 0
+    for i, r in enumerate(results):
+      text, cut = sm.decode(r["tokens"]), False
+      for s in req.stop:
+        if s in text:
+          text, cut = text[:text.index(s)], True
+      completion += len(r["tokens"])
+      choices.append((i, text, "stop" if r["eos"] or cut else "length", r["tokens"]))
+    usage = {"prompt_tokens": work.meta["prompt_tokens"], "completion_tokens": completion,
+             "total_tokens": work.meta["prompt_tokens"] + completion}
+    ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    if req.stream:
+      self._stream(ident, created, sm, choices, usage if req.include_usage else None, req.stop)
+      return
+    self._send_json(200, {
+        "id": ident, "object": "chat.completion", "created": created, "model": sm.name,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": text},
+                     "finish_reason": reason, "logprobs": None} for i, text, reason, _ in choices],
+        "usage": usage})
+
+  def _stream(self, ident, created, sm, choices, usage, stop) -> None:
+    """Server-sent events: a role delta, one content delta per token, the finish reason, (usage),
+    [DONE]. The tokens come from the batch's one compiled decode, so they arrive together."""
+    self.send_response(200)
+    self.send_header("Content-Type", "text/event-stream")
+    self.send_header("Cache-Control", "no-cache")
+    self.send_header("Connection", "close")
+    self.end_headers()
+    self.close_connection = True
+    base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": sm.name}
+
+    def send(choices_, **extra):
+      event = {**base, "choices": choices_, **extra}
+      self.wfile.write(b"data: " + json.dumps(event).encode("utf-8") + b"\n\n")
+      self.wfile.flush()
+
+    for i, text, reason, tokens in choices:
+      send([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+      sent = ""
+      for j in range(1, len(tokens) + 1):
+        partial = sm.decode(tokens[:j])
+        partial = partial if len(partial) <= len(text) else text
+        if partial.startswith(sent) and len(partial) > len(sent):
+          send([{"index": i, "delta": {"content": partial[len(sent):]}, "finish_reason": None}])
+          sent = partial
+      if text.startswith(sent) and len(text) > len(sent):
+        send([{"index": i, "delta": {"content": text[len(sent):]}, "finish_reason": None}])
+      send([{"index": i, "delta": {}, "finish_reason": reason}])
+    if usage is not None:
+      send([], usage=usage)
+    self.wfile.write(b"data: [DONE]\n\n")
+    self.wfile.flush()
+
+  def _images_reply(self, work: Work) -> None:
+    images = self._wait(work)
+    self._send_json(200, {"created": int(time.time()),
+                          "data": [{"b64_json": _png_b64(img), "revised_prompt": None} for img in images]})
+
+  def _generate(self, path: str) -> None:
+    req = schema.image_request(self._json_body(), self.server.options.limits)
+    self._check_model(req.model)
+    self._images_reply(self.server.engine.model.image_work(req, self._deadline(), edit=False))
+
+  def _edit(self, path: str) -> None:
+    limits = self.server.options.limits
+    ctype = self.headers.get("Content-Type", "")
+    if ctype.lower().startswith("multipart/form-data"):
+      body = schema.form_to_body(schema.parse_multipart(self._body(), ctype), limits)
+    else:
+      body = self._json_body()
+      if isinstance(body.get("image"), str):
+        body["image"] = schema.image_from_url(body["image"], "image", limits, self.server.options.image_root)
+      elif body.get("image") is not None:
+        raise bad("image", "expected a data: URL string (or send multipart/form-data)")
+    req = schema.image_request(body, limits, edit=True)
+    self._check_model(req.model)
+    self._images_reply(self.server.engine.model.image_work(req, self._deadline(), edit=True))
