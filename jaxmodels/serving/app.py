@@ -158,6 +158,10 @@ class Handler(BaseHTTPRequestHandler):
       raise bad(None, "invalid Content-Length") from None
     limit = self.server.options.limits.max_body_bytes
     if length > limit:
+      if length <= 4 * limit:   # read it, so the client gets the answer rather than a reset
+        for _ in range(0, length, 1 << 20):
+          self.rfile.read(min(1 << 20, length))
+          length -= 1 << 20
       raise APIError(413, f"request body of {length} bytes is over the limit of {limit}",
                      code="body_too_large")
     return self.rfile.read(length)
