@@ -110,6 +110,9 @@ class Handler(BaseHTTPRequestHandler):
 
   def _dispatch(self, method: str) -> None:
     path = self.path.split("?", 1)[0].rstrip("/") or "/"
+    self._arriving = method == "POST"
+    if self._arriving:
+      self.server.engine.begin_arrival()   # the batcher waits for requests still arriving
     try:
       routes = {("GET", "/health"): self._health, ("GET", "/healthz"): self._health,
                 ("GET", "/v1/models"): self._models, ("GET", "/metrics"): self._metrics,
@@ -137,6 +140,9 @@ class Handler(BaseHTTPRequestHandler):
         self._error(APIError(500, f"internal server error ({type(e).__name__})", type="server_error"))
       except OSError:
         self.close_connection = True
+    finally:
+      if self._arriving:
+        self.server.engine.end_arrival()
 
   def _authorize(self) -> None:
     key = self.server.options.api_key
@@ -180,7 +186,8 @@ class Handler(BaseHTTPRequestHandler):
   def _wait(self, work: Work):
     """Submits `work` and waits for it: 408 at the deadline, cancelled when the client leaves."""
     engine = self.server.engine
-    engine.submit(work)
+    self._arriving = False
+    engine.submit(work, arrived=True)
     while not work.done.wait(0.05):
       if time.monotonic() > work.deadline:
         engine.cancel(work, "timeouts")

@@ -3,7 +3,9 @@
 One worker thread owns the model. Requests (`Work`) wait in a bounded queue; the worker takes the
 oldest, waits up to `max_wait_s` for more with the same batch key (kind + the settings a compiled
 program fixes: greedy or the sampling temperature/top_p; flow steps and guidance), and runs up to
-`max_batch` rows as one call. Shapes are bucketed so a stream of varying requests compiles a bounded
+`max_batch` rows as one call. It waits only when more may come: a request is still arriving (the
+HTTP layer calls `begin_arrival` when one starts and `submit` ends it), or the last batch held
+several requests (a burst); a lone request on an idle server runs at once. Shapes are bucketed so a stream of varying requests compiles a bounded
 set of programs: batch rows to `batch_buckets` (padded by repeating a row), prompt tokens and new
 tokens to powers of two, images per chat row to 0/1/2/4... Each new (kind, shapes, settings) is
 logged once and counted (`metrics()["programs"]`); XLA compilations in the worker are counted too.
@@ -150,14 +152,16 @@ class ServingModel:
     ids = self._bos(ids) if not getattr(self.tok, "chat_format", None) else ids
     image_id = self.model.config.image_token_id
     prompt = [t for i in ids for t in ([image_id] * self.n_image if i == IMAGE_SLOT else [i])]
-    if len(prompt) + req.max_tokens > self.context:
+    room = self.context - len(prompt)
+    max_tokens = min(self.limits.max_tokens, room) if req.max_tokens is None else req.max_tokens
+    if max_tokens > room or room <= 0:
       raise bad("messages", f"this model's context is {self.context} tokens; the prompt has "
-                            f"{len(prompt)} and max_tokens asks {req.max_tokens}",
+                            f"{len(prompt)} and max_tokens asks {max_tokens}",
                 code="context_length_exceeded")
     pixels = [to_unit_range(img, self.image_side) for img in req.images]
     greedy = req.temperature == 0.0
     key = ("chat", greedy) if greedy else ("chat", False, req.temperature, req.top_p)
-    row = dict(ids=prompt, pixels=pixels, max_tokens=req.max_tokens)
+    row = dict(ids=prompt, pixels=pixels, max_tokens=max_tokens)
     return Work("chat", key, [row] * req.n, deadline, req.seed,
                 meta=dict(stop=req.stop, prompt_tokens=len(prompt), temperature=req.temperature,
                           top_p=req.top_p))
@@ -191,8 +195,9 @@ class ServingModel:
       return jax.random.key(works[0].seed % (2 ** 32))
     return jax.random.fold_in(self.base_key, counter)
 
-  def run(self, works: Sequence[Work], batch: int, rng: jax.Array) -> tuple[tuple, list]:
-    """Runs the works' rows padded to `batch` rows -> (program key, one result per work)."""
+  def run(self, works: Sequence[Work], batch: int, rng: jax.Array) -> tuple[str, list]:
+    """Runs the works' rows padded to `batch` rows -> (the program's shapes and settings as text,
+    one result per work: chat [{"tokens", "eos"}] per choice, images uint8 [S, S, 3] per image)."""
     rows = [r for w in works for r in w.rows]
     rows = rows + [rows[-1]] * (batch - len(rows))
     kind = works[0].kind
@@ -239,7 +244,9 @@ class ServingModel:
       if stopped:
         row = row[:row.index(self.tok.eos_id) + 1]
       results.append(dict(tokens=row, eos=stopped))
-    return ("chat", len(rows), length, new, k, "greedy" if greedy else "sample"), results
+    program = (f"chat batch={len(rows)} prompt={length} new={new} images={k} "
+               f"{'greedy' if greedy else 'sampled'}")
+    return program, results
 
   def _images(self, rows, head: Work, rng, *, edit: bool):
     length = bucket(max(len(r["ids"]) for r in rows), [b for b in self.lengths if b >= self.gen_len]
@@ -255,7 +262,8 @@ class ServingModel:
     else:
       _, steps, guidance = head.key
       x = _sample(self.model, ids, mask, rng, steps, guidance)
-    return (head.key[0], len(rows), length) + tuple(head.key[1:]), list(_uint8(x))
+    settings = " ".join(f"{n}={v}" for n, v in zip(("steps", "guidance", "image_guidance"), head.key[1:]))
+    return f"{head.key[0]} batch={len(rows)} prompt={length} {settings}", list(_uint8(x))
 
   def decode(self, tokens: Sequence[int]) -> str:
     specials = {t for t in (self.tok.eos_id, getattr(self.tok, "pad_id", None),
@@ -275,9 +283,11 @@ class Engine:
     self._queue: collections.deque[Work] = collections.deque()
     self._cond = threading.Condition()
     self._running = 0
+    self._arriving = 0        # requests being read / validated by the HTTP layer, not yet queued
+    self._last_batch = 0      # requests in the last batch
     self._paused = False
     self._stop = False
-    self._programs: dict[tuple, int] = {}
+    self._programs: dict[str, int] = {}   # program (shapes + settings) -> batches run
     self._counts = collections.Counter()
     self._compiles = 0
     self._thread = threading.Thread(target=self._loop, name="jaxmodels-serve-engine", daemon=True)
@@ -289,8 +299,21 @@ class Engine:
       self._compiles += 1
 
   # -------------------------------------------------------------- client side
-  def submit(self, work: Work) -> Work:
-    """Queues `work`; APIError 429 when the queue (waiting + running) is full."""
+  def begin_arrival(self) -> None:
+    """A request has started arriving; `submit(..., arrived=True)` or `end_arrival` ends it."""
+    with self._cond:
+      self._arriving += 1
+
+  def end_arrival(self) -> None:
+    with self._cond:
+      self._arriving -= 1
+      self._cond.notify_all()
+
+  def submit(self, work: Work, *, arrived: bool = False) -> Work:
+    """Queues `work`; APIError 429 when the queue (waiting + running) is full. `arrived`: ends the
+    `begin_arrival` of this request (whatever the outcome)."""
+    if arrived:
+      self.end_arrival()
     if len(work.rows) > self.max_batch:
       raise bad("n", f"{len(work.rows)} rows are over this server's batch of {self.max_batch}")
     with self._cond:
@@ -333,7 +356,7 @@ class Engine:
       return {"queue": len(self._queue), "running": self._running, "max_queue": self.max_queue,
               "max_batch": self.max_batch, "batch_buckets": list(self.batch_buckets),
               "programs": len(self._programs), "xla_compiles": self._compiles,
-              "program_keys": [list(map(str, k)) for k in self._programs], **dict(self._counts)}
+              "program_runs": dict(self._programs), **dict(self._counts)}
 
   # -------------------------------------------------------------- worker
   def _take(self) -> list[Work] | None:
@@ -356,7 +379,8 @@ class Engine:
           same = [w for w in self._queue if w.key == head.key]
           rows = sum(len(w.rows) for w in same)
           wait = head.enqueued + self.max_wait_s - now
-          if rows >= self.max_batch or wait <= 0:
+          more = self._arriving > 0 or self._last_batch > 1
+          if rows >= self.max_batch or wait <= 0 or not more:
             batch, total = [], 0
             for w in same:
               if total + len(w.rows) > self.max_batch:
@@ -365,7 +389,7 @@ class Engine:
               total += len(w.rows)
             for w in batch:
               self._queue.remove(w)
-            self._running = total
+            self._running = self._last_batch = len(batch)
             return batch
           self._cond.wait(timeout=wait)
         else:
@@ -390,9 +414,10 @@ class Engine:
     try:
       t0 = time.perf_counter()
       program, results = self.model.run(works, size, self.model.rng_for(works, counter))
-      self._note(program, time.perf_counter() - t0)
-      self._counts["batches"] += 1
-      self._counts["batch_rows"] += rows
+      with self._cond:
+        self._note(program, time.perf_counter() - t0)
+        self._counts["batches"] += 1
+        self._counts["batch_rows"] += rows
       for w, r in zip(works, results):
         w.finish(result=r)
     except Exception as e:   # noqa: BLE001 - one request's failure must not stop the worker
@@ -402,13 +427,14 @@ class Engine:
         return
       log.error("request failed (%s: %s)", type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "",
                 exc_info=log.isEnabledFor(logging.DEBUG))
-      self._counts["errors"] += 1
+      with self._cond:
+        self._counts["errors"] += 1
       works[0].finish(error=APIError(500, f"the model call failed ({type(e).__name__}); the server "
                                           f"log has the details", type="server_error"))
 
-  def _note(self, program: tuple, seconds: float) -> None:
+  def _note(self, program: str, seconds: float) -> None:
     if program not in self._programs:
       self._programs[program] = 0
-      log.info("program %d: %s (first run %.2fs, XLA compiles so far %d)", len(self._programs),
-               " ".join(map(str, program)), seconds, self._compiles)
+      log.info("program %d: %s (first run %.2fs; XLA compiles so far: %d)", len(self._programs), program,
+               seconds, self._compiles)
     self._programs[program] += 1

@@ -159,7 +159,7 @@ class ChatRequest:
   model: str | None
   messages: list[dict]
   images: list[np.ndarray]
-  max_tokens: int
+  max_tokens: int | None      # None: as many as the context leaves (up to the limit)
   temperature: float
   top_p: float
   seed: int | None
@@ -247,7 +247,7 @@ def chat_request(body: dict, limits: Limits, image_root: str | None = None) -> C
     raise bad("max_completion_tokens", "give max_tokens or max_completion_tokens, not both")
   name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
   max_tokens = body.get(name)
-  max_tokens = limits.max_tokens if max_tokens is None else _ranged(
+  max_tokens = None if max_tokens is None else _ranged(
       typed(max_tokens, "integer", name), 1, limits.max_tokens, name)
   temperature = body.get("temperature")
   temperature = 1.0 if temperature is None else _ranged(typed(temperature, "number", "temperature"),
