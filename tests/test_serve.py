@@ -151,13 +151,46 @@ def test_chat_with_images(srv, checkpoint):
 
 def test_streaming_matches_the_plain_reply(srv):
   client = srv.client()
-  plain = ask(client, "is the square blue?")
-  chunks = list(ask(client, "is the square blue?", stream=True, stream_options={"include_usage": True}))
+  plain = ask(client, "is the square blue?", max_tokens=16)
+  chunks = list(ask(client, "is the square blue?", max_tokens=16, stream=True,
+                    stream_options={"include_usage": True}))
   text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
   assert text == plain.choices[0].message.content
   assert chunks[0].choices[0].delta.role == "assistant"
   assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
   assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+  if plain.usage.completion_tokens > srv.engine.model.chunk:   # one content event per decoded chunk
+    assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) >= 2
+
+
+def test_chunked_decode_agrees_with_generate(srv):
+  import jax
+  import jax.numpy as jnp
+
+  from jaxmodels.generate import generate
+  sm = srv.engine.model
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 30, (2, 16)), jnp.int32)
+  mask = jnp.ones_like(ids).at[1, :5].set(0)
+  ref = np.asarray(generate(sm.model.llm, ids, 16, attention_mask=mask, eos_token_id=[],
+                            pad_token_id=0))[:, 16:]
+  decoder = type(sm.decoder)(sm.model.llm, eos_id=[], pad_id=0, chunk=8)
+  keys = jnp.stack([jax.random.key(0)] * 2)
+  got = np.concatenate(list(decoder.run(ids, mask, None, new_tokens=16, temperature=[0.0, 0.0],
+                                        top_p=[1.0, 1.0], keys=keys)), axis=1)
+  np.testing.assert_array_equal(got, ref)
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(srv):
+  client = srv.client()
+  alone = ask(client, "what color?", temperature=1.0, seed=11, max_tokens=8).choices[0].message.content
+  srv.engine.set_paused(True)
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    futures = [pool.submit(ask, client, "what color?", temperature=t, seed=11 if t == 1.0 else None,
+                           max_tokens=8) for t in (0.0, 0.5, 1.0, 1.5)]
+    time.sleep(0.5)
+    srv.engine.set_paused(False)
+    replies = [f.result().choices[0].message.content for f in futures]
+  assert replies[2] == alone
 
 
 def test_image_generation(srv):
@@ -297,10 +330,10 @@ def test_a_crashing_request_fails_alone(srv, monkeypatch):
   model = srv.engine.model
   real = model._chat
 
-  def chat(rows, head, rng):
+  def chat(rows, works):
     if any(r["max_tokens"] == 7 for r in rows):
       raise RuntimeError("boom inside the model")
-    return real(rows, head, rng)
+    return real(rows, works)
 
   monkeypatch.setattr(model, "_chat", chat)
   client = srv.client()

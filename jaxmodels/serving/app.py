@@ -23,6 +23,7 @@ import hmac
 import io
 import json
 import logging
+import queue
 import select
 import socket
 import time
@@ -51,6 +52,22 @@ def _png_b64(image) -> str:
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, format="PNG")
   return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _finish(sm, result: dict, stop) -> tuple[str, str]:
+  """(text, finish_reason) of one choice: cut at the first stop sequence ("stop"), "stop" at eos,
+  else "length"."""
+  text = sm.decode(result["tokens"])
+  cut = [text.index(s) for s in stop if s in text]
+  if cut:
+    return text[:min(cut)], "stop"
+  return text, "stop" if result["eos"] else "length"
+
+
+def _usage(work: Work, results) -> dict:
+  prompt = work.meta["prompt_tokens"]
+  completion = sum(len(r["tokens"]) for r in results)
+  return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class _Server(ThreadingHTTPServer):
@@ -238,30 +255,27 @@ class Handler(BaseHTTPRequestHandler):
     self._check_model(req.model)
     sm = self.server.engine.model
     work = sm.chat_work(req, self._deadline())
-    results = self._wait(work)
-    choices, completion = [], 0
-    for i, r in enumerate(results):
-      text, cut = sm.decode(r["tokens"]), False
-      for s in req.stop:
-        if s in text:
-          text, cut = text[:text.index(s)], True
-      completion += len(r["tokens"])
-      choices.append((i, text, "stop" if r["eos"] or cut else "length", r["tokens"]))
-    usage = {"prompt_tokens": work.meta["prompt_tokens"], "completion_tokens": completion,
-             "total_tokens": work.meta["prompt_tokens"] + completion}
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     if req.stream:
-      self._stream(ident, created, sm, choices, usage if req.include_usage else None, req.stop)
+      self._stream(work, req, ident, created)
       return
+    results = self._wait(work)
+    choices = [_finish(sm, r, req.stop) for r in results]
     self._send_json(200, {
         "id": ident, "object": "chat.completion", "created": created, "model": sm.name,
         "choices": [{"index": i, "message": {"role": "assistant", "content": text},
-                     "finish_reason": reason, "logprobs": None} for i, text, reason, _ in choices],
-        "usage": usage})
+                     "finish_reason": reason, "logprobs": None} for i, (text, reason) in enumerate(choices)],
+        "usage": _usage(work, results)})
 
-  def _stream(self, ident, created, sm, choices, usage, stop) -> None:
-    """Server-sent events: a role delta, one content delta per token, the finish reason, (usage),
-    [DONE]. The tokens come from the batch's one compiled decode, so they arrive together."""
+  def _stream(self, work: Work, req, ident: str, created: int) -> None:
+    """Server-sent events as the decode goes: a role delta per choice, content deltas after every
+    decoded chunk (text that could start a stop sequence is held back), each choice's finish reason,
+    the usage chunk (stream_options.include_usage), then [DONE]. Errors after the headers are an
+    `{"error": ...}` event; a client that stops reading cancels the work."""
+    engine, sm = self.server.engine, self.server.engine.model
+    work.updates = queue.Queue()
+    self._arriving = False
+    engine.submit(work, arrived=True)    # a 429 is still a plain JSON error here
     self.send_response(200)
     self.send_header("Content-Type", "text/event-stream")
     self.send_header("Cache-Control", "no-cache")
@@ -269,28 +283,55 @@ class Handler(BaseHTTPRequestHandler):
     self.end_headers()
     self.close_connection = True
     base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": sm.name}
+    hold = max((len(s) for s in req.stop), default=1) - 1
 
-    def send(choices_, **extra):
-      event = {**base, "choices": choices_, **extra}
-      self.wfile.write(b"data: " + json.dumps(event).encode("utf-8") + b"\n\n")
+    def send(payload: dict) -> None:
+      try:
+        self.wfile.write(b"data: " + json.dumps(payload).encode("utf-8") + b"\n\n")
+        self.wfile.flush()
+      except OSError:
+        engine.cancel(work, "client_disconnects")
+        raise ConnectionResetError("client disconnected") from None
+
+    def delta(i: int, text: str) -> None:
+      if text.startswith(sent[i]) and len(text) > len(sent[i]):
+        send({**base, "choices": [{"index": i, "delta": {"content": text[len(sent[i]):]},
+                                   "finish_reason": None}]})
+        sent[i] = text
+
+    sent = [""] * len(work.rows)
+    for i in range(len(work.rows)):
+      send({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                 "finish_reason": None}]})
+    while not (work.done.is_set() and work.updates.empty()):
+      try:
+        snapshot = work.updates.get(timeout=0.05)
+      except queue.Empty:
+        if time.monotonic() > work.deadline:
+          engine.cancel(work, "timeouts")
+          send(APIError(408, "request timed out", type="timeout_error", code="timeout").body())
+          return
+        continue
+      for i, tokens in enumerate(snapshot):
+        text = sm.decode(tokens)
+        cut = [text.index(s) for s in req.stop if s in text]
+        delta(i, text[:min(cut)] if cut else text[:max(0, len(text) - hold)].rstrip("\ufffd"))
+    if work.error is not None:
+      err = work.error if isinstance(work.error, APIError) else APIError(500, "internal error")
+      send(err.body())
+      return
+    results = work.result
+    for i, r in enumerate(results):
+      text, reason = _finish(sm, r, req.stop)
+      delta(i, text)
+      send({**base, "choices": [{"index": i, "delta": {}, "finish_reason": reason}]})
+    if req.include_usage:
+      send({**base, "choices": [], "usage": _usage(work, results)})
+    try:
+      self.wfile.write(b"data: [DONE]\n\n")
       self.wfile.flush()
-
-    for i, text, reason, tokens in choices:
-      send([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-      sent = ""
-      for j in range(1, len(tokens) + 1):
-        partial = sm.decode(tokens[:j])
-        partial = partial if len(partial) <= len(text) else text
-        if partial.startswith(sent) and len(partial) > len(sent):
-          send([{"index": i, "delta": {"content": partial[len(sent):]}, "finish_reason": None}])
-          sent = partial
-      if text.startswith(sent) and len(text) > len(sent):
-        send([{"index": i, "delta": {"content": text[len(sent):]}, "finish_reason": None}])
-      send([{"index": i, "delta": {}, "finish_reason": reason}])
-    if usage is not None:
-      send([], usage=usage)
-    self.wfile.write(b"data: [DONE]\n\n")
-    self.wfile.flush()
+    except OSError:
+      pass
 
   def _images_reply(self, work: Work) -> None:
     images = self._wait(work)

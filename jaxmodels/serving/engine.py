@@ -1,9 +1,11 @@
 """Dynamic batching of requests into bucketed, compiled model calls.
 
 One worker thread owns the model. Requests (`Work`) wait in a bounded queue; the worker takes the
-oldest, waits up to `max_wait_s` for more with the same batch key (kind + the settings a compiled
-program fixes: greedy or the sampling temperature/top_p; flow steps and guidance), and runs up to
-`max_batch` rows as one call. It waits only when more may come: a request is still arriving (the
+oldest, waits up to `max_wait_s` for more with the same batch key (the kind, and for images the
+settings a compiled sampler fixes: flow steps and guidance; chat rows carry their own temperature,
+top_p and seed), and runs up to `max_batch` rows as one call. Chat decodes in compiled chunks
+(decode.py): each chunk's tokens go to streaming clients at once, and the batch stops when every
+row has finished (eos, its max_tokens or a stop sequence) or every client has left. It waits only when more may come: a request is still arriving (the
 HTTP layer calls `begin_arrival` when one starts and `submit` ends it), or the last batch held
 several requests (a burst); a lone request on an idle server runs at once. Shapes are bucketed so a stream of varying requests compiles a bounded
 set of programs: batch rows to `batch_buckets` (padded by repeating a row), prompt tokens and new
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -33,7 +36,7 @@ from flax import nnx
 
 from input_pipeline.shapes_tasks import left_pad, to_unit_range
 from input_pipeline.tokenizers import IMAGE_SLOT
-from jaxmodels.generate import generate
+from jaxmodels.serving.decode import ChunkedDecoder
 from jaxmodels.serving.schema import APIError, ChatRequest, ImageRequest, bad, parse_size
 from jaxmodels.unified.model import splice_image_tokens
 
@@ -93,6 +96,7 @@ class Work:
   meta: dict = dataclasses.field(default_factory=dict)
   enqueued: float = dataclasses.field(default_factory=time.monotonic)
   done: threading.Event = dataclasses.field(default_factory=threading.Event)
+  updates: Any = None        # a queue.Queue for streaming: per chunk, the rows' tokens so far
   result: Any = None
   error: Exception | None = None
   cancelled: bool = False
@@ -109,7 +113,7 @@ class ServingModel:
   it generates pixels; edits when it also reads images into generation prompts and (edits="auto")
   its run trained on edits (ShapesWorld `data.edit_fraction` > 0), or edits="on"."""
 
-  def __init__(self, loaded, *, limits, edits: str = "auto", seed: int = 0):
+  def __init__(self, loaded, *, limits, edits: str = "auto", seed: int = 0, chunk: int = 8):
     self.model, self.tok, self.config, self.name = loaded.model, loaded.tokenizer, loaded.config, loaded.name
     c = self.model.config
     self.limits = limits
@@ -135,8 +139,13 @@ class ServingModel:
     self.default_guidance = float(ev.get("guidance", 3.0))
     self.gen_len = int(data.get("gen_len", 16))
     self.base_key = jax.random.key(seed)
+    self.pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0
+    self.decoder = ChunkedDecoder(self.model.llm, eos_id=self.tok.eos_id, pad_id=self.pad, chunk=chunk)
+    self.chunk = chunk
     self.lengths = powers_of_two(16, self.context)
-    self.new_tokens = powers_of_two(16, max(16, limits.max_tokens))
+    # New-token buckets: powers of two, whole chunks (the decode stops early anyway).
+    self.new_tokens = tuple(-(-b // chunk) * chunk for b in powers_of_two(16, max(16, limits.max_tokens)))
+    self._works = itertools.count(1)
     self.image_counts = (0,) + powers_of_two(1, max(1, limits.max_images))
 
   # -------------------------------------------------------------- requests -> work
@@ -159,12 +168,12 @@ class ServingModel:
                             f"{len(prompt)} and max_tokens asks {max_tokens}",
                 code="context_length_exceeded")
     pixels = [to_unit_range(img, self.image_side) for img in req.images]
-    greedy = req.temperature == 0.0
-    key = ("chat", greedy) if greedy else ("chat", False, req.temperature, req.top_p)
-    row = dict(ids=prompt, pixels=pixels, max_tokens=max_tokens)
-    return Work("chat", key, [row] * req.n, deadline, req.seed,
-                meta=dict(stop=req.stop, prompt_tokens=len(prompt), temperature=req.temperature,
-                          top_p=req.top_p))
+    base = (jax.random.key(req.seed % (2 ** 32)) if req.seed is not None
+            else jax.random.fold_in(self.base_key, next(self._works)))
+    rows = [dict(ids=prompt, pixels=pixels, max_tokens=max_tokens, temperature=req.temperature,
+                 top_p=req.top_p, key=jax.random.fold_in(base, j), stop=req.stop) for j in range(req.n)]
+    return Work("chat", ("chat",), rows, deadline, req.seed,
+                meta=dict(stop=req.stop, prompt_tokens=len(prompt)))
 
   def image_work(self, req: ImageRequest, deadline: float, *, edit: bool) -> Work:
     if not self.generates:
@@ -190,7 +199,8 @@ class ServingModel:
 
   # -------------------------------------------------------------- batches -> outputs
   def rng_for(self, works: Sequence[Work], counter: int) -> jax.Array:
-    """A request's own seed when it runs alone (reproducible), else a fresh key per batch."""
+    """The images' noise key: a request's own seed when it runs alone (reproducible), else a fresh
+    key per batch (chat rows carry their own keys: `chat_work`)."""
     if len(works) == 1 and works[0].seed is not None:
       return jax.random.key(works[0].seed % (2 ** 32))
     return jax.random.fold_in(self.base_key, counter)
@@ -202,7 +212,7 @@ class ServingModel:
     rows = rows + [rows[-1]] * (batch - len(rows))
     kind = works[0].kind
     if kind == "chat":
-      program, out = self._chat(rows, works[0], rng)
+      program, out = self._chat(rows, works)
     else:
       program, out = self._images(rows, works[0], rng, edit=kind == "edit")
     results, i = [], 0
@@ -211,16 +221,12 @@ class ServingModel:
       i += len(w.rows)
     return program, results
 
-  def _chat(self, rows, head: Work, rng):
+  def _chat(self, rows, works: Sequence[Work]):
+    """Prefill + chunked decode of `rows` (the works' rows, then padding copies of the last)."""
     length = bucket(max(len(r["ids"]) for r in rows), self.lengths)
     new = bucket(max(r["max_tokens"] for r in rows), self.new_tokens)
-    if length + new > self.context:   # near the context: the largest fitting shapes (still few)
-      need = max(r["max_tokens"] for r in rows)
-      new = max(need, self.context - length)
-      length = min(length, self.context - new)
     k = bucket(max(len(r["pixels"]) for r in rows), self.image_counts)
-    pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0
-    prompts = [left_pad(r["ids"], length, pad) for r in rows]
+    prompts = [left_pad(r["ids"], length, self.pad) for r in rows]
     ids = jnp.asarray(np.stack([p[0] for p in prompts]))
     mask = jnp.asarray(np.stack([p[1] for p in prompts]))
     embeds = None
@@ -231,28 +237,46 @@ class ServingModel:
         for j, p in enumerate(r["pixels"]):
           pixels[i, j] = p
       embeds = _chat_embeddings(self.model, ids, jnp.asarray(pixels))
-    greedy = head.key[1]
-    temperature, top_p = (0.0, 1.0) if greedy else (head.meta["temperature"], head.meta["top_p"])
-    out = generate(self.model.llm, ids, new, attention_mask=mask, inputs_embeds=embeds,
-                   temperature=temperature, top_p=top_p, rng=rng, eos_token_id=self.tok.eos_id,
-                   pad_token_id=pad)
-    tokens = np.asarray(out)[:, length:]
-    results = []
-    for r, row in zip(rows, tokens):
-      row = [int(t) for t in row[:r["max_tokens"]]]
-      stopped = self.tok.eos_id in row
-      if stopped:
-        row = row[:row.index(self.tok.eos_id) + 1]
-      results.append(dict(tokens=row, eos=stopped))
-    program = (f"chat batch={len(rows)} prompt={length} new={new} images={k} "
-               f"{'greedy' if greedy else 'sampled'}")
-    return program, results
+    live = sum(len(w.rows) for w in works)
+    out = [[] for _ in rows]
+    finished = [i >= live for i in range(len(rows))]    # padding rows never count
+    eos = [False] * len(rows)
+    for chunk in self.decoder.run(ids, mask, embeds, new_tokens=new,
+                                  temperature=[r["temperature"] for r in rows],
+                                  top_p=[r["top_p"] for r in rows],
+                                  keys=jnp.stack([r["key"] for r in rows])):
+      for i, r in enumerate(rows):
+        if finished[i]:
+          continue
+        for t in chunk[i]:
+          out[i].append(int(t))
+          if int(t) == self.tok.eos_id:
+            eos[i] = finished[i] = True
+            break
+          if len(out[i]) >= r["max_tokens"]:
+            finished[i] = True
+            break
+        if not finished[i] and r["stop"] and any(st in self.decode(out[i]) for st in r["stop"]):
+          finished[i] = True
+      self._publish(works, out)
+      if all(finished) or all(w.cancelled for w in works):
+        break
+    program = f"chat batch={len(rows)} prompt={length} new={new} images={k}"
+    return program, [dict(tokens=t, eos=e) for t, e in zip(out, eos)]
+
+  @staticmethod
+  def _publish(works: Sequence[Work], out: list) -> None:
+    """Each streaming work gets a copy of its rows' tokens so far."""
+    i = 0
+    for w in works:
+      if w.updates is not None and not w.cancelled:
+        w.updates.put([list(t) for t in out[i:i + len(w.rows)]])
+      i += len(w.rows)
 
   def _images(self, rows, head: Work, rng, *, edit: bool):
     length = bucket(max(len(r["ids"]) for r in rows), [b for b in self.lengths if b >= self.gen_len]
                     or self.lengths[-1:])
-    pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0
-    prompts = [left_pad(r["ids"], length, pad) for r in rows]
+    prompts = [left_pad(r["ids"], length, self.pad) for r in rows]
     ids = jnp.asarray(np.stack([p[0] for p in prompts]))
     mask = jnp.asarray(np.stack([p[1] for p in prompts]))
     if edit:
