@@ -196,7 +196,8 @@ def test_seeded_sampling_does_not_depend_on_the_batch(srv):
 def test_image_generation(srv):
   client = srv.client()
   out = client.images.generate(model="shapes_serve", prompt="a red circle", size="32x32",
-                               response_format="b64_json", extra_body={"steps": 2, "guidance": 2.0, "seed": 1})
+                               response_format="b64_json",
+                               extra_body={"steps": 2, "guidance": 2.0, "seed": 1})
   image = Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json)))
   assert image.size == (32, 32) and image.mode == "RGB"
   with pytest.raises(openai.BadRequestError, match="32x32 images only") as e:
@@ -267,7 +268,8 @@ def test_malformed_and_oversize_requests(srv):
   big = Image.fromarray(np.zeros((65, 65, 3), np.uint8))
   buf = io.BytesIO()
   big.save(buf, format="PNG")
-  for url, message in [(data_url(buf.getvalue()), "over the limit"), ("https://example.com/a.png", "remote URLs"),
+  for url, message in [(data_url(buf.getvalue()), "over the limit"),
+                       ("https://example.com/a.png", "remote URLs"),
                        ("data:image/png;base64,@@@", "invalid base64"), ("/etc/passwd", "image_root")]:
     with pytest.raises(openai.BadRequestError, match=message) as e:
       client.chat.completions.create(model="shapes_serve", messages=[{"role": "user", "content": [
@@ -378,9 +380,9 @@ def test_rover_judge_against_the_server(srv, tmp_path, monkeypatch):
   judge = OpenAIJudge(srv.url, "shapes_serve", api_key_env="SERVE_TEST_KEY", max_tokens=8,
                       api_attempts=1, parse_attempts=1, timeout=120)
   before = srv.metrics()["requests_chat"]
-  scores = evaluate.score_only(None, None, str(tmp_path / "out"), rover_data=str(tmp_path / "ig.parquet"),
-                               rover_outputs=str(tmp_path / "gen"), rover_rubrics=str(tmp_path / "prompts.py"),
-                               judge=judge)
+  scores = evaluate.score_only(None, None, str(tmp_path / "out"),
+                               rover_data=str(tmp_path / "ig.parquet"), rover_outputs=str(tmp_path / "gen"),
+                               rover_rubrics=str(tmp_path / "prompts.py"), judge=judge)
   assert "rover_ig" in scores
   assert srv.metrics()["requests_chat"] - before == 2 * 5    # every metric of every task was asked
   records = rover.read_records(tmp_path / "out" / "rover_metrics.jsonl")
@@ -427,6 +429,7 @@ def test_serve_command(checkpoint):
       rest, _ = proc.communicate()
   output = "".join(lines) + rest
   assert KEY not in output and "Traceback" not in output
-  missing = subprocess.run([sys.executable, "serve.py", f"--checkpoint={checkpoint}", "--api_key_env=NOT_SET_X"],
-                           cwd=ROOT, env=env, text=True, capture_output=True, timeout=120)
+  missing = subprocess.run([sys.executable, "serve.py", f"--checkpoint={checkpoint}",
+                            "--api_key_env=NOT_SET_X"], cwd=ROOT, env=env, text=True, capture_output=True,
+                           timeout=120)
   assert missing.returncode != 0 and "NOT_SET_X" in missing.stderr and "Traceback" not in missing.stderr

@@ -3,14 +3,17 @@
 One worker thread owns the model. Requests (`Work`) wait in a bounded queue; the worker takes the
 oldest, waits up to `max_wait_s` for more with the same batch key (the kind, and for images the
 settings a compiled sampler fixes: flow steps and guidance; chat rows carry their own temperature,
-top_p and seed), and runs up to `max_batch` rows as one call. Chat decodes in compiled chunks
-(decode.py): each chunk's tokens go to streaming clients at once, and the batch stops when every
-row has finished (eos, its max_tokens or a stop sequence) or every client has left. It waits only when more may come: a request is still arriving (the
-HTTP layer calls `begin_arrival` when one starts and `submit` ends it), or the last batch held
-several requests (a burst); a lone request on an idle server runs at once. Shapes are bucketed so a stream of varying requests compiles a bounded
-set of programs: batch rows to `batch_buckets` (padded by repeating a row), prompt tokens and new
-tokens to powers of two, images per chat row to 0/1/2/4... Each new (kind, shapes, settings) is
-logged once and counted (`metrics()["programs"]`); XLA compilations in the worker are counted too.
+top_p and seed), and runs up to `max_batch` rows as one call. It waits only while more may come: a
+request is still arriving (the HTTP layer calls `begin_arrival` when one starts, `submit` ends it)
+or the last batch held several requests (a burst); a lone request on an idle server runs at once.
+Chat decodes in compiled chunks (decode.py): each chunk's tokens go to streaming clients at once,
+and the batch stops when every row has finished (eos, its max_tokens or a stop sequence) or every
+client has left.
+
+Shapes are bucketed so a stream of varying requests compiles a bounded set of programs: batch rows
+to `batch_buckets` (padded by repeating a row), prompt tokens and new tokens to powers of two,
+images per chat row to 0/1/2/4... Each new program (kind, shapes, settings) is logged once and
+counted (`metrics()["programs"]`); XLA compilations in the worker thread are counted too.
 
 A request is dropped unrun when its client left or its deadline passed while queued; a failing
 batch is retried row by row, so one bad request fails alone and the worker carries on.
@@ -142,6 +145,7 @@ class ServingModel:
     self.pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0
     self.decoder = ChunkedDecoder(self.model.llm, eos_id=self.tok.eos_id, pad_id=self.pad, chunk=chunk)
     self.chunk = chunk
+    self.eos = {int(t) for t in np.asarray(self.decoder.eos_ids)}
     self.lengths = powers_of_two(16, self.context)
     # New-token buckets: powers of two, whole chunks (the decode stops early anyway).
     self.new_tokens = tuple(-(-b // chunk) * chunk for b in powers_of_two(16, max(16, limits.max_tokens)))
@@ -250,7 +254,7 @@ class ServingModel:
           continue
         for t in chunk[i]:
           out[i].append(int(t))
-          if int(t) == self.tok.eos_id:
+          if int(t) in self.eos:
             eos[i] = finished[i] = True
             break
           if len(out[i]) >= r["max_tokens"]:
@@ -290,8 +294,8 @@ class ServingModel:
     return f"{head.key[0]} batch={len(rows)} prompt={length} {settings}", list(_uint8(x))
 
   def decode(self, tokens: Sequence[int]) -> str:
-    specials = {t for t in (self.tok.eos_id, getattr(self.tok, "pad_id", None),
-                            getattr(self.tok, "bos_id", None)) if t is not None}
+    specials = self.eos | {t for t in (getattr(self.tok, "pad_id", None), getattr(self.tok, "bos_id", None))
+                           if t is not None}
     return self.tok.decode([t for t in tokens if t not in specials]).strip()
 
 
