@@ -48,6 +48,9 @@ def _define_flags():
   f.DEFINE_integer("max_n", 4, "Largest n (choices or images per request).")
   f.DEFINE_integer("max_steps", 50, "Largest flow sampling `steps`.")
   f.DEFINE_integer("seed", 0, "Base seed of the sampling keys.")
+  f.DEFINE_integer("stream_chunk", 8, "Tokens per compiled decode chunk (streaming granularity).")
+  f.DEFINE_bool("one_device", False, "Copy the weights whole onto the first device instead of the "
+                "run's mesh (a model that fits one device, on a host with several).")
 
 
 def main(argv):
@@ -76,10 +79,10 @@ def _serve():
   if F.config:
     from jaxmodels.config_utils import load_config_file
     config = load_config_file(F.config)
-  loaded = load_checkpoint(F.checkpoint, config, F.step, F.model_name)
+  loaded = load_checkpoint(F.checkpoint, config, F.step, F.model_name, one_device=F.one_device)
   limits = Limits(max_body_bytes=F.max_body_bytes, max_image_pixels=F.max_image_pixels,
                   max_images=F.max_images, max_tokens=F.max_tokens, max_n=F.max_n, max_steps=F.max_steps)
-  model = ServingModel(loaded, limits=limits, edits=F.edits, seed=F.seed)
+  model = ServingModel(loaded, limits=limits, edits=F.edits, seed=F.seed, chunk=F.stream_chunk)
   buckets = [int(b) for b in F.batch_buckets] if F.batch_buckets else None
   engine = Engine(model, max_batch=F.max_batch, max_wait_s=F.max_wait_ms / 1000, max_queue=F.max_queue,
                   batch_buckets=buckets)

@@ -71,6 +71,8 @@ def load_checkpoint(workdir: str, config=None, step: int | None = None, name: st
   from jaxmodels.unified import UnifiedModel
   if not os.path.isdir(workdir):
     raise CheckpointFormatError(f"{workdir}: no such directory")
+  if os.path.basename(os.path.normpath(workdir)) == "checkpoints":   # the run's checkpoints/ itself
+    workdir = os.path.dirname(os.path.normpath(workdir))
   config = saved_config(workdir, step) if config is None else config
   model, step = restore_eval_model(config, workdir, step)
   if one_device:
