@@ -90,6 +90,9 @@ def _serve():
       host=F.host, port=F.port, api_key=key, limits=limits, request_timeout_s=F.request_timeout,
       image_root=F.image_root))
   host, port = server.server_address[:2]
+  if not key and host not in ("127.0.0.1", "localhost", "::1"):
+    logging.warning("listening on %s without --api_key_env: anyone who reaches this port can use the model",
+                    host)
   print(f"serving {loaded.name} (step {loaded.step}) at http://{host}:{port}/v1"
         f"{' (bearer key required)' if key else ''}", flush=True)
   signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())

@@ -200,6 +200,17 @@ def test_image_generation(srv):
                                extra_body={"steps": 2, "guidance": 2.0, "seed": 1})
   image = Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json)))
   assert image.size == (32, 32) and image.mode == "RGB"
+  # Concurrent generations with the same sampler settings run as one batch.
+  before = srv.metrics()
+  srv.engine.set_paused(True)
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    futures = [pool.submit(client.images.generate, prompt=p, extra_body={"steps": 2, "guidance": 2.0})
+               for p in ("a red circle", "a blue square", "a green triangle")]
+    time.sleep(0.5)
+    srv.engine.set_paused(False)
+    assert all(len(f.result().data) == 1 for f in futures)
+  after = srv.metrics()
+  assert (after["batches"] - before["batches"], after["batch_rows"] - before["batch_rows"]) == (1, 3)
   with pytest.raises(openai.BadRequestError, match="32x32 images only") as e:
     client.images.generate(prompt="a red circle", size="1024x1024")
   assert e.value.body["param"] == "size"
