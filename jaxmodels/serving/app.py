@@ -228,8 +228,10 @@ class Handler(BaseHTTPRequestHandler):
 
   # -------------------------------------------------------------- endpoints
   def _health(self, path: str) -> None:
-    m = self.server.engine.metrics()
-    self._send_json(200, {"status": "ok", "model": self.server.engine.model.name, "queue": m["queue"]})
+    engine = self.server.engine
+    ok = engine.alive
+    self._send_json(200 if ok else 503, {"status": "ok" if ok else "worker stopped",
+                                         "model": engine.model.name, "queue": engine.metrics()["queue"]})
 
   def _model_card(self) -> dict:
     sm = self.server.engine.model

@@ -423,15 +423,29 @@ class Engine:
         else:
           self._cond.wait(timeout=0.5)
 
+  @property
+  def alive(self) -> bool:
+    return self._thread.is_alive()
+
   def _loop(self) -> None:
     counter = 0
     while True:
-      batch = self._take()
+      try:
+        batch = self._take()
+      except Exception:   # noqa: BLE001 - a bug here must not leave the queue without a worker
+        log.exception("the batcher failed to take a batch; carrying on")
+        time.sleep(0.1)
+        continue
       if batch is None:
         return
       counter += 1
       try:
         self._run(batch, counter)
+      except Exception:   # noqa: BLE001
+        log.exception("a batch failed outside the model call")
+        for w in batch:
+          if not w.done.is_set():
+            w.finish(error=APIError(500, "internal server error", type="server_error"))
       finally:
         with self._cond:
           self._running = 0
