@@ -405,6 +405,18 @@ def test_rover_judge_against_the_server(srv, tmp_path, monkeypatch):
       assert "HTTP" not in why and "network" not in why
 
 
+def test_bench_serve_smoke(checkpoint, capsys):
+  sys.path.insert(0, os.path.join(ROOT, "tools"))
+  import bench_serve
+  results = bench_serve.main([f"--checkpoint={checkpoint}", "--clients=1,4", "--requests=8",
+                              "--batch_buckets=1,8", "--max_tokens=6"])
+  for name in ("one_at_a_time", "batched"):
+    assert [lvl["clients"] for lvl in results[name]["levels"]] == [1, 4]
+    assert all(lvl["requests_per_s"] > 0 and lvl["p95_ms"] >= lvl["p50_ms"] for lvl in results[name]["levels"])
+  assert results["one_at_a_time"]["levels"][1]["mean_batch"] == 1.0
+  assert "speed-up" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- the command
 
 def test_serve_command(checkpoint):

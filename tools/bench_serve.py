@@ -92,7 +92,7 @@ def _level(url: str, clients: int, requests: int, make_body) -> dict:
           "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95))}
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--checkpoint", help="a training workdir (default: a random shapes_tiny one)")
@@ -101,10 +101,11 @@ def main():
   parser.add_argument("--requests", type=int, default=64, help="requests per level (>= 2x clients)")
   parser.add_argument("--max_tokens", type=int, default=16)
   parser.add_argument("--steps", type=int, default=10, help="flow steps (--kind=image)")
-  parser.add_argument("--max_batch", type=int, default=32)
+  parser.add_argument("--max_batch", type=int, default=32, help="batch buckets 1, 2, 4, ... max_batch")
+  parser.add_argument("--batch_buckets", help="explicit batch buckets, e.g. 1,8 (instead of --max_batch)")
   parser.add_argument("--max_wait_ms", type=float, default=10.0)
   parser.add_argument("--json", help="also write the results here")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
   import logging
   logging.getLogger("jaxmodels.serving").setLevel(logging.WARNING)
@@ -129,7 +130,9 @@ def main():
   results = {"device": jax.devices()[0].device_kind, "kind": args.kind, "max_tokens": args.max_tokens,
              "steps": args.steps, "checkpoint": os.path.basename(os.path.normpath(args.checkpoint)),
              "date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count()}
-  for name, buckets in (("one_at_a_time", (1,)), ("batched", powers_of_two(1, args.max_batch))):
+  batched = (tuple(int(b) for b in args.batch_buckets.split(",")) if args.batch_buckets
+             else powers_of_two(1, args.max_batch))
+  for name, buckets in (("one_at_a_time", (1,)), ("batched", batched)):
     engine = Engine(ServingModel(loaded, limits=limits), batch_buckets=buckets,
                     max_wait_s=args.max_wait_ms / 1000, max_queue=4096)
     server = app.make_server(engine, app.ServeOptions(port=0, limits=limits, request_timeout_s=600))
@@ -171,6 +174,7 @@ def main():
       json.dump(results, f, indent=1)
   if tmp is not None:
     tmp.cleanup()
+  return results
 
 
 if __name__ == "__main__":
