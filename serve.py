@@ -2,6 +2,9 @@ r"""Serves a trained run (or a released copy of its workdir) behind an OpenAI-co
 
     python serve.py --checkpoint=runs/shapes_tiny                      # http://127.0.0.1:8000/v1
     MY_KEY=secret python serve.py --checkpoint=runs/shapes_tiny --port=8001 --api_key_env=MY_KEY
+    # released weights: a folder without checkpoints/ (holding the tokenizer, or config.data.tokenizer
+    # names it) and a config whose init names them, e.g. --config.init.hf.llm=<HF folder>
+    python serve.py --checkpoint=DIR --config=configs/<exp>.py --config.init.hf.llm=/models/...
 
 Endpoints: POST /v1/chat/completions (text + image_url parts, stream, usage), /v1/images/generations
 (b64_json; extra fields steps, guidance, seed), /v1/images/edits (models that edit); GET /v1/models,
@@ -27,7 +30,9 @@ def _define_flags():
   """CLI flags, defined only when run as a script."""
   f = flags
   f.DEFINE_string("checkpoint", None, "A training workdir (checkpoints/, tokenizer.json).", required=True)
-  f.DEFINE_string("config", None, "A config file (default: the config saved with the checkpoint).")
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "A config file[:arg] (default: the config saved with "
+                                  "the checkpoint); --config.x=y overrides.")
   f.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   f.DEFINE_string("host", "127.0.0.1", "Address to listen on (loopback by default).")
   f.DEFINE_integer("port", 8000, "Port (0: a free one, printed at start).")
@@ -75,10 +80,7 @@ def _serve():
     key = os.environ.get(F.api_key_env)
     if not key:
       raise ConfigError(f"--api_key_env={F.api_key_env}: that environment variable is not set or empty")
-  config = None
-  if F.config:
-    from jaxmodels.config_utils import load_config_file
-    config = load_config_file(F.config)
+  config = F.config   # None: the one saved with the checkpoint
   loaded = load_checkpoint(F.checkpoint, config, F.step, F.model_name, one_device=F.one_device)
   limits = Limits(max_body_bytes=F.max_body_bytes, max_image_pixels=F.max_image_pixels,
                   max_images=F.max_images, max_tokens=F.max_tokens, max_n=F.max_n, max_steps=F.max_steps)
@@ -113,4 +115,5 @@ if __name__ == "__main__":
   logging.set_verbosity(logging.WARNING)   # quiet: Orbax and JAX log every restore step at INFO
   import logging as std_logging
   std_logging.getLogger("jaxmodels.serving").setLevel(std_logging.INFO)   # new programs, errors
-  sys.exit(app.run(main))
+  from jaxmodels.config_utils import flags_parser
+  sys.exit(app.run(main, flags_parser=flags_parser))   # config mistakes: one line, no traceback

@@ -117,6 +117,26 @@ def ask(client, text="what color is the circle?", **kw):
                                         **kw)
 
 
+def test_released_weights_through_config_init(checkpoint, loaded, tmp_path):
+  """A folder without checkpoints/: the config's `init` names the weights (here another run's,
+  `init.checkpoint`; Hugging Face towers go through `init.hf` the same way)."""
+  import jax
+  from flax import nnx
+
+  from jaxmodels.serving.loader import load_checkpoint, saved_config
+  config = saved_config(str(checkpoint))
+  config.init = {"checkpoint": str(checkpoint)}
+  (tmp_path / "tokenizer.json").write_bytes((checkpoint / "tokenizer.json").read_bytes())
+  released = load_checkpoint(str(tmp_path), config, one_device=True)
+  assert released.step == 0 and released.tokenizer.vocab_size == loaded.tokenizer.vocab_size
+  for a, b in zip(jax.tree.leaves(nnx.state(released.model, nnx.Param)),
+                  jax.tree.leaves(nnx.state(loaded.model, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  config.init = {}
+  with pytest.raises(Exception, match="config.init names no released weights"):
+    load_checkpoint(str(tmp_path), config)
+
+
 # --------------------------------------------------------------------------- the API
 
 def test_models_and_health(srv):

@@ -114,8 +114,8 @@ class Handler(BaseHTTPRequestHandler):
 
   def _error(self, e: APIError) -> None:
     headers = {"Retry-After": "1"} if e.status == 429 else {}
-    if e.status in (411, 413):
-      self.close_connection = True
+    if not self._body_read and int(self.headers.get("Content-Length") or 0):
+      self.close_connection = True    # the unread body would be parsed as the next request
       headers["Connection"] = "close"
     self._send_json(e.status, e.body(), headers)
 
@@ -127,6 +127,7 @@ class Handler(BaseHTTPRequestHandler):
 
   def _dispatch(self, method: str) -> None:
     path = self.path.split("?", 1)[0].rstrip("/") or "/"
+    self._body_read = False
     self._arriving = method == "POST"
     if self._arriving:
       self.server.engine.begin_arrival()   # the batcher waits for requests still arriving
@@ -182,11 +183,13 @@ class Handler(BaseHTTPRequestHandler):
     limit = self.server.options.limits.max_body_bytes
     if length > limit:
       if length <= 4 * limit:   # read it, so the client gets the answer rather than a reset
-        for _ in range(0, length, 1 << 20):
-          self.rfile.read(min(1 << 20, length))
-          length -= 1 << 20
+        left = length
+        while left > 0:
+          left -= len(self.rfile.read(min(1 << 20, left)) or b"x" * left)
+        self._body_read = True
       raise APIError(413, f"request body of {length} bytes is over the limit of {limit}",
                      code="body_too_large")
+    self._body_read = True
     return self.rfile.read(length)
 
   def _json_body(self) -> dict:
@@ -346,12 +349,15 @@ class Handler(BaseHTTPRequestHandler):
     self._images_reply(self.server.engine.model.image_work(req, self._deadline(), edit=False))
 
   def _edit(self, path: str) -> None:
-    limits = self.server.options.limits
+    limits, sm = self.server.options.limits, self.server.engine.model
+    raw = self._body()
+    if sm.edit_why or not sm.generates:   # refused before any image is decoded
+      raise bad(None, sm.edit_why or "this model does not generate images", code="unsupported")
     ctype = self.headers.get("Content-Type", "")
     if ctype.lower().startswith("multipart/form-data"):
-      body = schema.form_to_body(schema.parse_multipart(self._body(), ctype), limits)
+      body = schema.form_to_body(schema.parse_multipart(raw, ctype), limits)
     else:
-      body = self._json_body()
+      body = schema.parse_json(raw)
       if isinstance(body.get("image"), str):
         body["image"] = schema.image_from_url(body["image"], "image", limits, self.server.options.image_root)
       elif body.get("image") is not None:

@@ -3,7 +3,8 @@
 A training workdir (or a released copy of one) holds `checkpoints/<step>/{state,config}` and the run's
 `tokenizer.json`. The config is the one train.py saved next to the weights (JSON), unless one is given
 (`--config`); the weights come through `trainer.setup.restore_eval_model`, the loader evaluate.py uses
-(model + EMA only, EMA swapped in).
+(model + EMA only, EMA swapped in). A folder without checkpoints/ serves a config whose `init` names
+released weights (Hugging Face towers, `trainer.setup.initialize`), as train.py would start from them.
 
     loaded = load_checkpoint("runs/shapes_tiny")
     loaded.model, loaded.tokenizer, loaded.config, loaded.step
@@ -61,9 +62,30 @@ def run_tokenizer(workdir: str, config):
   raise CheckpointFormatError(f"{path}: missing, and config.data.tokenizer names no tokenizer")
 
 
+def released_model(config):
+  """A model built from `config` with the released weights `config.init` names loaded into it
+  (`trainer.setup.initialize`: {"hf": {part: path}} Hugging Face towers, or {"checkpoint": run}
+  another run's model), parameters born in their sharded layout on the config's mesh."""
+  import types
+
+  from jaxmodels import sharding
+  from jaxmodels.trainer.setup import initialize, mesh_and_rules, model_factory
+  init = config.get("init") or {}
+  if not (init.get("hf") or init.get("checkpoint")):
+    raise ConfigError("no checkpoints/ folder here, and config.init names no released weights "
+                      "(config.init.hf towers or config.init.checkpoint)")
+  mesh, rules = mesh_and_rules(config)
+  model = sharding.create_sharded(model_factory(config), mesh, rules)
+  initialize(config, types.SimpleNamespace(model=model, ema=None), mesh, rules)   # no optimizer state
+  return model
+
+
 def load_checkpoint(workdir: str, config=None, step: int | None = None, name: str | None = None,
                     one_device: bool = False) -> Loaded:
-  """Restores a run for inference. `config`: a ConfigDict (default: the one saved with the weights).
+  """Restores a run for inference: `workdir` holds checkpoints/ (a training workdir, a copy of one,
+  or its checkpoints/ folder itself); `config` a ConfigDict (default: the one saved with the
+  weights). Without checkpoints/, `config` must name released weights in `config.init` and
+  `workdir` holds (or config.data.tokenizer names) the tokenizer; step is then 0.
   `one_device`: the weights are then copied whole onto the first device (no sharding: for a model
   that fits one device on a host with several, e.g. virtual CPU devices), else they stay on the
   run's mesh."""
@@ -73,8 +95,11 @@ def load_checkpoint(workdir: str, config=None, step: int | None = None, name: st
     raise CheckpointFormatError(f"{workdir}: no such directory")
   if os.path.basename(os.path.normpath(workdir)) == "checkpoints":   # the run's checkpoints/ itself
     workdir = os.path.dirname(os.path.normpath(workdir))
-  config = saved_config(workdir, step) if config is None else config
-  model, step = restore_eval_model(config, workdir, step)
+  if config is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    model, step = released_model(config), 0
+  else:
+    config = saved_config(workdir, step) if config is None else config
+    model, step = restore_eval_model(config, workdir, step)
   if one_device:
     import jax
     from flax import nnx
