@@ -423,6 +423,16 @@ def test_rover_judge_against_the_server(srv, tmp_path, monkeypatch):
       why = record["result"][f"{metric}_reasoning"] or ""
       # The server answered (a random model's reply holds no 1-5 score, so the score is missing).
       assert "HTTP" not in why and "network" not in why
+  # The same through the command line: evaluate.py --base_url.
+  env = {**os.environ, "SERVE_TEST_KEY": KEY, "XLA_FLAGS": ""}
+  r = subprocess.run([sys.executable, "evaluate.py", "--score_only", f"--out={tmp_path / 'cli'}",
+                      f"--rover_data={tmp_path / 'ig.parquet'}", f"--rover_outputs={tmp_path / 'gen'}",
+                      f"--rover_rubrics={tmp_path / 'prompts.py'}", f"--base_url={srv.url}",
+                      "--judge_model=shapes_serve", "--judge_api_key_env=SERVE_TEST_KEY",
+                      "--judge_max_tokens=8"], cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert len(rover.read_records(tmp_path / "cli" / "rover_metrics.jsonl")) == 2
+  assert (tmp_path / "cli" / "results.json").is_file() and KEY not in r.stdout + r.stderr
 
 
 def test_bench_serve_smoke(checkpoint, capsys):

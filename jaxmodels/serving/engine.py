@@ -316,7 +316,9 @@ class Engine:
     self._paused = False
     self._stop = False
     self._programs: dict[str, int] = {}   # program (shapes + settings) -> batches run
-    self._counts = collections.Counter()
+    self._counts = collections.Counter({k: 0 for k in (
+        "requests_chat", "requests_image", "requests_edit", "batches", "batch_rows", "errors", "timeouts",
+        "timeouts_queued", "client_disconnects", "rejected_queue_full")})
     self._compiles = 0
     self._thread = threading.Thread(target=self._loop, name="jaxmodels-serve-engine", daemon=True)
     jax.monitoring.register_event_duration_secs_listener(self._on_compile)
