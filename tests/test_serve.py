@@ -253,6 +253,36 @@ def test_edits_and_their_refusal(srv, loaded):
     other.close()
 
 
+def test_hugging_face_tokenizer_chat_format(loaded):
+  """A run with a Hugging Face tokenizer: conversations rendered in its chat format (chatml here),
+  replies ending at its end-of-turn token; without a chat format the server refuses to start."""
+  import dataclasses
+
+  import tokenizers
+
+  from input_pipeline.tokenizers import HFTokenizer
+  from jaxmodels.errors import ConfigError
+  words = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "user", "assistant"]
+  words += WORDS.split()
+  vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+  raw = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+  raw.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  raw.add_special_tokens(words[1:5])
+  specials = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}
+  with pytest.raises(ConfigError, match="no chat format"):
+    Running(dataclasses.replace(loaded, tokenizer=HFTokenizer(raw, special_tokens=specials)))
+  tok = HFTokenizer(raw, special_tokens=specials, chat_format="chatml")
+  running = Running(dataclasses.replace(loaded, tokenizer=tok))
+  try:
+    assert sorted(running.engine.model.eos) == [1, 3]          # <|endoftext|>, <|im_end|>
+    reply = ask(running.client(), "what color is the circle?", max_tokens=8)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "what color is the circle?"}])
+    assert reply.usage.prompt_tokens == len(tok.encode(rendered))
+    assert reply.choices[0].finish_reason in ("stop", "length")
+  finally:
+    running.close()
+
+
 def test_concurrent_requests_are_batched(srv):
   before = srv.metrics()
   client = srv.client()

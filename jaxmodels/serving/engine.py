@@ -46,6 +46,10 @@ from jaxmodels.unified.model import splice_image_tokens
 log = logging.getLogger("jaxmodels.serving")
 
 
+# End-of-turn tokens of the chat formats (input_pipeline.tokenizers): a reply ends at any of them.
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "<|eom_id|>")
+
+
 def bucket(n: int, buckets: Sequence[int]) -> int:
   """The smallest bucket >= n (the caller has checked n against the largest)."""
   for b in buckets:
@@ -143,7 +147,7 @@ class ServingModel:
     self.gen_len = int(data.get("gen_len", 16))
     self.base_key = jax.random.key(seed)
     self.pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0
-    self.decoder = ChunkedDecoder(self.model.llm, eos_id=self.tok.eos_id, pad_id=self.pad, chunk=chunk)
+    self.decoder = ChunkedDecoder(self.model.llm, eos_id=self._stop_ids(), pad_id=self.pad, chunk=chunk)
     self.chunk = chunk
     self.eos = {int(t) for t in np.asarray(self.decoder.eos_ids)}
     self.lengths = powers_of_two(16, self.context)
@@ -151,6 +155,20 @@ class ServingModel:
     self.new_tokens = tuple(-(-b // chunk) * chunk for b in powers_of_two(16, max(16, limits.max_tokens)))
     self._works = itertools.count(1)
     self.image_counts = (0,) + powers_of_two(1, max(1, limits.max_images))
+
+  def _stop_ids(self) -> list[int] | None:
+    """The ids that end a reply: eos and the chat format's end-of-turn tokens the vocabulary has
+    (None: the LLM config's eos). A Hugging Face tokenizer needs a chat format to serve chat."""
+    from jaxmodels.errors import ConfigError
+    if hasattr(self.tok, "tokenizer") and getattr(self.tok, "chat_format", None) is None:
+      raise ConfigError(f"{getattr(self.tok, 'path', 'tokenizer')}: no chat format detected; set "
+                        f"config.data.chat_format (serving renders conversations in it)")
+    ids = {self.tok.eos_id} if self.tok.eos_id is not None else set()
+    for token in END_OF_TURN:
+      tid = self.tok.token_to_id(token)
+      if tid is not None:
+        ids.add(int(tid))
+    return sorted(ids) or None
 
   # -------------------------------------------------------------- requests -> work
   def _bos(self, ids: list[int]) -> list[int]:
