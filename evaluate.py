@@ -62,7 +62,8 @@ def _define_flags():
   _CB_ROUTE = flags.DEFINE_enum("official_route", None, ["open", "api", "cot"],
                                 "Mirror the official ColorBench answer parser of this route.")
   _ROVER_METRICS = flags.DEFINE_string("rover_metrics", None, "A judged rover_metrics.jsonl (or its folder).")
-  _ROVER_CONFIG = flags.DEFINE_enum("rover_config", "IG", ["IG", "TG"], "ROVER config of --rover_metrics / --rover_outputs.")
+  _ROVER_CONFIG = flags.DEFINE_enum("rover_config", "IG", ["IG", "TG"],
+                                    "ROVER config of --rover_metrics / --rover_outputs.")
   _ROVER_DATA = flags.DEFINE_string("rover_data", None, "ROVER parquet (file, folder or dataset root).")
   _ROVER_OUTPUTS = flags.DEFINE_string("rover_outputs", None, "gen_{id}.png/.txt outputs to judge.")
   _ROVER_RUBRICS = flags.DEFINE_string("rover_rubrics", None, "A local copy of ROVER's prompts.py.")

@@ -472,7 +472,8 @@ def test_bench_serve_smoke(checkpoint, capsys):
                               "--batch_buckets=1,8", "--max_tokens=6"])
   for name in ("one_at_a_time", "batched"):
     assert [lvl["clients"] for lvl in results[name]["levels"]] == [1, 4]
-    assert all(lvl["requests_per_s"] > 0 and lvl["p95_ms"] >= lvl["p50_ms"] for lvl in results[name]["levels"])
+    levels = results[name]["levels"]
+    assert all(lvl["requests_per_s"] > 0 and lvl["p95_ms"] >= lvl["p50_ms"] for lvl in levels)
   assert results["one_at_a_time"]["levels"][1]["mean_batch"] == 1.0
   assert "speed-up" in capsys.readouterr().out
 
