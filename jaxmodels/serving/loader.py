@@ -62,11 +62,14 @@ def run_tokenizer(workdir: str, config):
   raise CheckpointFormatError(f"{path}: missing, and config.data.tokenizer names no tokenizer")
 
 
-def released_model(config):
+def released_model(config, one_device: bool = False):
   """A model built from `config` with the released weights `config.init` names loaded into it
   (`trainer.setup.initialize`: {"hf": {part: path}} Hugging Face towers, or {"checkpoint": run}
-  another run's model), parameters born in their sharded layout on the config's mesh."""
+  another run's model), parameters born in their sharded layout on the config's mesh (or, with
+  `one_device`, on the first device alone)."""
   import types
+
+  import jax
 
   from jaxmodels import sharding
   from jaxmodels.trainer.setup import initialize, mesh_and_rules, model_factory
@@ -75,6 +78,8 @@ def released_model(config):
     raise ConfigError("no checkpoints/ folder here, and config.init names no released weights "
                       "(config.init.hf towers or config.init.checkpoint)")
   mesh, rules = mesh_and_rules(config)
+  if one_device:
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
   model = sharding.create_sharded(model_factory(config), mesh, rules)
   initialize(config, types.SimpleNamespace(model=model, ema=None), mesh, rules)   # no optimizer state
   return model
@@ -96,7 +101,7 @@ def load_checkpoint(workdir: str, config=None, step: int | None = None, name: st
   if os.path.basename(os.path.normpath(workdir)) == "checkpoints":   # the run's checkpoints/ itself
     workdir = os.path.dirname(os.path.normpath(workdir))
   if config is not None and not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    model, step = released_model(config), 0
+    model, step = released_model(config, one_device), 0
   else:
     config = saved_config(workdir, step) if config is None else config
     model, step = restore_eval_model(config, workdir, step)
