@@ -14,6 +14,9 @@ r"""Scores a checkpoint, or existing outputs, on the ShapesWorld / official benc
     #   judged ROVER records -> summary; ShapesWorld-ROVER gen_{id} files -> exact scores
     python evaluate.py --score_only --out=runs/eval --rover_metrics=DIR/rover_metrics.jsonl \
         --shapes_rover_dir=runs/eval/rover
+    #   ROVER outputs judged by any OpenAI-compatible endpoint, e.g. a local `python serve.py ...`
+    python evaluate.py --score_only --out=runs/eval --rover_data=ROVER --rover_outputs=DIR \
+        --rover_rubrics=ROVER/prompts.py --base_url=http://127.0.0.1:8000/v1 --judge_model=NAME
 
 Writes the official files of each benchmark, `results.json` with every score, `scores.md` (markdown
 tables) and one bar chart `<benchmark>.png` per benchmark, and prints the score table. The checkpoint
@@ -40,6 +43,7 @@ def _define_flags():
   global _ALLOW_INCOMPLETE, _IMAGES_PER_PROMPT, _EVALS, _CB_DATA, _CB_PREDS, _CB_ROUTE
   global _ROVER_METRICS, _ROVER_CONFIG, _SHAPES_ROVER_DIR, _SHAPES_ROVER_TASKS, _SEED, _IMAGE_SIZE
   global _DETECTOR, _HF_DETECTOR_DIR, _HF_CLIP_DIR, _DEVICE
+  global _ROVER_DATA, _ROVER_OUTPUTS, _ROVER_RUBRICS, _BASE_URL, _JUDGE_MODEL, _JUDGE_KEY, _JUDGE_TOKENS
   _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (checkpoint mode).")
   _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The run's workdir (holds checkpoints/, tokenizer.json).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -59,7 +63,16 @@ def _define_flags():
   _CB_ROUTE = flags.DEFINE_enum("official_route", None, ["open", "api", "cot"],
                                 "Mirror the official ColorBench answer parser of this route.")
   _ROVER_METRICS = flags.DEFINE_string("rover_metrics", None, "A judged rover_metrics.jsonl (or its folder).")
-  _ROVER_CONFIG = flags.DEFINE_enum("rover_config", "IG", ["IG", "TG"], "ROVER config of --rover_metrics.")
+  _ROVER_CONFIG = flags.DEFINE_enum("rover_config", "IG", ["IG", "TG"],
+                                    "ROVER config of --rover_metrics / --rover_outputs.")
+  _ROVER_DATA = flags.DEFINE_string("rover_data", None, "ROVER parquet (file, folder or dataset root).")
+  _ROVER_OUTPUTS = flags.DEFINE_string("rover_outputs", None, "gen_{id}.png/.txt outputs to judge.")
+  _ROVER_RUBRICS = flags.DEFINE_string("rover_rubrics", None, "A local copy of ROVER's prompts.py.")
+  _BASE_URL = flags.DEFINE_string("base_url", None, "The ROVER judge's OpenAI-compatible endpoint.")
+  _JUDGE_MODEL = flags.DEFINE_string("judge_model", None, "The ROVER judge's model name.")
+  _JUDGE_KEY = flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY",
+                                   "Environment variable of the judge's key ('' for none).")
+  _JUDGE_TOKENS = flags.DEFINE_integer("judge_max_tokens", 3000, "The judge's max_tokens per reply.")
   _SHAPES_ROVER_DIR = flags.DEFINE_string("shapes_rover_dir", None, "ShapesWorld-ROVER outputs (IG/, TG/).")
   _SHAPES_ROVER_TASKS = flags.DEFINE_integer("shapes_rover_tasks", 16, "ShapesWorld-ROVER tasks per config.")
   _SEED = flags.DEFINE_integer("seed", 0, "Seed of the ShapesWorld-ROVER tasks (score-only mode).")
@@ -100,9 +113,11 @@ def score_only(geneval_dir: str | None, metadata: str | None, out: str, *,
                official_route: str | None = None, rover_metrics: str | None = None,
                rover_config: str = "IG", shapes_rover_dir: str | None = None,
                shapes_rover_tasks: int = 16, seed: int = 0, image_size: int = 32,
-               detector=None) -> dict:
+               detector=None, rover_data: str | None = None, rover_outputs: str | None = None,
+               rover_rubrics: str | None = None, judge=None) -> dict:
   """Scores whatever outputs are given (see the module docstring); no model. `detector` is the
-  GenEval detector (default: the `shapes` one)."""
+  GenEval detector (default: the `shapes` one); `judge` the ROVER judge of `rover_outputs` (e.g.
+  `judges.OpenAIJudge(base_url, model)`)."""
   from jaxmodels.evals import EvalInputError
   scores = {}
   if geneval_dir or metadata:
@@ -134,6 +149,15 @@ def score_only(geneval_dir: str | None, metadata: str | None, out: str, *,
     reports.write_json(os.path.join(out, "rover_summary.json"),
                        {"summary": summary, "config": rover_config})
     scores[f"rover_{rover_config.lower()}"] = dict(summary["overall"])
+  if rover_outputs:
+    if not (rover_data and rover_rubrics and judge is not None):
+      raise EvalInputError("judging ROVER outputs needs --rover_data, --rover_rubrics and a judge "
+                           "(--base_url and --judge_model)")
+    from jaxmodels.evals import rover
+    summary = rover.evaluate(rover.load_rover(rover_data, rover_config), rover_outputs, judge,
+                             rover.load_rubrics(rover_rubrics), out, config=rover_config,
+                             progress=False)
+    scores[f"rover_{rover_config.lower()}"] = dict(summary["overall"])
   if shapes_rover_dir:
     from jaxmodels.evals import shapes_rover
     tasks = shapes_rover.make_tasks(seed=seed, num_ig=shapes_rover_tasks,
@@ -147,23 +171,18 @@ def score_only(geneval_dir: str | None, metadata: str | None, out: str, *,
                                            if v is not None}
   if not scores:
     raise EvalInputError("score-only mode: nothing to score (give --geneval_dir/--metadata, "
-                         "--colorbench_data/--colorbench_predictions, --rover_metrics or "
-                         "--shapes_rover_dir)")
+                         "--colorbench_data/--colorbench_predictions, --rover_metrics, "
+                         "--rover_outputs or --shapes_rover_dir)")
   return scores
 
 
 def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
                         evals=EVALS) -> dict:
-  from flax import nnx
-
   from input_pipeline.datasets import default_data_dir
   from input_pipeline.tokenizers import WordTokenizer
-  from jaxmodels import sharding
-  from jaxmodels.checkpoint import Checkpointer, restore_params
   from jaxmodels.errors import CheckpointFormatError, ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
-  from jaxmodels.trainer.setup import (mesh_and_rules, run_keys, shapes_eval_supported,
-                                       train_state_factory)
+  from jaxmodels.trainer.setup import restore_eval_model, run_keys, shapes_eval_supported
 
   unknown = [e for e in evals if e not in EVALS + TEXT_EVALS]
   if unknown:
@@ -174,26 +193,10 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
       raise ConfigError("--evals=mctune: a text-only evaluation, not combined with the ShapesWorld ones")
     from jaxmodels.evals import mctune
     return mctune.evaluate_checkpoint(config, workdir, out, step)
-  mesh, rules = mesh_and_rules(config)
-  make_state, _ = train_state_factory(config)
-  abstract = nnx.eval_shape(make_state)
-  graphdef, state = nnx.split(abstract)
-  if not shapes_eval_supported(config, abstract.model):
+  model, step = restore_eval_model(config, workdir, step)   # EMA weights where the run kept an EMA
+  if not shapes_eval_supported(config, model):
     raise ConfigError(f"config.model.type={config.model.get('type')!r}: the ShapesWorld evaluations need a "
                       f"unified model")
-  target = sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointFormatError(f"{ckpt.directory}: no checkpoint to evaluate")
-  ckpt.close()
-  # Parameters only (model + EMA; the optimizer moments are never read), on this run's mesh.
-  params = restore_params(workdir, {k: v for k, v in dict(target).items() if k in ("model", "ema")}, step)
-  ts = nnx.merge(graphdef, state)
-  nnx.update(ts.model, params["model"])
-  if ts.ema is not None:
-    nnx.update(ts.ema, params["ema"])
-  model = ts.eval_model()   # EMA weights where the run kept an EMA
   tok_path = os.path.join(workdir, "tokenizer.json")
   if not os.path.exists(tok_path):
     raise CheckpointFormatError(f"{tok_path}: missing (the run's tokenizer is saved there by train.py)")
@@ -230,6 +233,13 @@ def _run():
         raise app.UsageError("--detector=hf needs --hf_detector_dir and --hf_clip_dir")
       detector = make_detector("hf", detector_dir=_HF_DETECTOR_DIR.value,
                                clip_dir=_HF_CLIP_DIR.value, device=_DEVICE.value)
+    judge = None
+    if _BASE_URL.value:
+      from jaxmodels.evals.judges import OpenAIJudge
+      if not _JUDGE_MODEL.value:
+        raise app.UsageError("--base_url needs --judge_model")
+      judge = OpenAIJudge(_BASE_URL.value, _JUDGE_MODEL.value, api_key_env=_JUDGE_KEY.value or None,
+                          max_tokens=_JUDGE_TOKENS.value)
     scores = score_only(_GENEVAL_DIR.value, _METADATA.value, _OUT.value,
                         allow_incomplete=_ALLOW_INCOMPLETE.value,
                         images_per_prompt=_IMAGES_PER_PROMPT.value,
@@ -237,7 +247,9 @@ def _run():
                         official_route=_CB_ROUTE.value, rover_metrics=_ROVER_METRICS.value,
                         rover_config=_ROVER_CONFIG.value, shapes_rover_dir=_SHAPES_ROVER_DIR.value,
                         shapes_rover_tasks=_SHAPES_ROVER_TASKS.value, seed=_SEED.value,
-                        image_size=_IMAGE_SIZE.value, detector=detector)
+                        image_size=_IMAGE_SIZE.value, detector=detector,
+                        rover_data=_ROVER_DATA.value, rover_outputs=_ROVER_OUTPUTS.value,
+                        rover_rubrics=_ROVER_RUBRICS.value, judge=judge)
   else:
     if not (_CONFIG.value and _CHECKPOINT.value):
       raise app.UsageError("checkpoint mode needs --config and --checkpoint (or use --score_only)")

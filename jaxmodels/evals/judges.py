@@ -163,20 +163,22 @@ class OpenAIJudge:
   failures give `JudgeReply(score=None, error=...)`.
 
   The API key is read from the environment variable `api_key_env` at each request and only put
-  in the Authorization header: it is not stored on the object, not returned by `describe()`, and
+  in the Authorization header (api_key_env=None: no key, e.g. a local `serve.py` without one):
+  it is not stored on the object, not returned by `describe()`, and
   scrubbed from any error text.
 
   Example:
     judge = OpenAIJudge("http://127.0.0.1:8000/v1", "Qwen2.5-VL-72B", api_key_env="LOCAL_KEY")
+    judge = OpenAIJudge("http://127.0.0.1:8000/v1", "shapes_tiny", api_key_env=None, max_tokens=64)
   """
 
-  def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
+  def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
                temperature: float = 0.0, max_tokens: int = 3000, api_attempts: int = 5,
                parse_attempts: int = 3, backoff_scale: float = 1.0, timeout: float = 120.0,
                sleep: Callable[[float], None] = time.sleep):
     if not base_url or not model:
       raise EvalInputError("OpenAIJudge: base_url and model are required")
-    if not os.environ.get(api_key_env):
+    if api_key_env and not os.environ.get(api_key_env):
       raise EvalInputError(f"OpenAIJudge: environment variable {api_key_env} (the API key) is "
                            f"not set")
     self.url = base_url.rstrip("/") + "/chat/completions"
@@ -194,13 +196,14 @@ class OpenAIJudge:
             "api_key_env": self.api_key_env}
 
   def _scrub(self, text: str) -> str:
-    key = os.environ.get(self.api_key_env)
+    key = os.environ.get(self.api_key_env) if self.api_key_env else None
     return text.replace(key, "***") if key and text else text
 
   def _post(self, body: bytes) -> str:
-    request = urllib.request.Request(self.url, data=body, method="POST", headers={
-        "Content-Type": "application/json",
-        "Authorization": f"Bearer {os.environ.get(self.api_key_env, '')}"})
+    headers = {"Content-Type": "application/json"}
+    if self.api_key_env:   # None: a local endpoint without a key (serve.py without --api_key_env)
+      headers["Authorization"] = f"Bearer {os.environ.get(self.api_key_env, '')}"
+    request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
     try:
       with urllib.request.urlopen(request, timeout=self.timeout) as response:
         payload = json.loads(response.read().decode("utf-8"))

@@ -178,3 +178,31 @@ def initialize(config, ts: TrainState, mesh, rules) -> None:
   if ts.ema is not None and init:
     start = nnx.state(get_submodule(ts.model, ts.ema_path))
     nnx.update(ts.ema, jax.tree.map(jnp.copy, start))
+
+
+def restore_eval_model(config, workdir: str, step: int | None = None):
+  """(model, step): the model of a run's checkpoint (`workdir`/checkpoints, latest step or `step`) for
+  inference: the state tree train.py saved is built abstractly (nothing allocated twice), only the
+  model and EMA weights are read (never the optimizer moments), placed on this run's mesh, and the
+  EMA weights are swapped in where the run kept an EMA (`TrainState.eval_model`). Shared by
+  evaluate.py and serve.py."""
+  import os
+
+  from jaxmodels.checkpoint import Checkpointer, restore_params
+  from jaxmodels.errors import CheckpointFormatError
+  mesh, rules = mesh_and_rules(config)
+  make_state, _ = train_state_factory(config)
+  abstract = nnx.eval_shape(make_state)
+  graphdef, state = nnx.split(abstract)
+  target = sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  step = ckpt.latest_step() if step is None else step
+  ckpt.close()
+  if step is None:
+    raise CheckpointFormatError(f"{ckpt.directory}: no checkpoint to restore")
+  params = restore_params(workdir, {k: v for k, v in dict(target).items() if k in ("model", "ema")}, step)
+  ts = nnx.merge(graphdef, state)
+  nnx.update(ts.model, params["model"])
+  if ts.ema is not None:
+    nnx.update(ts.ema, params["ema"])
+  return ts.eval_model(), step
