@@ -1,33 +1,40 @@
 """The embedded default: a tiny decoupled-encoder unified model trained on ShapesWorld on a laptop.
 
 A SigLIP-style understanding encoder (32 px, a convolutional stem to the 8×8 token grid, 2×2 pooled to
-16 tokens) feeds a small Qwen2-style LLM for Q/A; 16 learnable queries read the LLM's hidden states
-for generation, and an MLP connector conditions a Lumina-style DiT that generates, by flow matching,
-the 8×8×8 latent grid of a jointly trained per-patch palette autoencoder (`target=ae`, the default;
-its decoder paints every pixel one palette colour: BLIP3-o's compact-target idea at toy scale, see
-jaxmodels/unified/patch_autoencoder.py) — or 32×32 pixels with 4-px patches (`:target=pixels`).
-At equal steps the latent target gives crisp single-colour objects where pixels give noisy blobs
-(BENCHMARKS.md; both still score 0 on the strict detector). Each understanding sequence asks up to 4
-questions about its image (multi-turn, leaving out turns an earlier turn gives away,
-`data.qa_leak_free`), each question *before* its own copy of the image tokens
+16 tokens) feeds a small Qwen2-style LLM for Q/A. Generation has three variants (`:target=`):
+
+  * `ae` (the default): 16 learnable queries read the LLM's hidden states and an MLP connector
+    conditions a Lumina-style DiT that generates, by flow matching, the 8×8×8 latent grid of a jointly
+    trained per-patch palette autoencoder (its decoder paints every pixel one palette colour: BLIP3-o's
+    compact-target idea at toy scale, jaxmodels/unified/patch_autoencoder.py); LLM width 128, 2 layers;
+    generation inputs on every third step (`train.gen_every=3`: ~1.5× the steps in the same time).
+  * `pixels`: the same DiT on 32×32 pixels with 4-px patches.
+  * `tokens`: BLIP3o-NEXT's autoregressive path — the LLM itself (width `:width=256`, `:layers=4`)
+    draws the image after the prompt as the raster list of its foreground 4×4 patches, one token
+    (position, pattern, colour) each from a fitted codebook that decodes exactly
+    (jaxmodels/unified/patch_tokens.py), with cross-entropy like the answers; the pattern head sees the
+    patterns already drawn around the next cell, positions are sampled at temperature 0.7 and patterns
+    at 0.1, without CFG; both paths on every step. It is the variant that draws shapes the strict
+    detector accepts (ShapesWorld-GenEval ~0.2-0.26 in 10 minutes where `ae` scores 0) but it does
+    not yet keep the understanding scores of `ae` (BENCHMARKS.md, "generation: image tokens").
+
+Each understanding sequence asks up to 4 questions about its image (multi-turn, leaving out turns an
+earlier turn gives away, `data.qa_leak_free`), each question *before* its own copy of the image tokens
 (`data.und_layout="question_first"`: <bos> Q1 <image>×16 A1 <eos> Q2 <image>×16 A2 <eos> ...);
-`data.edit_fraction` mixes in edit pairs. Five levers make the understanding path learn in budget
+`data.edit_fraction` mixes in edit pairs. Levers that make the understanding path learn in budget
 (BENCHMARKS.md, "Learning levers"): the conv stem (`stem="conv"`: a patchify ViT this small stays at
 chance on shapes), dense per-token shape/colour labels from the renderer's masks on the encoder
-(`und_dense_weight`, `data.dense_labels`), leak-free turns (answers read from the image, not copied
-from the text), question-first turns (the image tokens see the question, so the 2-layer LLM can
-pick out the object it names: two-object colour questions go from 0.71 to 0.94) and
-`train.gen_every=3` (generation inputs on every third step: ~1.5× the steps in the same time).
-`data.worker_count=1`: the examples are made in one Grain worker process (the same batches as in
-process; tools/bench_data.py measured 1.7k examples/s there against ~0.9k in the training process).
-The towers' `remat` stays "none": "dots" gave ~20% more steps per second before the entry points'
-host-malloc settings and nothing measurable since (BENCHMARKS.md); train.py turns remat off for
-multi-process CPU runs anyway, where XLA:CPU's gloo collectives abort under it.
-The run stops at `train.total_steps` or after `train.time_limit_minutes`, then evaluates (Q/A,
-ShapesWorld-ColorBench, -GenEval and -ROVER) and prints the score table.
+(`und_dense_weight`, `data.dense_labels`), leak-free turns and question-first turns (the image tokens
+see the question, so the 2-layer LLM can pick out the object it names).
+`data.worker_count=1`: the examples are made in one Grain worker process (tools/bench_data.py measured
+1.7k examples/s there against ~0.9k in the training process). The towers' `remat` stays "none";
+train.py turns remat off for multi-process CPU runs anyway, where XLA:CPU's gloo collectives abort
+under it. The run stops at `train.total_steps` or after `train.time_limit_minutes`, then evaluates
+(Q/A, ShapesWorld-ColorBench, -GenEval and -ROVER) and prints the score table.
 
     python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny
     python train.py --config=configs/shapes_tiny.py:runlocal --workdir=/tmp/shapes_smoke   # seconds
+    python train.py --config=configs/shapes_tiny.py:target=tokens --workdir=runs/shapes_tiny_tokens
     python train.py --config=configs/shapes_tiny.py:target=pixels --workdir=runs/shapes_tiny_pixels
 """
 import ml_collections
@@ -61,19 +68,21 @@ def get_config(arg=None):
     c.model.dit.update(sample_size=8, patch_size=1, in_channels=8)
   elif a.target == "tokens":   # the LLM draws sparse palette-patch tokens (BLIP3o-NEXT's AR path)
     c.model.gen_target, c.model.queries, c.model.dit = "patch_tokens", "none", None
+    if a.runlocal:                # a smoke run keeps the small LLM
+      a.width, a.layers = 128, 2
     c.model.llm.update(hidden_size=a.width, intermediate_size=2 * a.width, num_layers=a.layers)
     c.model.patch_tokens = dict(image_size=32, patch_size=4, max_patches=48, temperature=0.7,
-                                palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
+                                pattern_temperature=0.1, neighbours=True, palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
   elif a.target != "pixels":
-    raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'pixels', 'ae' or 'tokens'")
+    raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'tokens', 'ae' or 'pixels'")
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=96, gen_len=16,
       questions_per_scene=4, qa_turns=4, qa_leak_free=True, und_layout="question_first", dense_labels=True,
       edit_fraction=0.0, on_error="raise", worker_count=1))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
-  # Generation inputs on every third step (the others train understanding only, about half the
-  # cost): ~1500 steps fit the time limit on 2 cores and the cosine schedule ends with the run (the
-  # time limit is a safety net on slower machines).
+  # target=ae/pixels: generation inputs on every third step (the others train understanding only,
+  # about half the cost): ~1500 steps fit the time limit on 2 cores and the cosine schedule ends with
+  # the run (the time limit is a safety net on slower machines).
   c.train.update(total_steps=1500, gen_every=3, log_every=50, eval_every=500, ckpt_every=500,
                  time_limit_minutes=7.5)
   c.evals = ml_collections.ConfigDict(dict(which="qa,geneval,colorbench,rover",  # a subset skips the rest
@@ -82,6 +91,12 @@ def get_config(arg=None):
                                            # > 0: in-loop evals also score GenEval + geneval_progress on
                                            # this many test prompts (a learning curve in metrics.jsonl)
                                            loop_geneval_prompts=0))
+  if a.target == "tokens":
+    # Both paths on every step; ~1100 steps fit 10 minutes on 2 cores (the cosine schedule ends with
+    # the run). Sampling without classifier-free guidance: it lowers strict GenEval for the token path
+    # (BENCHMARKS.md, "generation: image tokens").
+    c.train.update(total_steps=1100, gen_every=1, time_limit_minutes=10)
+    c.evals.guidance = 1.0
   if a.runlocal:   # a smoke run: a few steps, small evals
     c.data.config = "tiny"
     c.data.batch_size = 8

@@ -37,7 +37,7 @@ OVERRIDES = {"train.total_steps": TOTAL, "train.log_every": 1, "train.ckpt_every
 
 
 def _config(data_dir):
-  c = shapes_tiny.get_config("runlocal")
+  c = shapes_tiny.get_config("runlocal,target=ae")   # remat "dots" on the flow head too
   c.data.data_dir = data_dir
   for key, value in OVERRIDES.items():
     *groups, name = key.split(".")
@@ -60,7 +60,7 @@ def _losses(workdir):
 
 
 def _launch(workdir, data_dir, port, process_id):
-  cmd = [sys.executable, "train.py", "--config=configs/shapes_tiny.py:runlocal", f"--workdir={workdir}",
+  cmd = [sys.executable, "train.py", "--config=configs/shapes_tiny.py:runlocal,target=ae", f"--workdir={workdir}",
          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={process_id}",
          f"--config.data.data_dir={data_dir}", *[f"--config.{k}={v}" for k, v in OVERRIDES.items()]]
   env = {k: v for k, v in os.environ.items() if k != "PJRT_NPROC"}   # train.py sizes it (host_devices)

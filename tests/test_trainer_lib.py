@@ -194,7 +194,7 @@ def test_checkpoint_save_compiles_nothing_unless_replica_parallel(tmp_path, capl
 def test_no_remat_on_multiprocess_cpu(monkeypatch):
   from configs import shapes_tiny
   from jaxmodels.trainer.setup import no_remat_on_multiprocess_cpu
-  config = shapes_tiny.get_config()
+  config = shapes_tiny.get_config("target=ae")
   config.model.llm.remat = config.model.und_encoder.remat = config.model.dit.remat = "dots"
   assert no_remat_on_multiprocess_cpu(config) == (config, [])          # one process: unchanged
   monkeypatch.setattr(jax, "process_count", lambda: 2)

@@ -22,7 +22,7 @@ GEN_LEN = 48
 
 def get_config(arg=None):
   arm, a = common.split_arg(arg, ARMS, "pisces_encoders")
-  c = shapes_tiny.get_config()
+  c = shapes_tiny.get_config("target=ae")   # the flow-head generation path these arms compare
   c = common.smoke(c) if a.runlocal else common.full(c)
   c.data.edit_fraction = 0.25
   c.data.gen_len = GEN_LEN

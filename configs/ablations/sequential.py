@@ -30,7 +30,7 @@ FROZEN = ["llm/.*", "und_encoder/.*", "und_projector/.*"]
 
 def get_config(arg=None):
   arm, a = common.split_arg(arg, ARMS, "sequential", stage="")
-  c = shapes_tiny.get_config()
+  c = shapes_tiny.get_config("target=ae")   # the flow-head generation path these arms compare
   c = common.smoke(c) if a.runlocal else common.full(c)
   stages = STAGES.get(arm, ("",))
   if a.stage not in stages:
