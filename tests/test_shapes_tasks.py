@@ -170,3 +170,11 @@ def test_question_first_turns_show_the_image_after_each_question(scenes, tok):
   assert und_prompt(tok, q, 2) == [tok.bos_id, img, img] + tok.encode(q)
   with pytest.raises(ValueError, match="und_layout='sideways'"):
     ShapesTaskSource(scenes, tok, layout="sideways", **kw)
+
+
+def test_a_decoded_split_iterates_like_a_list(scenes):
+  rows = list(scenes)                        # stops at the end (IndexError), not a ValueError
+  assert len(rows) == len(scenes) == 48
+  assert rows[-1]["metadata"] == scenes[-1]["metadata"] == scenes[len(scenes) - 1]["metadata"]
+  with pytest.raises(IndexError, match="out of range"):
+    scenes[len(scenes)]

@@ -290,7 +290,12 @@ class DecodedSource:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return decode_example(self._source[index])
+    # IndexError past the end (negative indices count from it), so `for ex in source` stops as on a
+    # list: the ArrayRecord source raises ValueError for an out-of-range key.
+    n = len(self._source)
+    if not -n <= index < n:
+      raise IndexError(f"index {index} out of range for a split of {n} records")
+    return decode_example(self._source[index % n])
 
   def __repr__(self) -> str:
     return f"DecodedSource({self._source!r})"
