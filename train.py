@@ -219,7 +219,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  "nonfinite_skipped": guard.total, "data_skipped": pipeline.skipped_count(), **scores},
                 f, indent=2)
     shapes_eval.print_scores(scores)
-    print(f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, samples.png, scores.json)")
+    made = [n for n in ("checkpoints/", "metrics.jsonl", "samples.png", "scores.json")
+            if os.path.exists(os.path.join(workdir, n.rstrip("/")))]
+    print(f"\nworkdir: {workdir} ({', '.join(made)})")
   return scores
 
 
