@@ -32,6 +32,7 @@ import glob
 import importlib
 import inspect
 import io
+import json
 import logging
 import os
 import re
@@ -85,6 +86,18 @@ def one_line(text: Any, limit: int = 300) -> str:
   lines = str(text).strip().splitlines()
   line = lines[0] if lines else ""
   return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def json_lines(text: str, path: str) -> list[Any]:
+  """The records of a JSON Lines text (blank lines skipped); a bad line is a DataError naming it."""
+  records = []
+  for n, line in enumerate(text.splitlines(), 1):
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except ValueError as e:
+        raise DataError(f"{path} line {n}: not valid JSON ({one_line(e)})") from None
+  return records
 
 
 def decode_image(data: bytes, where: str) -> np.ndarray:

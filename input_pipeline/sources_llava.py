@@ -36,6 +36,7 @@ from input_pipeline.sources import DataError
 from input_pipeline.sources import RecordSource
 from input_pipeline.sources import decode_image
 from input_pipeline.sources import empty_image
+from input_pipeline.sources import json_lines
 from input_pipeline.sources import one_line
 
 ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -55,13 +56,7 @@ def _load_records(path: str) -> list[bytes]:
     except ValueError as e:
       raise DataError(f"{path}: not valid JSON ({one_line(e)})") from e
   else:  # JSON Lines
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-      if line.strip():
-        try:
-          records.append(json.loads(line))
-        except ValueError as e:
-          raise DataError(f"{path} line {n}: not valid JSON ({one_line(e)})") from e
+    records = json_lines(text, path)
   if not isinstance(records, list):
     raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
   return [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]

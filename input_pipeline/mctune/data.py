@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from input_pipeline.mctune import controls as C
-from input_pipeline.sources import DataError, one_line
+from input_pipeline.sources import DataError, json_lines, one_line
 
 PLAIN_META = ("Below is an instruction that describes a task, paired with an input that provides further "
               "context. Write a response that appropriately completes the request.")
@@ -138,14 +138,7 @@ def read_records(path: str) -> list[Any]:
     except ValueError as e:
       if text.lstrip().startswith("["):
         raise DataError(f"{path}: not valid JSON ({one_line(e)})") from None
-  records = []
-  for n, line in enumerate(text.splitlines(), 1):
-    if line.strip():
-      try:
-        records.append(json.loads(line))
-      except ValueError as e:
-        raise DataError(f"{path} line {n}: not valid JSON ({one_line(e)})") from None
-  return records
+  return json_lines(text, path)
 
 
 def read_instructions(path: str) -> list[Example]:
