@@ -108,7 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info("initialised from %s", config.init.to_dict())
 
   ############################ Compiled step #################################
-  batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim)  # noqa: E731
+  batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim, rules)  # noqa: E731  (config.sharding_rules)
 
   def to_global(batch):
     return {k: jax.make_array_from_process_local_data(batch_sh(np.asarray(v)), np.asarray(v))

@@ -151,10 +151,22 @@ def shard_module(model: nnx.Module, mesh: jax.sharding.Mesh, rules: Rules | None
   return nnx.merge(graphdef, state)
 
 
+def activation_rules(rules) -> Rules | None:
+  """The table activations and batches follow: `rules` itself, or for per-tower tables
+  ({tower: table, "default": table}) the "default" one (DEFAULT_RULES without it): activations and
+  batches cross towers, so they take the model-wide table."""
+  if rules is None or not isinstance(rules, Mapping):
+    return None if rules is None else tuple(rules)
+  default = rules.get("default")
+  return DEFAULT_RULES if default is None else tuple(default)
+
+
 @contextlib.contextmanager
-def use_mesh(mesh: jax.sharding.Mesh, rules: Rules | None = None):
-  """Sets the mesh (for activation constraints) and, optionally, the logical rules table."""
-  token = _RULES.set(tuple(rules)) if rules is not None else None
+def use_mesh(mesh: jax.sharding.Mesh, rules=None):
+  """Sets the mesh (for activation constraints) and, optionally, the logical rules: one table, or
+  per-tower tables whose "default" one the activations follow (`activation_rules`)."""
+  table = activation_rules(rules)
+  token = _RULES.set(table) if table is not None else None
   try:
     with jax.set_mesh(mesh):
       yield mesh
@@ -172,9 +184,11 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, spec)
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int) -> NamedSharding:
-  """Sharding for a batch array [B, ...]: B over the axes of `act_batch`, the rest replicated."""
-  spec = logical_to_spec(("act_batch",) + (None,) * (ndim - 1), None, mesh)
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int, rules=None) -> NamedSharding:
+  """Sharding for a batch array [B, ...]: B over the axes of `act_batch` in `rules` (one table or
+  per-tower tables, see `activation_rules`; None: the table `use_mesh` set, else DEFAULT_RULES), the
+  rest replicated."""
+  spec = logical_to_spec(("act_batch",) + (None,) * (ndim - 1), None, mesh, activation_rules(rules))
   return NamedSharding(mesh, spec)
 
 

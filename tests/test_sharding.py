@@ -210,3 +210,22 @@ def test_llm_fused_causal_path_matches_the_masked_one():
   np.testing.assert_allclose(l_fused, l_ref, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_fused)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_batches_and_activations_follow_the_configured_rules(mesh):
+  """Batch shardings and activation constraints read the rules they are given (one table or per-tower
+  tables, whose "default" table they follow), not the built-in DEFAULT_RULES."""
+  custom = [("act_batch", "data")] + [r for r in sharding.DEFAULT_RULES if r[0] != "act_batch"]
+  assert sharding.batch_sharding(mesh, 2).spec == P(("data", "fsdp"), None)
+  assert sharding.batch_sharding(mesh, 2, custom).spec == P("data", None)
+  per_tower = {"default": custom, "layers": list(sharding.DEFAULT_RULES)}
+  assert sharding.batch_sharding(mesh, 3, per_tower).spec == P("data", None, None)
+  assert sharding.batch_sharding(mesh, 2, {"layers": custom}).spec == P(("data", "fsdp"), None)  # no default
+  model = sharding.create_sharded(lambda: LLM(CFG, rngs=nnx.Rngs(0)), mesh, per_tower)
+  ref = np.asarray(LLM(CFG, rngs=nnx.Rngs(0))(IDS))
+  with sharding.use_mesh(mesh, per_tower):          # a per-tower table traces (activations: "default")
+    ids = jax.device_put(IDS, sharding.batch_sharding(mesh, 2, per_tower))
+    hidden = nnx.jit(lambda m, x: m.forward(x).hidden)(model, ids)
+    logits = nnx.jit(lambda m, x: m(x))(model, ids)
+  assert hidden.sharding.spec[0] == "data"
+  np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-5)

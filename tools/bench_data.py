@@ -71,7 +71,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   it = data.iterator
 
   def to_global(batch):                                   # as train.py
-    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.asarray(v).ndim),
+    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.asarray(v).ndim, rules),
                                                       np.asarray(v)) for k, v in batch.items()}
 
   first = next(it)

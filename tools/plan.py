@@ -67,7 +67,7 @@ def _image_size(cfg, default: int = 32) -> int:
   return default
 
 
-def batch_spec(config, mesh, model):
+def batch_spec(config, mesh, model, rules=None):
   """Abstract global batch in train.py's task layout for `model` (a UnifiedModel or a FlorenceVL),
   sharded over the batch axes. Sequence lengths: `config.data.und_len` (else `max_length`, else the
   image tokens + 256 text tokens) and `config.data.gen_len` (else 128)."""
@@ -95,7 +95,7 @@ def batch_spec(config, mesh, model):
     if c.gen_target != "latents" or c.image_tokenizer is not None:
       shapes["gen_image"] = ((b, size, size, 3), jnp.float32)
     shapes.update(gen_ids=((b, gen_len), jnp.int32), gen_mask=((b, gen_len), jnp.int32))
-  return {k: jax.ShapeDtypeStruct(s, t, sharding=sharding.batch_sharding(mesh, len(s)))
+  return {k: jax.ShapeDtypeStruct(s, t, sharding=sharding.batch_sharding(mesh, len(s), rules))
           for k, (s, t) in shapes.items()}
 
 
@@ -119,7 +119,7 @@ def plan(config, hbm_gb: float | None = None, *, compile_step: bool = True) -> d
   target = sharding.abstract_state(state, shardings)
   step_fn = make_train_step(abstract_ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
                             state_shardings=shardings)
-  batch = batch_spec(config, mesh, abstract_ts.model)
+  batch = batch_spec(config, mesh, abstract_ts.model, rules)
   rng = jax.eval_shape(lambda: jax.random.key(0))
   t0 = time.time()
   mem = None
