@@ -198,3 +198,12 @@ def test_prompt_ids_from_a_local_tokenizer_or_a_one_line_error(tmp_path):
   assert [[words[i] for i in p] for p in ids][1] == ["<s>", "What", "is", "the", "text", "in", "the", "image",
                                                      "?", "</s>"]
   assert all(p[0] == 0 and p[-1] == 2 and 3 not in p for p in ids)
+
+
+def test_param_count_tool_counts_florence_vl_without_a_tokenizer():
+  """tools/param_count.py builds the model config.model.type names (here FlorenceVL, abstractly)."""
+  from configs import florence_vl_3b
+  from tools import param_count as tool
+  counts = tool.count(florence_vl_3b.get_config())
+  assert counts["total"] == counts["trainable"] > 4_000_000_000
+  assert counts["llm"] > 3_000_000_000

@@ -27,11 +27,14 @@ def count(config) -> dict[str, int]:
   from flax import nnx
 
   from jaxmodels.trainer.optim import trainable_filter
-  from jaxmodels.unified import UnifiedModel
-  from jaxmodels.unified.build import unified_config
+  from jaxmodels.trainer.setup import model_factory, model_type
 
-  ucfg = unified_config(config.model)
-  model = nnx.eval_shape(lambda: UnifiedModel(ucfg, rngs=nnx.Rngs(0)))
+  if model_type(config) == "florence_vl":   # counting needs no prompt tokenisation
+    from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
+    fcfg = florence_vl_config(config.model, require_prompt_ids=False)
+    model = nnx.eval_shape(lambda: FlorenceVL(fcfg, rngs=nnx.Rngs(0)))
+  else:
+    model = nnx.eval_shape(model_factory(config))
 
   def n(state) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
@@ -49,7 +52,8 @@ def count(config) -> dict[str, int]:
 
 def main(argv):
   del argv
-  print(json.dumps(count(_CONFIG.value), indent=2))
+  from jaxmodels.errors import run_cli
+  run_cli(lambda: print(json.dumps(count(_CONFIG.value), indent=2)))   # config errors: one line
 
 
 if __name__ == "__main__":
