@@ -28,22 +28,12 @@ from input_pipeline.shapes_tasks import (GEN_LEN, OPEN_QA_KINDS, UND_LEN, left_p
 from jaxmodels.errors import ConfigError
 from jaxmodels.evals import geneval
 from jaxmodels.generate import generate
+from jaxmodels.unified.sampling import sample_edits, sample_images, to_uint8
 
 
 @nnx.jit
 def _und_embeddings(model, ids, images):
   return model.und_embeddings(ids, images)
-
-
-@nnx.jit(static_argnames=("num_steps", "guidance"))
-def _sample(model, ids, mask, rng, num_steps, guidance):
-  return model.generate_image(ids, mask, rng, num_steps=num_steps, guidance=guidance)
-
-
-@nnx.jit(static_argnames=("num_steps", "guidance", "image_guidance"))
-def _sample_edit(model, ids, mask, rng, cond_images, num_steps, guidance, image_guidance):
-  return model.generate_image(ids, mask, rng, num_steps=num_steps, guidance=guidance,
-                              cond_images=cond_images, image_guidance=image_guidance)
 
 
 def _batches(items: Sequence, size: int):
@@ -141,17 +131,13 @@ def model_edit_fn(model, tokenizer, *, rng: jax.Array, num_steps: int = 20, guid
                  for _, t in rows]
       ids = jnp.asarray(np.stack([p[0] for p in prompts]))
       mask = jnp.asarray(np.stack([p[1] for p in prompts]))
-      x = _sample_edit(model, ids, mask, jax.random.fold_in(rng, calls[0]), cond, num_steps,
+      x = sample_edits(model, ids, mask, jax.random.fold_in(rng, calls[0]), cond, num_steps,
                        guidance, image_guidance)
       calls[0] += 1
       out.extend(to_uint8(x)[:len(imgs)])
     return np.stack(out), [""] * len(out)
 
   return edit
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def geneval_generate_and_score(model, tokenizer, records: Sequence[dict], detector, *, rng: jax.Array,
@@ -169,7 +155,7 @@ def geneval_generate_and_score(model, tokenizer, records: Sequence[dict], detect
                for r in rows]
     ids = jnp.asarray(np.stack([p[0] for p in prompts]))
     mask = jnp.asarray(np.stack([p[1] for p in prompts]))
-    x = _sample(model, ids, mask, jax.random.fold_in(rng, b), num_steps, guidance)
+    x = sample_images(model, ids, mask, jax.random.fold_in(rng, b), num_steps, guidance)
     for i, (record, img) in enumerate(zip(chunk, to_uint8(x))):
       index = b * batch_size + i
       name = f"{index:05d}/samples/0000.png"

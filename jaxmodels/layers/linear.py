@@ -19,8 +19,8 @@ Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 
 # XLA's GPU compiler rewrites a dot with a vector operand as multiply + reduce when
 # (M + N) * K < this (gpu_algebraic_simplifier's IsMatrixMultiplicationTooSmallForRewriting; larger
-# ones go to cuBLAS / Triton GEMMs). Session 12's H200 profile agrees: a 2048x2048 kernel (4.2 M) was
-# rewritten, a 2048x6144 one (12.6 M) was not.
+# ones go to cuBLAS / Triton GEMMs): on an H200 a 2048x2048 kernel (4.2 M) is rewritten, a 2048x6144
+# one (12.6 M) is not (BENCHMARKS.md, GPU rows).
 XLA_GPU_DOT_REDUCE_SIZE = 10_000_000
 
 

@@ -42,6 +42,7 @@ from input_pipeline.tokenizers import IMAGE_SLOT
 from jaxmodels.serving.decode import ChunkedDecoder
 from jaxmodels.serving.schema import APIError, ChatRequest, ImageRequest, bad, parse_size
 from jaxmodels.unified.model import splice_image_tokens
+from jaxmodels.unified.sampling import sample_edits, sample_images, to_uint8
 
 log = logging.getLogger("jaxmodels.serving")
 
@@ -75,21 +76,6 @@ def _chat_embeddings(model, ids, pixels):
   tokens = model.image_tokens(pixels.reshape((b * k,) + pixels.shape[2:]))
   tokens = tokens.reshape(b, k * tokens.shape[1], tokens.shape[-1])
   return splice_image_tokens(model.llm.embed(ids), ids, tokens, model.config.image_token_id)
-
-
-@nnx.jit(static_argnames=("num_steps", "guidance"))
-def _sample(model, ids, mask, rng, num_steps, guidance):
-  return model.generate_image(ids, mask, rng, num_steps=num_steps, guidance=guidance)
-
-
-@nnx.jit(static_argnames=("num_steps", "guidance", "image_guidance"))
-def _sample_edit(model, ids, mask, rng, cond, num_steps, guidance, image_guidance):
-  return model.generate_image(ids, mask, rng, num_steps=num_steps, guidance=guidance,
-                              cond_images=cond, image_guidance=image_guidance)
-
-
-def _uint8(x) -> np.ndarray:
-  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 @dataclasses.dataclass
@@ -304,12 +290,12 @@ class ServingModel:
     if edit:
       _, steps, guidance, image_guidance = head.key
       cond = jnp.asarray(np.stack([r["pixels"] for r in rows]))
-      x = _sample_edit(self.model, ids, mask, rng, cond, steps, guidance, image_guidance)
+      x = sample_edits(self.model, ids, mask, rng, cond, steps, guidance, image_guidance)
     else:
       _, steps, guidance = head.key
-      x = _sample(self.model, ids, mask, rng, steps, guidance)
+      x = sample_images(self.model, ids, mask, rng, steps, guidance)
     settings = " ".join(f"{n}={v}" for n, v in zip(("steps", "guidance", "image_guidance"), head.key[1:]))
-    return f"{head.key[0]} batch={len(rows)} prompt={length} {settings}", list(_uint8(x))
+    return f"{head.key[0]} batch={len(rows)} prompt={length} {settings}", list(to_uint8(x))
 
   def decode(self, tokens: Sequence[int]) -> str:
     specials = self.eos | {t for t in (getattr(self.tok, "pad_id", None), getattr(self.tok, "bos_id", None))

@@ -21,9 +21,9 @@ def no_remat_on_multiprocess_cpu(config):
   every `remat` under `config.model` set to "none" (and the dotted paths it changed); else `config`
   unchanged. Remat never changes the math, only the backward's schedule: with it, XLA:CPU started two
   collectives of one step at once on a gloo communicator and the processes aborted ("Received data
-  size doesn't match expected size"; 3 of 3 two-process runs of tests/test_multihost.py with
-  remat "dots", none with "none"): XLA:CPU orders a program's collectives only by their start.
-  BENCHMARKS.md, embedded default, session 10."""
+  size doesn't match expected size" in tests/test_multihost.py with remat "dots", never with
+  "none"): XLA:CPU orders a program's collectives only by their start (BENCHMARKS.md, embedded
+  default)."""
   import copy
 
   if jax.process_count() == 1 or jax.default_backend() != "cpu" or "model" not in config:

@@ -53,9 +53,8 @@ class LatteConfig:
   residual_attention: bool = True    # TCRA on/off
   noisiest_group: str = "first"      # "first" | "last"
   # The group's M layers as straight-line code (True) or a lax.scan over them (False); None: unrolled
-  # on a GPU backend only. A 30-step sample of bench_flow's small head (M = 2): H200 8.4 -> 5.6 ms
-  # unrolled (a GPU runs a scan as a device loop with per-iteration overhead); 2-core CPU 511 -> 550
-  # ms, slower (BENCHMARKS.md, session 12).
+  # on a GPU backend only: a GPU runs a scan as a device loop with per-iteration overhead, while on a
+  # CPU the unrolled group is slower (BENCHMARKS.md, "Flow sampling").
   unroll_group: bool | None = None
   dtype: str = "float32"
   param_dtype: str = "float32"
