@@ -136,7 +136,7 @@ def test_cached_sampler_matches_the_teacher_forced_pass(model):
   x = jnp.concatenate([model.prompt_embeddings(ids, None), head.boi_embed(b),
                        head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1])], 1)
   full = jnp.concatenate([mask, jnp.ones((b, 1), jnp.int32), (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
-  h = model.llm.forward(None, pt._positions(full), full, inputs_embeds=x).hidden[:, t:]
+  h = model.llm.forward(None, pt.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
   lp = np.asarray(head.pos_logits(h))
   pl, cl = map(np.asarray, head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi)))
   pos, pattern, colour = map(np.asarray, (pos, pattern, colour))

@@ -130,8 +130,7 @@ def _patch_tokenizer(config) -> patch_tokens.PatchTokenizer:
   return patch_tokens.PatchTokenizer(config)
 
 
-def _positions(mask: jax.Array) -> jax.Array:
-  return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+_positions = patch_tokens.positions_of
 
 
 class UnifiedModel(nnx.Module):

@@ -308,7 +308,8 @@ class PatchTokenHead(nnx.Module):
 
 
 # ------------------------------------------------------------------------------------ with the LLM
-def _positions(mask: jax.Array) -> jax.Array:
+def positions_of(mask: jax.Array) -> jax.Array:
+  """Left-padded mask [B, T] -> RoPE positions [B, T], counted from each row's first real token."""
   return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
 
 
@@ -322,7 +323,7 @@ def training_loss(llm, head: PatchTokenHead, tokenizer: PatchTokenizer, prompt_e
                        head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1]).astype(prompt_embeds.dtype)], 1)
   full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
                           (pos[:, :-1] < head.config.eoi).astype(jnp.int32)], 1)
-  hidden = llm.forward(None, _positions(full), full, inputs_embeds=x).hidden[:, t:]
+  hidden = llm.forward(None, positions_of(full), full, inputs_embeds=x).hidden[:, t:]
   loss, metrics = head.loss(hidden, pos, pattern, colour)
   metrics["gen_patches"] = jnp.mean(jnp.sum(pos < head.config.eoi, axis=1).astype(jnp.float32))
   return loss, metrics
@@ -352,7 +353,7 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
   bb = prompt_embeds.shape[0]
   first = jnp.concatenate([mask, jnp.ones((bb, 1), jnp.int32)], 1)
   kv_mask = jnp.concatenate([first, jnp.zeros((bb, num), jnp.int32)], 1)
-  out = llm.forward(None, _positions(first), kv_mask, cache=llm.init_cache(bb, t + 1 + num), cache_index=0,
+  out = llm.forward(None, positions_of(first), kv_mask, cache=llm.init_cache(bb, t + 1 + num), cache_index=0,
                     inputs_embeds=jnp.concatenate([prompt_embeds, head.boi_embed(bb).astype(prompt_embeds.dtype)], 1))
   start = jnp.sum(first, axis=1)
 
