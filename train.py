@@ -37,7 +37,22 @@ def _define_flags():
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Runs the whole job (importable: tests and notebooks call this). Returns the final scores."""
+  """Runs the whole job (importable: tests and notebooks call this). Returns the final scores.
+
+  The settings are checked before anything is written; the workdir is then locked for the run (a
+  second run on it refuses in one line; process 0 of a multi-host run holds the lock)."""
+  import jax
+
+  from jaxmodels.trainer.setup import check_run_settings
+  from jaxmodels.trainer.workdir import WorkdirLock, check_writable
+
+  check_run_settings(config)
+  check_writable(workdir)
+  with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
   import jax
   import numpy as np
   from flax import nnx
@@ -45,23 +60,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   from input_pipeline import pipeline
   from input_pipeline.datasets import make_train_data
   from jaxmodels import sharding
-  from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.errors import ConfigError
+  from jaxmodels.checkpoint import Checkpointer, CheckpointWriteError
+  from jaxmodels.errors import CheckpointFormatError, ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
   from jaxmodels.trainer.setup import (gen_every_of, initialize, mesh_and_rules,
                                        no_remat_on_multiprocess_cpu, run_keys, shapes_eval_supported,
                                        train_state_factory, trains_generation, understanding_inputs)
+  from jaxmodels.trainer.workdir import write_config
 
-  check_writable(workdir)
   config, unremat = no_remat_on_multiprocess_cpu(config)
   if unremat:
     logging.warning("multi-process CPU run: remat set to 'none' in %s (XLA:CPU gloo collectives of one "
                     "step may overlap under remat and abort; see trainer/setup.py)", ", ".join(unremat))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
   logging.info("devices: %s", jax.devices())
 
   ############################ Mesh ##########################################
@@ -90,22 +102,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ############################ Restore #######################################
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                       async_save=config.checkpoint.async_save,
-                      replica_parallel=config.checkpoint.get("replica_parallel", False))
-  start = 0
+                      replica_parallel=config.checkpoint.get("replica_parallel", False), cleanup_tmp=True)
+  ckpt.quarantine_incomplete()     # half-written / half-deleted steps: moved aside, never re-saved into
   target = sharding.abstract_state(state, shardings)
-  if ckpt.latest_step() is not None:
-    start = ckpt.latest_step()
-    state = ckpt.restore(start, target, data_iter=data.iterator)
+  start, restored = ckpt.restore_latest(target, data_iter=data.iterator)  # unreadable steps: skipped
+  if start is not None:
+    state = restored
     logging.info("resumed from %s at step %d", ckpt.directory, start)
   elif config.resume:
     other = Checkpointer(config.resume, async_save=False)
     start = other.latest_step()
+    if start is None:
+      raise CheckpointFormatError(f"config.resume={config.resume}: no complete checkpoint there")
     state = other.restore(start, target, data_iter=data.iterator)
     logging.info("resumed from another run %s at step %d", config.resume, start)
-  elif config.init:                        # pretrained towers or another run's weights
-    initialize(config, ts, mesh, rules)
-    state = nnx.state(ts)
-    logging.info("initialised from %s", config.init.to_dict())
+  else:
+    start = 0
+    if config.init:                        # pretrained towers or another run's weights
+      initialize(config, ts, mesh, rules)
+      state = nnx.state(ts)
+      logging.info("initialised from %s", config.init.to_dict())
+  if jax.process_index() == 0:             # only now: a config the checkpoint rejects never lands
+    write_config(workdir, config)
 
   ############################ Compiled step #################################
   batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim, rules)  # noqa: E731  (config.sharding_rules)
@@ -148,8 +166,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t0, pending, step, saved, flag = time.time(), None, start, start, None
   limit = config.train.get("time_limit_minutes")
   batch = first
-  save = lambda s: ckpt.save(s, state, data_iter=data.iterator,  # noqa: E731
-                             config=json.loads(config.to_json_best_effort()))
+  def save(s):
+    try:
+      ckpt.save(s, state, data_iter=data.iterator, config=json.loads(config.to_json_best_effort()))
+    except CheckpointWriteError:
+      raise
+    except Exception as e:  # noqa: BLE001 - e.g. the data iterator's state could not be written
+      raise ckpt.write_error(s, e) from e
+
+  def committed_step():   # named by the non-finite stop: wait for an async save in flight first
+    ckpt.wait()
+    return ckpt.latest_step()
+
+  finished = False
   try:
     for step in range(start + 1, total + 1):
       if step > start + 1:
@@ -160,7 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state, metrics = (compiled_und if und_only else compiled)(
           state, to_global(batch) if step > start + 1 else batch, jax.random.fold_in(rng, step))
       if flag is not None:                     # the previous step's non-finite flag (one step behind)
-        guard.update(step - 1, flag, last_checkpoint=ckpt.latest_step)
+        guard.update(step - 1, flag, last_checkpoint=committed_step)
       flag = metrics["nonfinite"]
       if pending is not None:                  # fetch the previous step's metrics after dispatching this one
         writer.write(*pending)
@@ -171,8 +200,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         pending = (step, {**metrics, "data_skipped": pipeline.skipped_count()} if on_error == "skip"
                    else metrics)
       if step % config.train.ckpt_every == 0 or step == total or out_of_time or stop_signal:
-        save(step)
-        saved = step
+        # This step's non-finite flag first (a sync at save steps only): a run that is to stop for
+        # non-finite steps stops before committing a state from inside the streak.
+        guard.update(step, flag, last_checkpoint=committed_step)
+        flag = None
+        if guard.streak == 0 or guard.mode == "skip":
+          save(step)
+          saved = step
       if stop_signal:
         break
       if step % config.train.eval_every == 0 and step != total and not out_of_time and can_eval:
@@ -188,9 +222,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info("time limit of %.1f minutes reached at step %d", limit, step)
         break
     if flag is not None:
-      guard.update(step, flag, last_checkpoint=ckpt.latest_step)
+      guard.update(step, flag, last_checkpoint=committed_step)
+    finished = True
   finally:
-    ckpt.wait()   # never leave an async save uncommitted, even when the loop raises
+    # Never leave an async save uncommitted, even when the loop raises (then a failed write is
+    # logged, not raised over the error already on its way out).
+    ckpt.wait(raise_errors=finished)
     stop.restore()
     pipeline.close(data.iterator)   # its worker processes, if any (the last save holds its state)
   if pending is not None:
@@ -223,21 +260,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if os.path.exists(os.path.join(workdir, n.rstrip("/")))]
     print(f"\nworkdir: {workdir} ({', '.join(made)})")
   return scores
-
-
-def check_writable(workdir: str) -> None:
-  """Creates `workdir` and writes a probe file: a read-only or misspelt path fails here, in one line."""
-  from jaxmodels.errors import ConfigError
-  if "://" in workdir:          # gs:// and friends: Orbax and the writers report their own errors
-    return
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"workdir {workdir} is not writable ({e.strerror or e})") from None
 
 
 class StopRequest:

@@ -19,7 +19,18 @@ from typing import Any
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from jaxmodels.errors import CheckpointFormatError
+from absl import logging
+
+from jaxmodels.errors import CheckpointFormatError, JaxModelsError
+
+
+class CheckpointMismatchError(CheckpointFormatError):
+  """A readable checkpoint whose tree (keys, shapes) differs from the model: the config's fault, not
+  the checkpoint's, so it is never quarantined."""
+
+
+class CheckpointWriteError(JaxModelsError):
+  """A checkpoint could not be written (disk full, quota, permissions); the committed ones are intact."""
 
 
 _replica_parallel: bool | None = None      # what this module last registered
@@ -54,15 +65,22 @@ class Checkpointer:
   `replica_parallel` sets Orbax's replica-parallel saving for the process (`set_replica_parallel`)."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True,
-               replica_parallel: bool = False):
+               replica_parallel: bool = False, cleanup_tmp: bool = False):
+    """`cleanup_tmp`: delete the temporary directories of saves that never committed (a killed or
+    disk-full save leaves one, holding space); only the run that owns the directory may ask, never a
+    reader, which could race a live writer."""
     set_replica_parallel(replica_parallel)
-    self.directory = os.path.abspath(directory)
+    if int(keep) < 1:
+      raise CheckpointFormatError(f"keep={keep}: at least one checkpoint must be kept")
+    self.directory = os.path.abspath(directory) if "://" not in directory else directory
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
-        preservation_policy=checkpoint_managers.LatestN(keep),
+        preservation_policy=checkpoint_managers.LatestN(int(keep)),
+        cleanup_tmp_directories=cleanup_tmp,
         create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "config"))
+    self._saving = None       # the step of the last save call (its write may still be in flight)
 
   def latest_step(self) -> int | None:
     steps = self.all_steps()
@@ -77,6 +95,74 @@ class Checkpointer:
     from etils import epath
     return (epath.Path(self.directory) / str(step) / "_CHECKPOINT_METADATA").exists()
 
+  @property
+  def quarantine_directory(self) -> str:
+    """Where unusable step directories are moved: `<directory>.quarantine/` (beside, not inside, so
+    Orbax never lists them as steps)."""
+    return self.directory.rstrip("/") + ".quarantine"
+
+  def quarantine(self, step: int, reason: str) -> str | None:
+    """Moves step directory `step` to `quarantine_directory` as `<step>.<reason>.<time>` (renamed, not
+    deleted: the user may still want it), logs one line and returns the new path. Process 0 renames;
+    every process then re-reads the step list."""
+    import time as time_lib
+
+    import jax
+    from etils import epath
+    src = epath.Path(self.directory) / str(step)
+    dst = epath.Path(self.quarantine_directory) / f"{step}.{reason}.{time_lib.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0 and src.exists():
+      dst.parent.mkdir(parents=True, exist_ok=True)
+      src.rename(dst)
+      logging.warning("checkpoint step %d is %s: moved %s to %s", step, reason, src, dst)
+    _sync(f"jaxmodels_quarantine_{step}")
+    self.manager.reload()
+    return str(dst)
+
+  def quarantine_incomplete(self) -> list[int]:
+    """Quarantines step directories that never committed or were half deleted (no
+    `_CHECKPOINT_METADATA`): left in place, a later save of the same step would fail with Orbax's
+    StepAlreadyExistsError on every rerun. Only the run that writes the directory calls this."""
+    bad = sorted(s for s in self.manager.all_steps() if not self._complete(s))
+    for step in bad:
+      self.quarantine(step, "incomplete")
+    return bad
+
+  def restore_latest(self, abstract_state: Any, *, data_iter=None) -> tuple[int | None, Any]:
+    """(step, state) from the newest step that restores; (None, None) without any step.
+
+    A step that cannot be read (a truncated or bit-flipped data file, unreadable metadata) is skipped
+    for the next older one; once an older step restores, the newer unreadable ones are quarantined
+    (that they alone fail is the evidence that they, not the setup, are broken). When no step
+    restores nothing is moved and the newest step's error is raised. A tree that does not match the
+    model raises CheckpointMismatchError at once: that is the config's fault.
+
+    Raises:
+      CheckpointMismatchError: the model and the checkpoint differ (naming the first key).
+      CheckpointFormatError: there are steps and none of them restores.
+    """
+    failed = []
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore(step, abstract_state, data_iter=data_iter)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # noqa: BLE001 - tensorstore, zarr and OCDBT each raise their own types
+        if isinstance(e, (MemoryError, KeyboardInterrupt)):
+          raise
+        logging.warning("checkpoint step %d cannot be restored (%s: %s)", step, type(e).__name__,
+                        _first_line(e))
+        failed.append((step, e))
+        continue
+      for bad, _ in failed:
+        self.quarantine(bad, "unreadable")
+      return step, state
+    if failed:
+      step, e = failed[0]
+      raise CheckpointFormatError(f"{self.directory}: no step restores (steps {[s for s, _ in failed]}); "
+                                  f"step {step}: {type(e).__name__}: {_first_line(e)}") from e
+    return None, None
+
   def save(self, step: int, state: Any, *, data_iter=None, config: dict | None = None,
            force: bool = True) -> bool:
     import grain
@@ -85,7 +171,14 @@ class Checkpointer:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     if config is not None:
       items["config"] = ocp.args.JsonSave(config)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # noqa: BLE001 - a synchronous write (or the previous async one) failed
+      pending = self._saving
+      failed = pending if pending is not None and pending not in self.all_steps() else step
+      raise self.write_error(failed, e) from e
+    self._saving = step
+    return saved
 
   def restore(self, step: int, abstract_state: Any, *, data_iter=None) -> Any:
     """Restores the state into `abstract_state`'s shapes/shardings (and the iterator in place)."""
@@ -100,7 +193,8 @@ class Checkpointer:
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     except (ValueError, KeyError, FileNotFoundError) as e:
-      raise CheckpointFormatError(f"{self.directory}/{step}: cannot restore the state ({e})") from None
+      raise CheckpointFormatError(f"{self.directory}/{step}: cannot restore the state "
+                                  f"({_first_line(e)})") from e
     return restored["state"]
 
   def restore_partial(self, step: int, abstract_state: Any) -> Any:
@@ -136,13 +230,13 @@ class Checkpointer:
     where = f"{self.directory}/{step}"
     for key in sorted(set(saved) | set(wanted)):
       if key not in saved:
-        raise CheckpointFormatError(f"{where} does not match the model: {key} {wanted[key]} is in the "
+        raise CheckpointMismatchError(f"{where} does not match the model: {key} {wanted[key]} is in the "
                                     f"model but not in the checkpoint")
       if key not in wanted:
-        raise CheckpointFormatError(f"{where} does not match the model: {key} {saved[key]} is in the "
+        raise CheckpointMismatchError(f"{where} does not match the model: {key} {saved[key]} is in the "
                                     f"checkpoint but not in the model")
       if None not in (saved[key], wanted[key]) and saved[key] != wanted[key]:
-        raise CheckpointFormatError(f"{where} does not match the model: {key} has shape {saved[key]} "
+        raise CheckpointMismatchError(f"{where} does not match the model: {key} has shape {saved[key]} "
                                     f"in the checkpoint but {wanted[key]} in the model")
 
   def restore_config(self, step: int) -> dict | None:
@@ -153,12 +247,41 @@ class Checkpointer:
   def _has_item(self, step: int, name: str) -> bool:
     return os.path.isdir(os.path.join(self.directory, str(step), name))
 
-  def wait(self):
-    self.manager.wait_until_finished()
+  def write_error(self, step: int | None, e: BaseException) -> CheckpointWriteError:
+    """The one-line error for a save of `step` that failed with `e` (disk full named as such)."""
+    import errno
+    chain, reason = e, None
+    while chain is not None and reason is None:
+      if isinstance(chain, OSError) and chain.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "no space left on device"
+      elif "No space left" in str(chain) or "ENOSPC" in str(chain):
+        reason = "no space left on device"
+      chain = chain.__cause__ or chain.__context__
+    reason = reason or f"{type(e).__name__}: {_first_line(e)}"
+    steps = self.all_steps()
+    kept = f"latest: step {steps[-1]}" if steps else "none committed yet"
+    return CheckpointWriteError(f"checkpoint step {step} could not be written to {self.directory} "
+                                f"({reason}); the committed checkpoints are intact ({kept})")
 
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def wait(self, *, raise_errors: bool = True):
+    """Waits for an asynchronous save to commit. A failed write raises CheckpointWriteError (or, with
+    `raise_errors=False`, while another error is already on its way out, is logged as one line)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - whatever the background write raised
+      err = self.write_error(self._saving, e)
+      if raise_errors:
+        raise err from e
+      logging.error("%s", err)
+    self._saving = None
+
+  def close(self, *, raise_errors: bool = True):
+    self.wait(raise_errors=raise_errors)
+    try:
+      self.manager.close()
+    except Exception as e:  # noqa: BLE001
+      if raise_errors:
+        raise self.write_error(None, e) from e
 
 
 def restore_params(workdir: str, abstract_state: Any, step: int | None = None) -> Any:
@@ -199,6 +322,19 @@ def restore_params(workdir: str, abstract_state: Any, step: int | None = None) -
     return ckpt.restore_partial(step, target)
   finally:
     ckpt.close()
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return (text[0] if text else type(e).__name__)[:300]
+
+
+def _sync(key: str) -> None:
+  """A barrier across processes (no-op on one)."""
+  import jax
+  if jax.process_count() > 1:
+    from orbax.checkpoint import multihost
+    multihost.get_barrier_sync_fn()(key=key, timeout_ms=10 * 60 * 1000)
 
 
 def _leaves(tree: Any) -> list:

@@ -86,16 +86,20 @@ def test_nonfinite_guard_skip_counts_and_stop_raises():
   stop = NonFiniteGuard("stop", 3)
   for s, f in [(1, 1), (2, 0), (3, 1), (4, 1)]:
     stop.update(s, f, last_checkpoint=2)
-  with pytest.raises(NonFiniteError, match=r"3 steps in a row \(steps 3-5.*last checkpoint: step 2"):
+  with pytest.raises(NonFiniteError, match=r"3 steps in a row \(steps 3-5.*last finite checkpoint is step 2"):
     stop.update(5, 1, last_checkpoint=2)
   with pytest.raises(ConfigError, match="train.nonfinite"):
     NonFiniteGuard("ignore", 1)
 
 
 @pytest.mark.slow
-def test_train_stops_after_max_nonfinite_keeping_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+def test_train_stops_after_max_nonfinite_naming_the_last_finite_checkpoint(data_dir, tmp_path, monkeypatch):
+  """NaN from step 4 on, a checkpoint due at step 4 (inside the streak), asynchronous saves: the run
+  stops naming step 2 — committed, the last one before the streak — and commits nothing newer, so
+  a rerun does not resume into the diverging state."""
   from jaxmodels.unified import UnifiedModel
   c = _config(data_dir, total_steps=8, ckpt_every=2, nonfinite="stop", max_nonfinite=2)
+  c.checkpoint.async_save = True
   base = jax.random.split(jax.random.key(c.seed))[0]     # train.py's step keys: fold_in(base, step)
   original = UnifiedModel.loss
 
@@ -107,11 +111,11 @@ def test_train_stops_after_max_nonfinite_keeping_the_last_good_checkpoint(data_d
     return jnp.where(bad, jnp.nan, loss), metrics
 
   monkeypatch.setattr(UnifiedModel, "loss", poisoned)
-  with pytest.raises(NonFiniteError, match=r"2 steps in a row \(steps 4-5.*last checkpoint: step 4"):
+  with pytest.raises(NonFiniteError, match=r"2 steps in a row \(steps 4-5.*last finite checkpoint is step 2"):
     train.train_and_evaluate(c, str(tmp_path / "run"))
   ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"), async_save=False)
-  assert ckpt.all_steps() == [2, 4]
-  saved = ckpt.manager.restore(4, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  assert ckpt.all_steps() == [2]
+  saved = ckpt.manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved)
              if np.issubdtype(np.asarray(x).dtype, np.floating))
   rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]

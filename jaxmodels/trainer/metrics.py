@@ -5,7 +5,9 @@
 
 Throughput excludes the first interval (compilation). MFU = achieved FLOP/s per device / peak, from
 the compiled step's XLA cost analysis and the device kind's peak (unknown kinds, e.g. CPU: no MFU).
-Only process 0 writes files.
+Only process 0 writes files. A resumed run first moves the rows of steps after its checkpoint (a
+killed run logged them, then lost them) to `metrics.rolled_back.jsonl`, so `metrics.jsonl` reads as
+one run and nothing written is lost.
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ class MetricWriter:
     self._jsonl = None
     if self.is_main:
       os.makedirs(workdir, exist_ok=True)
+      self.rolled_back = roll_back_metrics(os.path.join(workdir, "metrics.jsonl"), start_step)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
       if tensorboard:
         try:
@@ -125,6 +128,37 @@ class MetricWriter:
       self._tb.close()
 
 
+def roll_back_metrics(path: str, step: int) -> int:
+  """Moves the rows of `path` (a metrics.jsonl) with a step after `step` to `<stem>.rolled_back.jsonl`
+  (appended, each marked with `rolled_back_to`) and rewrites `path` atomically with the rest.
+  Unparseable lines (a write cut by a kill) go the same way. Returns the number of rows moved."""
+  if not os.path.exists(path):
+    return 0
+  keep, moved = [], []
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        later = int(row.get("step", 0)) > step
+      except (ValueError, TypeError, AttributeError):
+        row, later = {"unparsed": line.rstrip("\n")}, True
+      (moved if later else keep).append((line if line.endswith("\n") else line + "\n", row))
+  if not moved:
+    return 0
+  with open(path[:-len(".jsonl")] + ".rolled_back.jsonl", "a") as f:
+    for _, row in moved:
+      f.write(json.dumps({**row, "rolled_back_to": step}) + "\n")
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(line for line, _ in keep)
+  os.replace(tmp, path)
+  logging.info("metrics: %d rows after step %d moved to %s", len(moved), step,
+               os.path.basename(path[:-len(".jsonl")] + ".rolled_back.jsonl"))
+  return len(moved)
+
+
 class NonFiniteError(JaxModelsError):
   """Training stopped: too many steps in a row with a non-finite loss or gradients."""
 
@@ -155,9 +189,10 @@ class NonFiniteGuard:
                     step, self.total)
     if self.mode == "stop" and self.streak >= self.max_in_a_row:
       last_checkpoint = last_checkpoint() if callable(last_checkpoint) else last_checkpoint
-      kept = f"step {last_checkpoint}" if last_checkpoint is not None else "none yet"
+      kept = (f"the last finite checkpoint is step {last_checkpoint} (a rerun resumes there)"
+              if last_checkpoint is not None else "no checkpoint was committed")
       raise NonFiniteError(
           f"non-finite loss or gradients at {self.streak} steps in a row (steps {self.first_bad}-{step}, "
-          f"train.max_nonfinite={self.max_in_a_row}); stopping. Those updates were not applied; "
-          f"last checkpoint: {kept}")
+          f"train.max_nonfinite={self.max_in_a_row}); stopping. Those updates were not applied and no "
+          f"state from them was saved; {kept}. Lower train.lr, or set train.nonfinite=\"skip\"")
     return True

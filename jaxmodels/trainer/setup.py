@@ -52,6 +52,29 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return step_key, eval_key
 
 
+def check_run_settings(config) -> None:
+  """Checks the loop and checkpoint settings before anything is built or written: every
+  `config.train.*_every`, `total_steps` and `accum_steps` an integer >= 1, `checkpoint.keep` >= 1
+  (keep=0 would delete each checkpoint as it is written), `time_limit_minutes` None or > 0.
+
+  Raises:
+    ConfigError: naming the first bad key and its value.
+  """
+  def positive_int(path, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(f"config.{path}={value!r}: expected an integer >= 1")
+
+  train = config.train
+  for key in sorted(train.keys()):
+    if key.endswith("_every") or key in ("total_steps", "accum_steps"):
+      positive_int(f"train.{key}", train[key])
+  if "checkpoint" in config:
+    positive_int("checkpoint.keep", config.checkpoint.get("keep", 3))
+  limit = train.get("time_limit_minutes")
+  if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+    raise ConfigError(f"config.train.time_limit_minutes={limit!r}: expected None or a number > 0")
+
+
 def gen_every_of(config) -> int:
   """`config.train.gen_every` (default 1), checked: steps k, 2k, ... train on the whole batch, the
   others on its understanding inputs only (`trains_generation`, `understanding_inputs`)."""
