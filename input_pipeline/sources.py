@@ -100,18 +100,34 @@ def json_lines(text: str, path: str) -> list[Any]:
   return records
 
 
+# Transparent pixels are composited over this colour (RGB, uint8). UNCONFIRMED choice: white is what
+# a browser shows behind a transparent image on a default page, and the background that vLLM's image
+# loading (`rgba_to_rgb`) and the IDEFICS image processor in transformers (`convert_to_rgb`)
+# composite onto, so a model sees the same pixels here as when it is served from there.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_PILLOW_TO_RGB_MODES = ("CMYK", "YCbCr", "HSV", "RGBX")
+
+
 def decode_image(data: bytes, where: str) -> np.ndarray:
-  """Decodes encoded image bytes (JPEG/PNG/WebP/...) to uint8 `[H, W, 3]` RGB with Pillow.
+  """Decodes encoded image bytes (JPEG/PNG/WebP/GIF/TIFF/...) to uint8 `[H, W, 3]` RGB with Pillow.
+
+  Every mode Pillow opens is mapped to 8-bit RGB by `image_to_rgb` (16-bit and float images are
+  rescaled, alpha is composited over `ALPHA_BACKGROUND`; see there for the rules). An animated
+  GIF/WebP/APNG gives its first frame. EXIF orientation is not applied: pixels come back in the
+  order they are stored, as before (boxes or points that a record carries refer to that grid).
 
   Args:
     data: the encoded image.
     where: names the file and record for the error message.
 
   Returns:
-    The image as a C-contiguous uint8 array.
+    The image as a C-contiguous uint8 array `[H, W, 3]`.
 
   Raises:
-    CorruptRecord: when Pillow cannot decode the bytes.
+    CorruptRecord: when Pillow cannot decode the bytes, or the image's mode or values have no RGB
+      reading (one line naming `where`).
 
   Example:
     >>> img = decode_image(open("cat.jpg", "rb").read(), where="cat.jpg")
@@ -120,10 +136,139 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
   try:
     with Image.open(io.BytesIO(data)) as img:
-      rgb = img.convert("RGB")
-    return np.asarray(rgb, dtype=np.uint8)
+      img.load()  # the first frame of a multi-frame file
+      return image_to_rgb(img, where)
+  except CorruptRecord:
+    raise
   except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad input
     raise CorruptRecord(where, f"undecodable image ({type(e).__name__}: {one_line(e)})") from e
+
+
+def image_to_rgb(img, where: str) -> np.ndarray:
+  """A decoded Pillow image of any mode as uint8 `[H, W, 3]` RGB.
+
+  Rules, by mode:
+    * "RGB", "L", "1": as stored ("1" -> 0 or 255, gray copied to the three channels).
+    * "I;16", "I;16L", "I;16B", "I;16N": `value >> 8`, so 0 -> 0 and 65535 -> 255. A 16-bit file
+      uses the full 0..65535 range, so the high byte is its 8-bit reading (the same rule Pillow
+      applies itself when it opens a 16-bit RGB/RGBA PNG as "RGB"/"RGBA").
+    * "I" (32-bit signed): read as 16-bit (`value >> 8`) when every value is in 0..65535 (what a
+      16-bit gray file opened as "I" holds); any value outside that is a CorruptRecord, since there
+      is no agreed scale for it (clipping would turn e.g. a depth map white).
+    * "F" (32-bit float): values are normalized intensities in [0, 1]: `round(value * 255)`, values
+      outside [0, 1] clipped; NaN or infinite values are a CorruptRecord.
+    * "LA", "RGBA", "PA" (straight alpha), "La", "RGBa" (premultiplied alpha), "P" (palette, with
+      or without a transparent entry) and "1"/"L"/"RGB"/16-bit gray with a PNG transparent colour
+      key: composited over `ALPHA_BACKGROUND` in sRGB values, `out = (c * a + bg * (255 - a)) / 255`
+      (premultiplied: `out = c + bg * (255 - a) / 255`), rounded to nearest.
+    * "CMYK", "YCbCr", "HSV", "RGBX": Pillow's own conversion to RGB.
+    * "LAB" (Pillow's: L* scaled to 0..255, a* and b* signed bytes): ICC L*a*b* (D50) to sRGB with
+      LittleCMS (`PIL.ImageCms`); a CorruptRecord "unsupported image mode LAB" when this Pillow was
+      built without it.
+    * anything else: CorruptRecord "unsupported image mode X".
+
+  Args:
+    img: a loaded `PIL.Image.Image` (anything with Pillow's `mode`, `info` and conversions).
+    where: names the file and record for the error message.
+
+  Returns:
+    A C-contiguous uint8 array `[H, W, 3]`.
+
+  Raises:
+    CorruptRecord: for an unsupported mode or values the rules above reject.
+
+  Example:
+    >>> image_to_rgb(Image.new("LA", (2, 1), (0, 0)), "x").tolist()   # transparent black
+    [[[255, 255, 255], [255, 255, 255]]]
+  """
+  color, alpha, premultiplied = _color_and_alpha(img, where)
+  if alpha is not None:
+    color = _composite(color, alpha, premultiplied)
+  return np.ascontiguousarray(color, dtype=np.uint8)
+
+
+def _color_and_alpha(img, where: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+  """(uint8 `[H, W, 3]` colour, uint8 `[H, W]` alpha or None, whether the colour is premultiplied)."""
+  mode = img.mode
+  if mode in _SIXTEEN_BIT_MODES or mode == "I":
+    return _sixteen_bit_gray(img, where)
+  if mode == "F":
+    return _gray3(_float_to_uint8(np.asarray(img, np.float64), where)), None, False
+  if mode == "P" or mode == "PA" or (mode in ("1", "L", "RGB") and "transparency" in img.info):
+    # Palette entries may carry alpha (PNG tRNS, GIF's transparent index) and PNG may name one
+    # colour transparent: Pillow turns each into an alpha band.
+    img, mode = img.convert("RGBA"), "RGBA"
+  if mode in ("1", "L"):
+    return _gray3(np.asarray(img.convert("L"))), None, False
+  if mode == "RGB":
+    return np.asarray(img), None, False
+  if mode in ("LA", "La", "RGBA", "RGBa"):
+    pixels = np.asarray(img)
+    color = _gray3(pixels[..., 0]) if pixels.shape[-1] == 2 else pixels[..., :3]
+    return color, pixels[..., -1], mode in ("La", "RGBa")
+  if mode in _PILLOW_TO_RGB_MODES:
+    return np.asarray(img.convert("RGB")), None, False
+  if mode == "LAB":
+    return _lab_to_rgb(img, where), None, False
+  raise CorruptRecord(where, f"unsupported image mode {mode}")
+
+
+def _gray3(gray: np.ndarray) -> np.ndarray:
+  """uint8 `[H, W]` -> `[H, W, 3]`."""
+  return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _sixteen_bit_gray(img, where: str) -> tuple[np.ndarray, np.ndarray | None, bool]:
+  """16-bit (or 16-bit-valued "I") gray -> high byte, with a PNG transparent gray key as alpha."""
+  values = np.asarray(img).astype(np.int64)
+  if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+    raise CorruptRecord(where, f"mode I values {values.min()}..{values.max()} are outside the "
+                               "16-bit range 0..65535")
+  gray = _gray3((values >> 8).astype(np.uint8))
+  key = img.info.get("transparency")
+  if isinstance(key, int) and not isinstance(key, bool):
+    return gray, np.where(values == key, 0, 255).astype(np.uint8), False
+  return gray, None, False
+
+
+def _float_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
+  """Float intensities in [0, 1] -> uint8 (x 255, rounded, clipped)."""
+  if not np.isfinite(values).all():
+    raise CorruptRecord(where, "mode F image has NaN or infinite values")
+  return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
+
+
+def _composite(color: np.ndarray, alpha: np.ndarray, premultiplied: bool) -> np.ndarray:
+  """Alpha-blends uint8 `[H, W, 3]` colour over `ALPHA_BACKGROUND` (integer maths, rounded)."""
+  c = color.astype(np.int64)
+  a = alpha.astype(np.int64)[..., None]
+  bg = np.asarray(ALPHA_BACKGROUND, np.int64)
+  numerator = (c * 255 if premultiplied else c * a) + bg * (255 - a)
+  return np.minimum((numerator + 127) // 255, 255).astype(np.uint8)
+
+
+def _lab_to_rgb(img, where: str) -> np.ndarray:
+  try:
+    transform = _lab_transform()
+  except ImportError:  # a Pillow built without LittleCMS fails on first use of ImageCms
+    raise CorruptRecord(where, "unsupported image mode LAB (this Pillow has no LittleCMS)") from None
+  from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+  return np.asarray(ImageCms.applyTransform(img, transform))
+
+
+_LAB_TRANSFORM = []
+
+
+def _lab_transform():
+  """The LittleCMS L*a*b* (D50) -> sRGB transform, built once per process. NOOPTIMIZE: the default
+  precomputed 8-bit table is off by up to ~10 levels for some colours (Pillow's own LAB -> RGB
+  `convert` shares that error); evaluated exactly it stays within 1 of the CIE formulas."""
+  if not _LAB_TRANSFORM:
+    from PIL import ImageCms  # pylint: disable=g-import-not-at-top
+    _LAB_TRANSFORM.append(ImageCms.buildTransform(
+        ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB",
+        flags=ImageCms.Flags.NOOPTIMIZE))
+  return _LAB_TRANSFORM[0]
 
 
 def empty_image() -> np.ndarray:

@@ -116,7 +116,7 @@ class LlavaJsonSource(RecordSource):
     for t, turn in enumerate(turns):
       if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
         raise CorruptRecord(where, f"conversations[{t}] lacks 'from'/'value'")
-      role = ROLE_MAP.get(turn["from"])
+      role = ROLE_MAP.get(turn["from"]) if isinstance(turn["from"], str) else None
       if role is None:
         raise CorruptRecord(where, f"conversations[{t}] has unknown role {turn['from']!r}")
       if not isinstance(turn["value"], str):
@@ -138,8 +138,9 @@ class LlavaJsonSource(RecordSource):
       try:
         with open(image_path, "rb") as f:
           data = f.read()
-      except OSError as e:
-        raise CorruptRecord(where, f"image {image_path}: {e.strerror or one_line(e)}") from e
-      image = decode_image(data, f"{where} image {image_path}")
+      except (OSError, ValueError) as e:  # ValueError: a path with a NUL byte
+        reason = getattr(e, "strerror", None) or one_line(e)
+        raise CorruptRecord(where, f"image {image_path!r}: {reason}") from e
+      image = decode_image(data, f"{where} image {image_path!r}")
     return {"id": str(rid), "image": image, "has_image": np.bool_(image_rel is not None),
             "image_path": image_path, "conversations": json.dumps(messages, ensure_ascii=False)}
