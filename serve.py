@@ -61,6 +61,8 @@ def _define_flags():
 def main(argv):
   del argv
   from jaxmodels.errors import run_cli
+  from jaxmodels.log_filters import quiet_library_logs
+  quiet_library_logs()
   run_cli(_serve)
 
 

@@ -321,6 +321,8 @@ def main(argv):
 
 def _run():
   from jaxmodels import host_devices
+  from jaxmodels.log_filters import quiet_library_logs
+  quiet_library_logs()   # Orbax/Grain: warnings and errors only, one line each
   explicit = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                   process_id=_PROCESS_ID.value)
   distributed = _DISTRIBUTED.value or any(v is not None for v in explicit.values())
