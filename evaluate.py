@@ -1,9 +1,12 @@
 r"""Scores a checkpoint, or existing outputs, on the ShapesWorld / official benchmarks.
 
     # a training run's checkpoint (latest step, or --step): Q/A, ShapesWorld-GenEval, -ColorBench and
-    # -ROVER, generated on the fly with the model (--evals picks a subset)
-    python evaluate.py --config=configs/shapes_tiny.py --checkpoint=runs/shapes_tiny --out=runs/eval \
-        --evals=geneval,colorbench,rover
+    # -ROVER, generated on the fly with the model (--evals picks a subset); the run's stored config
+    # (saved with the checkpoint, else <run>/config.json) unless --config is given; --set KEY=VALUE
+    # (repeatable) changes one of its values, --config.x.y=... one of a --config file's
+    python evaluate.py --checkpoint=runs/shapes_tiny --out=runs/eval --evals=geneval,colorbench,rover \
+        --set evals.geneval_prompts=64
+    python evaluate.py --config=configs/shapes_tiny.py --checkpoint=runs/shapes_tiny --out=runs/eval
     # score-only (no model); the flag groups below combine freely in one call:
     #   GenEval image folder (official layout), shapes detector or --detector=hf on local weights
     python evaluate.py --score_only --out=runs/eval --geneval_dir=DIR --metadata=prompts.jsonl \
@@ -24,6 +27,11 @@ mode restores the same state tree that train.py saved (built abstractly, so noth
 twice) and reads the run's tokenizer.json. Score-only keys: geneval, colorbench, rover_ig /
 rover_tg (judged records), shapes_rover_ig / shapes_rover_tg (exact). ColorBench predictions are a
 JSON object idx → response text, or the official result file (idx → row with `model_ans`).
+
+Every mistake in the inputs (a config file, key or value, the checkpoint path or step, a missing
+stored config or tokenizer, a malformed prompt file, image folder or prediction file) ends the
+program with one line `error: <file or key>: <what is wrong>` and exit status 1, before any model
+or detector is built.
 """
 from __future__ import annotations
 
@@ -44,8 +52,14 @@ def _define_flags():
   global _ROVER_METRICS, _ROVER_CONFIG, _SHAPES_ROVER_DIR, _SHAPES_ROVER_TASKS, _SEED, _IMAGE_SIZE
   global _DETECTOR, _HF_DETECTOR_DIR, _HF_CLIP_DIR, _DEVICE
   global _ROVER_DATA, _ROVER_OUTPUTS, _ROVER_RUBRICS, _BASE_URL, _JUDGE_MODEL, _JUDGE_KEY, _JUDGE_TOKENS
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file (checkpoint mode).")
-  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The run's workdir (holds checkpoints/, tokenizer.json).")
+  global _SET
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "A config file[:arg] (checkpoint mode; default: the run's stored config); "
+      "--config.x.y=... overrides.", lock_config=True)
+  _SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE: sets a value of the config (stored or "
+                                   "--config), e.g. --set evals.batch_size=8; repeatable.")
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The run's workdir (holds checkpoints/, "
+                                    "tokenizer.json) or its checkpoints/ folder.")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
   _EVALS = flags.DEFINE_list("evals", list(EVALS), f"Checkpoint mode: benchmarks among {EVALS + TEXT_EVALS}.")
@@ -116,90 +130,220 @@ def score_only(geneval_dir: str | None, metadata: str | None, out: str, *,
                detector=None, rover_data: str | None = None, rover_outputs: str | None = None,
                rover_rubrics: str | None = None, judge=None) -> dict:
   """Scores whatever outputs are given (see the module docstring); no model. `detector` is the
-  GenEval detector (default: the `shapes` one); `judge` the ROVER judge of `rover_outputs` (e.g.
-  `judges.OpenAIJudge(base_url, model)`)."""
+  GenEval detector, or a zero-argument factory of one called only once every input has passed its
+  checks (default: the `shapes` one); `judge` the ROVER judge of `rover_outputs` (e.g.
+  `judges.OpenAIJudge(base_url, model)`).
+
+  Raises:
+    EvalInputError: a missing or malformed input, naming the file and the line or field, before
+      any scoring starts.
+  """
   from jaxmodels.evals import EvalInputError
-  scores = {}
+  # Every input is read and checked first, so a malformed one is refused before a detector (or a
+  # judge's first request) costs anything and before any output is written.
+  if not (geneval_dir or metadata or colorbench_data or colorbench_predictions or rover_metrics
+          or rover_outputs or shapes_rover_dir):
+    raise EvalInputError("score-only mode: nothing to score (give --geneval_dir/--metadata, "
+                         "--colorbench_data/--colorbench_predictions, --rover_metrics, "
+                         "--rover_outputs or --shapes_rover_dir)")
+  geneval_checked = cb_rows = cb_preds = rover_records = rover_tasks = rover_rubric = None
+  shapes_tasks = None
   if geneval_dir or metadata:
     if not (geneval_dir and metadata):
       raise EvalInputError("GenEval scoring needs both --geneval_dir and --metadata")
     from jaxmodels.evals import geneval
-    from jaxmodels.evals.detectors import ShapesDetector
-    summary = geneval.score_folder(geneval_dir, metadata, detector or ShapesDetector(), out_dir=out,
-                                   allow_incomplete=allow_incomplete,
-                                   images_per_prompt=images_per_prompt)["summary"]
-    scores["geneval"] = _geneval_scores(summary)
+    geneval_checked = geneval.check_inputs(geneval_dir, metadata, images_per_prompt=images_per_prompt,
+                                           allow_incomplete=allow_incomplete)
   if colorbench_data or colorbench_predictions:
     if not (colorbench_data and colorbench_predictions):
       raise EvalInputError("ColorBench scoring needs --colorbench_data and --colorbench_predictions")
-    from jaxmodels.evals import colorbench, reports
-    rows = colorbench.load_colorbench(colorbench_data, with_images=False)
-    result = colorbench.score(rows, read_predictions(colorbench_predictions),
-                              official_route=official_route)
-    reports.write_json(os.path.join(out, "colorbench_scores.json"),
-                       {k: v for k, v in result.items() if k != "per_row"})
-    scores["colorbench"] = {k: v for k, v in colorbench.table_row(result).items() if v is not None}
+    from jaxmodels.evals import colorbench
+    cb_rows = colorbench.load_colorbench(colorbench_data, with_images=False)
+    cb_preds = read_predictions(colorbench_predictions)
   if rover_metrics:
-    from jaxmodels.evals import reports, rover
+    from jaxmodels.evals import rover
     path = os.path.join(rover_metrics, "rover_metrics.jsonl") if os.path.isdir(rover_metrics) \
         else rover_metrics
     if not os.path.isfile(path):
       raise EvalInputError(f"{path}: no rover_metrics.jsonl here")
-    summary = rover.summarize(rover.read_records(path), config=rover_config)
-    reports.write_json(os.path.join(out, "rover_summary.json"),
-                       {"summary": summary, "config": rover_config})
-    scores[f"rover_{rover_config.lower()}"] = dict(summary["overall"])
+    rover_records = rover.read_records(path)
   if rover_outputs:
     if not (rover_data and rover_rubrics and judge is not None):
       raise EvalInputError("judging ROVER outputs needs --rover_data, --rover_rubrics and a judge "
                            "(--base_url and --judge_model)")
     from jaxmodels.evals import rover
-    summary = rover.evaluate(rover.load_rover(rover_data, rover_config), rover_outputs, judge,
-                             rover.load_rubrics(rover_rubrics), out, config=rover_config,
-                             progress=False)
-    scores[f"rover_{rover_config.lower()}"] = dict(summary["overall"])
+    if not os.path.isdir(rover_outputs):
+      raise EvalInputError(f"{rover_outputs}: ROVER outputs folder not found")
+    rover_tasks = rover.load_rover(rover_data, rover_config)
+    rover_rubric = rover.load_rubrics(rover_rubrics)
   if shapes_rover_dir:
     from jaxmodels.evals import shapes_rover
+    if not os.path.isdir(shapes_rover_dir):
+      raise EvalInputError(f"{shapes_rover_dir}: ShapesWorld-ROVER outputs folder not found")
+    present = [c for c in ("IG", "TG") if os.path.isdir(os.path.join(shapes_rover_dir, c))]
+    if not present:
+      raise EvalInputError(f"{shapes_rover_dir}: no IG/ or TG/ folder of gen_{{id}}.png files")
     tasks = shapes_rover.make_tasks(seed=seed, num_ig=shapes_rover_tasks,
                                     num_tg=shapes_rover_tasks, image_size=image_size)
-    tasks = {c: t for c, t in tasks.items() if os.path.isdir(os.path.join(shapes_rover_dir, c))}
-    if not tasks:
-      raise EvalInputError(f"{shapes_rover_dir}: no IG/ or TG/ folder of gen_{{id}}.png files")
-    result = shapes_rover.score_folder(tasks, shapes_rover_dir)
-    for config in tasks:
+    shapes_tasks = {c: t for c, t in tasks.items() if c in present}
+
+  scores = {}
+  if geneval_checked is not None:
+    from jaxmodels.evals import geneval
+    if detector is None:
+      from jaxmodels.evals.detectors import ShapesDetector
+      detector = ShapesDetector
+    summary = geneval.score_folder(geneval_dir, metadata, detector, out_dir=out,
+                                   allow_incomplete=allow_incomplete,
+                                   images_per_prompt=images_per_prompt,
+                                   checked=geneval_checked)["summary"]
+    scores["geneval"] = _geneval_scores(summary)
+  if cb_rows is not None:
+    from jaxmodels.evals import colorbench, reports
+    result = colorbench.score(cb_rows, cb_preds, official_route=official_route)
+    reports.write_json(os.path.join(out, "colorbench_scores.json"),
+                       {k: v for k, v in result.items() if k != "per_row"})
+    scores["colorbench"] = {k: v for k, v in colorbench.table_row(result).items() if v is not None}
+  if rover_records is not None:
+    from jaxmodels.evals import reports, rover
+    summary = rover.summarize(rover_records, config=rover_config)
+    reports.write_json(os.path.join(out, "rover_summary.json"),
+                       {"summary": summary, "config": rover_config})
+    scores[f"rover_{rover_config.lower()}"] = dict(summary["overall"])
+  if rover_tasks is not None:
+    from jaxmodels.evals import rover
+    summary = rover.evaluate(rover_tasks, rover_outputs, judge, rover_rubric, out,
+                             config=rover_config, progress=False)
+    scores[f"rover_{rover_config.lower()}"] = dict(summary["overall"])
+  if shapes_tasks is not None:
+    from jaxmodels.evals import shapes_rover
+    result = shapes_rover.score_folder(shapes_tasks, shapes_rover_dir)
+    for config in shapes_tasks:
       scores[f"shapes_rover_{config.lower()}"] = {k: v for k, v in result[config]["exact"].items()
                                            if v is not None}
-  if not scores:
-    raise EvalInputError("score-only mode: nothing to score (give --geneval_dir/--metadata, "
-                         "--colorbench_data/--colorbench_predictions, --rover_metrics, "
-                         "--rover_outputs or --shapes_rover_dir)")
   return scores
 
 
+def run_workdir(path: str) -> str:
+  """The training workdir that `--checkpoint=path` names: the workdir itself, or its checkpoints/
+  folder. Only looks (a wrong path never creates a checkpoints/ folder as a side effect).
+
+  Raises:
+    CheckpointFormatError: no such directory, or one without checkpoints/.
+  """
+  from jaxmodels.errors import CheckpointFormatError
+  if "://" in path:                      # remote storage (gs://...): Orbax checks it on restore
+    return path
+  if not os.path.isdir(path):
+    raise CheckpointFormatError(f"{path}: no such run directory (--checkpoint names a training "
+                                f"workdir or its checkpoints/ folder)")
+  norm = os.path.normpath(path)
+  if os.path.basename(norm) == "checkpoints" and not os.path.isdir(os.path.join(norm, "checkpoints")):
+    norm = os.path.dirname(norm) or "."
+  if not os.path.isdir(os.path.join(norm, "checkpoints")):
+    raise CheckpointFormatError(f"{path}: no checkpoints/ folder (expected a training workdir)")
+  return norm
+
+
+def checkpoint_step(workdir: str, step: int | None = None) -> int:
+  """`step` if the run has a complete checkpoint for it, else (step None) the latest one.
+
+  Raises:
+    CheckpointFormatError: no complete checkpoint, or none for `step` (listing the ones there are).
+  """
+  from jaxmodels.checkpoint import Checkpointer
+  from jaxmodels.errors import CheckpointFormatError
+  directory = os.path.join(workdir, "checkpoints")
+  ckpt = Checkpointer(directory, async_save=False)   # directory exists (run_workdir): nothing made
+  try:
+    steps = ckpt.all_steps()
+  finally:
+    ckpt.close()
+  if not steps:
+    raise CheckpointFormatError(f"{directory}: no complete checkpoint to evaluate")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise CheckpointFormatError(f"{directory}: no checkpoint for --step={step} (complete ones: "
+                                f"{', '.join(map(str, steps))})")
+  return step
+
+
+def stored_config(workdir: str, step: int):
+  """The config of a run as a ConfigDict: the one saved with checkpoint `step` (train.py stores it
+  there), else `<workdir>/config.json` (also written by train.py).
+
+  Raises:
+    ConfigError: neither exists (the message names both places), or config.json is not JSON.
+    CheckpointFormatError: the checkpoint's config item is unreadable.
+  """
+  import ml_collections
+
+  from jaxmodels.checkpoint import Checkpointer
+  from jaxmodels.errors import CheckpointFormatError, ConfigError
+  directory = os.path.join(workdir, "checkpoints")
+  item = os.path.join(directory, str(step), "config")
+  raw = None
+  if "://" in workdir or os.path.isdir(item):
+    ckpt = Checkpointer(directory, async_save=False)
+    try:
+      raw = ckpt.restore_config(step)
+    except Exception as e:  # pylint: disable=broad-except   (Orbax: many exception types)
+      raise CheckpointFormatError(f"{item}: unreadable stored config ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:200]})") from None
+    finally:
+      ckpt.close()
+  if raw is None:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+      raise ConfigError(f"{workdir}: no stored config (neither {item} nor {path}); pass "
+                        f"--config=configs/<exp>.py")
+    try:
+      with open(path, encoding="utf-8") as f:
+        raw = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+      raise ConfigError(f"{path}: cannot read the stored config ({e})") from None
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+  if not isinstance(raw, dict):
+    raise ConfigError(f"{workdir}: the stored config is a {type(raw).__name__}, not a JSON object")
+  return ml_collections.ConfigDict(raw)
+
+
 def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
-                        evals=EVALS) -> dict:
+                        evals=EVALS, settings=()) -> dict:
+  """Scores a run's checkpoint (`workdir`: the run or its checkpoints/ folder; `step`: default the
+  latest). `config` None takes the run's stored config (`stored_config`); `settings` are
+  `KEY=VALUE` changes to it (`config_utils.set_values`). The run directory, step, config and
+  tokenizer are all checked before the model is built."""
   from input_pipeline.datasets import default_data_dir
   from input_pipeline.tokenizers import WordTokenizer
+  from jaxmodels.config_utils import set_values
   from jaxmodels.errors import CheckpointFormatError, ConfigError
-  from jaxmodels.evals import shapes_world as shapes_eval
-  from jaxmodels.trainer.setup import restore_eval_model, run_keys, shapes_eval_supported
 
   unknown = [e for e in evals if e not in EVALS + TEXT_EVALS]
   if unknown:
     raise ConfigError(f"--evals: unknown benchmark(s) {', '.join(unknown)}; known: "
                       f"{', '.join(EVALS + TEXT_EVALS)}")
+  if "mctune" in evals and len(evals) > 1:
+    raise ConfigError("--evals=mctune: a text-only evaluation, not combined with the ShapesWorld ones")
+  workdir = run_workdir(workdir)
+  step = checkpoint_step(workdir, step) if "://" not in workdir else step
+  if config is None:
+    config = stored_config(workdir, step)
+  set_values(config, settings)
   if "mctune" in evals:          # MCTune: re-measured controls of generated responses
-    if len(evals) > 1:
-      raise ConfigError("--evals=mctune: a text-only evaluation, not combined with the ShapesWorld ones")
     from jaxmodels.evals import mctune
     return mctune.evaluate_checkpoint(config, workdir, out, step)
+  tok_path = os.path.join(workdir, "tokenizer.json")
+  if "://" not in workdir and not os.path.exists(tok_path):
+    raise CheckpointFormatError(f"{tok_path}: missing (the run's tokenizer is saved there by train.py)")
+  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.trainer.setup import restore_eval_model, run_keys, shapes_eval_supported
   model, step = restore_eval_model(config, workdir, step)   # EMA weights where the run kept an EMA
   if not shapes_eval_supported(config, model):
     raise ConfigError(f"config.model.type={config.model.get('type')!r}: the ShapesWorld evaluations need a "
                       f"unified model")
-  tok_path = os.path.join(workdir, "tokenizer.json")
-  if not os.path.exists(tok_path):
-    raise CheckpointFormatError(f"{tok_path}: missing (the run's tokenizer is saved there by train.py)")
   scores = shapes_eval.evaluate_model(model, WordTokenizer.load(tok_path), config,
                                       config.data.get("data_dir") or default_data_dir(), out,
                                       rng=run_keys(config.seed)[1], final=True,
@@ -223,21 +367,29 @@ def main(argv):
 
 
 def _run():
+  from jaxmodels.errors import ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
   os.makedirs(_OUT.value, exist_ok=True)
   if _SCORE_ONLY.value:
+    if _CONFIG.value is not None or _CHECKPOINT.value or _SET.value:
+      raise ConfigError("--score_only scores saved outputs: --config, --checkpoint and --set "
+                        "belong to checkpoint mode")
     detector = None
     if _DETECTOR.value == "hf":
       from jaxmodels.evals.detectors import make_detector
       if not (_HF_DETECTOR_DIR.value and _HF_CLIP_DIR.value):
-        raise app.UsageError("--detector=hf needs --hf_detector_dir and --hf_clip_dir")
-      detector = make_detector("hf", detector_dir=_HF_DETECTOR_DIR.value,
-                               clip_dir=_HF_CLIP_DIR.value, device=_DEVICE.value)
+        raise ConfigError("--detector=hf needs --hf_detector_dir and --hf_clip_dir")
+      for flag, path in (("--hf_detector_dir", _HF_DETECTOR_DIR.value), ("--hf_clip_dir", _HF_CLIP_DIR.value)):
+        if not os.path.isdir(path):
+          raise ConfigError(f"{flag}={path}: no such directory")
+      def detector():   # built by score_only once the inputs have passed their checks
+        return make_detector("hf", detector_dir=_HF_DETECTOR_DIR.value, clip_dir=_HF_CLIP_DIR.value,
+                             device=_DEVICE.value)
     judge = None
     if _BASE_URL.value:
       from jaxmodels.evals.judges import OpenAIJudge
       if not _JUDGE_MODEL.value:
-        raise app.UsageError("--base_url needs --judge_model")
+        raise ConfigError("--base_url needs --judge_model")
       judge = OpenAIJudge(_BASE_URL.value, _JUDGE_MODEL.value, api_key_env=_JUDGE_KEY.value or None,
                           max_tokens=_JUDGE_TOKENS.value)
     scores = score_only(_GENEVAL_DIR.value, _METADATA.value, _OUT.value,
@@ -251,10 +403,11 @@ def _run():
                         rover_data=_ROVER_DATA.value, rover_outputs=_ROVER_OUTPUTS.value,
                         rover_rubrics=_ROVER_RUBRICS.value, judge=judge)
   else:
-    if not (_CONFIG.value and _CHECKPOINT.value):
-      raise app.UsageError("checkpoint mode needs --config and --checkpoint (or use --score_only)")
+    if not _CHECKPOINT.value:
+      raise ConfigError("checkpoint mode needs --checkpoint=RUN (a training workdir; or use "
+                        "--score_only)")
     scores = evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUT.value, _STEP.value,
-                                 evals=_EVALS.value)
+                                 evals=_EVALS.value, settings=_SET.value)
   write_outputs(_OUT.value, scores)
   shapes_eval.print_scores({k: v for k, v in scores.items() if isinstance(v, dict)})
 
@@ -262,5 +415,6 @@ def _run():
 if __name__ == "__main__":
   from jaxmodels import host_malloc
   host_malloc.reexec_for_xla_cpu()   # first: glibc reads its malloc settings at start-up
+  from jaxmodels.config_utils import flags_parser
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flags_parser)   # config mistakes: one line, no traceback (as train.py)

@@ -163,3 +163,90 @@ def _explain(argv: Sequence[str], name: str, err: Exception) -> str:
 def _one_line(err: Exception) -> str:
   text = " ".join(str(err).replace("\\n", " ").split())
   return text if len(text) < 300 else text[:297] + "..."
+
+
+############################ KEY=VALUE settings (evaluate.py --set) ########
+
+def set_values(config: Any, pairs: Sequence[str], flag: str = "--set") -> Any:
+  """Applies `KEY=VALUE` settings (`evals.batch_size=8`, `model.llm.width=64`) to `config` in place.
+
+  VALUE is converted to the type of the value it replaces: bool (true/false/1/0/yes/no), int, float,
+  str; lists, tuples and dicts are Python literals; a key holding None takes a Python literal, else
+  the text as a string. Returns `config`.
+
+  Raises:
+    ConfigError: one line naming the setting: no `=`, a key the config does not have (with a
+      did-you-mean), or a value that does not convert to the key's type.
+
+  Example:
+    >>> c = ml_collections.ConfigDict({"evals": {"batch_size": 64}})
+    >>> set_values(c, ["evals.batch_size=8"]).evals.batch_size
+    8
+  """
+  for pair in pairs:
+    key, sep, text = pair.partition("=")
+    key = key.strip()
+    if not sep or not key:
+      raise ConfigError(f"{flag} {pair}: expected KEY=VALUE (e.g. evals.batch_size=8)")
+    parts = key.split(".")
+    node, walked = config, "config"
+    for i, part in enumerate(parts):
+      if not isinstance(node, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"{flag} {pair}: {walked} holds a value of type {type(node).__name__}, "
+                          f"not keys")
+      names = [str(k) for k in node.keys()]
+      if part not in names:
+        close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+        hint = (f" (did you mean {close[0]!r}?)" if close else
+                f" (known: {', '.join(sorted(names))})" if names else " (it is empty)")
+        raise ConfigError(f"{flag} {pair}: {walked} has no key {part!r}{hint}")
+      if i < len(parts) - 1:
+        node, walked = node[part], f"{walked}.{part}"
+    last = parts[-1]
+    value = _convert_setting(node[last], text, f"{flag} {pair}")
+    try:
+      node[last] = value
+    except (TypeError, ValueError, AttributeError) as e:
+      raise ConfigError(f"{flag} {pair}: cannot set config.{key} ({_one_line(e)})") from None
+  return config
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _convert_setting(current: Any, text: str, where: str) -> Any:
+  """`text` as a value of `current`'s type (see `set_values`)."""
+  stripped = text.strip()
+  if isinstance(current, bool):
+    if stripped.lower() in _TRUE:
+      return True
+    if stripped.lower() in _FALSE:
+      return False
+    raise ConfigError(f"{where}: expected a boolean (true/false), got {text!r}")
+  if isinstance(current, int):
+    try:
+      return int(stripped)
+    except ValueError:
+      raise ConfigError(f"{where}: expected an integer, got {text!r}") from None
+  if isinstance(current, float):
+    try:
+      return float(stripped)
+    except ValueError:
+      raise ConfigError(f"{where}: expected a number, got {text!r}") from None
+  if isinstance(current, str):
+    return text
+  try:
+    literal = ast.literal_eval(stripped)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text                    # an unset string field (e.g. config.resume)
+    raise ConfigError(f"{where}: expected a Python literal for a {type(current).__name__}, "
+                      f"got {text!r}") from None
+  if current is None:
+    return literal
+  if isinstance(current, (list, tuple)) and isinstance(literal, (list, tuple)):
+    return type(current)(literal)
+  if isinstance(current, (dict, ml_collections.ConfigDict)) and isinstance(literal, dict):
+    return literal
+  raise ConfigError(f"{where}: expected a {type(current).__name__}, got {type(literal).__name__} "
+                    f"{text!r}")

@@ -172,3 +172,88 @@ def test_failed_save_keeps_existing_checkpoint(saved_llm, tmp_path, monkeypatch)
   with pytest.raises(OSError, match="disk full"):
     hf.save_pretrained(model, str(d))
   assert {n: (d / n).read_bytes() for n in os.listdir(d)} == before
+
+
+# --------------------------------------------------------------------------- issue 28: loader errors
+
+def _edit_config(d, edit):
+  cfg = json.load(open(d / "config.json"))
+  edit(cfg)
+  (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_config_json_missing_a_needed_key_names_file_and_key(saved_llm, tmp_path):
+  d = _copy(saved_llm[1], tmp_path)
+  _edit_config(d, lambda c: c.pop("hidden_size"))
+  with pytest.raises(CheckpointFormatError) as err:
+    hf.from_pretrained(str(d))
+  message = str(err.value)
+  assert message.startswith(str(d / "config.json")) and "missing key 'hidden_size'" in message
+  assert "\n" not in message
+
+
+def test_config_json_without_model_type(saved_llm, tmp_path):
+  d = _copy(saved_llm[1], tmp_path)
+  _edit_config(d, lambda c: c.pop("model_type"))
+  with pytest.raises(CheckpointFormatError, match=r"config.json: no 'model_type' .* or '_class_name'"):
+    hf.from_pretrained(str(d))
+
+
+def test_config_json_that_is_not_an_object(tmp_path):
+  (tmp_path / "config.json").write_text("[1, 2]")
+  with pytest.raises(CheckpointFormatError, match=r"config.json: expected a JSON object, got list"):
+    hf.from_pretrained(str(tmp_path))
+
+
+def test_unsupported_config_value_names_the_file(saved_llm, tmp_path):
+  d = _copy(saved_llm[1], tmp_path)
+  _edit_config(d, lambda c: c.update(use_sliding_window=True))
+  with pytest.raises(ConfigError) as err:
+    hf.from_pretrained(str(d))
+  assert str(err.value).startswith(f"{d / 'config.json'}: use_sliding_window=true")
+
+
+def test_unknown_from_pretrained_option_names_it(saved_llm):
+  with pytest.raises(ConfigError, match=r"unknown option 'scan_layer'"):
+    hf.from_pretrained(saved_llm[1], scan_layer=True)
+
+
+def test_missing_tensor_names_the_parameter_and_wrong_shape_names_the_shard(saved_llm, tmp_path):
+  hf.save_pretrained(saved_llm[0], str(tmp_path), max_shard_size=20_000)
+  index = json.load(open(tmp_path / "model.safetensors.index.json"))
+  key = "model.layers.1.self_attn.v_proj.weight"
+  shard = tmp_path / index["weight_map"][key]
+  reader = safetensors_io.SafetensorsReader(str(tmp_path))
+  tensors = {k: np.array(reader.get(k)) for k in reader.keys() if reader.file_of(k) == str(shard)}
+  del reader
+  wrong = dict(tensors, **{key: np.zeros((3, 32), np.float32)})
+  safetensors_io._write_file(str(shard), wrong)
+  with pytest.raises(CheckpointFormatError) as err:
+    hf.from_pretrained(str(tmp_path))
+  assert str(err.value).startswith(str(shard)) and f"'{key}' has shape (3, 32)" in str(err.value)
+  safetensors_io._write_file(str(shard), {k: v for k, v in tensors.items() if k != key})
+  with pytest.raises(CheckpointFormatError, match=rf"'{key}' not found .*parameter layers.blocks.1.attn.v"):
+    hf.from_pretrained(str(tmp_path))
+
+
+def test_truncated_safetensors_names_file_and_tensor(saved_llm, tmp_path):
+  d = _copy(saved_llm[1], tmp_path)
+  blob = (d / "model.safetensors").read_bytes()
+  (d / "model.safetensors").write_bytes(blob[:-64])
+  with pytest.raises(CheckpointFormatError, match=r"model.safetensors: tensor '.*' lies outside the file"):
+    hf.from_pretrained(str(d))
+
+
+def test_safetensors_header_bytes_that_do_not_fit_the_shape(tmp_path):
+  import struct
+  header = json.dumps({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 8]}}).encode()
+  (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+  with pytest.raises(CheckpointFormatError, match=r"tensor 'w' has 8 bytes, which does not fit shape \(2, 3\)"):
+    safetensors_io.SafetensorsReader(str(tmp_path))
+
+
+def test_invalid_shard_index(saved_llm, tmp_path):
+  hf.save_pretrained(saved_llm[0], str(tmp_path), max_shard_size=20_000)
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
+  with pytest.raises(CheckpointFormatError, match=r"model.safetensors.index.json: invalid index"):
+    hf.from_pretrained(str(tmp_path))

@@ -32,7 +32,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -116,7 +116,10 @@ def read_metadata(path: str | os.PathLike) -> list[dict]:
   rows = reports.read_jsonl(path)
   if not rows:
     raise EvalInputError(f"{path}: no prompts in file")
-  return [validate_metadata(r, f"{path}: prompt {i}") for i, r in enumerate(rows)]
+  # read_jsonl skips blank lines: number the records by the lines they came from.
+  text = Path(path).read_text(encoding="utf-8").splitlines()
+  lines = [n for n, line in enumerate(text, 1) if line.strip()]
+  return [validate_metadata(r, f"{path}:{n}: prompt {i}") for i, (n, r) in enumerate(zip(lines, rows))]
 
 
 # --------------------------------------------------------------------------- rules (pure)
@@ -366,7 +369,8 @@ class FolderReport:
   short), `extra_images` (index → PNGs beyond the expected number; scored, like the official tool
   does), `ignored_files` (index → image files the official tool skips, e.g. JPEGs),
   `mismatched` (metadata whose tag/include/exclude differ from the prompt file),
-  `unexpected_folders` (digit folders past the prompt file's end).
+  `unexpected_folders` (digit folders past the prompt file's end), `metadata_errors` (index →
+  why that folder's metadata.jsonl was refused, naming the file).
   """
   expected_prompts: int
   images_per_prompt: int
@@ -377,6 +381,7 @@ class FolderReport:
   ignored_files: dict[int, list[str]] = dataclasses.field(default_factory=dict)
   mismatched: list[int] = dataclasses.field(default_factory=list)
   unexpected_folders: list[str] = dataclasses.field(default_factory=list)
+  metadata_errors: dict[int, str] = dataclasses.field(default_factory=dict)
 
   @property
   def complete(self) -> bool:
@@ -436,11 +441,16 @@ def scan_folder(folder: str | os.PathLike, prompts: Sequence[dict], *,
     if sub is None:
       report.missing_folders.append(index)
       continue
+    meta_file = sub / "metadata.jsonl"
     try:
-      metadata = json.loads((sub / "metadata.jsonl").read_text(encoding="utf-8"))
-      validate_metadata(metadata, str(sub / "metadata.jsonl"))
-    except (OSError, json.JSONDecodeError, EvalInputError):
+      metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+      validate_metadata(metadata, str(meta_file))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, EvalInputError) as e:
       report.missing_metadata.append(index)
+      report.metadata_errors[index] = (
+          f"{meta_file}: missing" if isinstance(e, FileNotFoundError) else
+          f"{meta_file}: invalid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else
+          str(e) if isinstance(e, EvalInputError) else f"{meta_file}: unreadable ({e})")
       metadata = None
     if metadata is not None and not _same_rules(metadata, prompts[index]):
       report.mismatched.append(index)
@@ -468,13 +478,54 @@ def check_folder(folder: str | os.PathLike, prompts: Sequence[dict], *,
     EvalInputError: one line naming the folder and what is missing, when incomplete and not
       allowed.
   """
+  if isinstance(images_per_prompt, bool) or not isinstance(images_per_prompt, int) \
+      or images_per_prompt < 1:
+    raise EvalInputError(f"images_per_prompt must be an integer >= 1, got {images_per_prompt!r}")
   report, entries = scan_folder(folder, prompts, images_per_prompt=images_per_prompt)
   if not report.complete and not allow_incomplete:
     problems = "; ".join(report.describe().splitlines()[:4])
+    first = next(iter(sorted(report.metadata_errors.items())), None)
+    detail = f" (first: {first[1]})" if first else ""
     raise EvalInputError(f"{folder}: incomplete GenEval folder ({len(prompts)} prompts x "
-                         f"{images_per_prompt} images expected): {problems}; pass "
+                         f"{images_per_prompt} images expected): {problems}{detail}; pass "
                          f"allow_incomplete=True to score what is there")
   return report, entries
+
+
+def verify_images(paths: Iterable[str | os.PathLike]) -> None:
+  """Checks that every file decodes as an image (Pillow's `verify`: headers and chunk checksums,
+  without decoding pixels), so a broken sample is refused before a detector is built.
+
+  Raises:
+    EvalInputError: naming the first unreadable file.
+  """
+  from PIL import Image
+  for path in paths:
+    try:
+      with Image.open(path) as img:
+        img.verify()
+    except (OSError, ValueError, SyntaxError) as e:   # Pillow raises SyntaxError for broken PNGs
+      raise EvalInputError(f"{path}: unreadable image ({_one_line(e)})") from None
+
+
+def check_inputs(folder: str | os.PathLike, metadata_path: str | os.PathLike, *,
+                 images_per_prompt: int = IMAGES_PER_PROMPT,
+                 allow_incomplete: bool = False) -> tuple[list[dict], FolderReport, list[dict]]:
+  """Everything `score_folder` reads, checked before any detector exists: the prompt file, the
+  folder against it (`check_folder`) and every image. Returns (prompts, report, entries).
+
+  Raises:
+    EvalInputError: one line naming the file (and line or field) at fault.
+  """
+  prompts = read_metadata(metadata_path)
+  report, entries = check_folder(folder, prompts, images_per_prompt=images_per_prompt,
+                                 allow_incomplete=allow_incomplete)
+  verify_images(p for e in entries for p in e["images"])
+  return prompts, report, entries
+
+
+def _one_line(err: Exception) -> str:
+  return " ".join(str(err).split()) or type(err).__name__
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -487,16 +538,18 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     raise EvalInputError(f"{path}: unreadable image ({e})") from None
 
 
-def score_folder(folder: str | os.PathLike, metadata_path: str | os.PathLike, detector: Detector,
-                 *, out_dir: str | os.PathLike | None = None,
+def score_folder(folder: str | os.PathLike, metadata_path: str | os.PathLike,
+                 detector: Detector | Callable[[], Detector], *, out_dir: str | os.PathLike | None = None,
                  images_per_prompt: int = IMAGES_PER_PROMPT, allow_incomplete: bool = False,
                  progress: bool = True, threshold: float = 0.3, counting_threshold: float = 0.9,
                  max_objects: int = 16, max_overlap: float = 1.0,
-                 position_threshold: float = 0.1) -> dict:
+                 position_threshold: float = 0.1, checked: tuple | None = None) -> dict:
   """Scores a GenEval image folder with `detector` and the official rules.
 
-  The folder is checked against the prompt file first (refused when incomplete unless
-  `allow_incomplete`; the report then says what is missing). Each image's metadata is the folder's
+  The inputs are checked first (`check_inputs`: the prompt file, the folder against it, refused
+  when incomplete unless `allow_incomplete`, and every image), before `detector` is called when it
+  is a factory (a class or a zero-argument function), so a bad input costs no model load; `checked`
+  passes the result of an earlier `check_inputs` on the same arguments. Each image's metadata is the folder's
   own metadata.jsonl, as in the official tool. With `out_dir`, `results.jsonl` is written row by
   row (rows already scored survive a crash), then `summary_scores.txt` and `summary.json`.
 
@@ -508,9 +561,11 @@ def score_folder(folder: str | os.PathLike, metadata_path: str | os.PathLike, de
     out = score_folder("gen/geneval", "evaluation_metadata.jsonl", detector, out_dir="scores")
   """
   from tqdm.auto import tqdm
-  prompts = read_metadata(metadata_path)
-  report, entries = check_folder(folder, prompts, images_per_prompt=images_per_prompt,
-                                 allow_incomplete=allow_incomplete)
+  _, report, entries = checked or check_inputs(folder, metadata_path,
+                                               images_per_prompt=images_per_prompt,
+                                               allow_incomplete=allow_incomplete)
+  if isinstance(detector, type) or not hasattr(detector, "detect"):
+    detector = detector()      # a factory: built only now that the inputs are known to be good
   rules = dict(threshold=threshold, counting_threshold=counting_threshold,
                max_objects=max_objects, max_overlap=max_overlap,
                position_threshold=position_threshold)

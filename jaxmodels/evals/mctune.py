@@ -173,6 +173,8 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None)
   from jaxmodels.trainer.setup import mesh_and_rules, model_type, train_state_factory
   if model_type(config) != "lm" or config.data.get("name") != "mctune":
     raise ConfigError("--evals=mctune needs a run with config.model.type='lm' and config.data.name='mctune'")
+  if not config.data.get("tokenizer") and not os.path.exists(os.path.join(workdir, "tokenizer.json")):
+    raise EvalInputError(f"{workdir}/tokenizer.json: missing (the run's tokenizer is saved there by train.py)")
   mesh, rules = mesh_and_rules(config)
   make_state, _ = train_state_factory(config)
   graphdef, state = nnx.split(nnx.eval_shape(make_state))
@@ -182,8 +184,6 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None)
   nnx.update(ts.model, params["model"])
   if ts.ema is not None:
     nnx.update(ts.ema, params["ema"])
-  if not config.data.get("tokenizer") and not os.path.exists(os.path.join(workdir, "tokenizer.json")):
-    raise EvalInputError(f"{workdir}/tokenizer.json: missing (the run's tokenizer is saved there by train.py)")
   tok = text_tokenizer(config.data, prepare(config.data, workdir), workdir)
   with sharding.use_mesh(mesh, rules):
     result = evaluate_model(ts.eval_model(), tok, config, workdir, out)

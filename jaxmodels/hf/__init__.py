@@ -11,13 +11,14 @@ machinery in `keymap.py` does the loading, shape checks, scan stacking and expor
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmodels.errors import CheckpointFormatError
+from jaxmodels.errors import CheckpointFormatError, ConfigError
 from jaxmodels.hf import keymap as keymap_lib
 from jaxmodels.hf.safetensors_io import SafetensorsReader, read_config, write_checkpoint
 
@@ -45,6 +46,9 @@ def register(family: Family) -> Family:
 
 def _family_for_config(hf_config: dict, path: str) -> Family:
   name = hf_config.get("model_type") or hf_config.get("_class_name")
+  if name is None:
+    raise CheckpointFormatError(f"{os.path.join(path, 'config.json')}: no 'model_type' (transformers) "
+                                f"or '_class_name' (diffusers) key: cannot tell the model family")
   for family in FAMILIES:
     if name in family.model_types:
       return family
@@ -69,10 +73,40 @@ def from_pretrained(path: str, *, dtype=jnp.float32, **config_overrides) -> nnx.
   hf_config = read_config(path)
   family = _family_for_config(hf_config, path)
   name = jnp.dtype(dtype).name
-  config = family.config_from_hf(hf_config, dtype=name, param_dtype=name, **config_overrides)
+  config = _convert_config(family, hf_config, path, dict(dtype=name, param_dtype=name, **config_overrides))
   reader = SafetensorsReader(path)
   return keymap_lib.load_into(lambda: family.module(config, rngs=nnx.Rngs(0)),
                               family.keymap(config), reader, jnp.dtype(dtype), family.key_aliases)
+
+
+def _convert_config(family: Family, hf_config: dict, path: str, overrides: dict):
+  """`family.config_from_hf` whose failures name `<path>/config.json` and the key: a key the family
+  needs but the file lacks (CheckpointFormatError), a value it cannot use (ConfigError, as raised),
+  an option of `from_pretrained` the config does not have (ConfigError)."""
+  file = os.path.join(path, "config.json")
+  try:
+    return family.config_from_hf(hf_config, **overrides)
+  except KeyError as e:
+    key = e.args[0] if e.args else "?"
+    raise CheckpointFormatError(f"{file}: missing key {key!r} (needed by the {family.name} loader for "
+                                f"model type {hf_config.get('model_type') or hf_config.get('_class_name')!r})"
+                                ) from None
+  except ConfigError as e:
+    message = str(e)
+    for prefix in ("config.json: ", "config.json "):
+      if message.startswith(prefix):
+        message = message[len(prefix):]
+        break
+    raise ConfigError(f"{file}: {message}") from None
+  except TypeError as e:
+    unknown = [k for k in overrides if f"'{k}'" in str(e)]
+    if "unexpected keyword argument" in str(e) and unknown:
+      raise ConfigError(f"from_pretrained({path!r}): unknown option {unknown[0]!r} for the "
+                        f"{family.name} config") from None
+    raise CheckpointFormatError(f"{file}: a value has the wrong type for the {family.name} loader "
+                                f"({e})") from None
+  except ValueError as e:
+    raise CheckpointFormatError(f"{file}: invalid value for the {family.name} loader ({e})") from None
 
 
 def save_pretrained(module: nnx.Module, path: str, *, dtype=None, max_shard_size: int | None = None):

@@ -99,11 +99,16 @@ def load_into(make_model: Callable[[], nnx.Module], keymap: KeyMap, reader, dtyp
       alias = repl + key[len(prefix):]
       if key not in reader and key.startswith(prefix) and alias in reader:
         key = alias
+    if key not in reader:
+      raise CheckpointFormatError(
+          f"{reader.path}: tensor {key!r} not found in the checkpoint (needed for parameter "
+          f"{'.'.join(map(str, path))})")
     hf = reader.get(key)
     out = to_ours(hf, src, shape)
     if out is None:
+      where = reader.file_of(key) if hasattr(reader, "file_of") else reader.path
       raise CheckpointFormatError(
-          f"{reader.path}: tensor {key!r} has shape {tuple(hf.shape)}"
+          f"{where}: tensor {key!r} has shape {tuple(hf.shape)}"
           f"{'' if src.rows is None else f' (rows {src.rows[0]}:{src.rows[1]})'}, which does not fit "
           f"parameter {'.'.join(map(str, path))} of shape {tuple(shape)}")
     return out

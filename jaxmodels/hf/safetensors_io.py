@@ -33,10 +33,15 @@ def read_config(path: str) -> dict:
   if not os.path.exists(file):
     raise CheckpointFormatError(f"{file}: missing (a Hugging Face checkpoint needs config.json)")
   try:
-    with open(file) as f:
-      return json.load(f)
+    with open(file, encoding="utf-8") as f:
+      config = json.load(f)
   except json.JSONDecodeError as e:
     raise CheckpointFormatError(f"{file}: invalid JSON ({e})") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise CheckpointFormatError(f"{file}: unreadable ({e})") from None
+  if not isinstance(config, dict):
+    raise CheckpointFormatError(f"{file}: expected a JSON object, got {type(config).__name__}")
+  return config
 
 
 def _read_header(file: str) -> tuple[dict, int]:
@@ -46,7 +51,25 @@ def _read_header(file: str) -> tuple[dict, int]:
       header = json.loads(f.read(n))
   except (OSError, struct.error, ValueError, UnicodeDecodeError) as e:
     raise CheckpointFormatError(f"{file}: not a readable safetensors file ({e})") from None
+  if not isinstance(header, dict):
+    raise CheckpointFormatError(f"{file}: not a readable safetensors file (the header is not an object)")
   header.pop("__metadata__", None)
+  size = os.path.getsize(file)
+  for key, info in header.items():
+    try:
+      start, stop = (int(x) for x in info["data_offsets"])
+      shape = [int(d) for d in info["shape"]]
+      dtype = info["dtype"]
+    except (TypeError, KeyError, ValueError):
+      raise CheckpointFormatError(f"{file}: tensor {key!r} has a malformed header entry (needs dtype, "
+                                  f"shape and data_offsets)") from None
+    if not 0 <= start <= stop or 8 + n + stop > size:
+      raise CheckpointFormatError(f"{file}: tensor {key!r} lies outside the file (bytes {start}:{stop} "
+                                  f"after the header; the file is truncated?)")
+    itemsize = np.dtype(_DTYPES[dtype]).itemsize if dtype in _DTYPES else None
+    if itemsize is not None and (stop - start) != itemsize * int(np.prod(shape, dtype=np.int64)):
+      raise CheckpointFormatError(f"{file}: tensor {key!r} has {stop - start} bytes, which does not "
+                                  f"fit shape {tuple(shape)} of {dtype}")
   return header, 8 + n
 
 
@@ -71,10 +94,13 @@ class SafetensorsReader:
       index = os.path.join(path, name + ".index.json")
       if os.path.exists(index):
         try:
-          with open(index) as f:
+          with open(index, encoding="utf-8") as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (ValueError, KeyError) as e:
-          raise CheckpointFormatError(f"{index}: invalid index ({e!r})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+          raise CheckpointFormatError(f"{index}: invalid index (needs an object 'weight_map' of "
+                                      f"tensor -> shard file; {e!r})") from None
+        if not all(isinstance(name, str) for name in shards):
+          raise CheckpointFormatError(f"{index}: invalid index ('weight_map' values must be file names)")
         files = [os.path.join(path, s) for s in shards]
         for file in files:
           if not os.path.exists(file):
@@ -96,9 +122,15 @@ class SafetensorsReader:
     file = self._file(key)
     return tuple(self._headers[file][0][key]["shape"])
 
+  def file_of(self, key: str) -> str:
+    """The safetensors file holding tensor `key` (raises CheckpointFormatError if none does)."""
+    return self._file(key)
+
   def _file(self, key: str) -> str:
     if key not in self._where:
-      raise CheckpointFormatError(f"{self.path}: tensor {key!r} not found in the checkpoint")
+      files = sorted({os.path.basename(f) for f in self._headers})
+      raise CheckpointFormatError(f"{self.path}: tensor {key!r} not found in the checkpoint "
+                                  f"({', '.join(files)})")
     return self._where[key]
 
   def get(self, key: str) -> np.ndarray:
