@@ -362,7 +362,9 @@ def main(argv):
   del argv
   from jaxmodels import host_devices
   from jaxmodels.errors import run_cli
+  from jaxmodels.log_filters import quiet_library_logs
   host_devices.ensure_collective_threads()   # before the first computation (virtual CPU devices)
+  quiet_library_logs()
   run_cli(_run)
 
 

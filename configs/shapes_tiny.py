@@ -3,21 +3,20 @@
 A SigLIP-style understanding encoder (32 px, a convolutional stem to the 8×8 token grid, 2×2 pooled to
 16 tokens) feeds a small Qwen2-style LLM for Q/A. Generation has three variants (`:target=`):
 
-  * `ae` (the default): 16 learnable queries read the LLM's hidden states and an MLP connector
-    conditions a Lumina-style DiT that generates, by flow matching, the 8×8×8 latent grid of a jointly
-    trained per-patch palette autoencoder (its decoder paints every pixel one palette colour: BLIP3-o's
-    compact-target idea at toy scale, jaxmodels/unified/patch_autoencoder.py); LLM width 128, 2 layers;
-    generation inputs on every third step (`train.gen_every=3`: ~1.5× the steps in the same time).
-  * `pixels`: the same DiT on 32×32 pixels with 4-px patches.
-  * `tokens`: BLIP3o-NEXT's autoregressive path — the LLM itself (width `:width=256`, `:layers=4`)
-    draws the image after the prompt as the raster list of its foreground 4×4 patches, one token
-    (position, pattern, colour) each from a fitted codebook that decodes exactly
+  * `tokens` (the default): BLIP3o-NEXT's autoregressive path — the LLM itself (width `:width=256`,
+    `:layers=4`) draws the image after the prompt as the raster list of its foreground 4×4 patches,
+    one token (position, pattern, colour) each from a fitted codebook that decodes exactly
     (jaxmodels/unified/patch_tokens.py), with cross-entropy like the answers; the pattern head sees the
     patterns already drawn around the next cell, positions are sampled at temperature 0.7 and patterns
     at 0.1, without CFG; generation on every second step. It is the variant that draws shapes the
     strict detector accepts (ShapesWorld-GenEval ~0.22 where `ae` scores 0) with Q/A at least as good
-    as `ae`'s (BENCHMARKS.md, "generation: image tokens"); it becomes the default once its wall time
-    is measured on an idle machine.
+    as `ae`'s (BENCHMARKS.md, "generation: image tokens").
+  * `ae`: 16 learnable queries read the LLM's hidden states and an MLP connector conditions a
+    Lumina-style DiT that generates, by flow matching, the 8×8×8 latent grid of a jointly trained
+    per-patch palette autoencoder (its decoder paints every pixel one palette colour: BLIP3-o's
+    compact-target idea at toy scale, jaxmodels/unified/patch_autoencoder.py); LLM width 128, 2 layers;
+    generation inputs on every third step (`train.gen_every=3`: ~1.5× the steps in the same time).
+  * `pixels`: the same DiT on 32×32 pixels with 4-px patches.
 
 Each understanding sequence asks up to 4 questions about its image (multi-turn, leaving out turns an
 earlier turn gives away, `data.qa_leak_free`), each question *before* its own copy of the image tokens
@@ -35,7 +34,7 @@ under it. The run stops at `train.total_steps` or after `train.time_limit_minute
 
     python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny
     python train.py --config=configs/shapes_tiny.py:runlocal --workdir=/tmp/shapes_smoke   # seconds
-    python train.py --config=configs/shapes_tiny.py:target=tokens --workdir=runs/shapes_tiny_tokens
+    python train.py --config=configs/shapes_tiny.py:target=ae --workdir=runs/shapes_tiny_ae
     python train.py --config=configs/shapes_tiny.py:target=pixels --workdir=runs/shapes_tiny_pixels
 """
 import ml_collections
@@ -46,7 +45,7 @@ from jaxmodels.config_utils import base_config, parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, runlocal=False, target="ae", width=256, layers=4)
+  a = parse_arg(arg, runlocal=False, target="tokens", width=256, layers=4)
   c = base_config()
   c.model = ml_collections.ConfigDict(dict(
       llm=dict(model_type="qwen2", vocab_size=128, hidden_size=128, intermediate_size=256, num_layers=2,
