@@ -97,6 +97,7 @@ def get_config(arg=None):
     # tokens"). The cosine schedule ends with the run. Sampling without classifier-free guidance: it
     # lowers strict GenEval for the token path.
     c.train.update(total_steps=1500, gen_every=2, time_limit_minutes=12)
+    c.train.ema_path = ""       # no DiT: the LLM draws, so an EMA (train.ema_decay) covers the model
     c.evals.guidance = 1.0
   if a.runlocal:   # a smoke run: a few steps, small evals
     c.data.config = "tiny"

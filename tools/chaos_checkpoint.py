@@ -11,6 +11,22 @@ state; a kill counts as `restorable` when at least one checkpoint survived and a
 and the next round must log that it resumed from the latest one. After the last kill a final run
 resumes and finishes one step later (`final_step`). `lost_steps_max` is the most steps any kill cost
 (the last step seen trained minus the latest committed checkpoint).
+
+`--faults` adds fault kinds beyond SIGKILL, each on a copy of a short base run (3 steps, checkpoints
+1-3), each checked for "nothing lost" (every committed step restores, the run resumes from the newest
+intact step and finishes, nothing is deleted):
+
+  * `enospc`: the run's workdir on a small tmpfs filled to leave less than one checkpoint (where the
+    machine lets this process mount one; else Orbax's save raises ENOSPC through a `sitecustomize`
+    hook). The run must stop with one `error:` line naming the intact step and no traceback; after
+    the space is freed, the rerun resumes there and finishes.
+  * `truncate` / `bitflip`: the newest step's OCDBT data files cut in half / with bits flipped. The
+    rerun must quarantine that step (`checkpoints.quarantine/<step>.unreadable.<time>`), resume from
+    the step before and finish.
+  * `concurrent`: a second `train.py` on the workdir while the first trains. The second must refuse
+    with one line; the first finishes with one row per step in `metrics.jsonl`.
+
+    python tools/chaos_checkpoint.py --kills 20 --faults=kill,enospc,truncate,bitflip,concurrent --json
 """
 from __future__ import annotations
 
@@ -41,9 +57,9 @@ def _command(workdir: str, data_dir: str, total_steps: int, extra=()) -> list[st
           "--config.evals.which=qa", *extra]   # checkpoints are the point: skip generation evals
 
 
-def _env(workdir: str) -> dict:
+def _env(workdir: str, cache_dir: str | None = None) -> dict:
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONUNBUFFERED="1",
-              JAX_COMPILATION_CACHE_DIR=os.path.join(workdir, ".jax_cache"),
+              JAX_COMPILATION_CACHE_DIR=cache_dir or os.path.join(workdir, ".jax_cache"),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
@@ -145,20 +161,33 @@ def run(kills: int, workdir: str, data_dir: str, *, seed: int = 0, max_delay: fl
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--kills", type=int, default=5)
+  p.add_argument("--faults", default="kill",
+                 help="comma-separated: kill (the SIGKILL rounds), enospc, truncate, bitflip, concurrent")
   p.add_argument("--json", action="store_true", help="print only the JSON result")
   p.add_argument("--workdir", default=None, help="run directory (default: a fresh temporary one)")
   p.add_argument("--data_dir", default=None, help="ShapesWorld data (default: built under workdir)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--max_delay", type=float, default=2.0, help="longest wait before a kill, seconds")
   a = p.parse_args(argv)
+  faults = [f.strip() for f in a.faults.split(",") if f.strip()]
   workdir = a.workdir or tempfile.mkdtemp(prefix="chaos_")
   data_dir = a.data_dir or os.path.join(workdir, "tfds")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.path.insert(0, str(REPO))
   log = (lambda *x: None) if a.json else (lambda *x: print(*x, flush=True))
-  result = run(a.kills, workdir, data_dir, seed=a.seed, max_delay=a.max_delay, log=log)
+  result, ok = {}, True
+  if "kill" in faults:
+    result = run(a.kills, workdir if faults == ["kill"] else os.path.join(workdir, "kills"), data_dir,
+                 seed=a.seed, max_delay=a.max_delay, log=log)
+    ok = result["restorable"] == result["kills"] and "problems" not in result
+  others = [f for f in faults if f != "kill"]
+  if others:
+    sys.path.insert(0, str(REPO / "tools"))
+    from chaos_faults import run_faults  # noqa: I001 - a sibling script's module
+    result["faults"] = run_faults(others, os.path.join(workdir, "faults"), data_dir, log=log)
+    ok = ok and all(r["ok"] for r in result["faults"].values())
   print(json.dumps(result))
-  return 0 if result["restorable"] == result["kills"] and "problems" not in result else 1
+  return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -18,12 +18,18 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxmodels.errors import ConfigError
+
 
 def get_submodule(model: nnx.Module, path: str | None) -> nnx.Module:
+  """The sub-module at `path` ("a/b"; '' or None = the model); a ConfigError names a missing one."""
   node = model
   for part in (path or "").split("/"):
     if part:
-      node = getattr(node, part)
+      node = getattr(node, part, None)
+      if node is None:
+        raise ConfigError(f"config.train.ema_path={path!r}: the model has no sub-module {part!r} "
+                          f"(use '' for the whole model)")
   return node
 
 
