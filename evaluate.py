@@ -7,6 +7,11 @@ r"""Scores a checkpoint, or existing outputs, on the ShapesWorld / official benc
     python evaluate.py --checkpoint=runs/shapes_tiny --out=runs/eval --evals=geneval,colorbench,rover \
         --set evals.geneval_prompts=64
     python evaluate.py --config=configs/shapes_tiny.py --checkpoint=runs/shapes_tiny --out=runs/eval
+    # the official GenEval prompts instead: images in the official layout under --out (resumable;
+    # settings and seeds in DIR/generation.json), then scored (--geneval_detector=shapes | hf, or
+    # --geneval_score=False to stop after writing them for the official tool)
+    python evaluate.py --checkpoint=runs/shapes_tiny --evals=geneval --out=runs/geneval \
+        --geneval_metadata=geneval/prompts/evaluation_metadata.jsonl --images_per_prompt=4
     # score-only (no model); the flag groups below combine freely in one call:
     #   GenEval image folder (official layout), shapes detector or --detector=hf on local weights
     python evaluate.py --score_only --out=runs/eval --geneval_dir=DIR --metadata=prompts.jsonl \
@@ -52,7 +57,7 @@ def _define_flags():
   global _ROVER_METRICS, _ROVER_CONFIG, _SHAPES_ROVER_DIR, _SHAPES_ROVER_TASKS, _SEED, _IMAGE_SIZE
   global _DETECTOR, _HF_DETECTOR_DIR, _HF_CLIP_DIR, _DEVICE
   global _ROVER_DATA, _ROVER_OUTPUTS, _ROVER_RUBRICS, _BASE_URL, _JUDGE_MODEL, _JUDGE_KEY, _JUDGE_TOKENS
-  global _SET
+  global _SET, _GENEVAL_METADATA, _GENEVAL_LIMIT, _GENEVAL_SEED, _GENEVAL_SCORE
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "A config file[:arg] (checkpoint mode; default: the run's stored config); "
       "--config.x.y=... overrides.", lock_config=True)
@@ -68,7 +73,17 @@ def _define_flags():
   _METADATA = flags.DEFINE_string("metadata", None, "GenEval prompt file (evaluation_metadata.jsonl).")
   _ALLOW_INCOMPLETE = flags.DEFINE_bool("allow_incomplete", False, "Score an incomplete image folder.")
   _IMAGES_PER_PROMPT = flags.DEFINE_integer("images_per_prompt", 4, "Images per prompt (GenEval: 4).")
-  _DETECTOR = flags.DEFINE_enum("detector", "shapes", ["shapes", "hf"], "GenEval detector (score-only).")
+  _DETECTOR = flags.DEFINE_enum("detector", "shapes", ["shapes", "hf"], "GenEval detector (score-only "
+                                "and --geneval_metadata).")
+  flags.DEFINE_alias("geneval_detector", "detector")
+  _GENEVAL_METADATA = flags.DEFINE_string(
+      "geneval_metadata", None, "Checkpoint mode with --evals=geneval: generate the images of this "
+      "official prompt file (evaluation_metadata.jsonl) into --out in GenEval's layout, then score them.")
+  _GENEVAL_LIMIT = flags.DEFINE_integer("geneval_limit", None, "--geneval_metadata: only the first N "
+                                        "prompts (scored as an incomplete folder).")
+  _GENEVAL_SEED = flags.DEFINE_integer("geneval_seed", 42, "--geneval_metadata: the sampling seed.")
+  _GENEVAL_SCORE = flags.DEFINE_bool("geneval_score", True, "--geneval_metadata: score the images "
+                                     "(False: stop after writing them, e.g. for the official tool).")
   _HF_DETECTOR_DIR = flags.DEFINE_string("hf_detector_dir", None, "Local Mask2Former weights (--detector=hf).")
   _HF_CLIP_DIR = flags.DEFINE_string("hf_clip_dir", None, "Local CLIP weights (--detector=hf).")
   _DEVICE = flags.DEFINE_string("device", "cpu", "torch device of the hf detector.")
@@ -311,11 +326,16 @@ def stored_config(workdir: str, step: int):
 
 
 def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
-                        evals=EVALS, settings=()) -> dict:
+                        evals=EVALS, settings=(), *, geneval_metadata: str | None = None,
+                        images_per_prompt: int = 4, geneval_limit: int | None = None,
+                        geneval_seed: int = 42, detector=None, geneval_score: bool = True) -> dict:
   """Scores a run's checkpoint (`workdir`: the run or its checkpoints/ folder; `step`: default the
   latest). `config` None takes the run's stored config (`stored_config`); `settings` are
   `KEY=VALUE` changes to it (`config_utils.set_values`). The run directory, step, config and
-  tokenizer are all checked before the model is built."""
+  tokenizer are all checked before the model is built.
+
+  With `geneval_metadata` (an official GenEval prompt file; `evals` must be ("geneval",)) the model
+  draws that file's prompts instead of ShapesWorld's: `geneval_from_checkpoint`."""
   from input_pipeline.datasets import default_data_dir
   from input_pipeline.tokenizers import WordTokenizer
   from jaxmodels.config_utils import set_values
@@ -332,6 +352,13 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
   if config is None:
     config = stored_config(workdir, step)
   set_values(config, settings)
+  if geneval_metadata is not None:
+    if tuple(evals) != ("geneval",):
+      raise ConfigError(f"--geneval_metadata: generates the official GenEval prompts on their own; pass "
+                        f"--evals=geneval (got --evals={','.join(evals)})")
+    return geneval_from_checkpoint(config, workdir, step, out, geneval_metadata,
+                                   images_per_prompt=images_per_prompt, limit=geneval_limit,
+                                   seed=geneval_seed, detector=detector, score=geneval_score)
   if "mctune" in evals:          # MCTune: re-measured controls of generated responses
     from jaxmodels.evals import mctune
     return mctune.evaluate_checkpoint(config, workdir, out, step)
@@ -351,6 +378,86 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
   return {"step": step, **scores}
 
 
+def geneval_settings(config, workdir: str, step: int, *, images_per_prompt: int, seed: int) -> dict:
+  """What `<out>/generation.json` records of a run's GenEval sampling (compared on resume): the
+  checkpoint and step, `config.evals` sample_steps / guidance / batch_size / prompt_template, the
+  generation prompt length (`config.data.gen_len`), the model's sampling temperatures, output
+  resolution and target, the seed and images per prompt.
+
+  Raises:
+    ConfigError: the run is not a unified model that draws images.
+  """
+  from input_pipeline.shapes_tasks import GEN_LEN
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.trainer.setup import model_type
+  from jaxmodels.unified.build import unified_config
+  if model_type(config) != "unified":
+    raise ConfigError(f"config.model.type={model_type(config)!r}: --geneval_metadata needs a unified "
+                      f"model that generates images")
+  ucfg = unified_config(config.model)
+  if not ucfg.generates_pixels:
+    raise ConfigError(f"config.model.gen_target={ucfg.gen_target!r}: this model does not generate "
+                      f"images (no pixel decoder), so it has no GenEval images")
+  temperature = pattern_temperature = None
+  if ucfg.gen_target == "patch_tokens":
+    temperature = float(ucfg.patch_tokens.temperature)
+    pattern_temperature = float(ucfg.patch_tokens.pattern_temperature
+                                if ucfg.patch_tokens.pattern_temperature is not None else temperature)
+  elif ucfg.queries == "image_tokens":
+    temperature = 1.0            # UnifiedModel.sample_image_tokens' default
+  ev = config.evals
+  return {"checkpoint": os.path.abspath(workdir) if "://" not in workdir else workdir, "step": int(step),
+          "sample_steps": int(ev.sample_steps), "guidance": float(ev.guidance),
+          "temperature": temperature, "pattern_temperature": pattern_temperature, "seed": int(seed),
+          "batch_size": int(ev.batch_size), "images_per_prompt": images_per_prompt,
+          "resolution": int(ucfg.output_image_size), "gen_target": ucfg.gen_target,
+          "prompt_template": ev.get("prompt_template", "{prompt}"),
+          "prompt_len": int(config.data.get("gen_len", GEN_LEN))}
+
+
+def geneval_from_checkpoint(config, workdir: str, step: int, out: str, metadata: str, *,
+                            images_per_prompt: int = 4, limit: int | None = None, seed: int = 42,
+                            detector=None, score: bool = True, progress: bool = True) -> dict:
+  """GenEval from a checkpoint on an official prompt file: writes `<out>/<5-digit>/metadata.jsonl` +
+  `samples/NNNN.png` (`jaxmodels.evals.geneval_generate`: resumable, atomic writes, settings and
+  seeds in `<out>/generation.json`), with each prompt put through `config.evals.prompt_template`,
+  then (`score`) scores the folder as `--score_only` does (`detector`: a detector or a factory of
+  one, default `shapes`; results.jsonl and the summary files in `out`). The prompt file, the
+  template, the folder against its record and the tokenizer are checked before the model is built;
+  a complete folder is scored without building it. Returns {"step", and "geneval" when scored}.
+
+  Raises:
+    EvalInputError / ConfigError / CheckpointFormatError: one line naming the file or key.
+  """
+  from absl import logging
+
+  from jaxmodels.evals import geneval_generate
+  from jaxmodels.serving.loader import run_tokenizer
+  from jaxmodels.trainer.setup import restore_eval_model
+  settings = geneval_settings(config, workdir, step, images_per_prompt=images_per_prompt, seed=seed)
+  geneval_generate.check_template(settings["prompt_template"])
+  tokenizer = run_tokenizer(workdir, config)
+  plan = geneval_generate.prepare(out, metadata, tokenizer, settings, limit=limit)
+  (logging.warning if plan.prompt_stats["unknown_words"] else logging.info)(
+      "%s", geneval_generate.describe_prompts(plan))
+  if plan.broken:
+    logging.warning("%d unreadable PNGs in %s are regenerated (first: %s)", len(plan.broken), out,
+                    plan.broken[0])
+  logging.info("GenEval images in %s: %d kept, %d to generate", out, plan.kept, len(plan.todo))
+  if plan.todo:
+    model, _ = restore_eval_model(config, workdir, step)   # EMA weights where the run kept an EMA
+    geneval_generate.generate(model, plan, progress=progress)
+  else:
+    geneval_generate.generate(None, plan, progress=False)  # only the metadata files, if any missing
+  result = {"step": step}
+  if not score:
+    logging.info("GenEval images written to %s (not scored: --geneval_score=False)", out)
+    return result
+  result.update(score_only(out, metadata, out, images_per_prompt=images_per_prompt,
+                           allow_incomplete=plan.limit < len(plan.prompts), detector=detector))
+  return result
+
+
 def write_outputs(out: str, scores: dict) -> None:
   """`results.json`, `scores.md` and one bar chart per benchmark in `out`."""
   from jaxmodels.evals import reports
@@ -368,6 +475,26 @@ def main(argv):
   run_cli(_run)
 
 
+def _detector_factory():
+  """The GenEval detector the flags choose: None (the `shapes` default) or, for --detector=hf
+  (alias --geneval_detector), a factory of it; its weight folders are checked now, the detector is
+  built by the scorer once every input has passed its checks."""
+  from jaxmodels.errors import ConfigError
+  if _DETECTOR.value != "hf":
+    return None
+  from jaxmodels.evals.detectors import make_detector
+  if not (_HF_DETECTOR_DIR.value and _HF_CLIP_DIR.value):
+    raise ConfigError("--detector=hf needs --hf_detector_dir and --hf_clip_dir")
+  for flag, path in (("--hf_detector_dir", _HF_DETECTOR_DIR.value), ("--hf_clip_dir", _HF_CLIP_DIR.value)):
+    if not os.path.isdir(path):
+      raise ConfigError(f"{flag}={path}: no such directory")
+
+  def detector():
+    return make_detector("hf", detector_dir=_HF_DETECTOR_DIR.value, clip_dir=_HF_CLIP_DIR.value,
+                         device=_DEVICE.value)
+  return detector
+
+
 def _run():
   from jaxmodels.errors import ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
@@ -376,17 +503,10 @@ def _run():
     if _CONFIG.value is not None or _CHECKPOINT.value or _SET.value:
       raise ConfigError("--score_only scores saved outputs: --config, --checkpoint and --set "
                         "belong to checkpoint mode")
-    detector = None
-    if _DETECTOR.value == "hf":
-      from jaxmodels.evals.detectors import make_detector
-      if not (_HF_DETECTOR_DIR.value and _HF_CLIP_DIR.value):
-        raise ConfigError("--detector=hf needs --hf_detector_dir and --hf_clip_dir")
-      for flag, path in (("--hf_detector_dir", _HF_DETECTOR_DIR.value), ("--hf_clip_dir", _HF_CLIP_DIR.value)):
-        if not os.path.isdir(path):
-          raise ConfigError(f"{flag}={path}: no such directory")
-      def detector():   # built by score_only once the inputs have passed their checks
-        return make_detector("hf", detector_dir=_HF_DETECTOR_DIR.value, clip_dir=_HF_CLIP_DIR.value,
-                             device=_DEVICE.value)
+    if _GENEVAL_METADATA.value or _GENEVAL_LIMIT.value is not None:
+      raise ConfigError("--geneval_metadata / --geneval_limit generate images from a checkpoint; "
+                        "score-only mode takes --geneval_dir and --metadata")
+    detector = _detector_factory()
     judge = None
     if _BASE_URL.value:
       from jaxmodels.evals.judges import OpenAIJudge
@@ -408,8 +528,15 @@ def _run():
     if not _CHECKPOINT.value:
       raise ConfigError("checkpoint mode needs --checkpoint=RUN (a training workdir; or use "
                         "--score_only)")
+    if _GENEVAL_LIMIT.value is not None and not _GENEVAL_METADATA.value:
+      raise ConfigError("--geneval_limit needs --geneval_metadata")
     scores = evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUT.value, _STEP.value,
-                                 evals=_EVALS.value, settings=_SET.value)
+                                 evals=_EVALS.value, settings=_SET.value,
+                                 geneval_metadata=_GENEVAL_METADATA.value,
+                                 images_per_prompt=_IMAGES_PER_PROMPT.value,
+                                 geneval_limit=_GENEVAL_LIMIT.value, geneval_seed=_GENEVAL_SEED.value,
+                                 detector=_detector_factory() if _GENEVAL_METADATA.value else None,
+                                 geneval_score=_GENEVAL_SCORE.value)
   write_outputs(_OUT.value, scores)
   shapes_eval.print_scores({k: v for k, v in scores.items() if isinstance(v, dict)})
 

@@ -90,7 +90,9 @@ def get_config(arg=None):
                                            guidance=3.0, batch_size=64,
                                            # > 0: in-loop evals also score GenEval + geneval_progress on
                                            # this many test prompts (a learning curve in metrics.jsonl)
-                                           loop_geneval_prompts=0))
+                                           loop_geneval_prompts=0,
+                                           # official prompts (evaluate.py --geneval_metadata): as is
+                                           prompt_template="{prompt}"))
   if a.target == "tokens":
     # Generation inputs on every second step: with the LLM drawing on every step, Q/A colour and shape
     # fell to ~0.7; one understanding-only step in two keeps them (BENCHMARKS.md, "generation: image

@@ -65,9 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = None                    # dict(hf={"llm": path, ...}) to start from pretrained towers
   # The ShapesWorld evaluations train.py runs (in the loop and at the end) and evaluate.py repeats:
   # Q/A per question kind, GenEval prompts, ColorBench, ROVER; flow steps and CFG scale of sampling.
+  # prompt_template: how the model is prompted with an official benchmark prompt (evaluate.py
+  # --geneval_metadata); a paper config sets its own (BLIP3-o: "Please generate image based on the
+  # following caption: {prompt}"), ShapesWorld runs keep the bare prompt.
   c.evals = ml_collections.ConfigDict(dict(
       which="qa,geneval,colorbench,rover", qa_per_kind=64, geneval_prompts=553, sample_steps=20,
-      guidance=3.0, batch_size=64, loop_geneval_prompts=0))
+      guidance=3.0, batch_size=64, loop_geneval_prompts=0, prompt_template="{prompt}"))
   return c
 
 

@@ -14,6 +14,8 @@ is the JAX side, hf_detector the torch one):
   shapes_colorbench, shapes_rover   ShapesWorld versions of ColorBench and ROVER, made on the fly
               and scored exactly (ROVER without a judge).
   shapes_world  a unified model's ShapesWorld scores and its answer / edit adapters (JAX).
+  geneval_generate  a model's images of a GenEval prompt file in the official layout, resumable
+              (JAX, imported only when `generate` runs).
   reports     JSON / JSONL / summary writers, scores.md tables and bar charts.
 
 Example:

@@ -83,7 +83,8 @@ def _check_clause(clause: Any, where: str, index: int, *, exclude: bool) -> None
 
 
 def validate_metadata(metadata: Any, where: str = "metadata") -> dict:
-  """Checks one prompt record (tag, prompt, include/exclude clauses); returns it unchanged.
+  """Checks one prompt record (tag one of `TAGS`, prompt, include/exclude clauses); returns it
+  unchanged.
 
   Raises:
     EvalInputError: naming `where` and the offending field.
@@ -93,6 +94,8 @@ def validate_metadata(metadata: Any, where: str = "metadata") -> dict:
   for field in ("tag", "prompt"):
     if not isinstance(metadata.get(field), str):
       raise EvalInputError(f"{where}: missing string field '{field}'")
+  if metadata["tag"] not in TAGS:
+    raise EvalInputError(f"{where}: unknown tag {metadata['tag']!r}; expected one of {', '.join(TAGS)}")
   include = metadata.get("include")
   if not isinstance(include, list) or not include:
     raise EvalInputError(f"{where}: field 'include' must be a non-empty list")

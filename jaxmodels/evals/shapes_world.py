@@ -27,6 +27,7 @@ from input_pipeline.shapes_tasks import (GEN_LEN, OPEN_QA_KINDS, UND_LEN, left_p
                                          to_unit_range, und_prompt)
 from jaxmodels.errors import ConfigError
 from jaxmodels.evals import geneval
+from jaxmodels.evals.geneval_generate import encode_prompts
 from jaxmodels.generate import generate
 from jaxmodels.unified.sampling import sample_edits, sample_images, to_uint8
 
@@ -151,11 +152,9 @@ def geneval_generate_and_score(model, tokenizer, records: Sequence[dict], detect
   results, images = [], []
   for b, chunk in enumerate(_batches(list(records), batch_size)):
     rows = _pad_batch(list(chunk), batch_size)
-    prompts = [left_pad([tokenizer.bos_id] + tokenizer.encode(r["prompt"]), prompt_len, tokenizer.pad_id)
-               for r in rows]
-    ids = jnp.asarray(np.stack([p[0] for p in prompts]))
-    mask = jnp.asarray(np.stack([p[1] for p in prompts]))
-    x = sample_images(model, ids, mask, jax.random.fold_in(rng, b), num_steps, guidance)
+    ids, mask, _ = encode_prompts(tokenizer, [r["prompt"] for r in rows], prompt_len)
+    x = sample_images(model, jnp.asarray(ids), jnp.asarray(mask), jax.random.fold_in(rng, b), num_steps,
+                      guidance)
     for i, (record, img) in enumerate(zip(chunk, to_uint8(x))):
       index = b * batch_size + i
       name = f"{index:05d}/samples/0000.png"
