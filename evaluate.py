@@ -12,6 +12,11 @@ r"""Scores a checkpoint, or existing outputs, on the ShapesWorld / official benc
     # --geneval_score=False to stop after writing them for the official tool)
     python evaluate.py --checkpoint=runs/shapes_tiny --evals=geneval --out=runs/geneval \
         --geneval_metadata=geneval/prompts/evaluation_metadata.jsonl --images_per_prompt=4
+    # the official ColorBench rows (parquet) instead: the model's answers, resumable, in DIR (settings
+    # in DIR/colorbench_generation.json), the official result file DIR/colorbench_results/<name>.json
+    # and its scores (perception, reasoning, overall, robustness), as --score_only scores it
+    python evaluate.py --checkpoint=runs/shapes_tiny --evals=colorbench --out=runs/colorbench \
+        --colorbench_data=ColorBench/data/test-00000-of-00001.parquet
     # score-only (no model); the flag groups below combine freely in one call:
     #   GenEval image folder (official layout), shapes detector or --detector=hf on local weights
     python evaluate.py --score_only --out=runs/eval --geneval_dir=DIR --metadata=prompts.jsonl \
@@ -58,6 +63,7 @@ def _define_flags():
   global _DETECTOR, _HF_DETECTOR_DIR, _HF_CLIP_DIR, _DEVICE
   global _ROVER_DATA, _ROVER_OUTPUTS, _ROVER_RUBRICS, _BASE_URL, _JUDGE_MODEL, _JUDGE_KEY, _JUDGE_TOKENS
   global _SET, _GENEVAL_METADATA, _GENEVAL_LIMIT, _GENEVAL_SEED, _GENEVAL_SCORE
+  global _CB_MODEL_NAME, _CB_PROMPT_LEN, _CB_MAX_NEW_TOKENS, _CB_INSTRUCTION, _CB_MATCH_CHOICES
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "A config file[:arg] (checkpoint mode; default: the run's stored config); "
       "--config.x.y=... overrides.", lock_config=True)
@@ -87,7 +93,21 @@ def _define_flags():
   _HF_DETECTOR_DIR = flags.DEFINE_string("hf_detector_dir", None, "Local Mask2Former weights (--detector=hf).")
   _HF_CLIP_DIR = flags.DEFINE_string("hf_clip_dir", None, "Local CLIP weights (--detector=hf).")
   _DEVICE = flags.DEFINE_string("device", "cpu", "torch device of the hf detector.")
-  _CB_DATA = flags.DEFINE_string("colorbench_data", None, "ColorBench parquet file/folder or JSON rows.")
+  _CB_DATA = flags.DEFINE_string("colorbench_data", None, "ColorBench parquet file/folder or JSON rows "
+                                  "(score-only; or checkpoint mode with --evals=colorbench: the rows "
+                                  "the model answers).")
+  _CB_MODEL_NAME = flags.DEFINE_string("colorbench_model_name", None, "Checkpoint mode with "
+                                       "--colorbench_data: the result file's name (default "
+                                       "<run>_step<step>).")
+  _CB_PROMPT_LEN = flags.DEFINE_integer("colorbench_prompt_len", None, "--colorbench_data: prompt "
+                                        "tokens, image included (default config.data.und_len).")
+  _CB_MAX_NEW_TOKENS = flags.DEFINE_integer("colorbench_max_new_tokens", 16, "--colorbench_data: "
+                                            "greedy answer tokens.")
+  _CB_INSTRUCTION = flags.DEFINE_string("colorbench_instruction", None, "--colorbench_data: the "
+                                        "instruction before each prompt (default colorbench."
+                                        "DIRECT_INSTRUCTION; e.g. the verbatim upstream string).")
+  _CB_MATCH_CHOICES = flags.DEFINE_bool("colorbench_match_choices", False, "--colorbench_data: read a "
+                                        "reply that is exactly one option's text as that option.")
   _CB_PREDS = flags.DEFINE_string("colorbench_predictions", None, "ColorBench responses (JSON).")
   _CB_ROUTE = flags.DEFINE_enum("official_route", None, ["open", "api", "cot"],
                                 "Mirror the official ColorBench answer parser of this route.")
@@ -328,14 +348,18 @@ def stored_config(workdir: str, step: int):
 def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
                         evals=EVALS, settings=(), *, geneval_metadata: str | None = None,
                         images_per_prompt: int = 4, geneval_limit: int | None = None,
-                        geneval_seed: int = 42, detector=None, geneval_score: bool = True) -> dict:
+                        geneval_seed: int = 42, detector=None, geneval_score: bool = True,
+                        colorbench_data: str | None = None, colorbench_options: dict | None = None
+                        ) -> dict:
   """Scores a run's checkpoint (`workdir`: the run or its checkpoints/ folder; `step`: default the
   latest). `config` None takes the run's stored config (`stored_config`); `settings` are
   `KEY=VALUE` changes to it (`config_utils.set_values`). The run directory, step, config and
   tokenizer are all checked before the model is built.
 
   With `geneval_metadata` (an official GenEval prompt file; `evals` must be ("geneval",)) the model
-  draws that file's prompts instead of ShapesWorld's: `geneval_from_checkpoint`."""
+  draws that file's prompts instead of ShapesWorld's: `geneval_from_checkpoint`. With
+  `colorbench_data` (the official ColorBench parquet; `evals` must be ("colorbench",)) it answers
+  those rows instead: `colorbench_from_checkpoint` (`colorbench_options` are its keyword arguments)."""
   from input_pipeline.datasets import default_data_dir
   from input_pipeline.tokenizers import WordTokenizer
   from jaxmodels.config_utils import set_values
@@ -359,6 +383,12 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
     return geneval_from_checkpoint(config, workdir, step, out, geneval_metadata,
                                    images_per_prompt=images_per_prompt, limit=geneval_limit,
                                    seed=geneval_seed, detector=detector, score=geneval_score)
+  if colorbench_data is not None:
+    if tuple(evals) != ("colorbench",):
+      raise ConfigError(f"--colorbench_data: answers the official ColorBench rows on their own; pass "
+                        f"--evals=colorbench (got --evals={','.join(evals)})")
+    return colorbench_from_checkpoint(config, workdir, step, out, colorbench_data,
+                                      **(colorbench_options or {}))
   if "mctune" in evals:          # MCTune: re-measured controls of generated responses
     from jaxmodels.evals import mctune
     return mctune.evaluate_checkpoint(config, workdir, out, step)
@@ -458,6 +488,98 @@ def geneval_from_checkpoint(config, workdir: str, step: int, out: str, metadata:
   return result
 
 
+def colorbench_settings(config, workdir: str, step: int, *, prompt_len: int | None = None,
+                        max_new_tokens: int = 16, instruction: str | None = None,
+                        match_choices: bool = False, model_name: str | None = None) -> dict:
+  """What `<out>/colorbench_generation.json` records of a run's ColorBench answers (the
+  `colorbench_generate.COMPARED` keys are compared on resume): the checkpoint and step, greedy
+  decoding (`max_new_tokens`, the prompt length: default `config.data.und_len`, the prompt layout
+  `config.data.und_layout`), the model's image side and `config.data.image_aspect`, the instruction,
+  `config.evals.batch_size`, and the result file's model name (default `<run>_step<step>`).
+
+  Raises:
+    ConfigError: the run is not a unified model that reads images.
+  """
+  from input_pipeline.shapes_tasks import UND_LEN
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.evals import colorbench
+  from jaxmodels.trainer.setup import model_type
+  from jaxmodels.unified.build import unified_config
+  if model_type(config) != "unified":
+    raise ConfigError(f"config.model.type={model_type(config)!r}: --colorbench_data needs a unified "
+                      f"model that reads images")
+  ucfg = unified_config(config.model)
+  if ucfg.und_encoder is None:
+    raise ConfigError("config.model.und_encoder is None: this model reads no images, so it has no "
+                      "ColorBench answers")
+  run = os.path.basename(os.path.normpath(workdir.rstrip("/"))) or "run"
+  return {"checkpoint": os.path.abspath(workdir) if "://" not in workdir else workdir, "step": int(step),
+          "decoding": "greedy", "max_new_tokens": max_new_tokens,
+          "prompt_len": int(prompt_len if prompt_len is not None
+                            else config.data.get("und_len", UND_LEN)),
+          "layout": config.data.get("und_layout", "image_first"),
+          "image_size": int(ucfg.und_encoder.image_size),
+          "image_aspect": config.data.get("image_aspect", "pad"),
+          "instruction": colorbench.DIRECT_INSTRUCTION if instruction is None else instruction,
+          "match_choices": bool(match_choices), "batch_size": int(config.evals.batch_size),
+          "model_name": model_name or f"{run}_step{int(step)}"}
+
+
+def colorbench_from_checkpoint(config, workdir: str, step: int, out: str, data: str, *,
+                               prompt_len: int | None = None, max_new_tokens: int = 16,
+                               instruction: str | None = None, match_choices: bool = False,
+                               model_name: str | None = None, official_route: str | None = None,
+                               progress: bool = True) -> dict:
+  """ColorBench from a checkpoint on the official rows (`data`: the parquet file or a folder of
+  them): the model's greedy answers to `colorbench.build_prompt` (instruction + the dataset prompt)
+  and each row's image (any size or mode; `colorbench_generate.model_pixels`), appended to
+  `<out>/colorbench_answers.jsonl` (resumable: answered rows are kept; settings in
+  `<out>/colorbench_generation.json`, a mismatch refused), then the official result file
+  `<out>/colorbench_results/<model_name>.json`, scored as `--score_only` scores it
+  (`official_route`: the official parser of that route instead of `colorbench.extract_choice`;
+  `<out>/colorbench_scores.json`). The data (every row and column), the settings against the record
+  and the tokenizer are checked before the model is built; a complete folder is scored without
+  building it. Returns {"step", "colorbench": the official table row}.
+
+  Raises:
+    EvalInputError / ConfigError / CheckpointFormatError: one line naming the file or key.
+  """
+  from absl import logging
+
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.evals import colorbench_generate
+  from jaxmodels.serving.loader import run_tokenizer
+  from jaxmodels.trainer.setup import restore_eval_model
+  settings = colorbench_settings(config, workdir, step, prompt_len=prompt_len,
+                                 max_new_tokens=max_new_tokens, instruction=instruction,
+                                 match_choices=match_choices, model_name=model_name)
+  tokenizer = run_tokenizer(workdir, config)
+  if getattr(tokenizer, "image_id", None) is None:
+    raise ConfigError(f"{workdir}: the run's tokenizer has no image token; the understanding prompt "
+                      f"(input_pipeline.shapes_tasks.und_prompt) needs the built-in WordTokenizer's")
+  plan = colorbench_generate.prepare(out, data, settings)
+  logging.info("ColorBench rows of %s: %d kept, %d to answer", data, len(plan.rows) - len(plan.todo),
+               len(plan.todo))
+  if plan.todo:
+    from jaxmodels.evals.shapes_world import model_answer_fn
+    model, _ = restore_eval_model(config, workdir, step)   # EMA weights where the run kept an EMA
+    room = settings["prompt_len"] - 1 - model.num_image_tokens
+    line, warn = colorbench_generate.describe_prompts(plan, tokenizer, room)
+    (logging.warning if warn else logging.info)("%s", line)
+    answer_fn = model_answer_fn(model, tokenizer, batch_size=settings["batch_size"],
+                                prompt_len=settings["prompt_len"],
+                                max_new_tokens=settings["max_new_tokens"], layout=settings["layout"])
+    colorbench_generate.answer(answer_fn, plan, progress=progress)
+  else:
+    colorbench_generate.answer(None, plan, progress=False)   # the record, if it is missing
+  path = colorbench_generate.write_result_file(plan)
+  logging.info("ColorBench result file: %s", path)
+  result = {"step": step}
+  result.update(score_only(None, None, out, colorbench_data=data, colorbench_predictions=str(path),
+                           official_route=official_route))
+  return result
+
+
 def write_outputs(out: str, scores: dict) -> None:
   """`results.json`, `scores.md` and one bar chart per benchmark in `out`."""
   from jaxmodels.evals import reports
@@ -506,6 +628,11 @@ def _run():
     if _GENEVAL_METADATA.value or _GENEVAL_LIMIT.value is not None:
       raise ConfigError("--geneval_metadata / --geneval_limit generate images from a checkpoint; "
                         "score-only mode takes --geneval_dir and --metadata")
+    if _CB_MODEL_NAME.value or _CB_PROMPT_LEN.value is not None or _CB_INSTRUCTION.value is not None \
+        or _CB_MATCH_CHOICES.value:
+      raise ConfigError("--colorbench_model_name / _prompt_len / _instruction / _match_choices "
+                        "answer ColorBench from a checkpoint; score-only mode takes "
+                        "--colorbench_data and --colorbench_predictions")
     detector = _detector_factory()
     judge = None
     if _BASE_URL.value:
@@ -530,13 +657,24 @@ def _run():
                         "--score_only)")
     if _GENEVAL_LIMIT.value is not None and not _GENEVAL_METADATA.value:
       raise ConfigError("--geneval_limit needs --geneval_metadata")
+    if _CB_PREDS.value:
+      raise ConfigError("--colorbench_predictions is scored with --score_only; in checkpoint mode "
+                        "--colorbench_data names the rows the model answers")
     scores = evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUT.value, _STEP.value,
                                  evals=_EVALS.value, settings=_SET.value,
                                  geneval_metadata=_GENEVAL_METADATA.value,
                                  images_per_prompt=_IMAGES_PER_PROMPT.value,
                                  geneval_limit=_GENEVAL_LIMIT.value, geneval_seed=_GENEVAL_SEED.value,
                                  detector=_detector_factory() if _GENEVAL_METADATA.value else None,
-                                 geneval_score=_GENEVAL_SCORE.value)
+                                 geneval_score=_GENEVAL_SCORE.value,
+                                 colorbench_data=_CB_DATA.value,
+                                 colorbench_options=dict(
+                                     prompt_len=_CB_PROMPT_LEN.value,
+                                     max_new_tokens=_CB_MAX_NEW_TOKENS.value,
+                                     instruction=_CB_INSTRUCTION.value,
+                                     match_choices=_CB_MATCH_CHOICES.value,
+                                     model_name=_CB_MODEL_NAME.value,
+                                     official_route=_CB_ROUTE.value))
   write_outputs(_OUT.value, scores)
   shapes_eval.print_scores({k: v for k, v in scores.items() if isinstance(v, dict)})
 

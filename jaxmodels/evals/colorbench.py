@@ -85,7 +85,21 @@ def _parquet_files(path: Path) -> list[Path]:
   return files
 
 
-def load_colorbench(path: str | os.PathLike, *, with_images: bool = True) -> list[dict]:
+def _check_image(data: Any, where: str, position: int) -> None:
+  """One line naming the row and column when a row's image is absent or not an image file."""
+  from PIL import Image
+  if not isinstance(data, (bytes, bytearray)) or not data:
+    raise EvalInputError(f"{where}: row {position} has no image in column 'image'")
+  try:
+    with Image.open(io.BytesIO(data)):   # the header only: cheap, decoded later
+      pass
+  except Exception as e:  # noqa: BLE001 - Pillow raises many types for bad input
+    raise EvalInputError(f"{where}: row {position} column 'image' is not a readable image "
+                         f"({type(e).__name__})") from None
+
+
+def load_colorbench(path: str | os.PathLike, *, with_images: bool = True,
+                    require_images: bool = False) -> list[dict]:
   """Loads ColorBench rows from a local copy of the data.
 
   Args:
@@ -94,13 +108,16 @@ def load_colorbench(path: str | os.PathLike, *, with_images: bool = True) -> lis
       or `SampleCase.json` style), whose images are files named by `filename` beside it.
     with_images: keep the encoded image bytes in row["image"] (parquet) / the file path in
       row["image_path"] (JSON). Use `row_image` to decode either.
+    require_images: (with `with_images`) every row must have an image: an `image` column whose
+      bytes open as an image file (parquet), or an image file beside the JSON.
 
   Returns:
     Rows with the fields of `FIELDS` (a missing `idx` becomes the row's position; `choices` a
     list).
 
   Raises:
-    EvalInputError: missing path or a missing/malformed field, naming the file.
+    EvalInputError: missing path or a missing/malformed field, naming the file (and the row and
+      column).
   """
   path = Path(path)
   if not path.exists():
@@ -117,19 +134,25 @@ def load_colorbench(path: str | os.PathLike, *, with_images: bool = True) -> lis
       row = _normalize_row(r, str(path), i)
       if with_images:
         row["image_path"] = str(path.parent / row["filename"])
+        if require_images and not os.path.isfile(row["image_path"]):
+          raise EvalInputError(f"{path}: row {i} column 'filename': no image file "
+                               f"{row['image_path']}")
       rows.append(row)
     return rows
   import pyarrow.parquet as pq
   rows = []
   for file in _parquet_files(path):
     names = pq.read_schema(file).names
-    missing = [f for f in FIELDS if f not in names and f not in ("idx", "image")]
+    optional = ("idx",) if with_images and require_images else ("idx", "image")
+    missing = [f for f in FIELDS if f not in names and f not in optional]
     if missing:
       raise EvalInputError(f"{file}: missing column(s) {', '.join(missing)}")
     columns = [f for f in FIELDS if f in names and (with_images or f != "image")]
     for r in pq.read_table(file, columns=columns).to_pylist():
       if isinstance(r.get("image"), dict):
         r["image"] = r["image"].get("bytes")
+      if with_images and require_images:
+        _check_image(r.get("image"), str(file), len(rows))
       rows.append(_normalize_row(r, str(file), len(rows)))
   return rows
 

@@ -65,10 +65,13 @@ def read_jsonl(path: str | os.PathLike, *, skip_bad_last_line: bool = False) -> 
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes indented JSON (UTF-8), creating parent folders."""
+  """Writes indented JSON (UTF-8), creating parent folders; atomically (a temporary file renamed
+  into place), so a reader never sees half a file."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+  tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+  os.replace(tmp, path)
 
 
 def geneval_summary_text(summary: dict) -> str:

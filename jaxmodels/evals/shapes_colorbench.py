@@ -415,7 +415,8 @@ def match_option(response: str | None, choices: Sequence[str]) -> str | None:
 
 def run_model(rows: Sequence[dict], answer_fn: Callable, *, batch_size: int = 32,
               text: str = "prompt", match_choices: bool = False,
-              progress: bool = False) -> dict:
+              progress: bool = False, pixels: Callable[[dict], np.ndarray] = row_pixels,
+              instruction: str | None = None) -> dict:
   """Runs `answer_fn` over the rows in batches; returns {idx: response} for `colorbench.score`.
 
   Args:
@@ -426,6 +427,8 @@ def run_model(rows: Sequence[dict], answer_fn: Callable, *, batch_size: int = 32
       (the bare question, for models trained on open questions).
     match_choices: read a reply that equals an option's text as that option (`match_option`).
     progress: show a progress bar.
+    pixels: row -> uint8 [H, W, 3], one size for every row (default `row_pixels`, as stored).
+    instruction: replaces the default instruction of text="prompt" (`colorbench.build_prompt`).
   """
   from tqdm.auto import tqdm
   if text not in ("prompt", "question"):
@@ -433,8 +436,9 @@ def run_model(rows: Sequence[dict], answer_fn: Callable, *, batch_size: int = 32
   preds = {}
   for start in tqdm(range(0, len(rows), batch_size), desc="ColorBench", disable=not progress):
     chunk = rows[start:start + batch_size]
-    images = np.stack([row_pixels(r) for r in chunk])
-    texts = [colorbench.build_prompt(r) if text == "prompt" else r["question"] for r in chunk]
+    images = np.stack([pixels(r) for r in chunk])
+    texts = [colorbench.build_prompt(r, instruction=instruction) if text == "prompt"
+             else r["question"] for r in chunk]
     replies = list(answer_fn(images, texts))
     if len(replies) != len(chunk):
       raise EvalInputError(f"answer_fn returned {len(replies)} replies for {len(chunk)} rows")
