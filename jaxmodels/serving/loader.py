@@ -29,24 +29,11 @@ class Loaded:
 
 
 def saved_config(workdir: str, step: int | None = None):
-  """The config train.py saved with the checkpoint (`step`, default the latest) as a ConfigDict."""
-  import ml_collections
-
-  from jaxmodels.checkpoint import Checkpointer
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    raise CheckpointFormatError(f"{workdir}: no checkpoints/ folder (expected a training workdir)")
-  ckpt = Checkpointer(directory, async_save=False)
-  try:
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointFormatError(f"{directory}: no complete checkpoint")
-    raw = ckpt.restore_config(step)
-  finally:
-    ckpt.close()
-  if raw is None:
-    raise CheckpointFormatError(f"{directory}/{step}: no saved config (pass --config)")
-  return ml_collections.ConfigDict(raw)
+  """The config the run stored (`jaxmodels.run_dir.stored_config`: with checkpoint `step`, default the
+  latest, else `<workdir>/config.json`) as a ConfigDict."""
+  from jaxmodels.run_dir import checkpoint_step, run_workdir, stored_config
+  workdir = run_workdir(workdir)
+  return stored_config(workdir, checkpoint_step(workdir, step))
 
 
 def run_tokenizer(workdir: str, config):
