@@ -17,6 +17,13 @@ r"""Scores a checkpoint, or existing outputs, on the ShapesWorld / official benc
     # and its scores (perception, reasoning, overall, robustness), as --score_only scores it
     python evaluate.py --checkpoint=runs/shapes_tiny --evals=colorbench --out=runs/colorbench \
         --colorbench_data=ColorBench/data/test-00000-of-00001.parquet
+    # the official ROVER tasks (parquet) instead: the model's outputs in ROVER's layout DIR/IG/gen_{id}.png
+    # (+ .txt; resumable, settings in DIR/IG/rover_generation.json), judged by any OpenAI-compatible
+    # endpoint with the local ROVER rubrics (resumable DIR/IG/rover_metrics.jsonl; key from the
+    # environment variable --judge_api_key_env), or --rover_dry_run: only count the judge calls
+    python evaluate.py --checkpoint=runs/shapes_tiny --evals=rover --rover_data=ROVER --rover_config=IG \
+        --out=runs/rover --rover_rubrics=ROVER/prompts.py --base_url=https://api.openai.com/v1 \
+        --judge_model=gpt-4.1
     # score-only (no model); the flag groups below combine freely in one call:
     #   GenEval image folder (official layout), shapes detector or --detector=hf on local weights
     python evaluate.py --score_only --out=runs/eval --geneval_dir=DIR --metadata=prompts.jsonl \
@@ -66,6 +73,8 @@ def _define_flags():
   global _ROVER_DATA, _ROVER_OUTPUTS, _ROVER_RUBRICS, _BASE_URL, _JUDGE_MODEL, _JUDGE_KEY, _JUDGE_TOKENS
   global _SET, _GENEVAL_METADATA, _GENEVAL_LIMIT, _GENEVAL_SEED, _GENEVAL_SCORE
   global _CB_MODEL_NAME, _CB_PROMPT_LEN, _CB_MAX_NEW_TOKENS, _CB_INSTRUCTION, _CB_MATCH_CHOICES
+  global _ROVER_DRY_RUN, _ROVER_REDO, _ROVER_IG_TEXT, _ROVER_TG_IMAGE, _ROVER_TG_ACC, _ROVER_SEED
+  global _JUDGE_TIMEOUT, _JUDGE_ATTEMPTS
   _CONFIG = config_flags.DEFINE_config_file(
       "config", None, "A config file[:arg] (checkpoint mode; default: the run's stored config); "
       "--config.x.y=... overrides.", lock_config=True)
@@ -116,7 +125,20 @@ def _define_flags():
   _ROVER_METRICS = flags.DEFINE_string("rover_metrics", None, "A judged rover_metrics.jsonl (or its folder).")
   _ROVER_CONFIG = flags.DEFINE_enum("rover_config", "IG", ["IG", "TG"],
                                     "ROVER config of --rover_metrics / --rover_outputs.")
-  _ROVER_DATA = flags.DEFINE_string("rover_data", None, "ROVER parquet (file, folder or dataset root).")
+  _ROVER_DATA = flags.DEFINE_string("rover_data", None, "ROVER parquet (file, folder or dataset root; "
+                                    "checkpoint mode with --evals=rover: the tasks the model does).")
+  _ROVER_DRY_RUN = flags.DEFINE_bool("rover_dry_run", False, "--rover_data: write the outputs, count "
+                                     "the judge calls (DIR/<config>/rover_dry_run.json), make none.")
+  _ROVER_REDO = flags.DEFINE_bool("rover_redo_missing", False, "--rover_data: ask the judge again for "
+                                  "the missing scores of judged tasks (appended lines).")
+  _ROVER_IG_TEXT = flags.DEFINE_enum("rover_ig_text", "none", ["none", "model"], "--rover_data IG: "
+                                     "the think text gen_{id}.txt: none, or the model's greedy reply.")
+  _ROVER_TG_IMAGE = flags.DEFINE_enum("rover_tg_image", "generated", ["generated", "source"],
+                                      "--rover_data TG: the image the answer reads (the drawn visual "
+                                      "aid, or the task's image).")
+  _ROVER_TG_ACC = flags.DEFINE_enum("rover_tg_accuracy", "exact", ["exact", "none"], "--rover_data "
+                                    "TG: add exact final-answer accuracy (UNCONFIRMED upstream).")
+  _ROVER_SEED = flags.DEFINE_integer("rover_seed", 0, "--rover_data: the sampling seed.")
   _ROVER_OUTPUTS = flags.DEFINE_string("rover_outputs", None, "gen_{id}.png/.txt outputs to judge.")
   _ROVER_RUBRICS = flags.DEFINE_string("rover_rubrics", None, "A local copy of ROVER's prompts.py.")
   _BASE_URL = flags.DEFINE_string("base_url", None, "The ROVER judge's OpenAI-compatible endpoint.")
@@ -124,6 +146,9 @@ def _define_flags():
   _JUDGE_KEY = flags.DEFINE_string("judge_api_key_env", "OPENAI_API_KEY",
                                    "Environment variable of the judge's key ('' for none).")
   _JUDGE_TOKENS = flags.DEFINE_integer("judge_max_tokens", 3000, "The judge's max_tokens per reply.")
+  _JUDGE_TIMEOUT = flags.DEFINE_float("judge_timeout", 120.0, "Seconds per judge request.")
+  _JUDGE_ATTEMPTS = flags.DEFINE_integer("judge_attempts", 5, "Tries per judge request (timeouts, "
+                                         "HTTP errors); a reply without a score is asked 3 times.")
   _SHAPES_ROVER_DIR = flags.DEFINE_string("shapes_rover_dir", None, "ShapesWorld-ROVER outputs (IG/, TG/).")
   _SHAPES_ROVER_TASKS = flags.DEFINE_integer("shapes_rover_tasks", 16, "ShapesWorld-ROVER tasks per config.")
   _SEED = flags.DEFINE_integer("seed", 0, "Seed of the ShapesWorld-ROVER tasks (score-only mode).")
@@ -134,8 +159,8 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
                         evals=EVALS, settings=(), *, geneval_metadata: str | None = None,
                         images_per_prompt: int = 4, geneval_limit: int | None = None,
                         geneval_seed: int = 42, detector=None, geneval_score: bool = True,
-                        colorbench_data: str | None = None, colorbench_options: dict | None = None
-                        ) -> dict:
+                        colorbench_data: str | None = None, colorbench_options: dict | None = None,
+                        rover_data: str | None = None, rover_options: dict | None = None) -> dict:
   """Scores a run's checkpoint (`workdir`: the run or its checkpoints/ folder; `step`: default the
   latest). `config` None takes the run's stored config (`stored_config`); `settings` are
   `KEY=VALUE` changes to it (`config_utils.set_values`). The run directory, step, config and
@@ -144,7 +169,9 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
   With `geneval_metadata` (an official GenEval prompt file; `evals` must be ("geneval",)) the model
   draws that file's prompts instead of ShapesWorld's: `geneval_from_checkpoint`. With
   `colorbench_data` (the official ColorBench parquet; `evals` must be ("colorbench",)) it answers
-  those rows instead: `colorbench_from_checkpoint` (`colorbench_options` are its keyword arguments)."""
+  those rows instead: `colorbench_from_checkpoint` (`colorbench_options` are its keyword arguments).
+  With `rover_data` (the official ROVER parquet; `evals` must be ("rover",)) it does those tasks and
+  has them judged: `jaxmodels.evals.rover_generate.from_checkpoint` (`rover_options`)."""
   from input_pipeline.datasets import default_data_dir
   from input_pipeline.tokenizers import WordTokenizer
   from jaxmodels.config_utils import set_values
@@ -174,6 +201,13 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
                         f"--evals=colorbench (got --evals={','.join(evals)})")
     return colorbench_from_checkpoint(config, workdir, step, out, colorbench_data,
                                       **(colorbench_options or {}))
+  if rover_data is not None:
+    if tuple(evals) != ("rover",):
+      raise ConfigError(f"--rover_data: does the official ROVER tasks on their own; pass --evals=rover "
+                        f"(got --evals={','.join(evals)})")
+    from jaxmodels.evals import rover_generate
+    return rover_generate.from_checkpoint(config, workdir, step, out, rover_data,
+                                          **(rover_options or {}))
   if "mctune" in evals:          # MCTune: re-measured controls of generated responses
     from jaxmodels.evals import mctune
     return mctune.evaluate_checkpoint(config, workdir, out, step)
@@ -402,6 +436,22 @@ def _detector_factory():
   return detector
 
 
+def _judge():
+  """The ROVER judge the flags name (--base_url, --judge_model; key from the environment variable
+  --judge_api_key_env, checked now), or None without --base_url."""
+  from jaxmodels.errors import ConfigError
+  if not _BASE_URL.value:
+    return None
+  from jaxmodels.evals.judges import OpenAIJudge
+  if not _JUDGE_MODEL.value:
+    raise ConfigError("--base_url needs --judge_model")
+  if _JUDGE_ATTEMPTS.value < 1 or not _JUDGE_TIMEOUT.value > 0:
+    raise ConfigError("--judge_attempts must be >= 1 and --judge_timeout > 0")
+  return OpenAIJudge(_BASE_URL.value, _JUDGE_MODEL.value, api_key_env=_JUDGE_KEY.value or None,
+                     max_tokens=_JUDGE_TOKENS.value, timeout=_JUDGE_TIMEOUT.value,
+                     api_attempts=_JUDGE_ATTEMPTS.value)
+
+
 def _run():
   from jaxmodels.errors import ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
@@ -418,14 +468,11 @@ def _run():
       raise ConfigError("--colorbench_model_name / _prompt_len / _instruction / _match_choices "
                         "answer ColorBench from a checkpoint; score-only mode takes "
                         "--colorbench_data and --colorbench_predictions")
+    if _ROVER_DRY_RUN.value or _ROVER_REDO.value:
+      raise ConfigError("--rover_dry_run / --rover_redo_missing belong to checkpoint mode with "
+                        "--rover_data")
     detector = _detector_factory()
-    judge = None
-    if _BASE_URL.value:
-      from jaxmodels.evals.judges import OpenAIJudge
-      if not _JUDGE_MODEL.value:
-        raise ConfigError("--base_url needs --judge_model")
-      judge = OpenAIJudge(_BASE_URL.value, _JUDGE_MODEL.value, api_key_env=_JUDGE_KEY.value or None,
-                          max_tokens=_JUDGE_TOKENS.value)
+    judge = _judge()
     scores = score_only(_GENEVAL_DIR.value, _METADATA.value, _OUT.value,
                         allow_incomplete=_ALLOW_INCOMPLETE.value,
                         images_per_prompt=_IMAGES_PER_PROMPT.value,
@@ -445,6 +492,12 @@ def _run():
     if _CB_PREDS.value:
       raise ConfigError("--colorbench_predictions is scored with --score_only; in checkpoint mode "
                         "--colorbench_data names the rows the model answers")
+    if _ROVER_OUTPUTS.value or _ROVER_METRICS.value:
+      raise ConfigError("--rover_outputs / --rover_metrics are scored with --score_only; in checkpoint "
+                        "mode --rover_data names the tasks the model does")
+    if (_ROVER_DRY_RUN.value or _BASE_URL.value) and not _ROVER_DATA.value:
+      raise ConfigError("--rover_dry_run / --base_url in checkpoint mode judge the outputs of "
+                        "--rover_data (the official ROVER parquet)")
     scores = evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUT.value, _STEP.value,
                                  evals=_EVALS.value, settings=_SET.value,
                                  geneval_metadata=_GENEVAL_METADATA.value,
@@ -459,7 +512,15 @@ def _run():
                                      instruction=_CB_INSTRUCTION.value,
                                      match_choices=_CB_MATCH_CHOICES.value,
                                      model_name=_CB_MODEL_NAME.value,
-                                     official_route=_CB_ROUTE.value))
+                                     official_route=_CB_ROUTE.value),
+                                 rover_data=_ROVER_DATA.value,
+                                 rover_options=dict(
+                                     rover_config=_ROVER_CONFIG.value, rubrics=_ROVER_RUBRICS.value,
+                                     judge=_judge() if _ROVER_DATA.value and not _ROVER_DRY_RUN.value
+                                     else None, api_attempts=_JUDGE_ATTEMPTS.value,
+                                     dry_run=_ROVER_DRY_RUN.value, redo_missing=_ROVER_REDO.value,
+                                     tg_accuracy_rule=_ROVER_TG_ACC.value, seed=_ROVER_SEED.value,
+                                     ig_text=_ROVER_IG_TEXT.value, tg_image=_ROVER_TG_IMAGE.value))
   write_outputs(_OUT.value, scores)
   shapes_eval.print_scores({k: v for k, v in scores.items() if isinstance(v, dict)})
 

@@ -1,9 +1,7 @@
 """ROVER-style scoring: score parsing order, missing vs zero, (s−1)×25 and pooled AVG, the
 resumable jsonl, data/rubric loading, and the HTTP judge against a fake server on 127.0.0.1."""
-import http.server
 import io
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -12,8 +10,7 @@ from PIL import Image
 from jaxmodels.evals import EvalInputError
 from jaxmodels.evals import judges as J
 from jaxmodels.evals import rover as R
-
-SECRET = "sk-test-DO-NOT-LEAK-1234567890"
+from judge_server import SECRET, FakeServer
 
 
 def png_bytes(value=0, size=8):
@@ -252,48 +249,6 @@ def test_tg_jigsaw_images(tmp_path, rubrics):
 
 
 # --------------------------------------------------------------------------- HTTP judge
-
-class FakeServer:
-  """A chat-completions endpoint on 127.0.0.1 replaying a script of (status, content) answers."""
-
-  def __init__(self, script, limit=20):
-    self.script, self.limit, self.requests = list(script), limit, []
-    outer = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-      def log_message(self, *args):
-        pass
-
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                               "body": body})
-        if len(outer.requests) > outer.limit or not outer.script:
-          status, content = 503, None
-        else:
-          status, content = outer.script.pop(0)
-        payload = {"choices": [{"message": {"content": content}}]} if status == 200 else {
-            "error": {"message": f"Incorrect API key provided: {SECRET}"}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                   daemon=True)
-
-  def __enter__(self):
-    self.thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self.httpd.shutdown()
-    self.httpd.server_close()
-
 
 @pytest.fixture(autouse=True)
 def no_proxy_for_localhost(monkeypatch):

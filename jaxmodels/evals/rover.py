@@ -311,6 +311,8 @@ def summarize(records: Iterable[Mapping], *, config: str = "IG",
 
   Returns:
     {"task_count", "overall": {"RP": .., ..., "AVG": ..}, "counts" / "missing": per short name,
+     "failures": per short name, the missing scores whose reasoning is a judge error ("error: ..."
+     : a request that failed or a reply without a valid score, after the judge's retries),
      "<field>s": {value: same shape as overall} per group field (e.g. "dimensions"),
      "leaderboard": {"value", "by_dimension"} (IG: mean of RV, IQ, VC per dimension, then the
      unweighted mean over dimensions; None when those metrics are absent)}.
@@ -328,6 +330,7 @@ def summarize(records: Iterable[Mapping], *, config: str = "IG",
   overall = {m: [] for m in metrics}
   grouped: dict[str, dict[str, dict[str, list]]] = {}
   missing = {short.get(m, m): 0 for m in metrics}
+  failures = {short.get(m, m): 0 for m in metrics}
   for key, result in merged.items():
     if groups is not None:
       fields = dict(groups.get(key, {}))
@@ -338,6 +341,8 @@ def summarize(records: Iterable[Mapping], *, config: str = "IG",
       value = _mapped(result.get(f"{metric}_score"), zero_as_missing)
       if value is None:
         missing[short.get(metric, metric)] += 1
+        why = result.get(f"{metric}_reasoning")
+        failures[short.get(metric, metric)] += isinstance(why, str) and why.startswith("error")
         continue
       overall[metric].append(value)
       for field, group in fields.items():
@@ -346,7 +351,8 @@ def summarize(records: Iterable[Mapping], *, config: str = "IG",
   order = {"dimension": DIMENSIONS, "reasoning_type": REASONING_TYPES,
            "problem_type": PROBLEM_TYPES}
   summary = {"task_count": len(merged), "overall": _means(overall, short),
-             "counts": {short.get(m, m): len(overall[m]) for m in metrics}, "missing": missing}
+             "counts": {short.get(m, m): len(overall[m]) for m in metrics}, "missing": missing,
+             "failures": failures}
   for field, buckets in grouped.items():
     known = order.get(field, ())
     keys = [k for k in known if k in buckets] + sorted(k for k in buckets if k not in known)
@@ -370,6 +376,44 @@ def _leaderboard(by_dimension: dict, metrics: Sequence[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
+
+def merged_records(path: str | os.PathLike) -> dict[str, dict]:
+  """Task id -> its merged result (later lines win) of a `rover_metrics.jsonl`; {} when absent."""
+  state: dict[str, dict] = {}
+  for row in read_records(path):
+    state.setdefault(str(row["key"]), {}).update(row["result"])
+  return state
+
+
+def pending(tasks: Sequence[dict], state: Mapping[str, Mapping], metrics: Sequence[str], *,
+            redo_missing: bool = False, skip: set | frozenset = frozenset()) -> list[tuple]:
+  """(task, metrics to judge) for each task `evaluate` would judge given the merged records
+  `state`: every task without a record, and with `redo_missing` the missing metrics of the others;
+  ids in `skip` are left out."""
+  jobs = []
+  for task in tasks:
+    if str(task["id"]) in skip:
+      continue
+    done = state.get(str(task["id"]))
+    if done is None:
+      jobs.append((task, tuple(metrics)))
+    elif redo_missing:
+      todo = tuple(m for m in metrics if _mapped(done.get(f"{m}_score"), True) is None)
+      if todo:
+        jobs.append((task, todo))
+  return jobs
+
+
+def _drop_torn_tail(path: Path) -> None:
+  """Cuts a last line without its newline (an append killed midway; `read_records` ignores it),
+  so the next append starts a line of its own instead of gluing onto it."""
+  if not path.is_file():
+    return
+  data = path.read_bytes()
+  if data and not data.endswith(b"\n"):
+    with open(path, "r+b") as f:
+      f.truncate(data.rfind(b"\n") + 1)
+
 
 def evaluate(tasks: Sequence[dict], gen_dir: str | os.PathLike, judge: Judge,
              rubrics: Mapping[str, str], out_dir: str | os.PathLike, *, config: str = "IG",
@@ -402,21 +446,9 @@ def evaluate(tasks: Sequence[dict], gen_dir: str | os.PathLike, judge: Judge,
                          f"score the rest")
   out = Path(out_dir)
   path = out / "rover_metrics.jsonl"
-  previous = read_records(path) if not force else []
-  state: dict[str, dict] = {}
-  for row in previous:
-    state.setdefault(str(row["key"]), {}).update(row["result"])
-  jobs, skip = [], set(absent)
-  for task in tasks:
-    if str(task["id"]) in skip:
-      continue
-    done = state.get(str(task["id"]))
-    if done is None:
-      jobs.append((task, metrics))
-    elif redo_missing:
-      todo = tuple(m for m in metrics if _mapped(done.get(f"{m}_score"), True) is None)
-      if todo:
-        jobs.append((task, todo))
+  state = merged_records(path) if not force else {}
+  jobs = pending(tasks, state, metrics, redo_missing=redo_missing, skip=set(absent))
+  _drop_torn_tail(path)
   lock = threading.Lock()
 
   def run(task: dict, todo: Sequence[str]) -> None:
