@@ -7,7 +7,8 @@ One readable loop (big_vision style), in sections: mesh -> data -> model + optim
 sharded) -> restore (workdir checkpoint, else `config.resume`, else `config.init`, else scratch) ->
 compiled step -> loop with logging, evals and checkpoints -> final evaluation and score table.
 The workdir holds checkpoints/ (model, optimizer, data-iterator state and config), metrics.jsonl,
-tb/ (TensorBoard), tokenizer.json, samples.png and scores.json.
+tb/ (TensorBoard), tokenizer.json (or tokenizer/: a copy of the Hugging Face tokenizer it trained
+with), samples.png and scores.json.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
 
   from input_pipeline import pipeline
   from input_pipeline.datasets import make_train_data
+  from input_pipeline.tokenizers import save_with_run
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer, CheckpointWriteError
   from jaxmodels.errors import CheckpointFormatError, ConfigError
@@ -95,6 +97,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   on_error = config.data.get("on_error", "raise")        # a corrupt record: "raise" or "skip" + count
   with pipeline.corrupt_record_policy(on_error):
     data = make_train_data(config, workdir, num_image_tokens=ts.model.num_image_tokens)
+  if jax.process_index() == 0:   # the run carries its Hugging Face tokenizer: <workdir>/tokenizer/
+    save_with_run(data.tokenizer, workdir)
   if data.tokenizer.vocab_size > ucfg.llm.vocab_size:
     raise ConfigError(f"config.model.llm.vocab_size={ucfg.llm.vocab_size} is smaller than the "
                      f"tokenizer's {data.tokenizer.vocab_size} tokens")

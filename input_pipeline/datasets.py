@@ -23,7 +23,8 @@ Real-world rows (fixed shapes, `RealDataPreprocess`):
   gen_image [G, G, 3], gen_ids [T_g], gen_mask [T_g]  caption sources with "gen" in `data.tasks`
 A caption becomes the conversation [user: `data.caption_prompt`, assistant: caption]. Text-only
 LLaVA records get a blank image and no placeholders. Tokenizer: `data.tokenizer`, a local HF
-tokenizer.json (folder or file; chat format from its template or `data.chat_format`), or None for the
+tokenizer.json (folder or file; conversations rendered by its Jinja chat template, or in the built-in
+`data.chat_format` when set; train.py copies it into `<workdir>/tokenizer/`), or None for the
 built-in WordTokenizer over the data's words (saved to `<workdir>/tokenizer.json`, reused on resume).
 Corrupt records follow the pipeline's `on_error` policy (train.py: `config.data.on_error`) and the
 source's own (`data.source.on_error`).
@@ -306,9 +307,9 @@ def real_data_tokenizer(config, source, io: ModelIO, workdir: str | None):
     if not os.path.exists(data.tokenizer):
       raise ConfigError(f"config.data.tokenizer={data.tokenizer!r}: no such file or folder")
     tok = load_tokenizer(data.tokenizer, chat_format=data.get("chat_format") or None)
-    if getattr(tok, "chat_format", None) is None and not isinstance(tok, WordTokenizer):
+    if not isinstance(tok, WordTokenizer) and not tok.can_chat:
       raise ConfigError(f"config.data.chat_format is not set and {data.tokenizer} has no chat template "
-                        "we recognise (llama3, llama3.1, qwen2, qwen2.5, qwen3, chatml, phi3)")
+                        "(set one of llama3, llama3.1, qwen2, qwen2.5, qwen3, chatml, phi3)")
     return tok
   def build():
     prompt = data.get("caption_prompt") or DEFAULT_CAPTION_PROMPT

@@ -1,5 +1,6 @@
-"""Tokenisers: any Hugging Face `tokenizer.json` (via the `tokenizers` library) with the chat formats
-of our LLM families, and `WordTokenizer`, a small word-level tokenizer for ShapesWorld.
+"""Tokenisers: any Hugging Face `tokenizer.json` (via the `tokenizers` library) with the model's own
+Jinja chat template (or, without one, the chat formats of our LLM families), and `WordTokenizer`, a
+small word-level tokenizer for ShapesWorld.
 
   >>> from input_pipeline.tokenizers import load_tokenizer
   >>> tok = load_tokenizer("/models/Qwen2.5-VL-3B-Instruct")       # a folder with tokenizer.json
@@ -8,6 +9,16 @@ of our LLM families, and `WordTokenizer`, a small word-level tokenizer for Shape
   >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}])
   '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
   >>> ids, target = tok.encode_chat(messages)   # target[i]: token i is assistant output (loss mask)
+
+Chat templates: when the folder has one (`chat_template.jinja`, else tokenizer_config.json's
+`chat_template`, a string or a list of named templates of which "default" is used, else
+`chat_template.json`), conversations are rendered by it with Jinja exactly as transformers'
+`apply_chat_template` renders them (`input_pipeline.chat_template`); extra keywords
+(`enable_thinking=False`, `date_string=...`) are template variables. A template that does not
+compile is a one-line `TokenizerError` naming its file. The hand-coded formats below are the
+fallback for a folder without a template, or what an explicit `chat_format=` (load_tokenizer's or a
+call's) selects. `save_with_run` copies a tokenizer's files into a run directory
+(`<workdir>/tokenizer/`), where serving and evaluation load it from.
 
 Chat formats (`CHAT_FORMATS`; each reproduces the model's Hugging Face Jinja template for messages
 of plain string content, no tools; tests/test_tokenizers.py checks every one against transformers'
@@ -44,6 +55,7 @@ import os
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from input_pipeline.chat_template import ChatTemplate, ChatTemplateError, template_source
 from jaxmodels.errors import JaxModelsError
 
 Messages = Sequence[Mapping[str, str]]
@@ -258,30 +270,41 @@ def _token_text(value: Any) -> str | None:
   return None
 
 
-def _chat_template_text(folder: str, config: Mapping[str, Any]) -> str | None:
-  template = config.get("chat_template")
-  if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
-    named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
-    template = named.get("default") or next(iter(named.values()), None)
-  if isinstance(template, str):
-    return template
+def _chat_template_text(folder: str, config: Mapping[str, Any],
+                        config_path: str) -> tuple[str | None, str]:
+  """(template text, the file it came from), in transformers' order: `chat_template.jinja` over
+  tokenizer_config.json's `chat_template`; then a processor's `chat_template.json`."""
   jinja = os.path.join(folder, "chat_template.jinja")
   if os.path.isfile(jinja):
     with open(jinja, encoding="utf-8") as f:
-      return f.read()
-  as_json = os.path.join(folder, "chat_template.json")
-  if os.path.isfile(as_json):
-    value = _read_json(as_json)
-    return value.get("chat_template") if isinstance(value, Mapping) else None
-  return None
+      return f.read(), jinja
+  try:
+    if config.get("chat_template") is not None:
+      return template_source(config["chat_template"], origin=config_path), config_path
+    as_json = os.path.join(folder, "chat_template.json")
+    if os.path.isfile(as_json):
+      value = _read_json(as_json)
+      if isinstance(value, Mapping) and value.get("chat_template") is not None:
+        return template_source(value["chat_template"], origin=as_json), as_json
+  except ChatTemplateError as e:
+    raise TokenizerError(str(e)) from e
+  return None, config_path
+
+
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
+                       "mask_token")   # the ones transformers hands a chat template
 
 
 class HFTokenizer:
-  """A Hugging Face fast tokenizer (`tokenizers.Tokenizer`) with special ids and chat formats.
+  """A Hugging Face fast tokenizer (`tokenizers.Tokenizer`) with special ids and chat rendering.
 
   Build it with `load_tokenizer(path)`. Attributes: `vocab_size`, `bos_token`/`bos_id`,
   `eos_token`/`eos_id`, `pad_token`/`pad_id`, `unk_token`/`unk_id` (None when the files name no such
-  token), `image_id` (the id of "<image>" if the vocabulary has it), `chat_format` (None if unknown).
+  token), `image_id` (the id of "<image>" if the vocabulary has it), `chat_template` (the folder's
+  compiled `ChatTemplate`, or None), `chat_format` (the built-in format the template resembles, or
+  the one chosen; None if unknown). Conversations are rendered with `chat_template` unless a
+  `chat_format` is chosen explicitly (`load_tokenizer(..., chat_format=)` or per call) or there is no
+  template; `can_chat` says whether either is available.
 
   Example:
     >>> tok = load_tokenizer("/models/Llama-3.1-8B-Instruct")
@@ -290,11 +313,16 @@ class HFTokenizer:
   """
 
   def __init__(self, tokenizer, *, special_tokens: Mapping[str, str | None] | None = None,
-               chat_format: str | None = None, path: str = "<memory>"):
+               chat_format: str | None = None, path: str = "<memory>",
+               chat_template: ChatTemplate | None = None, prefer_chat_format: bool = False):
     self.tokenizer = tokenizer
     self.path = path
     self.chat_format = canonical_chat_format(chat_format) if chat_format else None
+    self.chat_template = chat_template
+    self.prefer_chat_format = bool(prefer_chat_format and self.chat_format)
     special = dict(special_tokens or {})
+    self.template_specials = {k: special.get(k) for k in SPECIAL_TOKEN_NAMES
+                              if special.get(k) is not None}
     for name in ("bos", "eos", "pad", "unk"):
       token = special.get(f"{name}_token")
       tid = tokenizer.token_to_id(token) if token is not None else None
@@ -305,6 +333,30 @@ class HFTokenizer:
   @property
   def vocab_size(self) -> int:
     return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def can_chat(self) -> bool:
+    """Whether conversations can be rendered (a chat template or a built-in chat format)."""
+    return self.chat_template is not None or self.chat_format is not None
+
+  def _uses_template(self, chat_format: str | None) -> bool:
+    return chat_format is None and self.chat_template is not None and not self.prefer_chat_format
+
+  @functools.cached_property
+  def _end_tokens(self) -> tuple[str, ...]:
+    """Special tokens of the vocabulary (and eos): where an assistant target ends."""
+    ends = {t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special}
+    if self.eos_token:
+      ends.add(self.eos_token)
+    return tuple(sorted(ends))
+
+  def _template_call(self, fn, messages, add_generation_prompt, options, **extra):
+    _check_messages(messages)
+    try:
+      return fn(messages, add_generation_prompt=add_generation_prompt,
+                special_tokens=self.template_specials, **extra, **options)
+    except ChatTemplateError as e:
+      raise TokenizerError(str(e)) from e
 
   def token_to_id(self, token: str) -> int | None:
     return self.tokenizer.token_to_id(token)
@@ -333,15 +385,20 @@ class HFTokenizer:
   def apply_chat_template(self, messages: Messages, add_generation_prompt: bool = True, *,
                           chat_format: str | None = None, tokenize: bool = False,
                           **options) -> str | list[int]:
-    """Renders messages in this tokenizer's chat format (or `chat_format`); ids if `tokenize`.
+    """Renders messages with this tokenizer's chat template (else its chat format), or in the
+    built-in `chat_format` when one is given; ids if `tokenize`. `options` are template variables
+    (or the format's options).
 
     Example:
       >>> tok.apply_chat_template([{"role": "user", "content": "Hi"}], chat_format="llama3")
       '<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n'
     """
-    text = render_chat(messages, self._format(chat_format),
-                       add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
-                       eos_token=self.eos_token, **options)
+    if self._uses_template(chat_format):
+      text = self._template_call(self.chat_template.render, messages, add_generation_prompt, options)
+    else:
+      text = render_chat(messages, self._format(chat_format),
+                         add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
+                         eos_token=self.eos_token, **options)
     return self.encode(text) if tokenize else text
 
   def encode_chat(self, messages: Messages, *, add_generation_prompt: bool = False,
@@ -381,6 +438,9 @@ class HFTokenizer:
 
   def _render_spans(self, messages, chat_format, add_generation_prompt, options):
     """The rendered text and the [start, end) character spans of assistant targets."""
+    if self._uses_template(chat_format):
+      return self._template_call(self.chat_template.render_with_spans, messages,
+                                 add_generation_prompt, options, end_tokens=self._end_tokens)
     segs = chat_segments(messages, self._format(chat_format),
                          add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
                          eos_token=self.eos_token, **options)
@@ -412,7 +472,8 @@ def load_tokenizer(path: str | os.PathLike, *, chat_format: str | None = None):
     path: a folder holding a Hugging Face `tokenizer.json` (plus optional `tokenizer_config.json`,
       `special_tokens_map.json`, `chat_template.jinja`), a `tokenizer.json` file, or a
       `WordTokenizer` JSON file written by `WordTokenizer.save`.
-    chat_format: overrides the chat format detected from the folder's chat template.
+    chat_format: a built-in chat format to render conversations in, instead of the folder's chat
+      template (without it: the template, else the format detected from it).
 
   Returns:
     An `HFTokenizer` (or a `WordTokenizer` for a word-tokenizer file).
@@ -444,21 +505,74 @@ def load_tokenizer(path: str | os.PathLike, *, chat_format: str | None = None):
     raise TokenizerError(f"{file}: not a Hugging Face tokenizer.json ({str(e)[:200]})") from e
   special: dict[str, str | None] = {}
   config: Mapping[str, Any] = {}
+  cfg_path = os.path.join(folder, "tokenizer_config.json")
+  template, origin = None, cfg_path
   if file == os.path.join(folder, "tokenizer.json"):
-    cfg_path = os.path.join(folder, "tokenizer_config.json")
     if os.path.isfile(cfg_path):
       config = _read_json(cfg_path)
       if not isinstance(config, Mapping):
         raise TokenizerError(f"{cfg_path}: expected a JSON object")
     map_path = os.path.join(folder, "special_tokens_map.json")
     stm = _read_json(map_path) if os.path.isfile(map_path) else {}
-    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+    for name in SPECIAL_TOKEN_NAMES:
       # Like transformers: special_tokens_map.json overrides tokenizer_config.json.
       value = _token_text(stm.get(name)) if isinstance(stm, Mapping) else None
       special[name] = value if value is not None else _token_text(config.get(name))
-  detected = detect_chat_format(_chat_template_text(folder, config))
-  return HFTokenizer(tokenizer, special_tokens=special, chat_format=chat_format or detected,
-                     path=file)
+    template, origin = _chat_template_text(folder, config, cfg_path)
+  compiled = None
+  if template is not None:
+    try:
+      compiled = ChatTemplate(template, origin=origin)
+    except ChatTemplateError as e:
+      raise TokenizerError(str(e)) from e
+  return HFTokenizer(tokenizer, special_tokens=special,
+                     chat_format=chat_format or detect_chat_format(template), path=file,
+                     chat_template=compiled, prefer_chat_format=chat_format is not None)
+
+
+# ------------------------------------------------------------------------------------------------
+# A run's copy of its tokenizer
+# ------------------------------------------------------------------------------------------------
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "chat_template.jinja", "chat_template.json")
+RUN_TOKENIZER_DIR = "tokenizer"
+
+
+def save_with_run(tokenizer, workdir: str | os.PathLike) -> str | None:
+  """Copies a Hugging Face tokenizer's files (`HF_TOKENIZER_FILES` that exist beside its
+  tokenizer.json) into `<workdir>/tokenizer/`, so the run carries the tokenizer and chat template it
+  trained with (`load_tokenizer` reads the copy back). A copy already there (a resumed run) is kept.
+  The folder appears whole: the files are written to a temporary folder that is then renamed.
+  A `WordTokenizer` (saved by the data pipeline as `<workdir>/tokenizer.json`) is left alone.
+
+  Returns:
+    The run's tokenizer folder, or None for a tokenizer without files to copy.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  path = getattr(tokenizer, "path", None)
+  if not isinstance(tokenizer, HFTokenizer) or not path or not os.path.isfile(path):
+    return None
+  workdir = os.fspath(workdir)
+  target = os.path.join(workdir, RUN_TOKENIZER_DIR)
+  if os.path.isdir(target):
+    return target
+  folder = os.path.dirname(path)
+  names = [n for n in HF_TOKENIZER_FILES[1:] if os.path.isfile(os.path.join(folder, n))]
+  if os.path.basename(path) != "tokenizer.json":   # a bare file: only it belongs to the tokenizer
+    names = []
+  tmp = f"{target}.tmp{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  shutil.copyfile(path, os.path.join(tmp, "tokenizer.json"))
+  for name in names:
+    shutil.copyfile(os.path.join(folder, name), os.path.join(tmp, name))
+  try:
+    os.rename(tmp, target)
+  except OSError:           # another process made it first
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.isdir(target):
+      raise
+  return target
 
 
 # ------------------------------------------------------------------------------------------------

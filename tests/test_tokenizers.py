@@ -428,7 +428,11 @@ def test_chat_errors(tok_dir):
   with pytest.raises(tk.TokenizerError, match="chat_format='vicuna'"):
     tok.apply_chat_template([{"role": "user", "content": "a"}], chat_format="vicuna")
   with pytest.raises(tk.TokenizerError, match="unsupported option"):
-    tok.apply_chat_template([{"role": "user", "content": "a"}], enable_thinking=False)
+    tok.apply_chat_template([{"role": "user", "content": "a"}], chat_format="llama3",
+                            enable_thinking=False)
+  # With the folder's own template, extra keywords are template variables (as in transformers).
+  assert tok.apply_chat_template([{"role": "user", "content": "a"}], enable_thinking=False) == (
+      tok.apply_chat_template([{"role": "user", "content": "a"}], chat_format="llama3"))
 
 
 def test_load_tokenizer_errors(tmp_path):

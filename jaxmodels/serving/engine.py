@@ -146,9 +146,9 @@ class ServingModel:
     """The ids that end a reply: eos and the chat format's end-of-turn tokens the vocabulary has
     (None: the LLM config's eos). A Hugging Face tokenizer needs a chat format to serve chat."""
     from jaxmodels.errors import ConfigError
-    if hasattr(self.tok, "tokenizer") and getattr(self.tok, "chat_format", None) is None:
-      raise ConfigError(f"{getattr(self.tok, 'path', 'tokenizer')}: no chat format detected; set "
-                        f"config.data.chat_format (serving renders conversations in it)")
+    if hasattr(self.tok, "tokenizer") and not getattr(self.tok, "can_chat", False):
+      raise ConfigError(f"{getattr(self.tok, 'path', 'tokenizer')}: no chat template and no chat format "
+                        f"detected; set config.data.chat_format (serving renders conversations in it)")
     ids = {self.tok.eos_id} if self.tok.eos_id is not None else set()
     for token in END_OF_TURN:
       tid = self.tok.token_to_id(token)
@@ -166,7 +166,7 @@ class ServingModel:
     if req.images and not self.reads_images:
       raise bad("messages", "this model reads no images")
     ids, _ = self.tok.encode_chat_with_images(req.messages, add_generation_prompt=True)
-    ids = self._bos(ids) if not getattr(self.tok, "chat_format", None) else ids
+    ids = self._bos(ids) if not getattr(self.tok, "can_chat", False) else ids
     image_id = self.model.config.image_token_id
     prompt = [t for i in ids for t in ([image_id] * self.n_image if i == IMAGE_SLOT else [i])]
     room = self.context - len(prompt)

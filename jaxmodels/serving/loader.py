@@ -1,8 +1,8 @@
 """A checkpoint directory -> (model, tokenizer, config) for serving.
 
 A training workdir (or a released copy of one) holds `checkpoints/<step>/{state,config}` and the run's
-`tokenizer.json`. The config is the one train.py saved next to the weights (JSON), unless one is given
-(`--config`); the weights come through `trainer.setup.restore_eval_model`, the loader evaluate.py uses
+`tokenizer.json` (or, for a Hugging Face tokenizer, its copy in `tokenizer/`). The config is the one
+train.py saved next to the weights (JSON), unless one is given (`--config`); the weights come through `trainer.setup.restore_eval_model`, the loader evaluate.py uses
 (model + EMA only, EMA swapped in). A folder without checkpoints/ serves a config whose `init` names
 released weights (Hugging Face towers, `trainer.setup.initialize`), as train.py would start from them.
 
@@ -37,16 +37,25 @@ def saved_config(workdir: str, step: int | None = None):
 
 
 def run_tokenizer(workdir: str, config):
-  """The run's tokenizer: `<workdir>/tokenizer.json` (train.py writes the built-in WordTokenizer
-  there), else the local Hugging Face tokenizer named by `config.data.tokenizer`."""
-  from input_pipeline.tokenizers import load_tokenizer
+  """The run's tokenizer: `<workdir>/tokenizer.json` (the built-in WordTokenizer the data pipeline
+  saves there), else the run's copy of its Hugging Face tokenizer in `<workdir>/tokenizer/` (files and
+  chat template, written by train.py: `input_pipeline.tokenizers.save_with_run`), else the local
+  Hugging Face tokenizer named by `config.data.tokenizer`. `config.data.chat_format`, when set,
+  chooses a built-in chat format over the tokenizer's template."""
+  from input_pipeline.tokenizers import RUN_TOKENIZER_DIR, load_tokenizer
   path = os.path.join(workdir, "tokenizer.json")
   if os.path.isfile(path):
     return load_tokenizer(path)
-  named = config.data.get("tokenizer") if "data" in config else None
+  data = config.data if "data" in config else {}
+  chat_format = data.get("chat_format") or None
+  carried = os.path.join(workdir, RUN_TOKENIZER_DIR)
+  if os.path.isfile(os.path.join(carried, "tokenizer.json")):
+    return load_tokenizer(carried, chat_format=chat_format)
+  named = data.get("tokenizer")
   if named:
-    return load_tokenizer(named, chat_format=config.data.get("chat_format"))
-  raise CheckpointFormatError(f"{path}: missing, and config.data.tokenizer names no tokenizer")
+    return load_tokenizer(named, chat_format=chat_format)
+  raise CheckpointFormatError(f"{path}: missing, no {carried}/, and config.data.tokenizer names no "
+                              "tokenizer")
 
 
 def released_model(config, one_device: bool = False):
