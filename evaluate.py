@@ -238,24 +238,15 @@ def geneval_settings(config, workdir: str, step: int, *, images_per_prompt: int,
   """
   from input_pipeline.shapes_tasks import GEN_LEN
   from jaxmodels.errors import ConfigError
-  from jaxmodels.trainer.setup import model_type
-  from jaxmodels.unified.build import unified_config
-  if model_type(config) != "unified":
-    raise ConfigError(f"config.model.type={model_type(config)!r}: --geneval_metadata needs a unified "
-                      f"model that generates images")
-  ucfg = unified_config(config.model)
+  from jaxmodels.evals.output_records import checkpoint_id, sampling_temperatures
+  from jaxmodels.trainer.setup import unified_config_of
+  ucfg = unified_config_of(config, "--geneval_metadata", "generates images")
   if not ucfg.generates_pixels:
     raise ConfigError(f"config.model.gen_target={ucfg.gen_target!r}: this model does not generate "
                       f"images (no pixel decoder), so it has no GenEval images")
-  temperature = pattern_temperature = None
-  if ucfg.gen_target == "patch_tokens":
-    temperature = float(ucfg.patch_tokens.temperature)
-    pattern_temperature = float(ucfg.patch_tokens.pattern_temperature
-                                if ucfg.patch_tokens.pattern_temperature is not None else temperature)
-  elif ucfg.queries == "image_tokens":
-    temperature = 1.0            # UnifiedModel.sample_image_tokens' default
+  temperature, pattern_temperature = sampling_temperatures(ucfg)
   ev = config.evals
-  return {"checkpoint": os.path.abspath(workdir) if "://" not in workdir else workdir, "step": int(step),
+  return {"checkpoint": checkpoint_id(workdir), "step": int(step),
           "sample_steps": int(ev.sample_steps), "guidance": float(ev.guidance),
           "temperature": temperature, "pattern_temperature": pattern_temperature, "seed": int(seed),
           "batch_size": int(ev.batch_size), "images_per_prompt": images_per_prompt,
@@ -322,17 +313,14 @@ def colorbench_settings(config, workdir: str, step: int, *, prompt_len: int | No
   from input_pipeline.shapes_tasks import UND_LEN
   from jaxmodels.errors import ConfigError
   from jaxmodels.evals import colorbench
-  from jaxmodels.trainer.setup import model_type
-  from jaxmodels.unified.build import unified_config
-  if model_type(config) != "unified":
-    raise ConfigError(f"config.model.type={model_type(config)!r}: --colorbench_data needs a unified "
-                      f"model that reads images")
-  ucfg = unified_config(config.model)
+  from jaxmodels.evals.output_records import checkpoint_id
+  from jaxmodels.trainer.setup import unified_config_of
+  ucfg = unified_config_of(config, "--colorbench_data", "reads images")
   if ucfg.und_encoder is None:
     raise ConfigError("config.model.und_encoder is None: this model reads no images, so it has no "
                       "ColorBench answers")
   run = os.path.basename(os.path.normpath(workdir.rstrip("/"))) or "run"
-  return {"checkpoint": os.path.abspath(workdir) if "://" not in workdir else workdir, "step": int(step),
+  return {"checkpoint": checkpoint_id(workdir), "step": int(step),
           "decoding": "greedy", "max_new_tokens": max_new_tokens,
           "prompt_len": int(prompt_len if prompt_len is not None
                             else config.data.get("und_len", UND_LEN)),

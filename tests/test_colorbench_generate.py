@@ -15,6 +15,7 @@ from PIL import Image
 import evaluate
 from jaxmodels.evals import EvalInputError, colorbench, colorbench_generate
 from jaxmodels.evals.shapes_colorbench import hue_rotate
+from random_run import random_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO, "tests", "data", "colorbench")
@@ -77,20 +78,7 @@ def data(tmp_path_factory):
 def run(tmp_path_factory):
   """A run directory as train.py leaves one (checkpoints/0 with its config, tokenizer.json), random
   weights: the files and the bookkeeping are under test, not the answers."""
-  from flax import nnx
-
-  from configs import shapes_tiny
-  from input_pipeline.tokenizers import WordTokenizer
-  from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.trainer.setup import train_state_factory
-  workdir = tmp_path_factory.mktemp("colorbench_run")
-  config = shapes_tiny.get_config("runlocal")
-  make_state, _ = train_state_factory(config)
-  ckpt = Checkpointer(str(workdir / "checkpoints"), async_save=False)
-  ckpt.save(0, nnx.state(make_state()), config=json.loads(config.to_json_best_effort()))
-  ckpt.close()
-  WordTokenizer.from_texts([WORDS]).save(str(workdir / "tokenizer.json"))
-  return workdir
+  return random_run(tmp_path_factory.mktemp("colorbench_run"), WORDS)
 
 
 def _answer(run, out, data, settings=(), **options):

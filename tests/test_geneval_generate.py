@@ -11,6 +11,7 @@ from PIL import Image
 
 import evaluate
 from jaxmodels.evals import EvalInputError, geneval_generate
+from random_run import random_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METADATA = os.path.join(REPO, "tests", "data", "geneval", "evaluation_metadata.jsonl")
@@ -22,20 +23,7 @@ PROMPTS, IMAGES = 3, 2
 def run(tmp_path_factory):
   """A run directory as train.py leaves one (checkpoints/0 with its config, tokenizer.json), random
   weights: the layout and the bookkeeping are under test, not the pictures."""
-  from flax import nnx
-
-  from configs import shapes_tiny
-  from input_pipeline.tokenizers import WordTokenizer
-  from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.trainer.setup import train_state_factory
-  workdir = tmp_path_factory.mktemp("geneval_run")
-  config = shapes_tiny.get_config("runlocal")
-  make_state, _ = train_state_factory(config)
-  ckpt = Checkpointer(str(workdir / "checkpoints"), async_save=False)
-  ckpt.save(0, nnx.state(make_state()), config=json.loads(config.to_json_best_effort()))
-  ckpt.close()
-  WordTokenizer.from_texts([WORDS]).save(str(workdir / "tokenizer.json"))
-  return workdir
+  return random_run(tmp_path_factory.mktemp("geneval_run"), WORDS)
 
 
 def _generate(run, out, settings=(), **kw):

@@ -19,6 +19,7 @@ from jaxmodels.evals import EvalInputError
 from jaxmodels.evals import judges as J
 from jaxmodels.evals import rover_generate as G
 from judge_server import SECRET, TIMEOUT, FakeServer, prompt_text
+from random_run import random_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "make the tree grow older solve puzzle fill missing piece what falls next answer a b"
@@ -97,20 +98,7 @@ def data(tmp_path_factory):
 def run(tmp_path_factory):
   """A run directory as train.py leaves one (checkpoints/0 with its config, tokenizer.json), random
   weights: the layout and the bookkeeping are under test, not the pictures."""
-  from flax import nnx
-
-  from configs import shapes_tiny
-  from input_pipeline.tokenizers import WordTokenizer
-  from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.trainer.setup import train_state_factory
-  workdir = tmp_path_factory.mktemp("rover_run")
-  config = shapes_tiny.get_config("runlocal")
-  make_state, _ = train_state_factory(config)
-  ckpt = Checkpointer(str(workdir / "checkpoints"), async_save=False)
-  ckpt.save(0, nnx.state(make_state()), config=json.loads(config.to_json_best_effort()))
-  ckpt.close()
-  WordTokenizer.from_texts([WORDS]).save(str(workdir / "tokenizer.json"))
-  return workdir
+  return random_run(tmp_path_factory.mktemp("rover_run"), WORDS)
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from random_run import random_run
+
 openai = pytest.importorskip("openai")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,21 +44,10 @@ def data_url(data: bytes) -> str:
 def checkpoint(tmp_path_factory):
   """A random-weight shapes_tiny:runlocal run (edit_fraction > 0, so it serves edits) saved as train.py
   saves one: checkpoints/0/{state,config} and tokenizer.json."""
-  from flax import nnx
-
   from configs import shapes_tiny
-  from input_pipeline.tokenizers import WordTokenizer
-  from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.trainer.setup import train_state_factory
-  run = tmp_path_factory.mktemp("serve") / "shapes_serve"
   config = shapes_tiny.get_config("runlocal")
   config.data.edit_fraction = 0.25
-  make_state, _ = train_state_factory(config)
-  ckpt = Checkpointer(str(run / "checkpoints"), async_save=False)
-  ckpt.save(0, nnx.state(make_state()), config=json.loads(config.to_json_best_effort()))
-  ckpt.close()
-  WordTokenizer.from_texts([WORDS]).save(str(run / "tokenizer.json"))
-  return run
+  return random_run(tmp_path_factory.mktemp("serve") / "shapes_serve", WORDS, config)
 
 
 class Running:

@@ -27,7 +27,6 @@ The result file and the scores are written atomically once every row is answered
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from jaxmodels.evals import EvalInputError, colorbench
+from jaxmodels.evals.output_records import file_sha256, record_matches, write_atomic
 
 SETTINGS_FILE = "colorbench_generation.json"
 ANSWERS_FILE = "colorbench_answers.jsonl"
@@ -47,20 +47,12 @@ COMPARED = ("checkpoint", "step", "data_sha256", "instruction", "max_new_tokens"
 PAD_FILL = (127, 127, 127)   # the grey of a unified model's real-image padding (datasets.model_io)
 
 
-def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def data_sha256(path: str | os.PathLike) -> str | dict:
   """The sha256 of the parquet file, or {relative path: sha256} of a folder's parquet files."""
   path = Path(path)
   if path.is_file():
-    return _sha256(path)
-  return {str(f.relative_to(path)): _sha256(f) for f in colorbench._parquet_files(path)}
+    return file_sha256(path)
+  return {str(f.relative_to(path)): file_sha256(f) for f in colorbench._parquet_files(path)}
 
 
 def model_name_for(text: str) -> str:
@@ -113,27 +105,6 @@ def _extra_columns(path: Path, count: int) -> list[dict]:
     else:
       out.extend({} for _ in range(pq.read_metadata(file).num_rows))
   return out if len(out) == count else [{} for _ in range(count)]
-
-
-def _check_recorded(path: Path, settings: dict) -> bool:
-  if not path.exists():
-    return False
-  try:
-    recorded = json.loads(path.read_text(encoding="utf-8"))["settings"]
-  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-    raise EvalInputError(f"{path}: unreadable settings record ({type(e).__name__}); this folder is "
-                         f"not resumable, choose another --out") from None
-  diff = [f"{k}: recorded {_short(recorded.get(k))}, now {_short(settings.get(k))}" for k in COMPARED
-          if recorded.get(k) != settings.get(k)]
-  if diff:
-    raise EvalInputError(f"{path}: settings differ from the run that wrote this folder ("
-                         f"{'; '.join(diff)}); rerun with the recorded settings or another --out")
-  return True
-
-
-def _short(value) -> str:
-  text = repr(value)
-  return text if len(text) <= 80 else text[:77] + "..."
 
 
 def read_answers(path: Path, known: set[str]) -> tuple[dict, int | None]:
@@ -201,7 +172,7 @@ def prepare(out_dir: str | os.PathLike, data: str | os.PathLike, settings: dict)
                          f"'resize'")
   settings = dict(settings, model_name=model_name_for(settings["model_name"]),
                   data=str(Path(data).resolve()), data_sha256=data_sha256(data))
-  recorded = _check_recorded(out / SETTINGS_FILE, settings)
+  recorded = record_matches(out / SETTINGS_FILE, settings, COMPARED)
   answers_path = out / ANSWERS_FILE
   if not recorded and answers_path.exists():
     raise EvalInputError(f"{answers_path}: answers without {SETTINGS_FILE} (not written by this "
@@ -228,13 +199,12 @@ def answer(answer_fn: Callable | None, plan: Plan, *, progress: bool = True) -> 
   from tqdm.auto import tqdm
 
   from jaxmodels.evals import shapes_colorbench
-  from jaxmodels.evals.geneval_generate import _write_atomic
   s = plan.settings
   plan.out_dir.mkdir(parents=True, exist_ok=True)
   if not plan.recorded:
     record = {"settings": s, "rows": len(plan.rows),
               "answer_rule": "colorbench.extract_choice, or the official parser of --official_route"}
-    _write_atomic(plan.out_dir / SETTINGS_FILE, (json.dumps(record, indent=1) + "\n").encode())
+    write_atomic(plan.out_dir / SETTINGS_FILE, (json.dumps(record, indent=1) + "\n").encode())
     plan.recorded = True
   path = plan.out_dir / ANSWERS_FILE
   if plan.torn_tail is not None:
@@ -282,10 +252,9 @@ def result_rows(plan: Plan) -> dict:
 
 def write_result_file(plan: Plan) -> Path:
   """Writes `<out>/colorbench_results/<model_name>.json` (atomically) and returns its path."""
-  from jaxmodels.evals.geneval_generate import _write_atomic
   path = plan.result_path
   path.parent.mkdir(parents=True, exist_ok=True)
-  _write_atomic(path, (json.dumps(result_rows(plan), indent=1, ensure_ascii=False, default=_plain)
+  write_atomic(path, (json.dumps(result_rows(plan), indent=1, ensure_ascii=False, default=_plain)
                        + "\n").encode("utf-8"))
   return path
 

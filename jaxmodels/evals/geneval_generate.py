@@ -23,7 +23,6 @@ batch is always the same images, so an image regenerated on resume (or by a run 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from input_pipeline.shapes_world.render import encode_png
 from jaxmodels.evals import EvalInputError, geneval
+from jaxmodels.evals.output_records import file_sha256, is_complete_png, record_matches, write_atomic
 
 SETTINGS_FILE = "generation.json"
 # generation.json keys that must agree between the runs writing one folder.
@@ -93,36 +94,6 @@ def encode_prompts(tokenizer, texts: Sequence[str], prompt_len: int) -> tuple[np
   return np.stack(ids), np.stack(masks), stats
 
 
-def _sha256(path) -> str:
-  return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-  tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-  import io
-
-  from PIL import Image
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format="PNG")
-  return buf.getvalue()
-
-
-def _is_complete_png(path: Path) -> bool:
-  try:
-    geneval.verify_images([path])
-    return True
-  except EvalInputError:
-    return False
-
-
 def sample_seeds(num_prompts: int, images_per_prompt: int, batch_size: int) -> dict[str, list[int]]:
   """`"<index:05d>/samples/<j:04d>.png" -> [batch, row]`: where each image of the file is drawn."""
   out = {}
@@ -149,22 +120,6 @@ class Plan:
   recorded: bool               # generation.json already exists (a resume)
 
 
-def _check_recorded(path: Path, settings: dict) -> bool:
-  if not path.exists():
-    return False
-  try:
-    recorded = json.loads(path.read_text(encoding="utf-8"))["settings"]
-  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-    raise EvalInputError(f"{path}: unreadable generation record ({type(e).__name__}); this folder "
-                         f"is not resumable, choose another --out") from None
-  diff = [f"{k}: recorded {recorded.get(k)!r}, now {settings.get(k)!r}" for k in COMPARED
-          if recorded.get(k) != settings.get(k)]
-  if diff:
-    raise EvalInputError(f"{path}: settings differ from the run that wrote this folder ("
-                         f"{'; '.join(diff)}); rerun with the recorded settings or another --out")
-  return True
-
-
 def prepare(out_dir: str | os.PathLike, metadata_path: str | os.PathLike, tokenizer, settings: dict, *,
             limit: int | None = None) -> Plan:
   """Reads and checks everything `generate` needs, writing nothing: the prompt file (file:line
@@ -189,8 +144,8 @@ def prepare(out_dir: str | os.PathLike, metadata_path: str | os.PathLike, tokeni
       raise EvalInputError(f"{key}={value!r}: must be an integer >= 1")
   template = check_template(settings["prompt_template"])
   settings = dict(settings, metadata_file=str(Path(metadata_path).resolve()),
-                  metadata_sha256=_sha256(metadata_path))
-  recorded = _check_recorded(out / SETTINGS_FILE, settings)
+                  metadata_sha256=file_sha256(metadata_path))
+  recorded = record_matches(out / SETTINGS_FILE, settings, COMPARED)
   if not recorded and out.is_dir():
     foreign = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name.isdigit())
     if foreign:
@@ -210,7 +165,7 @@ def prepare(out_dir: str | os.PathLike, metadata_path: str | os.PathLike, tokeni
                              f"overwrite it (choose another --out)")
     for j in range(ipp):
       png = sub / "samples" / f"{j:04d}.png"
-      if png.exists() and _is_complete_png(png):
+      if png.exists() and is_complete_png(png):
         kept += 1
         continue
       if png.exists():
@@ -253,7 +208,7 @@ def generate(model, plan: Plan, *, progress: bool = True) -> dict:
               "batches of batch_size; batch b uses jax.random.fold_in(jax.random.key(seed), b), "
               "the image is its row", "prompt_stats": plan.prompt_stats,
               "sample_seeds": sample_seeds(len(plan.prompts), ipp, size)}
-    _write_atomic(plan.out_dir / SETTINGS_FILE, (json.dumps(record, indent=1) + "\n").encode())
+    write_atomic(plan.out_dir / SETTINGS_FILE, (json.dumps(record, indent=1) + "\n").encode())
   for i in range(plan.limit):
     samples = plan.out_dir / f"{i:05d}" / "samples"
     samples.mkdir(parents=True, exist_ok=True)
@@ -262,7 +217,7 @@ def generate(model, plan: Plan, *, progress: bool = True) -> dict:
         stale.unlink()
     meta = samples.parent / "metadata.jsonl"
     if not meta.exists():
-      _write_atomic(meta, (plan.lines[i] + "\n").encode("utf-8"))
+      write_atomic(meta, (plan.lines[i] + "\n").encode("utf-8"))
   todo = set(plan.todo)
   batches = sorted({(i * ipp + j) // size for i, j in todo})
   total = len(plan.prompts) * ipp
@@ -276,7 +231,7 @@ def generate(model, plan: Plan, *, progress: bool = True) -> dict:
       images = to_uint8(x)
       for (i, j), image in zip(jobs, images):
         if (i, j) in todo:
-          _write_atomic(plan.out_dir / f"{i:05d}" / "samples" / f"{j:04d}.png", _png_bytes(image))
+          write_atomic(plan.out_dir / f"{i:05d}" / "samples" / f"{j:04d}.png", encode_png(image))
           bar.update(1)
   return {"generated": len(todo), "kept": plan.kept, "replaced_broken": len(plan.broken),
           "batches": len(batches)}

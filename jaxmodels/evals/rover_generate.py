@@ -58,7 +58,6 @@ make (and their bound with every retry) and makes none.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -67,7 +66,10 @@ from typing import Sequence
 
 import numpy as np
 
+from input_pipeline.shapes_world.render import encode_png
 from jaxmodels.evals import EvalInputError, rover
+from jaxmodels.evals.output_records import (checkpoint_id, file_sha256, is_complete_png, record_matches,
+                                            sampling_temperatures, write_atomic)
 
 SETTINGS_FILE = "rover_generation.json"
 JUDGE_FILE = "rover_judge.json"
@@ -88,14 +90,6 @@ _TMP = re.compile(r"\.gen_.+\.tmp\.\d+")
 _IMAGE_FIELDS = ("image", "target_image", "reasoning_image", "image2", "example_image")
 
 
-def _sha256(path: Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def data_files(path: str | os.PathLike, config: str) -> list[Path]:
   """The parquet files `rover.load_rover` reads for `config`, in its order."""
   path = Path(path)
@@ -107,7 +101,7 @@ def data_files(path: str | os.PathLike, config: str) -> list[Path]:
 def data_sha256(path: str | os.PathLike, config: str) -> dict:
   """{file name relative to the data path: sha256} of the data files."""
   root = Path(path)
-  return {str(f.relative_to(root)) if f != root else f.name: _sha256(f)
+  return {str(f.relative_to(root)) if f != root else f.name: file_sha256(f)
           for f in data_files(path, config)}
 
 
@@ -177,37 +171,6 @@ class Plan:
     return self.config == "TG" or self.settings["ig_text"] == "model"
 
 
-def _check_record(path: Path, current: dict, keys: Sequence[str], what: str) -> bool:
-  if not path.exists():
-    return False
-  try:
-    recorded = json.loads(path.read_text(encoding="utf-8"))["settings"]
-  except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-    raise EvalInputError(f"{path}: unreadable {what} record ({type(e).__name__}); this folder is not "
-                         f"resumable, choose another --out") from None
-  diff = [f"{k}: recorded {_short(recorded.get(k))}, now {_short(current.get(k))}" for k in keys
-          if recorded.get(k) != current.get(k)]
-  if diff:
-    raise EvalInputError(f"{path}: {what} differ from the run that wrote this folder "
-                         f"({'; '.join(diff)}); rerun with the recorded {what} or another --out")
-  return True
-
-
-def _short(value) -> str:
-  text = repr(value)
-  return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _complete_png(path: Path) -> bool:
-  from PIL import Image
-  try:
-    with Image.open(path) as img:
-      img.verify()
-    return True
-  except Exception:   # any Pillow failure means: not a complete PNG
-    return False
-
-
 def prepare(out: str | os.PathLike, data: str | os.PathLike, config: str, settings: dict, *,
             rubrics: str | os.PathLike | None = None) -> Plan:
   """Reads and checks everything `generate` (and, with `rubrics`, the judge) needs, writing
@@ -239,11 +202,11 @@ def prepare(out: str | os.PathLike, data: str | os.PathLike, config: str, settin
     metrics = rover.IG_METRICS if config == "IG" else rover.TG_METRICS
     for task in tasks:            # every rubric present and fillable, before any model or judge
       rover.judge_requests(task, config, b"", None, rubric_texts, metrics)
-    sha = _sha256(Path(rubrics))
+    sha = file_sha256(rubrics)
   settings = dict(settings, config=config, data=str(Path(data).resolve()),
                   data_sha256=data_sha256(data, config))
   gen_dir = Path(out) / config
-  recorded = _check_record(gen_dir / SETTINGS_FILE, settings, COMPARED, "settings")
+  recorded = record_matches(gen_dir / SETTINGS_FILE, settings, COMPARED, "settings")
   if not recorded and gen_dir.is_dir():
     foreign = sorted(p.name for p in gen_dir.glob("gen_*.png"))
     if foreign:
@@ -252,31 +215,13 @@ def prepare(out: str | os.PathLike, data: str | os.PathLike, config: str, settin
   plan = Plan(gen_dir, str(data), config, tasks, settings, rubric_texts, sha, [], 0, [], recorded)
   for i, task in enumerate(tasks):
     png, txt = rover.output_paths(gen_dir, task["id"])
-    if png.exists() and _complete_png(png) and (txt.exists() or not plan.writes_text):
+    if png.exists() and is_complete_png(png) and (txt.exists() or not plan.writes_text):
       plan.kept += 1
       continue
-    if png.exists() and not _complete_png(png):
+    if png.exists() and not is_complete_png(png):
       plan.broken.append(str(png))
     plan.todo.append(i)
   return plan
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-  tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _png(image: np.ndarray) -> bytes:
-  import io
-
-  from PIL import Image
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).convert("RGB").save(buf, format="PNG")
-  return buf.getvalue()
 
 
 def generate(model, tokenizer, plan: Plan, *, progress: bool = True) -> dict:
@@ -295,7 +240,7 @@ def generate(model, tokenizer, plan: Plan, *, progress: bool = True) -> dict:
     record = {"settings": s, "tasks": len(plan.tasks),
               "seed_rule": "tasks in data order cut into batches of batch_size; batch b is drawn "
                            "with jax.random.fold_in(jax.random.key(seed), b)"}
-    _write_atomic(plan.out_dir / SETTINGS_FILE, (json.dumps(record, indent=1) + "\n").encode())
+    write_atomic(plan.out_dir / SETTINGS_FILE, (json.dumps(record, indent=1) + "\n").encode())
     plan.recorded = True
   for stale in plan.out_dir.iterdir():          # temporary files of a killed run
     if _TMP.fullmatch(stale.name):
@@ -331,8 +276,8 @@ def generate(model, tokenizer, plan: Plan, *, progress: bool = True) -> dict:
           continue
         png, txt = rover.output_paths(plan.out_dir, task["id"])
         if text is not None:
-          _write_atomic(txt, text.encode("utf-8"))
-        _write_atomic(png, _png(image))
+          write_atomic(txt, text.encode("utf-8"))
+        write_atomic(png, encode_png(image))
         bar.update(1)
   generated = len(todo)
   plan.kept += generated
@@ -378,7 +323,7 @@ def check_judge(plan: Plan, judge) -> bool:
   Raises:
     EvalInputError: the folder was judged with another judge, other decoding or other rubrics.
   """
-  return _check_record(plan.out_dir / JUDGE_FILE, judge_record(plan, judge), JUDGE_COMPARED,
+  return record_matches(plan.out_dir / JUDGE_FILE, judge_record(plan, judge), JUDGE_COMPARED,
                        "judge settings")
 
 
@@ -392,7 +337,7 @@ def judge_outputs(plan: Plan, judge, *, redo_missing: bool = False, workers: int
     raise EvalInputError(f"{plan.out_dir}: {len(plan.todo)} tasks have no outputs yet")
   if not check_judge(plan, judge):
     plan.out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(plan.out_dir / JUDGE_FILE,
+    write_atomic(plan.out_dir / JUDGE_FILE,
                   (json.dumps({"settings": judge_record(plan, judge)}, indent=1) + "\n").encode())
   return rover.evaluate(plan.tasks, plan.out_dir, judge, plan.rubrics, plan.out_dir,
                         config=plan.config, redo_missing=redo_missing, workers=workers,
@@ -427,23 +372,15 @@ def settings_for(config, workdir: str, step: int, *, seed: int = 0, ig_text: str
   """
   from input_pipeline.shapes_tasks import UND_LEN
   from jaxmodels.errors import ConfigError
-  from jaxmodels.trainer.setup import model_type
-  from jaxmodels.unified.build import unified_config
-  if model_type(config) != "unified":
-    raise ConfigError(f"config.model.type={model_type(config)!r}: --rover_data needs a unified model "
-                      f"that reads and draws images")
-  ucfg = unified_config(config.model)
+  from jaxmodels.trainer.setup import unified_config_of
+  ucfg = unified_config_of(config, "--rover_data", "reads and draws images")
   if ucfg.und_encoder is None or not ucfg.generates_pixels or ucfg.queries == "image_tokens":
     raise ConfigError("--rover_data: this model cannot edit an image (it needs an understanding "
                       "encoder, a pixel output and a prompt-conditioned generator, not "
                       "queries='image_tokens')")
-  temperature = pattern_temperature = None
-  if ucfg.gen_target == "patch_tokens":
-    temperature = float(ucfg.patch_tokens.temperature)
-    pattern_temperature = float(ucfg.patch_tokens.pattern_temperature
-                                if ucfg.patch_tokens.pattern_temperature is not None else temperature)
+  temperature, pattern_temperature = sampling_temperatures(ucfg)
   ev = config.evals
-  return {"checkpoint": os.path.abspath(workdir) if "://" not in workdir else workdir,
+  return {"checkpoint": checkpoint_id(workdir),
           "step": int(step), "sample_steps": int(ev.sample_steps), "guidance": float(ev.guidance),
           "image_guidance": float(image_guidance), "temperature": temperature,
           "pattern_temperature": pattern_temperature, "seed": int(seed),

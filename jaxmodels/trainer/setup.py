@@ -129,6 +129,16 @@ def model_type(config) -> str:
   return kind
 
 
+def unified_config_of(config, purpose: str, needs: str):
+  """The run's UnifiedConfig, for a tool (`purpose`, e.g. "--rover_data") that needs a unified model
+  (`needs`: what it must do, for the message); a ConfigError names config.model.type otherwise."""
+  if model_type(config) != "unified":
+    raise ConfigError(f"config.model.type={model_type(config)!r}: {purpose} needs a unified model "
+                      f"that {needs}")
+  from jaxmodels.unified.build import unified_config
+  return unified_config(config.model)
+
+
 def model_factory(config) -> Callable[[], nnx.Module]:
   """A constructor of the model named by `config.model.type` (the config is checked here, once)."""
   if model_type(config) == "florence_vl":
