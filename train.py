@@ -50,6 +50,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_run_settings(config)
   check_writable(workdir)
   with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    if config.get("rl"):                 # post-training with RL: jaxmodels/trainer/grpo.py
+      from jaxmodels.trainer.grpo import train_grpo
+      return train_grpo(config, workdir)
     return _train_and_evaluate(config, workdir)
 
 

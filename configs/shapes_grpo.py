@@ -1,0 +1,46 @@
+r"""GRPO post-training of the embedded default's image-token policy on ShapesWorld (BLIP3o-NEXT's RL
+stage at toy scale; jaxmodels/trainer/grpo.py, jaxmodels/rl/).
+
+    python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny         # the policy first
+    python train.py --config=configs/shapes_grpo.py --workdir=runs/shapes_grpo \
+        --config.init.checkpoint=runs/shapes_tiny
+    python train.py --config=configs/shapes_grpo.py:runlocal --workdir=/tmp/grpo_smoke \
+        --config.init.checkpoint=/tmp/shapes_smoke                                   # seconds
+
+The policy's model and data settings come from the run `config.init.checkpoint` names (its stored
+config); this file sets the RL part: G images per prompt, the reward mixture (the exact ShapesWorld
+GenEval detector: strict verdict and dense partial credit), clip ε, KL β to the frozen start, and a
+10-minute budget on 2 CPU cores. The supervised baseline for the same wall time continues the source
+run's training from the same weights:
+
+    python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_sft \
+        --config.init.checkpoint=runs/shapes_tiny --config.train.time_limit_minutes=10 \
+        --config.optim.warmup_steps=0
+"""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from configs import shapes_tiny
+from jaxmodels.config_utils import parse_arg
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, runlocal=False)
+  c = shapes_tiny.get_config("runlocal" if a.runlocal else None)   # evals and trainer keys
+  c.init = ml_collections.ConfigDict(dict(checkpoint="runs/shapes_tiny"))
+  c.rl = ml_collections.ConfigDict(dict(
+      group_size=8, prompts_per_step=8,
+      clip_eps=0.2, clip_eps_high=placeholder(float), kl_beta=0.04, aggregate="sequence", scale="std",
+      inner_epochs=1,
+      temperature=placeholder(float), pattern_temperature=placeholder(float),   # None: the model's
+      rewards=dict(geneval_dense=1.0, geneval=0.0),   # weights; a 0 weight is still logged
+      external={},                                    # {"pkg.module:factory": {"weight": w, ...}}
+      prompt_pool=0))                                 # > 0: only the first N train prompts
+  c.optim.update(lr=1e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0)
+  c.train.update(total_steps=400, log_every=10, eval_every=100, ckpt_every=50, time_limit_minutes=10)
+  c.evals.update(which="qa,geneval")
+  if a.runlocal:
+    c.rl.update(group_size=4, prompts_per_step=2)
+    c.train.update(total_steps=4, log_every=1, eval_every=2, ckpt_every=2, time_limit_minutes=None)
+    c.evals.update(which="geneval", geneval_prompts=4)
+  return c

@@ -1,0 +1,1 @@
+"""Reinforcement learning for image generation: GRPO (grpo.py) and reward plug-ins (rewards.py)."""

@@ -1,0 +1,201 @@
+"""GRPO (group relative policy optimisation) for a model that draws images as discrete tokens.
+
+BLIP3o-NEXT post-trains its autoregressive image-token policy with GRPO (shared/spec/models.md §3.4):
+per prompt, sample a group of G images from the current policy, score each with a reward, normalise
+the rewards within the group into advantages, and maximise the clipped policy-gradient objective with a
+KL penalty to a frozen reference. What is implemented here is that token-level GRPO for the discrete
+policy — the patch-token path (`gen_target="patch_tokens"`) whose tokens the LLM samples itself — not the
+stochastic-SDE variant that flow-GRPO uses for a continuous flow head.
+
+One "token" of the policy is one image slot (position, pattern, colour): its log-probability is the sum
+of the three categorical log-probabilities, each under the *tempered and masked* distribution the
+sampler draws from (`patch_tokens.sample`: cells at or before the previous one masked, the empty
+pattern never drawn). Rollouts use no classifier-free guidance (guidance 1), so the sampled
+distribution is exactly the policy being optimised.
+
+Per token t of sequence i, with ratio r = exp(log π(t) − log π_old(t)) and advantage A_i:
+
+    l_t = −min(r·A_i, clip(r, 1 − ε_low, 1 + ε_high)·A_i) + β·KL_t,
+    KL_t = exp(log π_ref − log π) − (log π_ref − log π) − 1      (the unbiased, non-negative k3 estimator)
+
+averaged over each sequence's tokens and then over sequences (`aggregate="sequence"`, the GRPO paper)
+or over all tokens at once (`"token"`, DAPO). Shapes: rewards [P, G]; tokens, log-probs [N, L] with
+N = P·G sequences and L image slots; prompts [N, T].
+
+    adv = group_advantages(rewards, scale="std")                     # [P, G] -> [P, G]
+    loss, metrics = clipped_objective(logp, old_logp, ref_logp, adv.reshape(-1), weights, clip_eps=0.2,
+                                      kl_beta=0.04)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxmodels.errors import ConfigError
+from jaxmodels.unified import patch_tokens
+
+AGGREGATES = ("sequence", "token")
+SCALES = ("std", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """group_size G (images per prompt), clip_eps ε_low (and ε_high; None: the same — DAPO's
+  "clip-higher" sets it larger), kl_beta β, aggregate (AGGREGATES), scale: "std" divides the centred
+  rewards by the group's standard deviation (GRPO), "none" only centres them (Dr. GRPO), temperature /
+  pattern_temperature of the rollouts (None: the model's `patch_tokens` sampling temperatures)."""
+  group_size: int = 8
+  clip_eps: float = 0.2
+  clip_eps_high: float | None = None
+  kl_beta: float = 0.04
+  aggregate: str = "sequence"
+  scale: str = "std"
+  temperature: float | None = None
+  pattern_temperature: float | None = None
+
+  def __post_init__(self):
+    if self.group_size < 2:
+      raise ConfigError(f"config.rl.group_size={self.group_size}: GRPO needs at least 2 images per prompt")
+    if self.aggregate not in AGGREGATES:
+      raise ConfigError(f"config.rl.aggregate={self.aggregate!r}: expected one of {AGGREGATES}")
+    if self.scale not in SCALES:
+      raise ConfigError(f"config.rl.scale={self.scale!r}: expected one of {SCALES}")
+    if self.clip_eps <= 0 or (self.clip_eps_high is not None and self.clip_eps_high <= 0):
+      raise ConfigError("config.rl.clip_eps / clip_eps_high must be > 0")
+    for name in ("temperature", "pattern_temperature"):
+      value = getattr(self, name)
+      if value is not None and value <= 0:
+        raise ConfigError(f"config.rl.{name}={value}: must be > 0 (a greedy policy has no gradient)")
+
+
+def group_advantages(rewards, *, scale: str = "std", eps: float = 1e-4) -> np.ndarray:
+  """Rewards [P, G] (G samples of each of P prompts) -> advantages [P, G]: centred on each group's
+  mean and, with scale="std", divided by its (population) standard deviation + eps. A group whose
+  rewards are all equal gets advantage 0 (no policy gradient; only the KL term acts)."""
+  r = np.asarray(rewards, np.float64)
+  if r.ndim != 2 or r.shape[1] < 2:
+    raise ValueError(f"rewards must be [prompts, group >= 2], got shape {r.shape}")
+  a = r - r.mean(axis=1, keepdims=True)
+  if scale == "std":
+    a = a / (r.std(axis=1, keepdims=True) + eps)
+  elif scale != "none":
+    raise ValueError(f"scale={scale!r}: expected one of {SCALES}")
+  return a.astype(np.float32)
+
+
+def clipped_objective(logp, old_logp, ref_logp, advantages, weights, *, clip_eps: float = 0.2,
+                      clip_eps_high: float | None = None, kl_beta: float = 0.04,
+                      aggregate: str = "sequence") -> tuple[jax.Array, dict]:
+  """The GRPO loss (module docstring) of log-probs [N, L] under the policy being trained, the policy
+  that sampled (old) and the reference, advantages [N] and token weights [N, L] (1 for real tokens,
+  0 for padding) -> (loss, metrics: policy loss, kl, clip fraction, mean ratio)."""
+  w = weights.astype(jnp.float32)
+  ratio = jnp.exp(logp - jax.lax.stop_gradient(old_logp))
+  a = advantages[:, None].astype(jnp.float32)
+  hi = clip_eps if clip_eps_high is None else clip_eps_high
+  clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + hi)
+  surrogate = jnp.minimum(ratio * a, clipped * a)
+  d = jax.lax.stop_gradient(ref_logp) - logp
+  kl = jnp.exp(d) - d - 1.0
+  per_token = -surrogate + kl_beta * kl
+  if aggregate == "sequence":
+    per_seq = lambda x: (x * w).sum(1) / jnp.maximum(w.sum(1), 1.0)  # noqa: E731
+    mean = lambda x: per_seq(x).mean()  # noqa: E731
+  elif aggregate == "token":
+    mean = lambda x: (x * w).sum() / jnp.maximum(w.sum(), 1.0)  # noqa: E731
+  else:
+    raise ValueError(f"aggregate={aggregate!r}: expected one of {AGGREGATES}")
+  was_clipped = (jnp.where(a >= 0, ratio > 1.0 + hi, ratio < 1.0 - clip_eps)).astype(jnp.float32)
+  metrics = {"rl/policy_loss": mean(-surrogate), "rl/kl": mean(kl), "rl/clip_frac": mean(was_clipped),
+             "rl/ratio": mean(ratio)}
+  return mean(per_token), metrics
+
+
+def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *, temperature: float,
+                         pattern_temperature: float | None = None) -> tuple[jax.Array, jax.Array]:
+  """Teacher-forced log-probabilities [B, L] of sampled patch tokens (pos, pattern, colour) [B, L]
+  after the left-padded prompt (`prompt_embeds` [B, T, D], `mask` [B, T]) under the distribution
+  `patch_tokens.sample` draws them from (same temperatures and masks), and the token weights [B, L]:
+  every slot up to and including the first <eoi>."""
+  eoi = head.config.eoi
+  b, t = mask.shape
+  pt = temperature if pattern_temperature is None else pattern_temperature
+  x = jnp.concatenate([prompt_embeds, head.boi_embed(b).astype(prompt_embeds.dtype),
+                       head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1]).astype(prompt_embeds.dtype)], 1)
+  full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
+                          (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
+  hidden = llm.forward(None, patch_tokens.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
+  prev = jnp.concatenate([jnp.full((b, 1), -1, pos.dtype), pos[:, :-1]], 1)   # the sorted list's last cell
+  cells = jnp.arange(eoi + 1)
+  allowed = (cells[None, None] > prev[..., None]) | (cells[None, None] == eoi)
+  pos_logits = jnp.where(allowed, head.pos_logits(hidden) / temperature, -jnp.inf)
+  pick = lambda logits, ids: jnp.take_along_axis(jax.nn.log_softmax(logits, -1), ids[..., None], -1)[..., 0]  # noqa: E731
+  lp = pick(pos_logits, pos)
+  pl, cl = head.pattern_colour_logits(hidden, pos, patch_tokens.canvas_of(pos, pattern, eoi))
+  pl = pl.at[..., 0].set(-jnp.inf)
+  real = pos < eoi
+  lq = pick(pl / pt, jnp.where(real, pattern, 1))
+  lc = pick(cl / pt, colour)
+  weights = jnp.concatenate([jnp.ones_like(pos[:, :1]), (pos[:, :-1] < eoi).astype(pos.dtype)], 1)
+  logp = lp + jnp.where(real, lq + lc, 0.0)
+  return jnp.where(weights > 0, logp, 0.0), weights
+
+
+class GRPOPolicy(nnx.Module):
+  """The policy being trained (`policy`, a UnifiedModel with gen_target="patch_tokens") and its frozen
+  `reference` copy; `loss(batch, rng)` is the GRPO objective, so `trainer.TrainState` and its jitted
+  step (accumulation, non-finite skip, donation, shardings) train it like any model. Train only
+  `policy` (`POLICY_PARAMS`); the reference is checkpointed with it.
+
+  batch: ids, mask [N, T] (prompts), pos, pattern, colour [N, L] (the rollouts), old_logp, ref_logp
+  [N, L], advantages [N]."""
+
+  def __init__(self, policy: nnx.Module, reference: nnx.Module, config: GRPOConfig):
+    if getattr(policy.config, "gen_target", None) != "patch_tokens":
+      raise ConfigError("config.rl: GRPO here trains the discrete patch-token policy "
+                        "(config.model.gen_target='patch_tokens'); this model's generation target is "
+                        f"{getattr(policy.config, 'gen_target', None)!r}")
+    self.policy, self.reference, self.config = policy, reference, config
+
+  def temperatures(self) -> tuple[float, float]:
+    pt_cfg = self.policy.config.patch_tokens
+    t = self.config.temperature or pt_cfg.temperature
+    pt = self.config.pattern_temperature or pt_cfg.pattern_temperature or t
+    if t <= 0 or pt <= 0:
+      raise ConfigError("config.rl.temperature: the model samples greedily (temperature 0); set "
+                        "config.rl.temperature / pattern_temperature > 0")
+    return t, pt
+
+  def logprobs(self, model, batch) -> tuple[jax.Array, jax.Array]:
+    t, pt = self.temperatures()
+    emb = model.prompt_embeddings(batch["ids"], None)
+    return patch_token_logprobs(model.llm, model.patch_head, emb, batch["mask"], batch["pos"], batch["pattern"],
+                                batch["colour"], temperature=t, pattern_temperature=pt)
+
+  def rollout(self, ids, mask, rng):
+    """Prompts [N, T] -> (tokens (pos, pattern, colour) [N, L], images [N, S, S, 3] in [-1, 1],
+    old log-probs [N, L], reference log-probs [N, L], weights [N, L])."""
+    t, pt = self.temperatures()
+    model = self.policy
+    tokens = patch_tokens.sample(model.llm, model.patch_head, model.prompt_embeddings(ids, None), mask, rng,
+                                 guidance=1.0, temperature=t, pattern_temperature=pt)
+    images = model.patch_tokenizer.decode(*tokens)
+    batch = {"ids": ids, "mask": mask, "pos": tokens[0], "pattern": tokens[1], "colour": tokens[2]}
+    old, weights = self.logprobs(model, batch)
+    ref, _ = self.logprobs(self.reference, batch)
+    return tokens, images, old, ref, weights
+
+  def loss(self, batch, rng) -> tuple[jax.Array, dict]:
+    del rng
+    c = self.config
+    logp, weights = self.logprobs(self.policy, batch)
+    return clipped_objective(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], weights,
+                             clip_eps=c.clip_eps, clip_eps_high=c.clip_eps_high, kl_beta=c.kl_beta,
+                             aggregate=c.aggregate)
+
+
+POLICY_PARAMS = nnx.All(nnx.Param, nnx.PathContains("policy"))

@@ -1,0 +1,222 @@
+"""GRPO post-training of a run's image-token policy on ShapesWorld prompts (`python train.py` with a
+config that has `config.rl`, e.g. configs/shapes_grpo.py).
+
+    python train.py --config=configs/shapes_grpo.py --workdir=runs/shapes_grpo \
+        --config.init.checkpoint=runs/shapes_tiny
+
+The loop, each step s: take `rl.prompts_per_step` GenEval-schema records from the ShapesWorld train
+split (a permutation keyed by the seed, so step s always sees the same prompts), sample `rl.group_size`
+images of each from the current policy (`GRPOPolicy.rollout`, compiled, on the run's mesh), score them
+on the host (`rl.rewards` mixture, each part logged as `rl/reward/<name>`), turn the rewards into group
+advantages, and take `rl.inner_epochs` optimizer steps on the GRPO objective (`TrainState`'s jitted
+step: the same sharded, donated, non-finite-safe update as supervised training).
+
+Start and resume: the policy and its frozen reference both start from the evaluation weights (EMA where
+kept) of the run `config.init.checkpoint` names, whose stored config also supplies `config.model` and
+`config.data` (the policy must be that model, read with that tokenizer). A checkpoint holds the policy,
+reference, optimizer and step; prompts and rollout keys are functions of (seed, step), so a resumed run
+repeats the uninterrupted run's next updates exactly. At the end the ShapesWorld evaluations run on
+the policy (GenEval, Q/A: what RL costs understanding), plus the diversity of the group samples.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from jaxmodels.errors import ConfigError
+from jaxmodels.rl.grpo import POLICY_PARAMS, GRPOConfig, GRPOPolicy, group_advantages
+
+GRPO_KEYS = ("group_size", "clip_eps", "clip_eps_high", "kl_beta", "aggregate", "scale", "temperature",
+             "pattern_temperature")
+
+
+def grpo_config_of(config) -> GRPOConfig:
+  rl = config.rl
+  return GRPOConfig(**{k: rl[k] for k in GRPO_KEYS if k in rl})
+
+
+def source_run(config):
+  """(workdir, step, stored config) of the supervised run GRPO starts from (`config.init.checkpoint`)."""
+  from jaxmodels.run_dir import checkpoint_step, run_workdir, stored_config
+  path = (config.get("init") or {}).get("checkpoint")
+  if not path:
+    raise ConfigError("config.init.checkpoint: GRPO starts from a trained run; name its workdir "
+                      "(e.g. --config.init.checkpoint=runs/shapes_tiny)")
+  workdir = run_workdir(path)
+  step = checkpoint_step(workdir)
+  return workdir, step, stored_config(workdir, step)
+
+
+def with_source_model(config, src_config):
+  """`config` with the source run's `model` and `data` (a copy; the rest is the GRPO config's)."""
+  import ml_collections
+  merged = ml_collections.ConfigDict(config.to_dict())
+  merged.model = ml_collections.ConfigDict(src_config.model.to_dict())
+  merged.data = ml_collections.ConfigDict(src_config.data.to_dict())
+  return merged
+
+
+class PromptStream:
+  """The GenEval-schema records of a ShapesWorld split, `per_step` a step: step s takes rows s·k ..
+  s·k + k - 1 of an endless sequence of permutations keyed by `seed` (restartable at any step)."""
+
+  def __init__(self, records: list[dict], per_step: int, seed: int):
+    if not records:
+      raise ConfigError("config.rl: the ShapesWorld train split has no prompt records")
+    self.records, self.per_step, self.seed = records, per_step, seed
+
+  def at(self, step: int) -> list[dict]:
+    n = len(self.records)
+    out = []
+    for i in range(step * self.per_step, (step + 1) * self.per_step):
+      epoch, j = divmod(i, n)
+      order = np.random.default_rng([self.seed, epoch]).permutation(n)
+      out.append(self.records[int(order[j])])
+    return out
+
+
+def train_records(data_dir: str, cfg_name: str, limit: int | None = None) -> list[dict]:
+  from input_pipeline import shapes_world as sw
+  split = sw.load_split(data_dir, "train", cfg_name, decode="lazy")
+  n = len(split) if not limit else min(limit, len(split))
+  return [dict(split[i]["metadata"]) for i in range(n)]
+
+
+def diversity(images: np.ndarray, group: int) -> float:
+  """The mean fraction of distinct images within each prompt's group (1: all G differ)."""
+  n = images.shape[0] // group
+  flat = images.reshape(n, group, -1)
+  return float(np.mean([len({row.tobytes() for row in g}) / group for g in flat]))
+
+
+def train_grpo(config, workdir: str) -> dict:
+  """Runs GRPO (module docstring) in `workdir` and returns the final scores."""
+  from input_pipeline.datasets import default_data_dir
+  from jaxmodels import sharding
+  from jaxmodels.checkpoint import Checkpointer
+  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.rl.rewards import make_rewards
+  from jaxmodels.serving.loader import run_tokenizer
+  from jaxmodels.trainer import MetricWriter, make_train_step
+  from jaxmodels.trainer.optim import make_optimizer
+  from jaxmodels.trainer.setup import mesh_and_rules, model_factory, restore_eval_model, run_keys
+  from jaxmodels.trainer.train_state import TrainState
+  from jaxmodels.trainer.workdir import write_config
+  from jaxmodels.unified.sampling import to_uint8
+
+  rl = config.rl
+  gcfg = grpo_config_of(config)
+  src_dir, src_step, src_config = source_run(config)
+  config = with_source_model(config, src_config)
+  mesh, rules = mesh_and_rules(config)
+  total = config.train.total_steps
+  tx, lr = make_optimizer(config.optim.to_dict(), total)
+  make_model = model_factory(config)
+
+  def make_state():
+    return TrainState(GRPOPolicy(make_model(), make_model(), gcfg), tx, wrt=POLICY_PARAMS)
+
+  ts = sharding.create_sharded(make_state, mesh, rules)
+  graphdef, state = nnx.split(ts)
+  shardings = sharding.state_shardings(state, mesh, rules)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                      async_save=config.checkpoint.async_save, cleanup_tmp=True)
+  ckpt.quarantine_incomplete()
+  start, restored = ckpt.restore_latest(sharding.abstract_state(state, shardings))
+  if start is not None:
+    state = restored
+    logging.info("resumed GRPO from %s at step %d", ckpt.directory, start)
+  else:
+    start = 0
+    source, _ = restore_eval_model(src_config, src_dir, src_step)   # EMA weights where kept
+    weights = nnx.state(source, nnx.Param)
+    for part in (ts.model.policy, ts.model.reference):
+      placed = jax.device_put(weights, sharding.state_shardings(nnx.state(part, nnx.Param), mesh, rules))
+      nnx.update(part, jax.tree.map(jnp.copy, placed))   # own buffers: the step donates both
+    state = nnx.state(ts)
+    logging.info("GRPO starts from %s step %d", src_dir, src_step)
+  if jax.process_index() == 0:
+    write_config(workdir, config)
+
+  tokenizer = run_tokenizer(src_dir, src_config)
+  data_dir = config.data.get("data_dir") or default_data_dir()
+  cfg_name = config.data.get("config", "res32")
+  prompts = PromptStream(train_records(data_dir, cfg_name, rl.get("prompt_pool")), rl.prompts_per_step,
+                         config.seed)
+  gen_len = config.data.get("gen_len", 16)
+  layout = config.data.get("und_layout", "image_first")
+  policy_now = lambda: nnx.merge(graphdef, state).model.policy  # noqa: E731
+  # The VQA reward's judge is the frozen reference: a judge that moved with the policy could be gamed.
+  answer_fn = (shapes_eval.model_answer_fn(nnx.merge(graphdef, state).model.reference, tokenizer, batch_size=config.evals.batch_size,
+                                           prompt_len=config.data.get("und_len", 48), layout=layout)
+               if "vqa" in rl.rewards else None)
+  rewards = make_rewards(rl.rewards.to_dict(), answer_fn=answer_fn,
+                         external=rl.get("external", {}) and rl.external.to_dict())
+
+  batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim, rules)  # noqa: E731
+  put = lambda b: {k: jax.device_put(jnp.asarray(v), batch_sh(np.asarray(v))) for k, v in b.items()}  # noqa: E731
+  step_fn = make_train_step(ts, lr_schedule=lr, state_shardings=shardings)
+
+  @jax.jit
+  def rollout(state, ids, mask, key):
+    return nnx.merge(graphdef, state).model.rollout(ids, mask, key)
+
+  rng, eval_rng = run_keys(config.seed)
+  g = gcfg.group_size
+  writer = MetricWriter(workdir, total_steps=total, batch_size=rl.prompts_per_step * g, start_step=start)
+  limit = config.train.get("time_limit_minutes")
+  t0, step = time.time(), start
+  for step in range(start + 1, total + 1):
+    records = prompts.at(step)
+    ids, mask, _ = shapes_eval.encode_prompts(tokenizer, [r["prompt"] for r in records], gen_len)
+    ids, mask = np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)     # [P·G, T]: groups adjacent
+    key = jax.random.fold_in(rng, step)
+    with sharding.use_mesh(mesh, rules):
+      (pos, pattern, colour), images, old, ref, _ = rollout(state, *map(jnp.asarray, (ids, mask)), key)
+    images_u8 = to_uint8(images)
+    group_records = [r for r in records for _ in range(g)]
+    total_reward, parts = rewards(images_u8, group_records)
+    adv = group_advantages(total_reward.reshape(-1, g), scale=gcfg.scale).reshape(-1)
+    batch = put(dict(ids=ids, mask=mask, pos=pos, pattern=pattern, colour=colour, old_logp=old, ref_logp=ref,
+                     advantages=adv))
+    with sharding.use_mesh(mesh, rules):
+      for epoch in range(rl.get("inner_epochs", 1)):
+        state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1))
+    out_of_time = limit is not None and (time.time() - t0) / 60 > limit
+    if step % config.train.log_every == 0 or step == total or out_of_time:
+      logged = {**{k: float(v) for k, v in metrics.items()}, "rl/reward": float(total_reward.mean()),
+                **{f"rl/reward/{k}": float(v.mean()) for k, v in parts.items()},
+                "rl/diversity": diversity(images_u8, g)}
+      writer.write(step, logged)
+    if step % config.train.ckpt_every == 0 or step == total or out_of_time:
+      ckpt.save(step, state, config=json.loads(config.to_json_best_effort()))
+    if step % config.train.eval_every == 0 and step != total and not out_of_time:
+      scores = shapes_eval.evaluate_model(policy_now(), tokenizer, config, data_dir, workdir,
+                                          rng=jax.random.fold_in(eval_rng, step), final=False,
+                                          evals=("geneval",))
+      writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="eval")
+      writer.pause()
+    if out_of_time:
+      logging.info("time limit of %.1f minutes reached at step %d", limit, step)
+      break
+  ckpt.wait()
+  train_minutes = (time.time() - t0) / 60
+  which = shapes_eval.selected_evals(config)
+  scores = shapes_eval.evaluate_model(policy_now(), tokenizer, config, data_dir, workdir, rng=eval_rng,
+                                      final=True, evals=which)
+  writer.write(step, {f"{b}/{k}": v for b, t in scores.items() for k, v in t.items()}, prefix="final")
+  writer.close()
+  ckpt.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "scores.json"), "w") as f:
+      json.dump({"step": step, "train_minutes": train_minutes, "source": src_dir, "source_step": src_step,
+                 **scores}, f, indent=2)
+    shapes_eval.print_scores(scores)
+  return scores

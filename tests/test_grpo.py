@@ -1,0 +1,245 @@
+"""GRPO (jaxmodels/rl, jaxmodels/trainer/grpo.py): advantages and the clipped objective on hand-computed
+numbers, the teacher-forced log-probs agreeing with what the sampler draws, the rewards on known
+detections, a tiny policy whose reward rises under GRPO, and a resumed run repeating the uninterrupted
+run's updates exactly."""
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxmodels.rl import grpo, rewards
+
+
+def test_group_advantages_by_hand():
+  r = np.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+  a = grpo.group_advantages(r, scale="std", eps=0.0 + 1e-12)
+  np.testing.assert_allclose(a[0], [1, -1, -1, 1], atol=1e-6)      # mean 0.5, std 0.5
+  np.testing.assert_allclose(a[1], 0.0)                            # no signal in an all-equal group
+  np.testing.assert_allclose(grpo.group_advantages(r, scale="none")[0], [0.5, -0.5, -0.5, 0.5])
+  with pytest.raises(ValueError, match="group >= 2"):
+    grpo.group_advantages(np.ones((3, 1)))
+
+
+def test_clipped_objective_by_hand():
+  # two sequences: tokens 2 and 1 (the second's last token is padding)
+  old = jnp.log(jnp.array([[0.5, 0.5], [0.5, 0.5]]))
+  new = jnp.log(jnp.array([[0.8, 0.5], [0.25, 0.9]]))      # ratios 1.6, 1.0 | 0.5, (padding)
+  ref = new                                                 # KL 0
+  adv = jnp.array([1.0, -2.0])
+  w = jnp.array([[1, 1], [1, 0]])
+  loss, m = grpo.clipped_objective(new, old, ref, adv, w, clip_eps=0.2, kl_beta=0.1, aggregate="sequence")
+  # seq 0: min(1.6·1, 1.2·1) = 1.2 and 1.0 -> -(1.2 + 1.0)/2 ; seq 1: min(0.5·-2, 0.8·-2) = -1.6 -> 1.6
+  assert float(loss) == pytest.approx((-(1.2 + 1.0) / 2 + 1.6) / 2, abs=1e-6)
+  assert float(m["rl/kl"]) == pytest.approx(0.0, abs=1e-7)
+  assert float(m["rl/clip_frac"]) == pytest.approx((0.5 + 1.0) / 2)   # 1.6 > 1.2 clipped; 0.5 < 0.8 clipped
+  tok, _ = grpo.clipped_objective(new, old, ref, adv, w, clip_eps=0.2, kl_beta=0.1, aggregate="token")
+  assert float(tok) == pytest.approx((-1.2 - 1.0 + 1.6) / 3, abs=1e-6)
+  hi, _ = grpo.clipped_objective(new, old, ref, adv, w, clip_eps=0.2, clip_eps_high=0.7, kl_beta=0.0)
+  assert float(hi) == pytest.approx((-(1.6 + 1.0) / 2 + 1.6) / 2, abs=1e-6)   # 1.6 < 1.7: not clipped
+  # the k3 KL estimator: exp(d) - d - 1 with d = log ref - log new
+  ref2 = jnp.log(jnp.array([[0.4, 0.5], [0.5, 0.9]]))
+  _, m2 = grpo.clipped_objective(new, old, ref2, adv, w, kl_beta=0.1)
+  k = lambda p_ref, p: p_ref / p - math.log(p_ref / p) - 1  # noqa: E731
+  assert float(m2["rl/kl"]) == pytest.approx(((k(0.4, 0.8) + 0) / 2 + k(0.5, 0.25)) / 2, rel=1e-5)
+
+
+def test_config_errors():
+  from jaxmodels.errors import ConfigError
+  with pytest.raises(ConfigError, match="group_size=1"):
+    grpo.GRPOConfig(group_size=1)
+  with pytest.raises(ConfigError, match="aggregate"):
+    grpo.GRPOConfig(aggregate="mean")
+  with pytest.raises(ConfigError, match="temperature=0"):
+    grpo.GRPOConfig(temperature=0)
+
+
+def test_partial_credit_and_questions():
+  box = lambda x, y: [x, y, x + 8, y + 8]  # noqa: E731
+  det = lambda c, col, x, y=10: {"class": c, "color": col, "box": box(x, y), "score": 0.99}  # noqa: E731
+  two = {"tag": "color_attr", "include": [{"class": "circle", "count": 1, "color": "red"},
+                                          {"class": "square", "count": 1, "color": "blue"}]}
+  assert rewards.partial_credit(two, [det("circle", "red", 0), det("square", "blue", 20)]) == 1.0
+  # square missing: objects 1/2, count 1/2, colour (1 + 0)/2 -> mean 0.5
+  assert rewards.partial_credit(two, [det("circle", "red", 0)]) == pytest.approx(0.5)
+  # colours swapped: objects 1, count 1, colour 0 -> 2/3
+  assert rewards.partial_credit(two, [det("circle", "blue", 0), det("square", "red", 20)]) == pytest.approx(2 / 3)
+  count = {"tag": "counting", "include": [{"class": "triangle", "count": 3}],
+           "exclude": [{"class": "triangle", "count": 4}]}
+  dets = [det("triangle", "green", x) for x in (0, 12, 24)]
+  assert rewards.partial_credit(count, dets[:2]) == pytest.approx((1 + (2 / 3 + 1) / 2) / 2)
+  assert rewards.partial_credit(count, dets) == 1.0
+  pos = {"tag": "position", "include": [{"class": "square", "count": 1},
+                                        {"class": "circle", "count": 1, "position": ["left of", 0]}]}
+  assert rewards.partial_credit(pos, [det("square", "red", 30), det("circle", "red", 0)]) == 1.0
+  assert rewards.partial_credit(pos, [det("square", "red", 0), det("circle", "red", 30)]) == pytest.approx(2 / 3)
+  assert rewards.questions_of(pos) == [("How many squares are there?", "1"), ("How many circles are there?", "1"),
+                                       ("Is the circle left of the square?", "yes")]
+  assert ("What color is the circle?", "red") in rewards.questions_of(two)
+
+
+def test_vqa_and_mixed_rewards():
+  two = {"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}]}
+  answers = {"What color is the circle?": "red", "How many circles are there?": "2"}
+  vqa = rewards.VQAReward(lambda imgs, qs: [answers[q] for q in qs])
+  np.testing.assert_allclose(vqa(np.zeros((2, 4, 4, 3), np.uint8), [two, two]), [0.5, 0.5])
+  mixed = rewards.MixedReward({"a": (2.0, lambda im, rec: np.ones(len(rec))), "b": (0.0, vqa)})
+  total, parts = mixed(np.zeros((2, 4, 4, 3), np.uint8), [two, two])
+  np.testing.assert_allclose(total, [2.0, 2.0])
+  np.testing.assert_allclose(parts["b"], [0.5, 0.5])
+  from jaxmodels.errors import ConfigError
+  with pytest.raises(ConfigError, match="unknown reward"):
+    rewards.make_rewards({"clip_score": 1.0})
+  with pytest.raises(ConfigError, match="cannot import"):
+    rewards.make_rewards({}, external={"no.such.module:f": {}})
+  with pytest.raises(ConfigError, match="returned a ndarray, not a callable"):
+    rewards.make_rewards({}, external={"numpy:zeros": {"shape": 2}})
+  ext = rewards.make_rewards({"geneval": 0.0}, external={"test_grpo:constant_reward": {"weight": 3.0, "value": 0.5}})
+  total, parts = ext(np.zeros((2, 32, 32, 3), np.uint8), [two, two])
+  np.testing.assert_allclose(total, [1.5, 1.5])                 # an empty image: GenEval 0, weight 0
+  assert sorted(parts) == ["geneval", "test_grpo:constant_reward"]
+
+
+def constant_reward(value: float):
+  """An external reward factory (`config.rl.external`) for the test above."""
+  return lambda images, records: np.full(len(records), value)
+
+
+# ------------------------------------------------------------------ with a tiny patch-token policy
+@pytest.fixture(scope="module")
+def policy():
+  from configs import shapes_tiny
+  from jaxmodels.trainer.setup import model_factory
+  config = shapes_tiny.get_config("runlocal")
+  make = model_factory(config)
+  return make(), make()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  ids = np.array([[0, 0, 1, 5, 6, 7], [1, 8, 9, 10, 11, 12]], np.int32)
+  return jnp.asarray(ids), jnp.asarray((ids > 0).astype(np.int32))
+
+
+def test_logprobs_match_the_sampler(policy, prompts):
+  """Near-greedy sampling (temperature 1e-3) draws each token's argmax, so the teacher-forced log-prob
+  of every drawn token under the same temperature and masks is ~0; at temperature 1 the same tokens
+  are improbable (< 0): the masks and the one-slot shift line up with `patch_tokens.sample`."""
+  model, ref = policy
+  ids, mask = prompts
+  cold = grpo.GRPOPolicy(model, ref, grpo.GRPOConfig(temperature=1e-3, pattern_temperature=1e-3))
+  tokens, images, old, ref_lp, w = nnx.jit(lambda p, i, m, k: p.rollout(i, m, k))(cold, ids, mask,
+                                                                                  jax.random.key(0))
+  assert images.shape == (2, 32, 32, 3)
+  assert np.all(np.asarray(old)[np.asarray(w) > 0] > -1e-3)
+  np.testing.assert_allclose(np.asarray(old), np.asarray(ref_lp), atol=1e-3)   # same seed: same weights
+  warm = grpo.GRPOPolicy(model, ref, grpo.GRPOConfig(temperature=1.0, pattern_temperature=1.0))
+  batch = {"ids": ids, "mask": mask, "pos": tokens[0], "pattern": tokens[1], "colour": tokens[2]}
+  lp, w1 = warm.logprobs(model, batch)
+  assert np.array_equal(np.asarray(w1), np.asarray(w))
+  real = np.asarray(lp)[np.asarray(w) > 0]
+  assert np.all(real <= 1e-6) and real.mean() < -1.0        # (a forced <eoi> after the last cell: 0)
+  assert np.all(np.asarray(lp)[np.asarray(w) == 0] == 0)
+
+
+@pytest.mark.slow
+def test_reward_rises_under_grpo(policy, prompts):
+  """A toy reward (the share of drawn patches in colour 1) climbs within a few dozen GRPO steps of a
+  random tiny policy, with the KL term holding it near the reference."""
+  import optax
+
+  from jaxmodels.trainer import make_train_step
+  from jaxmodels.trainer.train_state import TrainState
+  model, ref = policy
+  g = 8
+  gp = grpo.GRPOPolicy(nnx.clone(model), nnx.clone(ref),
+                       grpo.GRPOConfig(group_size=g, temperature=1.0, pattern_temperature=1.0, kl_beta=0.01))
+  ts = TrainState(gp, optax.adam(3e-3), wrt=grpo.POLICY_PARAMS)
+  graphdef, state = nnx.split(ts)
+  step_fn = make_train_step(ts)
+  ids, mask = (jnp.repeat(x, g, axis=0) for x in prompts)
+  rollout = jax.jit(lambda s, k: nnx.merge(graphdef, s).model.rollout(ids, mask, k))
+  eoi = model.config.patch_tokens.grid_size ** 2
+
+  def reward(pos, colour):
+    real = np.asarray(pos) < eoi
+    return np.where(real.sum(1) > 0, ((np.asarray(colour) == 1) & real).sum(1) / np.maximum(real.sum(1), 1), 0.0)
+
+  curve = []
+  for step in range(20):
+    key = jax.random.key(step)
+    (pos, pattern, colour), _, old, ref_lp, _ = rollout(state, key)
+    r = reward(pos, colour)
+    curve.append(float(r.mean()))
+    adv = grpo.group_advantages(r.reshape(-1, g)).reshape(-1)
+    batch = dict(ids=ids, mask=mask, pos=pos, pattern=pattern, colour=colour, old_logp=old, ref_logp=ref_lp,
+                 advantages=jnp.asarray(adv))
+    state, metrics = step_fn(state, batch, key)
+    assert float(metrics["nonfinite"]) == 0.0
+  assert curve[0] < 0.3 and np.mean(curve[-5:]) > 0.8, curve
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+  from random_run import random_run
+  words = "a photo of an the red blue green yellow orange purple pink brown gray black white circle " \
+          "square triangle star heart hexagon circles squares triangles stars hearts hexagons two three " \
+          "four left right above below of and"
+  return random_run(tmp_path_factory.mktemp("grpo_src") / "src", words)
+
+
+@pytest.mark.slow
+def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
+  """train.py with configs/shapes_grpo.py:runlocal from a (random) source run: 4 steps uninterrupted vs
+  2 steps, stop, resume to 4 — the same policy weights, bit for bit; metrics carry each reward part."""
+  import json
+
+  import train
+  from configs import shapes_grpo
+  config = shapes_grpo.get_config("runlocal")
+  config.init.checkpoint = str(source_run)
+  config.train.eval_every = 100
+  full = tmp_path / "full"
+  scores = train.train_and_evaluate(config, str(full))
+  assert "geneval" in scores
+  rows = [json.loads(x) for x in open(full / "metrics.jsonl")]
+  train_rows = [r for r in rows if "train/rl/reward/geneval_dense" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+  assert {f"train/{k}" for k in ("rl/kl", "rl/clip_frac", "rl/reward/geneval", "rl/diversity", "loss")} <= \
+      set(train_rows[0])
+  assert train_rows[-1]["train/rl/kl"] > 0            # the policy moved away from its reference
+  # "interrupted" after step 2: a copy of the run without its step-4 checkpoint, resumed
+  part = tmp_path / "part"
+  shutil.copytree(full / "checkpoints", part / "checkpoints")
+  shutil.rmtree(part / "checkpoints" / "4")
+  train.train_and_evaluate(config, str(part))
+
+  a = _policy_leaves(full)
+  b = _policy_leaves(part)
+  assert len(a) == len(b) > 10
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def _policy_leaves(run):
+  """The policy's parameters at step 4 of a GRPO run (its stored config rebuilds the state tree)."""
+  from jaxmodels import sharding
+  from jaxmodels.checkpoint import restore_params
+  from jaxmodels.run_dir import stored_config
+  from jaxmodels.trainer.grpo import grpo_config_of
+  from jaxmodels.trainer.optim import make_optimizer
+  from jaxmodels.trainer.setup import mesh_and_rules, model_factory
+  from jaxmodels.trainer.train_state import TrainState
+  config = stored_config(str(run), 4)
+  make = model_factory(config)
+  tx, _ = make_optimizer(config.optim.to_dict(), config.train.total_steps)
+  abstract = nnx.eval_shape(lambda: TrainState(grpo.GRPOPolicy(make(), make(), grpo_config_of(config)), tx,
+                                               wrt=grpo.POLICY_PARAMS))
+  state = nnx.state(abstract)
+  mesh, rules = mesh_and_rules(config)
+  target = sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))
+  restored = restore_params(str(run), {"model": target["model"]}, 4)["model"]
+  return [np.asarray(x) for x in jax.tree.leaves(restored["policy"])]
