@@ -137,7 +137,7 @@ def test_logprobs_match_the_sampler(policy, prompts):
   assert np.all(np.asarray(old)[np.asarray(w) > 0] > -1e-3)
   np.testing.assert_allclose(np.asarray(old), np.asarray(ref_lp), atol=1e-3)   # same seed: same weights
   warm = grpo.GRPOPolicy(model, ref, grpo.GRPOConfig(temperature=1.0, pattern_temperature=1.0))
-  batch = {"ids": ids, "mask": mask, "pos": tokens[0], "pattern": tokens[1], "colour": tokens[2]}
+  batch = {"ids": ids, "mask": mask, **tokens}
   lp, w1 = warm.logprobs(model, batch)
   assert np.array_equal(np.asarray(w1), np.asarray(w))
   real = np.asarray(lp)[np.asarray(w) > 0]
@@ -171,12 +171,11 @@ def test_reward_rises_under_grpo(policy, prompts):
   curve = []
   for step in range(20):
     key = jax.random.key(step)
-    (pos, pattern, colour), _, old, ref_lp, _ = rollout(state, key)
-    r = reward(pos, colour)
+    tokens, _, old, ref_lp, _ = rollout(state, key)
+    r = reward(tokens["pos"], tokens["colour"])
     curve.append(float(r.mean()))
     adv = grpo.group_advantages(r.reshape(-1, g)).reshape(-1)
-    batch = dict(ids=ids, mask=mask, pos=pos, pattern=pattern, colour=colour, old_logp=old, ref_logp=ref_lp,
-                 advantages=jnp.asarray(adv))
+    batch = dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref_lp, advantages=jnp.asarray(adv))
     state, metrics = step_fn(state, batch, key)
     assert float(metrics["nonfinite"]) == 0.0
   assert curve[0] < 0.3 and np.mean(curve[-5:]) > 0.8, curve
@@ -243,3 +242,34 @@ def _policy_leaves(run):
   target = sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))
   restored = restore_params(str(run), {"model": target["model"]}, 4)["model"]
   return [np.asarray(x) for x in jax.tree.leaves(restored["policy"])]
+
+
+@pytest.mark.slow
+def test_image_token_policy_blip3o_next_tiny():
+  """BLIP3o-NEXT's AR image tokens (configs/blip3o_next_3b.py:tiny): with top-k 1 the sampler draws each
+  code's argmax, so every drawn code is the argmax of the teacher-forced log-probs, at the right slot;
+  the rollout renders images through the diffusion head and the loss has gradients for the policy."""
+  from configs import blip3o_next_3b
+  from jaxmodels.trainer.setup import model_factory
+  config = blip3o_next_3b.get_config("tiny")
+  config.model.image_top_k = 1
+  make = model_factory(config)
+  gp = grpo.GRPOPolicy(make(), make(), grpo.GRPOConfig(group_size=2, render_steps=2))
+  assert gp.token_keys == ("codes",)
+  ids = jnp.array([[0, 5, 6, 7], [8, 9, 10, 11]], jnp.int32)
+  mask = jnp.array([[0, 1, 1, 1], [1, 1, 1, 1]], jnp.int32)
+  tokens, images, old, ref_lp, w = nnx.jit(lambda p, k: p.rollout(ids, mask, k))(gp, jax.random.key(1))
+  assert images.ndim == 4 and images.shape[0] == 2 and np.all(np.asarray(w) == 1)
+  c = gp.policy.config
+  _, _, hidden, _, _ = gp.policy.image_token_forward(ids, mask, tokens["codes"])
+  n = tokens["codes"].shape[1]
+  logits = gp.policy.llm.logits(hidden[:, ids.shape[1] + 1:ids.shape[1] + 1 + n])
+  lo = c.image_vocab_offset
+  best = np.asarray(logits[..., lo:lo + c.image_tokenizer.codebook_size]).argmax(-1)
+  np.testing.assert_array_equal(best, np.asarray(tokens["codes"]))
+  lsm = jax.nn.log_softmax(logits[..., lo:lo + c.image_tokenizer.codebook_size], -1)
+  np.testing.assert_allclose(np.asarray(old), np.asarray(lsm.max(-1)), atol=1e-5)
+  batch = dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref_lp, advantages=jnp.array([1.0, -1.0]))
+  grads = nnx.grad(lambda m: m.loss(batch, None)[0], argnums=nnx.DiffState(0, grpo.POLICY_PARAMS))(gp)
+  norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
+  assert sum(norms) > 0 and all(np.isfinite(norms))

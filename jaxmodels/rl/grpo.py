@@ -7,8 +7,8 @@ KL penalty to a frozen reference. What is implemented here is that token-level G
 policy — the patch-token path (`gen_target="patch_tokens"`) whose tokens the LLM samples itself — not the
 stochastic-SDE variant that flow-GRPO uses for a continuous flow head.
 
-One "token" of the policy is one image slot (position, pattern, colour): its log-probability is the sum
-of the three categorical log-probabilities, each under the *tempered and masked* distribution the
+For the patch-token path one "token" of the policy is one image slot (position, pattern, colour): its
+log-probability is the sum of the three categorical log-probabilities, each under the *tempered and masked* distribution the
 sampler draws from (`patch_tokens.sample`: cells at or before the previous one masked, the empty
 pattern never drawn). Rollouts use no classifier-free guidance (guidance 1), so the sampled
 distribution is exactly the policy being optimised.
@@ -56,6 +56,8 @@ class GRPOConfig:
   scale: str = "std"
   temperature: float | None = None
   pattern_temperature: float | None = None
+  render_steps: int = 30
+  render_guidance: float = 1.0
 
   def __post_init__(self):
     if self.group_size < 2:
@@ -145,47 +147,114 @@ def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *
   return jnp.where(weights > 0, logp, 0.0), weights
 
 
-class GRPOPolicy(nnx.Module):
-  """The policy being trained (`policy`, a UnifiedModel with gen_target="patch_tokens") and its frozen
-  `reference` copy; `loss(batch, rng)` is the GRPO objective, so `trainer.TrainState` and its jitted
-  step (accumulation, non-finite skip, donation, shardings) train it like any model. Train only
-  `policy` (`POLICY_PARAMS`); the reference is checkpointed with it.
+def image_token_logprobs(model, ids, mask, codes, *, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """BLIP3o-NEXT's AR image tokens: teacher-forced log-probabilities [B, n] of `codes` [B, n] after the
+  prompt [B, T] and <im_start> <S_k>, under the LLM's softmax restricted to the image-token ids at
+  `temperature`. The sampler also truncates to top-k / top-p; like TRL's GRPO the log-probs use the
+  untruncated softmax (the truncation only removes tokens of near-zero probability)."""
+  c = model.config
+  t, n = ids.shape[1], codes.shape[1]
+  _, _, hidden, _, _ = model.image_token_forward(ids, mask, codes)
+  logits = model.llm.logits(hidden[:, t + 1:t + 1 + n])       # <S_k> predicts code 0, code j code j+1
+  lo = c.image_vocab_offset
+  logits = jax.lax.dynamic_slice_in_dim(logits, lo, c.image_tokenizer.codebook_size, axis=-1) / temperature
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), codes[..., None].astype(jnp.int32), -1)[..., 0]
+  return logp, jnp.ones_like(codes)
 
-  batch: ids, mask [N, T] (prompts), pos, pattern, colour [N, L] (the rollouts), old_logp, ref_logp
-  [N, L], advantages [N]."""
 
-  def __init__(self, policy: nnx.Module, reference: nnx.Module, config: GRPOConfig):
-    if getattr(policy.config, "gen_target", None) != "patch_tokens":
-      raise ConfigError("config.rl: GRPO here trains the discrete patch-token policy "
-                        "(config.model.gen_target='patch_tokens'); this model's generation target is "
-                        f"{getattr(policy.config, 'gen_target', None)!r}")
-    self.policy, self.reference, self.config = policy, reference, config
+class PatchTokenPolicy:
+  """gen_target="patch_tokens": the LLM's own sparse palette-patch tokens (pos, pattern, colour)."""
+  token_keys = ("pos", "pattern", "colour")
 
-  def temperatures(self) -> tuple[float, float]:
-    pt_cfg = self.policy.config.patch_tokens
-    t = self.config.temperature or pt_cfg.temperature
-    pt = self.config.pattern_temperature or pt_cfg.pattern_temperature or t
+  @staticmethod
+  def applies(c) -> bool:
+    return c.gen_target == "patch_tokens"
+
+  @staticmethod
+  def temperatures(model, config: GRPOConfig) -> tuple[float, float]:
+    pt_cfg = model.config.patch_tokens
+    t = config.temperature or pt_cfg.temperature
+    pt = config.pattern_temperature or pt_cfg.pattern_temperature or t
     if t <= 0 or pt <= 0:
       raise ConfigError("config.rl.temperature: the model samples greedily (temperature 0); set "
                         "config.rl.temperature / pattern_temperature > 0")
     return t, pt
 
-  def logprobs(self, model, batch) -> tuple[jax.Array, jax.Array]:
-    t, pt = self.temperatures()
-    emb = model.prompt_embeddings(batch["ids"], None)
-    return patch_token_logprobs(model.llm, model.patch_head, emb, batch["mask"], batch["pos"], batch["pattern"],
-                                batch["colour"], temperature=t, pattern_temperature=pt)
-
-  def rollout(self, ids, mask, rng):
-    """Prompts [N, T] -> (tokens (pos, pattern, colour) [N, L], images [N, S, S, 3] in [-1, 1],
-    old log-probs [N, L], reference log-probs [N, L], weights [N, L])."""
-    t, pt = self.temperatures()
-    model = self.policy
+  @classmethod
+  def sample(cls, model, ids, mask, rng, config: GRPOConfig):
+    t, pt = cls.temperatures(model, config)
     tokens = patch_tokens.sample(model.llm, model.patch_head, model.prompt_embeddings(ids, None), mask, rng,
                                  guidance=1.0, temperature=t, pattern_temperature=pt)
-    images = model.patch_tokenizer.decode(*tokens)
-    batch = {"ids": ids, "mask": mask, "pos": tokens[0], "pattern": tokens[1], "colour": tokens[2]}
-    old, weights = self.logprobs(model, batch)
+    return dict(zip(cls.token_keys, tokens)), model.patch_tokenizer.decode(*tokens)
+
+  @classmethod
+  def logprobs(cls, model, batch, config: GRPOConfig):
+    t, pt = cls.temperatures(model, config)
+    return patch_token_logprobs(model.llm, model.patch_head, model.prompt_embeddings(batch["ids"], None),
+                                batch["mask"], batch["pos"], batch["pattern"], batch["colour"],
+                                temperature=t, pattern_temperature=pt)
+
+
+class ImageTokenPolicy:
+  """queries="image_tokens" (BLIP3o-NEXT): codes of the discrete image tokenizer drawn by the LLM, then
+  rendered by the diffusion head (`render_steps`, `render_guidance`; the rendering is part of the
+  environment, not of the policy's log-probability)."""
+  token_keys = ("codes",)
+
+  @staticmethod
+  def applies(c) -> bool:
+    return c.queries == "image_tokens"
+
+  @staticmethod
+  def sample(model, ids, mask, rng, config: GRPOConfig):
+    images, codes = model.generate_image(ids, mask, rng, num_steps=config.render_steps,
+                                         guidance=config.render_guidance, return_codes=True)
+    return {"codes": codes}, images
+
+  @staticmethod
+  def logprobs(model, batch, config: GRPOConfig):
+    return image_token_logprobs(model, batch["ids"], batch["mask"], batch["codes"])
+
+
+POLICIES = (PatchTokenPolicy, ImageTokenPolicy)
+
+
+def policy_of(model):
+  """The discrete-token policy adapter that applies to `model` (POLICIES), or a ConfigError."""
+  for p in POLICIES:
+    if p.applies(model.config):
+      return p
+  raise ConfigError("config.rl: GRPO trains a discrete image-token policy — gen_target='patch_tokens' or "
+                    "queries='image_tokens' (BLIP3o-NEXT); this model draws with gen_target="
+                    f"{model.config.gen_target!r}, queries={model.config.queries!r}")
+
+
+class GRPOPolicy(nnx.Module):
+  """The policy being trained (`policy`, a UnifiedModel with a discrete image-token path: `policy_of`)
+  and its frozen `reference` copy; `loss(batch, rng)` is the GRPO objective, so `trainer.TrainState` and
+  its jitted step (accumulation, non-finite skip, donation, shardings) train it like any model. Train
+  only `policy` (`POLICY_PARAMS`); the reference is checkpointed with it.
+
+  batch: ids, mask [N, T] (prompts), the rollout's tokens (the adapter's `token_keys`, [N, L] each),
+  old_logp, ref_logp [N, L], advantages [N]."""
+
+  def __init__(self, policy: nnx.Module, reference: nnx.Module, config: GRPOConfig):
+    self.adapter = policy_of(policy)
+    self.policy, self.reference, self.config = policy, reference, config
+
+  @property
+  def token_keys(self) -> tuple[str, ...]:
+    return self.adapter.token_keys
+
+  def logprobs(self, model, batch) -> tuple[jax.Array, jax.Array]:
+    return self.adapter.logprobs(model, batch, self.config)
+
+  def rollout(self, ids, mask, rng):
+    """Prompts [N, T] -> (tokens {key: [N, L]}, images [N, S, S, 3] in [-1, 1], old log-probs [N, L],
+    reference log-probs [N, L], weights [N, L])."""
+    tokens, images = self.adapter.sample(self.policy, ids, mask, rng, self.config)
+    batch = {"ids": ids, "mask": mask, **tokens}
+    old, weights = self.logprobs(self.policy, batch)
     ref, _ = self.logprobs(self.reference, batch)
     return tokens, images, old, ref, weights
 

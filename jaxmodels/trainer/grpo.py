@@ -34,7 +34,7 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.rl.grpo import POLICY_PARAMS, GRPOConfig, GRPOPolicy, group_advantages
 
 GRPO_KEYS = ("group_size", "clip_eps", "clip_eps_high", "kl_beta", "aggregate", "scale", "temperature",
-             "pattern_temperature")
+             "pattern_temperature", "render_steps", "render_guidance")
 
 
 def grpo_config_of(config) -> GRPOConfig:
@@ -179,13 +179,12 @@ def train_grpo(config, workdir: str) -> dict:
     ids, mask = np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)     # [P·G, T]: groups adjacent
     key = jax.random.fold_in(rng, step)
     with sharding.use_mesh(mesh, rules):
-      (pos, pattern, colour), images, old, ref, _ = rollout(state, *map(jnp.asarray, (ids, mask)), key)
+      tokens, images, old, ref, _ = rollout(state, *map(jnp.asarray, (ids, mask)), key)
     images_u8 = to_uint8(images)
     group_records = [r for r in records for _ in range(g)]
     total_reward, parts = rewards(images_u8, group_records)
     adv = group_advantages(total_reward.reshape(-1, g), scale=gcfg.scale).reshape(-1)
-    batch = put(dict(ids=ids, mask=mask, pos=pos, pattern=pattern, colour=colour, old_logp=old, ref_logp=ref,
-                     advantages=adv))
+    batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv))
     with sharding.use_mesh(mesh, rules):
       for epoch in range(rl.get("inner_epochs", 1)):
         state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1))
