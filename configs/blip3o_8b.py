@@ -20,9 +20,12 @@ input side (spec §2.3), so one image size serves understanding and generation. 
 --config.model.und_encoder.image_size (any multiple of 28).
 
 The tiny variant (`:tiny`) uses a same-structure tiny Qwen tower (2 blocks: one window-attention, one
-full-attention; patch 4, merge 2, 32 px -> 16 tokens). The EVA-CLIP target encoder is an EVA-CLIP-style
-ViT of the published size (`presets.eva-clip-e-14-plus`). The DiT FFN width is 4864 (see
-`blip3o_dit_config`; `arg` ffn=7168 switches).
+full-attention; patch 4, merge 2, 32 px -> 16 tokens) and a same-structure tiny EVA-CLIP. The target
+encoder is EVA-CLIP-E/14-plus itself (`presets.eva-clip-e-14-plus`, jaxmodels/vision/eva_clip.py:
+post-norm blocks, q/v biases, 4.35B parameters, frozen): official weights load with
+`jaxmodels.hf.eva_clip_family.load_eva_clip`, and once written by `jaxmodels.hf.save_pretrained` go in
+through --config.init.hf.gen_encoder=<dir>. The DiT FFN width is 4864 (see `blip3o_dit_config`; `arg`
+ffn=7168 switches).
 """
 from configs import paper_common
 from jaxmodels.config_utils import parse_arg

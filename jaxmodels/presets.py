@@ -9,6 +9,7 @@ from typing import Any
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.llm import LLMConfig
+from jaxmodels.vision.eva_clip import EvaClipConfig
 from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
 
@@ -99,12 +100,6 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
     "clip-vit-l-14-336": dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
                               num_layers=24, num_heads=16, image_size=336, patch_size=14,
                               hidden_act="quick_gelu", layer_norm_eps=1e-5, use_head=False),
-    # EVA-CLIP-E/14-plus as BLIP3-o uses it (spec §2.3: width 1792, 64 layers, 16 heads, mlp ratio
-    # 8.5714, 448 px, patch 14). Built as a CLIP-style ViT: EVA's own block details (e.g. its
-    # attention variant) are not modelled, so treat it as an "EVA-CLIP-style" tower of that size.
-    "eva-clip-e-14-plus": dict(model_type="clip_vision_model", hidden_size=1792, intermediate_size=15360,
-                               num_layers=64, num_heads=16, image_size=448, patch_size=14,
-                               hidden_act="gelu", layer_norm_eps=1e-6, use_head=False),
 }
 
 # Qwen2.5-VL vision towers (`Qwen25VisionConfig`): the `vision_config` of Qwen/Qwen2.5-VL-7B-Instruct and
@@ -122,6 +117,17 @@ QWEN25_VL_VISION_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# EVA-CLIP towers (`EvaClipConfig`, jaxmodels/vision/eva_clip.py). EVA-CLIP-E/14-plus as BLIP3-o's target
+# encoder builds it (`model_configs/eva-clip-E-14-plus.json`, spec §2.3): width 1792, 64 layers, head
+# width 112 (16 heads), mlp_ratio 8.571428571428571 (15360), 448 px, patch 14 (32×32 patches), postnorm,
+# q/v biases; 4,350,093,568 parameters (the published ~4.4B vision tower; tests/test_eva_clip.py).
+EVA_CLIP_PRESETS: dict[str, dict[str, Any]] = {
+    "eva-clip-e-14-plus": dict(hidden_size=1792, intermediate_size=15360, num_layers=64, num_heads=16,
+                               image_size=448, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu",
+                               postnorm=True, qkv_bias="qv"),
+}
+
+
 def _get(table: dict, name: str, kind: str) -> dict:
   if name not in table:
     raise ConfigError(f"unknown {kind} preset {name!r}; known: {', '.join(sorted(table))}")
@@ -134,6 +140,10 @@ def llm_preset(name: str, **overrides) -> LLMConfig:
 
 def vision_preset(name: str, **overrides) -> VisionConfig:
   return VisionConfig(**{**_get(VISION_PRESETS, name, "vision"), **overrides})
+
+
+def eva_clip_preset(name: str, **overrides) -> EvaClipConfig:
+  return EvaClipConfig(**{**_get(EVA_CLIP_PRESETS, name, "EVA-CLIP"), **overrides})
 
 
 def qwen2_5_vl_vision_preset(name: str, **overrides) -> Qwen25VisionConfig:

@@ -11,7 +11,8 @@
 
 Encoders: a `preset` from `presets.VISION_PRESETS` (or no preset) gives a `VisionConfig`; a Qwen2.5-VL
 preset (`presets.QWEN25_VL_VISION_PRESETS`) or `model_type="qwen2_5_vl_vision"` gives a
-`Qwen25VisionConfig` (accepted for `und_encoder` only). Unknown keys raise a ConfigError naming
+`Qwen25VisionConfig` (accepted for `und_encoder` only); an EVA-CLIP preset (`presets.EVA_CLIP_PRESETS`)
+or `model_type="eva_clip_vision"` gives an `EvaClipConfig` (accepted for `gen_encoder` only). Unknown keys raise a ConfigError naming
 `config.model.<path>.<key>`.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from jaxmodels.unified.config import ImageTokenizerConfig, UnifiedConfig
 from jaxmodels.unified.latte_flow import LatteConfig
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
 from jaxmodels.unified.patch_tokens import PatchTokensConfig
+from jaxmodels.vision.eva_clip import EvaClipConfig
 from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
 
@@ -60,14 +62,20 @@ def llm_config(d: Mapping[str, Any], where: str = "model.llm") -> LLMConfig:
   return make_dataclass(LLMConfig, {**base, **d}, where)
 
 
-def vision_config(d: Mapping[str, Any] | None, where: str, *,
-                  allow_qwen: bool = False) -> VisionConfig | Qwen25VisionConfig | None:
+def vision_config(d: Mapping[str, Any] | None, where: str, *, allow_qwen: bool = False,
+                  allow_eva: bool = False) -> VisionConfig | Qwen25VisionConfig | EvaClipConfig | None:
   """An encoder dict -> `VisionConfig`, or (allow_qwen) a `Qwen25VisionConfig` for a Qwen2.5-VL
-  preset / model_type="qwen2_5_vl_vision"."""
+  preset / model_type="qwen2_5_vl_vision", or (allow_eva) an `EvaClipConfig` for an EVA-CLIP preset /
+  model_type="eva_clip_vision"."""
   if d is None:
     return None
   d = _plain(d)
   preset = d.pop("preset", None)
+  if preset in presets.EVA_CLIP_PRESETS or d.get("model_type") == EvaClipConfig.model_type:
+    if not allow_eva:
+      raise ConfigError(f"config.{where}: the EVA-CLIP tower is supported as config.model.gen_encoder only")
+    base = dataclasses.asdict(presets.eva_clip_preset(preset)) if preset else {}
+    return make_dataclass(EvaClipConfig, {**base, **d}, where)
   qwen = preset in presets.QWEN25_VL_VISION_PRESETS or d.get("model_type") == QWEN_VISION_TYPE
   if qwen and not allow_qwen:
     raise ConfigError(f"config.{where}: the Qwen2.5-VL vision tower is supported as config.model.und_encoder "
@@ -129,7 +137,7 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
   d["llm"] = llm_config(d["llm"])
   d["dit"] = dit_config(d["dit"]) if d.get("dit") is not None else None
   d["und_encoder"] = vision_config(d.get("und_encoder"), "model.und_encoder", allow_qwen=True)
-  d["gen_encoder"] = vision_config(d.get("gen_encoder"), "model.gen_encoder")
+  d["gen_encoder"] = vision_config(d.get("gen_encoder"), "model.gen_encoder", allow_eva=True)
   d["vae"] = vae_config(d.get("vae"))
   tok = d.get("image_tokenizer")
   if tok is not None:

@@ -6,15 +6,21 @@ Two kinds of tower serve as `und_encoder`:
                         for g = image_size / patch_size (CLIP's class token dropped). SigLIP towers
                         read the model's [-1, 1] images as they are (their processor's mean = std =
                         0.5); CLIP-family towers (`model_type="clip_vision_model"`: CLIP ViT-L/14,
-                        the EVA-CLIP-style generation encoder) get their processor's OpenAI-CLIP
-                        normalisation, as the Qwen tower does.
+                        Pisces' generation encoder) get their processor's OpenAI-CLIP normalisation,
+                        as the Qwen tower does.
   Qwen25VisionConfig    the Qwen2.5-VL tower (`jaxmodels.vision.qwen2_5_vl`): its patch merger already
                         maps to the LLM width, so tokens are [B, g², out_hidden_size] for
                         g = image_size / (patch_size · spatial_merge_size) (448 -> 16, 256 tokens).
                         Images are converted from the model's [-1, 1] to what its HF processor feeds:
                         x ↦ ((x + 1) / 2 − OpenAI-CLIP mean) / std, per channel.
 
-Generation encoders (`gen_encoder`, the image tokenizer's encoder) are `VisionConfig` towers only.
+Generation encoders (`gen_encoder`) are `VisionConfig` towers or
+
+  EvaClipConfig         the EVA-CLIP tower (`jaxmodels.vision.eva_clip`; BLIP3-o's EVA-CLIP-E/14-plus):
+                        OpenAI-CLIP normalisation, its output is already the last block's (no final
+                        norm), class token dropped: [B, g², hidden_size].
+
+The image tokenizer's encoder is a `VisionConfig` tower.
 """
 from __future__ import annotations
 
@@ -22,11 +28,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmodels.vision.eva_clip import EvaClipConfig, EvaClipVisionTransformer
 from jaxmodels.vision.qwen2_5_vl import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionConfig,
                                          Qwen25VisionTransformer)
 from jaxmodels.vision.vit import VisionConfig, VisionTransformer, avg_pool_tokens
 
-EncoderConfig = VisionConfig | Qwen25VisionConfig
+EncoderConfig = VisionConfig | Qwen25VisionConfig | EvaClipConfig
 
 
 def is_qwen(config) -> bool:
@@ -44,6 +51,8 @@ def build_encoder(config: EncoderConfig | None, *, rngs: nnx.Rngs):
     return None
   if is_qwen(config):
     return Qwen25VisionTransformer(config, rngs=rngs)
+  if isinstance(config, EvaClipConfig):
+    return EvaClipVisionTransformer(config, rngs=rngs)
   return VisionTransformer(config, rngs=rngs)
 
 
@@ -56,7 +65,8 @@ def clip_pixels(images: jax.Array) -> jax.Array:
 
 def encoder_pixels(config: EncoderConfig, images: jax.Array) -> jax.Array:
   """images [B, H, W, 3] in [-1, 1] -> what the tower's HF processor would feed it: OpenAI-CLIP
-  mean/std for Qwen2.5-VL and CLIP-family ViTs, unchanged for SigLIP (mean = std = 0.5)."""
+  mean/std for Qwen2.5-VL and CLIP-family ViTs (EVA-CLIP included), unchanged for SigLIP (mean = std =
+  0.5)."""
   return clip_pixels(images) if is_qwen(config) or config.is_clip else images
 
 
@@ -64,9 +74,10 @@ def encoder_tokens(encoder, images: jax.Array, pool: int, *, last_block: bool) -
   """images [B, S, S, 3] in [-1, 1] (S = the config's image_size) -> tokens [B, (g/pool)², D].
 
   ViT: patch tokens with the class token dropped, optionally the last block's output without the
-  final norm (BLIP3-o's generation target). Qwen2.5-VL: the merged tokens (row-major over the g×g
-  merged grid); `last_block` is not supported (its blocks' outputs are unmerged patch tokens). Every
-  tower reads its processor's normalisation (`encoder_pixels`). Then pool×pool average pooling.
+  final norm (BLIP3-o's generation target; an EVA-CLIP tower's output always is that). Qwen2.5-VL:
+  the merged tokens (row-major over the g×g merged grid); `last_block` is not supported (its blocks'
+  outputs are unmerged patch tokens). Every tower reads its processor's normalisation
+  (`encoder_pixels`). Then pool×pool average pooling.
   """
   c = encoder.config
   images = encoder_pixels(c, images)
@@ -77,7 +88,7 @@ def encoder_tokens(encoder, images: jax.Array, pool: int, *, last_block: bool) -
       raise ValueError(f"images {tuple(images.shape)}: the Qwen2.5-VL und_encoder expects "
                        f"{c.image_size}x{c.image_size} images ({c.num_tokens} tokens)")
     tokens = encoder(images)
-  elif last_block:
+  elif last_block and not isinstance(c, EvaClipConfig):
     tokens = encoder(images, output_hidden_states=True).hidden_states[-1]
   else:
     tokens = encoder(images)
