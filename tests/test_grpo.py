@@ -228,15 +228,10 @@ def _policy_leaves(run):
   from jaxmodels import sharding
   from jaxmodels.checkpoint import restore_params
   from jaxmodels.run_dir import stored_config
-  from jaxmodels.trainer.grpo import grpo_config_of
-  from jaxmodels.trainer.optim import make_optimizer
-  from jaxmodels.trainer.setup import mesh_and_rules, model_factory
-  from jaxmodels.trainer.train_state import TrainState
+  from jaxmodels.trainer.grpo import grpo_state_factory
+  from jaxmodels.trainer.setup import mesh_and_rules
   config = stored_config(str(run), 4)
-  make = model_factory(config)
-  tx, _ = make_optimizer(config.optim.to_dict(), config.train.total_steps)
-  abstract = nnx.eval_shape(lambda: TrainState(grpo.GRPOPolicy(make(), make(), grpo_config_of(config)), tx,
-                                               wrt=grpo.POLICY_PARAMS))
+  abstract = nnx.eval_shape(grpo_state_factory(config)[0])
   state = nnx.state(abstract)
   mesh, rules = mesh_and_rules(config)
   target = sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))
@@ -273,3 +268,22 @@ def test_image_token_policy_blip3o_next_tiny():
   grads = nnx.grad(lambda m: m.loss(batch, None)[0], argnums=nnx.DiffState(0, grpo.POLICY_PARAMS))(gp)
   norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
   assert sum(norms) > 0 and all(np.isfinite(norms))
+
+
+def test_full_size_blip3o_next_grpo_state():
+  """configs/blip3o_next_3b_grpo.py builds at full size (eval_shape only): policy and reference are the
+  BLIP3o-NEXT 3B model, and the optimizer holds moments for the policy's LLM alone."""
+  from configs import blip3o_next_3b_grpo
+  from jaxmodels.trainer.grpo import grpo_state_factory
+  config = blip3o_next_3b_grpo.get_config()
+  ts = nnx.eval_shape(grpo_state_factory(config)[0])
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
+  policy = count(nnx.state(ts.model.policy, nnx.Param))
+  assert policy == count(nnx.state(ts.model.reference, nnx.Param))
+  assert 3.0e9 < policy < 4.5e9, policy
+  llm = count(nnx.state(ts.model.policy.llm, nnx.Param))
+  moments = count(nnx.state(ts.optimizer, nnx.OptState)) if hasattr(nnx, "OptState") else None
+  trained = count(nnx.state(ts.model, ts.wrt))
+  assert trained == llm, (trained, llm)
+  if moments is not None:
+    assert moments >= 2 * llm and moments < 2 * llm + 1000

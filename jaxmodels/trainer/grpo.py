@@ -31,7 +31,7 @@ from absl import logging
 from flax import nnx
 
 from jaxmodels.errors import ConfigError
-from jaxmodels.rl.grpo import POLICY_PARAMS, GRPOConfig, GRPOPolicy, group_advantages
+from jaxmodels.rl.grpo import GRPOConfig, GRPOPolicy, group_advantages
 
 GRPO_KEYS = ("group_size", "clip_eps", "clip_eps_high", "kl_beta", "aggregate", "scale", "temperature",
              "pattern_temperature", "render_steps", "render_guidance")
@@ -40,6 +40,28 @@ GRPO_KEYS = ("group_size", "clip_eps", "clip_eps_high", "kl_beta", "aggregate", 
 def grpo_config_of(config) -> GRPOConfig:
   rl = config.rl
   return GRPOConfig(**{k: rl[k] for k in GRPO_KEYS if k in rl})
+
+
+def grpo_state_factory(config):
+  """(make_state, lr schedule): `make_state()` builds the GRPO train state — policy + frozen reference
+  (`GRPOPolicy`) and the optimizer over the policy only — from `config.model` (tools/plan.py and
+  param_count use it abstractly)."""
+  from jaxmodels.trainer.optim import make_optimizer, trainable_filter
+  from jaxmodels.trainer.setup import model_factory
+  from jaxmodels.trainer.train_state import TrainState
+  gcfg = grpo_config_of(config)
+  tx, lr = make_optimizer(config.optim.to_dict(), config.train.total_steps)
+  make_model = model_factory(config)
+  # config.optim.trainable / frozen name paths in the model: here they are under policy/; the
+  # reference is never trained.
+  under = lambda patterns: [f"policy/{p}" for p in patterns or ()] or None  # noqa: E731
+  wrt = trainable_filter(under(config.optim.get("trainable")) or ["policy/.*"],
+                         (under(config.optim.get("frozen")) or []) + ["reference/.*"])
+
+  def make_state():
+    return TrainState(GRPOPolicy(make_model(), make_model(), gcfg), tx, wrt=wrt)
+
+  return make_state, lr
 
 
 def source_run(config):
@@ -55,8 +77,11 @@ def source_run(config):
 
 
 def with_source_model(config, src_config):
-  """`config` with the source run's `model` and `data` (a copy; the rest is the GRPO config's)."""
+  """`config` with the source run's `model` and `data` (a copy; the rest is the GRPO config's) when
+  `config.rl.model_from_init` (default True); else `config` itself (its model must be the run's)."""
   import ml_collections
+  if not config.rl.get("model_from_init", True):
+    return config
   merged = ml_collections.ConfigDict(config.to_dict())
   merged.model = ml_collections.ConfigDict(src_config.model.to_dict())
   merged.data = ml_collections.ConfigDict(src_config.data.to_dict())
@@ -105,9 +130,7 @@ def train_grpo(config, workdir: str) -> dict:
   from jaxmodels.rl.rewards import make_rewards
   from jaxmodels.serving.loader import run_tokenizer
   from jaxmodels.trainer import MetricWriter, make_train_step
-  from jaxmodels.trainer.optim import make_optimizer
-  from jaxmodels.trainer.setup import mesh_and_rules, model_factory, restore_eval_model, run_keys
-  from jaxmodels.trainer.train_state import TrainState
+  from jaxmodels.trainer.setup import mesh_and_rules, restore_eval_model, run_keys
   from jaxmodels.trainer.workdir import write_config
   from jaxmodels.unified.sampling import to_uint8
 
@@ -117,12 +140,7 @@ def train_grpo(config, workdir: str) -> dict:
   config = with_source_model(config, src_config)
   mesh, rules = mesh_and_rules(config)
   total = config.train.total_steps
-  tx, lr = make_optimizer(config.optim.to_dict(), total)
-  make_model = model_factory(config)
-
-  def make_state():
-    return TrainState(GRPOPolicy(make_model(), make_model(), gcfg), tx, wrt=POLICY_PARAMS)
-
+  make_state, lr = grpo_state_factory(config)
   ts = sharding.create_sharded(make_state, mesh, rules)
   graphdef, state = nnx.split(ts)
   shardings = sharding.state_shardings(state, mesh, rules)
