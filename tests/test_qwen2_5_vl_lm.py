@@ -250,3 +250,13 @@ def test_text_config_round_trip():
   assert qwen2_5_vl_family.text_config_from_hf({"text_config": back, "tie_word_embeddings": True}) == c
   with pytest.raises(ConfigError, match="head_dim"):
     qwen2_5_vl_family.text_config_to_hf(c.replace(head_dim=32))
+
+
+def test_mrope_of_text_positions_is_the_1d_rotation():
+  from jaxmodels.layers.rotary import rope_tables
+  positions = jnp.arange(12).reshape(2, 6) * 3
+  mrope = rope_tables(positions, 16, 10000.0, mrope_section=(2, 3, 3))
+  for ours, plain in zip(mrope, rope_tables(positions, 16, 10000.0)):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(plain))
+  with pytest.raises(ConfigError, match=r"mrope_section \[2, 3, 2\] must be non-negative and sum to"):
+    rope_tables(positions, 16, 10000.0, mrope_section=(2, 3, 2))
