@@ -78,6 +78,15 @@ def _check_no_video(input_ids, video_token_id: int) -> None:
                          "video inputs are not supported, only images")
 
 
+def _check_image_count(input_ids, image_token_id: int, expected: int, what: str) -> None:
+  """Raises unless concrete input_ids hold `expected` image pads (`what` says where that number is from)."""
+  if _is_concrete(input_ids):
+    count = int(np.sum(np.asarray(input_ids) == image_token_id))
+    if count != expected:
+      raise ValueError(f"input_ids hold {count} image tokens (image_token_id {image_token_id}) but {what} "
+                       f"has {expected} merged tokens")
+
+
 def _image_tables(grid: np.ndarray, merge: int) -> tuple[np.ndarray, np.ndarray]:
   """Per merged image token (all images in order): its (t, h, w) offset in the image's grid [N, 3],
   and how far the running position advances after it [N] (max(h, w) / merge at each image's last
@@ -105,17 +114,12 @@ def mrope_positions(input_ids: jax.Array, image_grid_thw=None, attention_mask: j
   real = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask) > 0
   is_image = ids == image_token_id
   if image_grid_thw is None:
-    if _is_concrete(input_ids) and bool(np.any(np.asarray(is_image))):
-      raise ValueError(f"input_ids hold image tokens (image_token_id {image_token_id}) but no "
-                       "image_grid_thw was given")
+    _check_image_count(input_ids, image_token_id, 0, "no image_grid_thw was given: that")
     step = real.astype(jnp.int32)
   else:
     grid = check_grid(image_grid_thw, spatial_merge_size)
     offsets, advance = _image_tables(grid, spatial_merge_size)
-    count = int(np.asarray(is_image).sum()) if _is_concrete(input_ids) else len(offsets)
-    if count != len(offsets):
-      raise ValueError(f"input_ids hold {count} image tokens (image_token_id {image_token_id}) but "
-                       f"image_grid_thw {grid.tolist()} has {len(offsets)} merged tokens")
+    _check_image_count(input_ids, image_token_id, len(offsets), f"image_grid_thw {grid.tolist()}")
     index = image_index(is_image, len(offsets))
     step = jnp.where(is_image, jnp.asarray(advance)[index], real.astype(jnp.int32))
   step = jnp.where(real, step, 0)
@@ -159,10 +163,8 @@ class Qwen25VLModel(nnx.Module):
       return x
     if image_features is None:
       image_features = self.image_features(pixel_values, image_grid_thw)
+    _check_image_count(input_ids, c.image_token_id, image_features.shape[0], "image_features")
     is_image = input_ids == c.image_token_id
-    if _is_concrete(input_ids) and int(np.asarray(is_image).sum()) != image_features.shape[0]:
-      raise ValueError(f"input_ids hold {int(np.asarray(is_image).sum())} image tokens (image_token_id "
-                       f"{c.image_token_id}) but the images give {image_features.shape[0]} merged tokens")
     index = image_index(is_image, image_features.shape[0])
     return jnp.where(is_image[..., None], image_features.astype(x.dtype)[index], x)
 
@@ -215,7 +217,9 @@ class Qwen25VLModel(nnx.Module):
     mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     grid = None if image_grid_thw is None else tuple(map(tuple, np.asarray(image_grid_thw).tolist()))
     if grid is not None:
-      self.rope_index(input_ids, grid, mask)           # checks the image token count eagerly
+      grid_array = check_grid(np.asarray(grid), self.config.vision.spatial_merge_size)
+      n = int(np.prod(grid_array, -1).sum()) // self.config.vision.merge_unit
+      _check_image_count(input_ids, self.config.image_token_id, n, f"image_grid_thw {grid_array.tolist()}")
     embeds, positions = _prompt_inputs(self, input_ids, pixel_values, mask, grid=grid)
     return generate(self.llm, input_ids, max_new_tokens, attention_mask=mask, inputs_embeds=embeds,
                     positions=positions, **options)

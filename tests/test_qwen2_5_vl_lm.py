@@ -238,7 +238,9 @@ def test_bad_inputs_are_one_line_errors(ours):
     ours.generate(video, 2, pixels, GRID, attention_mask=mask)
   with pytest.raises(ValueError, match="input_ids hold 16 image tokens .* has 10 merged tokens"):
     ours.rope_index(ids, GRID[:2], mask)
-  with pytest.raises(ValueError, match="no image_grid_thw"):
+  with pytest.raises(ValueError, match="input_ids hold 16 image tokens .* has 10 merged tokens"):
+    ours.generate(ids, 2, pixels[:40], GRID[:2], attention_mask=mask)
+  with pytest.raises(ValueError, match="hold 16 image tokens .* but no image_grid_thw was given: that has 0"):
     ours.rope_index(ids)
 
 
