@@ -114,7 +114,7 @@ def mrope_positions(input_ids: jax.Array, image_grid_thw=None, attention_mask: j
   real = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask) > 0
   is_image = ids == image_token_id
   if image_grid_thw is None:
-    _check_image_count(input_ids, image_token_id, 0, "no image_grid_thw was given: that")
+    _check_image_count(input_ids, image_token_id, 0, "image_grid_thw=None")
     step = real.astype(jnp.int32)
   else:
     grid = check_grid(image_grid_thw, spatial_merge_size)

@@ -240,7 +240,7 @@ def test_bad_inputs_are_one_line_errors(ours):
     ours.rope_index(ids, GRID[:2], mask)
   with pytest.raises(ValueError, match="input_ids hold 16 image tokens .* has 10 merged tokens"):
     ours.generate(ids, 2, pixels[:40], GRID[:2], attention_mask=mask)
-  with pytest.raises(ValueError, match="hold 16 image tokens .* but no image_grid_thw was given: that has 0"):
+  with pytest.raises(ValueError, match="hold 16 image tokens .* but image_grid_thw=None has 0 merged tokens"):
     ours.rope_index(ids)
 
 

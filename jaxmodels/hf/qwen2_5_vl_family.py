@@ -151,7 +151,8 @@ def _split_overrides(overrides: dict) -> tuple[dict, dict]:
   """from_pretrained options -> (text, vision) config overrides: a field of both configs (dtype,
   scan_layers, remat, ...) goes to both; `text_config` / `vision_config` dicts set one tower's."""
   overrides = dict(overrides)
-  text, vision = dict(overrides.pop("text_config", None) or {}), dict(overrides.pop("vision_config", None) or {})
+  text = dict(overrides.pop("text_config", None) or {})
+  vision = dict(overrides.pop("vision_config", None) or {})
   vision_fields = {f.name for f in dataclasses.fields(Qwen25VisionConfig)}
   text_fields = {f.name for f in dataclasses.fields(LLMConfig)}
   for key, value in overrides.items():
