@@ -42,8 +42,8 @@ def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: floa
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "greedy",
                                              "fuse_projections", "transpose_kernels"))
 def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_p, eos_ids, pad_id,
-              inputs_embeds, *, max_new_tokens: int, top_k: int, greedy: bool, fuse_projections: bool,
-              transpose_kernels: str):
+              inputs_embeds, positions, *, max_new_tokens: int, top_k: int, greedy: bool,
+              fuse_projections: bool, transpose_kernels: str):
   # Per-layer weights sliced once here, not at every token inside the loop (BlockStack.unstack), and
   # q/k/v and gate/up joined into one matmul each (fewer kernels per token).
   model = unstack_layers(nnx.merge(graphdef, state), fuse_projections=fuse_projections,
@@ -52,10 +52,11 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
   total = t + max_new_tokens
   cache = model.init_cache(b, total, per_layer=True)   # in-place per-layer token writes
   kv_mask = jnp.concatenate([attention_mask, jnp.ones((b, max_new_tokens), attention_mask.dtype)], 1)
-  positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+  if positions is None:
+    positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
   out = model.forward(input_ids, positions, kv_mask, cache=cache, cache_index=0, inputs_embeds=inputs_embeds)
   logits = model.logits(out.hidden[:, -1])
-  next_pos = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
+  next_pos = next_positions(positions, attention_mask)
 
   def step(carry, i):
     cache, logits, done, rng = carry
@@ -70,6 +71,18 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, temperature, top_
   done = jnp.zeros((b,), bool)
   _, tokens = jax.lax.scan(step, (out.cache, logits, done, rng), jnp.arange(max_new_tokens))
   return jnp.concatenate([input_ids, tokens.T.astype(input_ids.dtype)], axis=1)
+
+
+def next_positions(positions: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """Position of the first generated token of each row: 1 + the largest position of the row's real
+  prompt tokens (0 for a row without any). positions [B, T] or [3, B, T] (M-RoPE), attention_mask
+  [B, T] -> [B] int32. For prompt positions counted 0, 1, ... this is the number of real tokens; for
+  Qwen2.5-VL's M-RoPE positions it is that number plus transformers' `rope_deltas`, the offset every
+  later (text) token keeps."""
+  b, t = attention_mask.shape
+  per_axis = positions.reshape(-1, b, t)
+  real = jnp.where(attention_mask[None] > 0, per_axis, -1)
+  return (jnp.max(real, axis=(0, 2)) + 1).astype(jnp.int32)
 
 
 def default_transpose_kernels(batch: int, platform: str | None = None) -> str:
@@ -88,11 +101,15 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
              attention_mask: jax.Array | None = None, temperature: float = 0.0, top_p: float = 1.0,
              top_k: int = 0, rng: jax.Array | None = None, eos_token_id: int | list[int] | None = None,
              pad_token_id: int | None = None, inputs_embeds: jax.Array | None = None,
-             fuse_projections: bool = True, transpose_kernels: bool | str | None = None) -> jax.Array:
+             positions: jax.Array | None = None, fuse_projections: bool = True,
+             transpose_kernels: bool | str | None = None) -> jax.Array:
   """Decodes `max_new_tokens` tokens after `input_ids` [B, T] (left-padded where attention_mask is 0).
 
   `inputs_embeds` [B, T, D] replaces the prompt's token embeddings in the prefill (multimodal prompts
   with image features spliced in); `input_ids` still gives the prompt's length and is returned.
+  `positions` [B, T], or [3, B, T] for an M-RoPE model (Qwen2.5-VL's image grid positions), replaces
+  the prompt's default positions (counted over each row's real tokens); new tokens then continue
+  from `next_positions` (the largest real prompt position + 1, the same on every M-RoPE axis).
   temperature 0 is greedy. eos/pad ids default to the model config's; after a row emits eos its
   remaining tokens are pad_token_id (as transformers does). `fuse_projections` runs each layer's
   q/k/v and gate/up projections as one matmul each, on a concatenated copy of their weights made once
@@ -106,8 +123,8 @@ def generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int, *,
   args, static = _generate_args(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                                 temperature=temperature, top_p=top_p, top_k=top_k, rng=rng,
                                 eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                                inputs_embeds=inputs_embeds, fuse_projections=fuse_projections,
-                                transpose_kernels=transpose_kernels)
+                                inputs_embeds=inputs_embeds, positions=positions,
+                                fuse_projections=fuse_projections, transpose_kernels=transpose_kernels)
   return _generate(*args, **static)
 
 
@@ -129,7 +146,8 @@ def lower_generate(model: nnx.Module, input_ids: jax.Array, max_new_tokens: int,
 
 def _generate_args(model, input_ids, max_new_tokens, *, attention_mask=None, temperature=0.0, top_p=1.0,
                    top_k=0, rng=None, eos_token_id=None, pad_token_id=None, inputs_embeds=None,
-                   fuse_projections=True, transpose_kernels=None, platform=None) -> tuple[tuple, dict]:
+                   positions=None, fuse_projections=True, transpose_kernels=None,
+                   platform=None) -> tuple[tuple, dict]:
   """`_generate`'s positional arguments and static keywords for `generate`'s arguments."""
   config = model.config
   input_ids = jnp.asarray(input_ids, jnp.int32)
@@ -146,7 +164,8 @@ def _generate_args(model, input_ids, max_new_tokens, *, attention_mask=None, tem
   eos_ids = jnp.asarray(eos if eos else [-1], jnp.int32)
   graphdef, state = nnx.split(model)
   args = (graphdef, state, input_ids, attention_mask, rng, jnp.float32(max(temperature, 1e-6)),
-          jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds)
+          jnp.float32(top_p), eos_ids, jnp.int32(pad), inputs_embeds,
+          None if positions is None else jnp.asarray(positions, jnp.int32))
   static = dict(max_new_tokens=max_new_tokens, top_k=top_k, greedy=greedy, fuse_projections=fuse_projections,
                 transpose_kernels=_kernel_layout(transpose_kernels, input_ids.shape[0], platform))
   return args, static

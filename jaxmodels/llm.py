@@ -2,7 +2,8 @@
 
 The HF model types differ only in config: qkv bias (Qwen2), per-head qk RMSNorm (Qwen3), RoPE
 scaling (Llama 3.1+ "llama3", Phi-3.5 "longrope"), partial rotary (Phi), GQA ratio and embedding
-tying. Loading and saving HF checkpoints lives in `jaxmodels.hf`.
+tying. Qwen2.5-VL's language model is Qwen2 with M-RoPE (`mrope_section`; positions [3, B, T], see
+`jaxmodels.layers.rotary`). Loading and saving HF checkpoints lives in `jaxmodels.hf`.
 
     model = jaxmodels.hf.from_pretrained("/ckpt/Qwen2.5-0.5B")
     logits = model(input_ids)                    # [B, T] int32 -> [B, T, V]
@@ -47,6 +48,8 @@ class LLMConfig:
   rope_scaling: tuple | None = None     # HF rope parameters for "linear"/"llama3"/"longrope" (dict
                                         # accepted; lists, e.g. longrope's factors, become tuples)
   partial_rotary_factor: float = 1.0
+  mrope_section: tuple[int, ...] | None = None   # Qwen2.5-VL M-RoPE, e.g. (16, 24, 24): positions may
+                                                 # be [3, B, T] (temporal, height, width)
   max_position_embeddings: int = 8192
   qkv_bias: bool = False                # Qwen2: True
   o_bias: bool = False
@@ -76,6 +79,8 @@ class LLMConfig:
           (k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in items)))
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+    if self.mrope_section is not None:
+      object.__setattr__(self, "mrope_section", tuple(int(s) for s in self.mrope_section))
 
   @property
   def rope_scaling_dict(self) -> dict | None:
@@ -125,7 +130,8 @@ class LLM(nnx.Module):
                attention_mask: jax.Array | None = None, *,
                inputs_embeds: jax.Array | None = None) -> jax.Array:
     """input_ids [B, T] (or inputs_embeds [B, T, D]); attention_mask [B, T] (1 = token, 0 = pad);
-    positions [B, T] default 0..T−1 (as HF's forward). Returns logits [B, T, V]."""
+    positions [B, T] default 0..T−1 (as HF's forward), or [3, B, T] with `mrope_section`.
+    Returns logits [B, T, V]."""
     out = self.forward(input_ids, positions, attention_mask, inputs_embeds=inputs_embeds)
     return self.logits(out.hidden)
 
@@ -133,7 +139,8 @@ class LLM(nnx.Module):
               cache: KVCache | None = None, cache_index=0, return_layer_outputs=False) -> LMOutput:
     """The trunk. Without a cache, keys are the T inputs (causal + padding mask). With a cache
     (see `init_cache`) the inputs occupy slots [cache_index, cache_index+T) and `attention_mask`
-    is [B, S_max], marking which cache slots hold real tokens."""
+    is [B, S_max], marking which cache slots hold real tokens. positions: [B, T], or [3, B, T]
+    (M-RoPE, configs with `mrope_section`)."""
     c = self.config
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(jnp.dtype(c.dtype))
     b, t = x.shape[:2]
@@ -141,6 +148,9 @@ class LLM(nnx.Module):
     q_slots = jnp.arange(t) + cache_index
     if positions is None:
       positions = jnp.broadcast_to(q_slots[None], (b, t))
+    elif positions.ndim == 3 and c.mrope_section is None:
+      raise ValueError(f"positions {tuple(positions.shape)}: [3, B, T] positions need an M-RoPE config "
+                       "(LLMConfig.mrope_section)")
     k_slots = q_slots if cache is None else jnp.arange(cache_length(cache))
     if (cache is None and attention_mask is None and c.sliding_window is None
         and c.attention_impl != "einsum"):
@@ -148,7 +158,8 @@ class LLM(nnx.Module):
     else:
       mask = make_attention_mask(q_slots, k_slots, attention_mask, causal=True,
                                  sliding_window=c.sliding_window)
-    rope = rope_tables(positions, c.rotary_dim, c.rope_theta, c.rope_scaling_dict, c.max_position_embeddings)
+    rope = rope_tables(positions, c.rotary_dim, c.rope_theta, c.rope_scaling_dict, c.max_position_embeddings,
+                       c.mrope_section)
     x, cache, layer_outputs = self.layers(x, mask=mask, rope=rope, cache=cache, cache_index=cache_index,
                                           return_hidden=return_layer_outputs)
     return LMOutput(self.norm(x), cache, layer_outputs)

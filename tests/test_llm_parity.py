@@ -4,8 +4,10 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
 
 from jaxmodels import hf  # noqa: E402
+from jaxmodels.generate import generate  # noqa: E402
 from oracles import perturb_, save_tiny, torch_logits  # noqa: E402
 
 TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -77,6 +79,26 @@ def test_padded_batch_matches_transformers(oracle):
   ref = torch_logits(model, ids, mask)
   real = mask.astype(bool)
   np.testing.assert_allclose(ours[real], ref[real], atol=1e-4)
+
+
+# Greedy decoding with the KV cache, one case per family besides Llama's (tests/test_generate.py):
+# qkv bias + tying, qk-norm + an explicit head_dim, fused qkv / gate_up with an eos that can stop rows.
+GREEDY_CASES = ["qwen2_qkvbias_tied", "qwen3_qknorm_headdim", "phi3_fused"]
+
+
+@pytest.mark.parametrize("oracle", GREEDY_CASES, indirect=True)
+def test_greedy_generation_matches_transformers(oracle):
+  _, model, path = oracle
+  ids = np.random.RandomState(3).randint(3, 96, (2, 7))
+  mask = np.ones_like(ids)
+  mask[1, :3] = 0                   # left padding
+  ids[mask == 0] = model.config.pad_token_id or 0
+  with torch.no_grad():
+    ref = model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=10,
+                         do_sample=False).numpy()
+  out = np.asarray(generate(hf.from_pretrained(path), ids, 10, attention_mask=mask))
+  np.testing.assert_array_equal(out[:, :ref.shape[1]], ref)
+  assert (out[:, ref.shape[1]:] == (model.config.pad_token_id or 0)).all()   # rows past eos: pad
 
 
 def test_config_is_read(oracle):

@@ -142,7 +142,7 @@ def test_full_checkpoint_loads_visual_tower(tmp_path):
   grid = np.array(GRIDS["two_images"])
   patches = _patches(grid, seed=3)
   ref = _reference(full.model.visual, patches, grid).pooler_output.numpy()
-  ours = hf.from_pretrained(path)
+  ours = hf.from_pretrained(path, module=Qwen25VisionTransformer)     # (the default: the whole model)
   assert isinstance(ours, Qwen25VisionTransformer) and ours.config.out_hidden_size == 48
   tokens = nnx.jit(lambda m, p: m.encode_patches(p, grid))(ours, jnp.asarray(patches))
   np.testing.assert_allclose(tokens, ref, atol=1e-4)

@@ -44,14 +44,16 @@ def register(family: Family) -> Family:
   return family
 
 
-def _family_for_config(hf_config: dict, path: str) -> Family:
+def _family_for_config(hf_config: dict, path: str, module: type | None = None) -> Family:
+  """The first family for the checkpoint's model type; with `module`, the first one loading into that
+  class if there is one (else that default)."""
   name = hf_config.get("model_type") or hf_config.get("_class_name")
   if name is None:
     raise CheckpointFormatError(f"{os.path.join(path, 'config.json')}: no 'model_type' (transformers) "
                                 f"or '_class_name' (diffusers) key: cannot tell the model family")
-  for family in FAMILIES:
-    if name in family.model_types:
-      return family
+  matches = [family for family in FAMILIES if name in family.model_types]
+  if matches:
+    return next((family for family in matches if family.module is module), matches[0])
   known = sorted(t for f in FAMILIES for t in f.model_types)
   raise CheckpointFormatError(
       f"{path}/config.json: unsupported model type {name!r} (supported: {', '.join(known)})")
@@ -64,14 +66,17 @@ def _family_for_module(module: nnx.Module) -> Family:
   raise CheckpointFormatError(f"save_pretrained: no HF export for {type(module).__name__}")
 
 
-def from_pretrained(path: str, *, dtype=jnp.float32, **config_overrides) -> nnx.Module:
+def from_pretrained(path: str, *, dtype=jnp.float32, module: type | None = None,
+                    **config_overrides) -> nnx.Module:
   """Loads a local HF checkpoint directory into the matching jaxmodels module.
 
   `dtype` sets both the parameter and the compute dtype; `config_overrides` set execution options of
-  the module config (e.g. `scan_layers=True`, `remat="full"`, `attention_impl="cudnn"`).
+  the module config (e.g. `scan_layers=True`, `remat="full"`, `attention_impl="cudnn"`). `module`
+  picks the part of a checkpoint to load where a model type has several families (a full Qwen2.5-VL
+  directory: the whole `Qwen25VLModel` by default, its `Qwen25VisionTransformer` or its `LLM`).
   """
   hf_config = read_config(path)
-  family = _family_for_config(hf_config, path)
+  family = _family_for_config(hf_config, path, module)
   name = jnp.dtype(dtype).name
   config = _convert_config(family, hf_config, path, dict(dtype=name, param_dtype=name, **config_overrides))
   reader = SafetensorsReader(path)
@@ -120,7 +125,8 @@ def save_pretrained(module: nnx.Module, path: str, *, dtype=None, max_shard_size
                    max_shard_bytes=max_shard_size)
 
 
-# Modules under jaxmodels/hf/ that each define `FAMILY = Family(...)`; registered in this order.
+# Modules under jaxmodels/hf/ that each define `FAMILY = Family(...)` (or a tuple `FAMILIES`);
+# registered in this order.
 _BUILTIN_FAMILIES = ("llm_family", "vision_family", "lumina_family", "sana_family", "dcae_family",
                      "florence2_family", "qwen2_5_vl_family")
 _BUILTIN_FAMILIES += ("eva_clip_family",)
@@ -129,7 +135,9 @@ _BUILTIN_FAMILIES += ("eva_clip_family",)
 def _register_builtin():
   import importlib
   for name in _BUILTIN_FAMILIES:
-    register(importlib.import_module(f"jaxmodels.hf.{name}").FAMILY)
+    module = importlib.import_module(f"jaxmodels.hf.{name}")
+    for family in getattr(module, "FAMILIES", None) or (module.FAMILY,):   # FAMILIES: several, in order
+      register(family)
 
 
 _register_builtin()

@@ -10,6 +10,11 @@ only the first `rotary_dim` channels of each head (Phi-style).
 
 `rope_tables(positions, rotary_dim, theta, scaling, max_position_embeddings)` is the one entry point
 that handles every type; `rope_inv_freq` + `rope_cos_sin` remain for the fixed schedules.
+
+M-RoPE (Qwen2-VL / Qwen2.5-VL, `mrope_section`, e.g. (16, 24, 24) for head_dim 128): positions are
+[3, B, T] (temporal, height, width). The rotary_dim / 2 frequencies are cut into consecutive chunks of
+the section sizes, and chunk i takes its angles from position axis i mod 3 (`mrope_cos_sin`). A token
+with the same id on all three axes (every text token) gets exactly the 1-D rotation.
 """
 from __future__ import annotations
 
@@ -85,12 +90,20 @@ def longrope_attention_factor(scaling: Mapping[str, Any], max_position_embedding
 
 def rope_tables(positions: jax.Array, rotary_dim: int, theta: float,
                 scaling: Mapping[str, Any] | None = None,
-                max_position_embeddings: int | None = None) -> tuple[jax.Array, jax.Array]:
+                max_position_embeddings: int | None = None,
+                mrope_section: tuple[int, ...] | None = None) -> tuple[jax.Array, jax.Array]:
   """positions [B, T] (int) -> (cos, sin), each [B, T, rotary_dim] float32, for every rope type.
+  With `mrope_section`, positions are [3, B, T] (or [B, T], the same id on every axis): M-RoPE.
 
   "longrope" picks one frequency set for the whole call, as transformers' Phi-3 does: the long
   factors when max(positions) + 1 > original_max_position_embeddings, else the short ones (a traced
   select, so it works under jit; with a KV cache each call decides for its own positions)."""
+  if mrope_section is not None:
+    if rope_type_of(scaling) == "longrope":
+      raise ConfigError("rope_scaling: longrope cannot be combined with mrope_section")
+    if positions.ndim == 2:
+      positions = jnp.broadcast_to(positions[None], (3,) + positions.shape)
+    return mrope_cos_sin(positions, rope_inv_freq(rotary_dim, theta, scaling), mrope_section)
   if rope_type_of(scaling) != "longrope":
     return rope_cos_sin(positions, rope_inv_freq(rotary_dim, theta, scaling))
   short = rope_inv_freq(rotary_dim, theta, scaling)
@@ -105,6 +118,31 @@ def rope_tables(positions: jax.Array, rotary_dim: int, theta: float,
 def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
   """positions [B, T] (int) -> (cos, sin), each [B, T, rotary_dim] float32."""
   freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def mrope_axes(inv_freq_size: int, mrope_section: tuple[int, ...]) -> np.ndarray:
+  """Which position axis (0 temporal, 1 height, 2 width) drives each of the `inv_freq_size`
+  frequencies: consecutive chunks of the section sizes, chunk i from axis i mod 3 -> [inv_freq_size]."""
+  section = tuple(int(s) for s in mrope_section)
+  if sum(section) != inv_freq_size or min(section, default=0) < 0:
+    raise ConfigError(f"mrope_section {list(section)} must be non-negative and sum to rotary_dim // 2 = "
+                      f"{inv_freq_size}")
+  return np.concatenate([np.full(s, i % 3, np.int32) for i, s in enumerate(section)])
+
+
+def mrope_cos_sin(positions: jax.Array, inv_freq: np.ndarray,
+                  mrope_section: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+  """M-RoPE: positions [3, B, T] (int) -> (cos, sin), each [B, T, rotary_dim] float32.
+
+  Frequency j rotates by positions[axis_j] · inv_freq[j] (`mrope_axes`); the angles are then
+  repeated twice, as in `rope_cos_sin` (the "rotate half" layout)."""
+  if positions.ndim != 3 or positions.shape[0] != 3:
+    raise ValueError(f"M-RoPE positions {tuple(positions.shape)}: expected [3, B, T]")
+  axes = mrope_axes(len(inv_freq), mrope_section)
+  per_freq = jnp.moveaxis(positions[axes], 0, -1)                                # [B, T, R/2]
+  freqs = per_freq.astype(jnp.float32) * jnp.asarray(inv_freq)
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb), jnp.sin(emb)
 

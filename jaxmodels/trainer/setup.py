@@ -201,7 +201,8 @@ def initialize(config, ts: TrainState, mesh, rules) -> None:
     tower = getattr(ts.model, part, None)
     if not isinstance(tower, nnx.Module):
       raise ConfigError(f"config.init.hf.{part}: the model has no part {part!r}")
-    loaded = hf.from_pretrained(path, dtype=jax.tree.leaves(nnx.state(tower, nnx.Param))[0].dtype)
+    loaded = hf.from_pretrained(path, dtype=jax.tree.leaves(nnx.state(tower, nnx.Param))[0].dtype,
+                                module=type(tower))    # e.g. the vision tower of a full Qwen2.5-VL
     nnx.update(tower, jax.device_put(nnx.state(loaded), sharding.state_shardings(nnx.state(tower), mesh, rules)))
   if init.get("checkpoint"):
     from jaxmodels.checkpoint import restore_params

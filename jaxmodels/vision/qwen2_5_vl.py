@@ -33,7 +33,7 @@ run as one lax.scan over depth / p groups, each group's p blocks unrolled with i
 (p − 1 window blocks, one full block). Same outputs as the loop; one compiled group instead of 32
 blocks. A non-periodic `fullatt_block_indexes` with scan_layers=True is a ConfigError.
 
-    tower = jaxmodels.hf.from_pretrained("/ckpts/Qwen2.5-VL-7B-Instruct")     # its `visual.` tower
+    tower = jaxmodels.hf.from_pretrained("/ckpts/Qwen2.5-VL-7B-Instruct", module=Qwen25VisionTransformer)
     tokens = tower(pixels)                         # [B, 448, 448, 3] -> [B, 256, 3584]
     out = tower.encode_patches(pixel_values, grid_thw)   # Qwen2VLImageProcessor outputs as they are
     out.image_tokens                               # [Σ t·h·w / 4, 3584] (HF's `pooler_output`)
