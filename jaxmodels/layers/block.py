@@ -126,7 +126,7 @@ class BlockStack(nnx.Module):
     """Turns a scanned stack into a loop over L blocks in place (each holding slices of the
     stacked state; outputs unchanged). For decoding (`generate` does it on its traced copy of the
     model, outside the token loop): inside a loop, a scan over stacked weights slices (copies) every
-    layer's weights at every step, which measured ~2.5x slower per token on CPU (BENCHMARKS.md)."""
+    layer's weights at every step, which is slower per token on CPU (BENCHMARKS.md)."""
     if not self.scan:
       return
     graphdef, state = nnx.split(self.blocks)

@@ -68,8 +68,8 @@ class Linear(nnx.Module):
     outputs equal up to summation order). For batch-1 decoding on a GPU (`generate` does it on its
     traced copy): XLA turns a small vector-matrix product into multiply + reduce, which over the stored
     [K_in, K_out] layout is a column reduction it leaves unfused (the product is written out); over
-    the transposed copy it is one fused row reduction. Measured on an H200, bf16, ms per token:
-    0.42 -> 0.29 (large), 1.15 -> 1.00 (xl); on the CPU the stored layout is faster (BENCHMARKS.md)."""
+    the transposed copy it is one fused row reduction. On the CPU the stored layout is faster
+    (both measured in BENCHMARKS.md, "GPU batch-1 decode")."""
     if self.kernel_t is None:
       k_in, k_out = math.prod(self.in_shape), math.prod(self.out_shape)
       self.kernel_t = nnx.data(self.kernel[...].reshape(k_in, k_out).T)
@@ -89,7 +89,7 @@ class Linear(nnx.Module):
     else:
       # One 2-D matmul [M, K_in] @ [K_in, K_out] rather than a dot_general over the leading dims:
       # XLA:CPU then runs the backward's dW = xᵀ·dy without the transpose copies it inserts for the
-      # batched form (measured, [4, 511, 1024] @ [1024, 2816], forward + backward: 235 -> 204 ms).
+      # batched form (BENCHMARKS.md, "Measurements behind code choices").
       y = jnp.dot(x2, self.kernel[...].astype(self.dtype).reshape(k_in, k_out))
     y = y.reshape(*x.shape[:x.ndim - n_in], *self.out_shape)
     if self.bias is not None:
