@@ -1,0 +1,117 @@
+"""SDXL pixel-decoder machinery (KL autoencoder, conditional UNet, Euler scheduler) against
+diffusers on tiny random configs, plus the full SDXL layouts without allocating."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+diffusers = pytest.importorskip("diffusers")
+import torch  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from jaxmodels import hf, sharding  # noqa: E402
+from jaxmodels.errors import CheckpointFormatError, ConfigError  # noqa: E402
+from jaxmodels.sdxl import blocks  # noqa: E402
+from jaxmodels.sdxl.vae import AutoencoderKL, sdxl_vae_config  # noqa: E402
+from oracles import nchw, perturb_, save_tiny  # noqa: E402
+
+ATOL = 1e-4
+
+# SDXL's VAE shrunk: two stages (one down/up-sampler), one resnet per stage, 4 groups.
+TINY_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+                sample_size=16, scaling_factor=0.13025)
+# diffusers 0.42.1 AutoencoderKL built with SDXL's vae/config.json (meta device).
+DIFFUSERS_SDXL_VAE = 83_653_863
+
+
+def nhwc(t) -> np.ndarray:
+  return t.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.fixture(scope="module")
+def vae_oracle(tmp_path_factory):
+  torch.manual_seed(0)
+  model = perturb_(diffusers.AutoencoderKL(**TINY_VAE).eval(), 0.05)
+  path = save_tiny(model, tmp_path_factory.mktemp("vae"))
+  x = np.random.RandomState(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  with torch.no_grad():
+    dist = model.encode(nchw(x)).latent_dist
+    images = model.decode(dist.mean).sample
+  return model, path, hf.from_pretrained(path), x, (nhwc(dist.mean), nhwc(dist.logvar), nhwc(images))
+
+
+def test_vae_encode_decode_match_diffusers(vae_oracle):
+  _, _, ours, x, (mean, logvar, images) = vae_oracle
+  assert isinstance(ours, AutoencoderKL)
+  got_mean, got_logvar = nnx.jit(lambda m, v: m.encode(v))(ours, jnp.asarray(x))
+  assert got_mean.shape == mean.shape == (2, 8, 8, 4)
+  np.testing.assert_allclose(np.asarray(got_mean), mean, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(got_logvar), logvar, atol=ATOL)
+  decoded = nnx.jit(lambda m, z: m.decode(z))(ours, jnp.asarray(mean))
+  np.testing.assert_allclose(np.asarray(decoded), images, atol=ATOL)
+  # Diffusion-space latents: x scaling_factor, as the SDXL pipeline divides before vae.decode.
+  z = jnp.asarray(mean)
+  np.testing.assert_allclose(np.asarray(ours.to_diffusion(z)), mean * 0.13025, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(ours.from_diffusion(ours.to_diffusion(z))), mean, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_vae_export_loads_in_diffusers(vae_oracle, tmp_path):
+  model, _, ours, x, (mean, logvar, images) = vae_oracle
+  hf.save_pretrained(ours, str(tmp_path))
+  theirs = diffusers.AutoencoderKL.from_pretrained(str(tmp_path)).eval()
+  for key, want in model.config.items():
+    if not key.startswith("_"):
+      assert json.dumps(theirs.config[key]) == json.dumps(want), key
+  with torch.no_grad():
+    dist = theirs.encode(nchw(x)).latent_dist
+    np.testing.assert_allclose(nhwc(dist.mean), mean, atol=1e-6)
+    np.testing.assert_allclose(nhwc(theirs.decode(dist.mean).sample), images, atol=1e-5)
+
+
+def test_sdxl_vae_layout_without_allocating():
+  cfg = sdxl_vae_config()
+  assert cfg.spatial_compression_ratio == 8 and cfg.scaling_factor == 0.13025
+  abstract = nnx.eval_shape(lambda: AutoencoderKL(cfg, rngs=nnx.Rngs(0)))
+  assert sharding.param_count(abstract) == DIFFUSERS_SDXL_VAE
+  graphdef, state = nnx.split(abstract)
+  image = jax.ShapeDtypeStruct((1, 64, 96, 3), jnp.float32)
+  mean, _ = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s).encode(x), state, image)
+  assert mean.shape == (1, 8, 12, 4)
+  out = jax.eval_shape(lambda s, z: nnx.merge(graphdef, s).decode(z), state, mean)
+  assert out.shape == (1, 64, 96, 3)
+
+
+@pytest.mark.parametrize("size", [(7, 9), (8, 12), (5, 5)])
+def test_nearest_resize_matches_torch(size):
+  x = np.random.RandomState(1).randn(1, 4, 5, 3).astype(np.float32)
+  ref = torch.nn.functional.interpolate(nchw(x), size=size, mode="nearest")
+  np.testing.assert_array_equal(np.asarray(blocks.nearest_resize(jnp.asarray(x), size)), nhwc(ref))
+
+
+def test_vae_bad_inputs_are_one_line_errors(vae_oracle, tmp_path):
+  _, path, _, _, _ = vae_oracle
+  with open(os.path.join(path, "config.json")) as f:
+    config = json.load(f)
+  bad = dict(config, up_block_types=["AttnUpDecoderBlock2D"] * 2)
+  os.makedirs(tmp_path / "a")
+  with open(tmp_path / "a" / "config.json", "w") as f:
+    json.dump(bad, f)
+  with pytest.raises(ConfigError, match="'AttnUpDecoderBlock2D' is not supported") as err:
+    hf.from_pretrained(str(tmp_path / "a"))
+  assert "\n" not in str(err.value) and "config.json" in str(err.value)
+  # A checkpoint whose tensor has the wrong shape names the file and the key.
+  ours = hf.from_pretrained(path)
+  hf.save_pretrained(ours, str(tmp_path / "b"))
+  from safetensors.numpy import load_file, save_file
+  file = str(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
+  tensors = load_file(file)
+  tensors["decoder.conv_in.weight"] = tensors["decoder.conv_in.weight"][:, :2]
+  save_file(tensors, file)
+  with pytest.raises(CheckpointFormatError, match="'decoder.conv_in.weight' has shape") as err:
+    hf.from_pretrained(str(tmp_path / "b"))
+  assert "diffusion_pytorch_model.safetensors" in str(err.value) and "\n" not in str(err.value)
