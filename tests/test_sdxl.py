@@ -15,6 +15,7 @@ from flax import nnx  # noqa: E402
 from jaxmodels import hf, sharding  # noqa: E402
 from jaxmodels.errors import CheckpointFormatError, ConfigError  # noqa: E402
 from jaxmodels.sdxl import blocks  # noqa: E402
+from jaxmodels.sdxl.unet import UNet2DConditionModel, sdxl_unet_config  # noqa: E402
 from jaxmodels.sdxl.vae import AutoencoderKL, sdxl_vae_config  # noqa: E402
 from oracles import nchw, perturb_, save_tiny  # noqa: E402
 
@@ -26,6 +27,27 @@ TINY_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("U
                 sample_size=16, scaling_factor=0.13025)
 # diffusers 0.42.1 AutoencoderKL built with SDXL's vae/config.json (meta device).
 DIFFUSERS_SDXL_VAE = 83_653_863
+
+# SDXL's UNet shrunk: a plain level then a cross-attention level (2 heads of 8, 2 transformer
+# layers, also in the mid block), linear projections, text_time added conditioning (8-d pooled
+# embedding + 6 ids x 4 = 32).
+TEXT_DIM, CONTEXT_DIM, CONTEXT_LEN = 8, 12, 5
+TINY_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+    norm_num_groups=4, cross_attention_dim=CONTEXT_DIM, transformer_layers_per_block=(1, 2),
+    attention_head_dim=(1, 2), use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=4, projection_class_embeddings_input_dim=TEXT_DIM + 6 * 4)
+# SD 1.x-style variant: cross-attention at every level, 1x1-conv projections, no added conditioning,
+# scale-shift time embedding, per-level context widths, odd latent sizes (forwarded up-sample sizes).
+TINY_UNET_SD = dict(
+    in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(8, 16),
+    layers_per_block=(1, 2), norm_num_groups=4, cross_attention_dim=CONTEXT_DIM, attention_head_dim=2,
+    resnet_time_scale_shift="scale_shift", mid_block_scale_factor=1.5, conv_in_kernel=1,
+    time_embedding_act_fn="silu")
+# diffusers 0.42.1 UNet2DConditionModel built with SDXL base's unet/config.json (meta device).
+DIFFUSERS_SDXL_UNET = 2_567_463_684
 
 
 def nhwc(t) -> np.ndarray:
@@ -115,3 +137,92 @@ def test_vae_bad_inputs_are_one_line_errors(vae_oracle, tmp_path):
   with pytest.raises(CheckpointFormatError, match="'decoder.conv_in.weight' has shape") as err:
     hf.from_pretrained(str(tmp_path / "b"))
   assert "diffusion_pytorch_model.safetensors" in str(err.value) and "\n" not in str(err.value)
+
+
+def unet_inputs(batch: int = 2, size=(8, 8), seed: int = 0):
+  rs = np.random.RandomState(seed)
+  sample = rs.randn(batch, *size, 4).astype(np.float32)
+  t = np.array([999.0, 321.5][:batch], np.float32)
+  context = rs.randn(batch, CONTEXT_LEN, CONTEXT_DIM).astype(np.float32)
+  text = rs.randn(batch, TEXT_DIM).astype(np.float32)
+  ids = np.array([[16, 16, 0, 0, 16, 16], [32, 24, 4, 2, 16, 16]][:batch], np.float32)
+  return sample, t, context, text, ids
+
+
+def torch_unet(model, sample, t, context, text=None, ids=None):
+  added = None if text is None else {"text_embeds": torch.tensor(text), "time_ids": torch.tensor(ids)}
+  with torch.no_grad():
+    out = model(nchw(sample), torch.tensor(t), torch.tensor(context), added_cond_kwargs=added).sample
+  return nhwc(out)
+
+
+@pytest.fixture(scope="module")
+def unet_oracle(tmp_path_factory):
+  torch.manual_seed(0)
+  model = perturb_(diffusers.UNet2DConditionModel(**TINY_UNET).eval(), 0.05)
+  path = save_tiny(model, tmp_path_factory.mktemp("unet"))
+  return model, path, hf.from_pretrained(path)
+
+
+@nnx.jit
+def _unet(model, sample, t, context, text, ids):
+  return model(sample, t, context, text_embeds=text, time_ids=ids)
+
+
+def test_unet_matches_diffusers(unet_oracle):
+  model, _, ours = unet_oracle
+  assert isinstance(ours, UNet2DConditionModel)
+  inputs = unet_inputs()
+  want = torch_unet(model, *inputs)
+  got = np.asarray(_unet(ours, *map(jnp.asarray, inputs)))
+  assert got.shape == want.shape == (2, 8, 8, 4)
+  np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_sd_style_unet_matches_diffusers(tmp_path):
+  torch.manual_seed(1)
+  model = perturb_(diffusers.UNet2DConditionModel(**TINY_UNET_SD).eval(), 0.05)
+  ours = hf.from_pretrained(save_tiny(model, tmp_path))
+  sample, t, context, _, _ = unet_inputs(size=(9, 7), seed=1)
+  want = torch_unet(model, sample, t, context)
+  got = nnx.jit(lambda m, *a: m(*a))(ours, *map(jnp.asarray, (sample, t, context)))
+  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL)
+
+
+def test_unet_export_loads_in_diffusers(unet_oracle, tmp_path):
+  model, _, ours = unet_oracle
+  hf.save_pretrained(ours, str(tmp_path))
+  theirs = diffusers.UNet2DConditionModel.from_pretrained(str(tmp_path)).eval()
+  for key, want in model.config.items():
+    if not key.startswith("_"):
+      assert json.dumps(theirs.config[key]) == json.dumps(want), key
+  inputs = unet_inputs()
+  np.testing.assert_allclose(torch_unet(theirs, *inputs), torch_unet(model, *inputs), atol=1e-6)
+
+
+def test_sdxl_unet_layout_without_allocating():
+  cfg = sdxl_unet_config()
+  abstract = nnx.eval_shape(lambda: UNet2DConditionModel(cfg, rngs=nnx.Rngs(0)))
+  assert sharding.param_count(abstract) == DIFFUSERS_SDXL_UNET
+  scanned = nnx.eval_shape(lambda: UNet2DConditionModel(cfg.replace(scan_layers=True), rngs=nnx.Rngs(0)))
+  assert sharding.param_count(scanned) == DIFFUSERS_SDXL_UNET
+  graphdef, state = nnx.split(scanned)
+  out = jax.eval_shape(
+      lambda s, *a: nnx.merge(graphdef, s)(*a[:3], text_embeds=a[3], time_ids=a[4]), state,
+      *(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in
+        ((1, 128, 128, 4), (1,), (1, 77, 2048), (1, 1280), (1, 6))))
+  assert out.shape == (1, 128, 128, 4)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("class_embed_type", "timestep", "class_embed_type='timestep' is not supported"),
+    ("down_block_types", ["AttnDownBlock2D", "CrossAttnDownBlock2D"], "'AttnDownBlock2D' is not supported"),
+    ("addition_embed_type", "text", "addition_embed_type 'text' is not supported"),
+    ("use_cool_attention", True, "option 'use_cool_attention' is not implemented"),
+])
+def test_unet_unsupported_options_are_one_line_errors(tmp_path, key, value, match):
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump({"_class_name": "UNet2DConditionModel", **TINY_UNET, key: value}, f)
+  with pytest.raises(ConfigError, match=match) as err:
+    hf.from_pretrained(str(tmp_path))
+  assert "\n" not in str(err.value) and "config.json" in str(err.value)

@@ -38,22 +38,21 @@ class ResnetBlock2D(nnx.Module):
 
   def __init__(self, in_channels: int, out_channels: int, *, temb_channels: int | None,
                groups: int, eps: float, act: str = "silu", time_embedding_norm: str = "default",
-               skip_time_act: bool = False, output_scale_factor: float = 1.0, dtype=jnp.float32,
+               output_scale_factor: float = 1.0, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
     if time_embedding_norm not in TIME_EMBEDDING_NORMS:
       raise ValueError(f"time_embedding_norm {time_embedding_norm!r} is not supported "
                        f"({', '.join(TIME_EMBEDDING_NORMS)})")
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.act = get_activation(act)
-    self.time_embedding_norm, self.skip_time_act = time_embedding_norm, skip_time_act
+    self.time_embedding_norm = time_embedding_norm
     self.output_scale_factor = output_scale_factor
     self.norm1 = GroupNorm(in_channels, groups, eps=eps, axes=("conv_in",), param_dtype=param_dtype,
                            rngs=rngs)
     self.conv1 = Conv2d(in_channels, out_channels, 3, **kw)
-    self.time_emb_proj = None
-    if temb_channels is not None:
-      width = 2 * out_channels if time_embedding_norm == "scale_shift" else out_channels
-      self.time_emb_proj = Linear(temb_channels, width, axes=(None, "conv_out"), use_bias=True, **kw)
+    width = 2 * out_channels if time_embedding_norm == "scale_shift" else out_channels
+    self.time_emb_proj = (Linear(temb_channels, width, axes=(None, "conv_out"), use_bias=True, **kw)
+                          if temb_channels is not None else None)
     self.norm2 = GroupNorm(out_channels, groups, eps=eps, param_dtype=param_dtype, rngs=rngs)
     self.conv2 = Conv2d(out_channels, out_channels, 3, **kw)
     self.conv_shortcut = (Conv2d(in_channels, out_channels, 1, padding=0, **kw)
@@ -63,7 +62,7 @@ class ResnetBlock2D(nnx.Module):
     h = self.conv1(self.act(self.norm1(x)))
     t = None
     if self.time_emb_proj is not None and temb is not None:
-      t = self.time_emb_proj(temb if self.skip_time_act else self.act(temb))[:, None, None, :]
+      t = self.time_emb_proj(self.act(temb))[:, None, None, :]
     if self.time_embedding_norm == "scale_shift" and t is not None:
       scale, shift = jnp.split(t, 2, axis=-1)
       h = self.norm2(h) * (1 + scale) + shift

@@ -34,7 +34,9 @@ from jaxmodels.layers.activations import get_activation
 from jaxmodels.layers.attention import Attention
 from jaxmodels.layers.conv import Conv2d
 from jaxmodels.layers.group_norm import GroupNorm
+from jaxmodels.layers.key_stream import KeyStream
 from jaxmodels.sdxl.blocks import Downsample2D, ResnetBlock2D, Upsample2D
+from jaxmodels.sdxl.config_checks import check_block_types, freeze_lists
 
 DOWN_BLOCK_TYPES = ("DownEncoderBlock2D",)
 UP_BLOCK_TYPES = ("UpDecoderBlock2D",)
@@ -73,20 +75,8 @@ class AutoencoderKLConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
-    for name in ("down_block_types", "up_block_types", "block_out_channels", "latents_mean",
-                 "latents_std", "sample_size"):
-      value = getattr(self, name)
-      if isinstance(value, list):
-        object.__setattr__(self, name, tuple(value))
-    n = len(self.block_out_channels)
-    for name, known in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
-      types = getattr(self, name)
-      if len(types) != n:
-        raise ConfigError(f"AutoencoderKLConfig.{name} has {len(types)} entries for {n} block_out_channels")
-      for t in types:
-        if t not in known:
-          raise ConfigError(f"AutoencoderKLConfig.{name}: block type {t!r} is not supported "
-                            f"({', '.join(known)})")
+    freeze_lists(self)
+    check_block_types(self, DOWN_BLOCK_TYPES, UP_BLOCK_TYPES)
     for c in self.block_out_channels:
       if c % self.norm_num_groups:
         raise ConfigError(f"AutoencoderKLConfig: block width {c} is not divisible by "
@@ -227,7 +217,7 @@ class AutoencoderKL(nnx.Module):
 
   def __init__(self, config: AutoencoderKLConfig, *, rngs: nnx.Rngs):
     self.config = c = config
-    kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), rngs=rngs)
+    kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), rngs=KeyStream(rngs))
     self.encoder = Encoder(c, **kw)
     self.decoder = Decoder(c, **kw)
     n = c.latent_channels
