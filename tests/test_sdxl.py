@@ -14,7 +14,8 @@ from flax import nnx  # noqa: E402
 
 from jaxmodels import hf, sharding  # noqa: E402
 from jaxmodels.errors import CheckpointFormatError, ConfigError  # noqa: E402
-from jaxmodels.sdxl import blocks  # noqa: E402
+from jaxmodels.sdxl import blocks, euler_discrete  # noqa: E402
+from jaxmodels.sdxl.sampling import SDXLCondition, sample_latents, sdxl_time_ids  # noqa: E402
 from jaxmodels.sdxl.unet import UNet2DConditionModel, sdxl_unet_config  # noqa: E402
 from jaxmodels.sdxl.vae import AutoencoderKL, sdxl_vae_config  # noqa: E402
 from oracles import nchw, perturb_, save_tiny  # noqa: E402
@@ -226,3 +227,70 @@ def test_unet_unsupported_options_are_one_line_errors(tmp_path, key, value, matc
   with pytest.raises(ConfigError, match=match) as err:
     hf.from_pretrained(str(tmp_path))
   assert "\n" not in str(err.value) and "config.json" in str(err.value)
+
+
+# SDXL base 1.0's scheduler/scheduler_config.json (DDIM-era keys included, which Euler ignores).
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler", "_diffusers_version": "0.19.0.dev0", "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+    "interpolation_type": "linear", "num_train_timesteps": 1000, "prediction_type": "epsilon",
+    "sample_max_value": 1.0, "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1,
+    "timestep_spacing": "leading", "trained_betas": None, "use_karras_sigmas": False}
+
+
+@pytest.mark.parametrize("options, steps", [
+    ({}, 50), ({}, 7),
+    ({"timestep_spacing": "linspace", "steps_offset": 0}, 4),
+    ({"timestep_spacing": "trailing", "final_sigmas_type": "sigma_min"}, 6),
+    ({"beta_schedule": "squaredcos_cap_v2", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, 5),
+    ({"beta_schedule": "linear", "prediction_type": "v_prediction", "timestep_type": "continuous"}, 3),
+])
+def test_euler_schedule_matches_diffusers(tmp_path, options, steps):
+  with open(tmp_path / "scheduler_config.json", "w") as f:
+    json.dump({**SDXL_SCHEDULER, **options}, f)
+  config = euler_discrete.load_scheduler_config(str(tmp_path))
+  theirs = diffusers.EulerDiscreteScheduler.from_pretrained(str(tmp_path))
+  theirs.set_timesteps(steps)
+  ours = euler_discrete.euler_schedule(config, steps)
+  np.testing.assert_allclose(np.asarray(ours.timesteps), theirs.timesteps.numpy(), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(ours.sigmas), theirs.sigmas.numpy(), rtol=1e-5)
+  assert ours.init_noise_sigma == pytest.approx(float(theirs.init_noise_sigma), rel=1e-5)
+  assert euler_discrete.EulerDiscreteConfig.from_diffusers(config.to_diffusers()) == config
+
+
+def test_euler_config_errors_name_the_file(tmp_path):
+  with open(tmp_path / "scheduler_config.json", "w") as f:
+    json.dump({**SDXL_SCHEDULER, "use_karras_sigmas": True}, f)
+  with pytest.raises(ConfigError, match="scheduler_config.json: .*use_karras_sigmas=True is not supported"):
+    euler_discrete.load_scheduler_config(str(tmp_path))
+  with pytest.raises(CheckpointFormatError, match="scheduler_config.json: missing"):
+    euler_discrete.load_scheduler_config(str(tmp_path / "nowhere"))
+
+
+def test_cfg_euler_trajectory_matches_diffusers(unet_oracle):
+  """4 SDXL Euler steps with CFG 3 driving the UNet, ours scanned (scan_layers=True), vs diffusers'
+  scheduler driving theirs as StableDiffusionXLPipeline does."""
+  model, path, _ = unet_oracle
+  ours = hf.from_pretrained(path, scan_layers=True)
+  noise, _, context, text, _ = unet_inputs()
+  ids = np.asarray(sdxl_time_ids(2, target_size=(16, 16)))
+  null = (np.zeros_like(context[:1]), np.zeros_like(text[:1]), ids[:1])
+  scale, steps = 3.0, 4
+
+  scheduler = diffusers.EulerDiscreteScheduler.from_config(SDXL_SCHEDULER)
+  scheduler.set_timesteps(steps)
+  latents = torch.tensor(noise).permute(0, 3, 1, 2) * scheduler.init_noise_sigma
+  both = [torch.tensor(np.concatenate([np.broadcast_to(n, c.shape), c]))
+          for n, c in zip(null, (context, text, ids))]
+  with torch.no_grad():
+    for t in scheduler.timesteps:
+      x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+      eps = model(x, t, both[0], added_cond_kwargs={"text_embeds": both[1], "time_ids": both[2]}).sample
+      uncond, cond = eps.chunk(2)
+      latents = scheduler.step(uncond + scale * (cond - uncond), t, latents).prev_sample
+
+  schedule = euler_discrete.euler_schedule(euler_discrete.EulerDiscreteConfig.from_diffusers(SDXL_SCHEDULER), steps)
+  cond = SDXLCondition(*map(jnp.asarray, (context, text, ids)))
+  fn = nnx.jit(lambda m, z, c, n: sample_latents(m, z, c, schedule, null_cond=n, guidance_scale=scale))
+  got = fn(ours, jnp.asarray(noise), cond, SDXLCondition(*map(jnp.asarray, null)))
+  np.testing.assert_allclose(np.asarray(got), nhwc(latents), atol=ATOL)
