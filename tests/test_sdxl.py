@@ -138,6 +138,15 @@ def test_vae_bad_inputs_are_one_line_errors(vae_oracle, tmp_path):
   with pytest.raises(CheckpointFormatError, match="'decoder.conv_in.weight' has shape") as err:
     hf.from_pretrained(str(tmp_path / "b"))
   assert "diffusion_pytorch_model.safetensors" in str(err.value) and "\n" not in str(err.value)
+  # A missing tensor is named with the parameter that needs it.
+  del tensors["decoder.conv_in.weight"]
+  save_file(tensors, file)
+  with pytest.raises(CheckpointFormatError, match="tensor 'decoder.conv_in.weight' not found"):
+    hf.from_pretrained(str(tmp_path / "b"))
+  # Pickled weights are never read: only safetensors count as weights.
+  os.replace(file, str(tmp_path / "b" / "diffusion_pytorch_model.bin"))
+  with pytest.raises(CheckpointFormatError, match="no weights found"):
+    hf.from_pretrained(str(tmp_path / "b"))
 
 
 def unet_inputs(batch: int = 2, size=(8, 8), seed: int = 0):
@@ -267,11 +276,25 @@ def test_euler_config_errors_name_the_file(tmp_path):
     euler_discrete.load_scheduler_config(str(tmp_path / "nowhere"))
 
 
-def test_cfg_euler_trajectory_matches_diffusers(unet_oracle):
+@pytest.fixture(scope="module")
+def scanned_unet(unet_oracle):
+  return hf.from_pretrained(unet_oracle[1], scan_layers=True)
+
+
+def test_scanned_unet_exports_the_same_tensors(unet_oracle, scanned_unet, tmp_path):
+  model = unet_oracle[0]
+  hf.save_pretrained(scanned_unet, str(tmp_path))
+  theirs = diffusers.UNet2DConditionModel.from_pretrained(str(tmp_path)).state_dict()
+  want = model.state_dict()
+  assert sorted(theirs) == sorted(want)
+  for key, value in want.items():
+    np.testing.assert_array_equal(theirs[key].numpy(), value.numpy(), err_msg=key)
+
+
+def test_cfg_euler_trajectory_matches_diffusers(unet_oracle, scanned_unet):
   """4 SDXL Euler steps with CFG 3 driving the UNet, ours scanned (scan_layers=True), vs diffusers'
   scheduler driving theirs as StableDiffusionXLPipeline does."""
-  model, path, _ = unet_oracle
-  ours = hf.from_pretrained(path, scan_layers=True)
+  model, ours = unet_oracle[0], scanned_unet
   noise, _, context, text, _ = unet_inputs()
   ids = np.asarray(sdxl_time_ids(2, target_size=(16, 16)))
   null = (np.zeros_like(context[:1]), np.zeros_like(text[:1]), ids[:1])
