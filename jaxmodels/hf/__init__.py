@@ -128,8 +128,8 @@ def save_pretrained(module: nnx.Module, path: str, *, dtype=None, max_shard_size
 # Modules under jaxmodels/hf/ that each define `FAMILY = Family(...)` (or a tuple `FAMILIES`);
 # registered in this order.
 _BUILTIN_FAMILIES = ("llm_family", "vision_family", "lumina_family", "sana_family", "dcae_family",
-                     "florence2_family", "qwen2_5_vl_family")
-_BUILTIN_FAMILIES += ("eva_clip_family",)
+                     "florence2_family", "qwen2_5_vl_family", "eva_clip_family", "sdxl_family",
+                     "sdxl_vae_family")
 
 
 def _register_builtin():
