@@ -39,10 +39,94 @@ def test_logical_to_spec_follows_rules_in_order(mesh):
 def test_make_mesh_fills_minus_one_and_validates():
   mesh = sharding.make_mesh({"data": 2, "fsdp": -1})
   assert dict(mesh.shape) == {"data": 2, "fsdp": jax.device_count() // 2, "tensor": 1}
-  with pytest.raises(ValueError, match="unknown mesh axes"):
-    sharding.make_mesh({"model": 2})
+  assert mesh.axis_names == ("data", "fsdp", "tensor")
   with pytest.raises(ValueError, match="needs"):
     sharding.make_mesh({"data": 3, "fsdp": 1, "tensor": 1})
+  with pytest.raises(ValueError, match="at most one mesh axis may be -1"):
+    sharding.make_mesh({"data": -1, "fsdp": -1})
+  with pytest.raises(ValueError, match="mesh axis name 'a b'"):
+    sharding.make_mesh({"a b": 8})
+  with pytest.raises(ValueError, match="mesh axis tensor=0"):
+    sharding.make_mesh({"tensor": 0})
+
+
+def test_mesh_axes_are_data(mesh):
+  """Any axis names: a mapping (a config's sorted ConfigDict) takes the conventional order (dcn_*
+  first, data, fsdp, others, tensor last), (name, size) pairs their own; the standard axes are always
+  there (size 1), so the default rules apply to every mesh."""
+  assert sharding.mesh_axis_order(["tensor", "sequence", "fsdp", "data", "dcn_data"]) == (
+      "dcn_data", "data", "fsdp", "sequence", "tensor")
+  seq = sharding.make_mesh({"data": 2, "fsdp": 2, "sequence": 2, "tensor": 1})
+  assert seq.axis_names == ("data", "fsdp", "sequence", "tensor") and seq.shape["sequence"] == 2
+  pairs = sharding.make_mesh([("sequence", 4), ("data", -1)])
+  assert pairs.axis_names == ("fsdp", "tensor", "sequence", "data") and pairs.shape["data"] == 2
+  dcn = sharding.make_mesh({"dcn_data": 2, "fsdp": -1})      # one slice (CPU): a plain axis
+  assert dict(dcn.shape) == {"dcn_data": 2, "data": 1, "fsdp": 4, "tensor": 1}
+  # The default rules split the batch over the dcn_* axes too (data parallel across slices).
+  rules = sharding.default_rules(dcn.axis_names)
+  assert dict(rules)["act_batch"] == ("dcn_data", "data", "fsdp")
+  assert sharding.default_rules(mesh.axis_names) is sharding.DEFAULT_RULES
+  assert sharding.batch_sharding(dcn, 2, rules).spec == P(("dcn_data", "fsdp"), None)
+  assert sharding.logical_to_spec(("act_batch", "act_length"), (8, 4), seq,
+                                  [("act_batch", "data"), ("act_length", "sequence")]) == P("data", "sequence")
+
+
+def test_dcn_axes_take_the_slices(monkeypatch):
+  """On devices in several slices the dcn_* axes span the slices and the others the devices of one
+  slice (create_hybrid_device_mesh with the ICI and DCN shapes split by axis); the slice count must
+  be the dcn_* axes' product."""
+  from jax.experimental import mesh_utils
+  calls = []
+
+  def hybrid(ici, dcn, devices):
+    calls.append((list(ici), list(dcn)))
+    return np.asarray(devices, dtype=object).reshape([a * b for a, b in zip(ici, dcn)])
+
+  monkeypatch.setattr(mesh_utils, "create_hybrid_device_mesh", hybrid)
+  monkeypatch.setattr(sharding, "_slice_count", lambda devices: 2)
+  mesh = sharding.make_mesh({"dcn_data": 2, "fsdp": 2, "tensor": -1})
+  assert calls == [([1, 1, 2, 2], [2, 1, 1, 1])]
+  assert dict(mesh.shape) == {"dcn_data": 2, "data": 1, "fsdp": 2, "tensor": 2}
+  with pytest.raises(ValueError, match="dcn_\\* axes multiply to 4, but the devices are in 2 slices"):
+    sharding.make_mesh({"dcn_data": 4, "fsdp": -1})
+  assert len(calls) == 1 and sharding.make_mesh({"fsdp": -1}).axis_names == ("data", "fsdp", "tensor")
+
+
+def test_rules_from_config_checks_mesh_axes(mesh):
+  """config.sharding_rules: tables normalised, per-tower tables get the mesh's default, and a rule
+  naming a missing mesh axis (or a malformed rule) is a one-line ConfigError naming it."""
+  import ml_collections
+
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.trainer.setup import mesh_and_rules
+  names = mesh.axis_names
+  assert sharding.rules_from_config(None, names) is None
+  assert sharding.rules_from_config([["embed", ["fsdp", "tensor"]], ("mlp", None)], names) == (
+      ("embed", ("fsdp", "tensor")), ("mlp", None))
+  per_tower = sharding.rules_from_config({"dit": [("embed", "tensor")]}, names)
+  assert per_tower == {"dit": (("embed", "tensor"),), "default": sharding.DEFAULT_RULES}
+  with pytest.raises(ConfigError, match=r"^config.sharding_rules\[1\]=\('act_length', 'sequence'\) names "
+                                        r"mesh axis 'sequence', which the mesh does not have \(axes: data, fsdp, "
+                                        r"tensor; add it to config.mesh\)$"):
+    sharding.rules_from_config([("embed", "fsdp"), ("act_length", "sequence")], names)
+  with pytest.raises(ConfigError, match=r"config.sharding_rules.dit\[0\]=\('embed', \('fsdp', 'model'\)\) "
+                                        r"names mesh axis 'model'"):
+    sharding.rules_from_config({"dit": [("embed", ("fsdp", "model"))]}, names)
+  with pytest.raises(ConfigError, match=r"config.sharding_rules\[0\]=\('embed',\): expected \(logical name"):
+    sharding.rules_from_config([("embed",)], names)
+  with pytest.raises(ConfigError, match="expected a list of"):
+    sharding.rules_from_config("embed", names)
+  # Through a run's config: the mesh from config.mesh, the EMA copy following its tower's table.
+  c = ml_collections.ConfigDict(dict(mesh=dict(data=2, fsdp=2, sequence=2, tensor=1), sharding_rules=None,
+                                     train=dict(ema_path="dit")))
+  m, rules = mesh_and_rules(c)
+  assert m.axis_names == ("data", "fsdp", "sequence", "tensor") and rules is None
+  c.sharding_rules = {"dit": [("embed", "sequence")], "llm": [("mlp", "tensor")]}
+  _, rules = mesh_and_rules(c)
+  assert rules["ema"] == rules["dit"] == (("embed", "sequence"),) and "default" in rules
+  c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=-1, tensor=1))
+  with pytest.raises(ConfigError, match=r"config.sharding_rules.dit\[0\]=\('embed', 'sequence'\) names"):
+    mesh_and_rules(c)
 
 
 @pytest.mark.parametrize("scan", [False, True])
