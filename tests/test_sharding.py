@@ -1,4 +1,5 @@
-"""Sharding rules and meshes on 8 CPU devices; scan/loop and remat equivalence."""
+"""Sharding rules and meshes on 8 CPU devices; scan/loop and remat equivalence; train.py runs whose
+shardings follow the configured mesh and rules."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,10 +7,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+import train
+from configs import shapes_tiny
 from jaxmodels import sharding
 from jaxmodels.layers.block import unstack_layers
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.vision import VisionConfig, VisionTransformer
+from tools.golden_sharding import path_name
 
 CFG = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                 num_kv_heads=2, head_dim=8)
@@ -313,3 +317,123 @@ def test_batches_and_activations_follow_the_configured_rules(mesh):
     logits = nnx.jit(lambda m, x: m(x))(model, ids)
   assert hidden.sharding.spec[0] == "data"
   np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-5)
+
+
+############################ train.py runs with configured sharding ########################
+# The shardings a run actually used (its state and the batches it placed, as handed to the compiled
+# step, and the compiled step's own input shardings) follow `config.mesh` and
+# `config.sharding_rules`, not the built-in defaults. Two tiny 2-step ShapesWorld runs (the
+# ShapesWorld evaluations stubbed out: only the layout is checked): per-tower rules (the LLM
+# tensor-sharded, the DiT fsdp-sharded, its EMA like the DiT), and one table with custom batch rules
+# on a mesh with an added `sequence` axis.
+
+LLM_TENSOR = [("act_batch", ("data", "fsdp")), ("act_heads", "tensor"), ("act_mlp", "tensor"),
+              ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"), ("vocab", "tensor")]
+DIT_FSDP = [("embed", "fsdp"), ("mlp", "fsdp"), ("heads", "fsdp"), ("kv_heads", "fsdp")]
+SEQUENCE_RULES = [("act_batch", "data"), ("act_length", "sequence")] + [
+    r for r in sharding.DEFAULT_RULES if r[0] not in ("act_batch", "act_length")]
+
+
+def _specs(tree) -> dict[str, P]:
+  """{path: PartitionSpec} of a pytree of arrays or shardings."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]
+  return {path_name(p): (x if isinstance(x, jax.sharding.Sharding) else x.sharding).spec for p, x in leaves}
+
+
+def _run(data_dir, workdir, config):
+  """Runs train.py on `config`; returns what its first compiled step was given: {"state", "batch":
+  {path: spec}, "compiled": {"state", "batch": {path: spec}}, "mesh": axis names, "hlo": text}."""
+  from jaxmodels import trainer
+  from jaxmodels.evals import shapes_world
+  seen = {}
+  make = trainer.make_train_step
+
+  class Lowered:
+    def __init__(self, lowered):
+      self.lowered = lowered
+
+    def compile(self):
+      compiled = self.lowered.compile()
+      if "compiled" not in seen:
+        args = compiled.input_shardings[0]
+        seen["compiled"] = {"state": _specs(args[0]), "batch": _specs(args[1])}
+      return compiled
+
+  class Step:
+    def __init__(self, fn):
+      self.fn = fn
+
+    def lower(self, state, batch, rng):
+      lowered = self.fn.lower(state, batch, rng)
+      if "state" not in seen:
+        seen.update(state=_specs(state), batch=_specs(batch), hlo=lowered.as_text(),
+                    mesh=jax.tree.leaves(batch)[0].sharding.mesh.axis_names)
+      return Lowered(lowered)
+
+  config.data.data_dir = data_dir
+  config.train.update(total_steps=2, log_every=1, eval_every=100, ckpt_every=100)
+  config.checkpoint.async_save = False
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(trainer, "make_train_step", lambda *a, **k: Step(make(*a, **k)))
+    mp.setattr(shapes_world, "evaluate_model", lambda *a, **k: {})
+    train.train_and_evaluate(config, str(workdir))
+  return seen
+
+
+@pytest.fixture(scope="module")
+def per_tower(data_dir, tmp_path_factory):
+  c = shapes_tiny.get_config("runlocal,target=pixels")
+  c.mesh = dict(data=2, fsdp=2, tensor=2)
+  c.sharding_rules = {"llm": LLM_TENSOR, "dit": DIT_FSDP}
+  c.train.ema_decay = 0.9                       # train.ema_path="dit": an EMA copy of the DiT
+  return _run(data_dir, tmp_path_factory.mktemp("per_tower"), c)
+
+
+@pytest.fixture(scope="module")
+def sequence_axis(data_dir, tmp_path_factory):
+  c = shapes_tiny.get_config("runlocal")
+  c.mesh = dict(data=2, fsdp=2, sequence=2, tensor=1)
+  c.sharding_rules = SEQUENCE_RULES
+  return _run(data_dir, tmp_path_factory.mktemp("sequence"), c)
+
+
+def _axes(spec: P) -> set[str]:
+  return {a for e in spec if e is not None for a in ((e,) if isinstance(e, str) else e)}
+
+
+@pytest.mark.slow
+def test_per_tower_rules_reach_the_run(per_tower):
+  for seen in (per_tower, per_tower["compiled"]):
+    state = seen["state"]
+    llm = {p: s for p, s in state.items() if p.startswith("model/llm/")}
+    dit = {p: s for p, s in state.items() if p.startswith("model/dit/")}
+    assert llm and dit
+    assert all("fsdp" not in _axes(s) for s in llm.values()), llm
+    assert any("tensor" in _axes(s) for s in llm.values())
+    assert all("tensor" not in _axes(s) for s in dit.values()), dit
+    assert any("fsdp" in _axes(s) for s in dit.values())
+    # The DiT's EMA copy and its Adam moments are laid out like the DiT itself.
+    ema = {p[len("ema/"):]: s for p, s in state.items() if p.startswith("ema/")}
+    assert ema and all(ema[p] == dit["model/dit/" + p] for p in ema), ema
+    mu = {p.split("/mu/", 1)[1]: s for p, s in state.items() if "/mu/" in p}
+    assert all(mu[p[len("model/"):]] == s for p, s in {**llm, **dit}.items() if p[len("model/"):] in mu)
+    assert state["model/llm/embed/embedding"] == P("tensor", None)          # vocab -> tensor, no fsdp
+    # Batches cross towers: they follow the "default" table (DEFAULT_RULES here).
+    assert set(seen["batch"]) >= {"und_ids", "gen_image"}
+    for key, spec in seen["batch"].items():
+      assert spec[0] == ("data", "fsdp") and all(e is None for e in spec[1:]), (key, spec)
+  assert per_tower["compiled"]["state"] == per_tower["state"]
+
+
+@pytest.mark.slow
+def test_custom_batch_rules_and_a_sequence_axis_reach_the_run(sequence_axis):
+  assert sequence_axis["mesh"] == ("data", "fsdp", "sequence", "tensor")
+  for seen in (sequence_axis, sequence_axis["compiled"]):
+    for key, spec in seen["batch"].items():       # act_batch -> data only
+      assert spec[0] == "data" and all(e is None for e in spec[1:]), (key, spec)
+    state = seen["state"]
+    assert state["model/llm/embed/embedding"] == P(None, "fsdp")             # tensor=1: vocab whole
+    assert not any("sequence" in _axes(s) for s in state.values())          # no parameter rule names it
+  # act_length -> sequence: the activations' sharding constraints split the length over `sequence`.
+  assert '[{"data"}, {"sequence"}' in sequence_axis["hlo"], "no activation constrained over sequence"
+  np.testing.assert_equal(sorted(sequence_axis["compiled"]["batch"]), sorted(sequence_axis["batch"]))

@@ -45,8 +45,10 @@ def _spec(spec) -> str:
   return "P(" + ", ".join(repr(e) for e in spec) + ")"
 
 
-def _path(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+def path_name(path) -> str:
+  """"model/llm/embed/embedding" for a pytree key path (an nnx Variable's trailing `value` dropped)."""
+  keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return "/".join(keys[:-1] if keys and keys[-1] == "value" else keys)
 
 
 def config_of(name: str):
@@ -84,7 +86,7 @@ def flat_specs(shardings, state, parts=("model", "ema")) -> list[tuple[str, tupl
   shapes = jax.tree.leaves(state, is_leaf=is_var)
   out = []
   for (path, sh), var in zip(specs, shapes):
-    name = _path(path)
+    name = path_name(path)
     if name.split("/")[0] in parts:
       out.append((name, tuple(var.get_value().shape), sh.get_value().spec))
   return sorted(out, key=lambda row: row[0])
