@@ -75,8 +75,8 @@ def mesh_shape(shape: Mapping[str, int] | Sequence[tuple[str, int]] | None,
   """
   if shape is None:
     shape = {"data": 1, "fsdp": -1, "tensor": 1}
-  explicit = not isinstance(shape, Mapping)
-  pairs = [tuple(p) for p in shape] if explicit else list(dict(shape).items())
+  explicit = not hasattr(shape, "items")          # (name, size) pairs; else a mapping or ConfigDict
+  pairs = [tuple(p) for p in shape] if explicit else list(shape.items())
   names = [n for n, _ in pairs]
   for name, size in pairs:
     if not isinstance(name, str) or not name.isidentifier():
@@ -91,11 +91,11 @@ def mesh_shape(shape: Mapping[str, int] | Sequence[tuple[str, int]] | None,
   out = {a: sizes.get(a, 1) for a in order}
   fill = [a for a, s in out.items() if s == -1]
   if len(fill) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {dict(shape)}")
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(pairs)}")
   known = math.prod(s for s in out.values() if s != -1)
   if fill:
     if num_devices % known:
-      raise ValueError(f"{num_devices} devices do not divide into mesh {dict(shape)}")
+      raise ValueError(f"{num_devices} devices do not divide into mesh {dict(pairs)}")
     out[fill[0]] = num_devices // known
   if math.prod(out.values()) != num_devices:
     raise ValueError(f"mesh {out} needs {math.prod(out.values())} devices, have {num_devices}")

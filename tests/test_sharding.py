@@ -64,6 +64,9 @@ def test_mesh_axes_are_data(mesh):
   assert seq.axis_names == ("data", "fsdp", "sequence", "tensor") and seq.shape["sequence"] == 2
   pairs = sharding.make_mesh([("sequence", 4), ("data", -1)])
   assert pairs.axis_names == ("fsdp", "tensor", "sequence", "data") and pairs.shape["data"] == 2
+  import ml_collections
+  assert sharding.make_mesh(ml_collections.ConfigDict(dict(tensor=2, sequence=2, fsdp=-1))).axis_names == (
+      "data", "fsdp", "sequence", "tensor")
   dcn = sharding.make_mesh({"dcn_data": 2, "fsdp": -1})      # one slice (CPU): a plain axis
   assert dict(dcn.shape) == {"dcn_data": 2, "data": 1, "fsdp": 4, "tensor": 1}
   # The default rules split the batch over the dcn_* axes too (data parallel across slices).
