@@ -82,7 +82,8 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   logging.info("devices: %s", jax.devices())
 
   ############################ Mesh ##########################################
-  mesh, rules = mesh_and_rules(config)
+  mesh, rules = mesh_and_rules(config)          # config.mesh (any axis names), config.sharding_rules
+  logging.info("mesh: %s", dict(mesh.shape))
 
   ############################ Model + optimizer #############################
   total = config.train.total_steps

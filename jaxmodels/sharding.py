@@ -5,6 +5,10 @@ maps each logical name to mesh axes. For each array dimension the first rule who
 still unused (and divide the dimension) wins, so e.g. `embed -> fsdp` shards the embedding dim of a
 kernel while `mlp -> tensor` shards its hidden dim. Unlisted names are replicated.
 
+The mesh axes are data: any names, e.g. a `sequence` axis for long sequences (with a rule
+`act_length -> sequence`) or a `dcn_data` axis over several slices. `data`, `fsdp` and `tensor` are
+always present (size 1 unless given), so `DEFAULT_RULES` apply to every mesh.
+
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     model = create_sharded(lambda: LLM(cfg, rngs=nnx.Rngs(0)), mesh)   # params born sharded
     with use_mesh(mesh):                                               # activations constrained
@@ -22,7 +26,13 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from jaxmodels.errors import ConfigError
+
+# Axes every mesh has (size 1 unless given): the default rules name them.
+STANDARD_AXES = ("data", "fsdp", "tensor")
+# A mesh axis named dcn_<name> spans slices (multi-slice data parallelism over the data-center
+# network): on devices in several slices the mesh is built with `create_hybrid_device_mesh`.
+DCN_PREFIX = "dcn_"
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
@@ -42,26 +52,144 @@ DEFAULT_RULES: Rules = (
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("jaxmodels_rules", default=DEFAULT_RULES)
 
 
-def make_mesh(shape: Mapping[str, int] | None = None, devices=None) -> jax.sharding.Mesh:
-  """Mesh over `devices` (default all) with axes (data, fsdp, tensor); one size may be -1 (fill)."""
+def mesh_axis_order(names: Sequence[str]) -> tuple[str, ...]:
+  """The conventional order (outermost first) of mesh axes given without one (a config's
+  `config.mesh` is a ConfigDict, which keeps its keys sorted): the `dcn_*` axes (slowest links),
+  then data, fsdp, any other names alphabetically, tensor last (innermost: the fastest links, for
+  the axis with the most communication). Each `dcn_*` axis sits among the others by its base name."""
+  def rank(name: str):
+    dcn = name.startswith(DCN_PREFIX)
+    base = name[len(DCN_PREFIX):] if dcn else name
+    return (not dcn, {"data": 0, "fsdp": 1, "tensor": 3}.get(base, 2), base)
+  return tuple(sorted(names, key=rank))
+
+
+def mesh_shape(shape: Mapping[str, int] | Sequence[tuple[str, int]] | None,
+               num_devices: int) -> dict[str, int]:
+  """The ordered {axis: size} a mesh over `num_devices` devices gets (see `make_mesh`): the -1 filled,
+  the standard axes added with size 1.
+
+  Raises:
+    ValueError: for a bad name or size, more than one -1, or sizes that do not multiply to the
+      device count.
+  """
+  if shape is None:
+    shape = {"data": 1, "fsdp": -1, "tensor": 1}
+  explicit = not hasattr(shape, "items")          # (name, size) pairs; else a mapping or ConfigDict
+  pairs = [tuple(p) for p in shape] if explicit else list(shape.items())
+  names = [n for n, _ in pairs]
+  for name, size in pairs:
+    if not isinstance(name, str) or not name.isidentifier():
+      raise ValueError(f"mesh axis name {name!r}: expected an identifier such as 'data' or 'sequence'")
+    if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
+      raise ValueError(f"mesh axis {name}={size!r}: expected an integer >= 1, or -1 (fill)")
+  if len(set(names)) != len(names):
+    raise ValueError(f"mesh axes {names} name an axis twice")
+  sizes = dict(pairs)
+  missing = [a for a in STANDARD_AXES if a not in sizes]
+  order = missing + names if explicit else list(mesh_axis_order(names + missing))
+  out = {a: sizes.get(a, 1) for a in order}
+  fill = [a for a, s in out.items() if s == -1]
+  if len(fill) > 1:
+    raise ValueError(f"at most one mesh axis may be -1, got {dict(pairs)}")
+  known = math.prod(s for s in out.values() if s != -1)
+  if fill:
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices do not divide into mesh {dict(pairs)}")
+    out[fill[0]] = num_devices // known
+  if math.prod(out.values()) != num_devices:
+    raise ValueError(f"mesh {out} needs {math.prod(out.values())} devices, have {num_devices}")
+  return out
+
+
+def _slice_count(devices) -> int:
+  """How many slices `devices` span (1 where devices carry no `slice_index`, e.g. CPU, GPU)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]] | None = None,
+              devices=None) -> jax.sharding.Mesh:
+  """Mesh over `devices` (default all) with the axes of `shape`; one size may be -1 (fill).
+
+  `shape`: {axis: size} (axes in the order of `mesh_axis_order`), or (axis, size) pairs in the
+  order wanted (outermost first); None: data=1, fsdp=all, tensor=1. The standard axes
+  (`STANDARD_AXES`) are added with size 1 when not given. `dcn_*` axes on devices in several slices
+  take the slices (`jax.experimental.mesh_utils.create_hybrid_device_mesh`; their sizes must
+  multiply to the slice count), the other axes the devices within a slice; on one slice (or CPU)
+  a `dcn_*` axis is a plain axis.
+  """
   devices = list(jax.devices() if devices is None else devices)
-  shape = dict(shape or {"data": 1, "fsdp": -1, "tensor": 1})
-  unknown = set(shape) - set(MESH_AXES)
-  if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
-  sizes = [shape.get(a, 1) for a in MESH_AXES]
-  if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {shape}")
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh {shape}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"have {len(devices)}")
-  return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  shape = mesh_shape(shape, len(devices))
+  names, sizes = tuple(shape), tuple(shape.values())
+  axis_types = (jax.sharding.AxisType.Auto,) * len(names)
+  dcn = [n.startswith(DCN_PREFIX) for n in names]
+  slices = _slice_count(devices)
+  if any(dcn) and slices > 1:
+    from jax.experimental import mesh_utils
+    dcn_shape = [s if d else 1 for s, d in zip(sizes, dcn)]
+    if math.prod(dcn_shape) != slices:
+      raise ValueError(f"mesh {shape}: the {DCN_PREFIX}* axes multiply to {math.prod(dcn_shape)}, "
+                       f"but the devices are in {slices} slices")
+    ici_shape = [1 if d else s for s, d in zip(sizes, dcn)]
+    grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+    return jax.sharding.Mesh(grid, names, axis_types=axis_types)
+  return jax.make_mesh(sizes, names, devices=devices, axis_types=axis_types)
+
+
+def default_rules(axis_names: Sequence[str]) -> Rules:
+  """The rules for a mesh with `axis_names` when the config gives none: `DEFAULT_RULES`, with the
+  batch also split over every `dcn_*` axis (data parallel across slices, parameters replicated)."""
+  dcn = tuple(a for a in axis_names if a.startswith(DCN_PREFIX))
+  if not dcn:
+    return DEFAULT_RULES
+  return tuple((name, dcn + ((target,) if isinstance(target, str) else tuple(target or ())))
+               if name == "act_batch" else (name, target) for name, target in DEFAULT_RULES)
+
+
+def _table(rules, where: str) -> Rules:
+  """One rules table as (logical, None | axis | (axes...)) pairs; a ConfigError names a bad rule."""
+  if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
+    raise ConfigError(f"{where}={rules!r}: expected a list of (logical name, mesh axes) rules")
+  out = []
+  for i, rule in enumerate(rules):
+    ok = isinstance(rule, Sequence) and not isinstance(rule, str) and len(rule) == 2
+    target = rule[1] if ok else None
+    if ok and isinstance(target, Sequence) and not isinstance(target, str):
+      target = tuple(target)
+      ok = all(isinstance(a, str) for a in target)
+    if not ok or not isinstance(rule[0], str) or not (target is None or isinstance(target, (str, tuple))):
+      raise ConfigError(f"{where}[{i}]={rule!r}: expected (logical name, mesh axis | [mesh axes] | None)")
+    out.append((rule[0], target))
+  return tuple(out)
+
+
+def check_rules(rules: Rules, axis_names: Sequence[str], where: str = "config.sharding_rules") -> None:
+  """Raises a ConfigError naming the first rule of `rules` that names a mesh axis not in `axis_names`."""
+  for i, (name, target) in enumerate(rules):
+    for axis in (target,) if isinstance(target, str) else target or ():
+      if axis not in axis_names:
+        raise ConfigError(f"{where}[{i}]=({name!r}, {target!r}) names mesh axis {axis!r}, which the mesh "
+                          f"does not have (axes: {', '.join(axis_names)}; add it to config.mesh)")
+
+
+def rules_from_config(rules, axis_names: Sequence[str], where: str = "config.sharding_rules"):
+  """`config.sharding_rules` checked against the mesh's axes: None/empty -> the mesh's
+  `default_rules` (None where those are `DEFAULT_RULES`); one table [(logical, mesh axes), ...] ->
+  a tuple of pairs; per-tower tables {tower: table, "default": table} -> a dict of them (a missing
+  "default" is the mesh's default rules). A ConfigError names a malformed rule or one naming a mesh
+  axis that does not exist."""
+  if not rules:
+    table = default_rules(axis_names)
+    return None if table is DEFAULT_RULES else table
+  if isinstance(rules, Mapping) or hasattr(rules, "items"):
+    out = {str(tower): _table(t, f"{where}.{tower}") for tower, t in rules.items()}
+    for tower, t in out.items():
+      check_rules(t, axis_names, f"{where}.{tower}")
+    out.setdefault("default", default_rules(axis_names))
+    return out
+  table = _table(rules, where)
+  check_rules(table, axis_names, where)
+  return table
 
 
 def logical_to_spec(axes: Sequence[str | None] | None, shape: Sequence[int] | None = None,

@@ -1,4 +1,5 @@
-"""Sharding rules and meshes on 8 CPU devices; scan/loop and remat equivalence."""
+"""Sharding rules and meshes on 8 CPU devices; scan/loop and remat equivalence; train.py runs whose
+shardings follow the configured mesh and rules."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,10 +7,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+import train
+from configs import shapes_tiny
 from jaxmodels import sharding
 from jaxmodels.layers.block import unstack_layers
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.vision import VisionConfig, VisionTransformer
+from tools.golden_sharding import path_name
 
 CFG = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                 num_kv_heads=2, head_dim=8)
@@ -39,10 +43,97 @@ def test_logical_to_spec_follows_rules_in_order(mesh):
 def test_make_mesh_fills_minus_one_and_validates():
   mesh = sharding.make_mesh({"data": 2, "fsdp": -1})
   assert dict(mesh.shape) == {"data": 2, "fsdp": jax.device_count() // 2, "tensor": 1}
-  with pytest.raises(ValueError, match="unknown mesh axes"):
-    sharding.make_mesh({"model": 2})
+  assert mesh.axis_names == ("data", "fsdp", "tensor")
   with pytest.raises(ValueError, match="needs"):
     sharding.make_mesh({"data": 3, "fsdp": 1, "tensor": 1})
+  with pytest.raises(ValueError, match="at most one mesh axis may be -1"):
+    sharding.make_mesh({"data": -1, "fsdp": -1})
+  with pytest.raises(ValueError, match="mesh axis name 'a b'"):
+    sharding.make_mesh({"a b": 8})
+  with pytest.raises(ValueError, match="mesh axis tensor=0"):
+    sharding.make_mesh({"tensor": 0})
+
+
+def test_mesh_axes_are_data(mesh):
+  """Any axis names: a mapping (a config's sorted ConfigDict) takes the conventional order (dcn_*
+  first, data, fsdp, others, tensor last), (name, size) pairs their own; the standard axes are always
+  there (size 1), so the default rules apply to every mesh."""
+  assert sharding.mesh_axis_order(["tensor", "sequence", "fsdp", "data", "dcn_data"]) == (
+      "dcn_data", "data", "fsdp", "sequence", "tensor")
+  seq = sharding.make_mesh({"data": 2, "fsdp": 2, "sequence": 2, "tensor": 1})
+  assert seq.axis_names == ("data", "fsdp", "sequence", "tensor") and seq.shape["sequence"] == 2
+  pairs = sharding.make_mesh([("sequence", 4), ("data", -1)])
+  assert pairs.axis_names == ("fsdp", "tensor", "sequence", "data") and pairs.shape["data"] == 2
+  import ml_collections
+  assert sharding.make_mesh(ml_collections.ConfigDict(dict(tensor=2, sequence=2, fsdp=-1))).axis_names == (
+      "data", "fsdp", "sequence", "tensor")
+  dcn = sharding.make_mesh({"dcn_data": 2, "fsdp": -1})      # one slice (CPU): a plain axis
+  assert dict(dcn.shape) == {"dcn_data": 2, "data": 1, "fsdp": 4, "tensor": 1}
+  # The default rules split the batch over the dcn_* axes too (data parallel across slices).
+  rules = sharding.default_rules(dcn.axis_names)
+  assert dict(rules)["act_batch"] == ("dcn_data", "data", "fsdp")
+  assert sharding.default_rules(mesh.axis_names) is sharding.DEFAULT_RULES
+  assert sharding.batch_sharding(dcn, 2, rules).spec == P(("dcn_data", "fsdp"), None)
+  assert sharding.logical_to_spec(("act_batch", "act_length"), (8, 4), seq,
+                                  [("act_batch", "data"), ("act_length", "sequence")]) == P("data", "sequence")
+
+
+def test_dcn_axes_take_the_slices(monkeypatch):
+  """On devices in several slices the dcn_* axes span the slices and the others the devices of one
+  slice (create_hybrid_device_mesh with the ICI and DCN shapes split by axis); the slice count must
+  be the dcn_* axes' product."""
+  from jax.experimental import mesh_utils
+  calls = []
+
+  def hybrid(ici, dcn, devices):
+    calls.append((list(ici), list(dcn)))
+    return np.asarray(devices, dtype=object).reshape([a * b for a, b in zip(ici, dcn)])
+
+  monkeypatch.setattr(mesh_utils, "create_hybrid_device_mesh", hybrid)
+  monkeypatch.setattr(sharding, "_slice_count", lambda devices: 2)
+  mesh = sharding.make_mesh({"dcn_data": 2, "fsdp": 2, "tensor": -1})
+  assert calls == [([1, 1, 2, 2], [2, 1, 1, 1])]
+  assert dict(mesh.shape) == {"dcn_data": 2, "data": 1, "fsdp": 2, "tensor": 2}
+  with pytest.raises(ValueError, match="dcn_\\* axes multiply to 4, but the devices are in 2 slices"):
+    sharding.make_mesh({"dcn_data": 4, "fsdp": -1})
+  assert len(calls) == 1 and sharding.make_mesh({"fsdp": -1}).axis_names == ("data", "fsdp", "tensor")
+
+
+def test_rules_from_config_checks_mesh_axes(mesh):
+  """config.sharding_rules: tables normalised, per-tower tables get the mesh's default, and a rule
+  naming a missing mesh axis (or a malformed rule) is a one-line ConfigError naming it."""
+  import ml_collections
+
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.trainer.setup import mesh_and_rules
+  names = mesh.axis_names
+  assert sharding.rules_from_config(None, names) is None
+  assert sharding.rules_from_config([["embed", ["fsdp", "tensor"]], ("mlp", None)], names) == (
+      ("embed", ("fsdp", "tensor")), ("mlp", None))
+  per_tower = sharding.rules_from_config({"dit": [("embed", "tensor")]}, names)
+  assert per_tower == {"dit": (("embed", "tensor"),), "default": sharding.DEFAULT_RULES}
+  with pytest.raises(ConfigError, match=r"^config.sharding_rules\[1\]=\('act_length', 'sequence'\) names "
+                                        r"mesh axis 'sequence', which the mesh does not have \(axes: data, fsdp, "
+                                        r"tensor; add it to config.mesh\)$"):
+    sharding.rules_from_config([("embed", "fsdp"), ("act_length", "sequence")], names)
+  with pytest.raises(ConfigError, match=r"config.sharding_rules.dit\[0\]=\('embed', \('fsdp', 'model'\)\) "
+                                        r"names mesh axis 'model'"):
+    sharding.rules_from_config({"dit": [("embed", ("fsdp", "model"))]}, names)
+  with pytest.raises(ConfigError, match=r"config.sharding_rules\[0\]=\('embed',\): expected \(logical name"):
+    sharding.rules_from_config([("embed",)], names)
+  with pytest.raises(ConfigError, match="expected a list of"):
+    sharding.rules_from_config("embed", names)
+  # Through a run's config: the mesh from config.mesh, the EMA copy following its tower's table.
+  c = ml_collections.ConfigDict(dict(mesh=dict(data=2, fsdp=2, sequence=2, tensor=1), sharding_rules=None,
+                                     train=dict(ema_path="dit")))
+  m, rules = mesh_and_rules(c)
+  assert m.axis_names == ("data", "fsdp", "sequence", "tensor") and rules is None
+  c.sharding_rules = {"dit": [("embed", "sequence")], "llm": [("mlp", "tensor")]}
+  _, rules = mesh_and_rules(c)
+  assert rules["ema"] == rules["dit"] == (("embed", "sequence"),) and "default" in rules
+  c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=-1, tensor=1))
+  with pytest.raises(ConfigError, match=r"config.sharding_rules.dit\[0\]=\('embed', 'sequence'\) names"):
+    mesh_and_rules(c)
 
 
 @pytest.mark.parametrize("scan", [False, True])
@@ -229,3 +320,123 @@ def test_batches_and_activations_follow_the_configured_rules(mesh):
     logits = nnx.jit(lambda m, x: m(x))(model, ids)
   assert hidden.sharding.spec[0] == "data"
   np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-5)
+
+
+############################ train.py runs with configured sharding ########################
+# The shardings a run actually used (its state and the batches it placed, as handed to the compiled
+# step, and the compiled step's own input shardings) follow `config.mesh` and
+# `config.sharding_rules`, not the built-in defaults. Two tiny 2-step ShapesWorld runs (the
+# ShapesWorld evaluations stubbed out: only the layout is checked): per-tower rules (the LLM
+# tensor-sharded, the DiT fsdp-sharded, its EMA like the DiT), and one table with custom batch rules
+# on a mesh with an added `sequence` axis.
+
+LLM_TENSOR = [("act_batch", ("data", "fsdp")), ("act_heads", "tensor"), ("act_mlp", "tensor"),
+              ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"), ("vocab", "tensor")]
+DIT_FSDP = [("embed", "fsdp"), ("mlp", "fsdp"), ("heads", "fsdp"), ("kv_heads", "fsdp")]
+SEQUENCE_RULES = [("act_batch", "data"), ("act_length", "sequence")] + [
+    r for r in sharding.DEFAULT_RULES if r[0] not in ("act_batch", "act_length")]
+
+
+def _specs(tree) -> dict[str, P]:
+  """{path: PartitionSpec} of a pytree of arrays or shardings."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]
+  return {path_name(p): (x if isinstance(x, jax.sharding.Sharding) else x.sharding).spec for p, x in leaves}
+
+
+def _run(data_dir, workdir, config):
+  """Runs train.py on `config`; returns what its first compiled step was given: {"state", "batch":
+  {path: spec}, "compiled": {"state", "batch": {path: spec}}, "mesh": axis names, "hlo": text}."""
+  from jaxmodels import trainer
+  from jaxmodels.evals import shapes_world
+  seen = {}
+  make = trainer.make_train_step
+
+  class Lowered:
+    def __init__(self, lowered):
+      self.lowered = lowered
+
+    def compile(self):
+      compiled = self.lowered.compile()
+      if "compiled" not in seen:
+        args = compiled.input_shardings[0]
+        seen["compiled"] = {"state": _specs(args[0]), "batch": _specs(args[1])}
+      return compiled
+
+  class Step:
+    def __init__(self, fn):
+      self.fn = fn
+
+    def lower(self, state, batch, rng):
+      lowered = self.fn.lower(state, batch, rng)
+      if "state" not in seen:
+        seen.update(state=_specs(state), batch=_specs(batch), hlo=lowered.as_text(),
+                    mesh=jax.tree.leaves(batch)[0].sharding.mesh.axis_names)
+      return Lowered(lowered)
+
+  config.data.data_dir = data_dir
+  config.train.update(total_steps=2, log_every=1, eval_every=100, ckpt_every=100)
+  config.checkpoint.async_save = False
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(trainer, "make_train_step", lambda *a, **k: Step(make(*a, **k)))
+    mp.setattr(shapes_world, "evaluate_model", lambda *a, **k: {})
+    train.train_and_evaluate(config, str(workdir))
+  return seen
+
+
+@pytest.fixture(scope="module")
+def per_tower(data_dir, tmp_path_factory):
+  c = shapes_tiny.get_config("runlocal,target=pixels")
+  c.mesh = dict(data=2, fsdp=2, tensor=2)
+  c.sharding_rules = {"llm": LLM_TENSOR, "dit": DIT_FSDP}
+  c.train.ema_decay = 0.9                       # train.ema_path="dit": an EMA copy of the DiT
+  return _run(data_dir, tmp_path_factory.mktemp("per_tower"), c)
+
+
+@pytest.fixture(scope="module")
+def sequence_axis(data_dir, tmp_path_factory):
+  c = shapes_tiny.get_config("runlocal")
+  c.mesh = dict(data=2, fsdp=2, sequence=2, tensor=1)
+  c.sharding_rules = SEQUENCE_RULES
+  return _run(data_dir, tmp_path_factory.mktemp("sequence"), c)
+
+
+def _axes(spec: P) -> set[str]:
+  return {a for e in spec if e is not None for a in ((e,) if isinstance(e, str) else e)}
+
+
+@pytest.mark.slow
+def test_per_tower_rules_reach_the_run(per_tower):
+  for seen in (per_tower, per_tower["compiled"]):
+    state = seen["state"]
+    llm = {p: s for p, s in state.items() if p.startswith("model/llm/")}
+    dit = {p: s for p, s in state.items() if p.startswith("model/dit/")}
+    assert llm and dit
+    assert all("fsdp" not in _axes(s) for s in llm.values()), llm
+    assert any("tensor" in _axes(s) for s in llm.values())
+    assert all("tensor" not in _axes(s) for s in dit.values()), dit
+    assert any("fsdp" in _axes(s) for s in dit.values())
+    # The DiT's EMA copy and its Adam moments are laid out like the DiT itself.
+    ema = {p[len("ema/"):]: s for p, s in state.items() if p.startswith("ema/")}
+    assert ema and all(ema[p] == dit["model/dit/" + p] for p in ema), ema
+    mu = {p.split("/mu/", 1)[1]: s for p, s in state.items() if "/mu/" in p}
+    assert all(mu[p[len("model/"):]] == s for p, s in {**llm, **dit}.items() if p[len("model/"):] in mu)
+    assert state["model/llm/embed/embedding"] == P("tensor", None)          # vocab -> tensor, no fsdp
+    # Batches cross towers: they follow the "default" table (DEFAULT_RULES here).
+    assert set(seen["batch"]) >= {"und_ids", "gen_image"}
+    for key, spec in seen["batch"].items():
+      assert spec[0] == ("data", "fsdp") and all(e is None for e in spec[1:]), (key, spec)
+  assert per_tower["compiled"]["state"] == per_tower["state"]
+
+
+@pytest.mark.slow
+def test_custom_batch_rules_and_a_sequence_axis_reach_the_run(sequence_axis):
+  assert sequence_axis["mesh"] == ("data", "fsdp", "sequence", "tensor")
+  for seen in (sequence_axis, sequence_axis["compiled"]):
+    for key, spec in seen["batch"].items():       # act_batch -> data only
+      assert spec[0] == "data" and all(e is None for e in spec[1:]), (key, spec)
+    state = seen["state"]
+    assert state["model/llm/embed/embedding"] == P(None, "fsdp")             # tensor=1: vocab whole
+    assert not any("sequence" in _axes(s) for s in state.values())          # no parameter rule names it
+  # act_length -> sequence: the activations' sharding constraints split the length over `sequence`.
+  assert '[{"data"}, {"sequence"}' in sequence_axis["hlo"], "no activation constrained over sequence"
+  np.testing.assert_equal(sorted(sequence_axis["compiled"]["batch"]), sorted(sequence_axis["batch"]))

@@ -3,6 +3,10 @@ r"""Ahead-of-time memory plan for a big run, on this CPU: no accelerator, nothin
     python tools/plan.py --config=configs/blip3o_8b.py --devices=256 --mesh=data:1,fsdp:256,tensor:1 --hbm_gb=80 \
         --batch_size=256
     python tools/plan.py --config=configs/blip3o_8b.py:tiny --devices=8 --mesh=data:1,fsdp:8,tensor:1 --json
+    python tools/plan.py --config=configs/blip3o_8b.py --devices=256 --mesh=data:2,sequence:4,fsdp:32 --no_compile
+
+`--mesh` may name any axes (`sharding.make_mesh`: e.g. a `sequence` axis for the config's rules, or
+`dcn_data` for several slices); the ones not given are 1 (data, fsdp, tensor) and one size may be -1.
 
 Builds `--devices` fake CPU devices (XLA's host-platform device count, set before JAX starts), the
 config's mesh over them and the real train step of train.py (`make_train_step` with the config's
@@ -37,10 +41,14 @@ def load_config(spec: str):
 
 
 def parse_mesh(text: str) -> dict[str, int]:
+  """"data:2,fsdp:-1" -> {"data": 2, "fsdp": -1} (any axis names; see `sharding.make_mesh`)."""
   out = {}
   for part in text.split(","):
     name, _, size = part.partition(":")
-    out[name.strip()] = int(size)
+    try:
+      out[name.strip()] = int(size)
+    except ValueError:
+      raise SystemExit(f"error: --mesh={text}: {part!r} is not axis:size") from None
   return out
 
 
@@ -69,8 +77,11 @@ def _image_size(cfg, default: int = 32) -> int:
 
 def batch_spec(config, mesh, model, rules=None):
   """Abstract global batch in train.py's task layout for `model` (a UnifiedModel or a FlorenceVL),
-  sharded over the batch axes. Sequence lengths: `config.data.und_len` (else `max_length`, else the
-  image tokens + 256 text tokens) and `config.data.gen_len` (else 128)."""
+  each array's batch dim split by the rules' `act_batch` (`sharding.batch_sharding`). Sequence
+  lengths: `config.data.und_len` (else `max_length`, else the image tokens + 256 text tokens) and
+  `config.data.gen_len` (else 128). Generation images at the side the data layer resizes to; the
+  ShapesWorld extras when the config asks for them: `und_labels` [B, g, g, 2] (`data.dense_labels`)
+  and `gen_cond_image` (`data.edit_fraction`)."""
   import jax
   import jax.numpy as jnp
 
@@ -86,14 +97,20 @@ def batch_spec(config, mesh, model, rules=None):
   shapes = dict(und_image=((b, und_size, und_size, 3), jnp.float32), und_ids=((b, und_len), jnp.int32),
                 und_mask=((b, und_len), jnp.int32), und_loss_mask=((b, und_len), jnp.int32))
   if not hasattr(c, "dbfusion"):
-    if c.gen_target == "latents":          # precomputed latents; image-token models still read images
+    patch = getattr(c.und_encoder, "patch_size", None)
+    if d.get("dense_labels") and patch:
+      shapes["und_labels"] = ((b, und_size // patch, und_size // patch, 2), jnp.int32)
+    precomputed = c.gen_target == "latents" and c.vae is None
+    if precomputed:                        # latents from the data; image-token models still read images
       shapes["gen_latents"] = ((b, c.latent_size, c.latent_size, c.latent_channels), jnp.float32)
-    size = (c.gen_image_size if c.gen_target == "pixels" else
+    size = (c.gen_image_size if c.gen_target in ("pixels", "latents") else
             _image_size(getattr(c, "autoencoder", None), und_size) if c.gen_target == "autoencoder" else
             _image_size(c.gen_encoder) if c.gen_encoder is not None else
             _image_size(c.image_tokenizer, und_size))
-    if c.gen_target != "latents" or c.image_tokenizer is not None:
+    if not precomputed or c.image_tokenizer is not None:
       shapes["gen_image"] = ((b, size, size, 3), jnp.float32)
+    if d.get("edit_fraction"):
+      shapes["gen_cond_image"] = ((b, und_size, und_size, 3), jnp.float32)
     shapes.update(gen_ids=((b, gen_len), jnp.int32), gen_mask=((b, gen_len), jnp.int32))
   return {k: jax.ShapeDtypeStruct(s, t, sharding=sharding.batch_sharding(mesh, len(s), rules))
           for k, (s, t) in shapes.items()}

@@ -100,21 +100,27 @@ def understanding_inputs(batch: dict, gen_every: int) -> dict:
 
 
 def mesh_and_rules(config):
-  """The mesh and the logical-axis rules: `config.sharding_rules` is None (defaults), one table
-  [(logical, mesh axes), ...], or per-tower tables {"dit": [...], "default": [...]}."""
+  """The mesh and the logical-axis rules of a run.
+
+  `config.mesh`: {axis: size} with any axis names (one -1 fills the devices; the order is
+  `sharding.mesh_axis_order`, as a ConfigDict keeps its keys sorted), e.g. an added `sequence` or
+  `dcn_data` axis. `config.sharding_rules`: None (`sharding.default_rules` of the mesh), one table
+  [(logical, mesh axes), ...], or per-tower tables {"dit": [...], "default": [...]}; a rule naming a
+  mesh axis the mesh lacks is a ConfigError naming the rule. With per-tower tables the EMA copy
+  (`config.train.ema_path`, e.g. "dit") follows its tower's table, as its optimizer moments do.
+  """
   try:
     mesh = sharding.make_mesh(config.mesh.to_dict())
   except ValueError as e:
-    import jax
     raise ConfigError(f"config.mesh={config.mesh.to_dict()} does not fit the {jax.device_count()} "
                       f"devices: {e}") from None
-  rules = config.sharding_rules
-  if not rules:
-    return mesh, None
-  table = lambda t: tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in t)  # noqa: E731
-  if hasattr(rules, "items"):
-    return mesh, {tower: table(t) for tower, t in rules.items()}
-  return mesh, table(rules)
+  rules = sharding.rules_from_config(config.sharding_rules, mesh.axis_names)
+  if isinstance(rules, dict) and "ema" not in rules:
+    ema_path = config.get("train", {}).get("ema_path") or ""
+    tower = next((part for part in ema_path.split("/") if part in rules), None)
+    if tower is not None:
+      rules["ema"] = rules[tower]
+  return mesh, rules
 
 
 MODEL_TYPES = ("unified", "florence_vl", "lm")
