@@ -151,6 +151,21 @@ def test_blip3o_next_dcae_loads_through_init_hf(tmp_path):
                jax.tree.map(np.asarray, nnx.state(ts.model.vae, nnx.Param)))
 
 
+def test_init_hf_places_a_tower_by_its_own_per_tower_rules(tmp_path):
+  """With per-tower rules, a tower loaded through config.init.hf lands in its own table's layout (here
+  the DC-AE's conv output channels over fsdp), not the default table's (which replicates them)."""
+  from jaxmodels import hf, sharding
+  from jaxmodels.trainer.setup import initialize
+  config, model = _model("blip3o_next_3b")
+  hf.save_pretrained(AutoencoderDC(model.config.vae, rngs=nnx.Rngs(7)), str(tmp_path / "vae"))
+  ts = TrainState(model, make_optimizer(config.optim.to_dict(), 10)[0])
+  config.init = dict(hf=dict(vae=str(tmp_path / "vae")))
+  rules = {"vae": (("conv_out", "fsdp"),), "default": sharding.DEFAULT_RULES}
+  initialize(config, ts, sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1}), rules)
+  specs = [x.sharding.spec for x in jax.tree.leaves(nnx.state(ts.model.vae, nnx.Param))]
+  assert any("fsdp" in tuple(s) for s in specs), specs
+
+
 def test_blip3o_next_editing_conditions_on_the_reference():
   """`:edit` (spec §3.6): the reference's discrete tokens fill the prompt's placeholders and its DC-AE
   latents are appended to the DiT condition (s² tokens after <S_k> + n image tokens) and injected into

@@ -209,7 +209,9 @@ def initialize(config, ts: TrainState, mesh, rules) -> None:
       raise ConfigError(f"config.init.hf.{part}: the model has no part {part!r}")
     loaded = hf.from_pretrained(path, dtype=jax.tree.leaves(nnx.state(tower, nnx.Param))[0].dtype,
                                 module=type(tower))    # e.g. the vision tower of a full Qwen2.5-VL
-    nnx.update(tower, jax.device_put(nnx.state(loaded), sharding.state_shardings(nnx.state(tower), mesh, rules)))
+    # The tower's own table of per-tower rules (its paths here start below the tower's name).
+    table = sharding.rules_for_path([part], rules)
+    nnx.update(tower, jax.device_put(nnx.state(loaded), sharding.state_shardings(nnx.state(tower), mesh, table)))
   if init.get("checkpoint"):
     from jaxmodels.checkpoint import restore_params
     state = nnx.state(ts.model)
