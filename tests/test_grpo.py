@@ -287,3 +287,23 @@ def test_full_size_blip3o_next_grpo_state():
   assert trained == llm, (trained, llm)
   if moments is not None:
     assert moments >= 2 * llm and moments < 2 * llm + 1000
+
+
+def test_plan_compiles_the_grpo_update():
+  """tools/plan.py plans a config with `rl`: the GRPO state (policy + reference, moments for the policy
+  only) and one update on prompts_per_step × group_size rollouts, compiled on the 8 CPU devices."""
+  import importlib.util
+  import os
+
+  from configs import shapes_grpo
+  spec = importlib.util.spec_from_file_location(
+      "plan_tool", os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "plan.py"))
+  plan_tool = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plan_tool)
+  config = shapes_grpo.get_config("runlocal")
+  out = plan_tool.plan(config)
+  n = config.rl.prompts_per_step * config.rl.group_size
+  assert out["batch_shapes"]["pos"] == [n, 49] and out["batch_shapes"]["ids"] == [n, config.data.gen_len]
+  assert out["temp_bytes"] > 0
+  # params: policy + reference; Adam: two moments of the policy alone
+  assert out["optimizer_bytes"] == pytest.approx(out["params_bytes"], rel=0.05)

@@ -129,14 +129,20 @@ def plan(config, hbm_gb: float | None = None, *, compile_step: bool = True) -> d
   from jaxmodels.trainer import make_train_step
   from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
   mesh, rules = mesh_and_rules(config)
-  make_state, lr = train_state_factory(config)
+  rl = bool(config.get("rl"))          # GRPO: policy + frozen reference, the update on one rollout batch
+  if rl:
+    from jaxmodels.trainer.grpo import grpo_batch_spec, grpo_state_factory
+    make_state, lr = grpo_state_factory(config)
+  else:
+    make_state, lr = train_state_factory(config)
   abstract_ts = nnx.eval_shape(make_state)
   _, state = nnx.split(abstract_ts)
   shardings = sharding.state_shardings(state, mesh, rules)
   target = sharding.abstract_state(state, shardings)
   step_fn = make_train_step(abstract_ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
                             state_shardings=shardings)
-  batch = batch_spec(config, mesh, abstract_ts.model, rules)
+  batch = (grpo_batch_spec(config, mesh, abstract_ts.model, rules) if rl
+           else batch_spec(config, mesh, abstract_ts.model, rules))
   rng = jax.eval_shape(lambda: jax.random.key(0))
   t0 = time.time()
   mem = None

@@ -64,6 +64,22 @@ def grpo_state_factory(config):
   return make_state, lr
 
 
+def grpo_batch_spec(config, mesh, policy: GRPOPolicy, rules=None) -> dict:
+  """The abstract batch of one GRPO update (tools/plan.py): prompts_per_step × group_size rollouts of
+  `data.gen_len` prompt tokens and the policy's token slots, split over the batch rules."""
+  from jaxmodels import sharding
+  n = config.rl.prompts_per_step * grpo_config_of(config).group_size
+  t = config.data.get("gen_len", 16)
+  c = policy.policy.config
+  slots = (c.patch_tokens.num_slots if policy.token_keys == ("pos", "pattern", "colour")
+           else policy.policy.image_tokenizer.grid_size(c.image_tokenizer.scale) ** 2)
+  shapes = {"ids": ((n, t), jnp.int32), "mask": ((n, t), jnp.int32), "old_logp": ((n, slots), jnp.float32),
+            "ref_logp": ((n, slots), jnp.float32), "advantages": ((n,), jnp.float32),
+            **{k: ((n, slots), jnp.int32) for k in policy.token_keys}}
+  return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s), rules))
+          for k, (s, d) in shapes.items()}
+
+
 def source_run(config):
   """(workdir, step, stored config) of the supervised run GRPO starts from (`config.init.checkpoint`)."""
   from jaxmodels.run_dir import checkpoint_step, run_workdir, stored_config
