@@ -24,6 +24,7 @@ from flax import nnx  # noqa: E402
 from jaxmodels.errors import CheckpointFormatError  # noqa: E402
 from jaxmodels.hf.safetensors_io import write_checkpoint  # noqa: E402
 from jaxmodels.unified import from_pretrained  # noqa: E402
+from jaxmodels.unified.model import splice_image_tokens  # noqa: E402
 from jaxmodels.unified.released import florence_vl as florence_layout  # noqa: E402
 from jaxmodels.unified.released.common import regex_renamer  # noqa: E402
 from oracles import nchw, perturb_, torch_logits  # noqa: E402
@@ -411,16 +412,20 @@ def test_florence_vl_image_features_and_answer_logits(florence_vl):
   mask = np.ones_like(ids)
 
   @nnx.jit
-  def run(model, x, i, k):
+  def run(model, x, i, k):          # FlorenceVL.und_embeddings, with the depth stream kept for the check
     pixels = (((x + 1.0) * 0.5) - jnp.asarray((0.485, 0.456, 0.406))) / jnp.asarray((0.229, 0.224, 0.225))
-    feats = model.dbfusion.florence.image_features(pixels)
-    return feats, model.llm(None, attention_mask=k, inputs_embeds=model.und_embeddings(i, x))[:, -1]
+    streams = model.dbfusion.streams(pixels)
+    tokens = model.dbfusion.projector(model.dbfusion.fuse(streams))
+    embeds = splice_image_tokens(model.llm.embed(i), i, tokens, model.config.image_token_id)
+    return streams[0], model.llm(None, attention_mask=k, inputs_embeds=embeds)[:, -1]
 
-  feats, logits = run(m, jnp.asarray(images), jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+  depth, logits = run(m, jnp.asarray(images), jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
   pixels = ((images + 1) * 0.5 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
   with torch.no_grad():
     ref = florence.model.get_image_features(nchw(pixels.astype(np.float32))).pooler_output.numpy()
-  np.testing.assert_allclose(np.asarray(feats), ref, atol=ATOL)      # the remote-code names land right
+  # The depth stream is Florence-2's projected image features without the global token: the
+  # remote-code names (and image_projection's [in, out] layout) landed right.
+  np.testing.assert_allclose(np.asarray(depth), ref[:, 1:], atol=ATOL)
   assert logits.shape == (2, FV_VOCAB) and np.isfinite(np.asarray(logits)).all()
 
 
@@ -436,7 +441,8 @@ def _copy_with(src, dst, drop=(), change=None):
 
 def test_unknown_layouts_fail_in_one_line(tmp_path):
   cases = {"foo": {"model_type": "foo"}, "tower": {"model_type": "qwen2"}, "none": {"hidden_size": 8},
-           "blip3o": {"model_type": "blip3o_qwen"}}
+           "blip3o": {"model_type": "blip3o_qwen"},
+           "llava": {"model_type": "llava_llama", "mm_vision_tower": "openai/clip-vit-large-patch14-336"}}
   for name, config in cases.items():
     os.makedirs(tmp_path / name)
     with open(tmp_path / name / "config.json", "w") as f:
@@ -449,6 +455,8 @@ def test_unknown_layouts_fail_in_one_line(tmp_path):
     from_pretrained(str(tmp_path / "none"))
   with pytest.raises(CheckpointFormatError, match="without 'vision_config'"):
     from_pretrained(str(tmp_path / "blip3o"))
+  with pytest.raises(CheckpointFormatError, match="LLaVA checkpoint whose vision tower is not Florence-2"):
+    from_pretrained(str(tmp_path / "llava"))
   with pytest.raises(CheckpointFormatError, match="not a directory"):
     from_pretrained(str(tmp_path / "missing"))
 

@@ -46,7 +46,7 @@ __all__ = ["LAYOUTS", "ReleasedModel", "detect", "from_pretrained"]
 def detect(path: str, config: Mapping[str, Any]) -> str:
   """The layout ("blip3o" | "blip3o_next" | "metaquery" | "florence_vl") of a directory's config.json."""
   file = os.path.join(path, "config.json")
-  found = [name for name, module in LAYOUTS.items() if module.matches(config)]
+  found = [name for name, module in LAYOUTS.items() if module.matches(config, path)]
   if found:
     return found[0]
   model_type = config.get("model_type")
@@ -54,6 +54,10 @@ def detect(path: str, config: Mapping[str, Any]) -> str:
   if any(model_type in f.model_types for f in FAMILIES):
     raise CheckpointFormatError(f"{file}: model_type {model_type!r} is a single tower, not a released "
                                 f"unified model: load it with jaxmodels.hf.from_pretrained")
+  if florence_vl.is_llava(config):
+    raise CheckpointFormatError(f"{file}: a LLaVA checkpoint whose vision tower is not Florence-2 "
+                                f"(mm_vision_tower={config.get('mm_vision_tower')!r}); only Florence-VL's "
+                                f"is known")
   if model_type in blip3o.MODEL_TYPES:
     raise CheckpointFormatError(f"{file}: model_type {model_type!r} without 'vision_config' (BLIP3-o) or "
                                 f"'num_image_tokens' / 'diffusion_name_or_path' (BLIP3o-NEXT)")

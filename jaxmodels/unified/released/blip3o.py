@@ -58,7 +58,7 @@ ALIASES = (("model.", "model.language_model."), ("visual.", "model.visual."))
 load_pixel_decoder: Callable[[str, str], Any] | None = None
 
 
-def matches(config: dict) -> bool:
+def matches(config: dict, path: str) -> bool:
   return config.get("model_type") in MODEL_TYPES and "vision_config" in config
 
 

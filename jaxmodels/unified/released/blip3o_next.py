@@ -54,7 +54,7 @@ PROMPT = "Please generate image based on the following caption: {prompt}"     # 
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 
-def matches(config: dict) -> bool:
+def matches(config: dict, path: str) -> bool:
   return (config.get("model_type") in MODEL_TYPES and "vision_config" not in config
           and ("num_image_tokens" in config or "diffusion_name_or_path" in config))
 

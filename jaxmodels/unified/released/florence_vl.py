@@ -82,8 +82,18 @@ _VISION_KEYS = ("in_channels", "depths", "patch_size", "patch_stride", "patch_pa
                 "num_heads", "num_groups", "window_size", "mlp_ratio", "qkv_bias", "projection_dim")
 
 
-def matches(config: dict) -> bool:
+def is_llava(config: dict) -> bool:
   return config.get("model_type") in MODEL_TYPES
+
+
+def matches(config: dict, path: str) -> bool:
+  """A LLaVA directory whose vision tower is Florence-2 (by its name, or vision_tower/config.json)."""
+  if not is_llava(config):
+    return False
+  if "florence" in str(config.get("mm_vision_tower", "")).lower():
+    return True
+  file = os.path.join(path, "vision_tower", "config.json")
+  return os.path.exists(file) and common.read_json(file).get("model_type") == "florence2"
 
 
 def _native_florence2(d: dict) -> dict:

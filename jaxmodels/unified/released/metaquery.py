@@ -74,7 +74,7 @@ ALIASES = {  # transformers >= 4.52 names of the same tensors (5.x also drops Si
 }
 
 
-def matches(config: dict) -> bool:
+def matches(config: dict, path: str) -> bool:
   return config.get("model_type") == KIND
 
 
