@@ -28,6 +28,7 @@ from jaxmodels.unified.model import splice_image_tokens  # noqa: E402
 from jaxmodels.unified.released import florence_vl as florence_layout  # noqa: E402
 from jaxmodels.unified.released.common import regex_renamer  # noqa: E402
 from oracles import nchw, perturb_, torch_logits  # noqa: E402
+from test_florence2_parity import TEXT as FLORENCE2_TEXT, VISION as FLORENCE2_VISION  # noqa: E402
 
 ATOL = 1e-4
 SANA = dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8, num_layers=1,
@@ -324,11 +325,10 @@ def test_blip3o_generates_clip_features(blip3o):
 
 
 # -------------------------------------------------------------------------------------------- Florence-VL
-FV_VISION = dict(depths=[1, 1, 2, 1], embed_dim=[8, 16, 24, 32], num_heads=[1, 2, 2, 4], num_groups=[1, 2, 2, 4],
-                 window_size=3, projection_dim=32, max_position_embeddings=20, max_temporal_embeddings=10)
-FV_TEXT = dict(model_type="bart", vocab_size=48_000, d_model=32, encoder_layers=1, decoder_layers=1,
-               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
-               max_position_embeddings=64)
+# The Florence-2 parity test's tiny tower, with one BART layer each side and a vocabulary holding the
+# release's prompt ids (up to 47066).
+FV_VISION = FLORENCE2_VISION
+FV_TEXT = dict(FLORENCE2_TEXT, vocab_size=48_000, encoder_layers=1, decoder_layers=1)
 FV_VOCAB = 128
 # Native transformers names -> the remote-code names beyond the loader's rules (unused tensors).
 TEST_ONLY_NAMES = ((r"^lm_head\.", "language_model.lm_head."),

@@ -19,7 +19,6 @@ then fills every parameter (a missing or mis-shaped tensor is a one-line error n
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Callable
@@ -34,18 +33,6 @@ from jaxmodels.hf.safetensors_io import SafetensorsReader, read_config
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def read_json(file: str) -> dict:
-  """A JSON object file; unreadable or not an object -> a one-line error naming it."""
-  try:
-    with open(file, encoding="utf-8") as f:
-      data = json.load(f)
-  except (OSError, ValueError) as e:
-    raise CheckpointFormatError(f"{file}: unreadable JSON ({e})") from None
-  if not isinstance(data, dict):
-    raise CheckpointFormatError(f"{file}: expected a JSON object, got {type(data).__name__}")
-  return data
 
 
 def refuse_pickles(path: str) -> None:

@@ -92,8 +92,9 @@ def matches(config: dict, path: str) -> bool:
     return False
   if "florence" in str(config.get("mm_vision_tower", "")).lower():
     return True
-  file = os.path.join(path, "vision_tower", "config.json")
-  return os.path.exists(file) and common.read_json(file).get("model_type") == "florence2"
+  folder = os.path.join(path, "vision_tower")
+  return (os.path.exists(os.path.join(folder, "config.json"))
+          and read_config(folder).get("model_type") == "florence2")
 
 
 def _native_florence2(d: dict) -> dict:
@@ -124,10 +125,9 @@ def _florence2_config(ckpt: common.Checkpoint, dtype: str):
 
 def _image_size(folder: str | None) -> int:
   """The Florence-2 processor's side (preprocessor_config.json), 768 without one."""
-  file = os.path.join(folder, "preprocessor_config.json") if folder else ""
-  if not file or not os.path.exists(file):
+  if not folder or not os.path.exists(os.path.join(folder, "preprocessor_config.json")):
     return 768
-  size = common.read_json(file).get("size", 768)
+  size = read_config(folder, "preprocessor_config.json").get("size", 768)
   return int(size.get("height", 768) if isinstance(size, dict) else size)
 
 
