@@ -29,6 +29,8 @@ from jaxmodels.unified.released import florence_vl as florence_layout  # noqa: E
 from jaxmodels.unified.released.common import regex_renamer  # noqa: E402
 from oracles import nchw, perturb_, torch_logits  # noqa: E402
 from test_florence2_parity import TEXT as FLORENCE2_TEXT, VISION as FLORENCE2_VISION  # noqa: E402
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (  # noqa: E402
+    Qwen2_5_VisionTransformerPretrainedModel as VisionTower)
 
 ATOL = 1e-4
 SANA = dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8, num_layers=1,
@@ -88,55 +90,75 @@ def sana_pipeline(tmp_path_factory):
 MQ_N, MQ_TEXT_VOCAB = 4, 120
 
 
-@pytest.fixture(scope="module")
-def metaquery(tmp_path_factory, sana_pipeline):
-  """MetaQuery-B: LLaVA-OneVision (Qwen2 + SigLIP) base, 4 queries, a 1-layer connector, SANA, DC-AE."""
+MQ_TEXT = dict(model_type="qwen2", vocab_size=MQ_TEXT_VOCAB, hidden_size=128, intermediate_size=128,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+               rms_norm_eps=1e-6, tie_word_embeddings=True)     # eps explicit: Qwen2.5-VL's default differs
+
+
+def _connector_tensors(rs, prefix="model.connector."):
+  """The release's Enc-Proj connector: one Qwen2Encoder layer (2 heads of 64), Linear, Linear, RMSNorm."""
+  layer, t = prefix + "0.layers.0.", {}
+  for p in ("q", "k", "v", "o"):
+    t[f"{layer}self_attn.{p}_proj.weight"] = _rand(rs, 128, 128)
+    if p != "o":
+      t[f"{layer}self_attn.{p}_proj.bias"] = _rand(rs, 128)
+  t.update({layer + "input_layernorm.weight": 1 + _rand(rs, 128),
+            layer + "post_attention_layernorm.weight": 1 + _rand(rs, 128),
+            layer + "self_attn.q_norm.gamma": 1 + _rand(rs, 2, 1, 64),
+            layer + "self_attn.k_norm.gamma": 1 + _rand(rs, 2, 1, 64),
+            layer + "mlp.gate_proj.weight": _rand(rs, 512, 128), layer + "mlp.up_proj.weight": _rand(rs, 512, 128),
+            layer + "mlp.down_proj.weight": _rand(rs, 128, 512),
+            prefix + "1.weight": _rand(rs, 24, 128), prefix + "1.bias": _rand(rs, 24),
+            prefix + "3.weight": _rand(rs, 24, 24), prefix + "3.bias": _rand(rs, 24),
+            prefix + "4.weight": np.full(24, 5.5 ** 0.5, np.float32)})
+  return t
+
+
+def _metaquery_replica(tmp_path_factory, sana_pipeline, backbone):
+  """A MetaQuery checkpoint on a tiny base MLLM ("llavaov": MetaQuery-B's LLaVA-OneVision = Qwen2 +
+  SigLIP + projector; "qwenvl": MetaQuery-L/XL's Qwen2.5-VL), 4 queries, a 1-layer connector, SANA and
+  DC-AE, in transformers 4.49 names. Returns (path, tensors, the Qwen2 oracle)."""
   pipe, sana, vae = sana_pipeline
   torch.manual_seed(0)
-  text = dict(model_type="qwen2", vocab_size=MQ_TEXT_VOCAB, hidden_size=128, intermediate_size=128,
-              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-              tie_word_embeddings=True)
-  base_config = transformers.LlavaOnevisionConfig(text_config=text, vision_config=dict(
-      model_type="siglip_vision_model", **SIGLIP), image_token_index=MQ_TEXT_VOCAB - 1)
-  base = tmp_path_factory.mktemp("llava_ov")
-  base_config.save_pretrained(str(base))
-  llm = perturb_(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**text)).eval(), 0.05)
-  tower = perturb_(transformers.SiglipVisionModel(base_config.vision_config).eval(), 0.05, seed=2)
   rs = np.random.RandomState(0)
   bb = "model.mllm_backbone."
-  tensors = {k: v for k, v in _np(llm, bb + "language_model.").items() if "lm_head" not in k}
-  embed = bb + "language_model.model.embed_tokens.weight"
+  base = tmp_path_factory.mktemp(backbone)
+  llm = perturb_(transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**MQ_TEXT)).eval(), 0.05)
+  if backbone == "llavaov":
+    base_config = transformers.LlavaOnevisionConfig(text_config=MQ_TEXT, vision_config=dict(
+        model_type="siglip_vision_model", **SIGLIP), image_token_index=MQ_TEXT_VOCAB - 1)
+    tower = perturb_(transformers.SiglipVisionModel(base_config.vision_config).eval(), 0.05, seed=2)
+    llm_prefix, tensors = bb + "language_model.", _np(tower, bb + "vision_tower.vision_model.")
+    tensors.update({bb + "multi_modal_projector.linear_1.weight": _rand(rs, 128, 32),
+                    bb + "multi_modal_projector.linear_1.bias": _rand(rs, 128),
+                    bb + "multi_modal_projector.linear_2.weight": _rand(rs, 128, 128),
+                    bb + "multi_modal_projector.linear_2.bias": _rand(rs, 128),
+                    bb + "image_newline": _rand(rs, 128)})
+  else:
+    text = dict(MQ_TEXT, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[4, 6, 6]))
+    base_config = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=dict(
+        B3_VISION, out_hidden_size=128), image_token_id=MQ_TEXT_VOCAB - 1)
+    tower = perturb_(VisionTower(base_config.vision_config).eval(), 0.05, seed=2)
+    llm_prefix, tensors = bb, _np(tower, bb + "visual.")
+  base_config.save_pretrained(str(base))
+  tensors.update({k: v for k, v in _np(llm, llm_prefix).items() if "lm_head" not in k})   # lm_head: identity
+  embed = llm_prefix + "model.embed_tokens.weight"
   tensors[embed] = np.concatenate([tensors[embed], _rand(rs, MQ_N + 2, 128)])   # <boi>, <eoi>, <img0..3>
-  tensors.update(_np(tower, bb + "vision_tower.vision_model."))     # transformers 4.49 names
-  tensors.update({bb + "multi_modal_projector.linear_1.weight": _rand(rs, 128, 32),
-                  bb + "multi_modal_projector.linear_1.bias": _rand(rs, 128),
-                  bb + "multi_modal_projector.linear_2.weight": _rand(rs, 128, 128),
-                  bb + "multi_modal_projector.linear_2.bias": _rand(rs, 128),
-                  bb + "image_newline": _rand(rs, 128)})
-  c = "model.connector."
-  layer = c + "0.layers.0."
-  for p in ("q", "k", "v", "o"):
-    tensors[f"{layer}self_attn.{p}_proj.weight"] = _rand(rs, 128, 128)
-    if p != "o":
-      tensors[f"{layer}self_attn.{p}_proj.bias"] = _rand(rs, 128)
-  tensors.update({layer + "input_layernorm.weight": 1 + _rand(rs, 128),
-                  layer + "post_attention_layernorm.weight": 1 + _rand(rs, 128),
-                  layer + "self_attn.q_norm.gamma": 1 + _rand(rs, 2, 1, 64),      # 2 heads of 64
-                  layer + "self_attn.k_norm.gamma": 1 + _rand(rs, 2, 1, 64),
-                  layer + "mlp.gate_proj.weight": _rand(rs, 512, 128),
-                  layer + "mlp.up_proj.weight": _rand(rs, 512, 128),
-                  layer + "mlp.down_proj.weight": _rand(rs, 128, 512),
-                  c + "1.weight": _rand(rs, 24, 128), c + "1.bias": _rand(rs, 24),
-                  c + "3.weight": _rand(rs, 24, 24),
-                  c + "3.bias": _rand(rs, 24), c + "4.weight": np.full(24, 5.5 ** 0.5, np.float32)})
+  tensors.update(_connector_tensors(rs))
   tensors.update(_np(sana, "model.transformer."))
   tensors.update(_np(vae, "vae."))
   config = dict(model_type="metaquery", architectures=["MetaQuery"], mllm_id=str(base), diffusion_model_id=pipe,
                 vae_id=pipe, num_metaqueries=MQ_N, connector_num_hidden_layers=1, input_size=4, in_channels=8,
                 vae_downsample_f=2, loss_type="flow", max_input_text_tokens=256,
                 system_prompt="You will be given an image or its caption.")
-  path = str(tmp_path_factory.mktemp("metaquery"))
+  path = str(tmp_path_factory.mktemp(f"metaquery_{backbone}"))
   write_checkpoint(path, config, tensors, max_shard_bytes=400_000)          # sharded, with an index
+  return path, tensors, llm
+
+
+@pytest.fixture(scope="module")
+def metaquery(tmp_path_factory, sana_pipeline):
+  path, tensors, llm = _metaquery_replica(tmp_path_factory, sana_pipeline, "llavaov")
   return path, tensors, llm, from_pretrained(path)
 
 
@@ -173,6 +195,20 @@ def test_metaquery_generates_images(metaquery):
   images = np.asarray(run(r.model, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0)))
   assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all() and np.abs(images).max() <= 1.0
   assert r.generates_pixels
+
+
+def test_metaquery_on_qwen2_5_vl_loads_its_tower_and_lm(tmp_path_factory, sana_pipeline):
+  """MetaQuery-L / -XL's backbone: Qwen2.5-VL's tower under visual.*, its LM under model.* (tied head)."""
+  path, tensors, oracle = _metaquery_replica(tmp_path_factory, sana_pipeline, "qwenvl")
+  r = from_pretrained(path)
+  m = r.model
+  assert r.can_answer and m.und_projector is None and m.config.und_encoder.image_size == 448
+  assert r.answer_template.startswith("<|vision_start|><image>")
+  np.testing.assert_array_equal(m.und_encoder.merger.mlp.fc2.kernel[...],
+                                tensors["model.mllm_backbone.visual.merger.mlp.2.weight"].T)
+  np.testing.assert_array_equal(m.query_embed[...][MQ_N],
+                                tensors["model.mllm_backbone.model.embed_tokens.weight"][MQ_TEXT_VOCAB])
+  _check_logits(m, oracle, MQ_TEXT_VOCAB)
 
 
 # -------------------------------------------------------------------------------------------- BLIP3o-NEXT
@@ -275,8 +311,7 @@ def blip3o(tmp_path_factory):
                                   tie_word_embeddings=False)
   llm = perturb_(transformers.Qwen2ForCausalLM(text).eval(), 0.05)
   vision_config = transformers.Qwen2_5_VLVisionConfig(**B3_VISION)
-  tower = perturb_(transformers.models.qwen2_5_vl.modeling_qwen2_5_vl.Qwen2_5_VisionTransformerPretrainedModel(
-      vision_config).eval(), 0.05, seed=2)
+  tower = perturb_(VisionTower(vision_config).eval(), 0.05, seed=2)
   dit = perturb_(diffusers.LuminaNextDiT2DModel(**B3_DIT).eval(), 0.05, seed=3)
   proj = perturb_(diffusers.models.embeddings.PixArtAlphaTextProjection(64, 32), 0.05, seed=4)
   rs = np.random.RandomState(2)
