@@ -10,6 +10,7 @@ logits match the transformers model, the paper's forward runs, and bad inputs fa
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from jaxmodels.errors import CheckpointFormatError  # noqa: E402
-from jaxmodels.hf.safetensors_io import write_checkpoint  # noqa: E402
+from jaxmodels.hf.safetensors_io import SafetensorsReader, read_config, write_checkpoint  # noqa: E402
 from jaxmodels.unified import from_pretrained  # noqa: E402
 from jaxmodels.unified.model import splice_image_tokens  # noqa: E402
 from jaxmodels.unified.released import florence_vl as florence_layout  # noqa: E402
@@ -280,7 +281,7 @@ def test_blip3o_next_tensors_land_and_the_lm_matches(blip3o_next):
                                 tensors[tok + "bottleneck.regularizer.embedding_proj.bias"])
   np.testing.assert_array_equal(t.bottleneck.kernel[...], tensors[tok + "bottleneck.in_linear.weight"].T)
   np.testing.assert_array_equal(m.connector.proj.norm.scale[...], tensors["model.diffusion_connector.3.weight"])
-  assert {tok + "bottleneck.out_linear.*", tok + "decoder.vision_model.*"} <= set(r.unused)
+  assert {tok + "bottleneck.out_linear.*", tok + "decoder.vision_model.post_layernorm.*"} <= set(r.unused)
   _check_logits(m, oracle, NX_V0, order)
 
 
@@ -466,7 +467,6 @@ def test_florence_vl_image_features_and_answer_logits(florence_vl):
 
 # ---------------------------------------------------------------------------------------------- bad input
 def _copy_with(src, dst, drop=(), change=None):
-  from jaxmodels.hf.safetensors_io import SafetensorsReader, read_config
   reader = SafetensorsReader(src)
   tensors = {k: np.asarray(reader.get(k)) for k in reader.keys() if k not in drop}
   tensors.update(change or {})
@@ -508,7 +508,7 @@ def test_missing_and_misshaped_tensors_name_file_and_key(blip3o_next, tmp_path):
     from_pretrained(bad)
 
 
-def test_pickle_weights_are_refused(tmp_path):
+def test_pickle_weights_are_refused(florence_vl, tmp_path):
   with open(tmp_path / "config.json", "w") as f:
     json.dump({"model_type": "metaquery", "mllm_id": "x", "num_metaqueries": 4}, f)
   with open(tmp_path / "pytorch_model.bin", "wb") as f:
@@ -516,3 +516,10 @@ def test_pickle_weights_are_refused(tmp_path):
   with pytest.raises(CheckpointFormatError, match=r"pytorch_model\.bin: a pickle weights file, which jaxmodels "
                                                   r"never opens"):
     from_pretrained(str(tmp_path))
+  # Florence-VL without the Florence-2 tensors in its safetensors and only a pickle in vision_tower/.
+  path = florence_vl[0]
+  remote = [k for k in SafetensorsReader(path).keys() if k.startswith(florence_layout.REMOTE)]
+  stripped = _copy_with(path, tmp_path / "florence", drop=remote)
+  shutil.copytree(os.path.join(path, "vision_tower"), os.path.join(stripped, "vision_tower"))
+  with pytest.raises(CheckpointFormatError, match=r"vision_tower/pytorch_model\.bin: a pickle weights file"):
+    from_pretrained(stripped)

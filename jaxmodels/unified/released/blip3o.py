@@ -30,6 +30,12 @@ states itself), gen_target="latents" over the 8×8×1792 feature grid without an
 transformers ≥ 4.52 names (model.language_model.*, model.visual.*) are accepted as aliases.
 The pixel decoder is recognised and left to `load_pixel_decoder` (set by the SDXL port): until then
 `pixel_decoder` is None and `notes` says so.
+
+UNCONFIRMED (the corpora hold the code, not the hub files): which model_type the hub config.json
+carries (both names are accepted), the DiT FFN width (4864 or 7168 per diffusers version: read from
+feed_forward.linear_1.weight here), the scheduler shift (the Lumina-Next-SFT scheduler_config.json's
+`shift`; 1.0 assumed in `sampling`). Check the tensor names with the directory's
+model.safetensors.index.json `weight_map`.
 """
 from __future__ import annotations
 

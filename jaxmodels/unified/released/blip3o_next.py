@@ -33,6 +33,12 @@ encoder config from `mm_vision_tower` when it is a local folder with a SigLIP co
 SigLIP2-so400m/14-384 shape; the code dimension is read from the stored codebook (UNCONFIRMED in the
 spec). TA-Tok's L2 normalisation (its checkpoint args, not stored here) is taken as on; override with
 overrides={"ta_tok_l2_normalized": False}.
+
+UNCONFIRMED (the corpora hold the code, not the hub files): the Qwen3 size of the 3B release (read from
+its config.json here, so any size loads), TA-Tok's L2 normalisation (its ta_tok.pth args
+`bottleneck.args.regularizer.args.l2_normalized`, a pickle: read it in a trusted environment), whether
+lm_head is stored (tied configs store only the embedding; both load). Check the tensor names with the
+directory's model.safetensors.index.json `weight_map`.
 """
 from __future__ import annotations
 

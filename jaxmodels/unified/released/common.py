@@ -108,7 +108,7 @@ class Weights:
 
   def unused(self) -> tuple[str, ...]:
     """Groups of stored tensors no parameter read: each key without its weight / bias suffix, cut before
-    its first numeric part and after five parts, e.g. 'model.vision_tower.vision_tower.decoder.*'."""
+    its first numeric part and after six parts, e.g. 'model.vision_tower.vision_tower.decoder.encoder.*'."""
     groups = set()
     for key in self.keys():
       if key in self.used:
@@ -116,7 +116,7 @@ class Weights:
       parts = key.split(".")
       parts = parts[:-1] if len(parts) > 1 and parts[-1] in ("weight", "bias") else parts
       cut = next((i for i, p in enumerate(parts) if p.isdigit()), len(parts))
-      groups.add(".".join(parts[:min(cut, 5)]) + ".*")
+      groups.add(".".join(parts[:min(cut, 6)]) + ".*")
     return tuple(sorted(groups))
 
 

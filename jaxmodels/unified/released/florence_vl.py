@@ -26,8 +26,9 @@ models/florence2/convert_florence2_original_pytorch_to_hf.py applies: `vision_to
 (a [in, out] Parameter; native: a Linear weight, transposed) -> `multi_modal_projector.image_projection`,
 `image_proj_norm` / `image_pos_embed` -> `multi_modal_projector.image_proj_norm` / `.image_position_embed`,
 `language_model.model.*` -> `model.language_model.*`. The native key map is reused through the inverse
-renaming (`REMOTE_NAMES`). Where the main safetensors lack the Florence-2 tensors, a
-`vision_tower/model.safetensors` (remote names, no prefix) is read instead.
+renaming (`REMOTE_NAMES`). Where the main safetensors lack the Florence-2 tensors, the safetensors of
+vision_tower/ or of a local `mm_vision_tower` folder (remote names, no prefix) are read instead; the
+published vision-tower repos (e.g. HF jiuhai/florence-phi-vision-tower) hold pickles, which are refused.
 
 The three DBFusion prompts are the token ids the release passes (florence_encoder.py `task_ids`: the
 BART tokenisation of spec §6.1's prompts with <s> ... </s>; its padding dropped, our encoder masks it —
@@ -35,6 +36,12 @@ the release passes no mask, UNCONFIRMED whether the remote model attends to thos
 side comes from vision_tower/preprocessor_config.json (768 when absent). `<image>` is spliced at the
 configs' placeholder id (32011 for Phi-3.5, 128011 for Llama-3.1, the last vocabulary row when those do
 not exist), since the release's LLaVA index −200 is no token.
+
+UNCONFIRMED (the corpora hold the code, not the hub files): whether the released main safetensors hold
+the Florence-2 tensors (the trainer saves its whole state dict, so they should; otherwise a
+vision_tower/model.safetensors is read), and whether the remote model attends to the prompts' pads.
+Check a directory with its model.safetensors.index.json `weight_map` (or
+`SafetensorsReader(dir).keys()`): the keys under model.vision_tower.vision_tower.*.
 """
 from __future__ import annotations
 
@@ -132,14 +139,17 @@ def _image_size(folder: str | None) -> int:
 
 
 def _florence2_weights(ckpt: common.Checkpoint) -> None:
-  """Mounts vision_tower/model.safetensors when the main files lack the Florence-2 tensors."""
+  """Mounts the Florence-2 tensors of vision_tower/ or a local mm_vision_tower folder when the main
+  files lack them (a folder holding only pickles raises naming the file)."""
   if any(k.startswith(REMOTE) for k in ckpt.weights.keys()):
     return
-  folder = ckpt.subdir("vision_tower")
-  if folder is None:
-    raise CheckpointFormatError(f"{ckpt.path}: no Florence-2 tensors ({REMOTE}*) in the safetensors and "
-                                f"no vision_tower/ folder")
-  ckpt.weights.mount(REMOTE, common.open_safetensors(folder))
+  tower = ckpt.config.get("mm_vision_tower")
+  for folder in (ckpt.subdir("vision_tower"), ckpt.local_dir(tower)):
+    if folder is not None:
+      ckpt.weights.mount(REMOTE, common.open_safetensors(folder))
+      return
+  raise CheckpointFormatError(f"{ckpt.path}: no Florence-2 tensors ({REMOTE}*) in the safetensors, no "
+                              f"vision_tower/ folder, and mm_vision_tower={tower!r} is no local folder")
 
 
 def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:

@@ -31,6 +31,11 @@ llm embed = rows [0, V) of the stored table, query_embed = rows <img0..N-1>, <bo
 our [img..., boi, eoi] layout; both towers' key maps (llm_family, vision_family / qwen2_5_vl_family,
 sana_family, dcae_family) are reused with the prefixes above; transformers ≥ 4.52 names
 (model.mllm_backbone.model.language_model.*, ...) are accepted as aliases.
+
+UNCONFIRMED (the corpora hold the code, not the hub files): the transformers version of the released
+files (4.49 names, with the newer spellings as aliases), and an XL head: Qwen2.5-VL-7B's head is untied
+and not saved, so that model cannot answer here. Check a directory with its model.safetensors.index.json
+`weight_map` (or `SafetensorsReader(dir).keys()`).
 """
 from __future__ import annotations
 
