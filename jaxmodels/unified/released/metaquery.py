@@ -207,6 +207,8 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
                  "(M-RoPE not modelled)")
   notes.append("prompts end in '\\n' before <begin_of_img> (prompt_suffix); the <|im_end|> after "
                "<end_of_img> is not appended (it follows the queries causally)")
+  notes.append("CFG null: the MLLM pass over no caption tokens (the release renders its chat template "
+               "around an empty caption)")
   return common.ReleasedModel(
       model=model, kind=KIND, path=ckpt.path, can_generate=True, can_answer=answerable, can_edit=True,
       tokenizer_dir=common.tokenizer_dir(ckpt.path, base_dir),
