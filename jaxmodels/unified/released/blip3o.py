@@ -81,15 +81,15 @@ def dit_config(ckpt: common.Checkpoint, hidden: int, dtype: str):
   d = dict(model_type=lumina_family.BLIP3O_TYPE, dim=dim, in_channels=in_features, n_layers=layers,
            n_heads=heads, n_kv_heads=kv_rows // (dim // heads), latent_embedding_size=hidden,
            ffn_hidden_size=ffn)
-  return common.convert(lumina_family.FAMILY, d, ckpt.path, **common.exec_options(dtype))
+  return common.convert(common.family("lumina"), d, ckpt.path, **common.exec_options(dtype))
 
 
 def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
   ckpt.kind = KIND
   d = ckpt.config
   exec_kw = common.exec_options(dtype)
-  llm = common.convert(llm_family.FAMILY, common.text_config_of_qwen2_5_vl(d), ckpt.path, **exec_kw)
-  vision = common.convert_scanned(qwen2_5_vl_family.FAMILY, {**d, "model_type": "qwen2_5_vl"}, ckpt.path,
+  llm = common.convert(common.family("llm"), common.text_config_of_qwen2_5_vl(d), ckpt.path, **exec_kw)
+  vision = common.convert_scanned(common.family("qwen2_5_vl_vision"), {**d, "model_type": "qwen2_5_vl"}, ckpt.path,
                                   image_size=IMAGE_SIZE, **common.exec_options(dtype, scan=False))
   dit = dit_config(ckpt, llm.hidden_size, dtype)
   config = UnifiedConfig(

@@ -90,7 +90,7 @@ def _encoder(ckpt: common.Checkpoint, dtype: str):
   folder = ckpt.local_dir(ckpt.config.get("mm_vision_tower"))
   if folder is not None:
     base = read_config(folder)
-    return common.convert(vision_family.FAMILY, {**base, "model_type": base.get("model_type",
+    return common.convert(common.family("vision"), {**base, "model_type": base.get("model_type",
                                                                                  "siglip_vision_model")},
                           folder, use_head=False, **exec_kw)
   return presets.vision_preset("siglip-so400m-patch14-384", use_head=False, **exec_kw)
@@ -100,7 +100,7 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
   ckpt.kind = KIND
   d = ckpt.config
   exec_kw = common.exec_options(dtype)
-  llm = common.convert(llm_family.FAMILY, {**d, "model_type": "qwen3", "rope_scaling": None}, ckpt.path,
+  llm = common.convert(common.family("llm"), {**d, "model_type": "qwen3", "rope_scaling": None}, ckpt.path,
                        **exec_kw)
   v0, order = vocabulary_order(ckpt)
   encoder = _encoder(ckpt, dtype)

@@ -179,6 +179,16 @@ def regex_renamer(rules: tuple[tuple[str, str], ...]) -> Callable[[str], str]:
   return rename
 
 
+def family(name: str):
+  """The registered jaxmodels.hf family called `name` ("llm", "vision", "qwen2_5_vl_vision", "lumina",
+  "sana", "dcae", "florence2")."""
+  from jaxmodels.hf import FAMILIES
+  for f in FAMILIES:
+    if f.name == name:
+      return f
+  raise KeyError(f"no jaxmodels.hf family named {name!r}")
+
+
 def convert(family, d: dict, path: str, **overrides):
   """`family.config_from_hf(d, **overrides)` with jaxmodels.hf's one-line errors naming
   `<path>/config.json` and the key."""
@@ -238,9 +248,8 @@ def diffusers_part(ckpt: Checkpoint, key: str, subfolder: str, dtype: str):
   else the published config of a known hub id."""
   from jaxmodels.flow.dcae import dcae_f32c32_config
   from jaxmodels.flow.sana import sana_1600m_config
-  from jaxmodels.hf import dcae_family, sana_family
-  family, kw = ((sana_family.FAMILY, exec_options(dtype)) if subfolder == "transformer" else
-                (dcae_family.FAMILY, exec_options(dtype, scan=False)))
+  part_family, kw = ((family("sana"), exec_options(dtype)) if subfolder == "transformer" else
+                     (family("dcae"), exec_options(dtype, scan=False)))
   value = ckpt.require(key)
   folder = ckpt.local_dir(value)
   if folder is not None:
@@ -248,7 +257,7 @@ def diffusers_part(ckpt: Checkpoint, key: str, subfolder: str, dtype: str):
     if not os.path.exists(os.path.join(part, "config.json")):
       raise CheckpointFormatError(f"{ckpt.config_file}: {key}={value!r} is a folder without "
                                   f"{subfolder}/config.json (a diffusers pipeline folder is expected)")
-    return convert(family, read_config(part), part, **kw)
+    return convert(part_family, read_config(part), part, **kw)
   if value in SANA_PRESETS:
     return (sana_1600m_config(**SANA_PRESETS[value], **kw) if subfolder == "transformer" else
             dcae_f32c32_config(**kw))

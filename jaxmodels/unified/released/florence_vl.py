@@ -124,7 +124,7 @@ def _florence2_config(ckpt: common.Checkpoint, dtype: str):
   for folder in (ckpt.subdir("vision_tower"), ckpt.local_dir(ckpt.config.get("mm_vision_tower"))):
     if folder and os.path.exists(os.path.join(folder, "config.json")):
       raw = read_config(folder)
-      return common.convert(florence2_family.FAMILY, _native_florence2(raw), folder, **exec_kw), folder
+      return common.convert(common.family("florence2"), _native_florence2(raw), folder, **exec_kw), folder
   name = str(ckpt.config.get("mm_vision_tower", "")).lower()
   preset = "florence2-base" if "base" in name else "florence2-large"
   return florence2_preset(preset, **exec_kw), None
@@ -156,7 +156,8 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
   ckpt.kind = KIND
   d = ckpt.config
   llm_type = MODEL_TYPES[d["model_type"]]
-  llm = common.convert(llm_family.FAMILY, {**d, "model_type": llm_type}, ckpt.path, **common.exec_options(dtype))
+  llm = common.convert(common.family("llm"), {**d, "model_type": llm_type}, ckpt.path,
+                       **common.exec_options(dtype))
   projector = d.get("mm_projector_type", "mlp3x_gelu")
   if projector != "mlp3x_gelu":
     raise CheckpointFormatError(f"{ckpt.config_file}: mm_projector_type={projector!r}; Florence-VL's "

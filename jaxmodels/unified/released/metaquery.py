@@ -104,14 +104,14 @@ def _backbone(ckpt: common.Checkpoint, dtype: str):
       raise CheckpointFormatError(f"{folder}/config.json: model_type {base.get('model_type')!r} is not a "
                                   f"MetaQuery backbone (llava_onevision or qwen2_5_vl)")
     if kind == "llavaov":
-      llm = common.convert(llm_family.FAMILY, {"model_type": "qwen2", **(base.get("text_config") or {})}, folder,
-                           **exec_kw)
-      vision = common.convert(vision_family.FAMILY, {"model_type": "siglip_vision_model",
-                                                     **(base.get("vision_config") or {})}, folder, **exec_kw)
+      text = {"model_type": "qwen2", **(base.get("text_config") or {})}
+      vision = {"model_type": "siglip_vision_model", **(base.get("vision_config") or {})}
+      llm = common.convert(common.family("llm"), text, folder, **exec_kw)
+      vision = common.convert(common.family("vision"), vision, folder, **exec_kw)
       return kind, llm, vision, int(base.get("image_token_index", 151646)), folder
-    llm = common.convert(llm_family.FAMILY, common.text_config_of_qwen2_5_vl(base), folder, **exec_kw)
-    vision = common.convert_scanned(qwen2_5_vl_family.FAMILY, base, folder, image_size=QWEN_VL_IMAGE_SIZE,
-                                    **common.exec_options(dtype, scan=False))
+    llm = common.convert(common.family("llm"), common.text_config_of_qwen2_5_vl(base), folder, **exec_kw)
+    vision = common.convert_scanned(common.family("qwen2_5_vl_vision"), base, folder,
+                                    image_size=QWEN_VL_IMAGE_SIZE, **common.exec_options(dtype, scan=False))
     return kind, llm, vision, int(base.get("image_token_id", 151655)), folder
   if mllm_id not in MLLM_PRESETS:
     raise CheckpointFormatError(
