@@ -25,13 +25,13 @@ _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 WEIGHT_FILES = ("model.safetensors", "diffusion_pytorch_model.safetensors")
 
 
-def read_config(path: str) -> dict:
-  """Parses `<path>/config.json`."""
+def read_config(path: str, name: str = "config.json") -> dict:
+  """Parses `<path>/config.json` (or another JSON object file of the directory, `name`)."""
   if not os.path.isdir(path):
     raise CheckpointFormatError(f"{path}: not a directory")
-  file = os.path.join(path, "config.json")
+  file = os.path.join(path, name)
   if not os.path.exists(file):
-    raise CheckpointFormatError(f"{file}: missing (a Hugging Face checkpoint needs config.json)")
+    raise CheckpointFormatError(f"{file}: missing (a Hugging Face checkpoint needs {name})")
   try:
     with open(file, encoding="utf-8") as f:
       config = json.load(f)

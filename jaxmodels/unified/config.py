@@ -68,6 +68,7 @@ class ImageTokenizerConfig:
   l2_norm: bool = True
   num_scale_tokens: int = 3           # <S0> <S1> <S2>
   scale: int = 1                      # pool scale used (1: 27×27 = 729 tokens)
+  codebook_proj_bias: bool = False    # SimVQ codebook projection with a bias (TA-Tok's embedding_proj)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +91,8 @@ class UnifiedConfig:
   connector: str = "mlp"
   connector_layers: int = 24                 # "transformer" connector depth (MetaQuery: 24)
   connector_norm_init: float = 5.5 ** 0.5    # final RMSNorm weight init (√5.5 for SANA)
+  connector_per_head_gamma: bool = False     # "transformer" connector: QK-norm γ per head [heads, d_h]
+                                             # (the released MetaQuery's layout) instead of one [d_h]
   queries: str = "learnable"                 # see the table above
   # queries="vocab": ids vocab_size .. vocab_size+N+1 are <img0..N-1>, <boi>, <eoi> (own trainable table)
   # queries="image_tokens": LLM vocab = image_vocab_offset + codebook + scale tokens + <im_start>,<im_end>

@@ -10,6 +10,8 @@ MetaQuery encoder layer (x: [B, N, D], positions 0..N−1, no mask, no causal ma
     q, k, v = x̂Wq + bq, x̂Wk + bk, x̂Wv + bv         x̂ = RMSNorm(x)   (q/k/v with bias, o without)
     q, k = RoPE(q), RoPE(k)                           θ = 10000 (Qwen2Config default)
     q ← q / ‖q‖₂ · γ_q · √d_h,  k ← k / ‖k‖₂ · γ_k · √d_h    per head, AFTER RoPE (spec §9.6)
+    γ: [d_h] shared by the heads, or with `per_head_gamma` [heads, d_h] (the released MetaQuery stores
+    q_norm.gamma / k_norm.gamma as [heads, 1, d_h])
     x ← x + o(softmax(q kᵀ / √d_h) v);   x ← x + SwiGLU(RMSNorm(x))   (MLP 4·D)
 Init std 0.014 for every kernel (spec §4.1).
 """
@@ -52,8 +54,8 @@ def _l2_normalise(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 class QKNormEncoderLayer(nnx.Module):
   """One bidirectional Qwen2-style layer with L2 QK-norm after RoPE (see the module docstring)."""
 
-  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float = 1e-6, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, eps: float = 1e-6,
+               per_head_gamma: bool = False, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     hd = dim // num_heads
     self.num_heads, self.head_dim = num_heads, hd
     init = nnx.initializers.normal(0.014)
@@ -63,8 +65,10 @@ class QKNormEncoderLayer(nnx.Module):
     self.k = Linear(dim, (num_heads, hd), axes=("embed", "heads", "head_dim"), use_bias=True, **kw)
     self.v = Linear(dim, (num_heads, hd), axes=("embed", "heads", "head_dim"), use_bias=True, **kw)
     self.o = Linear((num_heads, hd), dim, axes=("heads", "head_dim", "embed"), **kw)
-    self.q_gamma = param(rngs, nnx.initializers.ones, (hd,), ("head_dim",), param_dtype)
-    self.k_gamma = param(rngs, nnx.initializers.ones, (hd,), ("head_dim",), param_dtype)
+    gamma_shape, gamma_axes = ((num_heads, hd), ("heads", "head_dim")) if per_head_gamma else \
+        ((hd,), ("head_dim",))
+    self.q_gamma = param(rngs, nnx.initializers.ones, gamma_shape, gamma_axes, param_dtype)
+    self.k_gamma = param(rngs, nnx.initializers.ones, gamma_shape, gamma_axes, param_dtype)
     self.mlp_norm = RMSNorm(dim, eps=eps, param_dtype=param_dtype, rngs=rngs)
     self.mlp = GatedMLP(dim, mlp_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     for lin in (self.mlp.gate, self.mlp.up, self.mlp.down):
@@ -86,11 +90,11 @@ class QKNormEncoder(nnx.Module):
   """MetaQuery's bidirectional connector encoder: [B, N, D] -> [B, N, D] (no final norm)."""
 
   def __init__(self, dim: int, num_layers: int, *, head_dim: int = 64, rope_theta: float = 10000.0,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               per_head_gamma: bool = False, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.head_dim, self.rope_theta = head_dim, rope_theta
     heads = max(dim // head_dim, 1)
-    self.layers = nnx.List([QKNormEncoderLayer(dim, heads, 4 * dim, dtype=dtype, param_dtype=param_dtype,
-                                               rngs=rngs) for _ in range(num_layers)])
+    self.layers = nnx.List([QKNormEncoderLayer(dim, heads, 4 * dim, per_head_gamma=per_head_gamma, dtype=dtype,
+                                               param_dtype=param_dtype, rngs=rngs) for _ in range(num_layers)])
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n = x.shape[:2]
@@ -106,10 +110,12 @@ class Connector(nnx.Module):
   """Query hidden states [B, N, H] -> DiT condition [B, N, C] (kinds in the module docstring)."""
 
   def __init__(self, kind: str, in_dim: int, out_dim: int, *, num_layers: int = 24,
-               norm_init: float = SQRT_5_5, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               norm_init: float = SQRT_5_5, per_head_gamma: bool = False, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.kind = kind
-    self.encoder = QKNormEncoder(in_dim, num_layers, **kw) if kind == "transformer" else None
+    self.encoder = (QKNormEncoder(in_dim, num_layers, per_head_gamma=per_head_gamma, **kw)
+                    if kind == "transformer" else None)
     if kind in ("transformer", "mlp_norm"):
       self.proj = CondProjection(in_dim, out_dim, norm_init=norm_init, **kw)
     elif kind == "mlp":

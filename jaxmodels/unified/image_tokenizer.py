@@ -11,7 +11,8 @@ Any module with this interface plugs into `UnifiedModel` (config `image_tokenize
     z = tanh(Linear(z))                          ("encode_task_layer")
     z = a×a average pool for scale a > 1 (the 13×13 / 9×9 grids; floor-pooled here)
     z = Linear_bottleneck(z)                                          [B, n, d_code]
-    C = Linear_simvq(codebook)                                        [K, d_code]  (SimVQ)
+    C = Linear_simvq(codebook)                                        [K, d_code]  (SimVQ; TA-Tok's
+                                                                                    has a bias: proj_bias)
     code = argmin_k ‖ẑ − Ĉ_k‖   with ẑ, Ĉ L2-normalised when `l2_norm` (then = argmax cosine)
 The tokenizer is frozen in BLIP3o-NEXT; `encode` stops gradients. A real TA-Tok checkpoint maps onto
 these parameters (encoder, encode_task_layer, bottleneck, codebook, codebook_proj).
@@ -42,7 +43,7 @@ class SimVQTokenizer(nnx.Module):
   """Vision encoder + SimVQ quantiser (see the module docstring)."""
 
   def __init__(self, encoder: VisionConfig, codebook_size: int, code_dim: int, *, l2_norm: bool = True,
-               rngs: nnx.Rngs):
+               proj_bias: bool = False, rngs: nnx.Rngs):
     self.codebook_size, self.l2_norm = codebook_size, l2_norm
     self.encoder = VisionTransformer(encoder, rngs=rngs)
     d = encoder.hidden_size
@@ -50,7 +51,7 @@ class SimVQTokenizer(nnx.Module):
     self.bottleneck = Linear(d, code_dim, axes=("mlp", None), use_bias=True, rngs=rngs)
     self.codebook = param(rngs, nnx.initializers.normal(code_dim ** -0.5), (codebook_size, code_dim),
                           ("vocab", None), jnp.float32)
-    self.codebook_proj = Linear(code_dim, code_dim, axes=(None, None), use_bias=False, rngs=rngs)
+    self.codebook_proj = Linear(code_dim, code_dim, axes=(None, None), use_bias=proj_bias, rngs=rngs)
 
   def grid_size(self, scale: int = 1) -> int:
     return self.encoder.config.grid_size // scale

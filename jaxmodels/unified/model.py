@@ -162,11 +162,12 @@ class UnifiedModel(nnx.Module):
                               pdtype) if c.queries == "vocab" else None)
     t = c.image_tokenizer
     self.image_tokenizer = (SimVQTokenizer(t.encoder, t.codebook_size, t.code_dim, l2_norm=t.l2_norm,
-                                           rngs=rngs) if t is not None else None)
+                                           proj_bias=t.codebook_proj_bias, rngs=rngs) if t is not None else None)
     cond_dim = dit_cond_dim(c.dit)
     self.connector = (None if c.connector == "identity" or c.dit is None else
                       Connector(c.connector, d, cond_dim, num_layers=c.connector_layers,
-                                norm_init=c.connector_norm_init, **kw))
+                                norm_init=c.connector_norm_init, per_head_gamma=c.connector_per_head_gamma,
+                                **kw))
     self.autoencoder = PatchAutoencoder(c.autoencoder, rngs=rngs) if c.autoencoder else None
     self.vae, self.edit_latents = latent_codec.build(c, rngs=rngs)   # frozen DC-AE; editing injection
     kind = type(c.dit).__name__
