@@ -298,6 +298,13 @@ def test_blip3o_next_generates_images(blip3o_next):
 B3_VOCAB = 128
 B3_VISION = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, window_size=16,
                  fullatt_block_indexes=[1], out_hidden_size=64, spatial_merge_size=2, temporal_patch_size=2)
+B3_UNET = dict(sample_size=4, in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+               up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(8, 16), layers_per_block=1,
+               norm_num_groups=4, cross_attention_dim=16, transformer_layers_per_block=(1, 1),
+               attention_head_dim=(1, 2), use_linear_projection=True, addition_embed_type="text_time",
+               addition_time_embed_dim=4, projection_class_embeddings_input_dim=16 + 6 * 4)
+B3_VAE = dict(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+              block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=8)
 B3_DIT = dict(sample_size=8, patch_size=1, in_channels=16, hidden_size=32, num_layers=2, num_attention_heads=2,
               num_kv_heads=2, multiple_of=16, learn_sigma=False, cross_attention_dim=32)
 
@@ -330,10 +337,14 @@ def blip3o(tmp_path_factory):
   for name in ("mm_projector.bin", "gen_projector.bin"):      # never opened
     with open(os.path.join(path, name), "wb") as f:
       f.write(b"not a pickle to open")
-  decoder = os.path.join(path, "diffusion-decoder")
-  os.makedirs(os.path.join(decoder, "unet"))
+  decoder = os.path.join(path, "diffusion-decoder")     # an SDXL-style UNet + VAE on the 16-d features
+  unet = perturb_(diffusers.UNet2DConditionModel(**B3_UNET).eval(), 0.05, seed=5)
+  vae = perturb_(diffusers.AutoencoderKL(**B3_VAE).eval(), 0.05, seed=6)
+  unet.save_pretrained(os.path.join(decoder, "unet"), variant="bf16")   # the release's variant file names
+  vae.save_pretrained(os.path.join(decoder, "vae"), variant="bf16")
   with open(os.path.join(decoder, "model_index.json"), "w") as f:
-    json.dump({"_class_name": "DiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}, f)
+    json.dump({"_class_name": "DiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+               "vae": ["diffusers", "AutoencoderKL"]}, f)
   return path, tensors, llm, from_pretrained(path)
 
 
@@ -341,9 +352,8 @@ def test_blip3o_tensors_land_and_the_lm_matches(blip3o):
   path, tensors, oracle, r = blip3o
   m = r.model
   assert (r.kind, r.can_generate, r.can_answer, r.can_edit) == ("blip3o", True, True, False)
-  assert r.prompt_suffix == "[IMG]" and r.pixel_decoder is None and not r.generates_pixels
+  assert r.prompt_suffix == "[IMG]" and r.generates_pixels
   assert r.pixel_decoder_dir == os.path.join(path, "diffusion-decoder")
-  assert r.notes[0].startswith("pixel decoder: not yet loadable (diffusion-decoder/")
   np.testing.assert_array_equal(m.queries[...], tensors["model.latent_queries"][0])
   assert m.config.dit.ffn_hidden_size == tensors["model.dit.model.layers.0.feed_forward.linear_1.weight"].shape[0]
   np.testing.assert_array_equal(m.dit.caption_projection.linear_1.kernel[...],
@@ -358,6 +368,16 @@ def test_blip3o_generates_clip_features(blip3o):
   run = nnx.jit(lambda m, i, k, key: m.generate_image(i, k, key, num_steps=2, guidance=3.0))
   feats = np.asarray(run(r.model, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0)))
   assert feats.shape == (2, 8, 8, 16) and np.isfinite(feats).all()
+  # ... which the diffusion-decoder/ folder renders (64 tokens in row-major order, CFG against null ones)
+  from jaxmodels.unified.pixel_decoder import SDXLFeatureDecoder
+  dec = r.pixel_decoder
+  assert isinstance(dec, SDXLFeatureDecoder)
+  np.testing.assert_array_equal(np.asarray(dec.unet.conv_in.kernel[...]).shape, (3, 3, 4, 8))
+  tokens = jnp.asarray(feats.reshape(2, 64, 16))
+  assert dec.image_size == 8                      # the UNet's sample_size × the VAE's downsampling
+  images = nnx.jit(lambda d, f, k: d.decode(f, jnp.zeros_like(f[:1]), k, num_steps=2, guidance=3.0))(
+      dec, tokens, jax.random.key(1))
+  assert images.shape == (2, 8, 8, 3) and np.isfinite(np.asarray(images)).all()
 
 
 # -------------------------------------------------------------------------------------------- Florence-VL

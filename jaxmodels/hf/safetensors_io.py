@@ -89,8 +89,28 @@ class SafetensorsReader:
     self._maps: dict[str, np.memmap] = {}
 
   @staticmethod
+  def _weight_names(path: str) -> list[str]:
+    """WEIGHT_FILES, then diffusers' variant files (`diffusion_pytorch_model.bf16.safetensors`, saved
+    with `variant="bf16"`) when the directory holds exactly one variant of a name."""
+    import re
+    names = list(WEIGHT_FILES)
+    try:
+      present = os.listdir(path)
+    except OSError:
+      return names
+    for base in WEIGHT_FILES:
+      stem = base[:-len(".safetensors")]
+      pattern = re.compile(re.escape(stem) + r"\.([A-Za-z0-9_]+)\.safetensors(\.index\.json)?$")
+      variants = sorted({m.group(1) for m in map(pattern.match, present) if m})
+      if len(variants) > 1:
+        raise CheckpointFormatError(f"{path}: several weight variants of {base} "
+                                    f"({', '.join(variants)}); keep one")
+      names += [f"{stem}.{v}.safetensors" for v in variants]
+    return names
+
+  @staticmethod
   def _find_files(path: str) -> list[str]:
-    for name in WEIGHT_FILES:
+    for name in SafetensorsReader._weight_names(path):
       index = os.path.join(path, name + ".index.json")
       if os.path.exists(index):
         try:

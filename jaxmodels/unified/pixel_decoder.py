@@ -32,21 +32,24 @@ from jaxmodels.sdxl.sampling import SDXLCondition, sample_latents, sdxl_time_ids
 
 class SDXLFeatureDecoder(nnx.Module):
   """An SDXL UNet + AutoencoderKL that render image features (module docstring). `image_size` is the
-  output side (the UNet's latent side × the VAE's downsampling), `scheduler` an EulerDiscreteConfig."""
+  output side (None: the UNet's `sample_size` × the VAE's downsampling, 1024 for SDXL), `scheduler` an
+  EulerDiscreteConfig (None: SDXL's)."""
 
   def __init__(self, unet, vae, scheduler: euler_discrete.EulerDiscreteConfig | None = None, *,
-               image_size: int = 1024, original_size: tuple[int, int] = (1024, 1024)):
+               image_size: int | None = None, original_size: tuple[int, int] = (1024, 1024)):
     self.unet, self.vae = unet, vae
     self.scheduler = scheduler or euler_discrete.sdxl_euler_config()
-    self.image_size, self.original_size = image_size, tuple(original_size)
     factor = vae.config.spatial_compression_ratio
+    side = unet.config.sample_size
+    image_size = image_size or (side * factor if isinstance(side, int) else 1024)
+    self.image_size, self.original_size = image_size, tuple(original_size)
     if image_size % factor:
       raise CheckpointFormatError(f"pixel decoder: image_size {image_size} is not a multiple of the VAE's "
                                   f"downsampling {factor}")
     self.latent_side = image_size // factor
 
   @classmethod
-  def from_directory(cls, path: str, *, dtype=jnp.float32, image_size: int = 1024, **kw) -> "SDXLFeatureDecoder":
+  def from_directory(cls, path: str, *, dtype=jnp.float32, image_size: int | None = None, **kw) -> "SDXLFeatureDecoder":
     """A diffusers pipeline folder (`unet/`, `vae/`, optional `scheduler/`) -> the decoder."""
     from jaxmodels import hf
     from jaxmodels.sdxl import AutoencoderKL, UNet2DConditionModel

@@ -28,8 +28,8 @@ Mapping onto `UnifiedModel`: und_encoder = the Qwen2.5-VL tower at a fixed 448²
 states itself), gen_target="latents" over the 8×8×1792 feature grid without an in-model decoder, so
 `generate_image` returns the CLIP features [B, 8, 8, 1792] (row-major = the release's 64 tokens);
 transformers ≥ 4.52 names (model.language_model.*, model.visual.*) are accepted as aliases.
-The pixel decoder is recognised and left to `load_pixel_decoder` (set by the SDXL port): until then
-`pixel_decoder` is None and `notes` says so.
+The pixel decoder (`diffusion-decoder/`) loads as `pixel_decoder.SDXLFeatureDecoder`; without the
+folder, generation stops at the features and `notes` says so.
 
 UNCONFIRMED (the corpora hold the code, not the hub files): which model_type the hub config.json
 carries (both names are accepted), the DiT FFN width (4864 or 7168 per diffusers version: read from
@@ -40,8 +40,7 @@ model.safetensors.index.json `weight_map`.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
-
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxmodels.errors import CheckpointFormatError
@@ -60,8 +59,6 @@ UND_IMAGE_TOKEN = 151655      # <|image_pad|> (blip3o/constants.py UND_IMAGE_TOK
 PROMPT = "Please generate image based on the following caption: {prompt}"      # inference.py
 SYSTEM_PROMPT = "You are a helpful assistant."                                   # conv_templates["qwen"]
 ALIASES = (("model.", "model.language_model."), ("visual.", "model.visual."))
-# The SDXL decoder port sets this: (diffusion-decoder folder, dtype) -> a pixel decoder.
-load_pixel_decoder: Callable[[str, str], Any] | None = None
 
 
 def matches(config: dict, path: str) -> bool:
@@ -106,11 +103,9 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
            "sampling shift 1.0: the Lumina-Next-SFT scheduler's shift is UNCONFIRMED (spec §0.3)"]
   decoder_dir = ckpt.subdir(DECODER_DIR)
   decoder = None
-  if decoder_dir is not None and load_pixel_decoder is not None:
-    decoder = load_pixel_decoder(decoder_dir, dtype)
-  elif decoder_dir is not None:
-    notes.insert(0, f"pixel decoder: not yet loadable ({DECODER_DIR}/: SDXL UNet2DConditionModel + "
-                    f"AutoencoderKL); generation stops at the 8×8×{dit.in_channels} CLIP features")
+  if decoder_dir is not None:
+    from jaxmodels.unified.pixel_decoder import SDXLFeatureDecoder
+    decoder = SDXLFeatureDecoder.from_directory(decoder_dir, dtype=jnp.dtype(dtype))
   else:
     notes.insert(0, f"no {DECODER_DIR}/ folder: generation stops at the CLIP features")
   return common.ReleasedModel(
