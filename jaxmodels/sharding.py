@@ -47,6 +47,10 @@ DEFAULT_RULES: Rules = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("vocab", "tensor"),
+    # Convolution kernels (DC-AE, SANA's GLUMBConv, SDXL, conv stems): channels over fsdp like `embed`
+    # (input channels first, else output channels: at most one of the two per kernel).
+    ("conv_in", "fsdp"),
+    ("conv_out", "fsdp"),
 )
 
 _RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("jaxmodels_rules", default=DEFAULT_RULES)
