@@ -11,11 +11,16 @@ r"""Uses a trained model: text -> images, image + question -> answer, image + in
     python sample.py --checkpoint=runs/shapes_tiny --image=scene.png --edit="make the circle blue"
 
 `--checkpoint` is a training workdir (or its checkpoints/ folder): the run's stored config and
-tokenizer are used, no `--config` needed, latest step unless `--step`. A folder without checkpoints/
-takes a `--config` whose `config.init` names released weights (as serve.py does).
+tokenizer are used, no `--config` needed, latest step unless `--step`; or a paper's released directory
+(BLIP3-o with its diffusion-decoder/, BLIP3o-NEXT, MetaQuery, Florence-VL: `jaxmodels.unified.
+from_pretrained`), prompted in the paper's own chat layout with its sampling settings; or a folder with
+a `--config` whose `config.init` names released towers (as serve.py does).
 
-The model, tokenizer and request handling are the server's (`jaxmodels.serving.engine.ServingModel`),
-so a prompt gives the same pixels here and from serve.py with the same seed and batch. Images of one
+    python sample.py --checkpoint=/models/BLIP3o-Model-8B --prompt="a cat on a red sofa" --n=2
+
+A run's model, tokenizer and request handling are the server's (`jaxmodels.serving.offline.RunModel`
+over `ServingModel`), so a prompt gives the same pixels here and from serve.py with the same seed and
+batch. Images of one
 call share one noise key: batch b of the run uses fold_in(key(--seed), b), so the same command gives
 the same files; a prompts-file row's own "seed" runs that row alone with key(seed).
 
@@ -213,15 +218,13 @@ class Progress:
           file=sys.stderr, flush=True)
 
 
-def run(sm, tasks: list[Task], *, out: str, seed: int, steps: int | None, guidance: float | None,
-        image_guidance: float, max_tokens: int, temperature: float, batch: int, layout: str) -> dict:
-  """Runs every task through the serving model; writes PNGs, grid.png and the records -> summary."""
+def run(model, tasks: list[Task], *, out: str, seed: int, steps: int | None, guidance: float | None,
+        image_guidance: float, max_tokens: int, temperature: float, batch: int) -> dict:
+  """Runs every task through `model` (`jaxmodels.serving.offline`: a run or a released checkpoint);
+  writes PNGs, grid.png and the records -> summary."""
   import jax
-
-  from jaxmodels.serving.schema import ChatRequest, ImageRequest
-  steps = steps or sm.default_steps
-  guidance = sm.default_guidance if guidance is None else guidance
-  inf = float("inf")
+  steps = steps or model.default_steps
+  guidance = model.default_guidance if guidance is None else guidance
   base = jax.random.key(seed)
   calls = 0
 
@@ -238,19 +241,16 @@ def run(sm, tasks: list[Task], *, out: str, seed: int, steps: int | None, guidan
     for group in _batches(tasks, batch):
       t0 = group[0][0]
       edit = tasks[t0].kind == "edit"
-      works = []
-      for ti, count in _runs(group):
-        t = tasks[ti]
-        req = ImageRequest(model=None, prompt=t.text, n=count, size=None, steps=steps, guidance=guidance,
-                           image_guidance=image_guidance if edit else None, seed=None, image=t.pixels)
-        works.append(sm.image_work(req, inf, edit=edit))
-      _, results = sm.run(works, batch if tasks[t0].seed is None else len(group), key_for(tasks[t0].seed))
-      for (ti, j), img in zip(group, [img for res in results for img in res]):
+      rows = [(tasks[ti].text, tasks[ti].pixels, count) for ti, count in _runs(group)]
+      drawn = model.draw(rows, rng=key_for(tasks[t0].seed), steps=steps, guidance=guidance,
+                         image_guidance=image_guidance, edit=edit,
+                         batch=batch if tasks[t0].seed is None else len(group))
+      for (ti, j), img in zip(group, drawn):
         name = f"{ti:04d}_{slug(tasks[ti].text)}_{j}.png"
         _write_png(os.path.join(out, name), img)
         images.append((ti, j, img))
-        records.append(dict(order=(ti, j), kind=tasks[ti].kind, text=tasks[ti].text, image=tasks[ti].image, file=name,
-                            seed=seed if tasks[ti].seed is None else tasks[ti].seed, steps=steps,
+        records.append(dict(order=(ti, j), kind=tasks[ti].kind, text=tasks[ti].text, image=tasks[ti].image,
+                            file=name, seed=seed if tasks[ti].seed is None else tasks[ti].seed, steps=steps,
                             guidance=guidance, image_guidance=image_guidance if edit else None,
                             where=tasks[ti].where))
       progress.update(len(group))
@@ -263,17 +263,9 @@ def run(sm, tasks: list[Task], *, out: str, seed: int, steps: int | None, guidan
     progress = Progress(len(asked), "answers")
     for start in range(0, len(asked), batch):
       chunk = asked[start:start + batch]
-      works = []
-      for i, t in chunk:
-        text = f"{t.text} <image>" if layout == "question_first" else f"<image> {t.text}"
-        req = ChatRequest(model=None, messages=[{"role": "user", "content": text}], images=[t.pixels],
-                          max_tokens=max_tokens, temperature=temperature, top_p=1.0,
-                          seed=t.seed if t.seed is not None else seed + i, stop=[], n=1,
-                          stream=False, include_usage=False)
-        works.append(sm.chat_work(req, inf))
-      _, results = sm.run(works, len(works), base)   # chat rows carry their own keys
-      for (i, t), res in zip(chunk, results):
-        answer = sm.decode(res[0]["tokens"])
+      texts = model.answer([(t.text, t.pixels, t.seed if t.seed is not None else seed + i) for i, t in chunk],
+                           max_tokens=max_tokens, temperature=temperature)
+      for (i, t), answer in zip(chunk, texts):
         answers.append(dict(question=t.text, image=t.image, answer=answer, where=t.where))
         print(f"{t.image}: {t.text}\n  -> {answer}", flush=True)
       progress.update(len(chunk))
@@ -347,8 +339,7 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
 
 def _run():
   from jaxmodels.errors import ConfigError
-  from jaxmodels.serving.engine import ServingModel
-  from jaxmodels.serving.loader import load_checkpoint
+  from jaxmodels.serving.offline import open_model
   from jaxmodels.serving.schema import APIError, Limits
   F = flags.FLAGS
   if F.batch < 1:
@@ -356,19 +347,18 @@ def _run():
   tasks = read_tasks(prompts=F.prompt, prompts_file=F.prompts, image=F.image, question=F.question,
                      edit=F.edit, n=F.n)
   prepare_out(F.out, F.overwrite)
-  loaded = load_checkpoint(F.checkpoint, F.config, F.step, one_device=F.one_device)
   limits = Limits(max_tokens=F.max_tokens, max_n=max(t.n for t in tasks), max_steps=F.steps or 1000)
-  sm = ServingModel(loaded, limits=limits, edits=F.edits, seed=F.seed)
-  check_capabilities(sm, tasks)
-  layout = (loaded.config.get("data") or {}).get("und_layout", "image_first")
+  model = open_model(F.checkpoint, config=F.config, step=F.step, one_device=F.one_device, limits=limits,
+                     edits=F.edits, seed=F.seed)
+  check_capabilities(model, tasks)
   try:
-    summary = run(sm, tasks, out=F.out, seed=F.seed, steps=F.steps, guidance=F.guidance,
+    summary = run(model, tasks, out=F.out, seed=F.seed, steps=F.steps, guidance=F.guidance,
                   image_guidance=F.image_guidance, max_tokens=F.max_tokens, temperature=F.temperature,
-                  batch=F.batch, layout=layout)
+                  batch=F.batch)
   except APIError as e:       # a request the serving checks refuse (e.g. a prompt over the context)
     raise ConfigError(e.message) from None
-  print(f"sample: {summary['images']} images, {summary['answers']} answers in {summary['out']}/ "
-        f"(checkpoint step {loaded.step})", file=sys.stderr)
+  print(f"sample: {summary['images']} images, {summary['answers']} answers in {summary['out']}/",
+        file=sys.stderr)
 
 
 def main(argv):

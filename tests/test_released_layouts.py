@@ -380,6 +380,40 @@ def test_blip3o_generates_clip_features(blip3o):
   assert images.shape == (2, 8, 8, 3) and np.isfinite(np.asarray(images)).all()
 
 
+def test_sample_py_draws_with_the_blip3o_release(blip3o, tmp_path):
+  """sample.py's path for a released directory: `open_model` recognises the layout, the prompt goes
+  through the tokenizer's chat template with BLIP3-o's system prompt, template and [IMG] suffix, the DiT
+  generates the CLIP features and diffusion-decoder/ renders them into the PNGs sample.py writes."""
+  import shutil
+
+  import sample
+  from jaxmodels.serving.offline import ReleasedModelRunner, open_model
+  from oracles import write_word_tokenizer
+  path = str(tmp_path / "BLIP3o-Model-tiny")
+  shutil.copytree(blip3o[0], path)
+  template = open(os.path.join(os.path.dirname(__file__), "data", "chat_templates",
+                               "Qwen-Qwen2.5-VL-7B-Instruct.jinja")).read()
+  words = ("system user assistant You are a helpful Please generate image based on the following caption : "
+           "red circle").split()
+  write_word_tokenizer(path, words, specials=("<|im_start|>", "<|im_end|>", "[IMG]"), chat_template=template)
+  model = open_model(path)
+  assert isinstance(model, ReleasedModelRunner) and model.generates and model.default_steps == 30
+  ids = model._prompt_ids("a red circle")
+  assert ids[-1] == model.tok.token_to_id("[IMG]") and max(ids) < B3_VOCAB
+  tasks = sample.read_tasks(prompts=["a red circle"], prompts_file=None, image=None, question=None, edit=None,
+                            n=2)
+  sample.check_capabilities(model, tasks)
+  model.decoder_steps = 2
+  out = tmp_path / "out"
+  sample.prepare_out(str(out), overwrite=False)
+  summary = sample.run(model, tasks, out=str(out), seed=0, steps=2, guidance=3.0, image_guidance=1.5,
+                       max_tokens=4, temperature=0.0, batch=2)
+  assert summary["images"] == 2
+  from PIL import Image
+  img = np.asarray(Image.open(out / "0000_a_red_circle_1.png"))
+  assert img.shape == (8, 8, 3)              # the decoder's side: UNet sample_size 4 × VAE factor 2
+
+
 # -------------------------------------------------------------------------------------------- Florence-VL
 # The Florence-2 parity test's tiny tower, with one BART layer each side and a vocabulary holding the
 # release's prompt ids (up to 47066).

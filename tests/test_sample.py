@@ -30,11 +30,10 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def serving(run_dir):
-  from jaxmodels.serving.engine import ServingModel
-  from jaxmodels.serving.loader import load_checkpoint
+  from jaxmodels.serving.offline import open_model
   from jaxmodels.serving.schema import Limits
-  loaded = load_checkpoint(str(run_dir))
-  return ServingModel(loaded, limits=Limits(max_tokens=8, max_n=8)), loaded
+  model = open_model(str(run_dir), limits=Limits(max_tokens=8, max_n=8))
+  return model, model.sm
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +46,7 @@ def scene_png(tmp_path_factory):
 
 
 def _run(sm, tasks, out, **kw):
-  opts = dict(seed=0, steps=2, guidance=1.0, image_guidance=1.5, max_tokens=4, temperature=0.0, batch=4,
-              layout="question_first")
+  opts = dict(seed=0, steps=2, guidance=1.0, image_guidance=1.5, max_tokens=4, temperature=0.0, batch=4)
   opts.update(kw)
   sample.prepare_out(str(out), overwrite=False)
   return sample.run(sm, tasks, out=str(out), **opts)
@@ -68,7 +66,7 @@ def test_text_to_images_files_records_and_determinism(serving, tmp_path):
   assert summary["images"] == 6
   rows = [json.loads(line) for line in open(out / "samples.jsonl")]
   assert [r["text"] for r in rows] == [prompts[0]] * 3 + [prompts[1]] * 3
-  side = sm.output_side
+  side = serving[1].output_side
   for r in rows:
     assert r["steps"] == 2 and r["seed"] == 0
     img = np.asarray(Image.open(out / r["file"]))
@@ -107,7 +105,7 @@ def test_seeded_row_is_independent_of_the_rest_of_the_file(serving, tmp_path):
 
 
 def test_answer_and_edit(serving, scene_png, tmp_path, capsys):
-  sm, loaded = serving
+  sm, _ = serving
   rows = tmp_path / "mixed.jsonl"
   rows.write_text(json.dumps({"image": os.path.basename(scene_png), "question": "what color is the square ?"})
                   + "\n" + json.dumps({"image": scene_png, "edit": "make it blue", "n": 2}) + "\n")
@@ -122,7 +120,7 @@ def test_answer_and_edit(serving, scene_png, tmp_path, capsys):
   assert answers[0]["answer"] in capsys.readouterr().out
   edits = [json.loads(x) for x in open(tmp_path / "out" / "samples.jsonl")]
   assert [e["kind"] for e in edits] == ["edit", "edit"] and edits[0]["image_guidance"] == 1.5
-  assert np.asarray(Image.open(tmp_path / "out" / edits[1]["file"])).shape == (sm.output_side,) * 2 + (3,)
+  assert np.asarray(Image.open(tmp_path / "out" / edits[1]["file"])).shape == (serving[1].output_side,) * 2 + (3,)
 
 
 @pytest.mark.parametrize("kw, message", [
