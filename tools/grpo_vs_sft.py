@@ -5,8 +5,9 @@ r"""GRPO against continued supervised training, equal wall time, from the same c
 Per seed, two runs start from the source run's weights: `configs/shapes_grpo.py` (GRPO with the dense
 GenEval reward) and `configs/shapes_tiny.py` continued (its SFT mix at the source run's final learning
 rate, constant), each stopped by `train.time_limit_minutes`; both end with the same final evaluation
-(ShapesWorld-GenEval on the 553 test prompts and Q/A). Each run is its own `train.py` process; a run
-whose scores.json exists is skipped (resumable). Writes `<out>/results.jsonl`, `<out>/table.md` (mean ±
+(ShapesWorld-GenEval on the 553 test prompts and Q/A). Each run is its own `train.py` process (logs in
+`<out>/<arm>_seed<k>.log`; `--parallel` runs a seed's two arms at once, so on a shared machine both see
+the same load); a run whose scores.json exists is skipped (resumable). Writes `<out>/results.jsonl`, `<out>/table.md` (mean ±
 std over seeds of GenEval overall, every tag and Q/A) and prints the table; the GRPO runs'
 metrics.jsonl hold the reward curves (`train/rl/reward/*`) and the in-loop GenEval curve.
 """
@@ -70,19 +71,31 @@ def main(argv=None):
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--sft_lr", type=float, default=1e-4, help="SFT arm: constant lr (the source's final)")
   p.add_argument("--arms", default="sft,grpo")
+  p.add_argument("--parallel", action="store_true", help="run a seed's arms at the same time")
   a = p.parse_args(argv)
   os.makedirs(a.out, exist_ok=True)
   rows = []
   for seed in [int(s) for s in a.seeds.split(",")]:
+    todo = []
     for arm in a.arms.split(","):
       workdir = os.path.join(a.out, f"{arm}_seed{seed}")
-      scores = os.path.join(workdir, "scores.json")
-      if not os.path.exists(scores):
-        print(f"== {arm} seed {seed}: {workdir}", flush=True)
-        r = subprocess.run(arm_command(arm, a.source, workdir, seed, a.minutes, a.sft_lr), cwd=REPO)
-        if r.returncode:
-          raise SystemExit(f"error: {arm} seed {seed} failed (exit {r.returncode}); see {workdir}")
-      step, flat = flat_scores(scores)
+      if not os.path.exists(os.path.join(workdir, "scores.json")):
+        todo.append((arm, workdir))
+    # --parallel: a seed's arms run at the same time, so they share whatever else loads the machine.
+    procs = []
+    for arm, workdir in todo:
+      print(f"== {arm} seed {seed}: {workdir}", flush=True)
+      os.makedirs(workdir, exist_ok=True)
+      log = open(os.path.join(a.out, f"{arm}_seed{seed}.log"), "w")
+      procs.append((arm, workdir, subprocess.Popen(arm_command(arm, a.source, workdir, seed, a.minutes, a.sft_lr),
+                                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT)))
+      if not a.parallel:
+        procs[-1][2].wait()
+    for arm, workdir, proc in procs:
+      if proc.wait():
+        raise SystemExit(f"error: {arm} seed {seed} failed (exit {proc.returncode}); see {a.out}/{arm}_seed{seed}.log")
+    for arm in a.arms.split(","):
+      step, flat = flat_scores(os.path.join(a.out, f"{arm}_seed{seed}", "scores.json"))
       rows.append({"arm": arm, "seed": seed, "step": step, "scores": flat})
   with open(os.path.join(a.out, "results.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
