@@ -66,6 +66,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   from input_pipeline.tokenizers import save_with_run
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer, CheckpointWriteError
+  from jaxmodels.config_utils import init_sources
   from jaxmodels.errors import CheckpointFormatError, ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
@@ -126,10 +127,10 @@ def _train_and_evaluate(config, workdir: str) -> dict:
     logging.info("resumed from another run %s at step %d", config.resume, start)
   else:
     start = 0
-    if config.init:                        # pretrained towers or another run's weights
+    if init_sources(config):               # pretrained towers or another run's weights
       initialize(config, ts, mesh, rules)
       state = nnx.state(ts)
-      logging.info("initialised from %s", config.init.to_dict())
+      logging.info("initialised from %s", init_sources(config))
   if jax.process_index() == 0:             # only now: a config the checkpoint rejects never lands
     write_config(workdir, config)
 

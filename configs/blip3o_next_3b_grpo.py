@@ -26,7 +26,6 @@ from jaxmodels.config_utils import parse_arg
 def get_config(arg=None):
   a = parse_arg(arg, tiny=False, llm="qwen3-1.7b")
   c = blip3o_next_3b.get_config(f"tiny={a.tiny},llm={a.llm}")
-  c.init = ml_collections.ConfigDict(dict(checkpoint=placeholder(str)))
   c.rl = ml_collections.ConfigDict(dict(
       model_from_init=False, group_size=16, prompts_per_step=2 if a.tiny else 16,
       clip_eps=0.2, clip_eps_high=placeholder(float), kl_beta=0.001, aggregate="sequence", scale="std",

@@ -27,7 +27,7 @@ from jaxmodels.config_utils import parse_arg
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False)
   c = shapes_tiny.get_config("runlocal" if a.runlocal else None)   # evals and trainer keys
-  c.init = ml_collections.ConfigDict(dict(checkpoint="runs/shapes_tiny"))
+  c.init.checkpoint = "runs/shapes_tiny"
   c.rl = ml_collections.ConfigDict(dict(
       group_size=8, prompts_per_step=8,
       clip_eps=0.2, clip_eps_high=placeholder(float), kl_beta=0.04, aggregate="sequence", scale="std",

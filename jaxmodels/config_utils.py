@@ -41,6 +41,26 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+# Model parts `config.init.hf` may name (UnifiedModel / FlorenceVL attributes that are HF towers).
+INIT_PARTS = ("llm", "und_encoder", "gen_encoder", "dit", "vae", "image_tokenizer", "vision_tower")
+
+
+def init_sources(config) -> dict:
+  """`config.init` without its unset entries: {"checkpoint": run_dir?, "hf": {part: path}?} (empty: a
+  run starts from scratch). Accepts None, a dict or a ConfigDict."""
+  init = config.get("init") if hasattr(config, "get") else None
+  if not init:
+    return {}
+  init = init.to_dict() if hasattr(init, "to_dict") else dict(init)
+  out = {k: v for k, v in init.items() if k not in ("hf", "checkpoint")}   # unknown keys: reported
+  if init.get("checkpoint"):
+    out["checkpoint"] = init["checkpoint"]
+  hf = {part: path for part, path in (init.get("hf") or {}).items() if path}
+  if hf:
+    out["hf"] = hf
+  return out
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Trainer defaults shared by every config file (each file overrides what it needs)."""
   c = ml_collections.ConfigDict()
@@ -62,7 +82,12 @@ def base_config() -> ml_collections.ConfigDict:
   # data-parallel pods; costs per-shape slice compiles at the first save: jaxmodels.checkpoint).
   c.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True, replica_parallel=False))
   c.resume = placeholder(str)      # another run's workdir/checkpoints to continue from
-  c.init = None                    # dict(hf={"llm": path, ...}) to start from pretrained towers
+  # Where a fresh run's weights come from (trainer.setup.initialize): `checkpoint` another run's model,
+  # `hf.<part>` a Hugging Face directory per model part; declared so the command line can set them
+  # (--config.init.checkpoint=runs/x, --config.init.hf.llm=/models/...). None: not used.
+  c.init = ml_collections.ConfigDict(dict(
+      checkpoint=placeholder(str),
+      hf=ml_collections.ConfigDict({part: placeholder(str) for part in INIT_PARTS})))
   # The ShapesWorld evaluations train.py runs (in the loop and at the end) and evaluate.py repeats:
   # Q/A per question kind, GenEval prompts, ColorBench, ROVER; flow steps and CFG scale of sampling.
   # prompt_template: how the model is prompted with an official benchmark prompt (evaluate.py

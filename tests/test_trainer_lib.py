@@ -204,3 +204,15 @@ def test_no_remat_on_multiprocess_cpu(monkeypatch):
   assert config.model.llm.remat == "dots"                               # the caller's config is kept
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert no_remat_on_multiprocess_cpu(config)[1] == []                  # accelerators keep remat
+
+
+def test_init_keys_are_declared_so_the_command_line_can_set_them():
+  """config.init.checkpoint and config.init.hf.<part> exist (unset) in every config, so --config.init...
+  overrides work on the locked config; init_sources drops the unset ones."""
+  from configs import shapes_tiny
+  from jaxmodels.config_utils import init_sources, set_values
+  config = shapes_tiny.get_config()
+  assert init_sources(config) == {}
+  config.lock()
+  set_values(config, ["init.checkpoint=/runs/a", "init.hf.llm=/models/qwen"])
+  assert init_sources(config) == {"checkpoint": "/runs/a", "hf": {"llm": "/models/qwen"}}

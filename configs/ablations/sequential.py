@@ -14,8 +14,6 @@ Metrics: Q/A retained after stage 2 (vs joint) and GenEval reached.
     python train.py --config=configs/ablations/sequential.py:sequential,stage=stage2 --workdir=/tmp/s2 \
       --config.init.checkpoint=/tmp/s1
 """
-import ml_collections
-
 from configs import shapes_tiny
 from configs.ablations import common
 from jaxmodels.errors import ConfigError
@@ -40,5 +38,5 @@ def get_config(arg=None):
   elif a.stage == "stage2":
     c.model.und_weight = 0.0
     c.optim.frozen = list(FROZEN)
-    c.init = ml_collections.ConfigDict(dict(checkpoint=""))   # the stage-1 run dir (tools/ablate.py)
+    c.init.checkpoint = ""   # the stage-1 run dir (tools/ablate.py)
   return c

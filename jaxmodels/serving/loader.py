@@ -69,7 +69,8 @@ def released_model(config, one_device: bool = False):
 
   from jaxmodels import sharding
   from jaxmodels.trainer.setup import initialize, mesh_and_rules, model_factory
-  init = config.get("init") or {}
+  from jaxmodels.config_utils import init_sources
+  init = init_sources(config)
   if not (init.get("hf") or init.get("checkpoint")):
     raise ConfigError("no checkpoints/ folder here, and config.init names no released weights "
                       "(config.init.hf towers or config.init.checkpoint)")

@@ -83,7 +83,8 @@ def grpo_batch_spec(config, mesh, policy: GRPOPolicy, rules=None) -> dict:
 def source_run(config):
   """(workdir, step, stored config) of the supervised run GRPO starts from (`config.init.checkpoint`)."""
   from jaxmodels.run_dir import checkpoint_step, run_workdir, stored_config
-  path = (config.get("init") or {}).get("checkpoint")
+  from jaxmodels.config_utils import init_sources
+  path = init_sources(config).get("checkpoint")
   if not path:
     raise ConfigError("config.init.checkpoint: GRPO starts from a trained run; name its workdir "
                       "(e.g. --config.init.checkpoint=runs/shapes_tiny)")

@@ -198,7 +198,8 @@ def initialize(config, ts: TrainState, mesh, rules) -> None:
   import jax.numpy as jnp
 
   from jaxmodels.trainer.train_state import get_submodule
-  init = config.init.to_dict() if hasattr(config.init, "to_dict") else dict(config.init)
+  from jaxmodels.config_utils import init_sources
+  init = init_sources(config)
   unknown = sorted(set(init) - {"hf", "checkpoint"})
   if unknown:
     raise ConfigError(f"config.init.{unknown[0]}: unknown key (known: checkpoint, hf)")
