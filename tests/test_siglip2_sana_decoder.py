@@ -22,23 +22,16 @@ from flax import nnx  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from jaxmodels.errors import CheckpointFormatError  # noqa: E402
-from jaxmodels.hf.safetensors_io import SafetensorsReader, read_config, write_checkpoint  # noqa: E402
+from jaxmodels.hf.safetensors_io import SafetensorsReader, read_config  # noqa: E402
 from jaxmodels.unified import from_pretrained  # noqa: E402
 from jaxmodels.unified.pixel_decoder import SanaFeatureDecoder  # noqa: E402
 from oracles import nchw, perturb_  # noqa: E402
+from test_released_layouts import DCAE, SANA, _copy_with  # noqa: E402  (the tiny SANA / DC-AE replicas)
 
 ATOL = 1e-4
 STEPS, GUIDANCE, POOLED = 3, 3.0, 4
 SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32,
               patch_size=8)
-SANA = dict(in_channels=8, out_channels=8, num_attention_heads=2, attention_head_dim=8, num_layers=1,
-            num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
-            caption_channels=24, sample_size=4, mlp_ratio=2.5)
-DCAE = dict(latent_channels=8, attention_head_dim=8, encoder_block_types=("ResBlock", "EfficientViTBlock"),
-            decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 16),
-            decoder_block_out_channels=(8, 16), encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
-            encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-            downsample_block_type="Conv", upsample_block_type="interpolate", scaling_factor=0.41407)
 SANA_SCHEDULER = dict(algorithm_type="dpmsolver++", solver_order=2, prediction_type="flow_prediction",
                       use_flow_sigmas=True, solver_type="midpoint", lower_order_final=True,
                       final_sigmas_type="zero", flow_shift=3.0)
@@ -184,14 +177,6 @@ def test_decode_and_from_directory(parts, tmp_path):
   images = run(d, feats, jax.random.key(0))
   assert images.shape == (1, 8, 8, 3) and np.isfinite(np.asarray(images)).all()
   assert float(jnp.abs(images).max()) <= 1.0
-
-
-def _copy_with(src, dst, drop=(), change=None):
-  reader = SafetensorsReader(src)
-  tensors = {k: np.asarray(reader.get(k)) for k in reader.keys() if k not in drop}
-  tensors.update(change or {})
-  write_checkpoint(str(dst), read_config(src), tensors)
-  return str(dst)
 
 
 def test_bad_releases_fail_in_one_line(parts, tmp_path):

@@ -35,7 +35,7 @@ siglip2-so400m-patch16-512 shape). The SigLIP head (`...vision_model.head.*`) is
 UNCONFIRMED (the corpora hold the code, not the hub files): which saver wrote the hub files (both load),
 the model_type stored ("encoder", "diffusion_decoder" and "Sana" are accepted when a SANA id key is
 present), the scheduler the weights were trained for under "main" (its DPM default is an option: pass
-overrides={"solver": "euler", "shift": 1.0} for the other), whether encoder.* and vae.* are stored
+overrides={"solver": "euler"} (shift 1.0 unless "shift" is given too) for the other), whether encoder.* and vae.* are stored
 (without encoder.*, `encode` is unavailable and `decode` needs given features; without vae.*, a local
 vae_id folder's vae/ weights are mounted). Check the names with the directory's safetensors index.
 """
@@ -46,10 +46,15 @@ import os
 from flax import nnx
 
 from jaxmodels.errors import CheckpointFormatError
+from jaxmodels.flow.dcae import AutoencoderDC
+from jaxmodels.flow.sana import SanaTransformer
 from jaxmodels.hf import dcae_family, sana_family, vision_family
 from jaxmodels.hf.keymap import Source
 from jaxmodels.hf.safetensors_io import read_config
+from jaxmodels.unified.connector import CondProjection
+from jaxmodels.unified.pixel_decoder import SANA_SOLVERS, SanaFeatureDecoder
 from jaxmodels.unified.released import common
+from jaxmodels.vision.vit import VisionTransformer
 
 KIND = "siglip2_sana"
 MODEL_TYPES = ("encoder", "diffusion_decoder", "Sana")
@@ -59,12 +64,13 @@ SIGLIP2_512 = "google/siglip2-so400m-patch16-512"
 SIGLIP2_512_VISION = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
                           num_hidden_layers=27, num_attention_heads=16, image_size=512, patch_size=16,
                           hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
-# layout -> (encoder prefix, transformer prefix, connector prefix, SANA config key, solver, shift, pooling)
+# layout -> (encoder prefix, transformer prefix, connector prefix, SANA config key, solver, pooling)
 LAYOUTS = {
-    "main": ("encoder.model.", "transformer.transformer.", "transformer.connector.", "unet_id",
-             "dpm++2m", 3.0, -1),
-    "reconstruction": ("encoder.", "transformer.", "connector.", "diffusion_id", "euler", 1.0, 64),
+    "main": ("encoder.model.", "transformer.transformer.", "transformer.connector.", "unet_id", "dpm++2m", -1),
+    "reconstruction": ("encoder.", "transformer.", "connector.", "diffusion_id", "euler", 64),
 }
+# Without a local scheduler folder: FlowMatchEuler's default shift, SANA's DPM flow_shift.
+DEFAULT_SHIFT = {"euler": 1.0, "dpm++2m": 3.0}
 NUM_STEPS, GUIDANCE = 30, 3.0
 
 
@@ -93,13 +99,21 @@ def _encoder_config(ckpt: common.Checkpoint, dtype: str):
   return common.convert(common.family("vision"), SIGLIP2_512_VISION, ckpt.path, **kw)
 
 
-def _scheduler_shift(ckpt: common.Checkpoint, field: str, default: float) -> float:
-  """`field` of the scheduler config `scheduler_id` names, when it is a local folder; else `default`."""
+def _scheduler_shift(ckpt: common.Checkpoint, solver: str, default: float) -> float:
+  """The shift of the scheduler config `scheduler_id` names (`shift` for FlowMatchEuler, `flow_shift`
+  for DPM-Solver), when it is a local folder; else `default`."""
   folder = ckpt.local_dir(ckpt.config.get("scheduler_id"))
   file = os.path.join(folder, "scheduler", "scheduler_config.json") if folder else None
   if file is None or not os.path.exists(file):
     return default
-  return float(read_config(os.path.dirname(file), "scheduler_config.json").get(field, default))
+  d = read_config(os.path.dirname(file), "scheduler_config.json")
+  if solver == "euler":
+    return float(d.get("shift", default))
+  if d.get("prediction_type", "flow_prediction") != "flow_prediction" or not d.get("use_flow_sigmas", True):
+    raise CheckpointFormatError(f"{file}: a DPM-Solver config without flow prediction / flow sigmas "
+                                f"(prediction_type={d.get('prediction_type')!r}); only SANA's flow config is "
+                                f"supported")
+  return float(d.get("flow_shift", default))
 
 
 def _mount_vae(ckpt: common.Checkpoint) -> None:
@@ -114,16 +128,10 @@ def _mount_vae(ckpt: common.Checkpoint) -> None:
 
 
 def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
-  from jaxmodels.flow.dcae import AutoencoderDC
-  from jaxmodels.flow.sana import SanaTransformer
-  from jaxmodels.unified.connector import CondProjection
-  from jaxmodels.unified.pixel_decoder import SanaFeatureDecoder
-  from jaxmodels.vision.vit import VisionTransformer
-
   ckpt.kind = KIND
   d = ckpt.config
   layout = layout_of(ckpt)
-  enc_prefix, sana_prefix, conn_prefix, sana_key, solver, shift, pooling = LAYOUTS[layout]
+  enc_prefix, sana_prefix, conn_prefix, sana_key, solver, pooling = LAYOUTS[layout]
   if sana_key not in d:
     sana_key = next(k for k in SANA_KEYS if k in d)
   _mount_vae(ckpt)
@@ -139,11 +147,11 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
     raise CheckpointFormatError(f"{ckpt.weights.file_of(conn_prefix + '0.weight')}: tensor "
                                 f"{conn_prefix + '0.weight'!r} has {width} output rows, the SANA transformer's "
                                 f"caption_channels is {sana.caption_channels}")
-  if solver == "euler":
-    shift = _scheduler_shift(ckpt, "shift", shift)
-  else:
-    shift = _scheduler_shift(ckpt, "flow_shift", shift)
-  solver, shift = d.get("solver", solver), float(d.get("shift", shift))
+  if "solver" in d:
+    solver = d["solver"]
+    if solver not in SANA_SOLVERS:
+      raise CheckpointFormatError(f"{ckpt.config_file}: solver={solver!r} is not one of {SANA_SOLVERS}")
+  shift = float(d["shift"]) if "shift" in d else _scheduler_shift(ckpt, solver, DEFAULT_SHIFT[solver])
   pooled = int(d.get("num_pooled_tokens", pooling))
   latent_side = int(d["input_size"]) if layout == "main" and "input_size" in d else None
 
