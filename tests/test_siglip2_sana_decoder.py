@@ -66,7 +66,7 @@ def parts(tmp_path_factory):
   root = tmp_path_factory.mktemp("siglip2_sana_parts")
   pipe, siglip = str(root / "sana_pipeline"), str(root / "siglip2")
   sana.save_config(os.path.join(pipe, "transformer"))
-  vae.save_config(os.path.join(pipe, "vae"))
+  vae.save_pretrained(os.path.join(pipe, "vae"))           # weights too: a release without vae.* mounts them
   diffusers.DPMSolverMultistepScheduler(**SANA_SCHEDULER).save_config(os.path.join(pipe, "scheduler"))
   enc.config.save_pretrained(siglip)
   return dict(enc=enc, sana=sana, vae=vae, conn=conn, pipe=pipe, siglip=siglip)
@@ -177,6 +177,18 @@ def test_decode_and_from_directory(parts, tmp_path):
   images = run(d, feats, jax.random.key(0))
   assert images.shape == (1, 8, 8, 3) and np.isfinite(np.asarray(images)).all()
   assert float(jnp.abs(images).max()) <= 1.0
+
+
+def test_release_without_encoder_and_vae_tensors(parts, tmp_path):
+  path = write_release(tmp_path / "ok", parts, "reconstruction")
+  drop = tuple(k for k in SafetensorsReader(path).keys() if k.startswith(("encoder.", "vae.")))
+  r = from_pretrained(_copy_with(path, tmp_path / "decoder_only", drop=drop))
+  d = r.model
+  assert d.encoder is None and any("no encoder" in n for n in r.notes)
+  mounted = parts["vae"].decoder.conv_in.weight.detach().numpy()             # from the pipeline's vae/ folder
+  np.testing.assert_array_equal(np.asarray(d.vae.decoder.conv_in.kernel[...]), mounted.transpose(2, 3, 1, 0))
+  with pytest.raises(CheckpointFormatError, match="no SigLIP2 encoder loaded"):
+    d.encode(jnp.zeros((1, 32, 32, 3)))
 
 
 def test_bad_releases_fail_in_one_line(parts, tmp_path):
