@@ -35,11 +35,12 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from jaxmodels.errors import CheckpointFormatError
-from jaxmodels.unified.released import blip3o, blip3o_next, florence_vl, metaquery
+from jaxmodels.unified.released import blip3o, blip3o_next, florence_vl, metaquery, siglip2_sana
 from jaxmodels.unified.released.common import (Checkpoint, ReleasedModel, Weights, open_safetensors,
                                                refuse_pickles)
 
-LAYOUTS = {"blip3o": blip3o, "blip3o_next": blip3o_next, "metaquery": metaquery, "florence_vl": florence_vl}
+LAYOUTS = {"blip3o": blip3o, "blip3o_next": blip3o_next, "metaquery": metaquery, "florence_vl": florence_vl,
+           "siglip2_sana": siglip2_sana}
 __all__ = ["LAYOUTS", "ReleasedModel", "detect", "from_pretrained"]
 
 
