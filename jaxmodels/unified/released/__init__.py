@@ -62,7 +62,8 @@ def detect(path: str, config: Mapping[str, Any]) -> str:
   if model_type in blip3o.MODEL_TYPES:
     raise CheckpointFormatError(f"{file}: model_type {model_type!r} without 'vision_config' (BLIP3-o) or "
                                 f"'num_image_tokens' / 'diffusion_name_or_path' (BLIP3o-NEXT)")
-  known = "blip3o_qwen[_inference] (BLIP3-o, BLIP3o-NEXT), metaquery, llava_phi / llava_llama (Florence-VL), SigLIP2_SANA (encoder / diffusion_decoder with unet_id)"
+  known = ("blip3o_qwen[_inference] (BLIP3-o, BLIP3o-NEXT), metaquery, llava_phi / llava_llama (Florence-VL), "
+           "SigLIP2_SANA (encoder / diffusion_decoder with unet_id)")
   if model_type is None:
     raise CheckpointFormatError(f"{file}: no 'model_type' key: the layout matches no released unified "
                                 f"model (known: {known})")
