@@ -52,12 +52,11 @@ AttnProcessor2_0).
 """
 from __future__ import annotations
 
-from bench_common import (DTYPES, alternate, emit, load_average, machine, matmul_peak_gflops,  # noqa: I001
-                          torch_device, torch_dtype, torch_sync)
+from bench_common import (DTYPES, alternate, emit, fit_exponent, load_average, machine,  # noqa: I001
+                          matmul_peak_gflops, torch_device, torch_dtype, torch_sync)
 from bench_unified_models import (SIZES, TorchUnified, image_side, make_batch, model_setup,  # noqa: I001
                                   size_of, state_tensors, torch_batch, torch_memory_bytes)
 
-import math
 import sys
 
 from absl import app, flags
@@ -279,13 +278,6 @@ def bench(kind: str, size: str, steps: int, *, tokens: int | None = None, dtype:
       if name != "jax":
         row["peak_bytes"][name] = torch_memory_bytes(fns[name], tensors)
   return row
-
-
-def fit_exponent(xs, ys) -> float:
-  """k of y ≈ a·xᵏ by least squares in log-log."""
-  lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-  mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-  return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 def _row_line(r: dict) -> str:
