@@ -19,7 +19,7 @@ def _run(tool, *args):
 
 @pytest.mark.slow
 def test_bench_train_smoke():
-  r = _run("bench_train.py", "--sizes=smoke", "--steps=1", "--remat=dots,none")
+  r = _run("bench_train.py", "--sizes=smoke", "--steps=1", "--remat=dots,none", "--baselines=eager")
   smoke = r["sizes"]["smoke"]
   assert smoke["jax_step_s"] > 0 and smoke["torch_step_s"] > 0 and 0 < smoke["jax_mfu"] < 1.5
   assert smoke["remat"] == "dots" and set(smoke["remat_step_s"]) == {"dots", "none"}
@@ -45,7 +45,8 @@ def test_bench_decode_smoke():
 
 @pytest.mark.slow
 def test_bench_flow_smoke():
-  r = _run("bench_flow.py", "--latte_sizes=smoke", "--dit_sizes=smoke", "--sample_steps=2", "--rounds=1")
+  r = _run("bench_flow.py", "--latte_sizes=smoke", "--dit_sizes=smoke", "--sample_steps=2", "--rounds=1",
+           "--baselines=eager")
   latte = r["latte"]["smoke"]
   k = latte["num_groups"]
   # Layer evaluations: steps x L at full depth vs steps x M with the layerwise experts, ratio K exactly,
