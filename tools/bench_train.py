@@ -34,6 +34,7 @@ _REMAT = flags.DEFINE_list("remat", ["none"], "jaxmodels layer-stack remat polic
                            "the first is the headline row, all run in the same A/B rounds.")
 _BASELINES = flags.DEFINE_list("baselines", ["eager", "compile"], "PyTorch baselines: eager, compile "
                                 "(torch.compile of the model; its compile time is not timed).")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch's default).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
@@ -106,11 +107,15 @@ def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsu
 
 def main(argv):
   del argv
+  import torch
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
   from jaxmodels.layers.block import REMAT_POLICIES
   if not _REMAT.value or set(_REMAT.value) - set(REMAT_POLICIES):
     raise app.UsageError(f"--remat={','.join(_REMAT.value)}: expected one or more of {sorted(REMAT_POLICIES)}")
   peak = matmul_peak_gflops(dtype=_DTYPE.value)
-  result = {"machine": machine(), "dtype": _DTYPE.value, "attention": _ATTENTION.value,
+  result = {"machine": machine(), "torch_threads": torch.get_num_threads(), "dtype": _DTYPE.value,
+            "attention": _ATTENTION.value,
             "remat": _REMAT.value, "matmul_gflops": peak, "sizes": {}}
   rows = [f"machine: {result['machine']}", f"matmul peak ({peak['dtype']}, n={peak['n']}): "
           f"{peak['peak']:.0f} GFLOP/s (jax {peak['jax']:.0f}, torch {peak['torch']:.0f})"]
