@@ -3,6 +3,7 @@
 
     python tools/bench_unified.py --sizes=small,medium --steps=5 [--json]
     python tools/bench_unified.py --sizes=small --tokens=64,256,1024 --steps=3      # cost growth
+    python tools/bench_unified.py --sizes=small --remat=none,dots,unrolled --profile  # where the time goes
     python tools/bench_unified.py --sizes=smoke --steps=1 --baselines=eager --json   # used by a test
     python tools/bench_unified.py --sizes=small,accelerator --dtype=bfloat16 --attention=cudnn  # on a GPU
 
@@ -44,6 +45,10 @@ memory analysis (arguments + outputs − donated + temporaries); PyTorch on a GP
 `max_memory_allocated`, on the CPU as the bytes of parameters, optimizer state and batch plus the
 allocator's peak during one step (`torch.profiler`, profile_memory).
 
+`--remat=none,dots,unrolled` adds jaxmodels variants to the same A/B rounds: every layer stack (LLM,
+ViTs, DiT) scanned with that remat policy, or unrolled (`variant_step_s`, `variant_peak_bytes`); the
+first is the headline row. `--profile` times each part alone as the step runs it (`jax_part_s`).
+
 `--tokens=64,256,1024` runs each size at those DiT sequence lengths (image tokens per example; the
 image side follows) and fits t ∝ tokensᵏ per side (least squares in log-log). Attention is named in
 the output: jaxmodels "einsum" (materialised softmax; "cudnn" fused on a GPU), SANA's self-attention
@@ -76,6 +81,11 @@ _ATTENTION = flags.DEFINE_enum("attention", "einsum", ["einsum", "xla", "cudnn"]
                                "jaxmodels attention implementation (cudnn: fused, GPU only).")
 _BASELINES = flags.DEFINE_list("baselines", list(BASELINES), "PyTorch baselines: eager, compile.")
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch's default).")
+_PROFILE = flags.DEFINE_bool("profile", False, "Also time each part alone (jaxmodels): where the step's time "
+                             "goes (`jax_part_s`; `rest`: the step minus the parts, i.e. loss glue + AdamW).")
+_REMAT = flags.DEFINE_list("remat", ["none"], "jaxmodels variants: the layer stacks' remat policy "
+                           "(REMAT_POLICIES), or 'unrolled' (no scan, no remat); the first is the headline "
+                           "row, all run in the same A/B rounds (`variant_step_s`).")
 _MEMORY = flags.DEFINE_bool("memory", True, "Measure peak memory (an untimed profiled step per side).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
@@ -91,9 +101,11 @@ def _forward_flops(model, fn, *args) -> float:
   return float(cost["flops"])
 
 
-def part_flops(model, batch: dict) -> dict:
-  """{part: {"forward": FLOPs, "role": trainable | frozen_grad | frozen}} of one train step's parts
-  (see the module docstring); inputs at the shapes the step gives each part."""
+def step_parts(model, batch: dict) -> dict:
+  """{part: {"calls": [(fn(model, *args), arg specs)], "role", "module", "minus": calls}} of one train
+  step's parts (see the module docstring), at the shapes the step gives each part: `role` trainable |
+  frozen_grad | frozen, `module` the model attribute holding its parameters, `minus` calls whose
+  FLOPs belong to another part (next's caption projection, trainable inside the frozen DiT)."""
   import jax
   import jax.numpy as jnp
   from jaxmodels.unified.patch_tokens import positions_of
@@ -104,52 +116,111 @@ def part_flops(model, batch: dict) -> dict:
   spec = lambda *shape, dt=jnp.float32: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
   image = spec(*batch["gen_image"].shape)
   side, ch = c.target_side, c.target_channels
-  sigma = spec(b)
+  cond_dim = c.dit.caption_channels if type(c.dit).__name__ == "SanaConfig" else c.dit.cross_attention_dim
 
   def llm(m, e, mask):
     return m.llm.forward(None, positions_of(mask), mask, inputs_embeds=e).hidden
 
-  def llm_flops(rows, length):
-    return _forward_flops(model, llm, spec(rows, length, d, dt=act), spec(rows, length, dt=jnp.int32))
+  def llm_call(rows, length):
+    return (llm, (spec(rows, length, d, dt=act), spec(rows, length, dt=jnp.int32)))
 
-  def dit(m, x, s_, cond):
-    return m.velocity(x, s_, cond)
+  def dit_call(n):
+    return (lambda m, x, s_, cond: m.velocity(x, s_, cond), (spec(b, side, side, ch), spec(b), spec(b, n, cond_dim)))
 
-  cond_dim = c.dit.caption_channels if c.dit.__class__.__name__ == "SanaConfig" else c.dit.cross_attention_dim
-  parts = {}
+  def connector_call(rows, n):
+    return (lambda m, h: m.connector(h), (spec(rows, n, d, dt=act),))
+
+  target = (lambda m, x: m.target(x), (image,))
+  part = lambda role, module, *calls, minus=(): dict(calls=list(calls), role=role, module=module,  # noqa: E731
+                                                     minus=list(minus))
   if c.queries == "learnable":         # blip3o
     n = c.num_queries
-    parts["llm"] = (llm_flops(b, t + n), "frozen_grad")
-    parts["gen_encoder"] = (_forward_flops(model, lambda m, x: m.target(x), image), "frozen")
-    parts["dit"] = (_forward_flops(model, dit, spec(b, side, side, ch), sigma, spec(b, n, cond_dim)),
-                    "trainable")
-  elif c.queries == "vocab":           # metaquery: the batch's pass and the empty-caption null's
+    return {"llm": part("frozen_grad", "llm", llm_call(b, t + n)),
+            "gen_encoder": part("frozen", "gen_encoder", target),
+            "dit": part("trainable", "dit", dit_call(n))}
+  if c.queries == "vocab":             # metaquery: the batch's pass and the empty-caption null's
     n = c.num_queries
-    parts["llm"] = (llm_flops(b, t + n + 2) + llm_flops(1, n + 2), "frozen_grad")
-    conn = lambda rows: _forward_flops(model, lambda m, h: m.connector(h), spec(rows, n, d, dt=act))  # noqa: E731
-    parts["connector"] = (conn(b) + conn(1), "trainable")
-    parts["vae"] = (_forward_flops(model, lambda m, x: m.target(x), image), "frozen")
-    parts["dit"] = (_forward_flops(model, dit, spec(b, side, side, ch), sigma, spec(b, n, cond_dim)),
-                    "trainable")
-  else:                                # next
-    n = model.image_tokenizer.grid_size(c.image_tokenizer.scale) ** 2
-    length = t + 2 + n
+    return {"llm": part("frozen_grad", "llm", llm_call(b, t + n + 2), llm_call(1, n + 2)),
+            "connector": part("trainable", "connector", connector_call(b, n), connector_call(1, n)),
+            "vae": part("frozen", "vae", target),
+            "dit": part("trainable", "dit", dit_call(n))}
+  n = model.image_tokenizer.grid_size(c.image_tokenizer.scale) ** 2          # next
+  length = t + 2 + n
+  lm = (lambda m, ids, mask: m.llm.logits(m.llm.forward(ids, positions_of(mask), mask).hidden[:, :-1]),
+        (spec(b, length, dt=jnp.int32), spec(b, length, dt=jnp.int32)))
+  caption = (lambda m, y: m.dit.caption_norm(m.dit.caption_projection(y)), (spec(b, n + 1, cond_dim),))
+  return {"image_tokenizer": part("frozen", "image_tokenizer", (lambda m, x: m.image_codes(x), (image,))),
+          "vae": part("frozen", "vae", target),
+          "llm": part("trainable", "llm", lm),
+          "connector": part("trainable", "connector", connector_call(b, n + 1)),
+          "dit": part("frozen_grad", "dit", dit_call(n + 1), minus=[caption]),
+          "dit_caption": part("trainable", "dit", caption)}
 
-    def lm(m, ids, mask):
-      return m.llm.logits(m.llm.forward(ids, positions_of(mask), mask).hidden[:, :-1])
 
-    parts["image_tokenizer"] = (_forward_flops(model, lambda m, x: m.image_codes(x), image), "frozen")
-    parts["vae"] = (_forward_flops(model, lambda m, x: m.target(x), image), "frozen")
-    parts["llm"] = (_forward_flops(model, lm, spec(b, length, dt=jnp.int32), spec(b, length, dt=jnp.int32)),
-                    "trainable")
-    parts["connector"] = (_forward_flops(model, lambda m, h: m.connector(h), spec(b, n + 1, d, dt=act)),
-                          "trainable")
-    whole = _forward_flops(model, dit, spec(b, side, side, ch), sigma, spec(b, n + 1, cond_dim))
-    caption = _forward_flops(model, lambda m, y: m.dit.caption_norm(m.dit.caption_projection(y)),
-                             spec(b, n + 1, cond_dim))
-    parts["dit"] = (whole - caption, "frozen_grad")
-    parts["dit_caption"] = (caption, "trainable")
-  return {k: {"forward": f, "role": role} for k, (f, role) in parts.items()}
+def part_flops(model, parts: dict) -> dict:
+  """{part: {"forward": FLOPs, "role"}} of `step_parts`: XLA's count of each call lowered alone."""
+  count = lambda calls: sum(_forward_flops(model, fn, *args) for fn, args in calls)  # noqa: E731
+  return {k: {"forward": count(p["calls"]) - count(p["minus"]), "role": p["role"]} for k, p in parts.items()}
+
+
+def _concrete(x):
+  """An input for a ShapeDtypeStruct: ones for int masks / ids, random normal for floats."""
+  import jax
+  import jax.numpy as jnp
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return jnp.ones(x.shape, x.dtype)
+  return jax.random.normal(jax.random.key(0), x.shape, jnp.float32).astype(x.dtype)
+
+
+def part_times(model, parts: dict, rounds: int = 3) -> dict:
+  """Seconds of each part alone, compiled alone, doing what the step does with it: the forward
+  (frozen), forward + gradient to its float inputs (frozen_grad), forward + gradients to its
+  inputs and its module's parameters (trainable). Medians of `rounds` runs, after a warm-up."""
+  import statistics
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from jaxmodels.trainer.train_state import get_submodule
+  graphdef, state = nnx.split(model)
+  out = {}
+  for name, p in parts.items():
+    runs = []
+    for fn, specs in p["calls"]:
+      args = [_concrete(a) for a in specs]
+      floats = [i for i, a in enumerate(args) if jnp.issubdtype(a.dtype, jnp.floating)]
+      params = nnx.state(get_submodule(model, p["module"]), nnx.Param) if p["role"] == "trainable" else None
+
+      def run(state, params, args, fn=fn, floats=floats, module=p["module"], role=p["role"]):
+        def f(params, fargs):
+          m = nnx.merge(graphdef, state, copy=True)
+          if params is not None:
+            nnx.update(get_submodule(m, module), params)
+          full = list(args)
+          for i, a in zip(floats, fargs):
+            full[i] = a
+          return fn(m, *full)
+        fargs = [args[i] for i in floats]
+        if role == "frozen":
+          return f(params, fargs)
+        out_, vjp = jax.vjp(f, params, fargs)
+        return out_, vjp(jax.tree.map(jnp.ones_like, out_))
+
+      compiled = jax.jit(run)
+      runs.append(lambda compiled=compiled, params=params, args=args: jax.block_until_ready(
+          compiled(state, params, args)))
+    for r in runs:
+      r()
+    times = []
+    for _ in range(rounds):
+      t = time.perf_counter()
+      for r in runs:
+        r()
+      times.append(time.perf_counter() - t)
+    out[name] = statistics.median(times)
+  return out
 
 
 def model_flops(parts: dict) -> dict:
@@ -216,27 +287,36 @@ def attention_names(cfg, attention: str) -> dict:
 
 def bench(kind: str, size: str, steps: int, *, tokens: int | None = None, dtype: str = "float32",
           attention: str = "einsum", baselines=BASELINES, memory: bool = True,
-          peak_gflops: float | None = None) -> dict:
+          peak_gflops: float | None = None, profile: bool = False, variants=("none",)) -> dict:
   """One row: model `kind` at `size` (`tokens` image tokens), jaxmodels and each PyTorch baseline in
   the same A/B rounds; MFU against `peak_gflops` (the measured matmul peak) when given."""
   import jax
   import torch
 
   s = size_of(size, tokens)
-  cfg, frozen = model_setup(kind, s, dtype, attention)
-  batch = make_batch(cfg, s)
-  compiled, holder, jbatch, model = jax_train_step(cfg, frozen, batch)
-  parts = part_flops(model, batch)
-  flops = model_flops(parts)
+  steps_by_variant, memory_by_variant = {}, {}
+  for i, variant in enumerate(variants):
+    unrolled = variant == "unrolled"
+    cfg_v, frozen = model_setup(kind, s, dtype, attention, remat="none" if unrolled else variant, scan=not unrolled)
+    if i == 0:
+      cfg, batch = cfg_v, make_batch(cfg_v, s)
+    compiled, holder, jbatch, model_v = jax_train_step(cfg_v, frozen, batch)
+    memory_by_variant[variant] = jax_memory_bytes(compiled)
+
+    def jax_step(compiled=compiled, holder=holder, jbatch=jbatch):
+      holder["state"], _ = compiled(holder["state"], jbatch, jax.random.key(1))
+      jax.block_until_ready(holder["state"])
+    steps_by_variant[variant] = jax_step
+    if i == 0:
+      model, first = model_v, compiled
+  parts = step_parts(model, batch)
+  flops_parts = part_flops(model, parts)
+  flops = model_flops(flops_parts)
   from jaxmodels.trainer.metrics import compiled_flops
   row = {"model": kind, "size": size, "tokens": s["tokens"], "batch": s["batch"], "prompt": s["prompt"],
-         "image_side": image_side(cfg), "parts": parts, "model_flops": flops,
-         "xla_step_flops": compiled_flops(compiled), "attention": attention_names(cfg, attention),
-         "params": {"jax": param_counts(model, frozen)}}
-
-  def jax_step():
-    holder["state"], _ = compiled(holder["state"], jbatch, jax.random.key(1))
-    jax.block_until_ready(holder["state"])
+         "image_side": image_side(cfg), "parts": flops_parts, "model_flops": flops,
+         "xla_step_flops": compiled_flops(first), "attention": attention_names(cfg, attention),
+         "params": {"jax": param_counts(model, frozen)}, "remat": variants[0]}
 
   device = torch_device()
   comp = TorchUnified(cfg, frozen, device)
@@ -254,7 +334,8 @@ def bench(kind: str, size: str, steps: int, *, tokens: int | None = None, dtype:
       torch_sync()
     return torch_step
 
-  fns = {"jax": jax_step}
+  fns = {"jax": steps_by_variant[variants[0]],
+         **{f"jax:{v}": steps_by_variant[v] for v in variants[1:]}}
   if "eager" in baselines:
     fns["torch"] = make_torch_step(comp.loss)
   if "compile" in baselines:
@@ -264,15 +345,22 @@ def bench(kind: str, size: str, steps: int, *, tokens: int | None = None, dtype:
       fns["torch_compile"] = compiled_step
     except Exception as e:                       # noqa: BLE001  (e.g. no C++ toolchain for inductor)
       row["torch_compile_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+  if profile:     # before the steps run: they donate the state the models' arrays belong to
+    row["jax_part_s"] = part_times(model, parts)
   times = alternate(fns, steps)
+  row["variant_step_s"] = {v: times.pop("jax" if i == 0 else f"jax:{v}") for i, v in enumerate(variants)}
+  times = {"jax": row["variant_step_s"][variants[0]], **times}
   row["step_s"] = times
   for name, t in times.items():
     if peak_gflops:
       row.setdefault("mfu", {})[name] = flops["total"] / t / 1e9 / peak_gflops
     if name != "jax":
       row.setdefault("speedup", {})[name] = t / times["jax"]
+  if profile:
+    row["jax_part_s"]["rest"] = times["jax"] - sum(row["jax_part_s"].values())
   if memory:
-    row["peak_bytes"] = {"jax": jax_memory_bytes(compiled)}
+    row["peak_bytes"] = {"jax": memory_by_variant[variants[0]]}
+    row["variant_peak_bytes"] = memory_by_variant
     tensors = state_tensors(comp.module, opt, tbatch)
     for name in fns:
       if name != "jax":
@@ -287,10 +375,14 @@ def _row_line(r: dict) -> str:
                                                             else ")")]
   for name in ("torch", "torch_compile"):
     if name in t:
-      cells.append(f"{name} {t[name]:.3f}s (MFU {mfu[name]:.2f}, {mem.get(name, 0) / 2**20:.0f} MiB) "
-                   f"speedup {sp[name]:.2f}x")
+      cells.append(f"{name} {t[name]:.3f}s (MFU {mfu[name]:.2f}" + (f", {mem[name] / 2**20:.0f} MiB" if name in mem
+                                                                     else "") + f") speedup {sp[name]:.2f}x")
   if "torch_compile_error" in r:
     cells.append(f"torch.compile failed: {r['torch_compile_error']}")
+  if len(r["variant_step_s"]) > 1:
+    cells.append("jax variants " + ", ".join(f"{k} {v:.3f}s" for k, v in r["variant_step_s"].items()))
+  if "jax_part_s" in r:
+    cells.append("jax parts " + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in r["jax_part_s"].items()) + " ms")
   return (f"{r['model']} {r['size']} ({r['tokens']} tokens, batch {r['batch']}; model GFLOP/step "
           f"{f['total'] / 1e9:.1f} = trainable {f['trainable'] / 1e9:.1f} + frozen {f['frozen'] / 1e9:.1f}): "
           + " | ".join(cells))
@@ -303,6 +395,9 @@ def main(argv):
     torch.set_num_threads(_TORCH_THREADS.value)
   if set(_BASELINES.value) - set(BASELINES):
     raise app.UsageError(f"--baselines={','.join(_BASELINES.value)}: expected eager and/or compile")
+  from jaxmodels.layers.block import REMAT_POLICIES
+  if not _REMAT.value or set(_REMAT.value) - set(REMAT_POLICIES) - {"unrolled"}:
+    raise app.UsageError(f"--remat={','.join(_REMAT.value)}: expected {sorted(REMAT_POLICIES)} or unrolled")
   for size in _SIZES.value:
     if size not in SIZES:
       raise app.UsageError(f"--sizes: unknown size {size!r} (known: {', '.join(SIZES)})")
@@ -317,7 +412,8 @@ def main(argv):
     for size in _SIZES.value:
       for n in tokens:
         r = bench(kind, size, _STEPS.value, tokens=n, dtype=_DTYPE.value, attention=_ATTENTION.value,
-                  baselines=tuple(_BASELINES.value), memory=_MEMORY.value, peak_gflops=peak["peak"])
+                  baselines=tuple(_BASELINES.value), memory=_MEMORY.value, peak_gflops=peak["peak"],
+                  profile=_PROFILE.value, variants=tuple(_REMAT.value))
         result["rows"][f"{kind}_{size}_{r['tokens']}"] = r
         rows.append(_row_line(r))
         print(rows[-1], file=sys.stderr)

@@ -77,9 +77,22 @@ def _vae(s: dict, dtype: str) -> dict:
               encoder_block_out_channels=s["vae"], decoder_block_out_channels=s["vae"], dtype=dtype)
 
 
-def model_setup(kind: str, s: dict, dtype: str = "float32", attention: str = "einsum"):
+def _layer_stacks(d, remat: str, scan: bool):
+  """Sets every layer stack's (`scan_layers` key) remat policy and scan choice in a model dict."""
+  if isinstance(d, dict):
+    if "scan_layers" in d:
+      d.update(scan_layers=scan, remat=remat)
+    for v in d.values():
+      _layer_stacks(v, remat, scan)
+  return d
+
+
+def model_setup(kind: str, s: dict, dtype: str = "float32", attention: str = "einsum", *,
+                remat: str = "none", scan: bool = True):
   """(UnifiedConfig, frozen regexes) of model `kind` at size dict `s` (`size_of`): the paper config's
-  `:tiny` model dict (configs/paper_common.py) with every part resized."""
+  `:tiny` model dict (configs/paper_common.py) with every part resized. Every layer stack (LLM, ViTs,
+  DiT) takes the `remat` policy and `scan` (a lax.scan over stacked layers, as the paper configs
+  build them; False: unrolled)."""
   from configs import paper_common
   from jaxmodels.unified.build import unified_config
   d_llm, _, _, _, _, vocab = s["llm"]
@@ -132,7 +145,7 @@ def model_setup(kind: str, s: dict, dtype: str = "float32", attention: str = "ei
         gen_image_size=s["grid"] * VAE_FACTOR, image_token_id=vocab - 1)
   else:
     raise app.UsageError(f"unknown model {kind!r} (known: blip3o, metaquery, next, latte)")
-  return unified_config(model), tuple(c.optim.frozen)
+  return unified_config(_layer_stacks(model, remat, scan)), tuple(c.optim.frozen)
 
 
 def image_side(cfg) -> int:
@@ -160,16 +173,15 @@ def _hf_dict(d: dict) -> dict:
   return {k: v for k, v in d.items() if k not in ("architectures", "dtype", "scan_layers")}
 
 
-def torch_llm(c, *, causal_lm: bool):
-  """transformers model of our LLMConfig (through llm_family.config_to_hf): the base model, or the
-  `*ForCausalLM` one with its head."""
+def torch_llm(c):
+  """The transformers `*ForCausalLM` model of our LLMConfig (through llm_family.config_to_hf): the
+  base model at `.model`, the head at `.lm_head` (tied or not, as ours)."""
   import transformers
 
   from jaxmodels.hf import llm_family
   d = _hf_dict(llm_family.config_to_hf(c))
   cfg = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
-  cls = transformers.AutoModelForCausalLM if causal_lm else transformers.AutoModel
-  return cls.from_config(cfg)
+  return transformers.AutoModelForCausalLM.from_config(cfg)
 
 
 def torch_vision(c):
@@ -341,7 +353,7 @@ def _torch_parts(cfg) -> dict:
   """The torch modules of a UnifiedConfig under the jaxmodels part names."""
   import torch
   c, parts = cfg, {}
-  parts["llm"] = torch_llm(c.llm, causal_lm=c.queries == "image_tokens")
+  parts["llm"] = torch_llm(c.llm)       # with its head, as ours (unused without the CE of next)
   if c.image_tokenizer is not None:
     parts["image_tokenizer"] = torch_simvq(c.image_tokenizer)
   if c.queries == "learnable":                   # BLIP3-o initialises its queries with randn
@@ -410,6 +422,9 @@ class TorchUnified:
         h = layer(h, attention_mask=None, position_embeddings=rope, position_ids=pos)
     return m.connector["proj"](h)
 
+  def _hidden(self, embeds, **kw):
+    return self.module.llm.model(inputs_embeds=embeds, **kw)
+
   def condition(self, ids):
     """ids [B, T] (full prompts) -> DiT condition [B, N, C] (learnable / vocab queries), or the LLM's
     per-layer prompt states [B, L, T, D] (queries "none": LaTtE-Flow)."""
@@ -418,14 +433,14 @@ class TorchUnified:
     b = ids.shape[0]
     prompt = m.llm.get_input_embeddings()(ids)
     if c.queries == "none":
-      return torch.stack(m.llm(inputs_embeds=prompt, output_hidden_states=True).hidden_states[1:], 1)
+      return torch.stack(self._hidden(prompt, output_hidden_states=True).hidden_states[1:], 1)
     n = c.num_queries
     if c.queries == "learnable":
       suffix = m.queries
     else:                                        # <boi> <img0..N-1> <eoi>
       suffix = m.query_embed[torch.cat([self._arange(1) + n, self._arange(n), self._arange(1) + n + 1])]
     embeds = torch.cat([prompt, suffix[None].expand(b, -1, -1).to(prompt.dtype)], 1)
-    hidden = m.llm(inputs_embeds=embeds).last_hidden_state
+    hidden = self._hidden(embeds).last_hidden_state
     hidden = hidden[:, -n:] if c.queries == "learnable" else hidden[:, -(n + 1):-1]
     return self.connect(hidden)
 
