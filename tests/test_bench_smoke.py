@@ -19,7 +19,7 @@ def _run(tool, *args):
 
 @pytest.mark.slow
 def test_bench_train_smoke():
-  r = _run("bench_train.py", "--sizes=smoke", "--steps=1", "--remat=dots,none")
+  r = _run("bench_train.py", "--sizes=smoke", "--steps=1", "--remat=dots,none", "--baselines=eager")
   smoke = r["sizes"]["smoke"]
   assert smoke["jax_step_s"] > 0 and smoke["torch_step_s"] > 0 and 0 < smoke["jax_mfu"] < 1.5
   assert smoke["remat"] == "dots" and set(smoke["remat_step_s"]) == {"dots", "none"}
@@ -45,7 +45,8 @@ def test_bench_decode_smoke():
 
 @pytest.mark.slow
 def test_bench_flow_smoke():
-  r = _run("bench_flow.py", "--latte_sizes=smoke", "--dit_sizes=smoke", "--sample_steps=2", "--rounds=1")
+  r = _run("bench_flow.py", "--latte_sizes=smoke", "--dit_sizes=smoke", "--sample_steps=2", "--rounds=1",
+           "--baselines=eager")
   latte = r["latte"]["smoke"]
   k = latte["num_groups"]
   # Layer evaluations: steps x L at full depth vs steps x M with the layerwise experts, ratio K exactly,
@@ -81,3 +82,52 @@ def test_bench_data_smoke():
   assert r["gen_every"] == 1 and r["worker_count"] == 0       # :runlocal
   assert r["data_examples_s"] > 0 and r["train_examples_s"] > 0
   assert abs(r["ratio"] - r["data_examples_s"] / r["train_examples_s"]) < 1e-9
+
+
+def test_fit_exponent():
+  sys.path.insert(0, TOOLS)
+  from bench_common import fit_exponent
+  xs = [64, 256, 1024]
+  assert abs(fit_exponent(xs, [3.0 * x ** 1.5 for x in xs]) - 1.5) < 1e-12
+  assert abs(fit_exponent(xs, [7.0] * 3)) < 1e-12
+
+
+@pytest.mark.slow
+def test_bench_unified_smoke():
+  r = _run("bench_unified.py", "--models=metaquery", "--sizes=smoke", "--steps=1", "--baselines=eager")
+  row = r["rows"]["metaquery_smoke_16"]
+  t = row["step_s"]
+  assert t["jax"] > 0 and t["torch"] > 0
+  assert abs(row["speedup"]["torch"] - t["torch"] / t["jax"]) < 1e-9
+  for side in ("jax", "torch"):
+    assert 0 < row["mfu"][side] <= 1
+    assert row["peak_bytes"][side] > 0
+  # Model FLOPs: 3x the trainable parts' forward, 2x the frozen LLM the gradient passes through (to the
+  # query rows), 1x the frozen DC-AE; trainable + frozen = total.
+  parts, flops = row["parts"], row["model_flops"]
+  assert {k: p["role"] for k, p in parts.items()} == {
+      "llm": "frozen_grad", "connector": "trainable", "vae": "frozen", "dit": "trainable"}
+  assert all(p["forward"] > 0 for p in parts.values())
+  factor = {"trainable": 3, "frozen_grad": 2, "frozen": 1}
+  assert abs(flops["total"] - sum(factor[p["role"]] * p["forward"] for p in parts.values())) < 1
+  assert abs(flops["total"] - flops["trainable"] - flops["frozen"]) < 1
+  assert abs(row["mfu"]["jax"] / row["mfu"]["torch"] - row["speedup"]["torch"]) < 1e-6
+  # The same composition on both sides: the same trainable / frozen parameter counts within 2%.
+  jp, tp = row["params"]["jax"], row["params"]["torch"]
+  for k in ("trainable", "frozen"):
+    assert abs(jp[k] / tp[k] - 1) < 0.02, (k, jp, tp)
+
+
+@pytest.mark.slow
+def test_bench_t2i_smoke():
+  r = _run("bench_t2i.py", "--models=next", "--sizes=smoke", "--batches=1", "--sample_steps=2", "--rounds=1")
+  row = r["rows"]["next_smoke_b1"]
+  assert row["pixels_match_shape"] and row["image_side"] == 32
+  for side in ("jax_stages", "torch"):
+    stages, total = row[side]["stages_s"], row[side]["total_s"]
+    assert list(stages) == ["image_tokens", "prompt", "dit", "decode"]
+    assert all(v > 0 for v in stages.values())
+    # One round: the stages sum to the round's wall time up to the glue between them.
+    assert sum(stages.values()) <= total <= 1.1 * sum(stages.values()) + 0.005
+    assert abs(row[side]["images_s"] - 1 / total) < 1e-9
+  assert abs(row["ratio"] - row["torch"]["total_s"] / row["jax"]["total_s"]) < 1e-9

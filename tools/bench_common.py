@@ -11,6 +11,7 @@ import collections
 import glob
 import gzip
 import json
+import math
 import os
 import platform
 import statistics
@@ -169,6 +170,13 @@ def alternate(fns: dict, rounds: int, warmup: bool = True, settle_s: float = SET
       fn()
       times[name].append(time.perf_counter() - t)
   return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def fit_exponent(xs, ys) -> float:
+  """k of y ≈ a·xᵏ, by least squares in log-log (how a cost grows with a size)."""
+  lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+  mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+  return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 def load_average() -> float:

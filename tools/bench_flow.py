@@ -15,7 +15,9 @@ sampler's jaxpr (trip counts of the innermost scans, i.e. steps × layers per st
 (b) `--sample_steps` Euler steps of the transformer alone (no text encoder, no VAE): a diffusers model
 is built at a tiny/small size, saved with `save_pretrained` and imported with `jaxmodels.hf`; both
 sides start from the same noise and caption. jaxmodels runs the whole loop jitted (`flow.sample`, one
-`lax.scan`); diffusers runs its forward in a Python loop under `torch.no_grad()`. Reports steps/s for
+`lax.scan`); diffusers runs its forward in a Python loop under `torch.no_grad()`, eager and (`--baselines`
+compile) with the transformer through `torch.compile` (inductor; compiled before the rounds; a failure
+is reported as `torch_compile_error`). Reports steps/s for
 both, the ratio (target ≥ 1.5×) and the max |Δ| of the final latents (a parity check), and each
 side's GFLOP/s and MFU against the machine's matmul peak measured in the same run (FLOPs of one step:
 XLA's count for one model evaluation), hence `ratio_bound`, the ratio a sampler at the peak would
@@ -40,6 +42,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed A/B rounds (median reported).
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch's default). "
                                       "On a loaded 2-core machine 2 OpenMP threads stall on every op.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "DiT weight and compute dtype (both sides).")
+_BASELINES = flags.DEFINE_list("baselines", ["eager", "compile"], "diffusers baselines: eager, compile "
+                                "(torch.compile of the transformer; its compile time is not timed).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 # DiTs: width, depth, latent side (tokens = (latent / patch)²), caption length.
@@ -148,7 +152,8 @@ def _diffusers_model(kind: str, s: dict):
   return model
 
 
-def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float32") -> dict:
+def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float32",
+              baselines: tuple[str, ...] = ("eager",)) -> dict:
   import tempfile
 
   import jax
@@ -200,38 +205,51 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float
     from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
     rope = get_2d_rotary_pos_embed_lumina(tmodel.head_dim, 384, 384).to(device)
 
-  def run_torch():
+  def run_torch(model):
     x = tx
     with torch.no_grad():
       for i in range(steps):
         sigma, dsigma = float(grid[i]), float(grid[i + 1] - grid[i])
         if kind == "sana":
           t = torch.full((s["batch"],), 1000.0 * sigma, device=device)
-          v = tmodel(x, tcap, t, encoder_attention_mask=tmask).sample
+          v = model(x, tcap, t, encoder_attention_mask=tmask).sample
         else:                                    # Lumina: t = 1 − σ, v = −output (learned σ dropped)
           t = torch.full((s["batch"],), 1.0 - sigma, device=device)
-          v = -tmodel(x, t, tcap, tmask, rope, cross_attention_kwargs={}).sample[:, :ch]
+          v = -model(x, t, tcap, tmask, rope, cross_attention_kwargs={}).sample[:, :ch]
         x = x + dsigma * v
     torch_sync()
     return x
 
   out = {}
 
-  def torch_fn():
-    out["torch"] = run_torch()
-
   def jax_fn():
     out["jax"] = run_jax(state, jx, jcap, jmask).block_until_ready()
 
-  t = alternate({"jax": jax_fn, "torch": torch_fn}, rounds)
-  diff = float(np.abs(np.asarray(out["jax"], np.float32)
-                      - out["torch"].permute(0, 2, 3, 1).float().cpu().numpy()).max())
-  return {"tokens": (side // (1 if kind == "sana" else 2)) ** 2, "sample_steps": steps,
-          "jax_steps_s": steps / t["jax"], "torch_steps_s": steps / t["torch"],
-          "ratio": t["torch"] / t["jax"], "max_abs_diff": diff, "flops_per_step": flops,
-          "jax_gflops": flops * steps / t["jax"] / 1e9, "torch_gflops": flops * steps / t["torch"] / 1e9,
-          "sample_std": float(np.std(np.asarray(out["jax"], np.float32))), "dtype": dtype,
-          "params": sum(p.numel() for p in tmodel.parameters())}
+  fns, compile_error = {"jax": jax_fn}, None
+  if "eager" in baselines:
+    fns["torch"] = lambda: out.__setitem__("torch", run_torch(tmodel))
+  if "compile" in baselines:         # the same module's forward compiled by inductor
+    compiled = torch.compile(tmodel)
+    try:
+      run_torch(compiled)
+      fns["torch_compile"] = lambda: out.__setitem__("torch_compile", run_torch(compiled))
+    except Exception as e:           # noqa: BLE001  (e.g. no C++ toolchain for inductor)
+      compile_error = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+  t = alternate(fns, rounds)
+  r = {"tokens": (side // (1 if kind == "sana" else 2)) ** 2, "sample_steps": steps,
+       "jax_steps_s": steps / t["jax"], "flops_per_step": flops, "jax_gflops": flops * steps / t["jax"] / 1e9,
+       "sample_std": float(np.std(np.asarray(out["jax"], np.float32))), "dtype": dtype,
+       "params": sum(p.numel() for p in tmodel.parameters())}
+  for name, ratio in (("torch", "ratio"), ("torch_compile", "ratio_compile")):
+    if name in t:
+      diff = float(np.abs(np.asarray(out["jax"], np.float32)
+                          - out[name].permute(0, 2, 3, 1).float().cpu().numpy()).max())
+      r.update({f"{name}_steps_s": steps / t[name], ratio: t[name] / t["jax"],
+                "max_abs_diff" if name == "torch" else "max_abs_diff_compile": diff,
+                f"{name}_gflops": flops * steps / t[name] / 1e9})
+  if compile_error:
+    r["torch_compile_error"] = compile_error
+  return r
 
 
 def main(argv):
@@ -256,15 +274,24 @@ def main(argv):
     rows.append(f"matmul peak ({peak['dtype']}, n={peak['n']}): {peak['peak']:.0f} GFLOP/s")
   for kind in _MODELS.value:
     for size in _DIT.value:
-      r = bench_dit(kind, size, _STEPS.value, _ROUNDS.value, _DTYPE.value)
-      # A sampler running at the measured matmul peak would reach ratio_bound over diffusers.
-      r.update(jax_mfu=r["jax_gflops"] / peak["peak"], torch_mfu=r["torch_gflops"] / peak["peak"],
-               ratio_bound=peak["peak"] / r["torch_gflops"])
+      r = bench_dit(kind, size, _STEPS.value, _ROUNDS.value, _DTYPE.value, tuple(_BASELINES.value))
+      line = (f"{kind} {size} ({r['params'] / 1e6:.2f}M params, {r['tokens']} tokens): jax "
+              f"{r['jax_steps_s']:.1f} steps/s (MFU {r['jax_gflops'] / peak['peak']:.2f})")
+      for name, label, ratio, diff in (("jax", "", None, None), ("torch", "diffusers", "ratio", "max_abs_diff"),
+                                       ("torch_compile", "diffusers+compile", "ratio_compile",
+                                        "max_abs_diff_compile")):
+        if f"{name}_gflops" in r:
+          r[f"{name}_mfu"] = r[f"{name}_gflops"] / peak["peak"]
+          if ratio:
+            line += (f" | {label} {r[f'{name}_steps_s']:.1f} steps/s (MFU {r[f'{name}_mfu']:.2f}) ratio "
+                     f"{r[ratio]:.2f}x, max |diff| {r[diff]:.1e}")
+      if "torch_gflops" in r:   # a sampler at the measured matmul peak would reach ratio_bound over diffusers
+        r["ratio_bound"] = peak["peak"] / r["torch_gflops"]
+        line += f" | at the peak: {r['ratio_bound']:.2f}x"
+      if "torch_compile_error" in r:
+        line += f" | torch.compile failed: {r['torch_compile_error']}"
       result["dit"][f"{kind}_{size}"] = r
-      rows.append(f"{kind} {size} ({r['params'] / 1e6:.2f}M params, {r['tokens']} tokens): jax "
-                  f"{r['jax_steps_s']:.1f} steps/s (MFU {r['jax_mfu']:.2f}) | diffusers "
-                  f"{r['torch_steps_s']:.1f} steps/s (MFU {r['torch_mfu']:.2f}) | ratio {r['ratio']:.2f}x "
-                  f"(at the peak: {r['ratio_bound']:.2f}x) | max |diff| {r['max_abs_diff']:.1e}")
+      rows.append(line)
   emit(result, _JSON.value, rows)
 
 

@@ -44,9 +44,11 @@ run() {  # run NAME LIMIT_S ARGS...: one tool, JSON to $OUT/NAME.json
 
 if [ "${QUICK:-0}" = 1 ]; then
   TRAIN=smoke DECODE=smoke DECODE_XL=smoke CMDBUF=smoke LATTE=smoke DIT=smoke COMPILE="--size=smoke --layers=1,2" EXTRA="--sample_steps=2" PROFILE_LM=smoke
+  UNIFIED=smoke SWEEP="--sizes=smoke --tokens=4,16" T2I=smoke
 else
   TRAIN=${TRAIN-small,large,xl} DECODE=small,large DECODE_XL=xl CMDBUF=small,large,xl LATTE=small DIT=${DIT-small,base}
   COMPILE="--size=small --layers=4,32" EXTRA="" PROFILE_LM=xl
+  UNIFIED=${UNIFIED-small,accelerator} SWEEP="--sizes=small --tokens=64,256,1024" T2I=${T2I-small,accelerator}
 fi
 run bench_train.smoke 120 --sizes=smoke --steps=1 --dtype=bfloat16 || {
   echo "smoke failed with the carried flax; retrying with the machine's own"; rm -rf /tmp/site/flax /tmp/site/flax-*
@@ -72,6 +74,13 @@ run bench_flow 150 --latte_sizes=$LATTE --dit_sizes=$DIT --rounds=5 --dtype=bflo
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
   run bench_flow.cmdbuf 120 --latte_sizes=$LATTE --dit_sizes= --rounds=5 --dtype=bfloat16 $EXTRA
 run bench_compile 90 $COMPILE --rounds=1
+# The papers' unified train steps (BLIP3-o, MetaQuery, BLIP3o-NEXT) vs transformers + diffusers, eager
+# and torch.compile; the cost growth over the DiT's image tokens (eager only: compile time per shape);
+# text-to-image end to end at batch 1 and 8 with the per-stage breakdown.
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 run bench_unified 420 --sizes=$UNIFIED --steps=5 --dtype=bfloat16 --attention=$ATT
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 run bench_unified.tokens 300 $SWEEP --steps=3 --dtype=bfloat16 --attention=$ATT \
+  --baselines=eager --nomemory
+run bench_t2i 300 --sizes=$T2I --batches=1,8 --rounds=3 --dtype=bfloat16 --attention=$ATT $EXTRA
 # Where the time goes, kernel by kernel (the gaps to the bounds above): batch-1 decode and a LaTtE sample.
 run profile_kernels.decode 90 --target=decode --size=$PROFILE_LM --dtype=bfloat16 --top=30
 run profile_kernels.latte 60 --target=latte --size=$LATTE --top=30
@@ -92,8 +101,10 @@ if r:
   print(f"train ({r['attention']}): matmul peak {p['peak'] / 1e3:.0f} TFLOP/s (jax {p['jax'] / 1e3:.0f}, torch {p['torch'] / 1e3:.0f})")
   for k, v in r["sizes"].items():
     print(f"  {k} ({v['attention']}): jax {v['jax_step_s'] * 1e3:.1f} ms (MFU {v['jax_mfu']:.2f}) torch {v['torch_step_s'] * 1e3:.1f} ms "
-          f"(MFU {v['torch_mfu']:.2f}) speedup {v['speedup']:.2f}x; remat "
-          + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in v.get("remat_step_s", {}).items()))
+          f"(MFU {v['torch_mfu']:.2f}) speedup {v['speedup']:.2f}x"
+          + (f"; torch.compile {v['torch_compile_step_s'] * 1e3:.1f} ms speedup {v['speedup_compile']:.2f}x"
+             if "speedup_compile" in v else f"; torch.compile: {v.get('torch_compile_error', 'not run')}")
+          + "; remat " + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, t in v.get("remat_step_s", {}).items()))
 for name in ("bench_decode", "bench_decode.xl", "bench_decode.cmdbuf"):
   r = load(name)
   if r:
@@ -111,7 +122,23 @@ for name in ("bench_flow", "bench_flow.cmdbuf"):
 r = load("bench_flow")
 if r:
   for k, v in r["dit"].items():
-    print(f"dit {k}: jax {v['jax_steps_s']:.1f} steps/s torch {v['torch_steps_s']:.1f} ratio {v['ratio']:.2f}x diff {v['max_abs_diff']:.1e}")
+    print(f"dit {k}: jax {v['jax_steps_s']:.1f} steps/s torch {v['torch_steps_s']:.1f} ratio {v['ratio']:.2f}x diff {v['max_abs_diff']:.1e}"
+          + (f"; torch.compile {v['torch_compile_steps_s']:.1f} steps/s ratio {v['ratio_compile']:.2f}x"
+             if "ratio_compile" in v else f"; torch.compile: {v.get('torch_compile_error', 'not run')}"))
+for name in ("bench_unified", "bench_unified.tokens"):
+  r = load(name)
+  for k, v in (r["rows"] if r else {}).items():
+    t, f = v["step_s"], v["model_flops"]
+    print(f"{name} {k}: jax {t['jax'] * 1e3:.1f} ms (MFU {v['mfu']['jax']:.2f}, {f['total'] / 1e12:.2f} TFLOP) "
+          + " ".join(f"{n} {t[n] * 1e3:.1f} ms ({v['speedup'][n]:.2f}x)" for n in t if n != "jax")
+          + (f" compile error: {v['torch_compile_error']}" if "torch_compile_error" in v else ""))
+  for k, e in (r.get("exponents", {}) if r else {}).items():
+    print(f"{name} {k}: step time ~ tokens^k:", {n: round(x, 2) for n, x in e.items()})
+r = load("bench_t2i")
+for k, v in (r["rows"] if r else {}).items():
+  print(f"t2i {k}: jax {v['jax']['images_s']:.2f} img/s torch {v['torch']['images_s']:.2f} img/s ratio {v['ratio']:.2f}x; "
+        "jax stages " + ", ".join(f"{s} {x * 1e3:.0f}" for s, x in v["jax_stages"]["stages_s"].items())
+        + " ms; torch stages " + ", ".join(f"{s} {x * 1e3:.0f}" for s, x in v["torch"]["stages_s"].items()) + " ms")
 r = load("bench_compile")
 if r:
   print("compile time ratio (deep/shallow):", {k: round(v, 2) for k, v in r["ratio"].items()})
