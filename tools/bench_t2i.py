@@ -16,7 +16,7 @@ dicts resized to `bench_unified.SIZES`):
              re-reads [prompt; tokens] teacher-forced -> connector -> SANA (zero-null CFG) -> DC-AE.
   latte      LaTtE-Flow: Qwen2's per-layer prompt states -> the LaTtE-Flow head (each step runs the
              group owning σ; zero-null CFG) -> DC-AE. The head has no diffusers class: the PyTorch side
-             is a torch.nn transcription (bench_unified_torch.torch_latte).
+             is a torch.nn transcription (bench_unified_models.torch_latte).
 
 `--sample_steps` Euler steps with guidance `--guidance` (the DiT runs on the doubled batch). Rows per
 model, size and batch: jaxmodels as one compiled program (`jaxmodels.unified.sampling.sample_images`,
