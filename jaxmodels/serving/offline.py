@@ -45,7 +45,7 @@ class RunModel:
   def __init__(self, sm, layout: str):
     self.sm, self.layout = sm, layout
     self.generates, self.reads_images, self.edit_why = sm.generates, sm.reads_images, sm.edit_why
-    self.default_steps, self.default_guidance, self.step = sm.default_steps, sm.default_guidance, None
+    self.default_steps, self.default_guidance = sm.default_steps, sm.default_guidance
 
   def draw(self, rows: Sequence[tuple[str, np.ndarray | None, int]], *, rng, steps: int, guidance: float,
            image_guidance: float | None = None, edit: bool = False, batch: int | None = None) -> list:
@@ -105,8 +105,8 @@ class ReleasedModelRunner:
                      "trained on edits, or use the Python API: model.generate_image(cond_images=...))")
     self.default_steps = int(released.sampling.get("num_steps", 30))
     self.default_guidance = float(released.sampling.get("guidance", 3.0))
-    self.step = None
     self.pad = getattr(self.tok, "pad_id", None) or 0
+    self._null = {}   # sampling settings -> the generated features of the prompt " " (BLIP3-o's CFG null)
 
   def _prompt_ids(self, text: str) -> list[int]:
     rendered = self.tok.apply_chat_template(self.r.generation_messages(text), add_generation_prompt=True)
@@ -133,8 +133,10 @@ class ReleasedModelRunner:
     k_gen, k_null, k_dec = jax.random.split(rng, 3)
     x = _generate(self.model, ids, mask, k_gen, kw)
     if self.r.pixel_decoder is not None:          # BLIP3-o: CLIP features [B, 8, 8, C] -> pixels
-      null_ids, null_mask = self._batch([self._prompt_ids(" ")])
-      null = _generate(self.model, null_ids, null_mask, k_null, kw)
+      if kw not in self._null:              # one null per sampling setting, not one per call
+        null_ids, null_mask = self._batch([self._prompt_ids(" ")])
+        self._null[kw] = _generate(self.model, null_ids, null_mask, k_null, kw)
+      null = self._null[kw]
       flat = lambda f: f.reshape(f.shape[0], -1, f.shape[-1])  # noqa: E731  (row-major 64 tokens)
       x = _decode(self.r.pixel_decoder, flat(x), flat(null), k_dec, self.decoder_steps, self.decoder_guidance)
     return list(to_uint8(x))[:len(texts)]
