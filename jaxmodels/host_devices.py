@@ -8,9 +8,11 @@ all-gathers over `fsdp` beside gradient reductions over `data`) a device can hol
 each, while another device's first collective has no thread left: all N threads then wait in
 rendezvous that cannot complete, and after 40 s XLA aborts the process ("Termination timeout ...
 exceeded", SIGABRT). A core dump of the abort showed exactly that: 4 threads in an `fsdp` all-gather,
-4 in a `data` all-reduce, none free. With 2N threads every device always has one to run on (the
-runs that showed it and the minimal program kept in `tests/test_host_devices.py`: BENCHMARKS.md,
-"Measurements behind code choices").
+4 in a `data` all-reduce, none free. A program with more independent collectives in flight (per-tower
+rules over data, fsdp and tensor at once) can hold more threads per device, so the pool gets 4N: a
+deadlock then needs every device holding four blocked collectives (the runs behind this and the
+minimal program kept in `tests/test_host_devices.py`: BENCHMARKS.md, "Measurements behind code
+choices"). Blocked threads cost no CPU time.
 
 The pool size is read once, when the CPU client is created, from `PJRT_NPROC` (or `NPROC`), so
 `ensure_collective_threads()` must run before the first JAX computation. The entry points (train.py,
@@ -27,8 +29,9 @@ import re
 import sys
 
 # Threads per virtual device: 1 is XLA's own minimum (one collective at a time); 2 gave no deadlock in
-# any run above, including programs with 16 independent collectives.
-THREADS_PER_DEVICE = 2
+# the minimal program with 16 independent collectives, but a worker running the per-tower train test
+# (three overlapping axis groups) still aborted once, so 4.
+THREADS_PER_DEVICE = 4
 
 
 def forced_cpu_device_count(environ=None) -> int:
@@ -52,7 +55,7 @@ def collective_thread_count(devices: int, cores: int | None = None) -> int:
 def ensure_collective_threads(environ=None, multiprocess: bool = False) -> int | None:
   """Sets PJRT_NPROC for N > 1 virtual CPU devices (unless the user set PJRT_NPROC or NPROC).
 
-  One process: max(cores, 2N) threads (see the module docstring). `multiprocess` (jax.distributed,
+  One process: max(cores, 4N) threads (see the module docstring). `multiprocess` (jax.distributed,
   gloo CPU collectives): exactly N, one thread per local device, the configuration
   tests/test_multihost.py runs. There every device is a gloo rank, and with spare threads two
   collectives of one step over the same device group ran at once on one gloo communicator and their

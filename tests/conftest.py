@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from jaxmodels import host_devices  # noqa: E402
 
-# Two XLA:CPU threads per virtual device (PJRT_NPROC, inherited by the tests' subprocesses except
+# Four XLA:CPU threads per virtual device (PJRT_NPROC, inherited by the tests' subprocesses except
 # test_multihost's gloo processes, which train.py sizes itself): with one, the 8-device train step's
 # collectives deadlock now and then and XLA aborts the worker.
 host_devices.ensure_collective_threads()

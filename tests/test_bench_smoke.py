@@ -94,10 +94,12 @@ def test_fit_exponent():
 
 @pytest.mark.slow
 def test_bench_unified_smoke():
-  r = _run("bench_unified.py", "--models=metaquery", "--sizes=smoke", "--steps=1", "--baselines=eager")
+  r = _run("bench_unified.py", "--models=metaquery", "--sizes=smoke", "--steps=1", "--baselines=eager",
+           "--remat=none,looped")
   row = r["rows"]["metaquery_smoke_16"]
   t = row["step_s"]
   assert t["jax"] > 0 and t["torch"] > 0
+  assert set(row["variant_step_s"]) == {"none", "looped"} and row["variant_step_s"]["none"] == t["jax"]
   assert abs(row["speedup"]["torch"] - t["torch"] / t["jax"]) < 1e-9
   for side in ("jax", "torch"):
     assert 0 < row["mfu"][side] <= 1

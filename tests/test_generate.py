@@ -192,3 +192,19 @@ def test_top_p_keeps_only_the_nucleus():
   draws = jax.vmap(lambda k: sample_logits(logits, k, temperature=1.0, top_p=0.7, greedy=False))(
       jax.random.split(jax.random.key(0), 400))
   assert set(np.unique(np.asarray(draws)).tolist()) == {0, 1}   # 0.5 < 0.7 needs the second token
+
+
+def test_top_k_then_top_p_draws_the_truncated_softmax():
+  # Expected by hand: softmax over the 4 best of 50, then the nucleus reaching 0.8, renormalised.
+  logits = jax.random.normal(jax.random.key(1), (1, 50)) * 2.0
+  p = np.exp(np.asarray(logits[0], np.float64) / 0.9)
+  best = np.argsort(-p)[:4]
+  q = p[best] / p[best].sum()
+  n_keep = int(np.sum((np.cumsum(q) - q) < 0.8))
+  want = np.zeros(50)
+  want[best[:n_keep]] = q[:n_keep] / q[:n_keep].sum()
+  draws = np.asarray(jax.vmap(lambda k: sample_logits(logits, k, temperature=0.9, top_k=4, top_p=0.8,
+                                                      greedy=False))(jax.random.split(jax.random.key(2), 4000)))
+  seen = np.bincount(draws[:, 0], minlength=50) / len(draws)
+  assert set(np.flatnonzero(seen)) <= set(best[:n_keep].tolist())
+  np.testing.assert_allclose(seen, want, atol=0.03)

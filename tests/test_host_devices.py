@@ -26,12 +26,12 @@ def test_forced_device_count_reads_the_last_xla_flag_then_jax_num_cpu_devices():
   assert count({"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_NUM_CPU_DEVICES": "6"}) == 2
 
 
-def test_pool_size_is_two_threads_per_device_or_the_cores_and_the_user_setting_wins():
-  assert host_devices.collective_thread_count(8, cores=2) == 16
+def test_pool_size_is_four_threads_per_device_or_the_cores_and_the_user_setting_wins():
+  assert host_devices.collective_thread_count(8, cores=2) == 32
   assert host_devices.collective_thread_count(8, cores=64) == 64
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   threads = host_devices.ensure_collective_threads(env)
-  assert threads == int(env["PJRT_NPROC"]) == max(16, os.cpu_count() or 1)
+  assert threads == int(env["PJRT_NPROC"]) == max(32, os.cpu_count() or 1)
   assert host_devices.ensure_collective_threads({}) is None            # one device: nothing to size
   gloo = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}      # one thread per device
   assert host_devices.ensure_collective_threads(gloo, multiprocess=True) == 4 == int(gloo["PJRT_NPROC"])

@@ -45,9 +45,11 @@ memory analysis (arguments + outputs − donated + temporaries); PyTorch on a GP
 `max_memory_allocated`, on the CPU as the bytes of parameters, optimizer state and batch plus the
 allocator's peak during one step (`torch.profiler`, profile_memory).
 
-`--remat=none,dots,unrolled` adds jaxmodels variants to the same A/B rounds: every layer stack (LLM,
-ViTs, DiT) scanned with that remat policy, or unrolled (`variant_step_s`, `variant_peak_bytes`); the
-first is the headline row. `--profile` times each part alone as the step runs it (`jax_part_s`).
+`--remat=none,dots,unrolled,looped` adds jaxmodels variants to the same A/B rounds: every layer stack
+(LLM, ViTs, DiT) scanned with that remat policy (short stacks traced unrolled on the CPU, the library
+default: `layers.block.scan_unroll`), unrolled (no scan), or "looped" (scanned, remat none, every scan
+kept as a loop: `block.scan_unroll_limit(0)`) (`variant_step_s`, `variant_peak_bytes`); the first is
+the headline row. `--profile` times each part alone as the step runs it (`jax_part_s`).
 
 `--tokens=64,256,1024` runs each size at those DiT sequence lengths (image tokens per example; the
 image side follows) and fits t ∝ tokensᵏ per side (least squares in log-log). Attention is named in
@@ -84,7 +86,7 @@ _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op thread
 _PROFILE = flags.DEFINE_bool("profile", False, "Also time each part alone (jaxmodels): where the step's time "
                              "goes (`jax_part_s`; `rest`: the step minus the parts, i.e. loss glue + AdamW).")
 _REMAT = flags.DEFINE_list("remat", ["none"], "jaxmodels variants: the layer stacks' remat policy "
-                           "(REMAT_POLICIES), or 'unrolled' (no scan, no remat); the first is the headline "
+                           "(REMAT_POLICIES), 'unrolled' (no scan, no remat) or 'looped' (scan loops kept); the first is the headline "
                            "row, all run in the same A/B rounds (`variant_step_s`).")
 _MEMORY = flags.DEFINE_bool("memory", True, "Measure peak memory (an untimed profiled step per side).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
@@ -290,17 +292,22 @@ def bench(kind: str, size: str, steps: int, *, tokens: int | None = None, dtype:
           peak_gflops: float | None = None, profile: bool = False, variants=("none",)) -> dict:
   """One row: model `kind` at `size` (`tokens` image tokens), jaxmodels and each PyTorch baseline in
   the same A/B rounds; MFU against `peak_gflops` (the measured matmul peak) when given."""
+  import contextlib
+
   import jax
   import torch
+  from jaxmodels.layers import block
 
   s = size_of(size, tokens)
   steps_by_variant, memory_by_variant = {}, {}
   for i, variant in enumerate(variants):
     unrolled = variant == "unrolled"
-    cfg_v, frozen = model_setup(kind, s, dtype, attention, remat="none" if unrolled else variant, scan=not unrolled)
+    remat = "none" if variant in ("unrolled", "looped") else variant
+    cfg_v, frozen = model_setup(kind, s, dtype, attention, remat=remat, scan=not unrolled)
     if i == 0:
       cfg, batch = cfg_v, make_batch(cfg_v, s)
-    compiled, holder, jbatch, model_v = jax_train_step(cfg_v, frozen, batch)
+    with block.scan_unroll_limit(0) if variant == "looped" else contextlib.nullcontext():
+      compiled, holder, jbatch, model_v = jax_train_step(cfg_v, frozen, batch)
     memory_by_variant[variant] = jax_memory_bytes(compiled)
 
     def jax_step(compiled=compiled, holder=holder, jbatch=jbatch):
@@ -396,8 +403,8 @@ def main(argv):
   if set(_BASELINES.value) - set(BASELINES):
     raise app.UsageError(f"--baselines={','.join(_BASELINES.value)}: expected eager and/or compile")
   from jaxmodels.layers.block import REMAT_POLICIES
-  if not _REMAT.value or set(_REMAT.value) - set(REMAT_POLICIES) - {"unrolled"}:
-    raise app.UsageError(f"--remat={','.join(_REMAT.value)}: expected {sorted(REMAT_POLICIES)} or unrolled")
+  if not _REMAT.value or set(_REMAT.value) - set(REMAT_POLICIES) - {"unrolled", "looped"}:
+    raise app.UsageError(f"--remat={','.join(_REMAT.value)}: expected {sorted(REMAT_POLICIES)}, unrolled or looped")
   for size in _SIZES.value:
     if size not in SIZES:
       raise app.UsageError(f"--sizes: unknown size {size!r} (known: {', '.join(SIZES)})")

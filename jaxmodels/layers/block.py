@@ -7,7 +7,9 @@ encoders use LayerNorm + plain GELU MLP + bidirectional attention.
 """
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,33 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 KERNEL_LAYOUTS = ("none", "small", "all")    # unstack_layers(transpose_kernels=...)
+
+# Scanned stacks of at most this many layers run their lax.scan fully unrolled on the CPU backend.
+# There XLA fills each stacked residual buffer the backward pass reads ([L, B, ...] per saved
+# activation) with zeros before the loop writes it, a pass over memory as large as the activations;
+# unrolled, the same stacked parameters are read by static slices and nothing is pre-filled. Deeper
+# stacks, and every stack on accelerators, keep the loop (compile time grows with unrolled depth).
+CPU_UNROLL_MAX_LAYERS = 8
+_unroll_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("scan_unroll_limit", default=None)
+
+
+@contextlib.contextmanager
+def scan_unroll_limit(max_layers: int) -> Iterator[None]:
+  """Within the block, stacks traced with at most `max_layers` layers are unrolled whatever the
+  backend (0: every scanned stack keeps its loop). For A/B benchmarks and tests."""
+  token = _unroll_limit.set(max_layers)
+  try:
+    yield
+  finally:
+    _unroll_limit.reset(token)
+
+
+def scan_unroll(num_layers: int) -> bool:
+  """Whether a scanned stack of `num_layers` layers is traced fully unrolled (lax.scan's `unroll`)."""
+  limit = _unroll_limit.get()
+  if limit is None:
+    limit = CPU_UNROLL_MAX_LAYERS if jax.default_backend() == "cpu" else 0
+  return num_layers <= limit
 
 
 class TransformerBlock(nnx.Module):
@@ -63,7 +92,7 @@ class BlockStack(nnx.Module):
   With `scan=True` the parameters are stacked on a leading `layers` axis ([L, ...]); outputs are
   identical to the loop. A KV cache is a pair (k, v) of [L, B, S, K, H] in both modes, or (loop only)
   a pair of tuples of L [B, S, K, H] (`LLM.init_cache(per_layer=True)`). `unstack()` turns a scanned
-  stack into the loop (decoding).
+  stack into the loop (decoding); a short scanned stack is traced unrolled on the CPU (`scan_unroll`).
   `remat` is one of REMAT_POLICIES ("none", "full", "dots").
   """
 
@@ -148,7 +177,7 @@ class BlockStack(nnx.Module):
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
       body = jax.checkpoint(body, policy=policy, prevent_cse=False)
-    x, (cache, hidden) = jax.lax.scan(body, x, (state, cache))
+    x, (cache, hidden) = jax.lax.scan(body, x, (state, cache), unroll=scan_unroll(self.num_layers))
     return x, cache, hidden
 
 
