@@ -70,7 +70,7 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   from jaxmodels.errors import CheckpointFormatError, ConfigError
   from jaxmodels.evals import shapes_world as shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
-  from jaxmodels.trainer.metrics import NonFiniteGuard, compiled_flops
+  from jaxmodels.trainer.metrics import NonFiniteGuard, step_flops
   from jaxmodels.trainer.setup import (gen_every_of, initialize, mesh_and_rules,
                                        no_remat_on_multiprocess_cpu, run_keys, shapes_eval_supported,
                                        train_state_factory, trains_generation, understanding_inputs)
@@ -149,18 +149,23 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   first = to_global(next(data.iterator))
   gen_every = gen_every_of(config)
   with sharding.use_mesh(mesh, rules):
-    compiled = step_fn.lower(state, first, rng).compile()
+    lower = lambda batch: lambda: step_fn.lower(state, batch, rng)  # noqa: E731
+    lowered = lower(first)()
+    compiled = lowered.compile()
+    flops = step_flops(lower(first), lowered)
     # train.gen_every = k > 1: steps k, 2k, ... train on the whole batch, the others on its
     # understanding inputs only (a second program): more understanding updates per second.
-    compiled_und = compiled if gen_every == 1 else step_fn.lower(
-        state, understanding_inputs(first, gen_every), rng).compile()
+    compiled_und, flops_und = compiled, flops
+    if gen_every > 1:
+      und_first = understanding_inputs(first, gen_every)
+      lowered_und = lower(und_first)()
+      compiled_und, flops_und = lowered_und.compile(), step_flops(lower(und_first), lowered_und)
   if jax.process_count() > 1:
     # Enter the first step together (a coordination-service barrier, not a collective): XLA:CPU's
     # gloo sets a communicator up at its first collective with a 30 s deadline, which a process
     # still compiling on a loaded host missed ("Gloo context initialization failed").
     from orbax.checkpoint import multihost
     multihost.get_barrier_sync_fn()(key="jaxmodels_train_compiled", timeout_ms=30 * 60 * 1000)
-  flops, flops_und = compiled_flops(compiled), compiled_flops(compiled_und)
   if flops and flops_und:   # the mean over a cycle of gen_every steps
     flops = (flops + (gen_every - 1) * flops_und) / gen_every
   tokens = int(np.prod(first["und_ids"].shape[1:])) if "und_ids" in first else 0

@@ -3,6 +3,7 @@ gradients, whether the scan is traced as a loop or (short stacks on the CPU) unr
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxmodels.layers import block
@@ -45,3 +46,24 @@ def test_unrolled_and_looped_scans_match_the_python_loop():
                                      rtol=1e-4, atol=1e-6, err_msg=str(path))
       else:
         np.testing.assert_allclose(g[...], loop_grads[path][...], rtol=1e-4, atol=1e-6, err_msg=str(path))
+
+
+def test_step_flops_counts_every_layer_of_a_looped_scan():
+  # XLA's cost analysis counts a while body once; step_flops re-lowers with the stacks unrolled.
+  from jaxmodels.trainer.metrics import compiled_flops, step_flops
+  ids = jnp.ones((2, 5), jnp.int32)
+  deep, shallow = (LLM(CFG.replace(scan_layers=True, num_layers=n), rngs=nnx.Rngs(0)) for n in (3, 1))
+
+  def lower(model):
+    graphdef, state = nnx.split(model)
+    return lambda: jax.jit(lambda s: nnx.merge(graphdef, s).logits(
+        nnx.merge(graphdef, s).forward(ids).hidden)).lower(state)
+  with block.scan_unroll_limit(0):
+    looped = lower(deep)()
+    assert "stablehlo.while" in looped.as_text()
+    counted = step_flops(lower(deep), looped)
+    one = step_flops(lower(shallow))
+    plain = compiled_flops(looped)
+  loop = step_flops(lower(block.unstack_layers(nnx.clone(deep))))   # no scan: every layer in the HLO
+  assert counted == pytest.approx(loop, rel=1e-3) and counted > 2 * one
+  assert plain == pytest.approx(one, rel=0.05)          # the loop alone counts one layer's worth

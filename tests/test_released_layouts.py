@@ -210,6 +210,50 @@ def test_metaquery_on_qwen2_5_vl_loads_its_tower_and_lm(tmp_path_factory, sana_p
   np.testing.assert_array_equal(m.query_embed[...][MQ_N],
                                 tensors["model.mllm_backbone.model.embed_tokens.weight"][MQ_TEXT_VOCAB])
   _check_logits(m, oracle, MQ_TEXT_VOCAB)
+  _check_qwen_vl_answers(path, tensors, m)
+
+
+def _check_qwen_vl_answers(path, tensors, m):
+  """An image + question prompt through the released model's understanding path (the Qwen2.5-VL tower's
+  tokens spliced in, M-RoPE positions, `model.answer` with the KV cache) against transformers'
+  Qwen2_5_VLForConditionalGeneration holding the same backbone weights: last-token logits of a batch
+  with a left-padded row, and greedy answers."""
+  from jaxmodels.unified.encoders import encoder_pixels
+  from jaxmodels.vision.qwen2_5_vl import images_to_patches
+  start, end, image = 5, 6, m.config.image_token_id
+  base = transformers.Qwen2_5_VLConfig.from_pretrained(read_config(path)["mllm_id"])
+  base.vision_start_token_id, base.vision_end_token_id = start, end
+  hf = transformers.Qwen2_5_VLForConditionalGeneration(base).eval()
+  bb, state = "model.mllm_backbone.", {}
+  for k, v in tensors.items():
+    for ours, theirs in (("visual.", "model.visual."), ("model.", "model.language_model.")):
+      if k.startswith(bb + ours):
+        state[theirs + k[len(bb + ours):]] = torch.tensor(v)
+  emb = "model.language_model.embed_tokens.weight"
+  state[emb] = state[emb][:MQ_TEXT_VOCAB]                  # without MetaQuery's added query rows
+  missing, unexpected = hf.load_state_dict(state, strict=False)
+  assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+  hf.tie_weights()
+  n = m.num_image_tokens
+  rows = [[3, 4, start] + [image] * n + [end, 7, 8, 9], [0, 0, start] + [image] * n + [end, 9, 10, 11]]
+  ids = np.array(rows, np.int64)
+  mask = np.ones_like(ids)
+  mask[1, :2] = 0
+  images = np.random.RandomState(5).uniform(-1, 1, (2, 448, 448, 3)).astype(np.float32)
+  patches, grid = images_to_patches(encoder_pixels(m.config.und_encoder, jnp.asarray(images)), m.config.und_encoder)
+  inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                pixel_values=torch.tensor(np.asarray(patches)), image_grid_thw=torch.tensor(np.asarray(grid)),
+                mm_token_type_ids=torch.tensor((ids == image).astype(np.int64)))
+  with torch.no_grad():
+    want = hf(**inputs).logits[:, -1].numpy()
+    want_tokens = hf.generate(**inputs, max_new_tokens=3, do_sample=False)[:, ids.shape[1]:].numpy()
+  jids, jmask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+  positions = m.answer_positions(jids, jmask)
+  assert positions.shape == (3, 2, ids.shape[1])
+  logits = m.llm(None, positions, jmask, inputs_embeds=m.und_embeddings(jids, jnp.asarray(images)))[:, -1]
+  np.testing.assert_allclose(np.asarray(logits)[:, :MQ_TEXT_VOCAB], want, atol=ATOL)
+  got = m.answer(jnp.asarray(images), jids, jmask, 3, eos_token_id=[], pad_token_id=0)
+  np.testing.assert_array_equal(np.asarray(got), want_tokens)
 
 
 # -------------------------------------------------------------------------------------------- BLIP3o-NEXT

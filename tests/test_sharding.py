@@ -355,6 +355,9 @@ def _run(data_dir, workdir, config):
     def __init__(self, lowered):
       self.lowered = lowered
 
+    def __getattr__(self, name):                # cost_analysis, as_text, ...
+      return getattr(self.lowered, name)
+
     def compile(self):
       compiled = self.lowered.compile()
       if "compiled" not in seen:

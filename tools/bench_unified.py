@@ -93,14 +93,13 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
 def _forward_flops(model, fn, *args) -> float:
-  """XLA's FLOP count of `fn(model, *args)` (args: arrays or ShapeDtypeStructs), lowered alone."""
+  """XLA's FLOP count of `fn(model, *args)` (args: arrays or ShapeDtypeStructs), lowered alone, every
+  layer stack counted in full (`trainer.metrics.step_flops`)."""
   import jax
   from flax import nnx
+  from jaxmodels.trainer.metrics import step_flops
   graphdef, state = nnx.split(model)
-  lowered = jax.jit(lambda st, *a: fn(nnx.merge(graphdef, st), *a)).lower(state, *args)
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])
+  return step_flops(lambda: jax.jit(lambda st, *a: fn(nnx.merge(graphdef, st), *a)).lower(state, *args))
 
 
 def step_parts(model, batch: dict) -> dict:

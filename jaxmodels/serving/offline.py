@@ -142,12 +142,11 @@ class ReleasedModelRunner:
     return list(to_uint8(x))[:len(texts)]
 
   def answer(self, rows, *, max_tokens: int, temperature: float) -> list[str]:
+    """rows (question, image uint8 [H, W, 3], seed) -> answers: the release's answer template, the
+    image resized to the understanding side, `model.answer` (M-RoPE positions on Qwen2.5-VL
+    backbones); one sampling key for the batch, from the first row's seed."""
     from input_pipeline.datasets import prepare_image
-    from jaxmodels.generate import generate
     model = self.model
-    if not hasattr(model, "und_embeddings"):
-      raise ConfigError(f"{self.r.kind}: answering through sample.py needs a UnifiedModel (this release "
-                        f"loads as {type(model).__name__})")
     n, image_id = model.num_image_tokens, model.config.image_token_id
     prompts = []
     for question, _, _ in rows:
@@ -158,14 +157,10 @@ class ReleasedModelRunner:
         ids += [image_id] * n + self.tok.encode(piece)
       prompts.append(ids)
     ids, mask = self._batch(prompts)
-    size = model.config.und_encoder.image_size
-    pixels = jnp.asarray(np.stack([prepare_image(img, size) for _, img, _ in rows]))
-    embeds = model.und_embeddings(ids, pixels)
-    eos = [t for t in (self.tok.eos_id, self.tok.token_to_id("<|im_end|>"), self.tok.token_to_id("<|eot_id|>"))
-           if t is not None]
-    out = generate(model.llm, ids, max_tokens, attention_mask=mask, inputs_embeds=embeds,
-                   temperature=temperature, rng=jax.random.key(int(rows[0][2])), eos_token_id=eos or None,
-                   pad_token_id=self.pad)
+    pixels = jnp.asarray(np.stack([prepare_image(img, model.answer_image_size) for _, img, _ in rows]))
+    eos = [t for t in (self.tok.eos_id, self.tok.token_to_id("<|im_end|>"), self.tok.token_to_id("<|eot_id|>"),
+                       self.tok.token_to_id("<|end|>")) if t is not None]
+    out = model.answer(pixels, ids, mask, max_tokens, temperature=temperature, rng=jax.random.key(int(rows[0][2])),
+                       eos_token_id=eos or None, pad_token_id=self.pad)
     stop = set(eos) | {self.pad}
-    return [self.tok.decode([t for t in np.asarray(row[ids.shape[1]:]).tolist() if t not in stop]).strip()
-            for row in out]
+    return [self.tok.decode([t for t in np.asarray(row).tolist() if t not in stop]).strip() for row in out]

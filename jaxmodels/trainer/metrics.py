@@ -4,7 +4,7 @@
     writer.write(step, {"loss": 0.3, ...})   # prints step, losses, steps/s, examples/s, tokens/s, MFU, ETA
 
 Throughput excludes the first interval (compilation). MFU = achieved FLOP/s per device / peak, from
-the compiled step's XLA cost analysis and the device kind's peak (unknown kinds, e.g. CPU: no MFU).
+the step's XLA cost analysis (`step_flops`) and the device kind's peak (unknown kinds, e.g. CPU: no MFU).
 Only process 0 writes files. A resumed run first moves the rows of steps after its checkpoint (a
 killed run logged them, then lost them) to `metrics.rolled_back.jsonl`, so `metrics.jsonl` reads as
 one run and nothing written is lost.
@@ -36,8 +36,26 @@ def peak_flops_per_device(device=None) -> float | None:
   return None
 
 
+def step_flops(lower, lowered=None) -> float | None:
+  """FLOPs of one call of what `lower()` lowers (a `jax.stages.Lowered`; `lowered`: its result
+  already at hand), by XLA's cost analysis.
+
+  The analysis counts a while loop's body once, whatever its trip count, so a step whose layer
+  stacks run as looped `lax.scan`s (accelerators, deep stacks: `layers.block.scan_unroll`) would be
+  undercounted by about the depth; such a step is lowered again with every stack unrolled (tracing
+  only, nothing is compiled) and that program is counted. Loops that are not layer stacks (gradient
+  accumulation, samplers) still count once."""
+  from jaxmodels.layers import block
+  lowered = lower() if lowered is None else lowered
+  if "stablehlo.while" in lowered.as_text():
+    with block.scan_unroll_limit(2**31 - 1):
+      lowered = lower()
+  return compiled_flops(lowered)
+
+
 def compiled_flops(compiled) -> float | None:
-  """FLOPs of one call of a compiled function (XLA cost analysis), if the backend reports it."""
+  """FLOPs of one call of a compiled (or lowered) function (XLA cost analysis), if the backend reports
+  it; a looped scan's body counts once (`step_flops` unrolls layer stacks first)."""
   try:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -95,3 +95,20 @@ def encoder_tokens(encoder, images: jax.Array, pool: int, *, last_block: bool) -
   if c.is_clip:
     tokens = tokens[:, 1:]
   return avg_pool_tokens(tokens, pool) if pool > 1 else tokens
+
+
+def understanding_positions(config: EncoderConfig, ids: jax.Array, mask: jax.Array, *, image_token_id: int,
+                            uses_mrope: bool) -> jax.Array | None:
+  """Rotary positions [3, B, T] of an understanding prompt (ids [B, T], concrete, left-padded by mask) whose
+  images are read by a Qwen2.5-VL tower feeding an M-RoPE language model (`uses_mrope`): every image
+  is one frame of g × g merged tokens, placed as transformers' `get_rope_index` places them. None for
+  every other pairing (the LLM's default positions, 0..T−1 over the real tokens)."""
+  if not (uses_mrope and is_qwen(config)):
+    return None
+  from jaxmodels.qwen2_5_vl_model import mrope_positions
+  side = config.image_size // config.patch_size                   # patches per side (t = 1: an image)
+  images = int(jnp.sum(jnp.asarray(ids) == image_token_id)) // (config.grid_size ** 2)
+  grid = [[1, side, side]] * images
+  positions, _ = mrope_positions(ids, grid or None, mask, image_token_id=image_token_id,
+                                 spatial_merge_size=config.spatial_merge_size)
+  return positions

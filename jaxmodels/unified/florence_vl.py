@@ -96,6 +96,11 @@ class FlorenceVL(nnx.Module):
   def num_image_tokens(self) -> int:
     return self.config.dbfusion.num_tokens
 
+  @property
+  def answer_image_size(self) -> int:
+    """Side of the square images [B, S, S, 3] the understanding path reads."""
+    return self.config.dbfusion.image_size
+
   def image_tokens(self, images: jax.Array) -> jax.Array:
     """images [B, H, W, 3] in [-1, 1] -> LLM-space visual tokens [B, num_image_tokens, D]."""
     x = (images.astype(jnp.float32) + 1.0) * 0.5

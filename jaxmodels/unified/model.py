@@ -55,7 +55,7 @@ from jaxmodels.llm import LLM
 from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
 from jaxmodels.unified.connector import Connector, SanaDiT
 from jaxmodels.unified.dense_head import DenseLabelHead
-from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_width
+from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_width, understanding_positions
 from jaxmodels.unified import latent_codec, patch_tokens
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.latte_flow import LatteFlow
@@ -227,12 +227,27 @@ class UnifiedModel(nnx.Module):
       loss, metrics = loss + self.config.und_dense_weight * dense, {**metrics, **m}
     return loss, metrics
 
+  @property
+  def answer_image_size(self) -> int:
+    """Side of the square images [B, S, S, 3] the understanding path reads."""
+    if self.und_encoder is None:
+      return self.config.image_tokenizer.encoder.image_size
+    return self.config.und_encoder.image_size
+
+  def answer_positions(self, ids: jax.Array, mask: jax.Array) -> jax.Array | None:
+    """Rotary positions of an understanding prompt: M-RoPE [3, B, T] when a Qwen2.5-VL tower reads the
+    images for an M-RoPE LLM (`encoders.understanding_positions`), else None (0..T−1)."""
+    if self.und_encoder is None:
+      return None
+    return understanding_positions(self.config.und_encoder, ids, mask, image_token_id=self.config.image_token_id,
+                                   uses_mrope=self.config.llm.mrope_section is not None)
+
   def answer(self, images: jax.Array, ids: jax.Array, mask: jax.Array, max_new_tokens: int,
              **generate_kwargs) -> jax.Array:
     """Greedy (or sampled) answer tokens [B, max_new_tokens] for left-padded prompts with images."""
     embeds = self.und_embeddings(ids, images)
     out = generate(self.llm, ids, max_new_tokens, attention_mask=mask, inputs_embeds=embeds,
-                   **generate_kwargs)
+                   positions=self.answer_positions(ids, mask), **generate_kwargs)
     return out[:, ids.shape[1]:]
 
   # ---------------------------------------------------------------- generation: conditions

@@ -85,7 +85,7 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
   ckpt.kind = KIND
   d = ckpt.config
   exec_kw = common.exec_options(dtype)
-  llm = common.convert(common.family("llm"), common.text_config_of_qwen2_5_vl(d), ckpt.path, **exec_kw)
+  llm = common.qwen2_5_vl_language_model(d, ckpt.path, **exec_kw)
   vision = common.convert_scanned(common.family("qwen2_5_vl_vision"), {**d, "model_type": "qwen2_5_vl"}, ckpt.path,
                                   image_size=IMAGE_SIZE, **common.exec_options(dtype, scan=False))
   dit = dit_config(ckpt, llm.hidden_size, dtype)
@@ -98,7 +98,7 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
   keymap[("queries",)] = Source("model.latent_queries")                # [1, N, H] -> [N, H]
   keymap.update(common.nest(lumina_family.keymap(dit), ("dit",), "model.dit."))
   model = common.load(lambda: UnifiedModel(config, rngs=nnx.Rngs(0)), keymap, ckpt.weights, dtype, ALIASES)
-  notes = ["Qwen2.5-VL images at a fixed 448² with text-style RoPE positions (M-RoPE not modelled)",
+  notes = ["Qwen2.5-VL images at a fixed 448² (one 32 × 32-patch frame, M-RoPE positions)",
            "prompt_suffix [IMG] must tokenise to id 151665 (the release appends that id after the prompt)",
            "sampling shift 1.0: the Lumina-Next-SFT scheduler's shift is UNCONFIRMED (spec §0.3)"]
   decoder_dir = ckpt.subdir(DECODER_DIR)

@@ -267,11 +267,23 @@ def diffusers_part(ckpt: Checkpoint, key: str, subfolder: str, dtype: str):
       f"overrides={{{key!r}: <that pipeline folder>}}")
 
 
+def qwen2_5_vl_language_model(d: dict, path: str, **overrides):
+  """The LLMConfig of a Qwen2.5-VL config.json's language model: a `qwen2` model (the llm family's
+  key names) with its `mrope_section` (default (16, 24, 24)), so image prompts get M-RoPE positions
+  (`UnifiedModel.answer_positions`); text-only prompts reduce to ordinary RoPE either way."""
+  from jaxmodels.hf.qwen2_5_vl_family import DEFAULT_MROPE_SECTION
+  text = {**d, **dict(d.get("text_config") or {})}
+  section = None
+  for key in ("rope_scaling", "rope_parameters"):
+    section = (dict(text.get(key) or {}).get("mrope_section")) or section
+  llm = convert(family("llm"), text_config_of_qwen2_5_vl(d), path, **overrides)
+  return llm.replace(mrope_section=tuple(section or DEFAULT_MROPE_SECTION))
+
+
 def text_config_of_qwen2_5_vl(d: dict) -> dict:
   """The language model of a Qwen2.5-VL config.json (transformers < 4.52 writes its fields at the top
-  level, later versions under `text_config`) as a plain `qwen2` config: for text-only prompts M-RoPE
-  reduces to ordinary RoPE (all three position axes equal), so `rope_scaling` (type "mrope",
-  `mrope_section`) is dropped."""
+  level, later versions under `text_config`) as a plain `qwen2` config, `rope_scaling` (type "mrope",
+  `mrope_section`) removed: `qwen2_5_vl_language_model` puts the section back on the LLMConfig."""
   text = {**{k: v for k, v in d.items() if k not in ("vision_config", "text_config")},
           **dict(d.get("text_config") or {})}
   text["model_type"] = "qwen2"

@@ -109,7 +109,7 @@ def _backbone(ckpt: common.Checkpoint, dtype: str):
       llm = common.convert(common.family("llm"), text, folder, **exec_kw)
       vision = common.convert(common.family("vision"), vision, folder, **exec_kw)
       return kind, llm, vision, int(base.get("image_token_index", 151646)), folder
-    llm = common.convert(common.family("llm"), common.text_config_of_qwen2_5_vl(base), folder, **exec_kw)
+    llm = common.qwen2_5_vl_language_model(base, folder, **exec_kw)
     vision = common.convert_scanned(common.family("qwen2_5_vl_vision"), base, folder,
                                     image_size=QWEN_VL_IMAGE_SIZE, **common.exec_options(dtype, scan=False))
     return kind, llm, vision, int(base.get("image_token_id", 151655)), folder
@@ -120,6 +120,8 @@ def _backbone(ckpt: common.Checkpoint, dtype: str):
   kind, llm_name, vision_name, image_token = MLLM_PRESETS[mllm_id]
   llm = presets.llm_preset(llm_name, **exec_kw)
   if kind == "qwenvl":
+    from jaxmodels.hf.qwen2_5_vl_family import DEFAULT_MROPE_SECTION
+    llm = llm.replace(mrope_section=DEFAULT_MROPE_SECTION)
     return kind, llm, presets.qwen2_5_vl_vision_preset(vision_name, image_size=QWEN_VL_IMAGE_SIZE, **exec_kw), \
         image_token, None
   # The HF LLaVA-OneVision tower keeps 26 of SigLIP-so400m's 27 layers and no attention-pool head.
@@ -203,8 +205,8 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
     notes.append("LLaVA-OneVision's image path is approximated: one 384² view (no any-res tiles, no "
                  "image_newline) through the SigLIP tower's final (post-LayerNorm) output")
   else:
-    notes.append(f"Qwen2.5-VL images at a fixed {QWEN_VL_IMAGE_SIZE}² with text-style RoPE positions "
-                 "(M-RoPE not modelled)")
+    notes.append(f"Qwen2.5-VL images at a fixed {QWEN_VL_IMAGE_SIZE}² (one frame, M-RoPE positions for "
+                 "answers; an edit's input image keeps text-style positions)")
   notes.append("prompts end in '\\n' before <begin_of_img> (prompt_suffix); the <|im_end|> after "
                "<end_of_img> is not appended (it follows the queries causally)")
   notes.append("CFG null: the MLLM pass over no caption tokens (the release renders its chat template "
