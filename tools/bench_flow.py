@@ -230,7 +230,7 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float
   if "eager" in baselines:
     fns["torch"] = lambda: out.__setitem__("torch", run_torch(tmodel))
   if "compile" in baselines:         # the same module's forward compiled by inductor
-    compiled = torch.compile(tmodel)
+    compiled = torch.compile(tmodel, dynamic=False)
     try:
       run_torch(compiled)
       fns["torch_compile"] = lambda: out.__setitem__("torch_compile", run_torch(compiled))

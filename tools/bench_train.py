@@ -84,7 +84,7 @@ def bench(size: str, steps: int, dtype: str = "float32", attention: str = "einsu
   if "eager" in baselines:
     torch_steps["torch"] = make_torch_step(tmodel)
   if "compile" in baselines:         # the same module and optimizer, its forward compiled by inductor
-    compiled = make_torch_step(torch.compile(tmodel))
+    compiled = make_torch_step(torch.compile(tmodel, dynamic=False))
     try:
       compiled()
       torch_steps["torch_compile"] = compiled

@@ -345,7 +345,9 @@ def bench(kind: str, size: str, steps: int, *, tokens: int | None = None, dtype:
   if "eager" in baselines:
     fns["torch"] = make_torch_step(comp.loss)
   if "compile" in baselines:
-    compiled_step = make_torch_step(torch.compile(comp.loss))
+    # Static shapes: with the default, dynamo's profile-guided dynamic shapes, kept in its cache
+    # directory from runs at other sizes, made inductor fail on symbolic sizes of these models.
+    compiled_step = make_torch_step(torch.compile(comp.loss, dynamic=False))
     try:
       compiled_step()                            # compiles (forward and backward graphs)
       fns["torch_compile"] = compiled_step
