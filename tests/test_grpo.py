@@ -201,6 +201,9 @@ def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
   config = shapes_grpo.get_config("runlocal")
   config.init.checkpoint = str(source_run)
   config.train.eval_every = 100
+  # A random source model often draws groups with one GenEval score (zero advantages, no update);
+  # the external hook's brightness reward differs between any two images, so every step moves the policy.
+  config.rl.external = {"test_grpo:brightness_reward": {"weight": 1.0}}
   full = tmp_path / "full"
   scores = train.train_and_evaluate(config, str(full))
   assert "geneval" in scores
@@ -221,6 +224,11 @@ def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
   assert len(a) == len(b) > 10
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
+
+
+def brightness_reward():
+  """An external reward (config.rl.external): an image's mean pixel value in [0, 1]."""
+  return lambda images, records: np.array([np.mean(np.asarray(im, np.float32)) / 255.0 for im in images])
 
 
 def _policy_leaves(run):

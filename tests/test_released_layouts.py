@@ -563,6 +563,80 @@ def test_florence_vl_image_features_and_answer_logits(florence_vl):
   assert logits.shape == (2, FV_VOCAB) and np.isfinite(np.asarray(logits)).all()
 
 
+# ------------------------------------------------------------------------------- sample.py on the replicas
+QWEN_TEMPLATE = "Qwen-Qwen2.5-VL-7B-Instruct.jinja"
+QWEN_WORDS = ("system user assistant You are a helpful Please generate image based on the following caption : "
+              "red circle what color is it ?").split()
+
+
+def _with_tokenizer(src, dst, template, words=QWEN_WORDS, specials=("<|im_start|>", "<|im_end|>"),
+                    eos="<|im_end|>"):
+  """A copy of a replica directory with a word-level stand-in for the release's tokenizer."""
+  from oracles import write_word_tokenizer
+  shutil.copytree(src, dst)
+  text = open(os.path.join(os.path.dirname(__file__), "data", "chat_templates", template)).read()
+  write_word_tokenizer(dst, words, specials=specials, chat_template=text, eos=eos)
+  return str(dst)
+
+
+def _sample_py(path, out, tasks):
+  """sample.py's run on a released directory: (the runner, its summary, samples.jsonl / answers.jsonl rows)."""
+  import sample
+  from jaxmodels.serving.offline import ReleasedModelRunner, open_model
+  model = open_model(path)
+  assert isinstance(model, ReleasedModelRunner)
+  sample.check_capabilities(model, tasks)
+  sample.prepare_out(str(out), overwrite=False)
+  summary = sample.run(model, tasks, out=str(out), seed=0, steps=2, guidance=3.0, image_guidance=1.5,
+                       max_tokens=3, temperature=0.0, batch=2)
+  rows = {name: [json.loads(x) for x in open(out / name)] for name in ("samples.jsonl", "answers.jsonl")
+          if (out / name).exists()}
+  return model, summary, rows
+
+
+def _prompt_tasks(**kw):
+  import sample
+  args = dict(prompts=["a red circle"], prompts_file=None, image=None, question=None, edit=None, n=2)
+  args.update(kw)
+  return sample.read_tasks(**args)
+
+
+@pytest.mark.parametrize("release", ["metaquery", "blip3o_next"])
+def test_sample_py_draws_with_the_metaquery_and_next_releases(release, request, tmp_path):
+  """Text -> PNGs through sample.py for the releases whose model decodes pixels itself (MetaQuery:
+  SANA + DC-AE; BLIP3o-NEXT: AR image tokens, then SANA + DC-AE), in their chat layouts."""
+  from PIL import Image
+  path = _with_tokenizer(request.getfixturevalue(release)[0], tmp_path / release, QWEN_TEMPLATE)
+  model, summary, rows = _sample_py(path, tmp_path / "out", _prompt_tasks())
+  assert model.generates and summary["images"] == 2
+  ids = model._prompt_ids("a red circle")
+  assert ids[0] == model.tok.token_to_id("<|im_start|>") and model.tok.token_to_id("red") in ids
+  files = [r["file"] for r in rows["samples.jsonl"]]
+  images = [np.asarray(Image.open(tmp_path / "out" / f)) for f in files]
+  assert all(img.shape == (8, 8, 3) for img in images)                 # SANA sample_size 4 × DC-AE 2
+  assert not np.array_equal(images[0], images[1])                      # two draws, two keys
+
+
+def test_sample_py_answers_with_the_florence_vl_release(florence_vl, tmp_path):
+  """Image + question -> answer through sample.py for Florence-VL (Phi-3 chat layout, DBFusion tokens
+  spliced at the <image> slot); greedy, so the same question gives the same answer."""
+  from PIL import Image
+  words = ("You are a helpful AI assistant . what color is it ?").split()
+  path = _with_tokenizer(florence_vl[0], tmp_path / "florence_vl", "microsoft-Phi-3.5-mini-instruct.jinja", words,
+                         specials=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), eos="<|end|>")
+  png = tmp_path / "scene.png"
+  img = np.full((40, 40, 3), 255, np.uint8)
+  img[10:30, 10:30] = (220, 30, 30)
+  Image.fromarray(img).save(png)
+  tasks = _prompt_tasks(prompts=[], image=str(png), question="what color is it ?")
+  model, summary, rows = _sample_py(path, tmp_path / "out", tasks)
+  assert (model.generates, model.reads_images) == (False, True)
+  assert summary["answers"] == 1 and rows["answers.jsonl"][0]["question"] == "what color is it ?"
+  again = model.answer([("what color is it ?", img, 0)], max_tokens=3, temperature=0.0)
+  assert again == [rows["answers.jsonl"][0]["answer"]]
+  assert model.model.answer_image_size == 64
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def _copy_with(src, dst, drop=(), change=None):
   reader = SafetensorsReader(src)
