@@ -617,6 +617,32 @@ def test_sample_py_draws_with_the_metaquery_and_next_releases(release, request, 
   assert not np.array_equal(images[0], images[1])                      # two draws, two keys
 
 
+def test_sample_py_edits_with_the_metaquery_release_and_next_refuses(metaquery, blip3o_next, tmp_path):
+  """Image + instruction -> image through sample.py (MetaQuery: the input image's tokens at the
+  understanding slot of the prompt, 3-way image/text guidance); BLIP3o-NEXT's release has no editing
+  path, refused in one line before anything runs."""
+  import sample
+  from PIL import Image
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.serving.offline import open_model
+  png = tmp_path / "scene.png"
+  Image.fromarray(np.random.RandomState(0).randint(0, 255, (20, 20, 3), np.uint8)).save(png)
+  tasks = _prompt_tasks(prompts=[], image=str(png), edit="red circle", n=2)
+  path = _with_tokenizer(metaquery[0], tmp_path / "metaquery", QWEN_TEMPLATE)
+  model, summary, rows = _sample_py(path, tmp_path / "out", tasks)
+  assert model.edit_why is None and summary["images"] == 2
+  assert [r["kind"] for r in rows["samples.jsonl"]] == ["edit", "edit"]
+  ids = model._prompt_ids("red circle", edit=True)
+  image_id = model.model.config.image_token_id
+  assert ids.count(image_id) == model.model.num_image_tokens                # one image's placeholders
+  assert ids.index(image_id) < ids.index(model.tok.token_to_id("red"))      # image, then the instruction
+  img = np.asarray(Image.open(tmp_path / "out" / rows["samples.jsonl"][0]["file"]))
+  assert img.shape == (8, 8, 3)
+  nxt = open_model(_with_tokenizer(blip3o_next[0], tmp_path / "next", QWEN_TEMPLATE))
+  with pytest.raises(ConfigError, match="blip3o_next: this release has no editing path"):
+    sample.check_capabilities(nxt, tasks)
+
+
 def test_sample_py_answers_with_the_florence_vl_release(florence_vl, tmp_path):
   """Image + question -> answer through sample.py for Florence-VL (Phi-3 chat layout, DBFusion tokens
   spliced at the <image> slot); greedy, so the same question gives the same answer."""

@@ -76,8 +76,8 @@ class RunModel:
 
 
 @nnx.jit(static_argnames=("kw",))
-def _generate(model, ids, mask, rng, kw):
-  return model.generate_image(ids, mask, rng, **dict(kw))
+def _generate(model, ids, mask, rng, kw, cond_images=None):
+  return model.generate_image(ids, mask, rng, cond_images=cond_images, **dict(kw))
 
 
 @nnx.jit(static_argnames=("num_steps", "guidance"))
@@ -101,18 +101,33 @@ class ReleasedModelRunner:
     self.tok = load_tokenizer(released.tokenizer_dir)
     self.generates = released.can_generate and released.generates_pixels
     self.reads_images = released.can_answer
-    self.edit_why = ("editing a released checkpoint is not supported by sample.py (serve a run that "
-                     "trained on edits, or use the Python API: model.generate_image(cond_images=...))")
+    self.edit_why = None if released.can_edit and self.generates else (
+        f"{released.kind}: this release has no editing path (ReleasedModel.can_edit; notes: "
+        f"{'; '.join(released.notes) or 'none'})")
     self.default_steps = int(released.sampling.get("num_steps", 30))
     self.default_guidance = float(released.sampling.get("guidance", 3.0))
     self.pad = getattr(self.tok, "pad_id", None) or 0
     self._null = {}   # sampling settings -> the generated features of the prompt " " (BLIP3-o's CFG null)
 
-  def _prompt_ids(self, text: str) -> list[int]:
-    rendered = self.tok.apply_chat_template(self.r.generation_messages(text), add_generation_prompt=True)
-    ids = self.tok.encode(rendered + self.r.prompt_suffix)
+  def _encode(self, rendered: str) -> list[int]:
+    """Rendered chat text -> ids, each "<image>" slot replaced by the model's image placeholders."""
+    pieces = rendered.split("<image>")
+    ids = self.tok.encode(pieces[0])
+    for piece in pieces[1:]:
+      ids += [self.model.config.image_token_id] * self.model.num_image_tokens + self.tok.encode(piece)
+    return ids
+
+  def _prompt_ids(self, text: str, edit: bool = False) -> list[int]:
+    """A generation prompt; `edit`: the instruction after the input image's slot, laid out as the
+    release's understanding turn (`answer_template`), then the generation suffix. The caption limit
+    keeps the image's placeholders whole (it cuts text before them)."""
+    messages = self.r.answer_messages(text) if edit else self.r.generation_messages(text)
+    rendered = self.tok.apply_chat_template(messages, add_generation_prompt=True)
+    ids = self._encode(rendered + self.r.prompt_suffix)
     limit = self.r.max_prompt_tokens
-    return ids if limit is None else ids[-limit:]
+    if limit is None or edit:
+      return ids
+    return ids[-limit:]
 
   def _batch(self, prompts: list[list[int]]):
     from input_pipeline.shapes_tasks import left_pad
@@ -122,16 +137,28 @@ class ReleasedModelRunner:
 
   def draw(self, rows, *, rng, steps: int, guidance: float, image_guidance=None, edit: bool = False,
            batch: int | None = None) -> list:
+    from input_pipeline.datasets import prepare_image
     from jaxmodels.unified.sampling import to_uint8
-    if edit:
+    if edit and self.edit_why:
       raise ConfigError(self.edit_why)
     texts = [text for text, _, n in rows for _ in range(n)]
-    prompts = [self._prompt_ids(t) for t in texts]
-    prompts += [prompts[-1]] * (max(batch or len(prompts), len(prompts)) - len(prompts))
+    prompts = [self._prompt_ids(t, edit) for t in texts]
+    total = max(batch or len(prompts), len(prompts))
+    prompts += [prompts[-1]] * (total - len(prompts))
     ids, mask = self._batch(prompts)
-    kw = tuple(sorted({**self.r.sampling, "num_steps": steps, "guidance": guidance}.items()))
+    settings = {**self.r.sampling, "num_steps": steps, "guidance": guidance}
+    cond = None
+    if edit:
+      side = self.model.answer_image_size
+      cond = [prepare_image(image, side) for _, image, n in rows for _ in range(n)]
+      cond = jnp.asarray(np.stack(cond + [cond[-1]] * (total - len(cond))))
+      if image_guidance is not None:
+        settings["image_guidance"] = image_guidance
+    else:
+      settings.pop("image_guidance", None)
+    kw = tuple(sorted(settings.items()))
     k_gen, k_null, k_dec = jax.random.split(rng, 3)
-    x = _generate(self.model, ids, mask, k_gen, kw)
+    x = _generate(self.model, ids, mask, k_gen, kw, cond)
     if self.r.pixel_decoder is not None:          # BLIP3-o: CLIP features [B, 8, 8, C] -> pixels
       if kw not in self._null:              # one null per sampling setting, not one per call
         null_ids, null_mask = self._batch([self._prompt_ids(" ")])
@@ -147,16 +174,8 @@ class ReleasedModelRunner:
     backbones); one sampling key for the batch, from the first row's seed."""
     from input_pipeline.datasets import prepare_image
     model = self.model
-    n, image_id = model.num_image_tokens, model.config.image_token_id
-    prompts = []
-    for question, _, _ in rows:
-      rendered = self.tok.apply_chat_template(self.r.answer_messages(question), add_generation_prompt=True)
-      pieces = rendered.split("<image>")
-      ids = self.tok.encode(pieces[0])
-      for piece in pieces[1:]:
-        ids += [image_id] * n + self.tok.encode(piece)
-      prompts.append(ids)
-    ids, mask = self._batch(prompts)
+    ids, mask = self._batch([self._encode(self.tok.apply_chat_template(
+        self.r.answer_messages(question), add_generation_prompt=True)) for question, _, _ in rows])
     pixels = jnp.asarray(np.stack([prepare_image(img, model.answer_image_size) for _, img, _ in rows]))
     eos = [t for t in (self.tok.eos_id, self.tok.token_to_id("<|im_end|>"), self.tok.token_to_id("<|eot_id|>"),
                        self.tok.token_to_id("<|end|>")) if t is not None]
