@@ -8,6 +8,7 @@ import pytest
 
 transformers = pytest.importorskip("transformers")
 import torch  # noqa: E402
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -139,6 +140,22 @@ def test_greedy_generation_matches_transformers(oracle, ours):
   out = np.asarray(ours.generate(ids, NEW, pixels, GRID, attention_mask=mask))
   assert out.shape == (2, ids.shape[1] + NEW)
   np.testing.assert_array_equal(out, ref)
+
+
+def test_serving_decoder_with_mrope_positions_matches_transformers(oracle, ours):
+  """serve.py's chunked decoder (prefill + chunks over the KV cache) given the prompt's M-RoPE positions:
+  the same greedy tokens as transformers' generate (left-padded row included)."""
+  from jaxmodels.serving.decode import ChunkedDecoder
+  from jaxmodels.qwen2_5_vl_model import _prompt_inputs
+  ids, mask, pixels = _batch()
+  with torch.no_grad():
+    ref = oracle[0].generate(**_torch_inputs(ids, mask, pixels), max_new_tokens=8, do_sample=False).numpy()
+  jids, jmask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+  embeds, positions = _prompt_inputs(ours, jids, jnp.asarray(pixels), jmask, grid=tuple(map(tuple, GRID)))
+  decoder = ChunkedDecoder(ours.llm, eos_id=[], pad_id=0, chunk=4)
+  chunks = decoder.run(jids, jmask, embeds, new_tokens=8, temperature=[0.0, 0.0], top_p=[1.0, 1.0],
+                       keys=jax.random.split(jax.random.key(0), 2), positions=positions)
+  np.testing.assert_array_equal(np.concatenate(list(chunks), axis=1), ref[:, ids.shape[1]:])
 
 
 def test_export_loads_in_transformers(oracle, ours, reference_logits, tmp_path):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxmodels.generate import sample_logits
+from jaxmodels.generate import next_positions, sample_logits
 from jaxmodels.layers.block import unstack_layers
 
 
@@ -32,16 +32,18 @@ def _decoder_model(graphdef, state):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "total"))
-def _prefill(graphdef, state, ids, mask, embeds, *, total: int):
-  """ids/mask [B, T] (left-padded), embeds [B, T, D] or None -> (per-layer cache for `total` slots,
-  kv mask [B, total], logits of the next token [B, V], next positions [B])."""
+def _prefill(graphdef, state, ids, mask, embeds, positions, *, total: int):
+  """ids/mask [B, T] (left-padded), embeds [B, T, D] or None, positions [B, T] / [3, B, T] (M-RoPE) or
+  None (0.. over the real tokens) -> (per-layer cache for `total` slots, kv mask [B, total], logits of
+  the next token [B, V], next positions [B])."""
   model = _decoder_model(graphdef, state)
   b, t = ids.shape
   cache = model.init_cache(b, total, per_layer=True)
   kv_mask = jnp.concatenate([mask, jnp.ones((b, total - t), mask.dtype)], axis=1)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+  if positions is None:
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
   out = model.forward(ids, positions, kv_mask, cache=cache, cache_index=0, inputs_embeds=embeds)
-  return out.cache, kv_mask, model.logits(out.hidden[:, -1]), jnp.sum(mask, axis=-1).astype(jnp.int32)
+  return out.cache, kv_mask, model.logits(out.hidden[:, -1]), next_positions(positions, mask)
 
 
 def _draw(logits, keys, temperature, top_p):
@@ -85,12 +87,14 @@ class ChunkedDecoder:
     self.eos_ids = jnp.asarray(eos or [-1], jnp.int32)
     self.pad_id, self.chunk = int(pad_id), int(chunk)
 
-  def run(self, ids, mask, embeds, *, new_tokens: int, temperature, top_p, keys) -> Iterator[np.ndarray]:
+  def run(self, ids, mask, embeds, *, new_tokens: int, temperature, top_p, keys,
+          positions=None) -> Iterator[np.ndarray]:
     """Yields int32 [B, chunk] host arrays, `new_tokens` / chunk times at most (new_tokens is a
     multiple of `chunk`); the caller stops early by not asking for more. temperature / top_p: float
-    [B]; keys: PRNG keys [B] (row i's token j uses fold_in(keys[i], j))."""
+    [B]; keys: PRNG keys [B] (row i's token j uses fold_in(keys[i], j)); positions: the prompt's
+    rotary positions (M-RoPE [3, B, T]) or None; generated tokens continue after their largest."""
     b, t = ids.shape
-    cache, kv_mask, logits, positions = _prefill(self.graphdef, self.state, ids, mask, embeds,
+    cache, kv_mask, logits, positions = _prefill(self.graphdef, self.state, ids, mask, embeds, positions,
                                                  total=t + new_tokens)
     done = jnp.zeros((b,), bool)
     temperature = jnp.asarray(temperature, jnp.float32)

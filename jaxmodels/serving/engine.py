@@ -245,6 +245,8 @@ class ServingModel:
         for j, p in enumerate(r["pixels"]):
           pixels[i, j] = p
       embeds = _chat_embeddings(self.model, ids, jnp.asarray(pixels))
+    answer_positions = getattr(self.model, "answer_positions", None)   # M-RoPE on Qwen2.5-VL towers
+    positions = answer_positions(ids, mask) if k and answer_positions else None
     live = sum(len(w.rows) for w in works)
     out = [[] for _ in rows]
     finished = [i >= live for i in range(len(rows))]    # padding rows never count
@@ -252,7 +254,7 @@ class ServingModel:
     for chunk in self.decoder.run(ids, mask, embeds, new_tokens=new,
                                   temperature=[r["temperature"] for r in rows],
                                   top_p=[r["top_p"] for r in rows],
-                                  keys=jnp.stack([r["key"] for r in rows])):
+                                  keys=jnp.stack([r["key"] for r in rows]), positions=positions):
       for i, r in enumerate(rows):
         if finished[i]:
           continue
