@@ -141,7 +141,7 @@ def image_from_url(url: str, param: str, limits: Limits, image_root: str | None)
                      "(files under DIR)", code="local_file")
   real, root = os.path.realpath(path), os.path.realpath(image_root)
   if os.path.commonpath([real, root]) != root:
-    raise bad(param, f"local files must lie under the server's --image_root", code="local_file")
+    raise bad(param, "local files must lie under the server's --image_root", code="local_file")
   if not os.path.isfile(real):
     raise bad(param, "no such local file", code="local_file")
   if os.path.getsize(real) > limits.max_body_bytes:
