@@ -85,14 +85,8 @@ def get_config(arg=None):
   # the run (the time limit is a safety net on slower machines).
   c.train.update(total_steps=1500, gen_every=3, log_every=50, eval_every=500, ckpt_every=500,
                  time_limit_minutes=7.5)
-  c.evals = ml_collections.ConfigDict(dict(which="qa,geneval,colorbench,rover",  # a subset skips the rest
-                                           qa_per_kind=64, geneval_prompts=553, sample_steps=20,
-                                           guidance=3.0, batch_size=64,
-                                           # > 0: in-loop evals also score GenEval + geneval_progress on
-                                           # this many test prompts (a learning curve in metrics.jsonl)
-                                           loop_geneval_prompts=0,
-                                           # official prompts (evaluate.py --geneval_metadata): as is
-                                           prompt_template="{prompt}"))
+  # Evaluations: the base config's (Q/A, all 553 GenEval test prompts, ColorBench, ROVER; a subset of
+  # `evals.which` skips the rest; evals.loop_geneval_prompts > 0 scores GenEval in the loop too).
   if a.target == "tokens":
     # Generation inputs on every second step: with the LLM drawing on every step, Q/A colour and shape
     # fell to ~0.7; one understanding-only step in two keeps them (BENCHMARKS.md, "generation: image

@@ -93,9 +93,15 @@ def base_config() -> ml_collections.ConfigDict:
   # prompt_template: how the model is prompted with an official benchmark prompt (evaluate.py
   # --geneval_metadata); a paper config sets its own (BLIP3-o: "Please generate image based on the
   # following caption: {prompt}"), ShapesWorld runs keep the bare prompt.
+  # The sizes left unset (None) follow geneval_prompts (≤ 16 each, so smoke configs stay small):
+  # rover_tasks (IG and TG tasks each), colorbench_per_task / colorbench_seeds (≤ 8); loop_samples:
+  # the in-loop sample grid's prompts; mctune_cases None: every case.
   c.evals = ml_collections.ConfigDict(dict(
       which="qa,geneval,colorbench,rover", qa_per_kind=64, geneval_prompts=553, sample_steps=20,
-      guidance=3.0, batch_size=64, loop_geneval_prompts=0, prompt_template="{prompt}"))
+      guidance=3.0, batch_size=64, loop_geneval_prompts=0, prompt_template="{prompt}",
+      loop_samples=16, rover_tasks=placeholder(int), colorbench_image_size=32,
+      colorbench_per_task=placeholder(int), colorbench_seeds=placeholder(int),
+      mctune_cases=placeholder(int), mctune_seed=0, mctune_max_new_tokens=128))
   return c
 
 

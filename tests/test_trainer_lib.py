@@ -216,3 +216,16 @@ def test_init_keys_are_declared_so_the_command_line_can_set_them():
   config.lock()
   set_values(config, ["init.checkpoint=/runs/a", "init.hf.llm=/models/qwen"])
   assert init_sources(config) == {"checkpoint": "/runs/a", "hf": {"llm": "/models/qwen"}}
+
+
+def test_eval_keys_the_code_reads_are_declared_so_the_command_line_can_set_them():
+  """Every config.evals key the evaluations read exists in the locked config (unset sizes follow
+  geneval_prompts), so e.g. --config.evals.rover_tasks=4 is accepted."""
+  from configs import shapes_tiny
+  from jaxmodels.config_utils import set_values
+  config = shapes_tiny.get_config()
+  config.lock()
+  assert config.evals.rover_tasks is None and config.evals.loop_samples == 16
+  set_values(config, ["evals.rover_tasks=4", "evals.colorbench_per_task=2", "evals.colorbench_seeds=3",
+                      "evals.colorbench_image_size=48", "evals.loop_samples=8", "evals.mctune_cases=5"])
+  assert (config.evals.rover_tasks, config.evals.colorbench_per_task, config.evals.mctune_cases) == (4, 2, 5)

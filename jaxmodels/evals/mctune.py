@@ -134,7 +134,7 @@ def test_cases(config, workdir: str | None):
   prep = prepare(config.data, workdir)
   ev = config.get("evals") or {}
   cases = D.make_test_set(prep.test, prep.stats, per_example=o["test_per_example"],
-                          seed=int(ev.get("mctune_seed", 0)), scale=o["test_scale"], max_tags=o["max_tags"])
+                          seed=int(ev.get("mctune_seed") or 0), scale=o["test_scale"], max_tags=o["max_tags"])
   limit = ev.get("mctune_cases")
   return prep, (cases[:int(limit)] if limit else cases)
 
@@ -148,7 +148,7 @@ def evaluate_model(model, tokenizer, config, workdir: str | None, out: str | Non
   ev = config.get("evals") or {}
   prompts = [D.case_prompt(c, controls=bool(o["controls"]), meta=o["meta"]) for c in cases]
   responses = generate_responses(model, tokenizer, prompts,
-                                 max_new_tokens=int(ev.get("mctune_max_new_tokens", 128)),
+                                 max_new_tokens=int(ev.get("mctune_max_new_tokens") or 128),
                                  batch_size=int(ev.get("batch_size", 16)))
   result = score(cases, responses, tagger=o["tagger"], quirks=o["quirks"])
   if out:
