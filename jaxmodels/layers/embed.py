@@ -1,4 +1,5 @@
-"""Token embeddings; `attend` reuses the table as a tied output projection."""
+"""Token embeddings (`attend` reuses the table as a tied output projection), and placeholders in a
+token sequence replaced by image tokens (`splice_image_tokens`, shared by every model that reads images)."""
 from __future__ import annotations
 
 import jax
@@ -23,3 +24,14 @@ class Embed(nnx.Module):
   def attend(self, x: jax.Array) -> jax.Array:
     """x [..., D] -> logits [..., V] with the transposed table."""
     return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+
+
+def splice_image_tokens(text: jax.Array, ids: jax.Array, image_tokens: jax.Array,
+                        image_token_id: int) -> jax.Array:
+  """text [B, T, D] with the i-th `image_token_id` placeholder of each row replaced by
+  image_tokens[b, i mod n] ([B, n, D]): a row holds the image once (n placeholders) or k times (k·n
+  placeholders, e.g. one copy per turn of a question-first conversation, `data.und_layout`)."""
+  is_img = ids == image_token_id
+  index = jnp.maximum(jnp.cumsum(is_img, axis=1) - 1, 0) % image_tokens.shape[1]
+  spliced = jnp.take_along_axis(image_tokens.astype(text.dtype), index[..., None], axis=1)
+  return jnp.where(is_img[..., None], spliced, text)

@@ -41,7 +41,7 @@ from input_pipeline.shapes_tasks import left_pad, to_unit_range
 from input_pipeline.tokenizers import IMAGE_SLOT
 from jaxmodels.serving.decode import ChunkedDecoder
 from jaxmodels.serving.schema import APIError, ChatRequest, ImageRequest, bad, parse_size
-from jaxmodels.unified.model import splice_image_tokens
+from jaxmodels.layers import splice_image_tokens
 from jaxmodels.unified.sampling import sample_edits, sample_images, to_uint8
 
 log = logging.getLogger("jaxmodels.serving")

@@ -26,7 +26,8 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.generate import generate
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.unified.dbfusion import DBFusion, DBFusionConfig, resolve_prompt_ids
-from jaxmodels.unified.model import answer_loss, splice_image_tokens
+from jaxmodels.layers import splice_image_tokens
+from jaxmodels.unified.model import answer_loss
 from jaxmodels.vision.davit import DaViTConfig
 from jaxmodels.vision.florence2 import Florence2Config, florence2_preset
 

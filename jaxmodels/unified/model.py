@@ -50,7 +50,7 @@ from flax import nnx
 from jaxmodels import flow
 from jaxmodels.flow.lumina import LuminaNextDiT
 from jaxmodels.generate import generate
-from jaxmodels.layers import Linear, get_activation, param
+from jaxmodels.layers import Linear, get_activation, param, splice_image_tokens
 from jaxmodels.llm import LLM
 from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
 from jaxmodels.unified.connector import Connector, SanaDiT
@@ -76,17 +76,6 @@ class Projector(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.fc1(x)
     return h if self.fc2 is None else self.fc2(get_activation("gelu")(h))
-
-
-def splice_image_tokens(text: jax.Array, ids: jax.Array, image_tokens: jax.Array,
-                        image_token_id: int) -> jax.Array:
-  """text [B, T, D] with the i-th `image_token_id` placeholder of each row replaced by
-  image_tokens[b, i mod n] ([B, n, D]): a row holds the image once (n placeholders) or k times (k·n
-  placeholders, e.g. one copy per turn of a question-first conversation, `data.und_layout`)."""
-  is_img = ids == image_token_id
-  index = jnp.maximum(jnp.cumsum(is_img, axis=1) - 1, 0) % image_tokens.shape[1]
-  spliced = jnp.take_along_axis(image_tokens.astype(text.dtype), index[..., None], axis=1)
-  return jnp.where(is_img[..., None], spliced, text)
 
 
 def answer_loss(llm: LLM, embeds: jax.Array, ids: jax.Array, mask: jax.Array,

@@ -34,7 +34,7 @@ from flax import nnx
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.layers import (Attention, BlockStack, Embed, LayerNorm, Linear, get_activation,
-                              make_attention_mask, param)
+                              make_attention_mask, param, splice_image_tokens)
 from jaxmodels.vision.davit import DaViT, DaViTConfig
 
 
@@ -224,7 +224,6 @@ class Florence2(nnx.Module):
     x = self.embed(input_ids) * self.embed_scale
     if image_features is None:
       return x
-    from jaxmodels.unified.model import splice_image_tokens   # lazy: unified imports the LLM stack
     return splice_image_tokens(x, input_ids, image_features, self.config.image_token_id)
 
   def encode(self, input_ids: jax.Array | None, attention_mask: jax.Array | None = None,
