@@ -149,17 +149,16 @@ def _train_and_evaluate(config, workdir: str) -> dict:
   first = to_global(next(data.iterator))
   gen_every = gen_every_of(config)
   with sharding.use_mesh(mesh, rules):
-    lower = lambda batch: lambda: step_fn.lower(state, batch, rng)  # noqa: E731
-    lowered = lower(first)()
-    compiled = lowered.compile()
-    flops = step_flops(lower(first), lowered)
+    lowered = step_fn.lower(state, first, rng)
+    compiled, flops = lowered.compile(), step_flops(step_fn, state, first, rng, lowered=lowered)
     # train.gen_every = k > 1: steps k, 2k, ... train on the whole batch, the others on its
     # understanding inputs only (a second program): more understanding updates per second.
     compiled_und, flops_und = compiled, flops
     if gen_every > 1:
       und_first = understanding_inputs(first, gen_every)
-      lowered_und = lower(und_first)()
-      compiled_und, flops_und = lowered_und.compile(), step_flops(lower(und_first), lowered_und)
+      lowered_und = step_fn.lower(state, und_first, rng)
+      compiled_und = lowered_und.compile()
+      flops_und = step_flops(step_fn, state, und_first, rng, lowered=lowered_und)
   if jax.process_count() > 1:
     # Enter the first step together (a coordination-service barrier, not a collective): XLA:CPU's
     # gloo sets a communicator up at its first collective with a 30 s deadline, which a process

@@ -49,21 +49,24 @@ def test_unrolled_and_looped_scans_match_the_python_loop():
 
 
 def test_step_flops_counts_every_layer_of_a_looped_scan():
-  # XLA's cost analysis counts a while body once; step_flops re-lowers with the stacks unrolled.
+  # XLA's cost analysis counts a while body once; step_flops retraces with the stacks unrolled. As in
+  # train.py, the jitted function counted is the one already lowered with looped scans (its trace
+  # is cached, so the count must not reuse it).
   from jaxmodels.trainer.metrics import compiled_flops, step_flops
   ids = jnp.ones((2, 5), jnp.int32)
   deep, shallow = (LLM(CFG.replace(scan_layers=True, num_layers=n), rngs=nnx.Rngs(0)) for n in (3, 1))
 
-  def lower(model):
+  def jitted(model):
     graphdef, state = nnx.split(model)
-    return lambda: jax.jit(lambda s: nnx.merge(graphdef, s).logits(
-        nnx.merge(graphdef, s).forward(ids).hidden)).lower(state)
+    return jax.jit(lambda s: nnx.merge(graphdef, s).logits(nnx.merge(graphdef, s).forward(ids).hidden)), state
   with block.scan_unroll_limit(0):
-    looped = lower(deep)()
+    fn, state = jitted(deep)
+    looped = fn.lower(state)
     assert "stablehlo.while" in looped.as_text()
-    counted = step_flops(lower(deep), looped)
-    one = step_flops(lower(shallow))
+    counted = step_flops(fn, state, lowered=looped)
+    one = step_flops(*jitted(shallow))
     plain = compiled_flops(looped)
-  loop = step_flops(lower(block.unstack_layers(nnx.clone(deep))))   # no scan: every layer in the HLO
+  loop_fn, loop_state = jitted(block.unstack_layers(nnx.clone(deep)))   # no scan: every layer in the HLO
+  loop = step_flops(loop_fn, loop_state)
   assert counted == pytest.approx(loop, rel=1e-3) and counted > 2 * one
   assert plain == pytest.approx(one, rel=0.05)          # the loop alone counts one layer's worth

@@ -369,6 +369,9 @@ def _run(data_dir, workdir, config):
     def __init__(self, fn):
       self.fn = fn
 
+    def __getattr__(self, name):                # __wrapped__ (train.py's FLOP count), ...
+      return getattr(self.fn, name)
+
     def lower(self, state, batch, rng):
       lowered = self.fn.lower(state, batch, rng)
       if "state" not in seen:

@@ -196,8 +196,7 @@ def bench_dit(kind: str, size: str, steps: int, rounds: int, dtype: str = "float
   # FLOPs of one model evaluation (one sampler step), as XLA counts them in the unoptimised HLO:
   # the same architecture and shapes run on both sides, so one count serves both.
   from jaxmodels.trainer.metrics import step_flops
-  flops = step_flops(lambda: jax.jit(velocity).lower(state, jx, jnp.full((s["batch"],), 500.0, jdt), jcap,
-                                                     jmask))
+  flops = step_flops(jax.jit(velocity), state, jx, jnp.full((s["batch"],), 500.0, jdt), jcap, jmask)
   tdt = torch_dtype(dtype)
   tx = torch.tensor(x0).permute(0, 3, 1, 2).contiguous().to(device, tdt)
   tcap, tmask = torch.tensor(cap).to(device, tdt), torch.tensor(mask).to(device)

@@ -99,7 +99,7 @@ def _forward_flops(model, fn, *args) -> float:
   from flax import nnx
   from jaxmodels.trainer.metrics import step_flops
   graphdef, state = nnx.split(model)
-  return step_flops(lambda: jax.jit(lambda st, *a: fn(nnx.merge(graphdef, st), *a)).lower(state, *args))
+  return step_flops(jax.jit(lambda st, *a: fn(nnx.merge(graphdef, st), *a)), state, *args)
 
 
 def step_parts(model, batch: dict) -> dict:

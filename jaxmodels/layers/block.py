@@ -40,7 +40,9 @@ _unroll_limit: contextvars.ContextVar[int | None] = contextvars.ContextVar("scan
 @contextlib.contextmanager
 def scan_unroll_limit(max_layers: int) -> Iterator[None]:
   """Within the block, stacks traced with at most `max_layers` layers are unrolled whatever the
-  backend (0: every scanned stack keeps its loop). For A/B benchmarks and tests."""
+  backend (0: every scanned stack keeps its loop). For A/B benchmarks and tests. It acts when a
+  function is traced: jit reuses a Python function's cached trace, so jit a new function (a fresh
+  wrapper) to see the setting (`trainer.metrics.step_flops` does)."""
   token = _unroll_limit.set(max_layers)
   try:
     yield

@@ -36,20 +36,22 @@ def peak_flops_per_device(device=None) -> float | None:
   return None
 
 
-def step_flops(lower, lowered=None) -> float | None:
-  """FLOPs of one call of what `lower()` lowers (a `jax.stages.Lowered`; `lowered`: its result
-  already at hand), by XLA's cost analysis.
+def step_flops(fn, *args, lowered=None) -> float | None:
+  """FLOPs of one call `fn(*args)` of a jitted function, by XLA's cost analysis (`lowered`:
+  `fn.lower(*args)` when already at hand).
 
   The analysis counts a while loop's body once, whatever its trip count, so a step whose layer
   stacks run as looped `lax.scan`s (accelerators, deep stacks: `layers.block.scan_unroll`) would be
-  undercounted by about the depth; such a step is lowered again with every stack unrolled (tracing
-  only, nothing is compiled) and that program is counted. Loops that are not layer stacks (gradient
+  undercounted by about the depth. Such a step is traced once more with every stack unrolled (no
+  compile) and that program is counted. jit caches a trace by its Python function, so the retrace
+  goes through a new wrapper of `fn`'s function. Loops that are not layer stacks (gradient
   accumulation, samplers) still count once."""
   from jaxmodels.layers import block
-  lowered = lower() if lowered is None else lowered
+  lowered = fn.lower(*args) if lowered is None else lowered
   if "stablehlo.while" in lowered.as_text():
+    inner = getattr(fn, "__wrapped__", fn)
     with block.scan_unroll_limit(2**31 - 1):
-      lowered = lower()
+      lowered = jax.jit(lambda *a: inner(*a)).lower(*args)
   return compiled_flops(lowered)
 
 
