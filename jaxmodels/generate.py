@@ -19,6 +19,9 @@ from flax import nnx
 from jaxmodels.layers.block import unstack_layers
 
 
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
 def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: float | jax.Array = 0.0,
                   top_k: int = 0, top_p: float | jax.Array = 1.0, greedy: bool = True) -> jax.Array:
   """logits [B, V] -> token ids [B]. Greedy = argmax; otherwise temperature, then top-k, then top-p
@@ -39,9 +42,6 @@ def sample_logits(logits: jax.Array, rng: jax.Array | None, *, temperature: floa
   cutoff = jnp.min(jnp.where(kept > _NEG, sorted_logits, jnp.inf), axis=-1, keepdims=True)
   logits = jnp.where(logits < cutoff, _NEG, logits)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
-
-
-_NEG = float(jnp.finfo(jnp.float32).min)
 
 
 def _nucleus(sorted_logits: jax.Array, top_p: float | jax.Array) -> jax.Array:

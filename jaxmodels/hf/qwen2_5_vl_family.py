@@ -111,14 +111,27 @@ def keymap(c: Qwen25VisionConfig) -> KeyMap:
 # The language model and the whole model
 
 
+def _text_fields(d: dict) -> dict:
+  """The language model's fields of a full config.json (nested `text_config`, or flat at the top)."""
+  if isinstance(d.get("text_config"), dict):
+    return dict(d["text_config"])
+  return {k: v for k, v in d.items() if k != "vision_config"}
+
+
+def mrope_section_of(d: dict) -> tuple[int, ...]:
+  """The M-RoPE section of a full config.json (in rope_parameters or rope_scaling), else the default."""
+  text, section = _text_fields(d), None
+  for key in ("rope_parameters", "rope_scaling"):
+    section = dict(text.get(key) or {}).get("mrope_section") or section
+  return tuple(section or DEFAULT_MROPE_SECTION)
+
+
 def text_config_from_hf(d: dict, **overrides) -> LLMConfig:
   """The language model's LLMConfig from a full config.json (nested `text_config` or flat)."""
-  nested = isinstance(d.get("text_config"), dict)
-  text = dict(d["text_config"]) if nested else {k: v for k, v in d.items() if k != "vision_config"}
-  section = None
+  text = _text_fields(d)
   for key in ("rope_parameters", "rope_scaling"):
     rope = dict(text.get(key) or {})
-    section = rope.pop("mrope_section", None) or section
+    rope.pop("mrope_section", None)
     for name in ("rope_type", "type"):
       if rope.get(name) == "mrope":       # the released files' name for M-RoPE over default frequencies
         rope[name] = "default"
@@ -131,7 +144,7 @@ def text_config_from_hf(d: dict, **overrides) -> LLMConfig:
   text.setdefault("max_position_embeddings", 32768)
   text.pop("head_dim", None)                             # HF's attention uses hidden_size / heads
   return llm_family.config_from_hf(text, **{
-      "model_type": TEXT_MODEL_TYPE, "mrope_section": tuple(section or DEFAULT_MROPE_SECTION), **overrides})
+      "model_type": TEXT_MODEL_TYPE, "mrope_section": mrope_section_of(d), **overrides})
 
 
 def text_config_to_hf(c: LLMConfig) -> dict:

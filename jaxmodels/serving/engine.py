@@ -245,8 +245,7 @@ class ServingModel:
         for j, p in enumerate(r["pixels"]):
           pixels[i, j] = p
       embeds = _chat_embeddings(self.model, ids, jnp.asarray(pixels))
-    answer_positions = getattr(self.model, "answer_positions", None)   # M-RoPE on Qwen2.5-VL towers
-    positions = answer_positions(ids, mask) if k and answer_positions else None
+    positions = self.model.answer_positions(ids, mask) if k else None   # M-RoPE on Qwen2.5-VL towers
     live = sum(len(w.rows) for w in works)
     out = [[] for _ in rows]
     finished = [i >= live for i in range(len(rows))]    # padding rows never count

@@ -154,8 +154,6 @@ class ReleasedModelRunner:
       cond = jnp.asarray(np.stack(cond + [cond[-1]] * (total - len(cond))))
       if image_guidance is not None:
         settings["image_guidance"] = image_guidance
-    else:
-      settings.pop("image_guidance", None)
     kw = tuple(sorted(settings.items()))
     k_gen, k_null, k_dec = jax.random.split(rng, 3)
     x = _generate(self.model, ids, mask, k_gen, kw, cond)

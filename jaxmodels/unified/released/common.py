@@ -271,13 +271,9 @@ def qwen2_5_vl_language_model(d: dict, path: str, **overrides):
   """The LLMConfig of a Qwen2.5-VL config.json's language model: a `qwen2` model (the llm family's
   key names) with its `mrope_section` (default (16, 24, 24)), so image prompts get M-RoPE positions
   (`UnifiedModel.answer_positions`); text-only prompts reduce to ordinary RoPE either way."""
-  from jaxmodels.hf.qwen2_5_vl_family import DEFAULT_MROPE_SECTION
-  text = {**d, **dict(d.get("text_config") or {})}
-  section = None
-  for key in ("rope_scaling", "rope_parameters"):
-    section = (dict(text.get(key) or {}).get("mrope_section")) or section
+  from jaxmodels.hf.qwen2_5_vl_family import mrope_section_of
   llm = convert(family("llm"), text_config_of_qwen2_5_vl(d), path, **overrides)
-  return llm.replace(mrope_section=tuple(section or DEFAULT_MROPE_SECTION))
+  return llm.replace(mrope_section=mrope_section_of(d))
 
 
 def text_config_of_qwen2_5_vl(d: dict) -> dict:
