@@ -58,7 +58,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxmodels.evals.score_only import read_predictions, score_only  # noqa: F401 - evaluate.score_only
-from jaxmodels.run_dir import checkpoint_step, run_workdir, stored_config  # noqa: F401
+from jaxmodels.run_dir import checkpoint_step, final_workdir, run_workdir, stored_config  # noqa: F401
 
 EVALS = ("qa", "geneval", "colorbench", "rover")
 TEXT_EVALS = ("mctune",)   # text-only runs (model.type="lm"): jaxmodels/evals/mctune.py
@@ -183,7 +183,7 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
                       f"{', '.join(EVALS + TEXT_EVALS)}")
   if "mctune" in evals and len(evals) > 1:
     raise ConfigError("--evals=mctune: a text-only evaluation, not combined with the ShapesWorld ones")
-  workdir = run_workdir(workdir)
+  workdir = final_workdir(workdir)   # a two-phase run: its GRPO phase
   step = checkpoint_step(workdir, step) if "://" not in workdir else step
   if config is None:
     config = stored_config(workdir, step)

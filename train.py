@@ -44,19 +44,67 @@ def train_and_evaluate(config, workdir: str) -> dict:
   second run on it refuses in one line; process 0 of a multi-host run holds the lock)."""
   import jax
 
-  from jaxmodels.trainer.setup import check_run_settings
+  from jaxmodels.trainer.setup import check_run_settings, is_grpo_run
   from jaxmodels.trainer.workdir import WorkdirLock, check_writable
 
   check_run_settings(config)
   check_writable(workdir)
   with WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    if config.get("rl"):                 # post-training with RL: jaxmodels/trainer/grpo.py
+    if config.get("rl") and config.rl.get("after_supervised"):   # supervised, then GRPO
+      return _supervised_then_rl(config, workdir)
+    if is_grpo_run(config):              # post-training with RL: jaxmodels/trainer/grpo.py
       from jaxmodels.trainer.grpo import train_grpo
       return train_grpo(config, workdir)
     return _train_and_evaluate(config, workdir)
 
 
-def _train_and_evaluate(config, workdir: str) -> dict:
+def _supervised_then_rl(config, workdir: str) -> dict:
+  """A two-phase run (`config.rl.after_supervised`, e.g. the embedded default): the supervised phase
+  trains in `workdir` (its checkpoints, metrics.jsonl), then GRPO post-trains its weights in
+  `<workdir>/rl` (`trainer.grpo.phase_configs`), whose final evaluation is the run's: its scores.json
+  and samples.png are copied to `workdir`. `<workdir>/phases.json` records each finished phase, so a
+  rerun resumes the phase it was in."""
+  import shutil
+
+  import jax
+
+  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.trainer.grpo import phase_configs, train_grpo
+  from jaxmodels.trainer.setup import check_run_settings
+  from jaxmodels.trainer.workdir import write_atomic_json
+
+  supervised, post, rl_dir = phase_configs(config, workdir)
+  check_run_settings(post)
+  record_path = os.path.join(workdir, "phases.json")
+  record = json.load(open(record_path)) if os.path.exists(record_path) else {}
+  main = jax.process_index() == 0
+  if "supervised" not in record:
+    t0 = time.time()
+    out = _train_and_evaluate(supervised, workdir, report=False)
+    if "stopped_by" in out:
+      return out
+    from jaxmodels.run_dir import checkpoint_step
+    record["supervised"] = {"minutes": (time.time() - t0) / 60, "step": checkpoint_step(workdir), **out}
+    if main:
+      write_atomic_json(record_path, record)
+  t0 = time.time()
+  scores = train_grpo(post, rl_dir, report=False)
+  record["rl"] = {"minutes": (time.time() - t0) / 60}
+  if main:
+    write_atomic_json(record_path, record)
+    with open(os.path.join(rl_dir, "scores.json")) as f:
+      final = json.load(f)
+    write_atomic_json(os.path.join(workdir, "scores.json"), {**final, "phases": record})
+    if os.path.exists(os.path.join(rl_dir, "samples.png")):
+      shutil.copyfile(os.path.join(rl_dir, "samples.png"), os.path.join(workdir, "samples.png"))
+    shapes_eval.print_scores(scores)
+    print(f"\nworkdir: {workdir} (supervised phase: checkpoints/, metrics.jsonl; GRPO phase: rl/; "
+          f"scores.json, samples.png, phases.json)")
+  return scores
+
+
+def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
+  """The supervised run; `report`: print the score table and the workdir's contents at the end."""
   import jax
   import numpy as np
   from flax import nnx
@@ -268,10 +316,11 @@ def _train_and_evaluate(config, workdir: str) -> dict:
       json.dump({"step": step, "train_minutes": train_minutes, "params": n_params,
                  "nonfinite_skipped": guard.total, "data_skipped": pipeline.skipped_count(), **scores},
                 f, indent=2)
-    shapes_eval.print_scores(scores)
-    made = [n for n in ("checkpoints/", "metrics.jsonl", "samples.png", "scores.json")
-            if os.path.exists(os.path.join(workdir, n.rstrip("/")))]
-    print(f"\nworkdir: {workdir} ({', '.join(made)})")
+    if report:
+      shapes_eval.print_scores(scores)
+      made = [n for n in ("checkpoints/", "metrics.jsonl", "samples.png", "scores.json")
+              if os.path.exists(os.path.join(workdir, n.rstrip("/")))]
+      print(f"\nworkdir: {workdir} ({', '.join(made)})")
   return scores
 
 

@@ -17,8 +17,6 @@ run's training from the same weights:
         --config.init.checkpoint=runs/shapes_tiny --config.train.time_limit_minutes=10 \
         --config.optim.warmup_steps=0
 """
-import ml_collections
-from ml_collections.config_dict import placeholder
 
 from configs import shapes_tiny
 from jaxmodels.config_utils import parse_arg
@@ -26,21 +24,13 @@ from jaxmodels.config_utils import parse_arg
 
 def get_config(arg=None):
   a = parse_arg(arg, runlocal=False)
-  c = shapes_tiny.get_config("runlocal" if a.runlocal else None)   # evals and trainer keys
+  c = shapes_tiny.get_config("runlocal,grpo=no" if a.runlocal else "grpo=no")   # evals, trainer keys
   c.init.checkpoint = "runs/shapes_tiny"
-  c.rl = ml_collections.ConfigDict(dict(
-      group_size=8, prompts_per_step=8,
-      clip_eps=0.2, clip_eps_high=placeholder(float), kl_beta=0.04, aggregate="sequence", scale="std",
-      inner_epochs=1,
-      temperature=placeholder(float), pattern_temperature=placeholder(float),   # None: the model's
-      rewards=dict(geneval_dense=1.0, geneval=0.0),   # weights; a 0 weight is still logged
-      external={},                                    # {"pkg.module:factory": {"weight": w, ...}}
-      prompt_pool=0))                                 # > 0: only the first N train prompts
+  c.rl = shapes_tiny.grpo_block(a.runlocal)
   c.optim.update(lr=1e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0)
   c.train.update(total_steps=400, log_every=10, eval_every=100, ckpt_every=50, time_limit_minutes=10)
   c.evals.update(which="qa,geneval")
   if a.runlocal:
-    c.rl.update(group_size=4, prompts_per_step=2)
     c.train.update(total_steps=4, log_every=1, eval_every=2, ckpt_every=2, time_limit_minutes=None)
     c.evals.update(which="geneval", geneval_prompts=4)
   return c

@@ -45,7 +45,9 @@ from jaxmodels.config_utils import base_config, parse_arg
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, runlocal=False, target="tokens", width=256, layers=4)
+  a = parse_arg(arg, runlocal=False, target="tokens", width=256, layers=4, grpo="auto")
+  if a.grpo not in ("auto", "yes", "no"):
+    raise ValueError(f"shapes_tiny: grpo={a.grpo!r}: expected 'auto', 'yes' or 'no'")
   c = base_config()
   c.model = ml_collections.ConfigDict(dict(
       llm=dict(model_type="qwen2", vocab_size=128, hidden_size=128, intermediate_size=256, num_layers=2,
@@ -78,6 +80,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=96, gen_len=16,
       questions_per_scene=4, qa_turns=4, qa_leak_free=True, und_layout="question_first", dense_labels=True,
+      qa_kinds="color,shape,count,position,colorbench",
       edit_fraction=0.0, on_error="raise", worker_count=1))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   # target=ae/pixels: generation inputs on every third step (the others train understanding only,
@@ -95,6 +98,19 @@ def get_config(arg=None):
     c.train.update(total_steps=1500, gen_every=2, time_limit_minutes=12)
     c.train.ema_path = ""       # no DiT: the LLM draws, so an EMA (train.ema_decay) covers the model
     c.evals.guidance = 1.0
+  if a.grpo == "yes" or (a.grpo == "auto" and a.target == "tokens" and not a.runlocal):
+    # Two phases (train.py): the supervised recipe above, shortened so that its cosine schedule ends
+    # inside the budget, then GRPO on its image-token policy in <workdir>/rl, which keeps training
+    # understanding (rl.und_weight) while the exact ShapesWorld detector's reward trains drawing; the
+    # final evaluations run after GRPO.
+    c.train.update(total_steps=1500, time_limit_minutes=8.5)
+    c.rl = grpo_block(a.runlocal)
+    c.rl.update(after_supervised=True, und_weight=1.0, supervised_evals="",
+                train=dict(total_steps=200, time_limit_minutes=3.5, log_every=10, eval_every=1000,
+                           ckpt_every=50),
+                optim=dict(lr=1e-4, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0))
+    if a.runlocal:
+      c.rl.train.update(total_steps=2, log_every=1, eval_every=10, ckpt_every=1, time_limit_minutes=None)
   if a.runlocal:   # a smoke run: a few steps, small evals
     c.data.config = "tiny"
     c.data.batch_size = 8
@@ -104,3 +120,20 @@ def get_config(arg=None):
     c.optim.warmup_steps = 2
     c.evals.update(qa_per_kind=4, geneval_prompts=8, sample_steps=2, batch_size=8)
   return c
+
+
+def grpo_block(runlocal: bool = False) -> ml_collections.ConfigDict:
+  """`config.rl` of GRPO on the image-token policy (configs/shapes_grpo.py, and the second phase of
+  this config): G images per prompt, the reward mixture (the exact ShapesWorld GenEval detector:
+  dense partial credit, the strict verdict logged), clip ε, KL β to the frozen start."""
+  rl = ml_collections.ConfigDict(dict(
+      group_size=8, prompts_per_step=8,
+      clip_eps=0.2, clip_eps_high=placeholder(float), kl_beta=0.04, aggregate="sequence", scale="std",
+      inner_epochs=1, und_weight=0.0,
+      temperature=placeholder(float), pattern_temperature=placeholder(float),   # None: the model's
+      rewards=dict(geneval_dense=1.0, geneval=0.0),   # weights; a 0 weight is still logged
+      external={},                                    # {"pkg.module:factory": {"weight": w, ...}}
+      prompt_pool=0))                                 # > 0: only the first N train prompts
+  if runlocal:
+    rl.update(group_size=4, prompts_per_step=2)
+  return rl

@@ -101,7 +101,7 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
   if name != "shapes_world":
     raise ConfigError(f"config.data.name={name!r}: expected 'shapes_world', 'mctune' or one of {REAL_SOURCES}")
   from input_pipeline import shapes_world as sw
-  from input_pipeline.shapes_tasks import GEN_LEN, UND_LEN, ShapesTaskSource
+  from input_pipeline.shapes_tasks import GEN_LEN, OPEN_QA_KINDS, UND_LEN, ShapesTaskSource
   data_dir = data.get("data_dir") or default_data_dir()
   cfg_name = data.get("config", "res32")
   tok = shapes_world_tokenizer(data_dir, cfg_name, workdir)
@@ -115,6 +115,8 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
                       else model.get("gen_image_size", 32)),
       questions_per_scene=data.get("questions_per_scene", 4), edit_fraction=data.get("edit_fraction", 0.0),
       turns=data.get("qa_turns", 1), leak_free=data.get("qa_leak_free", False),
+      qa_kinds=tuple(k.strip() for k in str(data.get("qa_kinds") or ",".join(OPEN_QA_KINDS)).split(",")
+                     if k.strip()),
       layout=data.get("und_layout", "image_first"),
       dense_grid=(model.und_encoder.image_size // model.und_encoder.patch_size
                   if data.get("dense_labels") and model.get("und_encoder") else 0))

@@ -52,8 +52,9 @@ def _texts(record: dict[str, Any]) -> Iterable[str]:
 
 def shapes_tokenizer(records: Iterable[dict[str, Any]]) -> WordTokenizer:
   """A word-level tokenizer over every prompt, edit instruction, question and answer in `records`
-  (raw or decoded)."""
-  texts = [t for r in records for t in _texts(r)]
+  (raw or decoded), and the words of the colour-reasoning questions made on the fly."""
+  from input_pipeline.shapes_world.qa import REASONING_TEXTS
+  texts = [t for r in records for t in _texts(r)] + list(REASONING_TEXTS)
   return WordTokenizer.from_texts(texts)
 
 
@@ -64,8 +65,25 @@ def to_unit_range(image: np.ndarray, size: int) -> np.ndarray:
   return image.astype(np.float32) / 127.5 - 1.0
 
 
+QA_KINDS = OPEN_QA_KINDS + ("colorbench",)
+
+
 def open_questions(qa: Sequence[dict], kinds: Sequence[str] = OPEN_QA_KINDS) -> list[dict]:
-  return [q for q in qa if q.get("kind") in kinds and "choices" not in q]
+  """The items of `kinds` as open questions: a stored ColorBench-style item (kind "colorbench", with
+  choices) is asked as its bare question with its choice text as the answer, as the ShapesWorld
+  ColorBench evaluation asks it."""
+  return [q if "choices" not in q else {"kind": q["kind"], "question": q["question"], "answer": q["answer"]}
+          for q in qa if q.get("kind") in kinds]
+
+
+def scene_questions(ex: dict[str, Any], kinds: Sequence[str]) -> list[dict]:
+  """The example's stored Q/A items, plus its colour-reasoning questions (`qa.reasoning_questions`,
+  made from its scene) when `kinds` asks for "colorbench"."""
+  if "colorbench" not in kinds:
+    return list(ex["qa"])
+  from input_pipeline.shapes_world.qa import reasoning_questions
+  from input_pipeline.shapes_world.scene import Scene
+  return list(ex["qa"]) + reasoning_questions(Scene.from_dict(ex["scene"]))
 
 
 def pick_question(qa: Sequence[dict], kinds: Sequence[str], *, scene: int, round_: int) -> dict:
@@ -175,6 +193,10 @@ class ShapesTaskSource:
     self.scenes, self.tok = scenes, tokenizer
     self.n_img, self.und_len, self.gen_len = num_image_tokens, und_len, gen_len
     self.und_size, self.gen_size = und_image_size, gen_image_size
+    unknown = [k for k in qa_kinds if k not in QA_KINDS]
+    if unknown or not qa_kinds:
+      raise ValueError(f"data.qa_kinds={','.join(qa_kinds)!r}: expected a comma-separated subset of "
+                       f"{','.join(QA_KINDS)}")
     self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
     self.edit_fraction, self.turns = edit_fraction, turns
     self.dense_grid, self.leak_free, self.layout = dense_grid, leak_free, layout
@@ -193,8 +215,9 @@ class ShapesTaskSource:
     ids = [self.tok.bos_id] + ([self.tok.image_id] * self.n_img if first else [])
     weights = [0] * len(ids)
     asked, context, kinds_asked = set(), " ", set()
+    qa = scene_questions(ex, self.kinds)
     for t in range(self.turns):   # <bos> <image>×n Q1 A1 <eos> Q2 A2 <eos> ...; loss on A_t <eos>
-      item = pick_question(ex["qa"], self.kinds, scene=int(i) % n, round_=(int(i) // n) * self.turns + t)
+      item = pick_question(qa, self.kinds, scene=int(i) % n, round_=(int(i) // n) * self.turns + t)
       question = (self.tok.encode(item["question"]) if first   # Q_t [<image>×n [Q_t]] A_t
                   else _turn(self.tok, item["question"], self.n_img, self.layout))
       answer = self.tok.encode(str(item["answer"])) + [self.tok.eos_id]

@@ -32,6 +32,25 @@ def run_workdir(path: str) -> str:
   return norm
 
 
+def final_workdir(path: str) -> str:
+  """The run directory holding a run's final weights: `run_workdir(path)`, or for a two-phase run
+  (train.py with `config.rl.after_supervised`) whose `phases.json` records a finished GRPO phase, its
+  `rl/` run (the post-trained policy). evaluate.py, sample.py and serve.py load from here; name
+  `<workdir>/rl` or the supervised checkpoints folder `<workdir>/checkpoints` to choose."""
+  import json
+  workdir = run_workdir(path)
+  if "://" in workdir or os.path.basename(os.path.normpath(path)) == "checkpoints":
+    return workdir
+  record = os.path.join(workdir, "phases.json")
+  try:
+    with open(record) as f:
+      finished = "rl" in json.load(f)
+  except (OSError, ValueError):
+    return workdir
+  rl = os.path.join(workdir, "rl")
+  return rl if finished and os.path.isdir(os.path.join(rl, "checkpoints")) else workdir
+
+
 def checkpoint_step(workdir: str, step: int | None = None) -> int:
   """`step` if the run has a complete checkpoint for it, else (step None) the latest one.
 

@@ -55,6 +55,29 @@ def test_config_errors():
     grpo.GRPOConfig(aggregate="mean")
   with pytest.raises(ConfigError, match="temperature=0"):
     grpo.GRPOConfig(temperature=0)
+  with pytest.raises(ConfigError, match="und_weight"):
+    grpo.GRPOConfig(und_weight=-1.0)
+
+
+def test_phase_configs_of_the_embedded_default():
+  """configs/shapes_tiny.py is two phases: the supervised config (no `rl`, no final evaluation of its
+  own) in the workdir, then GRPO from it in <workdir>/rl with rl.train / rl.optim applied."""
+  from configs import shapes_tiny
+  from jaxmodels.errors import ConfigError
+  from jaxmodels.trainer.grpo import phase_configs
+  from jaxmodels.trainer.setup import is_grpo_run
+  config = shapes_tiny.get_config()
+  assert config.rl.after_supervised and not is_grpo_run(config)
+  sup, post, rl_dir = phase_configs(config, "runs/x")
+  assert "rl" not in sup and sup.evals.which == "" and sup.train.total_steps == config.train.total_steps
+  assert rl_dir == "runs/x/rl" and post.init.checkpoint == "runs/x" and is_grpo_run(post)
+  assert post.train.total_steps == config.rl.train.total_steps and post.optim.lr == config.rl.optim.lr
+  assert post.rl.und_weight > 0 and "after_supervised" not in post.rl and "train" not in post.rl
+  assert post.evals.which == config.evals.which                   # the run's final evaluations
+  assert "rl" not in shapes_tiny.get_config("grpo=no") and "rl" not in shapes_tiny.get_config("target=ae")
+  config.rl.train.steps = 3
+  with pytest.raises(ConfigError, match=r"config.rl.train: unknown key\(s\) \['steps'\]"):
+    phase_configs(config, "runs/x")
 
 
 def test_partial_credit_and_questions():
@@ -204,6 +227,7 @@ def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
   # A random source model often draws groups with one GenEval score (zero advantages, no update);
   # the external hook's brightness reward differs between any two images, so every step moves the policy.
   config.rl.external = {"test_grpo:brightness_reward": {"weight": 1.0}}
+  config.rl.und_weight = 0.5    # a supervised understanding batch in every update: its iterator resumes too
   full = tmp_path / "full"
   scores = train.train_and_evaluate(config, str(full))
   assert "geneval" in scores
@@ -213,6 +237,7 @@ def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
   assert {f"train/{k}" for k in ("rl/kl", "rl/clip_frac", "rl/reward/geneval", "rl/diversity", "loss")} <= \
       set(train_rows[0])
   assert train_rows[-1]["train/rl/kl"] > 0            # the policy moved away from its reference
+  assert all(r["train/und/und_loss"] > 0 for r in train_rows)
   # "interrupted" after step 2: a copy of the run without its step-4 checkpoint, resumed
   part = tmp_path / "part"
   shutil.copytree(full / "checkpoints", part / "checkpoints")
@@ -315,3 +340,36 @@ def test_plan_compiles_the_grpo_update():
   assert out["temp_bytes"] > 0
   # params: policy + reference; Adam: two moments of the policy alone
   assert out["optimizer_bytes"] == pytest.approx(out["params_bytes"], rel=0.05)
+
+
+@pytest.mark.slow
+def test_two_phase_run_ends_with_the_grpo_policy(tmp_path):
+  """The README main command's shape (configs/shapes_tiny.py, here `:runlocal,grpo=yes`): supervised
+  steps in the workdir, then GRPO in <workdir>/rl; the final scores and samples are the policy's and
+  are copied up; evaluate.py on the workdir loads the policy (`run_dir.final_workdir`); a rerun of the
+  finished run trains nothing again."""
+  import json
+
+  import evaluate
+  import train
+  from configs import shapes_tiny
+  from jaxmodels.run_dir import checkpoint_step, final_workdir
+  config = shapes_tiny.get_config("runlocal,grpo=yes")
+  config.evals.which = "qa,geneval"
+  run = tmp_path / "run"
+  scores = train.train_and_evaluate(config, str(run))
+  phases = json.load(open(run / "phases.json"))
+  assert phases["supervised"]["step"] == config.train.total_steps and phases["rl"]["minutes"] > 0
+  assert checkpoint_step(str(run / "rl")) == config.rl.train.total_steps
+  top = json.load(open(run / "scores.json"))
+  assert top["qa"] == json.load(open(run / "rl" / "scores.json"))["qa"] == scores["qa"]
+  assert top["source"] == str(run) and (run / "samples.png").read_bytes() == (run / "rl" / "samples.png").read_bytes()
+  rows = [json.loads(x) for x in open(run / "rl" / "metrics.jsonl")]
+  assert any("train/und/und_loss" in r for r in rows)            # rl.und_weight of the default
+  assert final_workdir(str(run)) == str(run / "rl") and final_workdir(str(run / "checkpoints")) == str(run)
+  again = evaluate.evaluate_checkpoint(None, str(run), str(tmp_path / "eval"), evals=("qa",))
+  assert again["qa"] == scores["qa"]                              # the GRPO policy, not the supervised model
+  before = sorted(p.name for p in (run / "checkpoints").iterdir())
+  train.train_and_evaluate(config, str(run))                      # finished: nothing retrained
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+  assert checkpoint_step(str(run / "rl")) == config.rl.train.total_steps

@@ -114,7 +114,7 @@ def test_reasoning_answers_follow_from_pixels(rows):
     assert S._proportion_label(frac) == _answer_text(r)
   for r in _by_task(rows, "Color Comparison"):
     found = det.detect(S.row_pixels(r))
-    lum = {d["class"]: S.luminance(palette.COLOR_RGB[d["color"]]) for d in found}
+    lum = {d["class"]: palette.luminance(palette.COLOR_RGB[d["color"]]) for d in found}
     pick = min if "darkest" in r["question"] else max
     assert pick(lum, key=lum.get) == _answer_text(r) and set(lum) == set(r["choices"])
   for r in _by_task(rows, "Color Illusion"):   # the object pixels' own values decide
@@ -125,7 +125,7 @@ def test_reasoning_answers_follow_from_pixels(rows):
       px = half.reshape(-1, 3)
       obj = px[[tuple(p) not in surround for p in px]]
       assert len(np.unique(obj, axis=0)) == 1
-      lums.append(S.luminance(obj[0]))
+      lums.append(palette.luminance(obj[0]))
     want = ("They are the same" if lums[0] == lums[1] else
             "The left one" if lums[0] > lums[1] else "The right one")
     assert want == _answer_text(r)
@@ -197,3 +197,12 @@ def test_run_model_and_evaluate(rows):
     S.run_model(rows[:3], lambda im, t: ["A"], batch_size=2)
   with pytest.raises(EvalInputError, match="text must be"):
     S.run_model(rows[:3], oracle, text="caption")
+
+
+def test_match_option_reads_word_tokenizer_spacing():
+  """A word-level tokenizer decodes "[30, 160, 50]" as "[ 30, 160, 50 ]" and "5% to 10%" as
+  "5 % to 10 %": still the option; a reply that is no option stays unmatched."""
+  bins = [b[2] for b in S.PROPORTION_BINS]
+  assert S.match_option("[ 30, 160, 50 ]", ["[0, 0, 0]", "[30, 160, 50]"]) == "(B)"
+  assert S.match_option("5 % to 10 %.", bins) == "(B)"
+  assert S.match_option("10 % to", bins) is None and S.match_option(None, bins) is None

@@ -178,3 +178,53 @@ def test_a_decoded_split_iterates_like_a_list(scenes):
   assert rows[-1]["metadata"] == scenes[-1]["metadata"] == scenes[len(scenes) - 1]["metadata"]
   with pytest.raises(IndexError, match="out of range"):
     scenes[len(scenes)]
+
+
+def _scene(*objs):
+  from input_pipeline.shapes_world.scene import Scene, SceneObject
+  return Scene(tuple(SceneObject(s, c, xy, 0.25) for s, c, xy in objs))
+
+
+def test_reasoning_questions_follow_from_the_scene():
+  """Darkest / lightest by Rec. 601 luma (black 15, blue ~59, yellow ~218 here), asked only when the
+  answer's shape is unique and its luma 20 apart from every other; "which <shape> is lighter" only for
+  a shape drawn twice side by side."""
+  from input_pipeline.shapes_world.qa import reasoning_questions
+  qs = {q["question"]: q["answer"] for q in reasoning_questions(
+      _scene(("circle", "black", (0.2, 0.3)), ("star", "yellow", (0.7, 0.3)),
+             ("square", "blue", (0.25, 0.75)), ("square", "white", (0.75, 0.75))))}
+  assert qs == {"Which shape has the darkest color?": "circle",       # lightest: white's square is not unique
+                "Which square is lighter in color?": "The right one",
+                **{f"How many {c} objects are there?": "1" for c in ("black", "yellow", "blue", "white")}}
+  qs = {q["question"]: q["answer"] for q in reasoning_questions(
+      _scene(("cross", "red", (0.2, 0.5)), ("cross", "red", (0.8, 0.5))))}
+  assert qs == {"Which cross is lighter in color?": "They are the same", "How many red objects are there?": "2"}
+  # the same shape twice, one above the other: no left / right answer
+  stacked = reasoning_questions(_scene(("cross", "red", (0.5, 0.2)), ("cross", "blue", (0.55, 0.8))))
+  assert [q["question"] for q in stacked] == ["How many red objects are there?", "How many blue objects are there?"]
+  assert [q["question"] for q in reasoning_questions(_scene(("star", "green", (0.5, 0.5))))] == \
+      ["How many green objects are there?"]              # one object: nothing to compare
+
+
+def test_colorbench_kind_asks_open_colour_questions(scenes, tok):
+  """data.qa_kinds with "colorbench": the stored multiple-choice items are asked as bare questions with
+  the choice text as the answer (as ShapesWorld-ColorBench asks them), plus the scene's reasoning
+  questions; every answer's words are in the tokenizer's vocabulary."""
+  from input_pipeline.shapes_tasks import open_questions, scene_questions
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=48,
+                         qa_kinds=("color", "shape", "count", "position", "colorbench"))
+  asked = collections.Counter()
+  for i in range(len(src)):
+    ex = src[i]
+    ids, loss = ex["und_ids"], ex["und_loss_mask"]
+    question = tok.decode(ids[5:int(np.argmax(loss))])
+    answer = tok.decode(ids[ids > 0][np.asarray(loss[ids > 0], bool)][:-1])
+    items = open_questions(scene_questions(scenes[i % len(scenes)], ("colorbench",)), ("colorbench",))
+    match = [q for q in items if tok.decode(tok.encode(q["question"])) == question]
+    if match:
+      asked["colorbench"] += 1
+      assert answer == tok.decode(tok.encode(match[0]["answer"]))
+      assert tok.unk_id not in tok.encode(match[0]["answer"])
+  assert asked["colorbench"] > 0.1 * len(src), asked
+  with pytest.raises(ValueError, match="data.qa_kinds"):
+    ShapesTaskSource(scenes, tok, num_image_tokens=4, qa_kinds=("color", "colour"))

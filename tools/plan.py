@@ -127,9 +127,9 @@ def plan(config, hbm_gb: float | None = None, *, compile_step: bool = True) -> d
 
   from jaxmodels import sharding
   from jaxmodels.trainer import make_train_step
-  from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
+  from jaxmodels.trainer.setup import is_grpo_run, mesh_and_rules, train_state_factory
   mesh, rules = mesh_and_rules(config)
-  rl = bool(config.get("rl"))          # GRPO: policy + frozen reference, the update on one rollout batch
+  rl = is_grpo_run(config)          # GRPO: policy + frozen reference, the update on one rollout batch
   if rl:
     from jaxmodels.trainer.grpo import grpo_batch_spec, grpo_state_factory
     make_state, lr = grpo_state_factory(config)

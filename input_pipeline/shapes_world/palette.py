@@ -69,6 +69,11 @@ BACKGROUND_RGB: tuple[int, int, int] = (153, 153, 153)
 PALETTE: np.ndarray = np.array([COLOR_RGB[c] for c in COLORS], np.uint8)
 
 
+def luminance(rgb) -> np.ndarray:
+  """Rec. 601 luma (0.299 R + 0.587 G + 0.114 B) of RGB values [..., 3] in 0..255."""
+  return np.asarray(rgb, np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
 def color_id(name: str) -> int:
   """Index of a colour name in `COLORS` (raises ValueError if unknown)."""
   try:

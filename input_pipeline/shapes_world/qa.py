@@ -31,6 +31,13 @@ line). Tasks, modelled on ColorBench's perception/reasoning tasks:
   1 percentage point of a range boundary);
 * color_extraction: "What is the RGB value of the <shape>?" — "[r, g, b]".
 
+Colour-reasoning questions (`reasoning_questions`, made from a scene's objects when asked, not
+stored): "How many <colour> objects are there?" for each colour drawn, "Which shape has the
+darkest / lightest color?" (the object's shape is unique and its
+luminance at least `LUMA_GAP` from every other object's) and "Which <shape> is lighter in color?"
+for a shape drawn exactly twice, side by side ("The left one", "The right one", "They are the
+same" for one colour). Luminance is Rec. 601 (`palette.luminance`).
+
 Example:
   >>> from input_pipeline.shapes_world.render import render_with_masks
   >>> from input_pipeline.shapes_world.scene import SceneObject
@@ -64,6 +71,12 @@ PROPORTION_BINS: tuple[tuple[float, float, str], ...] = (
     (0.20, 0.30, "20% to 30%"), (0.30, 1.01, "more than 30%"),
 )
 SELECT = "Select from the following choices."
+LUMA_GAP = 20.0     # luminance difference that makes "darker" / "lighter" unmistakable
+SIDE_GAP = 0.2      # centre distance (of the canvas side) that makes "left" / "right" unmistakable
+LIGHTER_ANSWERS = ("The left one", "The right one", "They are the same")
+# Every word the reasoning questions use (the tokenizer's vocabulary must hold them).
+REASONING_TEXTS = ("Which shape has the darkest color?", "Which shape has the lightest color?",
+                   "Which circle is lighter in color?") + LIGHTER_ANSWERS
 
 
 def mcq(task: str, question: str, choices: list[str], answer: str) -> dict[str, Any]:
@@ -192,6 +205,40 @@ def colorbench_question(rng: np.random.Generator, task: str, scene: Scene,
     rng.shuffle(choices)
     return mcq(task, f"What is the RGB value of the {o.shape}?", list(choices), fmt(rgb))
   return None
+
+
+def reasoning_questions(scene: Scene) -> list[dict[str, Any]]:
+  """The colour-reasoning questions of a scene (module docstring), kind "colorbench", open answers."""
+  objs = scene.objects
+  lum = [float(palette.luminance(palette.COLOR_RGB[o.color])) for o in objs]
+  items: list[dict[str, Any]] = []
+  for word, pick in (("darkest", int(np.argmin(lum)) if lum else 0),
+                     ("lightest", int(np.argmax(lum)) if lum else 0)):
+    others = [l for k, l in enumerate(lum) if k != pick]
+    if (others and scene.count(shape=objs[pick].shape) == 1
+        and min(abs(lum[pick] - l) for l in others) >= LUMA_GAP):
+      items.append({"kind": "colorbench", "question": f"Which shape has the {word} color?",
+                    "answer": objs[pick].shape})
+  for color in palette.COLORS:   # the stored object-counting items mostly ask an absent colour
+    if scene.count(color=color):
+      items.append({"kind": "colorbench", "question": f"How many {color} objects are there?",
+                    "answer": str(scene.count(color=color))})
+  for shape in shapes.SHAPES:
+    pair = [k for k, o in enumerate(objs) if o.shape == shape]
+    if len(pair) != 2:
+      continue
+    left, right = sorted(pair, key=lambda k: objs[k].center[0])
+    if objs[right].center[0] - objs[left].center[0] < SIDE_GAP:
+      continue
+    if objs[left].color == objs[right].color:
+      answer = LIGHTER_ANSWERS[2]
+    elif abs(lum[left] - lum[right]) >= LUMA_GAP:
+      answer = LIGHTER_ANSWERS[0] if lum[left] > lum[right] else LIGHTER_ANSWERS[1]
+    else:
+      continue
+    items.append({"kind": "colorbench", "question": f"Which {shape} is lighter in color?",
+                  "answer": answer})
+  return items
 
 
 def make_qa(rng: np.random.Generator, scene: Scene, rendering: Rendering,

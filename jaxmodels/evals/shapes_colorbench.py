@@ -63,11 +63,6 @@ PLATE_PAIRS = (((205, 105, 70), (125, 150, 70)), ((215, 90, 110), (110, 145, 95)
 SELECT = "Select from the following choices."
 
 
-def luminance(rgb) -> np.ndarray:
-  """Rec. 601 luma of RGB values [..., 3] (0..255)."""
-  return np.asarray(rgb, np.float64) @ np.array([0.299, 0.587, 0.114])
-
-
 def hue_rotate(image: np.ndarray, degrees: float, mask: np.ndarray | None = None) -> np.ndarray:
   """Rotates the HSV hue of uint8 [H, W, 3] pixels (those in bool `mask` [H, W], else all)."""
   x = image.astype(np.float64) / 255.0
@@ -189,7 +184,7 @@ def _proportion(rng, size):
 def _comparison(rng, size):
   n = int(rng.integers(3, 5))
   colors = _pick(rng, [c for c in palette.COLORS if c not in ("black", "white")], n)
-  lum = luminance([palette.COLOR_RGB[c] for c in colors])
+  lum = palette.luminance([palette.COLOR_RGB[c] for c in colors])
   if np.min(np.diff(np.sort(lum))) < 20:  # keep the order of lightness unmistakable
     return None
   shape_list = _pick(rng, shapes.SHAPES, n)
@@ -404,12 +399,14 @@ def row_pixels(row: dict) -> np.ndarray:
 
 
 def match_option(response: str | None, choices: Sequence[str]) -> str | None:
-  """"(X)" when a reply is exactly one option's text (case and end punctuation ignored): the
+  """"(X)" when a reply is exactly one option's text (case, spacing and end punctuation ignored: a
+  word-level tokenizer writes "[30, 160, 50]" back as "[ 30, 160, 50 ]" and "5%" as "5 %"): the
   adapter for models trained on open answers. Returns None otherwise."""
   if response is None:
     return None
-  text = response.strip().strip(".").strip().lower()
-  hits = [i for i, c in enumerate(choices) if c.strip().lower() == text]
+  key = lambda t: "".join(t.strip().strip(".").lower().split())  # noqa: E731
+  text = key(response)
+  hits = [i for i, c in enumerate(choices) if key(c) == text]
   return f"({string.ascii_uppercase[hits[0]]})" if len(hits) == 1 else None
 
 

@@ -241,8 +241,11 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
         seed=config.seed, image_size=size,
         per_task=(ev.get("colorbench_per_task") or min(small, 8)) if final else 2,
         robustness_seeds=(ev.get("colorbench_seeds") or min(small, 8)) if final else 2)
-    answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
-                             prompt_len=und_len, layout=layout)
+    # Room for the longest option (an RGB value "[r, g, b]" is 7 words) and <eos>: a reply cut short
+    # can never equal an option.
+    longest = max(len(tokenizer.encode(str(c))) for r in rows for c in r["choices"])
+    answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size, prompt_len=und_len,
+                             max_new_tokens=longest + 1, layout=layout)
     result = shapes_colorbench.evaluate(answer, rows, batch_size=ev.batch_size, text="question",
                                         match_choices=True, progress=final)
     scores["colorbench"] = _present(shapes_colorbench.summary(result))

@@ -47,7 +47,11 @@ class GRPOConfig:
   """group_size G (images per prompt), clip_eps ε_low (and ε_high; None: the same — DAPO's
   "clip-higher" sets it larger), kl_beta β, aggregate (AGGREGATES), scale: "std" divides the centred
   rewards by the group's standard deviation (GRPO), "none" only centres them (Dr. GRPO), temperature /
-  pattern_temperature of the rollouts (None: the model's `patch_tokens` sampling temperatures)."""
+  pattern_temperature of the rollouts (None: the model's `patch_tokens` sampling temperatures),
+  und_weight: the weight of the policy's supervised understanding loss on the `und_*` inputs a batch
+  carries (answer CE + dense labels, `UnifiedModel.understanding_loss`): GRPO alone never trains the
+  understanding path, so a run that starts from a briefly trained policy keeps learning to answer
+  while RL trains drawing (0: the GRPO objective only)."""
   group_size: int = 8
   clip_eps: float = 0.2
   clip_eps_high: float | None = None
@@ -58,6 +62,7 @@ class GRPOConfig:
   pattern_temperature: float | None = None
   render_steps: int = 30
   render_guidance: float = 1.0
+  und_weight: float = 0.0
 
   def __post_init__(self):
     if self.group_size < 2:
@@ -72,6 +77,8 @@ class GRPOConfig:
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ConfigError(f"config.rl.{name}={value}: must be > 0 (a greedy policy has no gradient)")
+    if self.und_weight < 0:
+      raise ConfigError(f"config.rl.und_weight={self.und_weight}: must be >= 0")
 
 
 def group_advantages(rewards, *, scale: str = "std", eps: float = 1e-4) -> np.ndarray:
@@ -259,12 +266,18 @@ class GRPOPolicy(nnx.Module):
     return tokens, images, old, ref, weights
 
   def loss(self, batch, rng) -> tuple[jax.Array, dict]:
+    """The GRPO objective on the rollout keys, plus `und_weight` × the policy's understanding loss when
+    the batch also carries a supervised understanding batch (`und_*` keys, its own batch size)."""
     del rng
     c = self.config
     logp, weights = self.logprobs(self.policy, batch)
-    return clipped_objective(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"], weights,
-                             clip_eps=c.clip_eps, clip_eps_high=c.clip_eps_high, kl_beta=c.kl_beta,
-                             aggregate=c.aggregate)
+    loss, metrics = clipped_objective(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
+                                      weights, clip_eps=c.clip_eps, clip_eps_high=c.clip_eps_high,
+                                      kl_beta=c.kl_beta, aggregate=c.aggregate)
+    if c.und_weight and "und_ids" in batch:
+      und, m = self.policy.understanding_loss({k: v for k, v in batch.items() if k.startswith("und_")})
+      loss, metrics = loss + c.und_weight * und, {**metrics, **{f"und/{k}": v for k, v in m.items()}}
+    return loss, metrics
 
 
 POLICY_PARAMS = nnx.All(nnx.Param, nnx.PathContains("policy"))

@@ -31,8 +31,8 @@ class Loaded:
 def saved_config(workdir: str, step: int | None = None):
   """The config the run stored (`jaxmodels.run_dir.stored_config`: with checkpoint `step`, default the
   latest, else `<workdir>/config.json`) as a ConfigDict."""
-  from jaxmodels.run_dir import checkpoint_step, run_workdir, stored_config
-  workdir = run_workdir(workdir)
+  from jaxmodels.run_dir import checkpoint_step, final_workdir, stored_config
+  workdir = final_workdir(workdir)
   return stored_config(workdir, checkpoint_step(workdir, step))
 
 

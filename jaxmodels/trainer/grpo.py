@@ -34,7 +34,7 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.rl.grpo import GRPOConfig, GRPOPolicy, group_advantages
 
 GRPO_KEYS = ("group_size", "clip_eps", "clip_eps_high", "kl_beta", "aggregate", "scale", "temperature",
-             "pattern_temperature", "render_steps", "render_guidance")
+             "pattern_temperature", "render_steps", "render_guidance", "und_weight")
 
 
 def grpo_config_of(config) -> GRPOConfig:
@@ -105,6 +105,50 @@ def with_source_model(config, src_config):
   return merged
 
 
+PHASE_KEYS = ("after_supervised", "train", "optim", "supervised_evals")
+
+
+def phase_configs(config, workdir: str):
+  """(supervised config, RL config, RL workdir) of a two-phase run (`config.rl.after_supervised`):
+  train.py first trains `config` without its `rl` block in `workdir` (final evaluations
+  `rl.supervised_evals`, default none), then runs GRPO from that run's weights in `<workdir>/rl`, with
+  `config.train` / `config.optim` updated by `rl.train` / `rl.optim` (keys they must already have)."""
+  import ml_collections
+  d = config.to_dict()
+  rl = d.pop("rl")
+  sup = ml_collections.ConfigDict(d)
+  sup.evals.which = rl.get("supervised_evals") or ""
+  post = ml_collections.ConfigDict(config.to_dict())
+  for name in ("train", "optim"):
+    extra = dict(rl.get(name) or {})
+    unknown = sorted(set(extra) - set(d[name]))
+    if unknown:
+      raise ConfigError(f"config.rl.{name}: unknown key(s) {unknown}; they update config.{name}, whose keys "
+                        f"are {sorted(d[name])}")
+    post[name].update(extra)
+  for key in PHASE_KEYS:
+    if key in post.rl:
+      del post.rl[key]
+  post.init.checkpoint = workdir
+  return sup, post, os.path.join(workdir, "rl")
+
+
+def carry_tokenizer(src_dir: str, workdir: str) -> None:
+  """Copies the source run's tokenizer (`tokenizer.json`, or the `tokenizer/` folder of a Hugging Face
+  one) into `workdir`, unless it is there already."""
+  import shutil
+  from input_pipeline.tokenizers import RUN_TOKENIZER_DIR
+  for name in ("tokenizer.json", RUN_TOKENIZER_DIR):
+    src, dst = os.path.join(src_dir, name), os.path.join(workdir, name)
+    if os.path.exists(dst) or not os.path.exists(src):
+      continue
+    if os.path.isdir(src):
+      shutil.copytree(src, dst + ".tmp", dirs_exist_ok=True)
+    else:
+      shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
 class PromptStream:
   """The GenEval-schema records of a ShapesWorld split, `per_step` a step: step s takes rows s·k ..
   s·k + k - 1 of an endless sequence of permutations keyed by `seed` (restartable at any step)."""
@@ -138,8 +182,9 @@ def diversity(images: np.ndarray, group: int) -> float:
   return float(np.mean([len({row.tobytes() for row in g}) / group for g in flat]))
 
 
-def train_grpo(config, workdir: str) -> dict:
-  """Runs GRPO (module docstring) in `workdir` and returns the final scores."""
+def train_grpo(config, workdir: str, report: bool = True) -> dict:
+  """Runs GRPO (module docstring) in `workdir` and returns the final scores (`report`: also print
+  the score table)."""
   from input_pipeline.datasets import default_data_dir
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer
@@ -164,7 +209,14 @@ def train_grpo(config, workdir: str) -> dict:
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                       async_save=config.checkpoint.async_save, cleanup_tmp=True)
   ckpt.quarantine_incomplete()
-  start, restored = ckpt.restore_latest(sharding.abstract_state(state, shardings))
+  # rl.und_weight > 0: every update also takes a supervised understanding batch from the source run's
+  # data pipeline (its tokenizer, its Q/A mix); the iterator's position is checkpointed with the state.
+  und_data = None
+  if gcfg.und_weight:
+    from input_pipeline.datasets import make_train_data
+    und_data = make_train_data(config, src_dir, num_image_tokens=ts.model.policy.num_image_tokens)
+  data_iter = und_data.iterator if und_data is not None else None
+  start, restored = ckpt.restore_latest(sharding.abstract_state(state, shardings), data_iter=data_iter)
   if start is not None:
     state = restored
     logging.info("resumed GRPO from %s at step %d", ckpt.directory, start)
@@ -181,6 +233,8 @@ def train_grpo(config, workdir: str) -> dict:
     write_config(workdir, config)
 
   tokenizer = run_tokenizer(src_dir, src_config)
+  if jax.process_index() == 0:   # the run carries its tokenizer, so evaluate.py / serve.py read it here
+    carry_tokenizer(src_dir, workdir)
   data_dir = config.data.get("data_dir") or default_data_dir()
   cfg_name = config.data.get("config", "res32")
   prompts = PromptStream(train_records(data_dir, cfg_name, rl.get("prompt_pool")), rl.prompts_per_step,
@@ -219,7 +273,8 @@ def train_grpo(config, workdir: str) -> dict:
     group_records = [r for r in records for _ in range(g)]
     total_reward, parts = rewards(images_u8, group_records)
     adv = group_advantages(total_reward.reshape(-1, g), scale=gcfg.scale).reshape(-1)
-    batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv))
+    und = {} if data_iter is None else {k: v for k, v in next(data_iter).items() if k.startswith("und_")}
+    batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv, **und))
     with sharding.use_mesh(mesh, rules):
       for epoch in range(rl.get("inner_epochs", 1)):
         state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1))
@@ -230,7 +285,7 @@ def train_grpo(config, workdir: str) -> dict:
                 "rl/diversity": diversity(images_u8, g)}
       writer.write(step, logged)
     if step % config.train.ckpt_every == 0 or step == total or out_of_time:
-      ckpt.save(step, state, config=json.loads(config.to_json_best_effort()))
+      ckpt.save(step, state, data_iter=data_iter, config=json.loads(config.to_json_best_effort()))
     if step % config.train.eval_every == 0 and step != total and not out_of_time:
       scores = shapes_eval.evaluate_model(policy_now(), tokenizer, config, data_dir, workdir,
                                           rng=jax.random.fold_in(eval_rng, step), final=False,
@@ -241,6 +296,9 @@ def train_grpo(config, workdir: str) -> dict:
       logging.info("time limit of %.1f minutes reached at step %d", limit, step)
       break
   ckpt.wait()
+  if und_data is not None:
+    from input_pipeline import pipeline
+    pipeline.close(data_iter)
   train_minutes = (time.time() - t0) / 60
   which = shapes_eval.selected_evals(config)
   scores = shapes_eval.evaluate_model(policy_now(), tokenizer, config, data_dir, workdir, rng=eval_rng,
@@ -252,5 +310,6 @@ def train_grpo(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "scores.json"), "w") as f:
       json.dump({"step": step, "train_minutes": train_minutes, "source": src_dir, "source_step": src_step,
                  **scores}, f, indent=2)
-    shapes_eval.print_scores(scores)
+    if report:
+      shapes_eval.print_scores(scores)
   return scores

@@ -223,18 +223,30 @@ def initialize(config, ts: TrainState, mesh, rules) -> None:
     nnx.update(ts.ema, jax.tree.map(jnp.copy, start))
 
 
+def is_grpo_run(config) -> bool:
+  """Whether `config` is a GRPO post-training run (`config.rl`), whose state is a policy + reference
+  (`trainer.grpo`), and not a two-phase run (`config.rl.after_supervised`) whose own state is the
+  supervised model's."""
+  return bool(config.get("rl")) and not config.rl.get("after_supervised")
+
+
 def restore_eval_model(config, workdir: str, step: int | None = None):
   """(model, step): the model of a run's checkpoint (`workdir`/checkpoints, latest step or `step`) for
   inference: the state tree train.py saved is built abstractly (nothing allocated twice), only the
   model and EMA weights are read (never the optimizer moments), placed on this run's mesh, and the
-  EMA weights are swapped in where the run kept an EMA (`TrainState.eval_model`). Shared by
-  evaluate.py and serve.py."""
+  EMA weights are swapped in where the run kept an EMA (`TrainState.eval_model`); of a GRPO run
+  (`config.rl`), the trained policy. Shared by evaluate.py and serve.py."""
   import os
 
   from jaxmodels.checkpoint import Checkpointer, restore_params
   from jaxmodels.errors import CheckpointFormatError
   mesh, rules = mesh_and_rules(config)
-  make_state, _ = train_state_factory(config)
+  grpo = is_grpo_run(config)
+  if grpo:
+    from jaxmodels.trainer.grpo import grpo_state_factory
+    make_state, _ = grpo_state_factory(config)
+  else:
+    make_state, _ = train_state_factory(config)
   abstract = nnx.eval_shape(make_state)
   graphdef, state = nnx.split(abstract)
   target = sharding.abstract_state(state, sharding.state_shardings(state, mesh, rules))
@@ -248,4 +260,4 @@ def restore_eval_model(config, workdir: str, step: int | None = None):
   nnx.update(ts.model, params["model"])
   if ts.ema is not None:
     nnx.update(ts.ema, params["ema"])
-  return ts.eval_model(), step
+  return (ts.eval_model().policy if grpo else ts.eval_model()), step

@@ -172,8 +172,19 @@ def write_config(workdir: str, config) -> list[str]:
       changes = []
     if changes:
       logging.warning("config differs from the one stored in %s: %s", path, "; ".join(changes))
+  write_text_atomic(path, text)
+  return changes
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` under a temporary name beside `path`, then renames it into place: a reader (or a
+  killed run's next start) sees the old file or the new one, never half of one."""
   tmp = f"{path}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
-  return changes
+
+
+def write_atomic_json(path: str, obj: Any) -> None:
+  """`obj` as indented JSON at `path`, atomically (`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(obj, indent=2))
