@@ -32,6 +32,18 @@ train.py turns remat off for multi-process CPU runs anyway, where XLA:CPU's gloo
 under it. The run stops at `train.total_steps` or after `train.time_limit_minutes`, then evaluates
 (Q/A, ShapesWorld-ColorBench, -GenEval and -ROVER) and prints the score table.
 
+With `target=tokens` (`:grpo=auto`, not for `:runlocal`; `:grpo=yes|no` forces it) the run has two
+phases (`config.rl.after_supervised`, train.py): the supervised recipe in the workdir, then GRPO on
+the LLM's patch-token policy in `<workdir>/rl` (`grpo_block`: the exact ShapesWorld GenEval
+detector's dense reward, G = 8 images per prompt), with the supervised understanding loss kept in
+every GRPO update (`rl.und_weight`); the final evaluations run on the GRPO policy. Supervised training
+alone leaves strict GenEval near 0.2; GRPO raises it the most per minute (BENCHMARKS.md, "A
+supervised phase then a GRPO phase"). Understanding turns include colour-reasoning questions
+(`data.qa_kinds` "colorbench": the dataset's ColorBench-style items asked open, plus darkest /
+lightest, which-is-lighter and per-colour counts made from the scene), and half of the understanding
+images have their background repainted (`data.und_background`, input_pipeline/shapes_world/augment.py:
+a random colour, a colour near an object's, or two tones), so answers do not depend on the grey.
+
     python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny
     python train.py --config=configs/shapes_tiny.py:runlocal --workdir=/tmp/shapes_smoke   # seconds
     python train.py --config=configs/shapes_tiny.py:target=ae --workdir=runs/shapes_tiny_ae
@@ -80,8 +92,8 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=96, gen_len=16,
       questions_per_scene=4, qa_turns=4, qa_leak_free=True, und_layout="question_first", dense_labels=True,
-      qa_kinds="color,shape,count,position,colorbench",
-      edit_fraction=0.0, on_error="raise", worker_count=1))
+      qa_kinds="color,shape,count,position,colorbench", und_background=0.0,
+      edit_fraction=0.0, long_edits="raise", on_error="raise", worker_count=1))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   # target=ae/pixels: generation inputs on every third step (the others train understanding only,
   # about half the cost): ~1500 steps fit the time limit on 2 cores and the cosine schedule ends with

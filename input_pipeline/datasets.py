@@ -117,7 +117,8 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
       turns=data.get("qa_turns", 1), leak_free=data.get("qa_leak_free", False),
       qa_kinds=tuple(k.strip() for k in str(data.get("qa_kinds") or ",".join(OPEN_QA_KINDS)).split(",")
                      if k.strip()),
-      layout=data.get("und_layout", "image_first"),
+      layout=data.get("und_layout", "image_first"), und_background=data.get("und_background", 0.0),
+      long_edits=data.get("long_edits", "raise"),
       dense_grid=(model.und_encoder.image_size // model.und_encoder.patch_size
                   if data.get("dense_labels") and model.get("und_encoder") else 0))
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=data.batch_size // jax.process_count(),

@@ -19,7 +19,9 @@ With `edit_fraction` = p > 0, a fixed pseudo-random fraction p of the elements (
 are edits instead of text-to-image pairs: gen_ids = <bos> <image>×n instruction, gen_image = the edit
 target, and every element carries gen_cond_image [S_u, S_u, 3] (the source scene for edits, all −1,
 i.e. black, for text-to-image rows, which hold no <image> placeholder). The model's generation loss
-splices the source image's tokens into the instruction (MetaQuery-style editing, `edit_drop`).
+splices the source image's tokens into the instruction (MetaQuery-style editing, `edit_drop`). An
+edit prompt longer than `gen_len` is an error, or with `long_edits="text_to_image"` that element is
+its scene's text-to-image pair instead (a short `gen_len` then keeps the one- and short two-step edits).
 
     tok = shapes_tokenizer(train_raw)                      # WordTokenizer over ShapesWorld's words
     src = ShapesTaskSource(load_split(d, "train", "res32", decode="lazy"), tok, num_image_tokens=16)
@@ -185,7 +187,7 @@ class ShapesTaskSource:
                gen_image_size: int = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
                edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False,
-               layout: str = "image_first"):
+               layout: str = "image_first", und_background: float = 0.0, long_edits: str = "raise"):
     if layout not in UND_LAYOUTS:
       raise ValueError(f"data.und_layout={layout!r}: expected one of {UND_LAYOUTS}")
     if not 0.0 <= edit_fraction <= 1.0:
@@ -200,6 +202,12 @@ class ShapesTaskSource:
     self.k, self.kinds = questions_per_scene, tuple(qa_kinds)
     self.edit_fraction, self.turns = edit_fraction, turns
     self.dense_grid, self.leak_free, self.layout = dense_grid, leak_free, layout
+    if not 0.0 <= und_background <= 1.0:
+      raise ValueError(f"data.und_background={und_background} must be in [0, 1]")
+    self.und_background = und_background
+    if long_edits not in ("raise", "text_to_image"):
+      raise ValueError(f"data.long_edits={long_edits!r}: expected 'raise' or 'text_to_image'")
+    self.long_edits = long_edits
 
   def is_edit(self, i: int) -> bool:
     """Whether element i is an edit (a fixed hash of i, so a fraction `edit_fraction` of any range)."""
@@ -236,16 +244,25 @@ class ShapesTaskSource:
     loss_mask = np.zeros((self.und_len,), np.int32)
     loss_mask[:len(weights)] = weights
     image = ex["image"]
-    out = dict(und_image=to_unit_range(image, self.und_size), und_ids=und_ids, und_mask=und_mask,
+    und_image = image
+    if self.und_background:   # a fixed fraction (a function of i) sees its background repainted
+      rng = np.random.default_rng([int(i), 0xB6])
+      if rng.random() < self.und_background:
+        from input_pipeline.shapes_world.augment import jitter_background
+        und_image = jitter_background(rng, image, [o["color"] for o in ex["scene"]["objects"]])
+    out = dict(und_image=to_unit_range(und_image, self.und_size), und_ids=und_ids, und_mask=und_mask,
                und_loss_mask=loss_mask)
     if self.dense_grid:
       out["und_labels"] = dense_labels(ex["scene"], self.und_size, self.dense_grid)
-    if self.edit_fraction and self.is_edit(i):
-      prompt = edit_prompt(self.tok, ex["edit_instruction"], self.n_img)
-      target, cond = ex["edit_image"], to_unit_range(image, self.und_size)
-      if len(prompt) > self.gen_len:   # truncating would drop the source image's tokens
+    prompt = (edit_prompt(self.tok, ex["edit_instruction"], self.n_img)
+              if self.edit_fraction and self.is_edit(i) else None)
+    if prompt is not None and len(prompt) > self.gen_len:   # truncating would drop the image's tokens
+      if self.long_edits == "raise":
         raise ValueError(f"an edit prompt has {len(prompt)} tokens > data.gen_len={self.gen_len}; raise "
-                         f"data.gen_len to at least {len(prompt)}")
+                         f"data.gen_len to at least {len(prompt)} (or data.long_edits='text_to_image')")
+      prompt = None             # long_edits="text_to_image": this element is the scene's own caption
+    if prompt is not None:
+      target, cond = ex["edit_image"], to_unit_range(image, self.und_size)
     else:
       prompt = [self.tok.bos_id] + self.tok.encode(ex["prompt"])
       target, cond = image, np.full((self.und_size, self.und_size, 3), -1.0, np.float32)

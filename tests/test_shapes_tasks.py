@@ -62,6 +62,21 @@ def test_edit_prompt_longer_than_gen_len_is_an_error(scenes, tok):
     src[0]
   with pytest.raises(ValueError, match="edit_fraction"):
     ShapesTaskSource(scenes, tok, num_image_tokens=16, edit_fraction=1.5)
+  # long_edits="text_to_image": an edit that does not fit is its scene's caption pair instead
+  fits = ShapesTaskSource(scenes, tok, num_image_tokens=4, gen_len=16, edit_fraction=1.0,
+                          long_edits="text_to_image")
+  kinds = set()
+  for i in range(len(scenes)):
+    ex, scene = fits[i], scenes[i]
+    ids = list(ex["gen_ids"][ex["gen_mask"] > 0])
+    if ids == edit_prompt(tok, scene["edit_instruction"], 4):
+      kinds.add("edit")
+      np.testing.assert_array_equal(ex["gen_image"], to_unit_range(scene["edit_image"], 32))
+    else:
+      kinds.add("caption")
+      assert len(edit_prompt(tok, scene["edit_instruction"], 4)) > 16 and tok.image_id not in ids
+      assert (ex["gen_cond_image"] == -1).all()
+  assert kinds == {"edit", "caption"}
 
 
 def test_every_question_kind_is_asked_evenly(scenes, tok):
