@@ -8,7 +8,8 @@ stage at toy scale; jaxmodels/trainer/grpo.py, jaxmodels/rl/).
         --config.init.checkpoint=/tmp/shapes_smoke                                   # seconds
 
 The policy's model and data settings come from the run `config.init.checkpoint` names (its stored
-config); this file sets the RL part: G images per prompt, the reward mixture (the exact ShapesWorld
+config; for the main command's two-phase workdir that is its supervised phase, whose own GRPO phase is
+in runs/shapes_tiny/rl); this file sets the RL part: G images per prompt, the reward mixture (the exact ShapesWorld
 GenEval detector: strict verdict and dense partial credit), clip ε, KL β to the frozen start, and a
 10-minute budget on 2 CPU cores. The supervised baseline for the same wall time continues the source
 run's training from the same weights:
