@@ -14,7 +14,7 @@ GenEval detector: strict verdict and dense partial credit), clip ε, KL β to th
 10-minute budget on 2 CPU cores. The supervised baseline for the same wall time continues the source
 run's training from the same weights:
 
-    python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_sft \
+    python train.py --config=configs/shapes_tiny.py:grpo=no --workdir=runs/shapes_sft \
         --config.init.checkpoint=runs/shapes_tiny --config.train.time_limit_minutes=10 \
         --config.optim.warmup_steps=0
 """

@@ -30,7 +30,7 @@ def arm_command(arm: str, source: str, workdir: str, seed: int, minutes: float, 
   if arm == "grpo":
     return [sys.executable, "train.py", "--config=configs/shapes_grpo.py", *common,
             "--config.train.total_steps=100000", "--config.train.eval_every=100000"]
-  return [sys.executable, "train.py", "--config=configs/shapes_tiny.py", *common,
+  return [sys.executable, "train.py", "--config=configs/shapes_tiny.py:grpo=no", *common,
           f"--config.optim.lr={lr}", "--config.optim.min_lr_ratio=1.0", "--config.optim.warmup_steps=0",
           "--config.train.total_steps=100000", "--config.train.eval_every=100000"]
 
