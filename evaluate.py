@@ -214,7 +214,7 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None,
   tok_path = os.path.join(workdir, "tokenizer.json")
   if "://" not in workdir and not os.path.exists(tok_path):
     raise CheckpointFormatError(f"{tok_path}: missing (the run's tokenizer is saved there by train.py)")
-  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.evals import shapes_eval
   from jaxmodels.trainer.setup import restore_eval_model, run_keys, shapes_eval_supported
   model, step = restore_eval_model(config, workdir, step)   # EMA weights where the run kept an EMA
   if not shapes_eval_supported(config, model):
@@ -368,7 +368,7 @@ def colorbench_from_checkpoint(config, workdir: str, step: int, out: str, data: 
   logging.info("ColorBench rows of %s: %d kept, %d to answer", data, len(plan.rows) - len(plan.todo),
                len(plan.todo))
   if plan.todo:
-    from jaxmodels.evals.shapes_world import model_answer_fn
+    from jaxmodels.evals.shapes_eval import model_answer_fn
     model, _ = restore_eval_model(config, workdir, step)   # EMA weights where the run kept an EMA
     room = settings["prompt_len"] - 1 - model.num_image_tokens
     line, warn = colorbench_generate.describe_prompts(plan, tokenizer, room)
@@ -442,7 +442,7 @@ def _judge():
 
 def _run():
   from jaxmodels.errors import ConfigError
-  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.evals import shapes_eval
   os.makedirs(_OUT.value, exist_ok=True)
   if _SCORE_ONLY.value:
     if _CONFIG.value is not None or _CHECKPOINT.value or _SET.value:

@@ -325,7 +325,7 @@ def grid(images: list, task_of: list[int], max_rows: int = 16):
 def _write_png(path: str, image) -> None:
   from pathlib import Path
 
-  from input_pipeline.shapes_world.render import encode_png
+  from jaxmodels.shapes_world.render import encode_png
   from jaxmodels.evals.output_records import write_atomic
   write_atomic(Path(path), encode_png(image))
 

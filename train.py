@@ -68,7 +68,7 @@ def _supervised_then_rl(config, workdir: str) -> dict:
 
   import jax
 
-  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.evals import shapes_eval
   from jaxmodels.trainer.grpo import phase_configs, train_grpo
   from jaxmodels.trainer.setup import check_run_settings
   from jaxmodels.trainer.workdir import write_atomic_json
@@ -111,12 +111,13 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
 
   from input_pipeline import pipeline
   from input_pipeline.datasets import make_train_data
+  from jaxmodels.unified.model_io import model_io
   from input_pipeline.tokenizers import save_with_run
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer, CheckpointWriteError
   from jaxmodels.config_utils import init_sources
   from jaxmodels.errors import CheckpointFormatError, ConfigError
-  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.evals import shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, step_flops
   from jaxmodels.trainer.setup import (gen_every_of, initialize, mesh_and_rules,
@@ -149,7 +150,7 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   ############################ Data ##########################################
   on_error = config.data.get("on_error", "raise")        # a corrupt record: "raise" or "skip" + count
   with pipeline.corrupt_record_policy(on_error):
-    data = make_train_data(config, workdir, num_image_tokens=ts.model.num_image_tokens)
+    data = make_train_data(config, workdir, io=model_io(config.model))
   if jax.process_index() == 0:   # the run carries its Hugging Face tokenizer: <workdir>/tokenizer/
     save_with_run(data.tokenizer, workdir)
   if data.tokenizer.vocab_size > ucfg.llm.vocab_size:

@@ -40,9 +40,10 @@ every GRPO update (`rl.und_weight`); the final evaluations run on the GRPO polic
 alone leaves strict GenEval near 0.2; GRPO raises it the most per minute (BENCHMARKS.md, "A
 supervised phase then a GRPO phase"). Understanding turns include colour-reasoning questions
 (`data.qa_kinds` "colorbench": the dataset's ColorBench-style items asked open, plus darkest /
-lightest, which-is-lighter and per-colour counts made from the scene), and half of the understanding
-images have their background repainted (`data.und_background`, input_pipeline/shapes_world/augment.py:
-a random colour, a colour near an object's, or two tones), so answers do not depend on the grey.
+lightest, which-is-lighter and per-colour counts made from the scene). `data.und_background` = p
+repaints the background of a fraction p of the understanding images (jaxmodels/shapes_world/augment.py:
+a random colour, a colour near an object's, or two tones); it is off by default (BENCHMARKS.md, "The
+main command in two phases": at 0.5 Q/A and perception fell within the budget).
 
     python train.py --config=configs/shapes_tiny.py --workdir=runs/shapes_tiny
     python train.py --config=configs/shapes_tiny.py:runlocal --workdir=/tmp/shapes_smoke   # seconds
@@ -52,7 +53,7 @@ a random colour, a colour near an object's, or two tones), so answers do not dep
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from input_pipeline.shapes_world import palette
+from jaxmodels.shapes_world import palette
 from jaxmodels.config_utils import base_config, parse_arg
 
 

@@ -1,6 +1,7 @@
 """Training data by name (`config.data.name`), as Grain iterators of per-process batches.
 
-    data = make_train_data(config, workdir, num_image_tokens=16)
+    io = model_io(config.model)            # the model's input contract (jaxmodels/unified/model_io.py)
+    data = make_train_data(config, workdir, io=io)
     batch = next(data.iterator)            # dict of numpy arrays [B_process, ...]
 
 Names: "shapes_world" (the embedded dataset, `shapes_tasks.py`) and the real-world readers of
@@ -16,8 +17,8 @@ Real-world rows (fixed shapes, `RealDataPreprocess`):
                                             pad to square with the encoder's mean colour, LLaVA's
                                             `image_aspect_ratio=pad`, or squash: `data.image_aspect`;
                                             bicubic resize; the model normalises for its tower)
-  und_ids [T] int32     the chat-formatted conversation with `num_image_tokens` copies of
-                        config.model.image_token_id where "<image>" was (T = `data.max_length`)
+  und_ids [T] int32     the chat-formatted conversation with `io.num_image_tokens` copies of
+                        `io.image_token_id` where "<image>" was (T = `data.max_length`)
   und_mask [T] int32    1 on tokens (right-padded)
   und_loss_mask [T] int32   1 on assistant tokens (their content and end-of-turn token)
   gen_image [G, G, 3], gen_ids [T_g], gen_mask [T_g]  caption sources with "gen" in `data.tasks`
@@ -40,9 +41,9 @@ import jax
 import numpy as np
 
 from jaxmodels.errors import ConfigError
+from jaxmodels.unified.model_io import ModelIO
 
 REAL_SOURCES = ("llava_json", "webdataset", "array_record", "tfds")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)     # Florence-2 / CLIP-style processors; LLaVA pads with it
 DEFAULT_CAPTION_PROMPT = "<image>\nDescribe the image in detail."
 
 
@@ -55,13 +56,13 @@ class TrainData:
 
 def default_data_dir() -> str:
   """Where ShapesWorld and other TFDS datasets are built (see shapes_world.builder.default_data_dir)."""
-  from input_pipeline.shapes_world.builder import default_data_dir as builder_default
+  from jaxmodels.shapes_world.builder import default_data_dir as builder_default
   return builder_default()
 
 
 def shapes_world_tokenizer(data_dir: str, config_name: str, workdir: str | None):
   """The run's tokenizer: reused from `<workdir>/tokenizer.json`, else built from the train split."""
-  from input_pipeline import shapes_world as sw
+  from jaxmodels import shapes_world as sw
   from input_pipeline.shapes_tasks import shapes_tokenizer
   return run_word_tokenizer(workdir, lambda: shapes_tokenizer(
       list(sw.load_split(data_dir, "train", config_name)) + list(sw.load_split(data_dir, "validation",
@@ -83,44 +84,42 @@ def run_word_tokenizer(workdir: str | None, build):
   return tok
 
 
-def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> TrainData:
+def make_train_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
+  """`config.data` -> TrainData for a model that reads `io` (`model_io(config.model)`)."""
   from input_pipeline import pipeline
   data = config.data
   name = data.get("name", "shapes_world") or "shapes_world"
-  model = config.model
   makes_gen = name == "shapes_world" or "gen" in tuple(data.get("tasks") or ())
-  if makes_gen and model.get("gen_target") == "latents" and model.get("vae") is None:
+  if makes_gen and io.gen_latents_only:
     raise ConfigError("config.model.vae=None: the generation target is then precomputed latents "
                       "(batch['gen_latents']), which these data sources do not produce; set config.model.vae "
                       "(e.g. dict(preset='dc-ae-f32c32')) to encode the batch's images in the model")
   if name in REAL_SOURCES:
-    return make_real_data(config, workdir, num_image_tokens=num_image_tokens)
+    return make_real_data(config, workdir, io=io)
   if name == "mctune":      # text-only SFT rows (input_pipeline/mctune/source.py)
     from input_pipeline.mctune.source import make_mctune_data
     return make_mctune_data(config, workdir)
   if name != "shapes_world":
     raise ConfigError(f"config.data.name={name!r}: expected 'shapes_world', 'mctune' or one of {REAL_SOURCES}")
-  from input_pipeline import shapes_world as sw
+  if not io.reads_images:
+    raise ConfigError(f"config.data.name='shapes_world' needs a model that reads images "
+                      f"(config.model.type={io.kind!r} reads none)")
+  from jaxmodels import shapes_world as sw
   from input_pipeline.shapes_tasks import GEN_LEN, OPEN_QA_KINDS, UND_LEN, ShapesTaskSource
   data_dir = data.get("data_dir") or default_data_dir()
   cfg_name = data.get("config", "res32")
   tok = shapes_world_tokenizer(data_dir, cfg_name, workdir)
   source = ShapesTaskSource(
-      sw.load_split(data_dir, "train", cfg_name, decode="lazy"), tok, num_image_tokens=num_image_tokens,
+      sw.load_split(data_dir, "train", cfg_name, decode="lazy"), tok, num_image_tokens=io.num_image_tokens,
       und_len=data.get("und_len", UND_LEN), gen_len=data.get("gen_len", GEN_LEN),
-      und_image_size=(model.dbfusion.get("image_size", 768) if model.get("type") == "florence_vl"
-                      else model.und_encoder.image_size if model.get("und_encoder") else 32),
-      gen_image_size=(model.autoencoder.image_size if model.get("autoencoder")
-                      else model.gen_encoder.image_size if model.get("gen_encoder")
-                      else model.get("gen_image_size", 32)),
+      und_image_size=io.und_image_size, gen_image_size=io.gen_image_size,
       questions_per_scene=data.get("questions_per_scene", 4), edit_fraction=data.get("edit_fraction", 0.0),
       turns=data.get("qa_turns", 1), leak_free=data.get("qa_leak_free", False),
       qa_kinds=tuple(k.strip() for k in str(data.get("qa_kinds") or ",".join(OPEN_QA_KINDS)).split(",")
                      if k.strip()),
       layout=data.get("und_layout", "image_first"), und_background=data.get("und_background", 0.0),
       long_edits=data.get("long_edits", "raise"),
-      dense_grid=(model.und_encoder.image_size // model.und_encoder.patch_size
-                  if data.get("dense_labels") and model.get("und_encoder") else 0))
+      dense_grid=io.dense_grid if data.get("dense_labels") else 0)
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=data.batch_size // jax.process_count(),
                              worker_count=data.get("worker_count", 0))
   return TrainData(iter(ds), tok, data_dir)
@@ -129,33 +128,6 @@ def make_train_data(config, workdir: str | None, *, num_image_tokens: int) -> Tr
 # ------------------------------------------------------------------------------------------------
 # Real-world sources
 # ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ModelIO:
-  """What the model reads: image sides, the placeholder id and count, the padding colour."""
-  image_size: int
-  image_token_id: int
-  num_image_tokens: int
-  pad_fill: tuple[int, int, int]
-  gen_image_size: int | None = None
-
-
-def model_io(config, num_image_tokens: int) -> ModelIO:
-  """Reads the model's input facts from `config.model` (cheap: configs only, no parameters)."""
-  from jaxmodels.trainer.setup import model_type
-  model = config.model
-  if model_type(config) == "florence_vl":
-    fusion = model.get("dbfusion") or {}
-    return ModelIO(int(fusion.get("image_size", 768)), int(model.get("image_token_id", 128_011)),
-                   num_image_tokens, tuple(int(round(255 * m)) for m in IMAGENET_MEAN))
-  from jaxmodels.unified.build import unified_config
-  u = unified_config(model)
-  if u.und_encoder is None or u.image_token_id < 0:
-    raise ConfigError("config.model.und_encoder and config.model.image_token_id are needed to train on "
-                      f"config.data.name={config.data.name!r} (understanding rows with images)")
-  gen = u.gen_encoder.image_size if u.gen_encoder is not None else u.gen_image_size
-  return ModelIO(u.und_encoder.image_size, u.image_token_id, num_image_tokens, (127, 127, 127), gen)
-
-
 def prepare_image(image: np.ndarray, size: int, *, aspect: str = "pad",
                   fill: Sequence[int] = (127, 127, 127)) -> np.ndarray:
   """uint8 [H, W, 3] -> float32 [size, size, 3] in [-1, 1]: padded to a centred square with `fill`
@@ -258,7 +230,7 @@ class RealDataPreprocess:
     und_loss = np.zeros((self.max_length,), np.int32)
     und_loss[:n] = loss[:n]
     empty = np.zeros((0, 0, 3), np.uint8)
-    und_image = prepare_image(empty if image is None else image, io.image_size, aspect=self.aspect,
+    und_image = prepare_image(empty if image is None else image, io.und_image_size, aspect=self.aspect,
                               fill=io.pad_fill)
     return dict(und_image=und_image, und_ids=und_ids, und_mask=und_mask, und_loss_mask=und_loss)
 
@@ -325,14 +297,16 @@ def real_data_tokenizer(config, source, io: ModelIO, workdir: str | None):
   return run_word_tokenizer(workdir, build)
 
 
-def make_real_data(config, workdir: str | None, *, num_image_tokens: int) -> TrainData:
+def make_real_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
   """Real-world sources (see the module docstring) -> TrainData."""
   from input_pipeline import pipeline
   data = config.data
-  io = model_io(config, num_image_tokens)
+  if not io.reads_images:
+    raise ConfigError(f"config.model.und_encoder and config.model.image_token_id are needed to train on "
+                      f"config.data.name={data.name!r} (understanding rows with images)")
   max_length = int(data.get("max_length") or 0)
-  if max_length <= num_image_tokens:
-    raise ConfigError(f"config.data.max_length={max_length} must exceed the {num_image_tokens} image tokens")
+  if max_length <= io.num_image_tokens:
+    raise ConfigError(f"config.data.max_length={max_length} must exceed the {io.num_image_tokens} image tokens")
   if data.get("image_aspect", "pad") not in ("pad", "resize"):
     raise ConfigError(f"config.data.image_aspect={data.image_aspect!r}: expected 'pad' or 'resize'")
   tasks = tuple(data.get("tasks") or ("und",))

@@ -14,6 +14,7 @@ questions. With `turns` = k > 1 one understanding sequence asks k different ques
    each turn shows the image after its question: <bos> Q1 <image>×n A1 <eos> ... Qk <image>×n Ak <eos>,
    with "question_twice" before and after it: <bos> Q1 <image>×n Q1 A1 <eos> ...)
   gen_image [S_g, S_g, 3] float32 in [-1, 1]      gen_ids [T_g] int32 prompt, left-padded; gen_mask [T_g]
+  (no gen_* arrays with gen_image_size=None: a model that does not generate)
 
 With `edit_fraction` = p > 0, a fixed pseudo-random fraction p of the elements (a hash of the index)
 are edits instead of text-to-image pairs: gen_ids = <bos> <image>×n instruction, gen_image = the edit
@@ -55,7 +56,7 @@ def _texts(record: dict[str, Any]) -> Iterable[str]:
 def shapes_tokenizer(records: Iterable[dict[str, Any]]) -> WordTokenizer:
   """A word-level tokenizer over every prompt, edit instruction, question and answer in `records`
   (raw or decoded), and the words of the colour-reasoning questions made on the fly."""
-  from input_pipeline.shapes_world.qa import REASONING_TEXTS
+  from jaxmodels.shapes_world.qa import REASONING_TEXTS
   texts = [t for r in records for t in _texts(r)] + list(REASONING_TEXTS)
   return WordTokenizer.from_texts(texts)
 
@@ -83,8 +84,8 @@ def scene_questions(ex: dict[str, Any], kinds: Sequence[str]) -> list[dict]:
   made from its scene) when `kinds` asks for "colorbench"."""
   if "colorbench" not in kinds:
     return list(ex["qa"])
-  from input_pipeline.shapes_world.qa import reasoning_questions
-  from input_pipeline.shapes_world.scene import Scene
+  from jaxmodels.shapes_world.qa import reasoning_questions
+  from jaxmodels.shapes_world.scene import Scene
   return list(ex["qa"]) + reasoning_questions(Scene.from_dict(ex["scene"]))
 
 
@@ -106,9 +107,9 @@ def dense_labels(scene: dict[str, Any], image_size: int, grid: int) -> np.ndarra
   object touches it. Returns int32 [grid, grid, 2]: (1 + shape index in `shapes.SHAPES`, 1 + colour
   index in `palette` order), 0 = background.
   """
-  from input_pipeline.shapes_world import palette, shapes
-  from input_pipeline.shapes_world.render import visible_masks
-  from input_pipeline.shapes_world.scene import Scene
+  from jaxmodels.shapes_world import palette, shapes
+  from jaxmodels.shapes_world.render import visible_masks
+  from jaxmodels.shapes_world.scene import Scene
   if image_size % grid:
     raise ValueError(f"dense labels: image size {image_size} is not a multiple of the grid {grid}")
   sc = Scene.from_dict(scene)
@@ -184,7 +185,7 @@ class ShapesTaskSource:
 
   def __init__(self, scenes: Sequence[dict[str, Any]], tokenizer: WordTokenizer, *, num_image_tokens: int,
                und_len: int = UND_LEN, gen_len: int = GEN_LEN, und_image_size: int = 32,
-               gen_image_size: int = 32,
+               gen_image_size: int | None = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
                edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False,
                layout: str = "image_first", und_background: float = 0.0, long_edits: str = "raise"):
@@ -248,12 +249,14 @@ class ShapesTaskSource:
     if self.und_background:   # a fixed fraction (a function of i) sees its background repainted
       rng = np.random.default_rng([int(i), 0xB6])
       if rng.random() < self.und_background:
-        from input_pipeline.shapes_world.augment import jitter_background
+        from jaxmodels.shapes_world.augment import jitter_background
         und_image = jitter_background(rng, image, [o["color"] for o in ex["scene"]["objects"]])
     out = dict(und_image=to_unit_range(und_image, self.und_size), und_ids=und_ids, und_mask=und_mask,
                und_loss_mask=loss_mask)
     if self.dense_grid:
       out["und_labels"] = dense_labels(ex["scene"], self.und_size, self.dense_grid)
+    if self.gen_size is None:   # a model that does not generate (Florence-VL): understanding rows only
+      return out
     prompt = (edit_prompt(self.tok, ex["edit_instruction"], self.n_img)
               if self.edit_fraction and self.is_edit(i) else None)
     if prompt is not None and len(prompt) > self.gen_len:   # truncating would drop the image's tokens

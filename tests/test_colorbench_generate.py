@@ -152,8 +152,8 @@ def test_resume_answers_only_the_missing_rows(answered, run, data, monkeypatch):
   torn = lines[6][:10]                                  # a kill mid-append: no newline
   path.write_text("\n".join(kept) + "\n" + torn, encoding="utf-8")
   asked = []
-  from jaxmodels.evals import shapes_world
-  real = shapes_world.model_answer_fn
+  from jaxmodels.evals import shapes_eval
+  real = shapes_eval.model_answer_fn
 
   def counting(*args, **kwargs):
     fn = real(*args, **kwargs)
@@ -162,7 +162,7 @@ def test_resume_answers_only_the_missing_rows(answered, run, data, monkeypatch):
       asked.append(len(texts))
       return fn(images, texts)
     return answer
-  monkeypatch.setattr(shapes_world, "model_answer_fn", counting)
+  monkeypatch.setattr(shapes_eval, "model_answer_fn", counting)
   _answer(run, out, data, max_new_tokens=3)
   assert asked == [2]
   after = path.read_text(encoding="utf-8").splitlines()

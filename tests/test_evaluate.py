@@ -4,7 +4,7 @@ import json
 import pytest
 
 import evaluate
-from input_pipeline import shapes_world as sw
+from jaxmodels import shapes_world as sw
 from jaxmodels.evals import EvalInputError, geneval
 
 

@@ -81,6 +81,7 @@ def _build(config, seed=0):
 def test_tiny_config_takes_a_jitted_train_step(tmp_path):
   # The trainer's pieces: the model type routed by config.model.type and a batch of real LLaVA rows.
   from input_pipeline.datasets import make_train_data
+  from jaxmodels.unified.model_io import model_io
   from jaxmodels.trainer.setup import model_factory
   from test_train_realdata import _write_llava
   config = _config("florence_vl_8b", "tiny,data=llava_json")
@@ -88,7 +89,9 @@ def test_tiny_config_takes_a_jitted_train_step(tmp_path):
   config.data.source.json_path = _write_llava(tmp_path, corrupt=False)
   config.data.batch_size = 2
   model = _build(config)
-  data = make_train_data(config, str(tmp_path / "work"), num_image_tokens=model.num_image_tokens)
+  data = io = model_io(config.model)
+  assert io.num_image_tokens == model.num_image_tokens and io.und_image_size == model.answer_image_size
+  data = make_train_data(config, str(tmp_path / "work"), io=io)
   real = next(data.iterator)
   tx, lr = make_optimizer(config.optim.to_dict(), 10)
   wrt = trainable_filter(config.optim.trainable, config.optim.frozen)

@@ -126,7 +126,7 @@ def test_mask_box():
 def test_scores_a_geneval_folder_in_batches(detector, tmp_path):
   import json
 
-  from input_pipeline import shapes_world as sw
+  from jaxmodels import shapes_world as sw
   records = []
   for i in range(3):
     ex = sw.generate_example("test", i, num_examples=553, image_size=64)

@@ -73,7 +73,7 @@ def _launch(workdir, data_dir, port, process_id):
 @pytest.mark.slow
 def test_two_processes_match_one_and_stop_together(data_dir, tmp_path, monkeypatch):
   from input_pipeline import datasets
-  from input_pipeline import shapes_world as sw
+  from jaxmodels import shapes_world as sw
   # Build the data and the run's tokenizer once, before two processes would race to make them.
   sw.load_split(data_dir, "train", "tiny")
   workdir = tmp_path / "multi"

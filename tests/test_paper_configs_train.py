@@ -10,6 +10,7 @@ import train
 from input_pipeline.datasets import make_train_data
 from jaxmodels.config_utils import base_config
 from jaxmodels.errors import ConfigError
+from jaxmodels.unified.model_io import model_io
 
 PAPER_CONFIGS = ["pisces_8b", "blip3o_4b", "blip3o_8b", "blip3o_next_3b", "metaquery_b", "metaquery_l",
                  "metaquery_xl", "latte_flow"]
@@ -37,7 +38,7 @@ def test_latent_target_without_a_vae_is_a_config_error(data_dir):
   config.data.data_dir = data_dir
   config.model.vae = None
   with pytest.raises(ConfigError, match=r"config.model.vae=None: .*batch\['gen_latents'\]"):
-    make_train_data(config, None, num_image_tokens=16)
+    make_train_data(config, None, io=model_io(config.model))
 
 
 @pytest.mark.slow

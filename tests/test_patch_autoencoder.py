@@ -5,7 +5,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from input_pipeline.shapes_world import palette as pal
+from jaxmodels.shapes_world import palette as pal
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoder, PatchAutoencoderConfig
 
 PALETTE = tuple([pal.BACKGROUND_RGB] + [tuple(int(v) for v in rgb) for rgb in pal.PALETTE])

@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from configs import shapes_tiny
-from input_pipeline.shapes_world import generator as gen_lib
-from input_pipeline.shapes_world import palette
+from jaxmodels.shapes_world import generator as gen_lib
+from jaxmodels.shapes_world import palette
 from jaxmodels.errors import ConfigError
 from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified import patch_tokens as pt

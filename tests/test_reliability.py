@@ -20,6 +20,7 @@ import train
 from configs import shapes_tiny
 from jaxmodels.checkpoint import Checkpointer
 from jaxmodels.errors import CheckpointFormatError, ConfigError
+from jaxmodels.unified.model_io import model_io
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.trainer import TrainState, make_optimizer, make_train_step
 from jaxmodels.trainer.metrics import NonFiniteError, NonFiniteGuard
@@ -233,7 +234,7 @@ def test_mesh_that_does_not_divide_the_devices_is_a_config_error():
 
 
 def test_unknown_evaluation_name_is_a_config_error():
-  from jaxmodels.evals.shapes_world import EVALS, selected_evals
+  from jaxmodels.evals.shapes_eval import EVALS, selected_evals
   c = shapes_tiny.get_config("runlocal")
   assert selected_evals(c) == tuple(sorted(EVALS, key=c.evals.which.split(",").index))
   c.evals.which = " qa, rover "
@@ -271,7 +272,7 @@ def test_corrupt_shapes_world_record_skips_and_counts_or_fails(data_dir, tmp_pat
   from tensorflow_datasets.core import example_parser
 
   from input_pipeline import datasets, pipeline
-  from input_pipeline.shapes_world import lazy
+  from jaxmodels.shapes_world import lazy
   from input_pipeline.sources import DataError
 
   def truncated(self, index):     # every 5th stored scene has a truncated PNG (training reads lazily)
@@ -286,12 +287,12 @@ def test_corrupt_shapes_world_record_skips_and_counts_or_fails(data_dir, tmp_pat
   monkeypatch.setattr(lazy.LazySource, "__getitem__", truncated)
   c = _config(data_dir)
   with pipeline.corrupt_record_policy(c.data.get("on_error", "raise")):
-    data = datasets.make_train_data(c, str(tmp_path), num_image_tokens=16)
+    data = datasets.make_train_data(c, str(tmp_path), io=model_io(c.model))
   with pytest.raises(DataError, match=r"record \d+ is corrupt \(.*\); set config.data.on_error='skip'"):
     next(data.iterator)
   before = pipeline.skipped_count()
   with pipeline.corrupt_record_policy("skip"):
-    data = datasets.make_train_data(c, str(tmp_path), num_image_tokens=16)
+    data = datasets.make_train_data(c, str(tmp_path), io=model_io(c.model))
   batches = [next(data.iterator) for _ in range(3)]
   assert all(b["und_ids"].shape[0] == c.data.batch_size for b in batches)
   assert pipeline.skipped_count() > before

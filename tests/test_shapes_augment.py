@@ -1,4 +1,4 @@
-"""Background recolouring of ShapesWorld understanding images (input_pipeline/shapes_world/augment.py):
+"""Background recolouring of ShapesWorld understanding images (jaxmodels/shapes_world/augment.py):
 only background pixels change, never to a palette colour (so every answer about the objects, pixel
 areas included, still holds), each kind as documented; the training source applies it to a fixed
 fraction of elements and never to the generation target."""
@@ -7,8 +7,8 @@ import collections
 import numpy as np
 import pytest
 
-from input_pipeline import shapes_world as sw
-from input_pipeline.shapes_world import augment, palette
+from jaxmodels import shapes_world as sw
+from jaxmodels.shapes_world import augment, palette
 from input_pipeline.shapes_tasks import ShapesTaskSource, shapes_tokenizer, to_unit_range
 
 

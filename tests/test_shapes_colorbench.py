@@ -6,7 +6,7 @@ import collections
 import numpy as np
 import pytest
 
-from input_pipeline.shapes_world import palette, shapes
+from jaxmodels.shapes_world import palette, shapes
 from jaxmodels.evals import EvalInputError, colorbench
 from jaxmodels.evals import shapes_colorbench as S
 from jaxmodels.evals.detectors import ShapesDetector
@@ -182,7 +182,7 @@ def test_hue_rotation():
 
 def test_run_model_and_evaluate(rows):
   answers = {(r["question"], r["image"]): r["answer"] for r in rows}
-  from input_pipeline.shapes_world.render import encode_png
+  from jaxmodels.shapes_world.render import encode_png
 
   def oracle(images, texts):
     assert images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3) and len(images) <= 7

@@ -6,15 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from input_pipeline.shapes_world import generator
-from input_pipeline.shapes_world import layout
-from input_pipeline.shapes_world import palette
-from input_pipeline.shapes_world.render import mask_box
-from input_pipeline.shapes_world.render import render
-from input_pipeline.shapes_world.render import render_with_masks
-from input_pipeline.shapes_world import shapes
-from input_pipeline.shapes_world.scene import Scene
-from input_pipeline.shapes_world.scene import SceneObject
+from jaxmodels.shapes_world import generator
+from jaxmodels.shapes_world import layout
+from jaxmodels.shapes_world import palette
+from jaxmodels.shapes_world.render import mask_box
+from jaxmodels.shapes_world.render import render
+from jaxmodels.shapes_world.render import render_with_masks
+from jaxmodels.shapes_world import shapes
+from jaxmodels.shapes_world.scene import Scene
+from jaxmodels.shapes_world.scene import SceneObject
 from jaxmodels.evals import EvalInputError
 from jaxmodels.evals import detectors
 from jaxmodels.evals import geneval

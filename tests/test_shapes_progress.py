@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from input_pipeline.shapes_world import generator
-from input_pipeline.shapes_world import palette
+from jaxmodels.shapes_world import generator
+from jaxmodels.shapes_world import palette
 from jaxmodels.evals.shapes_progress import progress_scores
 
 BG = np.array(palette.BACKGROUND_RGB, np.uint8)

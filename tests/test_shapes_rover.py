@@ -4,9 +4,9 @@ text, noise), records that `rover.summarize` reads, and the official gen_{id} la
 import numpy as np
 import pytest
 
-from input_pipeline.shapes_world import edits
-from input_pipeline.shapes_world.render import decode_png, render_with_masks
-from input_pipeline.shapes_world.scene import Scene
+from jaxmodels.shapes_world import edits
+from jaxmodels.shapes_world.render import decode_png, render_with_masks
+from jaxmodels.shapes_world.scene import Scene
 from jaxmodels.evals import EvalInputError, rover
 from jaxmodels.evals import shapes_rover as R
 from jaxmodels.evals.detectors import ShapesDetector
@@ -148,7 +148,7 @@ def test_run_checks_edit_fn_output(tasks):
 
 
 def test_unified_model_edit_adapter():
-  """`shapes_world.model_edit_fn` on a stand-in module: <bos> <image>×n instruction prompts (the
+  """`shapes_eval.model_edit_fn` on a stand-in module: <bos> <image>×n instruction prompts (the
   instruction cut to text_len, never the placeholders), batches padded, uint8 images, no text."""
   import dataclasses
 
@@ -158,7 +158,7 @@ def test_unified_model_edit_adapter():
 
   from input_pipeline.shapes_tasks import to_unit_range
   from input_pipeline.tokenizers import WordTokenizer
-  from jaxmodels.evals import shapes_world
+  from jaxmodels.evals import shapes_eval
 
   @dataclasses.dataclass(frozen=True)
   class Encoder:
@@ -181,11 +181,11 @@ def test_unified_model_edit_adapter():
       return jnp.where(ok[:, None, None, None], x, -1.0)
 
   tok = WordTokenizer.from_texts(["move the red circle left of the blue square"])
-  edit = shapes_world.model_edit_fn(Echo(), tok, rng=jax.random.key(0), num_steps=1,
+  edit = shapes_eval.model_edit_fn(Echo(), tok, rng=jax.random.key(0), num_steps=1,
                                     batch_size=2, text_len=4)
   sources = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
   images, texts = edit(sources, ["move the red circle left of the blue square"] * 3)
   assert images.dtype == np.uint8 and images.shape == (3, 24, 24, 3) and texts == ["", "", ""]
-  want = shapes_world.to_uint8(jax.image.resize(
+  want = shapes_eval.to_uint8(jax.image.resize(
       np.stack([to_unit_range(s, 16) for s in sources]), (3, 24, 24, 3), "nearest"))
   np.testing.assert_array_equal(images, want)

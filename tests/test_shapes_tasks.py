@@ -4,7 +4,7 @@ import collections
 import numpy as np
 import pytest
 
-from input_pipeline import shapes_world as sw
+from jaxmodels import shapes_world as sw
 from input_pipeline.shapes_tasks import ShapesTaskSource, edit_prompt, shapes_tokenizer, to_unit_range
 
 
@@ -118,7 +118,7 @@ def test_multi_turn_sequences_supervise_every_answer(scenes, tok):
 
 def test_dense_labels_name_the_object_covering_each_cell(scenes, tok):
   from input_pipeline.shapes_tasks import dense_labels
-  from input_pipeline.shapes_world import palette, shapes
+  from jaxmodels.shapes_world import palette, shapes
   src = ShapesTaskSource(scenes, tok, num_image_tokens=4, und_len=40, und_image_size=32, dense_grid=8)
   for i in range(6):
     scene = scenes[i]
@@ -196,7 +196,7 @@ def test_a_decoded_split_iterates_like_a_list(scenes):
 
 
 def _scene(*objs):
-  from input_pipeline.shapes_world.scene import Scene, SceneObject
+  from jaxmodels.shapes_world.scene import Scene, SceneObject
   return Scene(tuple(SceneObject(s, c, xy, 0.25) for s, c, xy in objs))
 
 
@@ -204,7 +204,7 @@ def test_reasoning_questions_follow_from_the_scene():
   """Darkest / lightest by Rec. 601 luma (black 15, blue ~59, yellow ~218 here), asked only when the
   answer's shape is unique and its luma 20 apart from every other; "which <shape> is lighter" only for
   a shape drawn twice side by side."""
-  from input_pipeline.shapes_world.qa import reasoning_questions
+  from jaxmodels.shapes_world.qa import reasoning_questions
   qs = {q["question"]: q["answer"] for q in reasoning_questions(
       _scene(("circle", "black", (0.2, 0.3)), ("star", "yellow", (0.7, 0.3)),
              ("square", "blue", (0.25, 0.75)), ("square", "white", (0.75, 0.75))))}

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from input_pipeline import shapes_world as sw
-from input_pipeline.shapes_world import edits as edits_lib
-from input_pipeline.shapes_world import generator as gen_lib
-from input_pipeline.shapes_world import layout
+from jaxmodels import shapes_world as sw
+from jaxmodels.shapes_world import edits as edits_lib
+from jaxmodels.shapes_world import generator as gen_lib
+from jaxmodels.shapes_world import layout
 
 from conftest import TEST_DATA  # noqa: E402
 

@@ -347,7 +347,7 @@ def _run(data_dir, workdir, config):
   """Runs train.py on `config`; returns what its first compiled step was given: {"state", "batch":
   {path: spec}, "compiled": {"state", "batch": {path: spec}}, "mesh": axis names, "hlo": text}."""
   from jaxmodels import trainer
-  from jaxmodels.evals import shapes_world
+  from jaxmodels.evals import shapes_eval
   seen = {}
   make = trainer.make_train_step
 
@@ -384,7 +384,7 @@ def _run(data_dir, workdir, config):
   config.checkpoint.async_save = False
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(trainer, "make_train_step", lambda *a, **k: Step(make(*a, **k)))
-    mp.setattr(shapes_world, "evaluate_model", lambda *a, **k: {})
+    mp.setattr(shapes_eval, "evaluate_model", lambda *a, **k: {})
     train.train_and_evaluate(config, str(workdir))
   return seen
 

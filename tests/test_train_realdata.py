@@ -10,9 +10,10 @@ from PIL import Image
 
 from configs import florence_vl_3b
 from input_pipeline import pipeline
-from input_pipeline.datasets import RealDataPreprocess, make_train_data, model_io, place_image
+from input_pipeline.datasets import RealDataPreprocess, make_train_data, place_image
 from input_pipeline.sources import DataError
 from jaxmodels.errors import ConfigError
+from jaxmodels.unified.model_io import model_io
 
 N_IMG = 4       # florence_vl:tiny: 64 px / 32 = 2×2 visual tokens
 IMG_ID = 511    # florence_vl:tiny's image_token_id (LLM vocab 512 − 1)
@@ -63,7 +64,7 @@ def _rows(data, n):
 
 def test_llava_rows_for_florence_vl(tmp_path):
   config = _config(_write_llava(tmp_path, corrupt=False), batch_size=4)
-  data = make_train_data(config, str(tmp_path / "work"), num_image_tokens=N_IMG)
+  data = make_train_data(config, str(tmp_path / "work"), io=model_io(config.model))
   assert (tmp_path / "work" / "tokenizer.json").is_file()        # built-in words, kept for resume
   batch = next(data.iterator)
   assert batch["und_image"].shape == (4, 64, 64, 3) and batch["und_image"].dtype == np.float32
@@ -86,12 +87,12 @@ def test_llava_rows_for_florence_vl(tmp_path):
 def test_corrupt_record_policy(tmp_path):
   config = _config(_write_llava(tmp_path), batch_size=5)
   with pipeline.corrupt_record_policy("skip"):
-    data = make_train_data(config, str(tmp_path / "skip"), num_image_tokens=N_IMG)
+    data = make_train_data(config, str(tmp_path / "skip"), io=model_io(config.model))
   before = pipeline.skipped_count()
   batch = next(data.iterator)                       # one epoch: the bad record is replaced
   assert batch["und_ids"].shape == (5, 64) and pipeline.skipped_count() > before
   with pipeline.corrupt_record_policy("raise"):
-    data = make_train_data(config, str(tmp_path / "raise"), num_image_tokens=N_IMG)
+    data = make_train_data(config, str(tmp_path / "raise"), io=model_io(config.model))
   with pytest.raises(DataError, match="bad.png"):
     next(data.iterator)
 
@@ -99,13 +100,13 @@ def test_corrupt_record_policy(tmp_path):
 def test_config_errors(tmp_path):
   config = _config(None)
   with pytest.raises(ConfigError, match="config.data.source.json_path is not set"):
-    make_train_data(config, str(tmp_path), num_image_tokens=N_IMG)
+    make_train_data(config, str(tmp_path), io=model_io(config.model))
   config = _config(_write_llava(tmp_path), tokenizer=str(tmp_path / "nope"))
   with pytest.raises(ConfigError, match="config.data.tokenizer="):
-    make_train_data(config, str(tmp_path), num_image_tokens=N_IMG)
+    make_train_data(config, str(tmp_path), io=model_io(config.model))
   config.data.name = "laion"
   with pytest.raises(ConfigError, match="config.data.name='laion'"):
-    make_train_data(config, str(tmp_path), num_image_tokens=N_IMG)
+    make_train_data(config, str(tmp_path), io=model_io(config.model))
 
 
 def test_place_image_follows_llava():
@@ -134,7 +135,7 @@ def _hf_tokenizer(tmp_path):
 
 def test_hf_chat_rows_put_image_tokens_where_llava_does(tmp_path):
   tok = _hf_tokenizer(tmp_path)
-  io = model_io(florence_vl_3b.get_config("tiny,data=llava_json"), N_IMG)
+  io = model_io(florence_vl_3b.get_config("tiny,data=llava_json").model)
   prep = RealDataPreprocess(tok, io, kind="llava_json", max_length=24)
   image = np.zeros((10, 20, 3), np.uint8)
   conv = [{"role": "user", "content": "<image>\nwhat colour?"}, {"role": "assistant", "content": "red"}]
@@ -174,7 +175,7 @@ def test_caption_sources_become_describe_rows(tmp_path, kind):
         {"image": _png(i), "caption": f"a picture number {i}"} for i in range(4)])
     config.data.source.paths = str(tmp_path / "caps.array_record")
   config.data.batch_size = 4
-  data = make_train_data(config, str(tmp_path / "work"), num_image_tokens=N_IMG)
+  data = make_train_data(config, str(tmp_path / "work"), io=model_io(config.model))
   batch = next(data.iterator)
   answers = {data.tokenizer.decode(r[m > 0]) for r, m in zip(batch["und_ids"], batch["und_loss_mask"])}
   assert answers == {f"a picture number {i} <eos>" for i in range(4)}
@@ -208,11 +209,14 @@ def test_unified_model_reads_the_same_rows(tmp_path):
   from jaxmodels.trainer.setup import shapes_eval_supported
   config = metaquery_b.get_config("tiny")
   config.data.update(name="llava_json", source=dict(json_path=_write_llava(tmp_path, corrupt=False)),
-                     max_length=40, batch_size=4)
-  assert model_io(config, 16).image_size == config.model.und_encoder.image_size == 32
-  batch = next(make_train_data(config, str(tmp_path / "work"), num_image_tokens=16).iterator)
-  assert batch["und_image"].shape == (4, 32, 32, 3) and batch["und_ids"].shape == (4, 40)
-  assert sorted((batch["und_ids"] == config.model.image_token_id).sum(1)) in ([0, 16, 16, 16], [16] * 4)
+                     max_length=96, batch_size=4)
+  io = model_io(config.model)
+  assert io.und_image_size == config.model.und_encoder.image_size == 32
+  assert io.num_image_tokens == (32 // 4) ** 2       # the model's own count (its 8×8 grid, no pooling)
+  batch = next(make_train_data(config, str(tmp_path / "work"), io=model_io(config.model)).iterator)
+  assert batch["und_image"].shape == (4, 32, 32, 3) and batch["und_ids"].shape == (4, 96)
+  n = io.num_image_tokens
+  assert sorted((batch["und_ids"] == config.model.image_token_id).sum(1)) in ([0, n, n, n], [n] * 4)
   assert not shapes_eval_supported(config, object())
 
 
@@ -221,7 +225,7 @@ def test_tiny_default_is_shapes_world_at_florence_size(data_dir):
   config = florence_vl_3b.get_config("tiny")
   assert config.data.name == "shapes_world" and config.model.image_token_id == 4   # WordTokenizer <image>
   config.data.update(data_dir=data_dir, config="tiny", batch_size=4)
-  data = make_train_data(config, None, num_image_tokens=N_IMG)
+  data = make_train_data(config, None, io=model_io(config.model))
   batch = next(data.iterator)
   assert batch["und_image"].shape == (4, 64, 64, 3)
   assert ((batch["und_ids"] == data.tokenizer.image_id).sum(1) == N_IMG).all()

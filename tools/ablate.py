@@ -343,7 +343,7 @@ def measure_sampling(config, run_dir: str, *, repeats: int = 3) -> dict:
   import numpy as np
   from flax import nnx
 
-  from input_pipeline import shapes_world as sw
+  from jaxmodels import shapes_world as sw
   from input_pipeline.shapes_tasks import left_pad
   model = restore_model(config, run_dir)
   tok, data_dir = _tokenizer_and_data(config, run_dir)
@@ -378,7 +378,7 @@ def florence_scores(config, run_dir: str) -> dict:
   import jax
   from flax import nnx
 
-  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.evals import shapes_eval
 
   @dataclasses.dataclass(frozen=True)
   class EncoderView:

@@ -54,6 +54,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
 
   from input_pipeline import pipeline
   from input_pipeline.datasets import make_train_data
+  from jaxmodels.unified.model_io import model_io
   from jaxmodels import sharding
   from jaxmodels.trainer import make_train_step
   from jaxmodels.trainer.setup import (gen_every_of, mesh_and_rules, train_state_factory, trains_generation,
@@ -67,7 +68,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   n_params = sharding.param_count(ts.model)
   workdir = tempfile.mkdtemp(prefix="bench_data_")       # the run's tokenizer.json goes here
   with pipeline.corrupt_record_policy(config.data.get("on_error", "raise")):
-    data = make_train_data(config, workdir, num_image_tokens=ts.model.num_image_tokens)
+    data = make_train_data(config, workdir, io=model_io(config.model))
   it = data.iterator
 
   def to_global(batch):                                   # as train.py

@@ -27,7 +27,7 @@ def main(argv):
   del argv
   import numpy as np
 
-  from input_pipeline.shapes_world import builder, palette
+  from jaxmodels.shapes_world import builder, palette
   from jaxmodels.unified.patch_tokens import fit_codebook, save_codebook
 
   source = builder.load_split(_DATA_DIR.value, _SPLIT.value, _CONFIG.value, decode=True)

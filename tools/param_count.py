@@ -27,9 +27,10 @@ def count(config) -> dict[str, int]:
   from flax import nnx
 
   from jaxmodels.trainer.optim import trainable_filter
-  from jaxmodels.trainer.setup import model_factory, model_type
+  from jaxmodels.trainer.setup import model_factory
+  from jaxmodels.unified.model_io import model_type
 
-  if model_type(config) == "florence_vl":   # counting needs no prompt tokenisation
+  if model_type(config.model) == "florence_vl":   # counting needs no prompt tokenisation
     from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
     fcfg = florence_vl_config(config.model, require_prompt_ids=False)
     model = nnx.eval_shape(lambda: FlorenceVL(fcfg, rngs=nnx.Rngs(0)))

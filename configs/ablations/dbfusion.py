@@ -5,7 +5,7 @@ under three task prompts) by channel concatenation and reports it beats token co
 visual tokens) and averaging. Toy version: `florence_vl_3b:tiny` (CPU-sized Florence-2, 64 px -> 2×2
 grid; Phi-3.5-structured tiny LLM) trained on ShapesWorld Q/A; arms set `model.dbfusion.mode`.
 Metrics: Q/A accuracy per kind and ShapesWorld-ColorBench, scored by tools/ablate.py through
-`jaxmodels.evals.shapes_world.evaluate_model` on an adapter (train.py skips ShapesWorld evals for
+`jaxmodels.evals.shapes_eval.evaluate_model` on an adapter (train.py skips ShapesWorld evals for
 model.type="florence_vl").
 
     python tools/ablate.py --ablation=dbfusion --seeds=3 --minutes=10 --workdir=runs/ablations

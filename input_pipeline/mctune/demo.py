@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from input_pipeline.shapes_world import palette, shapes
+from jaxmodels.shapes_world import palette, shapes
 
 SIZES = ("small", "large", "tiny", "big")
 PLACES = ("top", "bottom", "left side", "right side", "middle", "corner")

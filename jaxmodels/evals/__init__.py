@@ -9,7 +9,7 @@ is the JAX side, hf_detector the torch one):
   colorbench  ColorBench data loading, prompt text, answer extraction and metrics.
   rover       ROVER-IG/TG data layouts, judge-driven scoring with a resumable jsonl, summary.
   judges      the `Judge` interface and an OpenAI-compatible HTTP judge (standard library only).
-  detectors   the `shapes` GenEval detector (pixel geometry in shape_fit) and `make_detector`;
+  detectors   the `shapes` GenEval detector (pixel geometry: jaxmodels/shapes_world/shape_fit.py) and `make_detector`;
   hf_detector the `hf` detector (transformers Mask2Former + CLIP, torch; local weights only).
   shapes_colorbench, shapes_rover   ShapesWorld versions of ColorBench and ROVER, made on the fly
               and scored exactly (ROVER without a judge).

@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxmodels.evals import EvalInputError, colorbench
 from jaxmodels.evals.output_records import file_sha256, record_matches, write_atomic
+from jaxmodels.unified.model_io import UNIFIED_PAD_FILL
 
 SETTINGS_FILE = "colorbench_generation.json"
 ANSWERS_FILE = "colorbench_answers.jsonl"
@@ -44,7 +45,6 @@ RESULTS_DIR = "colorbench_results"
 # colorbench_generation.json keys that must agree between the runs writing one folder.
 COMPARED = ("checkpoint", "step", "data_sha256", "instruction", "max_new_tokens", "prompt_len",
             "layout", "image_size", "image_aspect", "match_choices")
-PAD_FILL = (127, 127, 127)   # the grey of a unified model's real-image padding (datasets.model_io)
 
 
 def data_sha256(path: str | os.PathLike) -> str | dict:
@@ -63,14 +63,14 @@ def model_name_for(text: str) -> str:
 
 def model_pixels(data: bytes, size: int, aspect: str, where: str) -> np.ndarray:
   """Encoded image bytes of any size and Pillow mode -> uint8 [size, size, 3]: RGB
-  (`decode_image`), then `prepare_image` (pad to a square with `PAD_FILL` or squash, bicubic)."""
+  (`decode_image`), then `prepare_image` (pad to a square with a unified model's grey `UNIFIED_PAD_FILL` or squash, bicubic)."""
   from input_pipeline.datasets import prepare_image
   from input_pipeline.sources import CorruptRecord, decode_image
   try:
     rgb = decode_image(data, where)
   except CorruptRecord as e:
     raise EvalInputError(str(e)) from None
-  unit = prepare_image(rgb, size, aspect=aspect, fill=PAD_FILL)
+  unit = prepare_image(rgb, size, aspect=aspect, fill=UNIFIED_PAD_FILL)
   return np.rint((unit + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
 
 
@@ -192,7 +192,7 @@ def _append(path: Path, lines: list[dict]) -> None:
 
 
 def answer(answer_fn: Callable | None, plan: Plan, *, progress: bool = True) -> dict:
-  """Asks `answer_fn` (images uint8 [B, S, S, 3], texts -> replies; `shapes_world.model_answer_fn`)
+  """Asks `answer_fn` (images uint8 [B, S, S, 3], texts -> replies; `shapes_eval.model_answer_fn`)
   the rows `plan.todo` lists, a batch at a time (`shapes_colorbench.run_model`), appending each
   batch's answers to the answers file; writes the settings record on a fresh folder. Returns
   {"answered", "kept"}; `plan.answers` then holds every row's answer."""

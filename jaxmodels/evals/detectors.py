@@ -1,13 +1,13 @@
 """GenEval detectors behind the `geneval.Detector` interface; here `shapes`, for ShapesWorld.
 
-`ShapesDetector` finds the objects of a ShapesWorld image (input_pipeline/shapes_world): flat
+`ShapesDetector` finds the objects of a ShapesWorld image (jaxmodels/shapes_world): flat
 circles, squares, triangles, diamonds, stars and crosses in the 10 GenEval colours on a flat grey
 background, at any resolution. It is exact on clean renders (every object, with its class, colour
 and mmdetection-style tight box, score 1.0) and strict on generated images: an object is reported
 only when its pixels are, up to mild noise, those of a ShapesWorld render of one shape, so a blocky
 patch-grid artefact, a mosaic, a blob, noise or blur does not pass as a square or a circle.
 Numpy only (no scipy, no torch); the pixel geometry (components, exact shape fits, outline
-evidence) lives in shape_fit.py and is re-exported here.
+evidence) lives in jaxmodels/shapes_world/shape_fit.py and is re-exported here.
 
 Algorithm, per image:
   1. Background: the mode colour of the 1-pixel image border when it covers at least half of the
@@ -91,7 +91,7 @@ Fill ratios of the shapes in their tight box (measured with `shapes.shape_mask` 
 circle 0.785, square 1.0, triangle 0.50, diamond 0.50, star 0.43, cross 0.556.
 
 Example:
-  >>> from input_pipeline.shapes_world import Scene, SceneObject, render
+  >>> from jaxmodels.shapes_world import Scene, SceneObject, render
   >>> image = render(Scene((SceneObject("circle", "red", (0.3, 0.5), 0.3),)), 64)
   >>> ShapesDetector().detect(image)
   [{'class': 'circle', 'box': [10, 22, 29, 42], 'score': 1.0, 'color': 'red'}]
@@ -107,10 +107,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world import palette as sw_palette
-from input_pipeline.shapes_world import shapes as sw_shapes
+from jaxmodels.shapes_world import palette as sw_palette
+from jaxmodels.shapes_world import shapes as sw_shapes
 from jaxmodels.evals import EvalInputError
-from jaxmodels.evals.shape_fit import (_inner_boundary, block_size, critical_sizes,  # noqa: F401
+from jaxmodels.shapes_world.shape_fit import (_inner_boundary, block_size, critical_sizes,  # noqa: F401
                                        edge_blend, fit_shape, label_components, mosaic_block,
                                        shape_masks)
 

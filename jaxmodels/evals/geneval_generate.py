@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world.render import encode_png
+from jaxmodels.shapes_world.render import encode_png
 from jaxmodels.evals import EvalInputError, geneval
 from jaxmodels.evals.output_records import file_sha256, is_complete_png, record_matches, write_atomic
 

@@ -170,8 +170,9 @@ def evaluate_checkpoint(config, workdir: str, out: str, step: int | None = None)
   from jaxmodels import sharding
   from jaxmodels.checkpoint import restore_params
   from jaxmodels.errors import ConfigError
-  from jaxmodels.trainer.setup import mesh_and_rules, model_type, train_state_factory
-  if model_type(config) != "lm" or config.data.get("name") != "mctune":
+  from jaxmodels.trainer.setup import mesh_and_rules, train_state_factory
+  from jaxmodels.unified.model_io import model_type
+  if model_type(config.model) != "lm" or config.data.get("name") != "mctune":
     raise ConfigError("--evals=mctune needs a run with config.model.type='lm' and config.data.name='mctune'")
   if not config.data.get("tokenizer") and not os.path.exists(os.path.join(workdir, "tokenizer.json")):
     raise EvalInputError(f"{workdir}/tokenizer.json: missing (the run's tokenizer is saved there by train.py)")

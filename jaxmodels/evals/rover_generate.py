@@ -15,12 +15,12 @@ one line naming the file and task.
 What the model does (it writes no interleaved text, and reads one image per question):
   IG: the source image (padded or squashed to the model's input as its training did,
       `colorbench_generate.model_pixels`) and the instruction (`prompt`, first `text_len` tokens) go
-      through the edit path (`shapes_world.model_edit_fn`); the edited image is `gen_{id}.png`.
+      through the edit path (`shapes_eval.model_edit_fn`); the edited image is `gen_{id}.png`.
       `ig_text` (ROVER's think text): "none" (default: no `gen_{id}.txt`, so the judge gets the
       official placeholder and RP is 1 by the rubric) or "model" (the model's greedy reply to the
       instruction over the source image, as `gen_{id}.txt`).
   TG: the model first draws the visual aid the same way (`gen_{id}.png`), then answers the prompt
-      greedily through the understanding path (`shapes_world.model_answer_fn`), the reply verbatim as
+      greedily through the understanding path (`shapes_eval.model_answer_fn`), the reply verbatim as
       `gen_{id}.txt`, as the official pipeline writes "... Final Answer: X". Which image the answer
       reads is not fixed by the released code for a model that cannot interleave: `tg_image`
       "generated" (default: the visual aid, the point of TG) or "source" (the task's image). A second
@@ -66,7 +66,7 @@ from typing import Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world.render import encode_png
+from jaxmodels.shapes_world.render import encode_png
 from jaxmodels.evals import EvalInputError, rover
 from jaxmodels.evals.output_records import (checkpoint_id, file_sha256, is_complete_png, record_matches,
                                             sampling_temperatures, write_atomic)
@@ -233,7 +233,7 @@ def generate(model, tokenizer, plan: Plan, *, progress: bool = True) -> dict:
   from tqdm.auto import tqdm
 
   from jaxmodels.evals.colorbench_generate import model_pixels
-  from jaxmodels.evals.shapes_world import model_answer_fn, model_edit_fn
+  from jaxmodels.evals.shapes_eval import model_answer_fn, model_edit_fn
   s = plan.settings
   plan.out_dir.mkdir(parents=True, exist_ok=True)
   if not plan.recorded:

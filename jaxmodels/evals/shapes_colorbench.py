@@ -40,9 +40,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world import layout, palette, shapes
-from input_pipeline.shapes_world.render import encode_png, render_with_masks
-from input_pipeline.shapes_world.scene import Scene
+from jaxmodels.shapes_world import layout, palette, shapes
+from jaxmodels.shapes_world.render import encode_png, render_with_masks
+from jaxmodels.shapes_world.scene import Scene
 from jaxmodels.evals import EvalInputError, colorbench
 
 TASKS: dict[str, str] = {

@@ -1,7 +1,7 @@
 """ShapesWorld-ROVER: ROVER-style edit tasks on ShapesWorld scenes, scored exactly (no judge).
 
 IG (reasoning-informed image editing): a source scene and an edit instruction (spatial,
-quantitative, colour or sequence; `input_pipeline/shapes_world/edits.py` builds the pairs); the
+quantitative, colour or sequence; `jaxmodels/shapes_world/edits.py` builds the pairs); the
 model returns an image and, optionally, a reasoning text. TG (draw, then answer): the same edit
 followed by a question about the edited scene; the model draws the intermediate scene and answers.
 
@@ -43,10 +43,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world import edits as sw_edits, geneval as sw_geneval, layout, palette
-from input_pipeline.shapes_world import shapes
-from input_pipeline.shapes_world.render import decode_png, encode_png, render_with_masks
-from input_pipeline.shapes_world.scene import Scene, unique_reference
+from jaxmodels.shapes_world import edits as sw_edits, geneval as sw_geneval, layout, palette
+from jaxmodels.shapes_world import shapes
+from jaxmodels.shapes_world.render import decode_png, encode_png, render_with_masks
+from jaxmodels.shapes_world.scene import Scene, unique_reference
 from jaxmodels.evals import EvalInputError, reports, rover
 
 IG_SHORT = {"reasoning_visual": "RV", "visual_consistency": "VC", "reasoning_process": "RP",

@@ -10,7 +10,7 @@ the mixture a config names:
     objects (each asked class found at all), count (each class found at least `count` times and no
     excluded count reached), colour (of the asked objects, the fraction of the asked colour), position
     (of the asked pairs, the fraction in the asked relation) — 1 exactly when every part holds;
-  * `vqa`: an understanding model (our own, `jaxmodels.evals.shapes_world.model_answer_fn`) is asked the
+  * `vqa`: an understanding model (our own, `jaxmodels.evals.shapes_eval.model_answer_fn`) is asked the
     prompt's questions about each image (the colour of each coloured object, how many of each class,
     whether A stands in the asked relation to B, in the ShapesWorld Q/A wording): the fraction answered
     as the prompt implies;
@@ -84,10 +84,10 @@ def partial_credit(record: dict, detections: list[dict]) -> float:
 
 def questions_of(record: dict) -> list[tuple[str, str]]:
   """The (question, expected answer) pairs a GenEval-schema record implies, in the ShapesWorld Q/A
-  wording (input_pipeline/shapes_world/qa.py): the colour of each coloured class asked once, the count
+  wording (jaxmodels/shapes_world/qa.py): the colour of each coloured class asked once, the count
   of each class (summed over its clauses), and for a position clause whether A is in the relation to B
   (classes named alone only where the prompt has one object of them)."""
-  from input_pipeline.shapes_world import shapes
+  from jaxmodels.shapes_world import shapes
   include = record.get("include", [])
   totals: dict[str, int] = {}
   for c in include:

@@ -169,7 +169,7 @@ class PromptStream:
 
 
 def train_records(data_dir: str, cfg_name: str, limit: int | None = None) -> list[dict]:
-  from input_pipeline import shapes_world as sw
+  from jaxmodels import shapes_world as sw
   split = sw.load_split(data_dir, "train", cfg_name, decode="lazy")
   n = len(split) if not limit else min(limit, len(split))
   return [dict(split[i]["metadata"]) for i in range(n)]
@@ -188,7 +188,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   from input_pipeline.datasets import default_data_dir
   from jaxmodels import sharding
   from jaxmodels.checkpoint import Checkpointer
-  from jaxmodels.evals import shapes_world as shapes_eval
+  from jaxmodels.evals import shapes_eval
   from jaxmodels.rl.rewards import make_rewards
   from jaxmodels.serving.loader import run_tokenizer
   from jaxmodels.trainer import MetricWriter, make_train_step
@@ -214,7 +214,8 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   und_data = None
   if gcfg.und_weight:
     from input_pipeline.datasets import make_train_data
-    und_data = make_train_data(config, src_dir, num_image_tokens=ts.model.policy.num_image_tokens)
+    from jaxmodels.unified.model_io import model_io
+    und_data = make_train_data(config, src_dir, io=model_io(config.model))
   data_iter = und_data.iterator if und_data is not None else None
   start, restored = ckpt.restore_latest(sharding.abstract_state(state, shardings), data_iter=data_iter)
   if start is not None:

@@ -14,6 +14,7 @@ from jaxmodels.trainer.optim import make_optimizer, trainable_filter
 from jaxmodels.trainer.train_state import TrainState
 from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified.build import unified_config
+from jaxmodels.unified.model_io import model_type
 
 
 def no_remat_on_multiprocess_cpu(config):
@@ -123,23 +124,11 @@ def mesh_and_rules(config):
   return mesh, rules
 
 
-MODEL_TYPES = ("unified", "florence_vl", "lm")
-
-
-def model_type(config) -> str:
-  """`config.model.type`: "unified" (default; `UnifiedModel`), "florence_vl" (`FlorenceVL`) or "lm"
-  (`TextLM`, text-only SFT)."""
-  kind = config.model.get("type", None) or "unified"
-  if kind not in MODEL_TYPES:
-    raise ConfigError(f"config.model.type={kind!r}: expected one of {MODEL_TYPES}")
-  return kind
-
-
 def unified_config_of(config, purpose: str, needs: str):
   """The run's UnifiedConfig, for a tool (`purpose`, e.g. "--rover_data") that needs a unified model
   (`needs`: what it must do, for the message); a ConfigError names config.model.type otherwise."""
-  if model_type(config) != "unified":
-    raise ConfigError(f"config.model.type={model_type(config)!r}: {purpose} needs a unified model "
+  if model_type(config.model) != "unified":
+    raise ConfigError(f"config.model.type={model_type(config.model)!r}: {purpose} needs a unified model "
                       f"that {needs}")
   from jaxmodels.unified.build import unified_config
   return unified_config(config.model)
@@ -147,11 +136,11 @@ def unified_config_of(config, purpose: str, needs: str):
 
 def model_factory(config) -> Callable[[], nnx.Module]:
   """A constructor of the model named by `config.model.type` (the config is checked here, once)."""
-  if model_type(config) == "florence_vl":
+  if model_type(config.model) == "florence_vl":
     from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
     fcfg = florence_vl_config(config.model, require_prompt_ids=True)
     return lambda: FlorenceVL(fcfg, rngs=nnx.Rngs(config.seed))
-  if model_type(config) == "lm":
+  if model_type(config.model) == "lm":
     from jaxmodels.text_lm import TextLM, text_lm_config
     lcfg = text_lm_config(config.model)
     return lambda: TextLM(lcfg, rngs=nnx.Rngs(config.seed))
@@ -166,7 +155,7 @@ def shapes_eval_supported(config, model) -> bool:
   data = config.data.get("name", "shapes_world") or "shapes_world"
   if not isinstance(model, UnifiedModel) or data != "shapes_world":
     logging.info("ShapesWorld evaluations skipped: they need a UnifiedModel trained on shapes_world "
-                 "(config.model.type=%s, config.data.name=%s)", model_type(config), data)
+                 "(config.model.type=%s, config.data.name=%s)", model_type(config.model), data)
     return False
   return True
 

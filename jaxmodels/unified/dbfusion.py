@@ -99,18 +99,25 @@ def resolve_prompt_ids(config: DBFusionConfig, tokenizer, *,
                        key: str = "config.model.dbfusion.tokenizer") -> DBFusionConfig:
   """Fills `prompt_ids` by tokenising `prompts` with Florence-2's (BART) tokenizer, whose
   post-processor adds <s> ... </s>. `tokenizer`: a local path (a Florence-2 checkpoint folder with
-  tokenizer.json, or the file), an `input_pipeline.tokenizers.HFTokenizer`, or a transformers
+  tokenizer.json, or the file; read with the `tokenizers` library), a `tokenizers.Tokenizer`, an object
+  with `encode(text, add_special_tokens=True) -> ids` (input_pipeline's HFTokenizer), or a transformers
   tokenizer. A missing path raises a one-line ConfigError naming `key`."""
   if tokenizer is None or isinstance(tokenizer, str):
     import os
-    from input_pipeline.tokenizers import load_tokenizer
+    import tokenizers
     if not tokenizer:
       raise ConfigError(f"{key} is not set: give the local Florence-2 checkpoint (tokenizer.json) "
                         "to tokenise dbfusion.prompts, or set dbfusion.prompt_ids")
-    if not os.path.exists(tokenizer):
+    path = os.path.join(tokenizer, "tokenizer.json") if os.path.isdir(tokenizer) else tokenizer
+    if not os.path.exists(path):
       raise ConfigError(f"{key}={tokenizer!r}: no such file or folder (Florence-2 tokenizer.json)")
-    tokenizer = load_tokenizer(tokenizer)
-  if hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "encode"):        # our HFTokenizer
+    try:
+      tokenizer = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ConfigError(f"{key}={tokenizer!r}: {path} is not a tokenizer.json ({e})") from None
+  if hasattr(tokenizer, "encode_batch"):                                       # tokenizers.Tokenizer
+    ids = [tokenizer.encode(p, add_special_tokens=True).ids for p in config.prompts]
+  elif hasattr(tokenizer, "tokenizer") and hasattr(tokenizer, "encode"):        # our HFTokenizer
     ids = [tokenizer.encode(p, add_special_tokens=True) for p in config.prompts]
   else:                                                                        # transformers
     ids = [tokenizer(p)["input_ids"] for p in config.prompts]

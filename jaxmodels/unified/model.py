@@ -59,6 +59,7 @@ from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_wi
 from jaxmodels.unified import latent_codec, patch_tokens
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.latte_flow import LatteFlow
+from jaxmodels.unified.model_io import unified_num_image_tokens
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoder
 from jaxmodels.vision import avg_pool_tokens
 
@@ -176,12 +177,8 @@ class UnifiedModel(nnx.Module):
   # ---------------------------------------------------------------- understanding
   @property
   def num_image_tokens(self) -> int:
-    """Placeholder tokens one image occupies in an understanding sequence: (grid / und_pool)², with
-    grid = image_size / patch_size for a ViT, image_size / (patch_size · merge) for Qwen2.5-VL."""
-    if self.und_encoder is None:
-      return self.image_tokenizer.grid_size(self.config.image_tokenizer.scale) ** 2
-    enc = self.config.und_encoder
-    return (enc.grid_size // self.config.und_pool) ** 2
+    """Placeholder tokens one image occupies in an understanding sequence (model_io.py states it)."""
+    return unified_num_image_tokens(self.config)
 
   def image_tokens(self, images: jax.Array, *, with_features: bool = False):
     """images [B, H, W, 3] in [-1, 1] -> LLM-space image tokens [B, n, D] (the understanding encoder, or

@@ -18,7 +18,7 @@ x2, y2) in pixels with x2 = last column + 1 and y2 = last row + 1, so the box
 centre is ((x1 + x2) / 2, (y1 + y2) / 2) and its width x2 - x1.
 
 Example:
-  >>> from input_pipeline.shapes_world.scene import Scene, SceneObject
+  >>> from jaxmodels.shapes_world.scene import Scene, SceneObject
   >>> scene = Scene((SceneObject("star", "yellow", (0.5, 0.5), 0.4),))
   >>> r = render_with_masks(scene, 64)
   >>> r.image.shape, r.masks.shape, r.boxes.shape
@@ -35,18 +35,14 @@ import io
 import numpy as np
 from PIL import Image
 
-from input_pipeline.shapes_world import palette
-from input_pipeline.shapes_world import shapes
-from input_pipeline.shapes_world.scene import Scene
-from input_pipeline.shapes_world.scene import SceneObject
-
-try:
-  from jaxmodels.errors import JaxModelsError as _Base
-except ImportError:  # pragma: no cover - the package is used without jaxmodels
-  _Base = Exception
+from jaxmodels.errors import JaxModelsError
+from jaxmodels.shapes_world import palette
+from jaxmodels.shapes_world import shapes
+from jaxmodels.shapes_world.scene import Scene
+from jaxmodels.shapes_world.scene import SceneObject
 
 
-class SceneError(_Base, ValueError):
+class SceneError(JaxModelsError, ValueError):
   """A scene breaks a ShapesWorld rule (overlap, outside canvas, too small)."""
 
 

@@ -46,14 +46,14 @@ from typing import Any
 
 import numpy as np
 
-from input_pipeline.shapes_world import geneval
-from input_pipeline.shapes_world import layout
-from input_pipeline.shapes_world import palette
-from input_pipeline.shapes_world import render as render_lib
-from input_pipeline.shapes_world import shapes
-from input_pipeline.shapes_world.scene import Scene
-from input_pipeline.shapes_world.scene import SceneObject
-from input_pipeline.shapes_world.scene import unique_reference
+from jaxmodels.shapes_world import geneval
+from jaxmodels.shapes_world import layout
+from jaxmodels.shapes_world import palette
+from jaxmodels.shapes_world import render as render_lib
+from jaxmodels.shapes_world import shapes
+from jaxmodels.shapes_world.scene import Scene
+from jaxmodels.shapes_world.scene import SceneObject
+from jaxmodels.shapes_world.scene import unique_reference
 
 EDIT_KINDS: tuple[str, ...] = ("spatial", "quantitative", "colour", "sequence")
 REGIONS: tuple[str, ...] = ("left", "right", "top", "bottom")

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world import palette
+from jaxmodels.shapes_world import palette
 
 KINDS = ("random", "near_object", "two_tone")
 _PALETTE = {tuple(int(v) for v in rgb) for rgb in palette.COLOR_RGB.values()}

@@ -56,13 +56,9 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline.shapes_world import generator as gen_lib
-from input_pipeline.shapes_world import render as render_lib
-
-try:
-  from jaxmodels.errors import ConfigError as _ConfigError
-except ImportError:  # pragma: no cover
-  _ConfigError = ValueError
+from jaxmodels.errors import ConfigError
+from jaxmodels.shapes_world import generator as gen_lib
+from jaxmodels.shapes_world import render as render_lib
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # Splits are generated in this order; each excludes the scenes of the earlier ones.
@@ -97,7 +93,7 @@ def make_config(image_size: int = 64, num_train: int = 10000, num_validation: in
   for key, v in (("image_size", image_size), ("num_train", num_train),
                  ("num_validation", num_validation), ("num_test", num_test)):
     if int(v) < (16 if key == "image_size" else 1):
-      raise _ConfigError(f"shapes_world config: {key}={v} is too small")
+      raise ConfigError(f"shapes_world config: {key}={v} is too small")
   name = name or f"s{image_size}_n{num_train}_{num_validation}_{num_test}_seed{seed}"
   return ShapesWorldConfig(name=name, description="custom ShapesWorld config",
                            image_size=int(image_size), num_train=int(num_train),
@@ -201,7 +197,7 @@ def _as_config(config: str | ShapesWorldConfig) -> str | ShapesWorldConfig:
     return config
   names = [c.name for c in ShapesWorld.BUILDER_CONFIGS]
   if config not in names:
-    raise _ConfigError(f"shapes_world config {config!r} unknown; expected one of {names} "
+    raise ConfigError(f"shapes_world config {config!r} unknown; expected one of {names} "
                        "or a ShapesWorldConfig (see make_config)")
   return config
 
@@ -248,12 +244,12 @@ def load_split(data_dir: str | None, split: str, config: str | ShapesWorldConfig
     A sequence (len, [i]) of feature dicts, usable as `grain.MapDataset.source(...)`.
   """
   if split.split("[")[0] not in SPLITS:
-    raise _ConfigError(f"shapes_world split {split!r} unknown; expected one of {SPLITS}")
+    raise ConfigError(f"shapes_world split {split!r} unknown; expected one of {SPLITS}")
   if decode not in (True, False, "lazy"):
-    raise _ConfigError(f"load_split: decode={decode!r}: expected True, False or 'lazy'")
+    raise ConfigError(f"load_split: decode={decode!r}: expected True, False or 'lazy'")
   builder = prepare(data_dir, config)
   if decode == "lazy":
-    from input_pipeline.shapes_world.lazy import LazySource
+    from jaxmodels.shapes_world.lazy import LazySource
     return LazySource(builder, split)
   source = builder.as_data_source(split=split)
   return DecodedSource(source) if decode else source

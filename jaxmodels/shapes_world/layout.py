@@ -30,11 +30,11 @@ from typing import Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world import geneval
-from input_pipeline.shapes_world import render as render_lib
-from input_pipeline.shapes_world import shapes
-from input_pipeline.shapes_world.scene import Scene
-from input_pipeline.shapes_world.scene import SceneObject
+from jaxmodels.shapes_world import geneval
+from jaxmodels.shapes_world import render as render_lib
+from jaxmodels.shapes_world import shapes
+from jaxmodels.shapes_world.scene import Scene
+from jaxmodels.shapes_world.scene import SceneObject
 
 MIN_SIZE = 0.25
 MAX_SIZE = {1: 0.5, 2: 0.42, 3: 0.36, 4: 0.34}

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_parser
 
-from input_pipeline.shapes_world import builder as builder_lib
+from jaxmodels.shapes_world import builder as builder_lib
 
 
 class LazySource:

@@ -218,7 +218,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   the source image and a prompt-conditioned DiT, i.e. not queries="image_tokens"). Set sizes
   default to min(geneval_prompts, 16) (ColorBench: at most 8 per task).
   """
-  from input_pipeline import shapes_world as sw
+  from jaxmodels import shapes_world as sw
   from jaxmodels.evals import shapes_colorbench, shapes_rover
   from jaxmodels.evals.shapes_progress import progress_scores
   ev, cfg_name = config.evals, config.data.get("config", "res32")

@@ -28,8 +28,8 @@ import hashlib
 import json
 from typing import Any
 
-from input_pipeline.shapes_world import palette
-from input_pipeline.shapes_world import shapes
+from jaxmodels.shapes_world import palette
+from jaxmodels.shapes_world import shapes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,8 +31,8 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from input_pipeline.shapes_world import palette
-from input_pipeline.shapes_world import shapes
+from jaxmodels.shapes_world import palette
+from jaxmodels.shapes_world import shapes
 
 TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position",
                          "color_attr")

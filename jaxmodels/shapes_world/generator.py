@@ -34,14 +34,14 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from input_pipeline.shapes_world import edits as edits_lib
-from input_pipeline.shapes_world import geneval
-from input_pipeline.shapes_world import layout
-from input_pipeline.shapes_world import palette
-from input_pipeline.shapes_world import qa as qa_lib
-from input_pipeline.shapes_world import render as render_lib
-from input_pipeline.shapes_world import shapes
-from input_pipeline.shapes_world.scene import Scene
+from jaxmodels.shapes_world import edits as edits_lib
+from jaxmodels.shapes_world import geneval
+from jaxmodels.shapes_world import layout
+from jaxmodels.shapes_world import palette
+from jaxmodels.shapes_world import qa as qa_lib
+from jaxmodels.shapes_world import render as render_lib
+from jaxmodels.shapes_world import shapes
+from jaxmodels.shapes_world.scene import Scene
 
 SPLIT_CODES: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 MAX_ATTEMPTS = 100

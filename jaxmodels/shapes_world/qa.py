@@ -39,8 +39,8 @@ for a shape drawn exactly twice, side by side ("The left one", "The right one", 
 same" for one colour). Luminance is Rec. 601 (`palette.luminance`).
 
 Example:
-  >>> from input_pipeline.shapes_world.render import render_with_masks
-  >>> from input_pipeline.shapes_world.scene import SceneObject
+  >>> from jaxmodels.shapes_world.render import render_with_masks
+  >>> from jaxmodels.shapes_world.scene import SceneObject
   >>> scene = Scene((SceneObject("circle", "red", (0.3, 0.5), 0.3),
   ...                SceneObject("square", "blue", (0.75, 0.5), 0.3)))
   >>> items = make_qa(np.random.default_rng(0), scene, render_with_masks(scene, 64))
@@ -55,12 +55,12 @@ from typing import Any
 
 import numpy as np
 
-from input_pipeline.shapes_world import geneval
-from input_pipeline.shapes_world import palette
-from input_pipeline.shapes_world import shapes
-from input_pipeline.shapes_world.render import Rendering
-from input_pipeline.shapes_world.scene import Scene
-from input_pipeline.shapes_world.scene import unique_reference
+from jaxmodels.shapes_world import geneval
+from jaxmodels.shapes_world import palette
+from jaxmodels.shapes_world import shapes
+from jaxmodels.shapes_world.render import Rendering
+from jaxmodels.shapes_world.scene import Scene
+from jaxmodels.shapes_world.scene import unique_reference
 
 COLORBENCH_TASKS: tuple[str, ...] = (
     "color_recognition", "object_recognition", "color_counting", "object_counting",

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from input_pipeline.shapes_world import shapes as sw_shapes
+from jaxmodels.shapes_world import shapes as sw_shapes
 
 SHAPES: tuple[str, ...] = sw_shapes.SHAPES
 _CROSS_THICKNESS = 1.0 / 3.0  # bar thickness / size of the cross (shapes.py)
