@@ -87,13 +87,13 @@ def get_config(arg=None):
       a.width, a.layers = 128, 2
     c.model.llm.update(hidden_size=a.width, intermediate_size=2 * a.width, num_layers=a.layers)
     c.model.patch_tokens = dict(image_size=32, patch_size=4, max_patches=48, temperature=0.7,
-                                pattern_temperature=0.1, neighbours=True, palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
+                                pattern_temperature=0.1, neighbours=True, edit_reference="encoder", palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
   elif a.target != "pixels":
     raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'tokens', 'ae' or 'pixels'")
   c.data = ml_collections.ConfigDict(dict(
       name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=96, gen_len=16,
       questions_per_scene=4, qa_turns=4, qa_leak_free=True, und_layout="question_first", dense_labels=True,
-      qa_kinds="color,shape,count,position,colorbench", und_background=0.0,
+      qa_kinds="color,shape,count,position,colorbench", und_background=0.0, und_colorbench=0.0,
       edit_fraction=0.0, long_edits="raise", on_error="raise", worker_count=1))
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   # target=ae/pixels: generation inputs on every third step (the others train understanding only,
@@ -142,7 +142,7 @@ def grpo_block(runlocal: bool = False) -> ml_collections.ConfigDict:
   rl = ml_collections.ConfigDict(dict(
       group_size=8, prompts_per_step=8,
       clip_eps=0.2, clip_eps_high=placeholder(float), kl_beta=0.04, aggregate="sequence", scale="std",
-      inner_epochs=1, und_weight=0.0,
+      inner_epochs=1, und_weight=0.0, edit_weight=0.0,
       temperature=placeholder(float), pattern_temperature=placeholder(float),   # None: the model's
       rewards=dict(geneval_dense=1.0, geneval=0.0),   # weights; a 0 weight is still logged
       external={},                                    # {"pkg.module:factory": {"weight": w, ...}}

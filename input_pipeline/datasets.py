@@ -118,8 +118,8 @@ def make_train_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
       qa_kinds=tuple(k.strip() for k in str(data.get("qa_kinds") or ",".join(OPEN_QA_KINDS)).split(",")
                      if k.strip()),
       layout=data.get("und_layout", "image_first"), und_background=data.get("und_background", 0.0),
-      long_edits=data.get("long_edits", "raise"),
-      dense_grid=io.dense_grid if data.get("dense_labels") else 0)
+      long_edits=data.get("long_edits", "raise"), colorbench_images=data.get("und_colorbench", 0.0),
+      dense_grid=io.dense_grid if data.get("dense_labels") else 0, edit_image_tokens=io.edit_tokens)
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=data.batch_size // jax.process_count(),
                              worker_count=data.get("worker_count", 0))
   return TrainData(iter(ds), tok, data_dir)

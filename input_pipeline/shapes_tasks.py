@@ -16,8 +16,14 @@ questions. With `turns` = k > 1 one understanding sequence asks k different ques
   gen_image [S_g, S_g, 3] float32 in [-1, 1]      gen_ids [T_g] int32 prompt, left-padded; gen_mask [T_g]
   (no gen_* arrays with gen_image_size=None: a model that does not generate)
 
+With `colorbench_images` = q > 0, a fixed fraction q of the understanding rows (another hash of i) ask
+one ColorBench-style task about an image made for it instead (jaxmodels/shapes_world/colorbench_tasks.py:
+dot plates, illusions, camouflage backgrounds, recolourings, ...; seeds [i, 0xCB], a stream apart from
+the evaluation's), in the same layout, answered with the option's text; their dense labels are -1.
+
 With `edit_fraction` = p > 0, a fixed pseudo-random fraction p of the elements (a hash of the index)
-are edits instead of text-to-image pairs: gen_ids = <bos> <image>×n instruction, gen_image = the edit
+are edits instead of text-to-image pairs: gen_ids = <bos> <image>×n_e instruction (n_e =
+`edit_image_tokens`, the model's placeholders for an edit source; default n), gen_image = the edit
 target, and every element carries gen_cond_image [S_u, S_u, 3] (the source scene for edits, all −1,
 i.e. black, for text-to-image rows, which hold no <image> placeholder). The model's generation loss
 splices the source image's tokens into the instruction (MetaQuery-style editing, `edit_drop`). An
@@ -55,9 +61,11 @@ def _texts(record: dict[str, Any]) -> Iterable[str]:
 
 def shapes_tokenizer(records: Iterable[dict[str, Any]]) -> WordTokenizer:
   """A word-level tokenizer over every prompt, edit instruction, question and answer in `records`
-  (raw or decoded), and the words of the colour-reasoning questions made on the fly."""
+  (raw or decoded), and the words of the colour-reasoning questions and ColorBench-style tasks made on
+  the fly."""
+  from jaxmodels.shapes_world.colorbench_tasks import TEXTS as COLORBENCH_TEXTS
   from jaxmodels.shapes_world.qa import REASONING_TEXTS
-  texts = [t for r in records for t in _texts(r)] + list(REASONING_TEXTS)
+  texts = [t for r in records for t in _texts(r)] + list(REASONING_TEXTS) + list(COLORBENCH_TEXTS)
   return WordTokenizer.from_texts(texts)
 
 
@@ -188,13 +196,15 @@ class ShapesTaskSource:
                gen_image_size: int | None = 32,
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
                edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False,
-               layout: str = "image_first", und_background: float = 0.0, long_edits: str = "raise"):
+               layout: str = "image_first", und_background: float = 0.0, long_edits: str = "raise",
+               edit_image_tokens: int | None = None, colorbench_images: float = 0.0):
     if layout not in UND_LAYOUTS:
       raise ValueError(f"data.und_layout={layout!r}: expected one of {UND_LAYOUTS}")
     if not 0.0 <= edit_fraction <= 1.0:
       raise ValueError(f"edit_fraction={edit_fraction} must be in [0, 1]")
     self.scenes, self.tok = scenes, tokenizer
     self.n_img, self.und_len, self.gen_len = num_image_tokens, und_len, gen_len
+    self.n_edit = num_image_tokens if edit_image_tokens is None else edit_image_tokens
     self.und_size, self.gen_size = und_image_size, gen_image_size
     unknown = [k for k in qa_kinds if k not in QA_KINDS]
     if unknown or not qa_kinds:
@@ -209,6 +219,22 @@ class ShapesTaskSource:
     if long_edits not in ("raise", "text_to_image"):
       raise ValueError(f"data.long_edits={long_edits!r}: expected 'raise' or 'text_to_image'")
     self.long_edits = long_edits
+    if not 0.0 <= colorbench_images <= 1.0:
+      raise ValueError(f"data.und_colorbench={colorbench_images} must be in [0, 1]")
+    self.colorbench_images = colorbench_images
+
+  def _colorbench_item(self, i: int):
+    """(image uint8, question, answer) of a ColorBench-style task for a fixed fraction
+    `colorbench_images` of the elements (a hash of i), else None. Drawn from a seed stream of its own
+    ([i, 0xCB]), apart from the evaluation's (shapes_colorbench.make_rows)."""
+    if not self.colorbench_images or ((int(i) * 2246822519 + 7) % 2**32) / 2**32 >= self.colorbench_images:
+      return None
+    from jaxmodels.shapes_world.colorbench_tasks import training_item
+    for attempt in range(20):
+      item = training_item(np.random.default_rng([int(i), 0xCB, attempt]), self.und_size)
+      if item is not None:
+        return item
+    return None
 
   def is_edit(self, i: int) -> bool:
     """Whether element i is an edit (a fixed hash of i, so a fraction `edit_fraction` of any range)."""
@@ -238,6 +264,11 @@ class ShapesTaskSource:
       context += f"{item['question']} {item['answer']} ".lower()
       kinds_asked.add(item["kind"])
       ids, weights = ids + question + answer, weights + [0] * len(question) + [1] * len(answer)
+    cb = self._colorbench_item(i)
+    if cb is not None:   # this understanding row is one ColorBench-style task instead of the scene's Q/A
+      question = und_prompt(self.tok, cb[1], self.n_img, self.layout)   # the same layout as Q/A turns
+      answer = self.tok.encode(cb[2]) + [self.tok.eos_id]
+      ids, weights = question + answer, [0] * len(question) + [1] * len(answer)
     ids, weights = ids[:self.und_len], weights[:self.und_len]
     und_ids = np.full((self.und_len,), self.tok.pad_id, np.int32)
     und_ids[:len(ids)] = ids
@@ -245,19 +276,20 @@ class ShapesTaskSource:
     loss_mask = np.zeros((self.und_len,), np.int32)
     loss_mask[:len(weights)] = weights
     image = ex["image"]
-    und_image = image
-    if self.und_background:   # a fixed fraction (a function of i) sees its background repainted
+    und_image = image if cb is None else cb[0]
+    if self.und_background and cb is None:   # a fixed fraction (a function of i): background repainted
       rng = np.random.default_rng([int(i), 0xB6])
       if rng.random() < self.und_background:
         from jaxmodels.shapes_world.augment import jitter_background
         und_image = jitter_background(rng, image, [o["color"] for o in ex["scene"]["objects"]])
     out = dict(und_image=to_unit_range(und_image, self.und_size), und_ids=und_ids, und_mask=und_mask,
                und_loss_mask=loss_mask)
-    if self.dense_grid:
-      out["und_labels"] = dense_labels(ex["scene"], self.und_size, self.dense_grid)
+    if self.dense_grid:   # a ColorBench-style image has no scene: no labels (-1, left out of the loss)
+      out["und_labels"] = (dense_labels(ex["scene"], self.und_size, self.dense_grid) if cb is None
+                           else np.full((self.dense_grid, self.dense_grid, 2), -1, np.int32))
     if self.gen_size is None:   # a model that does not generate (Florence-VL): understanding rows only
       return out
-    prompt = (edit_prompt(self.tok, ex["edit_instruction"], self.n_img)
+    prompt = (edit_prompt(self.tok, ex["edit_instruction"], self.n_edit)
               if self.edit_fraction and self.is_edit(i) else None)
     if prompt is not None and len(prompt) > self.gen_len:   # truncating would drop the image's tokens
       if self.long_edits == "raise":

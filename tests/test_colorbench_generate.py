@@ -14,7 +14,7 @@ from PIL import Image
 
 import evaluate
 from jaxmodels.evals import EvalInputError, colorbench, colorbench_generate
-from jaxmodels.evals.shapes_colorbench import hue_rotate
+from jaxmodels.shapes_world.colorbench_tasks import hue_rotate
 from random_run import random_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -57,6 +57,8 @@ def test_config_errors():
     grpo.GRPOConfig(temperature=0)
   with pytest.raises(ConfigError, match="und_weight"):
     grpo.GRPOConfig(und_weight=-1.0)
+  with pytest.raises(ConfigError, match="edit_weight"):
+    grpo.GRPOConfig(edit_weight=-1.0)
 
 
 def test_phase_configs_of_the_embedded_default():
@@ -210,7 +212,10 @@ def source_run(tmp_path_factory):
   words = "a photo of an the red blue green yellow orange purple pink brown gray black white circle " \
           "square triangle star heart hexagon circles squares triangles stars hearts hexagons two three " \
           "four left right above below of and"
-  return random_run(tmp_path_factory.mktemp("grpo_src") / "src", words)
+  from configs import shapes_tiny
+  config = shapes_tiny.get_config("runlocal")
+  config.data.long_edits = "text_to_image"   # GRPO reads the source run's data settings (edit_weight's edit rows)
+  return random_run(tmp_path_factory.mktemp("grpo_src") / "src", words, config)
 
 
 @pytest.mark.slow
@@ -228,6 +233,7 @@ def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
   # the external hook's brightness reward differs between any two images, so every step moves the policy.
   config.rl.external = {"test_grpo:brightness_reward": {"weight": 1.0}}
   config.rl.und_weight = 0.5    # a supervised understanding batch in every update: its iterator resumes too
+  config.rl.edit_weight = 0.5   # ... with edit pairs as its generation rows, trained supervised too
   full = tmp_path / "full"
   scores = train.train_and_evaluate(config, str(full))
   assert "geneval" in scores
@@ -237,7 +243,7 @@ def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
   assert {f"train/{k}" for k in ("rl/kl", "rl/clip_frac", "rl/reward/geneval", "rl/diversity", "loss")} <= \
       set(train_rows[0])
   assert train_rows[-1]["train/rl/kl"] > 0            # the policy moved away from its reference
-  assert all(r["train/und/und_loss"] > 0 for r in train_rows)
+  assert all(r["train/und/und_loss"] > 0 and r["train/edit/gen_loss"] > 0 for r in train_rows)
   # "interrupted" after step 2: a copy of the run without its step-4 checkpoint, resumed
   part = tmp_path / "part"
   shutil.copytree(full / "checkpoints", part / "checkpoints")

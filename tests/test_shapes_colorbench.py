@@ -9,6 +9,7 @@ import pytest
 from jaxmodels.shapes_world import palette, shapes
 from jaxmodels.evals import EvalInputError, colorbench
 from jaxmodels.evals import shapes_colorbench as S
+from jaxmodels.shapes_world import colorbench_tasks as T
 from jaxmodels.evals.detectors import ShapesDetector
 
 PER_TASK, SEEDS = 6, 4
@@ -111,7 +112,7 @@ def test_reasoning_answers_follow_from_pixels(rows):
     image = S.row_pixels(r)
     color = _subject(r["question"], "image is ", "?")
     frac = np.all(image == palette.COLOR_RGB[color], -1).mean()
-    assert S._proportion_label(frac) == _answer_text(r)
+    assert T._proportion_label(frac) == _answer_text(r)
   for r in _by_task(rows, "Color Comparison"):
     found = det.detect(S.row_pixels(r))
     lum = {d["class"]: palette.luminance(palette.COLOR_RGB[d["color"]]) for d in found}
@@ -133,7 +134,7 @@ def test_reasoning_answers_follow_from_pixels(rows):
     image = S.row_pixels(r).astype(float)
     cell = 2
     centres = image[cell // 2::cell, cell // 2::cell][:16, :16]
-    pairs = np.array(S.PLATE_PAIRS, float)  # [P, 2, 3]
+    pairs = np.array(T.PLATE_PAIRS, float)  # [P, 2, 3]
     d = np.linalg.norm(centres[..., None, None, :] - pairs, axis=-1)  # [16, 16, P, 2]
     p = int(np.argmin(d.min(-1).sum((0, 1))))
     figure = d[..., p, 0] < d[..., p, 1]
@@ -152,7 +153,7 @@ def test_robustness_groups_recolour_the_right_regions(rows):
   assert len(groups) == SEEDS
   for members in groups.values():
     assert [m["variant"] for m in members] == ["original"] + [
-        f"{reg}_hue{deg}" for reg in S.REGIONS for deg in S.HUE_SHIFTS]
+        f"{reg}_hue{deg}" for reg in T.REGIONS for deg in T.HUE_SHIFTS]
     assert len({(m["question"], tuple(m["choices"]), m["answer"]) for m in members}) == 1
     shape = _subject(members[0]["question"], "How many ", " are")
     original = S.row_pixels(members[0])
@@ -173,10 +174,10 @@ def test_robustness_groups_recolour_the_right_regions(rows):
 
 def test_hue_rotation():
   px = np.array([[[255, 0, 0], [153, 153, 153], [0, 0, 255]]], np.uint8)
-  np.testing.assert_array_equal(S.hue_rotate(px, 120)[0], [[0, 255, 0], [153, 153, 153],
+  np.testing.assert_array_equal(T.hue_rotate(px, 120)[0], [[0, 255, 0], [153, 153, 153],
                                                            [255, 0, 0]])
-  np.testing.assert_array_equal(S.hue_rotate(px, 360), px)
-  only = S.hue_rotate(px, 120, mask=np.array([[True, False, False]]))
+  np.testing.assert_array_equal(T.hue_rotate(px, 360), px)
+  only = T.hue_rotate(px, 120, mask=np.array([[True, False, False]]))
   np.testing.assert_array_equal(only[0, 2], [0, 0, 255])
 
 
@@ -202,7 +203,7 @@ def test_run_model_and_evaluate(rows):
 def test_match_option_reads_word_tokenizer_spacing():
   """A word-level tokenizer decodes "[30, 160, 50]" as "[ 30, 160, 50 ]" and "5% to 10%" as
   "5 % to 10 %": still the option; a reply that is no option stays unmatched."""
-  bins = [b[2] for b in S.PROPORTION_BINS]
+  bins = [b[2] for b in T.PROPORTION_BINS]
   assert S.match_option("[ 30, 160, 50 ]", ["[0, 0, 0]", "[30, 160, 50]"]) == "(B)"
   assert S.match_option("5 % to 10 %.", bins) == "(B)"
   assert S.match_option("10 % to", bins) is None and S.match_option(None, bins) is None

@@ -243,3 +243,49 @@ def test_colorbench_kind_asks_open_colour_questions(scenes, tok):
   assert asked["colorbench"] > 0.1 * len(src), asked
   with pytest.raises(ValueError, match="data.qa_kinds"):
     ShapesTaskSource(scenes, tok, num_image_tokens=4, qa_kinds=("color", "colour"))
+
+
+def test_colorbench_images_replace_a_fraction_of_the_understanding_rows(scenes, tok):
+  """data.und_colorbench = q: a fraction q of the rows ask one ColorBench-style task about an image made
+  for it (not the scene's render), in the run's layout, answered in the vocabulary's words, with no
+  dense labels; the rest are the scene rows, unchanged."""
+  from jaxmodels.shapes_world import colorbench_tasks
+  kw = dict(num_image_tokens=4, und_len=48, layout="question_first", dense_grid=8, turns=2)
+  plain = ShapesTaskSource(scenes, tok, **kw)
+  mixed = ShapesTaskSource(scenes, tok, colorbench_images=0.25, **kw)
+  n = min(len(mixed), 200)
+  replaced = 0
+  for i in range(n):
+    a, b = plain[i], mixed[i]
+    if (a["und_ids"] == b["und_ids"]).all():
+      np.testing.assert_array_equal(a["und_image"], b["und_image"])
+      np.testing.assert_array_equal(a["und_labels"], b["und_labels"])
+      continue
+    replaced += 1
+    ids, loss = b["und_ids"], b["und_loss_mask"].astype(bool)
+    first_answer = int(np.argmax(loss))
+    assert (ids[first_answer - 4:first_answer] == tok.image_id).all()      # question, image, answer
+    assert tok.unk_id not in ids[b["und_mask"] > 0]
+    assert (b["und_labels"] == -1).all()
+    assert not np.array_equal(a["und_image"], b["und_image"])
+    answer = tok.decode(ids[loss][:-1])
+    assert answer
+  assert 0.15 * n < replaced < 0.35 * n, replaced
+  for text in colorbench_tasks.TEXTS:
+    assert tok.unk_id not in tok.encode(text), text
+  with pytest.raises(ValueError, match="und_colorbench"):
+    ShapesTaskSource(scenes, tok, colorbench_images=1.5, **kw)
+
+
+def test_dense_loss_leaves_out_negative_labels():
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from jaxmodels.unified.dense_head import DenseLabelHead
+  head = DenseLabelHead(8, (3,), rngs=nnx.Rngs(0))
+  tokens = jax.random.normal(jax.random.key(0), (2, 4, 8))
+  labels = jnp.asarray([[[1], [2], [0], [1]], [[-1], [-1], [-1], [-1]]]).reshape(2, 2, 2, 1)
+  loss, m = head.loss(tokens, labels)
+  alone, m1 = head.loss(tokens[:1], labels[:1])
+  np.testing.assert_allclose(float(loss), float(alone), rtol=1e-6)
+  np.testing.assert_allclose(float(m["und_dense_acc_0"]), float(m1["und_dense_acc_0"]), rtol=1e-6)

@@ -113,11 +113,11 @@ def model_answer_fn(model, tokenizer, *, batch_size: int = 32, prompt_len: int =
 def model_edit_fn(model, tokenizer, *, rng: jax.Array, num_steps: int = 20, guidance: float = 3.0,
                   image_guidance: float = 1.5, batch_size: int = 32, text_len: int = 32):
   """`edit_fn(source images uint8 [B, H, W, 3], instructions) -> (images uint8, texts)` of a
-  unified model: the prompt is <bos> <image>×n instruction (left-padded to n + 1 + `text_len`),
-  the placeholders filled from the source image (`generate_image(..., cond_images=...)`, 3-way
+  unified model: the prompt is <bos> <image>×n instruction (left-padded to n + 1 + `text_len`; n: the
+  model's `num_edit_image_tokens`), the placeholders filled from the source image (`generate_image(..., cond_images=...)`, 3-way
   guidance). The model writes no reasoning text, so every text is "" (RP / RA missing)."""
   size = model.config.und_encoder.image_size
-  n_img = model.num_image_tokens
+  n_img = getattr(model, "num_edit_image_tokens", model.num_image_tokens)
   length = n_img + 1 + text_len
   calls = [0]
 

@@ -51,7 +51,10 @@ class GRPOConfig:
   und_weight: the weight of the policy's supervised understanding loss on the `und_*` inputs a batch
   carries (answer CE + dense labels, `UnifiedModel.understanding_loss`): GRPO alone never trains the
   understanding path, so a run that starts from a briefly trained policy keeps learning to answer
-  while RL trains drawing (0: the GRPO objective only)."""
+  while RL trains drawing (0: the GRPO objective only). edit_weight: the weight of the policy's supervised
+  generation loss on the `gen_*` inputs of that batch (edit pairs: the trainer builds it with edits only),
+  so the edit path, which a text-to-image reward never exercises, keeps what the supervised phase taught
+  it (0: none)."""
   group_size: int = 8
   clip_eps: float = 0.2
   clip_eps_high: float | None = None
@@ -63,6 +66,7 @@ class GRPOConfig:
   render_steps: int = 30
   render_guidance: float = 1.0
   und_weight: float = 0.0
+  edit_weight: float = 0.0
 
   def __post_init__(self):
     if self.group_size < 2:
@@ -77,8 +81,9 @@ class GRPOConfig:
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise ConfigError(f"config.rl.{name}={value}: must be > 0 (a greedy policy has no gradient)")
-    if self.und_weight < 0:
-      raise ConfigError(f"config.rl.und_weight={self.und_weight}: must be >= 0")
+    for name in ("und_weight", "edit_weight"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"config.rl.{name}={getattr(self, name)}: must be >= 0")
 
 
 def group_advantages(rewards, *, scale: str = "std", eps: float = 1e-4) -> np.ndarray:
@@ -267,8 +272,8 @@ class GRPOPolicy(nnx.Module):
 
   def loss(self, batch, rng) -> tuple[jax.Array, dict]:
     """The GRPO objective on the rollout keys, plus `und_weight` × the policy's understanding loss when
-    the batch also carries a supervised understanding batch (`und_*` keys, its own batch size)."""
-    del rng
+    the batch also carries a supervised understanding batch (`und_*` keys, its own batch size) and
+    `edit_weight` × its generation loss on supervised edit pairs (`gen_*` keys)."""
     c = self.config
     logp, weights = self.logprobs(self.policy, batch)
     loss, metrics = clipped_objective(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
@@ -277,6 +282,9 @@ class GRPOPolicy(nnx.Module):
     if c.und_weight and "und_ids" in batch:
       und, m = self.policy.understanding_loss({k: v for k, v in batch.items() if k.startswith("und_")})
       loss, metrics = loss + c.und_weight * und, {**metrics, **{f"und/{k}": v for k, v in m.items()}}
+    if c.edit_weight and "gen_ids" in batch:
+      gen, m = self.policy.generation_loss({k: v for k, v in batch.items() if k.startswith("gen_")}, rng)
+      loss, metrics = loss + c.edit_weight * gen, {**metrics, **{f"edit/{k}": v for k, v in m.items()}}
     return loss, metrics
 
 

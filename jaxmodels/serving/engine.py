@@ -115,6 +115,7 @@ class ServingModel:
     self.image_side = (c.und_encoder.image_size if c.und_encoder is not None
                        else c.image_tokenizer.encoder.image_size if c.image_tokenizer is not None else 0)
     self.n_image = self.model.num_image_tokens if self.reads_images else 0
+    self.n_edit_image = getattr(self.model, "num_edit_image_tokens", self.n_image) if self.reads_images else 0
     self.generates = bool(c.generates_pixels)
     self.output_side = c.output_image_size if self.generates else 0
     data = self.config.get("data", {})
@@ -194,7 +195,7 @@ class ServingModel:
     text = self.tok.encode(req.prompt)
     if edit:
       image_guidance = 1.5 if req.image_guidance is None else req.image_guidance
-      ids = self._bos([self.model.config.image_token_id] * self.n_image + text)
+      ids = self._bos([self.model.config.image_token_id] * self.n_edit_image + text)
       row = dict(ids=ids, pixels=to_unit_range(req.image, self.image_side))
       key = ("edit", steps, guidance, image_guidance)
     else:

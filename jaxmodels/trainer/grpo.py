@@ -34,7 +34,7 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.rl.grpo import GRPOConfig, GRPOPolicy, group_advantages
 
 GRPO_KEYS = ("group_size", "clip_eps", "clip_eps_high", "kl_beta", "aggregate", "scale", "temperature",
-             "pattern_temperature", "render_steps", "render_guidance", "und_weight")
+             "pattern_temperature", "render_steps", "render_guidance", "und_weight", "edit_weight")
 
 
 def grpo_config_of(config) -> GRPOConfig:
@@ -209,13 +209,19 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                       async_save=config.checkpoint.async_save, cleanup_tmp=True)
   ckpt.quarantine_incomplete()
-  # rl.und_weight > 0: every update also takes a supervised understanding batch from the source run's
-  # data pipeline (its tokenizer, its Q/A mix); the iterator's position is checkpointed with the state.
-  und_data = None
-  if gcfg.und_weight:
+  # rl.und_weight / edit_weight > 0: every update also takes a supervised batch from the source run's
+  # data pipeline (its tokenizer, its Q/A mix; with edit_weight every generation row an edit pair); the
+  # iterator's position is checkpointed with the state.
+  und_data, kept = None, tuple(p for p, w in (("und_", gcfg.und_weight), ("gen_", gcfg.edit_weight)) if w)
+  if kept:
     from input_pipeline.datasets import make_train_data
     from jaxmodels.unified.model_io import model_io
-    und_data = make_train_data(config, src_dir, io=model_io(config.model))
+    data_config = config
+    if gcfg.edit_weight:
+      data_config = config.copy_and_resolve_references()
+      with data_config.unlocked():
+        data_config.data.edit_fraction = 1.0
+    und_data = make_train_data(data_config, src_dir, io=model_io(config.model))
   data_iter = und_data.iterator if und_data is not None else None
   start, restored = ckpt.restore_latest(sharding.abstract_state(state, shardings), data_iter=data_iter)
   if start is not None:
@@ -274,7 +280,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
     group_records = [r for r in records for _ in range(g)]
     total_reward, parts = rewards(images_u8, group_records)
     adv = group_advantages(total_reward.reshape(-1, g), scale=gcfg.scale).reshape(-1)
-    und = {} if data_iter is None else {k: v for k, v in next(data_iter).items() if k.startswith("und_")}
+    und = {} if data_iter is None else {k: v for k, v in next(data_iter).items() if k.startswith(kept)}
     batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv, **und))
     with sharding.use_mesh(mesh, rules):
       for epoch in range(rl.get("inner_epochs", 1)):

@@ -34,7 +34,9 @@ class DenseLabelHead(nnx.Module):
                        param_dtype=param_dtype, rngs=rngs)
 
   def loss(self, tokens: jax.Array, labels: jax.Array) -> tuple[jax.Array, dict]:
-    """Mean cross-entropy over tokens, summed over channels; labels int [B, g, g, C] (N = g²).
+    """Mean cross-entropy over the labelled tokens, summed over channels; labels int [B, g, g, C]
+    (N = g²), a negative label = no label there (an image without a scene, e.g. a ColorBench-style
+    plate), left out of the mean.
 
     Metrics: und_dense_loss and und_dense_acc_<c> (token accuracy of channel c)."""
     b, n, _ = tokens.shape
@@ -44,7 +46,11 @@ class DenseLabelHead(nnx.Module):
     for c, k in enumerate(self.classes):
       part = logits[..., start:start + k]
       start += k
-      total += optax.softmax_cross_entropy_with_integer_labels(part, labels[..., c]).mean()
-      metrics[f"und_dense_acc_{c}"] = (part.argmax(-1) == labels[..., c]).mean()
+      target = labels[..., c]
+      w = (target >= 0).astype(jnp.float32)
+      count = jnp.maximum(w.sum(), 1.0)
+      nll = optax.softmax_cross_entropy_with_integer_labels(part, jnp.maximum(target, 0))
+      total += (nll * w).sum() / count
+      metrics[f"und_dense_acc_{c}"] = ((part.argmax(-1) == target) * w).sum() / count
     metrics["und_dense_loss"] = total
     return total, metrics

@@ -246,9 +246,23 @@ class UnifiedModel(nnx.Module):
     extra = jnp.take(self.query_embed[...], jnp.clip(ids - v, 0, None), axis=0).astype(base.dtype)
     return jnp.where((ids >= v)[..., None], extra, base)
 
+  @property
+  def num_edit_image_tokens(self) -> int:
+    """Placeholders an edit prompt's source image occupies: the patch-token reference's slots
+    (patch_tokens.edit_reference="patch_tokens"), else num_image_tokens."""
+    return self.patch_tokenizer.config.num_slots if self._patch_reference else self.num_image_tokens
+
+  @property
+  def _patch_reference(self) -> bool:
+    pt = self.config.patch_tokens
+    return pt is not None and pt.edit_reference == "patch_tokens"
+
   def prompt_image_tokens(self, images: jax.Array) -> jax.Array:
     """LLM-space tokens [B, n, D] of a generation prompt's input images: the understanding encoder's
-    (shared), or with `gen_projector` the pooled generation encoder's (Pisces, decoupled)."""
+    (shared), with `gen_projector` the pooled generation encoder's (Pisces, decoupled), or with a
+    patch-token reference the images' own patch tokens [B, num_slots, D]."""
+    if self._patch_reference:
+      return self.patch_head.reference_embed(*self.patch_tokenizer.encode(images))
     if self.gen_projector is None:
       return self.image_tokens(images)
     return self.gen_projector(encoder_tokens(self.gen_encoder, images, self.config.gen_pool,
@@ -396,7 +410,11 @@ class UnifiedModel(nnx.Module):
     drop_img &= u < p_cap + p_img + p_both
     is_img = ids == c.image_token_id
     mask = jnp.where(drop_cap[:, None] & ~is_img, 0, mask)
-    images = jnp.where(drop_img[:, None, None, None], -1.0, images)
+    # A dropped image is black for the encoders; a patch-token reference drops to the empty canvas (the
+    # background colour: no patches), as black is a palette colour there.
+    null = (jnp.asarray(c.patch_tokens.palette[0], images.dtype) / 127.5 - 1.0 if self._patch_reference
+            else -1.0)
+    images = jnp.where(drop_img[:, None, None, None], null, images)
     return ids, mask, images
 
   def generation_loss(self, batch, rng: jax.Array) -> tuple[jax.Array, dict]:

@@ -42,7 +42,8 @@ class ModelIO:
   generation targets [G, G, 3] (None: the model does not generate pixels from gen_image).
   gen_latents_only: generation reads precomputed latents (batch["gen_latents"]; a latents target
   without an in-model VAE). dense_grid: side of the understanding encoder's patch grid, for per-token
-  labels (0: none)."""
+  labels (0: none). edit_image_tokens: placeholders an edit prompt's source image occupies (None: as
+  num_image_tokens; a patch-token reference takes its own slots)."""
   kind: str
   und_image_size: int | None
   image_token_id: int
@@ -51,6 +52,11 @@ class ModelIO:
   gen_image_size: int | None = None
   gen_latents_only: bool = False
   dense_grid: int = 0
+  edit_image_tokens: int | None = None
+
+  @property
+  def edit_tokens(self) -> int:
+    return self.num_image_tokens if self.edit_image_tokens is None else self.edit_image_tokens
 
   @property
   def generates(self) -> bool:
@@ -91,7 +97,9 @@ def unified_io(config) -> ModelIO:
   return ModelIO("unified", und, config.image_token_id if und is not None else -1,
                  unified_num_image_tokens(config), UNIFIED_PAD_FILL,
                  gen_image_size=gen, gen_latents_only=gen is None,
-                 dense_grid=enc.image_size // enc.patch_size if enc is not None else 0)
+                 dense_grid=enc.image_size // enc.patch_size if enc is not None else 0,
+                 edit_image_tokens=(config.patch_tokens.num_slots if config.patch_tokens is not None
+                                    and config.patch_tokens.edit_reference == "patch_tokens" else None))
 
 
 def model_io(model: Mapping[str, Any]) -> ModelIO:

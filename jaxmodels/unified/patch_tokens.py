@@ -51,6 +51,7 @@ from jaxmodels.layers import Linear, param
 
 CODEBOOK_DIR = os.path.join(os.path.dirname(__file__), "codebooks")
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1))   # (row, column) offsets, all earlier in raster order
+EDIT_REFERENCES = ("encoder", "patch_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,11 @@ class PatchTokensConfig:
   sampling temperature of the next position (below 1 trades variety for cleaner outlines; BENCHMARKS.md),
   `pattern_temperature`: of the pattern and colour (None: `temperature`), `neighbours`: the pattern/colour
   head also reads the patterns already drawn in the next cell's above-left, above, above-right and left
-  neighbours (all earlier in raster order), so that adjacent patches of one outline agree."""
+  neighbours (all earlier in raster order), so that adjacent patches of one outline agree.
+  `edit_reference`: how an edit prompt's source image enters the LLM: "encoder" (the understanding
+  encoder's pooled tokens at its placeholders) or "patch_tokens" (the source's own `num_slots` patch
+  tokens, embedded as drawn tokens are plus a learned reference vector: BLIP3o-NEXT puts the reference's
+  discrete tokens in the AR context, so an edit can copy the patches it leaves untouched)."""
   image_size: int = 32
   patch_size: int = 4
   palette: tuple = ()
@@ -72,8 +77,12 @@ class PatchTokensConfig:
   temperature: float = 0.7
   pattern_temperature: float | None = None
   neighbours: bool = True
+  edit_reference: str = "encoder"
 
   def __post_init__(self):
+    if self.edit_reference not in EDIT_REFERENCES:
+      raise ConfigError(f"config.model.patch_tokens.edit_reference={self.edit_reference!r}: expected one "
+                        f"of {EDIT_REFERENCES}")
     if self.image_size % self.patch_size:
       raise ConfigError(f"config.model.patch_tokens.patch_size={self.patch_size} must divide "
                         f"image_size={self.image_size}")
@@ -246,6 +255,9 @@ class PatchTokenHead(nnx.Module):
     init = nnx.initializers.normal(dim ** -0.5)
     emb = lambda n: param(rngs, init, (n, dim), (None, "embed"), param_dtype)  # noqa: E731
     self.boi = param(rngs, init, (dim,), ("embed",), param_dtype)            # <boi>: starts the image
+    # Added to an edit source's tokens in the prompt, so they differ from the tokens being drawn.
+    self.reference = (param(rngs, init, (dim,), ("embed",), param_dtype)
+                      if c.edit_reference == "patch_tokens" else None)
     self.pattern_embed, self.colour_embed = emb(codebook_size), emb(num_colours)
     self.row_embed, self.col_embed = emb(g + 1), emb(g)                     # <eoi> sits on row g
     self.next_row, self.next_col = emb(g + 1), emb(g)
@@ -266,6 +278,10 @@ class PatchTokenHead(nnx.Module):
     e = (take(self.pattern_embed, pattern) + take(self.colour_embed, colour)
          + take(self.row_embed, pos // g) + take(self.col_embed, pos % g))
     return e.astype(self.dtype)
+
+  def reference_embed(self, pos, pattern, colour) -> jax.Array:
+    """An edit source's tokens [B, L] -> prompt embeddings [B, L, D] (`edit_reference="patch_tokens"`)."""
+    return (self.embed(pos, pattern, colour) + self.reference[...].astype(self.dtype)).astype(self.dtype)
 
   def boi_embed(self, b: int) -> jax.Array:
     return jnp.broadcast_to(self.boi[...].astype(self.dtype), (b, 1, self.boi.shape[0]))
