@@ -251,7 +251,7 @@ def geneval_settings(config, workdir: str, step: int, *, images_per_prompt: int,
           "temperature": temperature, "pattern_temperature": pattern_temperature, "seed": int(seed),
           "batch_size": int(ev.batch_size), "images_per_prompt": images_per_prompt,
           "resolution": int(ucfg.output_image_size), "gen_target": ucfg.gen_target,
-          "prompt_template": ev.get("prompt_template", "{prompt}"),
+          "prompt_template": ev.prompt_template,
           "prompt_len": int(config.data.get("gen_len", GEN_LEN))}
 
 

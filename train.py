@@ -44,9 +44,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   second run on it refuses in one line; process 0 of a multi-host run holds the lock)."""
   import jax
 
+  from jaxmodels.config_schema import complete
   from jaxmodels.trainer.setup import check_run_settings, is_grpo_run
   from jaxmodels.trainer.workdir import WorkdirLock, check_writable
 
+  complete(config)                       # every declared key present (jaxmodels/config_schema.py)
+  if config.get("rl"):
+    from jaxmodels.trainer.grpo import complete_rl
+    complete_rl(config)                  # ... of config.rl too (trainer/grpo.py)
   check_run_settings(config)
   check_writable(workdir)
   with WorkdirLock(workdir, enabled=jax.process_index() == 0):
@@ -160,7 +165,7 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   ############################ Restore #######################################
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                       async_save=config.checkpoint.async_save,
-                      replica_parallel=config.checkpoint.get("replica_parallel", False), cleanup_tmp=True)
+                      replica_parallel=config.checkpoint.replica_parallel, cleanup_tmp=True)
   ckpt.quarantine_incomplete()     # half-written / half-deleted steps: moved aside, never re-saved into
   target = sharding.abstract_state(state, shardings)
   start, restored = ckpt.restore_latest(target, data_iter=data.iterator)  # unreadable steps: skipped
@@ -224,9 +229,9 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   # SIGTERM / SIGINT (preemption, scancel, Ctrl-C) end the current step, save it and exit cleanly.
   # A step with a non-finite loss or gradient left the state unchanged (inside the compiled step);
   # the guard counts those and, for train.nonfinite="stop", stops after train.max_nonfinite in a row.
-  guard = NonFiniteGuard(config.train.get("nonfinite", "stop"), config.train.get("max_nonfinite", 1))
+  guard = NonFiniteGuard(config.train.nonfinite, config.train.max_nonfinite)
   t0, pending, step, saved, flag = time.time(), None, start, start, None
-  limit = config.train.get("time_limit_minutes")
+  limit = config.train.time_limit_minutes
   batch = first
   def save(s):
     try:

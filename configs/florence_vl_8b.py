@@ -30,7 +30,8 @@ Images are padded to square with the ImageNet mean (LLaVA `image_aspect_ratio=pa
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from jaxmodels.config_utils import base_config, parse_arg
+from jaxmodels.config_schema import base_config
+from jaxmodels.config_utils import parse_arg
 from jaxmodels.unified.dbfusion import DEFAULT_PROMPTS
 
 # Same structure as the full model, CPU-sized: 4 DaViT stages, 2 encoder layers, 64 px -> 2×2 = 4 tokens.

@@ -22,7 +22,8 @@ prompts fit its 224-token rows.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from jaxmodels.config_utils import base_config, parse_arg
+from jaxmodels.config_schema import base_config
+from jaxmodels.config_utils import parse_arg
 
 LLAMA2_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
                  num_heads=32, num_kv_heads=32, rms_norm_eps=1e-5, rope_theta=10000.0,

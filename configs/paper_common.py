@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxmodels.config_utils import base_config
+from jaxmodels.config_schema import base_config, execution_block
 
 # Tiny variants scan their layers: one compiled block per tower keeps CPU compile times short. The
 # full-size towers scan too (LLMs, ViTs, the Lumina and SANA DiTs, the Qwen2.5-VL tower in groups of
@@ -28,6 +28,7 @@ def _trainer(c, *, tiny, lr, warmup, steps, frozen=None, ema_decay=None):
   c.optim.min_lr_ratio = 0.1
   c.train.total_steps = steps
   c.train.ema_decay = ema_decay
+  c.model.execution = execution_block()   # --config.model.execution.remat=... sets every tower's
   if tiny:   # ShapesWorld evaluations sized for a laptop run of a tiny variant
     c.evals.update(qa_per_kind=8, geneval_prompts=16, sample_steps=4, batch_size=16)
   return c

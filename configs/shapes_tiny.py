@@ -54,7 +54,8 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from jaxmodels.shapes_world import palette
-from jaxmodels.config_utils import base_config, parse_arg
+from jaxmodels.config_schema import base_config, execution_block
+from jaxmodels.config_utils import parse_arg
 
 
 def get_config(arg=None):
@@ -75,7 +76,7 @@ def get_config(arg=None):
                num_heads=4, ffn_hidden_size=256, learn_sigma=False, cross_attention_dim=64,
                use_pad_token=False, time_convention="sigma_1000", scan_layers=True, remat="none"),
       gen_target="pixels", gen_image_size=32, num_queries=16, connector="mlp", cond_dropout=0.1,
-      und_weight=1.0, gen_weight=1.0))
+      und_weight=1.0, gen_weight=1.0, execution=execution_block()))
   if a.target == "ae":   # the flow head generates a jointly trained patch autoencoder's 8×8 latent
     c.model.gen_target = "autoencoder"
     c.model.autoencoder = dict(image_size=32, patch_size=4, latent_channels=8, hidden_size=128,
@@ -139,14 +140,10 @@ def grpo_block(runlocal: bool = False) -> ml_collections.ConfigDict:
   """`config.rl` of GRPO on the image-token policy (configs/shapes_grpo.py, and the second phase of
   this config): G images per prompt, the reward mixture (the exact ShapesWorld GenEval detector:
   dense partial credit, the strict verdict logged), clip ε, KL β to the frozen start."""
-  rl = ml_collections.ConfigDict(dict(
-      group_size=8, prompts_per_step=8,
-      clip_eps=0.2, clip_eps_high=placeholder(float), kl_beta=0.04, aggregate="sequence", scale="std",
-      inner_epochs=1, und_weight=0.0, edit_weight=0.0,
-      temperature=placeholder(float), pattern_temperature=placeholder(float),   # None: the model's
-      rewards=dict(geneval_dense=1.0, geneval=0.0),   # weights; a 0 weight is still logged
-      external={},                                    # {"pkg.module:factory": {"weight": w, ...}}
-      prompt_pool=0))                                 # > 0: only the first N train prompts
+  from jaxmodels.trainer.grpo import rl_block
+  rl = rl_block()   # every key declared (jaxmodels/trainer/grpo.py RUN_KEYS + rl/grpo.py GRPOConfig)
+  rl.update(group_size=8, prompts_per_step=8, clip_eps=0.2, kl_beta=0.04, aggregate="sequence",
+            scale="std", rewards=dict(geneval_dense=1.0, geneval=0.0))
   if runlocal:
     rl.update(group_size=4, prompts_per_step=2)
   return rl

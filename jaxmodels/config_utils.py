@@ -8,7 +8,6 @@ import os
 from typing import Any, Sequence
 
 import ml_collections
-from ml_collections.config_dict import placeholder
 
 from jaxmodels.errors import ConfigError
 
@@ -41,10 +40,6 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
-# Model parts `config.init.hf` may name (UnifiedModel / FlorenceVL attributes that are HF towers).
-INIT_PARTS = ("llm", "und_encoder", "gen_encoder", "dit", "vae", "image_tokenizer", "vision_tower")
-
-
 def init_sources(config) -> dict:
   """`config.init` without its unset entries: {"checkpoint": run_dir?, "hf": {part: path}?} (empty: a
   run starts from scratch). Accepts None, a dict or a ConfigDict."""
@@ -59,50 +54,6 @@ def init_sources(config) -> dict:
   if hf:
     out["hf"] = hf
   return out
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Trainer defaults shared by every config file (each file overrides what it needs)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.model = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict(dict(batch_size=32, worker_count=0,
-                                          on_error="raise"))   # corrupt records: "raise" or "skip"
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", lr=1e-4, warmup_steps=100, min_lr_ratio=0.1, schedule="cosine", b1=0.9, b2=0.95,
-      eps=1e-8, weight_decay=0.0, clip_norm=1.0, trainable=None, frozen=None))
-  c.train = ml_collections.ConfigDict(dict(
-      total_steps=1000, accum_steps=1, log_every=50, eval_every=500, ckpt_every=500,
-      gen_every=1,   # k > 1: the generation inputs train on every k-th step only (the rest: understanding)
-      ema_decay=placeholder(float), ema_path="dit", time_limit_minutes=placeholder(float),
-      nonfinite="stop", max_nonfinite=1))   # non-finite loss/grads: "skip" the update or "stop"
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  c.sharding_rules = None          # None = jaxmodels.sharding.DEFAULT_RULES
-  # replica_parallel: Orbax splits replicated arrays' writes between replicas (pays on many-host
-  # data-parallel pods; costs per-shape slice compiles at the first save: jaxmodels.checkpoint).
-  c.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True, replica_parallel=False))
-  c.resume = placeholder(str)      # another run's workdir/checkpoints to continue from
-  # Where a fresh run's weights come from (trainer.setup.initialize): `checkpoint` another run's model,
-  # `hf.<part>` a Hugging Face directory per model part; declared so the command line can set them
-  # (--config.init.checkpoint=runs/x, --config.init.hf.llm=/models/...). None: not used.
-  c.init = ml_collections.ConfigDict(dict(
-      checkpoint=placeholder(str),
-      hf=ml_collections.ConfigDict({part: placeholder(str) for part in INIT_PARTS})))
-  # The ShapesWorld evaluations train.py runs (in the loop and at the end) and evaluate.py repeats:
-  # Q/A per question kind, GenEval prompts, ColorBench, ROVER; flow steps and CFG scale of sampling.
-  # prompt_template: how the model is prompted with an official benchmark prompt (evaluate.py
-  # --geneval_metadata); a paper config sets its own (BLIP3-o: "Please generate image based on the
-  # following caption: {prompt}"), ShapesWorld runs keep the bare prompt.
-  # The sizes left unset (None) follow geneval_prompts (≤ 16 each, so smoke configs stay small):
-  # rover_tasks (IG and TG tasks each), colorbench_per_task / colorbench_seeds (≤ 8); loop_samples:
-  # the in-loop sample grid's prompts; mctune_cases None: every case.
-  c.evals = ml_collections.ConfigDict(dict(
-      which="qa,geneval,colorbench,rover", qa_per_kind=64, geneval_prompts=553, sample_steps=20,
-      guidance=3.0, batch_size=64, loop_geneval_prompts=0, prompt_template="{prompt}",
-      loop_samples=16, rover_tasks=placeholder(int), colorbench_image_size=32,
-      colorbench_per_task=placeholder(int), colorbench_seeds=placeholder(int),
-      mctune_cases=placeholder(int), mctune_seed=0, mctune_max_new_tokens=128))
-  return c
 
 
 ############################ Command-line overrides ########################

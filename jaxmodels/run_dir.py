@@ -77,7 +77,8 @@ def checkpoint_step(workdir: str, step: int | None = None) -> int:
 
 def stored_config(workdir: str, step: int):
   """The config of a run as a ConfigDict: the one saved with checkpoint `step` (train.py stores it
-  there), else `<workdir>/config.json` (also written by train.py).
+  there), else `<workdir>/config.json` (also written by train.py); keys declared since the run was
+  written get their defaults (`config_schema.complete`).
 
   Raises:
     ConfigError: neither exists (the message names both places), or config.json is not JSON.
@@ -113,4 +114,5 @@ def stored_config(workdir: str, step: int):
       raise ConfigError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
   if not isinstance(raw, dict):
     raise ConfigError(f"{workdir}: the stored config is a {type(raw).__name__}, not a JSON object")
-  return ml_collections.ConfigDict(raw)
+  from jaxmodels.config_schema import complete
+  return complete(ml_collections.ConfigDict(raw))

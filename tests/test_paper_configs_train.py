@@ -8,7 +8,7 @@ import pytest
 
 import train
 from input_pipeline.datasets import make_train_data
-from jaxmodels.config_utils import base_config
+from jaxmodels.config_schema import base_config
 from jaxmodels.errors import ConfigError
 from jaxmodels.unified.model_io import model_io
 

@@ -46,7 +46,7 @@ def count(config) -> dict[str, int]:
     node = getattr(model, part, None)
     out[part] = 0 if node is None else n(nnx.state(node, nnx.Param) if isinstance(node, nnx.Module) else node)
   out["total"] = n(nnx.state(model, nnx.Param))
-  keep = trainable_filter(config.optim.get("trainable"), config.optim.get("frozen"))
+  keep = trainable_filter(config.optim.trainable, config.optim.frozen)
   out["trainable"] = n(nnx.state(model, keep))
   return out
 

@@ -132,10 +132,10 @@ def test_cases(config, workdir: str | None):
   from input_pipeline.mctune.source import data_options, prepare
   o = data_options(config.data)
   prep = prepare(config.data, workdir)
-  ev = config.get("evals") or {}
+  ev = config.evals
   cases = D.make_test_set(prep.test, prep.stats, per_example=o["test_per_example"],
-                          seed=int(ev.get("mctune_seed") or 0), scale=o["test_scale"], max_tags=o["max_tags"])
-  limit = ev.get("mctune_cases")
+                          seed=int(ev.mctune_seed), scale=o["test_scale"], max_tags=o["max_tags"])
+  limit = ev.mctune_cases
   return prep, (cases[:int(limit)] if limit else cases)
 
 
@@ -145,11 +145,11 @@ def evaluate_model(model, tokenizer, config, workdir: str | None, out: str | Non
   from input_pipeline.mctune.source import data_options
   o = data_options(config.data)
   _, cases = test_cases(config, workdir)
-  ev = config.get("evals") or {}
+  ev = config.evals
   prompts = [D.case_prompt(c, controls=bool(o["controls"]), meta=o["meta"]) for c in cases]
   responses = generate_responses(model, tokenizer, prompts,
-                                 max_new_tokens=int(ev.get("mctune_max_new_tokens") or 128),
-                                 batch_size=int(ev.get("batch_size", 16)))
+                                 max_new_tokens=int(ev.mctune_max_new_tokens),
+                                 batch_size=int(ev.batch_size))
   result = score(cases, responses, tagger=o["tagger"], quirks=o["quirks"])
   if out:
     os.makedirs(out, exist_ok=True)

@@ -224,7 +224,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   ev, cfg_name = config.evals, config.data.get("config", "res32")
   # Sizes of the ColorBench / ROVER sets: config.evals keys, else scaled with geneval_prompts (so
   # smoke configs stay small).
-  small = max(1, min(ev.get("geneval_prompts", 16), 16))
+  small = max(1, min(ev.geneval_prompts, 16))
   scores = {}
   can_read = model.und_encoder is not None
   layout = config.data.get("und_layout", "image_first")   # prompts as in training
@@ -236,11 +236,11 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
                                batch_size=ev.batch_size, prompt_len=und_len,
                                layout=layout)
   if "colorbench" in evals and can_read:
-    size = ev.get("colorbench_image_size") or 32
+    size = ev.colorbench_image_size
     rows = shapes_colorbench.make_rows(
         seed=config.seed, image_size=size,
-        per_task=(ev.get("colorbench_per_task") or min(small, 8)) if final else 2,
-        robustness_seeds=(ev.get("colorbench_seeds") or min(small, 8)) if final else 2)
+        per_task=(ev.colorbench_per_task or min(small, 8)) if final else 2,
+        robustness_seeds=(ev.colorbench_seeds or min(small, 8)) if final else 2)
     # Room for the longest option (an RGB value "[r, g, b]" is 7 words) and <eos>: a reply cut short
     # can never equal an option.
     longest = max(len(tokenizer.encode(str(c))) for r in rows for c in r["choices"])
@@ -254,8 +254,8 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     # `evals.loop_samples` prompts (samples.png, overwritten at every evaluation).
     from jaxmodels.evals.detectors import ShapesDetector
     test = sw.load_split(data_dir, "test", cfg_name, decode=True)
-    loop_scored = ev.get("loop_geneval_prompts") or 0   # > 0: in-loop evals score GenEval too
-    n = ev.geneval_prompts if final else (loop_scored or ev.get("loop_samples") or 16)
+    loop_scored = ev.loop_geneval_prompts   # > 0: in-loop evals score GenEval too
+    n = ev.geneval_prompts if final else (loop_scored or ev.loop_samples)
     records = [test[i]["metadata"] for i in _spread(len(test), n)]
     out = geneval_generate_and_score(
         model, tokenizer, records, ShapesDetector(), rng=rng, num_steps=ev.sample_steps,
@@ -269,8 +269,8 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
     save_grid(out["images"][:64], os.path.join(workdir, "samples.png"))
   editable = can_read and model.config.queries != "image_tokens"   # prompts with image inputs
   if final and model.config.generates_pixels and "rover" in evals and editable:
-    tasks = shapes_rover.make_tasks(seed=config.seed, num_ig=ev.get("rover_tasks") or small,
-                                    num_tg=ev.get("rover_tasks") or small,
+    tasks = shapes_rover.make_tasks(seed=config.seed, num_ig=ev.rover_tasks or small,
+                                    num_tg=ev.rover_tasks or small,
                                     image_size=model.config.output_image_size)
     edit = model_edit_fn(model, tokenizer, rng=jax.random.fold_in(rng, 7),
                          num_steps=ev.sample_steps, guidance=ev.guidance,

@@ -5,19 +5,16 @@ by `"_class_name": "AutoencoderDC"`; weights live in `diffusion_pytorch_model.sa
 """
 from __future__ import annotations
 
-import dataclasses
-
 from flax import nnx
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.flow import dcae
 from jaxmodels.hf.keymap import KeyMap, Source
 from jaxmodels.hf.sana_family import DIFFUSERS_VERSION, glumbconv_keymap
+from jaxmodels.layers.execution import checkpoint_fields
 
 CLASS_NAME = "AutoencoderDC"
-_EXECUTION_FIELDS = ("dtype", "param_dtype")
-CHECKPOINT_FIELDS = tuple(f.name for f in dataclasses.fields(dcae.DCAEConfig)
-                          if f.name not in _EXECUTION_FIELDS)
+CHECKPOINT_FIELDS = checkpoint_fields(dcae.DCAEConfig)   # config.json's keys (no execution settings)
 _IGNORED_KEYS = ("dtype", "torch_dtype")   # plus every "_"-prefixed metadata key
 
 

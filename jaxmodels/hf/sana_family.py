@@ -6,16 +6,14 @@ A diffusers model directory (`transformer/` of a SANA pipeline) is recognised by
 """
 from __future__ import annotations
 
-import dataclasses
-
 from jaxmodels.errors import ConfigError
 from jaxmodels.flow.sana import SUPPORTED_QK_NORMS, SanaConfig, SanaTransformer
 from jaxmodels.hf.keymap import KeyMap, Source
+from jaxmodels.layers.execution import checkpoint_fields
 
 CLASS_NAME = "SanaTransformer2DModel"
 DIFFUSERS_VERSION = "0.42.1"            # the diffusers release this mapping was checked against
-_EXECUTION_FIELDS = ("remat", "attention_impl", "dtype", "param_dtype")
-CHECKPOINT_FIELDS = tuple(f.name for f in dataclasses.fields(SanaConfig) if f.name not in _EXECUTION_FIELDS)
+CHECKPOINT_FIELDS = checkpoint_fields(SanaConfig)   # config.json's keys (no execution settings)
 _IGNORED_KEYS = ("dtype", "torch_dtype")   # plus every "_"-prefixed metadata key
 
 

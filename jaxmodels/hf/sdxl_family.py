@@ -8,8 +8,6 @@ a scanned Transformer2DModel (scan_layers=True) is stacked by keymap.load_into.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from flax import nnx
 
 from jaxmodels.errors import ConfigError
@@ -17,6 +15,7 @@ from jaxmodels.hf.dcae_family import _conv as conv_keymap, _norm as norm_keymap
 from jaxmodels.hf.keymap import KeyMap, Source
 from jaxmodels.hf.sana_family import DIFFUSERS_VERSION, _attention, _linear as linear_keymap
 from jaxmodels.layers.conv import Conv2d
+from jaxmodels.layers.execution import checkpoint_fields
 from jaxmodels.sdxl import unet
 from jaxmodels.sdxl.blocks import ResnetBlock2D
 from jaxmodels.sdxl.transformer_2d import Transformer2DModel
@@ -24,13 +23,7 @@ from jaxmodels.sdxl.transformer_2d import Transformer2DModel
 __all__ = ["checkpoint_fields", "config_dict", "config_from_dict", "conv_keymap", "linear_keymap",
            "norm_keymap", "resnet_keymap", "self_attention_keymap", "transformer_keymap"]
 
-EXECUTION_FIELDS = ("scan_layers", "remat", "attention_impl", "dtype", "param_dtype")
 _IGNORED_KEYS = ("dtype", "torch_dtype")   # plus every "_"-prefixed metadata key
-
-
-def checkpoint_fields(config_cls) -> tuple[str, ...]:
-  """The fields of a config dataclass that config.json holds (all but the execution choices)."""
-  return tuple(f.name for f in dataclasses.fields(config_cls) if f.name not in EXECUTION_FIELDS)
 
 
 def config_from_dict(d: dict, config_cls, class_name: str, module: str, overrides: dict):

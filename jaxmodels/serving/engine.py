@@ -128,9 +128,8 @@ class ServingModel:
       self.edit_why = ("this model does not edit (its run did not train on edits: "
                        "config.data.edit_fraction=0; start with --edits=on to force)"
                        if edits == "auto" else "editing is turned off on this server (--edits=off)")
-    ev = self.config.get("evals", {})
-    self.default_steps = int(ev.get("sample_steps", 20))
-    self.default_guidance = float(ev.get("guidance", 3.0))
+    self.default_steps = int(self.config.evals.sample_steps)
+    self.default_guidance = float(self.config.evals.guidance)
     self.gen_len = int(data.get("gen_len", 16))
     self.base_key = jax.random.key(seed)
     self.pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0

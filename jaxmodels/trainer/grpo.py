@@ -33,8 +33,46 @@ from flax import nnx
 from jaxmodels.errors import ConfigError
 from jaxmodels.rl.grpo import GRPOConfig, GRPOPolicy, group_advantages
 
-GRPO_KEYS = ("group_size", "clip_eps", "clip_eps_high", "kl_beta", "aggregate", "scale", "temperature",
-             "pattern_temperature", "render_steps", "render_guidance", "und_weight", "edit_weight")
+import dataclasses
+
+GRPO_KEYS = tuple(f.name for f in dataclasses.fields(GRPOConfig))   # typed and checked by GRPOConfig
+
+# The other keys of config.rl the trainer reads: (default, meaning).
+RUN_KEYS = {
+    "prompts_per_step": (8, "prompts per update, each sampled group_size times"),
+    "inner_epochs": (1, "optimizer steps on each update's rollouts"),
+    "rewards": ({"geneval_dense": 1.0, "geneval": 0.0}, "reward weights by name (a 0 weight is logged)"),
+    "external": ({}, "rewards from outside the library: {'pkg.module:factory': {'weight': w, ...}}"),
+    "prompt_pool": (0, "> 0: only the first N training prompts"),
+    "model_from_init": (True, "config.model / config.data are the source run's (config.init.checkpoint)"),
+    "after_supervised": (False, "two phases in one run: supervised training first, then GRPO from it"),
+    "supervised_evals": ("", "with after_supervised: the evaluations at the end of the supervised phase"),
+    "train": ({}, "with after_supervised: updates of config.train for the GRPO phase"),
+    "optim": ({}, "with after_supervised: updates of config.optim for the GRPO phase"),
+}
+
+
+def rl_block():
+  """`config.rl` with every key declared: GRPOConfig's fields (unset ones as typed placeholders, so
+  `--config.rl.temperature=0.8` works) and RUN_KEYS, at their defaults."""
+  import ml_collections
+  from ml_collections.config_dict import placeholder
+  types = {"int": int, "float": float, "str": str, "bool": bool}
+  out = {}
+  for f in dataclasses.fields(GRPOConfig):
+    default = f.default
+    out[f.name] = placeholder(types[str(f.type).split("|")[0].strip()]) if default is None else default
+  out.update({k: v for k, (v, _) in RUN_KEYS.items()})
+  return ml_collections.ConfigDict(out)
+
+
+def complete_rl(config) -> None:
+  """Adds, in place, the keys of `rl_block()` that `config.rl` lacks (a config with an rl block)."""
+  block = rl_block()
+  with config.unlocked():
+    for key in block.keys():
+      if key not in config.rl:
+        config.rl[key] = block[key]
 
 
 def grpo_config_of(config) -> GRPOConfig:
@@ -55,8 +93,8 @@ def grpo_state_factory(config):
   # config.optim.trainable / frozen name paths in the model: here they are under policy/; the
   # reference is never trained.
   under = lambda patterns: [f"policy/{p}" for p in patterns or ()] or None  # noqa: E731
-  wrt = trainable_filter(under(config.optim.get("trainable")) or ["policy/.*"],
-                         (under(config.optim.get("frozen")) or []) + ["reference/.*"])
+  wrt = trainable_filter(under(config.optim.trainable) or ["policy/.*"],
+                         (under(config.optim.frozen) or []) + ["reference/.*"])
 
   def make_state():
     return TrainState(GRPOPolicy(make_model(), make_model(), gcfg), tx, wrt=wrt)
@@ -97,7 +135,7 @@ def with_source_model(config, src_config):
   """`config` with the source run's `model` and `data` (a copy; the rest is the GRPO config's) when
   `config.rl.model_from_init` (default True); else `config` itself (its model must be the run's)."""
   import ml_collections
-  if not config.rl.get("model_from_init", True):
+  if not config.rl.model_from_init:
     return config
   merged = ml_collections.ConfigDict(config.to_dict())
   merged.model = ml_collections.ConfigDict(src_config.model.to_dict())
@@ -117,7 +155,7 @@ def phase_configs(config, workdir: str):
   d = config.to_dict()
   rl = d.pop("rl")
   sup = ml_collections.ConfigDict(d)
-  sup.evals.which = rl.get("supervised_evals") or ""
+  sup.evals.which = rl.get("supervised_evals") or ""   # rl: a plain dict here
   post = ml_collections.ConfigDict(config.to_dict())
   for name in ("train", "optim"):
     extra = dict(rl.get(name) or {})
@@ -196,6 +234,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   from jaxmodels.trainer.workdir import write_config
   from jaxmodels.unified.sampling import to_uint8
 
+  complete_rl(config)
   rl = config.rl
   gcfg = grpo_config_of(config)
   src_dir, src_step, src_config = source_run(config)
@@ -244,7 +283,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
     carry_tokenizer(src_dir, workdir)
   data_dir = config.data.get("data_dir") or default_data_dir()
   cfg_name = config.data.get("config", "res32")
-  prompts = PromptStream(train_records(data_dir, cfg_name, rl.get("prompt_pool")), rl.prompts_per_step,
+  prompts = PromptStream(train_records(data_dir, cfg_name, rl.prompt_pool), rl.prompts_per_step,
                          config.seed)
   gen_len = config.data.get("gen_len", 16)
   layout = config.data.get("und_layout", "image_first")
@@ -254,7 +293,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
                                            prompt_len=config.data.get("und_len", 48), layout=layout)
                if "vqa" in rl.rewards else None)
   rewards = make_rewards(rl.rewards.to_dict(), answer_fn=answer_fn,
-                         external=rl.get("external", {}) and rl.external.to_dict())
+                         external=rl.external.to_dict())
 
   batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim, rules)  # noqa: E731
   put = lambda b: {k: jax.device_put(jnp.asarray(v), batch_sh(np.asarray(v))) for k, v in b.items()}  # noqa: E731
@@ -267,7 +306,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   rng, eval_rng = run_keys(config.seed)
   g = gcfg.group_size
   writer = MetricWriter(workdir, total_steps=total, batch_size=rl.prompts_per_step * g, start_step=start)
-  limit = config.train.get("time_limit_minutes")
+  limit = config.train.time_limit_minutes
   t0, step = time.time(), start
   for step in range(start + 1, total + 1):
     records = prompts.at(step)
@@ -283,7 +322,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
     und = {} if data_iter is None else {k: v for k, v in next(data_iter).items() if k.startswith(kept)}
     batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv, **und))
     with sharding.use_mesh(mesh, rules):
-      for epoch in range(rl.get("inner_epochs", 1)):
+      for epoch in range(rl.inner_epochs):
         state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1))
     out_of_time = limit is not None and (time.time() - t0) / 60 > limit
     if step % config.train.log_every == 0 or step == total or out_of_time:

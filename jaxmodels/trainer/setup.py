@@ -69,17 +69,16 @@ def check_run_settings(config) -> None:
   for key in sorted(train.keys()):
     if key.endswith("_every") or key in ("total_steps", "accum_steps"):
       positive_int(f"train.{key}", train[key])
-  if "checkpoint" in config:
-    positive_int("checkpoint.keep", config.checkpoint.get("keep", 3))
-  limit = train.get("time_limit_minutes")
+  positive_int("checkpoint.keep", config.checkpoint.keep)
+  limit = train.time_limit_minutes
   if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
     raise ConfigError(f"config.train.time_limit_minutes={limit!r}: expected None or a number > 0")
 
 
 def gen_every_of(config) -> int:
-  """`config.train.gen_every` (default 1), checked: steps k, 2k, ... train on the whole batch, the
+  """`config.train.gen_every`, checked: steps k, 2k, ... train on the whole batch, the
   others on its understanding inputs only (`trains_generation`, `understanding_inputs`)."""
-  k = config.train.get("gen_every", 1)
+  k = config.train.gen_every
   if not isinstance(k, int) or isinstance(k, bool) or k < 1:
     raise ConfigError(f"config.train.gen_every={k!r}: expected an integer >= 1")
   return k
@@ -117,7 +116,7 @@ def mesh_and_rules(config):
                       f"devices: {e}") from None
   rules = sharding.rules_from_config(config.sharding_rules, mesh.axis_names)
   if isinstance(rules, dict) and "ema" not in rules:
-    ema_path = config.get("train", {}).get("ema_path") or ""
+    ema_path = config.train.ema_path or ""
     tower = next((part for part in ema_path.split("/") if part in rules), None)
     if tower is not None:
       rules["ema"] = rules[tower]
@@ -165,7 +164,7 @@ def train_state_factory(config) -> tuple[Callable[[], TrainState], optax.Schedul
   the model is a `UnifiedModel` or, for `config.model.type="florence_vl"`, a `FlorenceVL`."""
   make_model = model_factory(config)
   tx, lr = make_optimizer(config.optim.to_dict(), config.train.total_steps)
-  wrt = trainable_filter(config.optim.get("trainable"), config.optim.get("frozen"))
+  wrt = trainable_filter(config.optim.trainable, config.optim.frozen)
 
   def make_state() -> TrainState:
     return TrainState(make_model(), tx, wrt=wrt, ema_decay=config.train.ema_decay,

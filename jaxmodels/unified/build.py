@@ -25,6 +25,7 @@ from jaxmodels.errors import ConfigError
 from jaxmodels.flow.dcae import DCAEConfig, dcae_f32c32_config
 from jaxmodels.flow.lumina import LuminaConfig, blip3o_dit_config
 from jaxmodels.flow.sana import SanaConfig, sana_1600m_config
+from jaxmodels.layers.execution import apply_execution, check_execution
 from jaxmodels.llm import LLMConfig
 from jaxmodels.unified.config import ImageTokenizerConfig, UnifiedConfig
 from jaxmodels.unified.latte_flow import LatteConfig
@@ -128,9 +129,17 @@ def vae_config(d: Mapping[str, Any] | None, where: str = "model.vae") -> DCAECon
   return make_dataclass(DCAEConfig, {**base, **d}, where)
 
 
+# The parts of a unified model whose configs take `config.model.execution` (layers/execution.py).
+EXECUTION_PARTS = ("llm", "dit", "und_encoder", "gen_encoder", "vae", "autoencoder", "patch_tokens")
+
+
 def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
+  """config.model -> UnifiedConfig: each tower from its dict (preset + overrides); an `execution`
+  block (remat, scan_layers, attention_impl, dtype, param_dtype): each setting that is set applies to
+  every tower that has it, over the towers' own values (one switch for the whole model)."""
   d = _plain(model)
   d.pop("type", None)
+  execution = check_execution(d.pop("execution", None))
   tokens = d.get("gen_target") == "patch_tokens"
   if "llm" not in d or ("dit" not in d and not tokens):
     raise ConfigError("config.model needs at least 'llm' and 'dit' (no 'dit' for gen_target='patch_tokens')")
@@ -155,6 +164,12 @@ def unified_config(model: Mapping[str, Any]) -> UnifiedConfig:
     pt = dict(pt)
     pt["palette"] = tuple(tuple(int(v) for v in rgb) for rgb in pt.get("palette") or ())
     d["patch_tokens"] = make_dataclass(PatchTokensConfig, pt, "model.patch_tokens")
+  for part in EXECUTION_PARTS:
+    if execution and d.get(part) is not None:
+      d[part] = apply_execution(d[part], execution)
+  tok = d.get("image_tokenizer")
+  if execution and tok is not None and tok.encoder is not None:
+    d["image_tokenizer"] = dataclasses.replace(tok, encoder=apply_execution(tok.encoder, execution))
   for key in ("edit_drop", "und_dense_classes"):     # lists from config files -> hashable tuples
     if isinstance(d.get(key), list):
       d[key] = tuple(d[key])
