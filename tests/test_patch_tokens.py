@@ -259,3 +259,95 @@ def test_a_reference_edit_learns_to_copy_its_source(ref_model, renders):
 
   with_source, without = train(0.0), train(1.0)
   assert with_source < 0.75 * without, (with_source, without)
+
+
+# ------------------------------------------------------------------------------- the copy path
+@pytest.fixture(scope="module")
+def copy_model():
+  cfg = shapes_tiny.get_config("target=tokens,width=32,layers=1")
+  cfg.model.patch_tokens.update(max_patches=24, edit_reference="copy")
+  return UnifiedModel(unified_config(cfg.model), rngs=nnx.Rngs(0))
+
+
+def edit_prompt(m, with_source=(True, True, False)):
+  """Rows [1, <image> × n, 7, 8]; a row without a source has plain tokens where the placeholders were."""
+  n, image_id = m.num_edit_image_tokens, m.config.image_token_id
+  ids = jnp.asarray([[1] + [image_id if s else 5] * n + [7, 8] for s in with_source], jnp.int32)
+  return ids, jnp.ones_like(ids)
+
+
+def with_gates(m, bias):
+  m = nnx.clone(m)
+  m.patch_head.copy_gate.kernel[...] = jnp.zeros_like(m.patch_head.copy_gate.kernel[...])
+  m.patch_head.copy_gate.bias[...] = jnp.asarray(bias, jnp.float32)
+  return m
+
+
+def test_copy_path_with_open_gates_redraws_the_source(copy_model, renders, tokenizer):
+  """Gates fixed high (next source cell, its pattern, its colour): the sampler redraws each source
+  exactly, with and without guidance; a row whose prompt has no source draws what it draws without the
+  copy path."""
+  m = with_gates(copy_model, [0.0, 50.0, 50.0, 50.0])
+  ids, mask = edit_prompt(m)
+  src = to_unit(renders[:3])
+  want = to_u8(m.patch_tokenizer.decode(*m.patch_tokenizer.encode(src)))
+  draw = nnx.jit(lambda m, i, k, s, g: m.generate_image(i, k, jax.random.key(0), cond_images=s, guidance=g),
+                 static_argnums=4)
+  for guidance in (1.0, 3.0):
+    got = to_u8(draw(m, ids, mask, src, guidance))
+    np.testing.assert_array_equal(got[:2], want[:2])
+  embeds = m.prompt_embeddings(ids, src)
+  ref = m.copy_reference(ids, mask, src)
+  assert np.asarray(ref.has).tolist() == [True, True, False]
+  with_ref = pt.sample(m.llm, m.patch_head, embeds, mask, jax.random.key(1), temperature=0.0, ref=ref)
+  without = pt.sample(m.llm, m.patch_head, embeds, mask, jax.random.key(1), temperature=0.0)
+  for a, b in zip(with_ref, without):
+    np.testing.assert_array_equal(np.asarray(a)[2], np.asarray(b)[2])
+
+
+def test_copy_path_sampler_matches_its_teacher_forced_pass(copy_model, renders):
+  """With moderate gates, the greedy tokens drawn with the KV cache are the argmax of the teacher-forced
+  pass (the training path) over the same tokens and the same source, step by step."""
+  m = with_gates(copy_model, [1.0, 2.0, 1.5, 1.5])
+  ids, mask = edit_prompt(m, (True, True, True))
+  src = to_unit(renders[3:6])
+  embeds, ref = m.prompt_embeddings(ids, src), m.copy_reference(ids, mask, src)
+  pos, pattern, colour = pt.sample(m.llm, m.patch_head, embeds, mask, jax.random.key(0), temperature=0.0, ref=ref)
+  head, eoi = m.patch_head, m.config.patch_tokens.eoi
+  b, t = mask.shape
+  x = jnp.concatenate([embeds, head.boi_embed(b), head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1])], 1)
+  full = jnp.concatenate([mask, jnp.ones((b, 1), jnp.int32), (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
+  h = m.llm.forward(None, pt.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
+  last = jnp.concatenate([jnp.full((b, 1), -1, jnp.int32), pos[:, :-1]], 1)
+  lp = np.asarray(head.pos_logits(h, last, ref))
+  pl, cl = map(np.asarray, head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi), ref))
+  pos, pattern, colour = map(np.asarray, (pos, pattern, colour))
+  checked = 0
+  for r in range(b):
+    prev = -1
+    for i in range(pos.shape[1]):
+      allowed = lp[r, i].copy()
+      allowed[:prev + 1] = -np.inf
+      assert pos[r, i] == allowed.argmax()
+      if pos[r, i] == eoi:
+        break
+      assert pattern[r, i] == 1 + pl[r, i, 1:].argmax() and colour[r, i] == cl[r, i].argmax()
+      prev, checked = pos[r, i], checked + 1
+  assert checked > 5
+
+
+def test_copy_path_reaches_the_training_loss(copy_model, renders):
+  """Drawing the source again: with the gates open the teacher-forced loss is near zero, with them shut
+  it is the untrained head's; rows whose source is masked out of the prompt get no copy path."""
+  ids, mask = edit_prompt(copy_model, (True, True, True))
+  src = to_unit(renders[6:9])
+  batch = dict(gen_ids=ids, gen_mask=mask, gen_cond_image=src, gen_image=src)
+
+  def loss(m, batch):
+    m.config = m.config.__class__(**{**m.config.__dict__, "edit_drop": (0.0, 0.0, 0.0), "cond_dropout": 0.0})
+    return float(m.generation_loss(batch, jax.random.key(0))[0])
+
+  open_, shut = loss(with_gates(copy_model, [0.0, 50.0, 50.0, 50.0]), batch), loss(with_gates(copy_model, [0.0] * 4), batch)
+  assert open_ < 0.05 < 1.0 < shut, (open_, shut)
+  masked = dict(batch, gen_mask=jnp.where(ids == copy_model.config.image_token_id, 0, mask))
+  assert loss(with_gates(copy_model, [0.0, 50.0, 50.0, 50.0]), masked) > 1.0

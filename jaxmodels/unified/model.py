@@ -249,13 +249,23 @@ class UnifiedModel(nnx.Module):
   @property
   def num_edit_image_tokens(self) -> int:
     """Placeholders an edit prompt's source image occupies: the patch-token reference's slots
-    (patch_tokens.edit_reference="patch_tokens"), else num_image_tokens."""
+    (patch_tokens.edit_reference "patch_tokens" or "copy"), else num_image_tokens."""
     return self.patch_tokenizer.config.num_slots if self._patch_reference else self.num_image_tokens
 
   @property
   def _patch_reference(self) -> bool:
     pt = self.config.patch_tokens
-    return pt is not None and pt.edit_reference == "patch_tokens"
+    return pt is not None and pt.reference_tokens
+
+  def copy_reference(self, ids: jax.Array, mask: jax.Array,
+                     images: jax.Array | None) -> "patch_tokens.ReferenceCanvas | None":
+    """The copy path's view of edit sources `images` [B, S, S, 3] (patch_tokens.edit_reference="copy"):
+    rows whose prompt ids [B, T] keep an unmasked placeholder have a source. None otherwise."""
+    if images is None or self.patch_head is None or self.patch_head.copy_gate is None:
+      return None
+    has = jnp.any((ids == self.config.image_token_id) & (mask > 0), axis=1)
+    return patch_tokens.ReferenceCanvas.of(*self.patch_tokenizer.encode(images), has,
+                                           self.config.patch_tokens.eoi)
 
   def prompt_image_tokens(self, images: jax.Array) -> jax.Array:
     """LLM-space tokens [B, n, D] of a generation prompt's input images: the understanding encoder's
@@ -425,7 +435,8 @@ class UnifiedModel(nnx.Module):
       drop = jax.random.uniform(k_drop, (ids.shape[0],)) < c.cond_dropout   # CFG: the empty prompt
       mask = jnp.where(drop[:, None], 0, mask)
       loss, metrics = patch_tokens.training_loss(self.llm, self.patch_head, self.patch_tokenizer,
-                                                 self.prompt_embeddings(ids, images), mask, batch["gen_image"])
+                                                 self.prompt_embeddings(ids, images), mask, batch["gen_image"],
+                                                 self.copy_reference(ids, mask, images))
       return loss, {**metrics, "gen_loss": loss}
     x0 = self.batch_target(batch)
     noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
@@ -506,13 +517,15 @@ class UnifiedModel(nnx.Module):
     in both CFG branches except the zero-null condition (`image_guidance` is unused).
     gen_target="patch_tokens": tokens drawn at `patch_tokens.temperature` with CFG scale `guidance`
     against the empty prompt, decoded to [B, S, S, 3]; `num_steps`, `solver`, `shift` are unused and
-    edits condition on the reference's understanding tokens at the placeholders."""
+    edits condition on the reference at the placeholders (its understanding tokens, or its own patch
+    tokens, which the copy path also reads)."""
     c = self.config
     k_tok, k_x = jax.random.split(rng)
     if c.gen_target == "patch_tokens":   # guidance: CFG against the empty prompt; num_steps unused
       tokens = patch_tokens.sample(self.llm, self.patch_head, self.prompt_embeddings(ids, cond_images), mask,
                                    k_tok, guidance=guidance, temperature=c.patch_tokens.temperature,
-                                   pattern_temperature=c.patch_tokens.pattern_temperature)
+                                   pattern_temperature=c.patch_tokens.pattern_temperature,
+                                   ref=self.copy_reference(ids, mask.astype(jnp.int32), cond_images))
       x = self.patch_tokenizer.decode(*tokens)
       return (x, tokens) if return_codes else x
     cond_mask, codes, ref = None, None, None

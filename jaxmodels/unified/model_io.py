@@ -99,7 +99,7 @@ def unified_io(config) -> ModelIO:
                  gen_image_size=gen, gen_latents_only=gen is None,
                  dense_grid=enc.image_size // enc.patch_size if enc is not None else 0,
                  edit_image_tokens=(config.patch_tokens.num_slots if config.patch_tokens is not None
-                                    and config.patch_tokens.edit_reference == "patch_tokens" else None))
+                                    and config.patch_tokens.reference_tokens else None))
 
 
 def model_io(model: Mapping[str, Any]) -> ModelIO:

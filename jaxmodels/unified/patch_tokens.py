@@ -51,7 +51,8 @@ from jaxmodels.layers import Linear, param
 
 CODEBOOK_DIR = os.path.join(os.path.dirname(__file__), "codebooks")
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1))   # (row, column) offsets, all earlier in raster order
-EDIT_REFERENCES = ("encoder", "patch_tokens")
+EDIT_REFERENCES = ("encoder", "patch_tokens", "copy")
+COPY_GATES = 4   # the copy path's per-state gates: occupied cells, the next source cell, its pattern, its colour
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,12 @@ class PatchTokensConfig:
   `edit_reference`: how an edit prompt's source image enters the LLM: "encoder" (the understanding
   encoder's pooled tokens at its placeholders) or "patch_tokens" (the source's own `num_slots` patch
   tokens, embedded as drawn tokens are plus a learned reference vector: BLIP3o-NEXT puts the reference's
-  discrete tokens in the AR context, so an edit can copy the patches it leaves untouched)."""
+  discrete tokens in the AR context, so an edit can copy the patches it leaves untouched) or "copy" (as
+  "patch_tokens", plus a copy path in the head: the next position's logits get gated bonuses for the
+  source's occupied cells and for its next occupied cell after the last one drawn, and the pattern and
+  colour logits for the source's patch at the chosen cell, which the pattern/colour MLP also reads, so an
+  edit keeps what it does not change without learning to copy by attention; UNCONFIRMED design, not in
+  BLIP3o-NEXT)."""
   image_size: int = 32
   patch_size: int = 4
   palette: tuple = ()
@@ -90,6 +96,11 @@ class PatchTokensConfig:
       raise ConfigError(f"config.model.patch_tokens.patch_size={self.patch_size}: at most 4 (16-bit patterns)")
     if len(self.palette) < 2:
       raise ConfigError("config.model.patch_tokens.palette: needs the background and at least one colour")
+
+  @property
+  def reference_tokens(self) -> bool:
+    """Whether an edit's source enters the prompt as its own patch tokens ("patch_tokens", "copy")."""
+    return self.edit_reference != "encoder"
 
   @property
   def grid_size(self) -> int:
@@ -242,6 +253,45 @@ def canvas_of(pos: jax.Array, pattern: jax.Array, eoi: int) -> jax.Array:
   return canvas.at[:, eoi].set(0)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ReferenceCanvas:
+  """An edit source as the copy path reads it: `pattern` and `colour` [B, g² + 1] at every cell (0:
+  none; colour is the palette colour index + 1), `has` [B] bool: rows whose prompt holds a source
+  (text-to-image rows and the CFG branch without a prompt have none: the copy path is off there)."""
+  pattern: jax.Array
+  colour: jax.Array
+  has: jax.Array
+
+  @classmethod
+  def of(cls, pos, pattern, colour, has, eoi: int) -> "ReferenceCanvas":
+    """From a source's tokens [B, L] and `has` [B]."""
+    keep = has[:, None]
+    return cls(jnp.where(keep, canvas_of(pos, pattern, eoi), 0),
+               jnp.where(keep, canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi), 0), has)
+
+  def twice(self) -> "ReferenceCanvas":
+    """Stacked for classifier-free guidance: the conditional rows, then the same rows without a source."""
+    cat = lambda x: jnp.concatenate([x, x])  # noqa: E731
+    return ReferenceCanvas(cat(self.pattern), cat(self.colour),
+                           jnp.concatenate([self.has, jnp.zeros_like(self.has)]))
+
+  def at(self, cells: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The source's (pattern, colour) at `cells` [B, (L)]."""
+    flat = cells.reshape(cells.shape[0], -1)
+    take = lambda x: jnp.take_along_axis(x, flat, axis=1).reshape(cells.shape)  # noqa: E731
+    return take(self.pattern), take(self.colour)
+
+  def next_cell(self, last: jax.Array) -> jax.Array:
+    """The first occupied source cell after `last` [B, (L)] (−1: none drawn yet), or <eoi> when none is
+    left -> one-hot [B, (L,) g² + 1]."""
+    e = self.pattern.shape[1]
+    occupied = (self.pattern > 0).reshape((last.shape[0],) + (1,) * (last.ndim - 1) + (e,))
+    after = occupied & (jnp.arange(e) > last[..., None])
+    nxt = jnp.where(after.any(-1), jnp.argmax(after, axis=-1), e - 1)
+    return jax.nn.one_hot(nxt, e, dtype=jnp.float32)
+
+
 # ------------------------------------------------------------------------------------ LLM head
 class PatchTokenHead(nnx.Module):
   """Embeddings of patch tokens into the LLM and the two-step prediction of the next one (module
@@ -257,8 +307,11 @@ class PatchTokenHead(nnx.Module):
     self.boi = param(rngs, init, (dim,), ("embed",), param_dtype)            # <boi>: starts the image
     # Added to an edit source's tokens in the prompt, so they differ from the tokens being drawn.
     self.reference = (param(rngs, init, (dim,), ("embed",), param_dtype)
-                      if c.edit_reference == "patch_tokens" else None)
+                      if c.reference_tokens else None)
     self.pattern_embed, self.colour_embed = emb(codebook_size), emb(num_colours)
+    copy = c.edit_reference == "copy"
+    self.ref_pattern_embed = emb(codebook_size) if copy else None         # the source's patch at the next cell
+    self.ref_colour_embed = emb(num_colours + 1) if copy else None        # row 0: no source patch there
     self.row_embed, self.col_embed = emb(g + 1), emb(g)                     # <eoi> sits on row g
     self.next_row, self.next_col = emb(g + 1), emb(g)
     # One table per neighbour direction (NEIGHBOURS); row 0 = nothing drawn there.
@@ -269,6 +322,7 @@ class PatchTokenHead(nnx.Module):
     self.hidden = Linear(dim, hidden, axes=("embed", "mlp"), use_bias=True, **kw)
     self.pattern_out = Linear(hidden, codebook_size, axes=("mlp", None), use_bias=True, **kw)
     self.colour_out = Linear(hidden, num_colours, axes=("mlp", None), use_bias=True, **kw)
+    self.copy_gate = Linear(dim, COPY_GATES, axes=("embed", None), use_bias=True, **kw) if copy else None
     self.dtype = dtype
 
   def embed(self, pos, pattern, colour) -> jax.Array:
@@ -280,22 +334,44 @@ class PatchTokenHead(nnx.Module):
     return e.astype(self.dtype)
 
   def reference_embed(self, pos, pattern, colour) -> jax.Array:
-    """An edit source's tokens [B, L] -> prompt embeddings [B, L, D] (`edit_reference="patch_tokens"`)."""
+    """An edit source's tokens [B, L] -> prompt embeddings [B, L, D] (`edit_reference` "patch_tokens" or
+    "copy")."""
     return (self.embed(pos, pattern, colour) + self.reference[...].astype(self.dtype)).astype(self.dtype)
 
   def boi_embed(self, b: int) -> jax.Array:
     return jnp.broadcast_to(self.boi[...].astype(self.dtype), (b, 1, self.boi.shape[0]))
 
-  def pos_logits(self, h: jax.Array) -> jax.Array:
-    """[..., D] -> logits over the next token's position [..., g² + 1] (f32)."""
-    return self.pos_out(h).astype(jnp.float32)
+  def _gates(self, h: jax.Array, ref: ReferenceCanvas) -> jax.Array:
+    """Copy gates [B, (L,) COPY_GATES] f32, zero on rows without a source."""
+    gate = self.copy_gate(h).astype(jnp.float32)
+    return jnp.where(ref.has.reshape((-1,) + (1,) * (gate.ndim - 1)), gate, 0.0)
 
-  def pattern_colour_logits(self, h: jax.Array, next_pos: jax.Array,
-                            canvas: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  def pos_logits(self, h: jax.Array, last: jax.Array | None = None,
+                 ref: ReferenceCanvas | None = None) -> jax.Array:
+    """[B, (L,) D] -> logits over the next token's position [B, (L,) g² + 1] (f32). With a copy path and
+    a source `ref`: plus gate₀ on the source's occupied cells and gate₁ on its next occupied cell after
+    `last` [B, (L)], the last position drawn (−1 before the first)."""
+    logits = self.pos_out(h).astype(jnp.float32)
+    if ref is None or self.copy_gate is None:
+      return logits
+    gate = self._gates(h, ref)
+    occupied = (ref.pattern > 0).astype(jnp.float32).reshape((h.shape[0],) + (1,) * (h.ndim - 2) + (-1,))
+    return logits + gate[..., :1] * occupied + gate[..., 1:2] * ref.next_cell(last)
+
+  def pattern_colour_logits(self, h: jax.Array, next_pos: jax.Array, canvas: jax.Array | None = None,
+                            ref: ReferenceCanvas | None = None) -> tuple[jax.Array, jax.Array]:
     """States [B, (L,) D], the next token's position [B, (L)] and the canvas [B, g² + 1] of patterns
-    drawn so far (`canvas_of`; needed with `neighbours`) -> (pattern [B, (L,) K], colour [B, (L,) C]) f32."""
+    drawn so far (`canvas_of`; needed with `neighbours`) -> (pattern [B, (L,) K], colour [B, (L,) C]) f32.
+    With a copy path and a source `ref`: the MLP also reads the source's patch at `next_pos`, and its
+    pattern and colour get gated bonuses (gates 2 and 3)."""
     g = self.config.grid_size
     q = jnp.take(self.next_row[...], next_pos // g, axis=0) + jnp.take(self.next_col[...], next_pos % g, axis=0)
+    copy = ref is not None and self.copy_gate is not None
+    if copy:
+      ref_pattern, ref_colour = ref.at(next_pos)
+      has = ref.has.reshape((-1,) + (1,) * (next_pos.ndim - 1) + (1,))
+      q = q + jnp.where(has, jnp.take(self.ref_pattern_embed[...], ref_pattern, axis=0)
+                        + jnp.take(self.ref_colour_embed[...], ref_colour, axis=0), 0.0)
     if self.neighbour_embed is not None:
       row, col = next_pos // g, next_pos % g
       flat = canvas.reshape(canvas.shape[0], -1)
@@ -306,18 +382,26 @@ class PatchTokenHead(nnx.Module):
         drawn = jnp.take_along_axis(flat, cell, axis=1).reshape(next_pos.shape)
         q = q + jnp.take(self.neighbour_embed[k], drawn, axis=0)
     z = jax.nn.gelu(self.hidden(h + q.astype(h.dtype)))
-    return self.pattern_out(z).astype(jnp.float32), self.colour_out(z).astype(jnp.float32)
+    pl, cl = self.pattern_out(z).astype(jnp.float32), self.colour_out(z).astype(jnp.float32)
+    if copy:
+      gate = self._gates(h, ref)
+      pl = pl + gate[..., 2:3] * jax.nn.one_hot(ref_pattern, pl.shape[-1], dtype=jnp.float32)
+      cl = cl + gate[..., 3:4] * jax.nn.one_hot(ref_colour - 1, cl.shape[-1], dtype=jnp.float32)
+    return pl, cl
 
-  def loss(self, hidden: jax.Array, pos, pattern, colour) -> tuple[jax.Array, dict]:
-    """hidden [B, L, D]: the LLM's states at <boi> and at tokens 0..L-2; targets tokens [B, L]. The CE
-    of every target up to and including the first <eoi>; pattern and colour only at real patches."""
+  def loss(self, hidden: jax.Array, pos, pattern, colour,
+           ref: ReferenceCanvas | None = None) -> tuple[jax.Array, dict]:
+    """hidden [B, L, D]: the LLM's states at <boi> and at tokens 0..L-2; targets tokens [B, L]; `ref`: an
+    edit's source for the copy path. The CE of every target up to and including the first <eoi>; pattern
+    and colour only at real patches."""
     eoi = self.config.eoi
     w = jnp.concatenate([jnp.ones_like(pos[:, :1]), (pos[:, :-1] < eoi).astype(pos.dtype)], 1)
     w = w.astype(jnp.float32)
     wp = w * (pos < eoi)
     mean = lambda nll, wt: (nll * wt).sum() / jnp.maximum(wt.sum(), 1.0)  # noqa: E731
-    lp = mean(optax.softmax_cross_entropy_with_integer_labels(self.pos_logits(hidden), pos), w)
-    pl, cl = self.pattern_colour_logits(hidden, pos, canvas_of(pos, pattern, eoi))
+    last = jnp.concatenate([jnp.full_like(pos[:, :1], -1), pos[:, :-1]], 1)
+    lp = mean(optax.softmax_cross_entropy_with_integer_labels(self.pos_logits(hidden, last, ref), pos), w)
+    pl, cl = self.pattern_colour_logits(hidden, pos, canvas_of(pos, pattern, eoi), ref)
     lq = mean(optax.softmax_cross_entropy_with_integer_labels(pl, pattern), wp)
     lc = mean(optax.softmax_cross_entropy_with_integer_labels(cl, colour), wp)
     return lp + lq + lc, {"gen_pos_ce": lp, "gen_pattern_ce": lq, "gen_colour_ce": lc}
@@ -330,9 +414,11 @@ def positions_of(mask: jax.Array) -> jax.Array:
 
 
 def training_loss(llm, head: PatchTokenHead, tokenizer: PatchTokenizer, prompt_embeds: jax.Array,
-                  mask: jax.Array, images: jax.Array) -> tuple[jax.Array, dict]:
+                  mask: jax.Array, images: jax.Array,
+                  ref: ReferenceCanvas | None = None) -> tuple[jax.Array, dict]:
   """Teacher-forced loss of drawing `images` [B, S, S, 3] after the (left-padded) prompt
-  `prompt_embeds` [B, T, D] / `mask` [B, T]: one LLM pass over [prompt, <boi>, tokens 0..L-2]."""
+  `prompt_embeds` [B, T, D] / `mask` [B, T]: one LLM pass over [prompt, <boi>, tokens 0..L-2]; `ref`:
+  the edit sources of the copy path (None: text to image)."""
   b, t = mask.shape
   pos, pattern, colour = tokenizer.encode(images)
   x = jnp.concatenate([prompt_embeds, head.boi_embed(b).astype(prompt_embeds.dtype),
@@ -340,7 +426,7 @@ def training_loss(llm, head: PatchTokenHead, tokenizer: PatchTokenizer, prompt_e
   full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
                           (pos[:, :-1] < head.config.eoi).astype(jnp.int32)], 1)
   hidden = llm.forward(None, positions_of(full), full, inputs_embeds=x).hidden[:, t:]
-  loss, metrics = head.loss(hidden, pos, pattern, colour)
+  loss, metrics = head.loss(hidden, pos, pattern, colour, ref)
   metrics["gen_patches"] = jnp.mean(jnp.sum(pos < head.config.eoi, axis=1).astype(jnp.float32))
   return loss, metrics
 
@@ -352,12 +438,14 @@ def _draw(rng, logits, temperature: float) -> jax.Array:
 
 
 def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array, rng: jax.Array, *,
-           guidance: float = 1.0, temperature: float = 0.7, pattern_temperature: float | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+           guidance: float = 1.0, temperature: float = 0.7, pattern_temperature: float | None = None,
+           ref: ReferenceCanvas | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Tokens (pos, pattern, colour) [B, L] drawn after the prompt, one LLM step per token with a KV
   cache. `guidance` != 1: classifier-free guidance on all three logits against the empty prompt (every
   prompt token masked, as `cond_dropout` trains it); `temperature` (position) and `pattern_temperature`
   (pattern and colour; None: the same) 0 are greedy. Cells at or before the
-  previous token's are masked (the list is sorted); a drawn patch is never the empty pattern."""
+  previous token's are masked (the list is sorted); a drawn patch is never the empty pattern. `ref`: the
+  edit sources [B] of the copy path (the unconditional CFG branch has none)."""
   c = head.config
   b, t = mask.shape
   num, eoi = c.num_slots, c.eoi
@@ -366,6 +454,7 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
   if cfg:
     prompt_embeds = jnp.concatenate([prompt_embeds, prompt_embeds])
     mask = jnp.concatenate([mask, jnp.zeros_like(mask)])
+    ref = None if ref is None else ref.twice()
   bb = prompt_embeds.shape[0]
   first = jnp.concatenate([mask, jnp.ones((bb, 1), jnp.int32)], 1)
   kv_mask = jnp.concatenate([first, jnp.zeros((bb, num), jnp.int32)], 1)
@@ -389,10 +478,10 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
   def step(carry, i):
     h, cache, kv_mask, last, done, canvas, rng = carry
     rng, k_pos, k_pat, k_col = jax.random.split(rng, 4)
-    lp = guide(head.pos_logits(h))
+    lp = guide(head.pos_logits(h, twice(last), ref))
     lp = jnp.where((cells[None] > last[:, None]) | (cells[None] == eoi), lp, -jnp.inf)
     pos = jnp.where(done, eoi, _draw(k_pos, lp, temperature))
-    pl, cl = head.pattern_colour_logits(h, twice(pos), twice(canvas))
+    pl, cl = head.pattern_colour_logits(h, twice(pos), twice(canvas), ref)
     pl, cl = guide(pl), guide(cl)
     pattern = jnp.where(pos < eoi, _draw(k_pat, pl.at[:, 0].set(-jnp.inf), pattern_temperature), 0)
     colour = jnp.where(pos < eoi, _draw(k_col, cl, pattern_temperature), 0)
