@@ -22,7 +22,7 @@ from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, train
 from jaxmodels.unified import UnifiedModel
 from jaxmodels.unified import latent_codec
 from jaxmodels.unified.build import unified_config
-from jaxmodels.unified.connector import SanaDiT
+from jaxmodels.flow.sana import SanaTransformer
 from jaxmodels.unified.latte_flow import LatteFlow
 from jaxmodels.vision.qwen2_5_vl import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionConfig,
                                          Qwen25VisionTransformer)
@@ -284,7 +284,7 @@ def _count(make):
 
 def test_sana_1600m_dit_param_count():
   # Efficient-Large-Model/Sana_1600M_1024px_diffusers transformer: 1,604,462,752 parameters ("1.6B").
-  n = _count(lambda: SanaDiT(sana_1600m_config(), rngs=nnx.Rngs(0)))
+  n = _count(lambda: SanaTransformer(sana_1600m_config(), rngs=nnx.Rngs(0)))
   assert abs(n - 1.6e9) / 1.6e9 < 0.02, n
 
 

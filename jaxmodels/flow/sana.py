@@ -399,6 +399,13 @@ class SanaTransformer(nnx.Module):
     x = self.proj_out(x).reshape(b, grid[0], grid[1], -1)
     return unpatchify(x, p, c.resolved_out_channels)
 
+  def velocity(self, x: jax.Array, sigma: jax.Array, encoder_hidden_states: jax.Array,
+               encoder_mask: jax.Array | None = None) -> jax.Array:
+    """The flow velocity ε − x₀ [B, H, W, C] at noise level σ [B] in [0, 1]: the transformer's output
+    as is, at timestep 1000·σ·timestep_scale (diffusers' SANA pipeline), f32."""
+    t = jnp.asarray(sigma, jnp.float32) * 1000.0 * self.config.timestep_scale
+    return self(x, t, encoder_hidden_states, encoder_mask).astype(jnp.float32)
+
   def _run_block(self, block: SanaBlock, x: jax.Array, inputs: SanaBlockInputs) -> jax.Array:
     """One block of the loop layout, rematerialised per the config: x [B, N, D] -> [B, N, D]."""
     remat = self.config.remat

@@ -216,6 +216,13 @@ class UnifiedConfig:
                         "und_projector='none' is not one (use 'linear' or 'mlp2x_gelu')")
 
   @property
+  def generation_path(self) -> str:
+    """The key of the generation path this config trains and samples with (generation_paths.PATHS)."""
+    if self.gen_target == "patch_tokens":
+      return "patch_tokens"
+    return {"image_tokens": "image_tokens", "none": "layerwise"}.get(self.queries, "queries")
+
+  @property
   def target_channels(self) -> int:
     if self.gen_target == "pixels":
       return 3

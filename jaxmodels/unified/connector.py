@@ -1,4 +1,4 @@
-"""Connectors from LLM hidden states to a DiT condition, and the SANA velocity adapter.
+"""Connectors from LLM hidden states to a DiT condition.
 
   "identity"     h                                                     (BLIP3-o: DiT projects itself)
   "mlp"          Linear -> GELU -> Linear                               (Pisces / shapes_tiny)
@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxmodels.flow.sana import SanaTransformer
 from jaxmodels.layers import GatedMLP, Linear, RMSNorm, get_activation, param
 from jaxmodels.layers.attention import dot_product_attention
 from jaxmodels.layers.rotary import apply_rope, rope_cos_sin, rope_inv_freq
@@ -132,13 +131,3 @@ class Connector(nnx.Module):
       x = self.encoder(x)
     return self.proj(x)
 
-
-class SanaDiT(SanaTransformer):
-  """`SanaTransformer` with the `velocity(x, σ, cond, cond_mask)` adapter of `LuminaNextDiT`:
-  timestep = 1000·σ·timestep_scale (diffusers' pipeline), output = ε − x₀ as is. Same parameters
-  (and parameter paths) as `SanaTransformer`, so checkpoints load unchanged."""
-
-  def velocity(self, x: jax.Array, sigma: jax.Array, encoder_hidden_states: jax.Array,
-               encoder_mask: jax.Array | None = None) -> jax.Array:
-    t = jnp.asarray(sigma, jnp.float32) * 1000.0 * self.config.timestep_scale
-    return self(x, t, encoder_hidden_states, encoder_mask).astype(jnp.float32)

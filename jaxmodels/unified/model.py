@@ -34,6 +34,10 @@ precomputed scaled latents from batch["gen_latents"] [B, s, s, C]. Editing input
 with `cond_images` uses 3-way image+text guidance; BLIP3o-NEXT: the reference's discrete tokens, plus its
 DC-AE latents in the condition and/or noise space per `edit_latents`, 2-way CFG against the zero null).
 
+How each family learns and samples is its `GenerationPath` (generation_paths.py, chosen by
+`UnifiedConfig.generation_path`), the flow target's encoding and decoding its `Target` there, and the
+flow head's class dits.py's; this module holds the parts they share.
+
 Choices where the papers are silent (UNCONFIRMED in the spec; all config fields): Pisces' generation
 target is taken to be its pooled generation-encoder features, as in BLIP3-o by the same authors;
 classifier-free guidance uses the all-zero null condition of BLIP3-o.
@@ -47,18 +51,18 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxmodels import flow
 from jaxmodels.flow.lumina import LuminaNextDiT
 from jaxmodels.generate import generate
 from jaxmodels.layers import Linear, get_activation, param, splice_image_tokens
 from jaxmodels.llm import LLM
 from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
-from jaxmodels.unified.connector import Connector, SanaDiT
+from jaxmodels.unified.connector import Connector
 from jaxmodels.unified.dense_head import DenseLabelHead
+from jaxmodels.unified.dits import build_dit
 from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_width, understanding_positions
 from jaxmodels.unified import latent_codec, patch_tokens
+from jaxmodels.unified.generation_paths import PATHS, TARGETS
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
-from jaxmodels.unified.latte_flow import LatteFlow
 from jaxmodels.unified.model_io import unified_num_image_tokens
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoder
 from jaxmodels.vision import avg_pool_tokens
@@ -160,9 +164,7 @@ class UnifiedModel(nnx.Module):
                                 **kw))
     self.autoencoder = PatchAutoencoder(c.autoencoder, rngs=rngs) if c.autoencoder else None
     self.vae, self.edit_latents = latent_codec.build(c, rngs=rngs)   # frozen DC-AE; editing injection
-    kind = type(c.dit).__name__
-    self.dit = (None if c.dit is None else SanaDiT(c.dit, rngs=rngs) if kind == "SanaConfig" else
-                LatteFlow(c.dit, rngs=rngs) if kind == "LatteConfig" else LuminaNextDiT(c.dit, rngs=rngs))
+    self.dit = build_dit(c.dit, rngs=rngs)   # dits.py: Lumina-Next, SANA or LaTtE-Flow's stack
     # gen_target="patch_tokens": the LLM draws sparse palette-patch tokens (patch_tokens.py).
     pt = c.patch_tokens
     self.patch_head = (None if pt is None else
@@ -380,27 +382,13 @@ class UnifiedModel(nnx.Module):
     return images
 
   def target(self, images: jax.Array) -> jax.Array:
-    """Clean flow target x₀ [B, h, w, C] for images [B, H, W, 3] in [-1, 1]."""
-    c = self.config
-    if c.gen_target == "pixels":
-      return self.target_images(images)
-    if c.gen_target == "latents":   # the frozen DC-AE's scaled latents
-      if self.vae is None:
-        raise ValueError("gen_target='latents' without config.model.vae: the batch must carry "
-                         "precomputed latents (gen_latents)")
-      return latent_codec.encode(self.vae, images, c)
-    if c.gen_target == "autoencoder":   # the jointly trained encoder's latents, as a fixed target
-      return jax.lax.stop_gradient(self.autoencoder.encode(self.target_images(images)))
-    tokens = encoder_tokens(self.gen_encoder, images, c.gen_pool, last_block=True)
-    g = int(round(tokens.shape[1] ** 0.5))
-    return jax.lax.stop_gradient(tokens.reshape(tokens.shape[0], g, g, -1))
+    """Clean flow target x₀ [B, h, w, C] for images [B, H, W, 3] in [-1, 1] (generation_paths.TARGETS)."""
+    return TARGETS[self.config.gen_target].x0(self, images)
 
   def batch_target(self, batch) -> jax.Array:
     """x₀ of a batch: gen_latents when the target is latents and the model has no vae, else
     target(gen_image)."""
-    if self.config.gen_target == "latents" and self.vae is None:
-      return batch["gen_latents"]
-    return self.target(batch["gen_image"])
+    return TARGETS[self.config.gen_target].batch_x0(self, batch)
 
   def velocity(self, x: jax.Array, sigma: jax.Array, cond: jax.Array, cond_mask=None, **kw) -> jax.Array:
     if isinstance(self.dit, LuminaNextDiT):
@@ -428,65 +416,8 @@ class UnifiedModel(nnx.Module):
     return ids, mask, images
 
   def generation_loss(self, batch, rng: jax.Array) -> tuple[jax.Array, dict]:
-    c = self.config
-    k_drop, k_sigma, k_noise, k_edit = jax.random.split(rng, 4)
-    if c.gen_target == "patch_tokens":
-      ids, mask, images = self._edit_inputs(k_edit, batch)
-      drop = jax.random.uniform(k_drop, (ids.shape[0],)) < c.cond_dropout   # CFG: the empty prompt
-      mask = jnp.where(drop[:, None], 0, mask)
-      loss, metrics = patch_tokens.training_loss(self.llm, self.patch_head, self.patch_tokenizer,
-                                                 self.prompt_embeddings(ids, images), mask, batch["gen_image"],
-                                                 self.copy_reference(ids, mask, images))
-      return loss, {**metrics, "gen_loss": loss}
-    x0 = self.batch_target(batch)
-    noise = jax.random.normal(k_noise, x0.shape, x0.dtype)
-    metrics, ref = {}, None
-    if c.queries == "image_tokens":
-      ids, mask, ref_images = self._edit_inputs(k_edit, batch)   # editing: gen_cond_image references
-      codes = self.image_codes(batch["gen_image"])
-      seq, full_mask, hidden, cond, ref = self.image_token_forward(ids, mask, codes, ref_images)
-      logits = self.llm.logits(hidden[:, :-1])
-      # CE over the text and image tokens: every real target token except <im_start>/<S_k> (and an edit
-      # reference's tokens, which are inputs).
-      weight = full_mask[:, 1:].astype(jnp.float32) * (jnp.cumsum(full_mask, 1)[:, :-1] > 0)
-      t = ids.shape[1]
-      weight = weight.at[:, t - 1:t + 1].set(0.0)
-      if ref_images is not None:
-        weight = weight.at[:, :t - 1].multiply((ids[:, 1:] != c.image_token_id).astype(jnp.float32))
-      nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), seq[:, 1:])
-      ce = (nll * weight).sum() / jnp.maximum(weight.sum(), 1.0)
-      metrics["gen_ce"] = ce
-    elif c.queries == "none":
-      ids, mask, images = self._edit_inputs(k_edit, batch)
-      cond, cond_mask = self.condition(ids, mask, images), mask
-      cond = flow.drop_condition(k_drop, cond, c.cond_dropout, null="zeros")
-      losses = []
-      for k in range(c.dit.num_groups):   # layerwise loss: each group on its own σ interval
-        sig = self.dit.group_sigmas(jax.random.fold_in(k_sigma, k), x0.shape[0], k)
-        v = self.dit.velocity(flow.noisy_input(x0, noise, sig), sig, cond, cond_mask, group=k)
-        losses.append(flow.flow_matching_loss(v, x0, noise))
-        metrics[f"gen_loss_group{k}"] = losses[-1]
-      loss = sum(losses) / len(losses)
-      return loss, {**metrics, "gen_loss": loss}
-    else:
-      ids, mask, images = self._edit_inputs(k_edit, batch)
-      cond = self.condition(ids, mask, images)
-    null = "zeros" if c.cfg_null == "zeros" else self.null_condition(cond)
-    cond = flow.drop_condition(k_drop, cond, c.cond_dropout, null=null)
-    sigmas = flow.sample_training_sigmas(k_sigma, x0.shape[0], c.sigma_sampling, shift=c.train_shift)
-    x_t = flow.noisy_input(x0, noise, sigmas)
-    v = self.velocity(x_t if ref is None else self.edit_latents.inject(x_t, ref), sigmas, cond)
-    loss = flow.flow_matching_loss(v, x0, noise)
-    metrics["gen_flow_loss"] = loss
-    if c.gen_decoder_weight:   # pixel classes of the clean-latent estimate (config.py)
-      sig = sigmas.reshape((-1,) + (1,) * (x_t.ndim - 1))
-      x0_hat = x_t.astype(jnp.float32) - sig * v.astype(jnp.float32)
-      dec = self.autoencoder.class_loss(x0_hat, self.target_images(batch["gen_image"]), (1.0 - sigmas) ** 2)
-      metrics["gen_decoder_loss"] = dec
-      loss = loss + c.gen_decoder_weight * dec
-    if c.queries == "image_tokens":
-      loss = metrics["gen_ce"] + c.flow_weight * loss
-    return loss, {**metrics, "gen_loss": loss}
+    """The loss of the config's generation path (generation_paths.PATHS) on the batch's gen_* rows."""
+    return PATHS[self.config.generation_path].loss(self, batch, rng)
 
   def sample_image_tokens(self, ids, mask, rng, *, temperature: float = 1.0, ref_images=None) -> jax.Array:
     """BLIP3o-NEXT: codes [B, n] drawn after [prompt, <im_start>, <S_k>] (top-k / top-p); `ref_images`
@@ -519,54 +450,9 @@ class UnifiedModel(nnx.Module):
     against the empty prompt, decoded to [B, S, S, 3]; `num_steps`, `solver`, `shift` are unused and
     edits condition on the reference at the placeholders (its understanding tokens, or its own patch
     tokens, which the copy path also reads)."""
-    c = self.config
-    k_tok, k_x = jax.random.split(rng)
-    if c.gen_target == "patch_tokens":   # guidance: CFG against the empty prompt; num_steps unused
-      tokens = patch_tokens.sample(self.llm, self.patch_head, self.prompt_embeddings(ids, cond_images), mask,
-                                   k_tok, guidance=guidance, temperature=c.patch_tokens.temperature,
-                                   pattern_temperature=c.patch_tokens.pattern_temperature,
-                                   ref=self.copy_reference(ids, mask.astype(jnp.int32), cond_images))
-      x = self.patch_tokenizer.decode(*tokens)
-      return (x, tokens) if return_codes else x
-    cond_mask, codes, ref = None, None, None
-    if c.queries == "image_tokens":
-      codes = self.sample_image_tokens(ids, mask, k_tok, ref_images=cond_images)
-      # Re-encoded, teacher-forced states (+ the reference's latent tokens when editing).
-      _, _, _, cond, ref = self.image_token_forward(ids, mask, codes, cond_images)
-    else:
-      cond = self.condition(ids, mask, cond_images)
-      if c.queries == "none":
-        cond_mask = mask.astype(jnp.int32)
-    side = c.target_side
-    x_init = jax.random.normal(k_x, (ids.shape[0], side, side, c.target_channels), jnp.float32)
-
-    def velocity_fn(x, t, cond_):
-      cond_, cmask_, ref_ = cond_
-      x = x if ref_ is None else self.edit_latents.inject(x, ref_)
-      return self.velocity(x, t / flow.NUM_TRAIN_TIMESTEPS, cond_, cmask_)
-
-    if cond_images is not None and c.queries != "image_tokens":
-      is_img = ids == c.image_token_id
-      mask_img = jnp.where(is_img, mask, 0)
-      cond_img = self.condition(ids, mask_img, cond_images)
-      cond_null = self.condition(ids, mask_img, jnp.full_like(cond_images, -1.0))
-      conds = jnp.concatenate([cond_null, cond_img, cond], 0)
-      cmasks = None if cond_mask is None else jnp.concatenate([mask_img, mask_img, cond_mask], 0)
-
-      def vfn(x, t):
-        v = velocity_fn(jnp.concatenate([x] * 3), jnp.concatenate([t] * 3), (conds, cmasks, None))
-        v_null, v_img, v_full = jnp.split(v, 3)
-        return flow.image_text_guidance(v_null, v_img, v_full, image_guidance, guidance)
-    elif guidance == 1.0:
-      vfn = lambda x, t: velocity_fn(x, t, (cond, cond_mask, ref))  # noqa: E731
-    else:
-      null = self.null_condition(cond) if c.cfg_null == "empty_caption" and c.queries != "none" \
-          else jnp.zeros_like(cond)
-      vfn = flow.cfg_velocity_fn(velocity_fn, (cond, cond_mask, ref), (null, cond_mask, ref), guidance)
-    x = flow.sample(vfn, x_init, num_steps=num_steps, solver=solver, shift=shift)
-    x = jnp.clip(x, -1.0, 1.0) if c.gen_target == "pixels" else x
-    x = self.autoencoder.decode(x) if c.gen_target == "autoencoder" else x
-    x = latent_codec.decode(self.vae, x, c) if self.vae is not None else x
+    x, codes = PATHS[self.config.generation_path].sample(
+        self, ids, mask, rng, num_steps=num_steps, guidance=guidance, solver=solver, shift=shift,
+        cond_images=cond_images, image_guidance=image_guidance)
     return (x, codes) if return_codes else x
 
   # ---------------------------------------------------------------- training entry point
