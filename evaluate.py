@@ -236,7 +236,7 @@ def geneval_settings(config, workdir: str, step: int, *, images_per_prompt: int,
   Raises:
     ConfigError: the run is not a unified model that draws images.
   """
-  from input_pipeline.shapes_tasks import GEN_LEN
+  from jaxmodels.config_schema import data_section
   from jaxmodels.errors import ConfigError
   from jaxmodels.evals.output_records import checkpoint_id, sampling_temperatures
   from jaxmodels.trainer.setup import unified_config_of
@@ -252,7 +252,7 @@ def geneval_settings(config, workdir: str, step: int, *, images_per_prompt: int,
           "batch_size": int(ev.batch_size), "images_per_prompt": images_per_prompt,
           "resolution": int(ucfg.output_image_size), "gen_target": ucfg.gen_target,
           "prompt_template": ev.prompt_template,
-          "prompt_len": int(config.data.get("gen_len", GEN_LEN))}
+          "prompt_len": int(data_section(config.data, also="shapes_world").gen_len)}
 
 
 def geneval_from_checkpoint(config, workdir: str, step: int, out: str, metadata: str, *,
@@ -310,7 +310,7 @@ def colorbench_settings(config, workdir: str, step: int, *, prompt_len: int | No
   Raises:
     ConfigError: the run is not a unified model that reads images.
   """
-  from input_pipeline.shapes_tasks import UND_LEN
+  from jaxmodels.config_schema import data_section
   from jaxmodels.errors import ConfigError
   from jaxmodels.evals import colorbench
   from jaxmodels.evals.output_records import checkpoint_id
@@ -320,13 +320,13 @@ def colorbench_settings(config, workdir: str, step: int, *, prompt_len: int | No
     raise ConfigError("config.model.und_encoder is None: this model reads no images, so it has no "
                       "ColorBench answers")
   run = os.path.basename(os.path.normpath(workdir.rstrip("/"))) or "run"
+  data = data_section(config.data, also="shapes_world")
   return {"checkpoint": checkpoint_id(workdir), "step": int(step),
           "decoding": "greedy", "max_new_tokens": max_new_tokens,
-          "prompt_len": int(prompt_len if prompt_len is not None
-                            else config.data.get("und_len", UND_LEN)),
-          "layout": config.data.get("und_layout", "image_first"),
+          "prompt_len": int(prompt_len if prompt_len is not None else data.und_len),
+          "layout": data.und_layout,
           "image_size": int(ucfg.und_encoder.image_size),
-          "image_aspect": config.data.get("image_aspect", "pad"),
+          "image_aspect": data.image_aspect,
           "instruction": colorbench.DIRECT_INSTRUCTION if instruction is None else instruction,
           "match_choices": bool(match_choices), "batch_size": int(config.evals.batch_size),
           "model_name": model_name or f"{run}_step{int(step)}"}

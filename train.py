@@ -153,7 +153,7 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   logging.info("model: %.2fM parameters", n_params / 1e6)
 
   ############################ Data ##########################################
-  on_error = config.data.get("on_error", "raise")        # a corrupt record: "raise" or "skip" + count
+  on_error = config.data.on_error        # a corrupt record: "raise" or "skip" + count
   with pipeline.corrupt_record_policy(on_error):
     data = make_train_data(config, workdir, io=model_io(config.model))
   if jax.process_index() == 0:   # the run carries its Hugging Face tokenizer: <workdir>/tokenizer/

@@ -30,7 +30,7 @@ Images are padded to square with the ImageNet mean (LLaVA `image_aspect_ratio=pa
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from jaxmodels.config_schema import base_config
+from jaxmodels.config_schema import base_config, data_block, execution_block
 from jaxmodels.config_utils import parse_arg
 from jaxmodels.unified.dbfusion import DEFAULT_PROMPTS
 
@@ -88,20 +88,16 @@ def build(*, llm: str, image_token_id: int, tiny: bool, stage: int, freeze_flore
       dbfusion=dict(mode="channel_concat", projector="mlp3x_gelu", drop_global_token=True, frozen=frozen,
                     **fusion),
       image_token_id=image_token))
+  c.model.execution = execution_block()   # --config.model.execution.remat=... sets every tower's
   c.optim.lr = 1e-3 if tiny else lr
   c.optim.warmup_steps = 3 if tiny else max(1, int(0.03 * steps))
   c.optim.min_lr_ratio = 0.0
   c.optim.frozen = FLORENCE_FROZEN if frozen else None
   c.train.total_steps = 10 if tiny else steps
-  c.data.name = data
-  if data == "shapes_world":
-    c.data.update(config="res32", data_dir=placeholder(str), und_len=48)
+  # image_aspect "pad": LLaVA's image_aspect_ratio=pad (SFT); web-scale data skips corrupt records.
+  real = {} if data == "shapes_world" else dict(max_length=64 if tiny else 2048)
+  c.data = data_block(data, image_aspect="pad", on_error="skip", **real)
   c.data.source = ml_collections.ConfigDict(DATA_SOURCES[data])
-  c.data.tokenizer = placeholder(str)       # local tokenizer.json folder of the LLM; None: built-in words
-  c.data.chat_format = placeholder(str)     # None: detected from the tokenizer folder
-  c.data.image_aspect = "pad"               # LLaVA image_aspect_ratio=pad (SFT); "resize" squashes
-  c.data.on_error = "skip"                  # web-scale data: skip and count corrupt records
-  c.data.max_length = 64 if tiny else 2048
   c.stage = stage
   return c
 

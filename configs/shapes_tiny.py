@@ -51,10 +51,9 @@ main command in two phases": at 0.5 Q/A and perception fell within the budget).
     python train.py --config=configs/shapes_tiny.py:target=pixels --workdir=runs/shapes_tiny_pixels
 """
 import ml_collections
-from ml_collections.config_dict import placeholder
 
 from jaxmodels.shapes_world import palette
-from jaxmodels.config_schema import base_config, execution_block
+from jaxmodels.config_schema import base_config, data_block, execution_block
 from jaxmodels.config_utils import parse_arg
 
 
@@ -91,11 +90,9 @@ def get_config(arg=None):
                                 pattern_temperature=0.1, neighbours=True, edit_reference="encoder", palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
   elif a.target != "pixels":
     raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'tokens', 'ae' or 'pixels'")
-  c.data = ml_collections.ConfigDict(dict(
-      name="shapes_world", config="res32", data_dir=placeholder(str), batch_size=32, und_len=96, gen_len=16,
-      questions_per_scene=4, qa_turns=4, qa_leak_free=True, und_layout="question_first", dense_labels=True,
-      qa_kinds="color,shape,count,position,colorbench", und_background=0.0, und_colorbench=0.0,
-      edit_fraction=0.0, long_edits="raise", on_error="raise", worker_count=1))
+  c.data = data_block("shapes_world", batch_size=32, und_len=96, gen_len=16, qa_turns=4, qa_leak_free=True,
+                      und_layout="question_first", dense_labels=True,
+                      qa_kinds="color,shape,count,position,colorbench", worker_count=1)
   c.optim.update(lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, b2=0.99)
   # target=ae/pixels: generation inputs on every third step (the others train understanding only,
   # about half the cost): ~1500 steps fit the time limit on 2 cores and the cosine schedule ends with

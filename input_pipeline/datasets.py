@@ -40,11 +40,12 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
+from jaxmodels.config_schema import DATA_SOURCES, data_section
 from jaxmodels.errors import ConfigError
 from jaxmodels.unified.model_io import ModelIO
 
 REAL_SOURCES = ("llava_json", "webdataset", "array_record", "tfds")
-DEFAULT_CAPTION_PROMPT = "<image>\nDescribe the image in detail."
+DEFAULT_CAPTION_PROMPT = DATA_SOURCES["tfds"]["caption_prompt"].default
 
 
 @dataclasses.dataclass
@@ -87,8 +88,8 @@ def run_word_tokenizer(workdir: str | None, build):
 def make_train_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
   """`config.data` -> TrainData for a model that reads `io` (`model_io(config.model)`)."""
   from input_pipeline import pipeline
-  data = config.data
-  name = data.get("name", "shapes_world") or "shapes_world"
+  data = data_section(config.data)
+  name = data.name
   makes_gen = name == "shapes_world" or "gen" in tuple(data.get("tasks") or ())
   if makes_gen and io.gen_latents_only:
     raise ConfigError("config.model.vae=None: the generation target is then precomputed latents "
@@ -105,23 +106,22 @@ def make_train_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
     raise ConfigError(f"config.data.name='shapes_world' needs a model that reads images "
                       f"(config.model.type={io.kind!r} reads none)")
   from jaxmodels import shapes_world as sw
-  from input_pipeline.shapes_tasks import GEN_LEN, OPEN_QA_KINDS, UND_LEN, ShapesTaskSource
-  data_dir = data.get("data_dir") or default_data_dir()
-  cfg_name = data.get("config", "res32")
+  from input_pipeline.shapes_tasks import ShapesTaskSource
+  data_dir = data.data_dir or default_data_dir()
+  cfg_name = data.config
   tok = shapes_world_tokenizer(data_dir, cfg_name, workdir)
   source = ShapesTaskSource(
       sw.load_split(data_dir, "train", cfg_name, decode="lazy"), tok, num_image_tokens=io.num_image_tokens,
-      und_len=data.get("und_len", UND_LEN), gen_len=data.get("gen_len", GEN_LEN),
+      und_len=data.und_len, gen_len=data.gen_len,
       und_image_size=io.und_image_size, gen_image_size=io.gen_image_size,
-      questions_per_scene=data.get("questions_per_scene", 4), edit_fraction=data.get("edit_fraction", 0.0),
-      turns=data.get("qa_turns", 1), leak_free=data.get("qa_leak_free", False),
-      qa_kinds=tuple(k.strip() for k in str(data.get("qa_kinds") or ",".join(OPEN_QA_KINDS)).split(",")
-                     if k.strip()),
-      layout=data.get("und_layout", "image_first"), und_background=data.get("und_background", 0.0),
-      long_edits=data.get("long_edits", "raise"), colorbench_images=data.get("und_colorbench", 0.0),
-      dense_grid=io.dense_grid if data.get("dense_labels") else 0, edit_image_tokens=io.edit_tokens)
+      questions_per_scene=data.questions_per_scene, edit_fraction=data.edit_fraction,
+      turns=data.qa_turns, leak_free=data.qa_leak_free,
+      qa_kinds=tuple(k.strip() for k in str(data.qa_kinds).split(",") if k.strip()),
+      layout=data.und_layout, und_background=data.und_background,
+      long_edits=data.long_edits, colorbench_images=data.und_colorbench,
+      dense_grid=io.dense_grid if data.dense_labels else 0, edit_image_tokens=io.edit_tokens)
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=data.batch_size // jax.process_count(),
-                             worker_count=data.get("worker_count", 0))
+                             worker_count=data.worker_count)
   return TrainData(iter(ds), tok, data_dir)
 
 
@@ -248,8 +248,8 @@ def make_real_source(config):
   """The reader of `config.data.name` built from `config.data.source` (required keys checked)."""
   import inspect
   from input_pipeline import sources
-  data = config.data
-  src = data.get("source") or {}
+  data = data_section(config.data)
+  src = data.source or {}
   spec = src.to_dict() if hasattr(src, "to_dict") else dict(src)
   spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.items() if v is not None}
   cls = sources.reader_class(data.name)
@@ -277,19 +277,17 @@ def real_data_tokenizer(config, source, io: ModelIO, workdir: str | None):
   """`config.data.tokenizer` (a local HF tokenizer), else the run's WordTokenizer: reused from
   `<workdir>/tokenizer.json`, else built from the data's words (ids kept below image_token_id)."""
   from input_pipeline.tokenizers import WordTokenizer, load_tokenizer
-  data = config.data
-  if data.get("tokenizer"):
+  data = data_section(config.data)
+  if data.tokenizer:
     if not os.path.exists(data.tokenizer):
       raise ConfigError(f"config.data.tokenizer={data.tokenizer!r}: no such file or folder")
-    tok = load_tokenizer(data.tokenizer, chat_format=data.get("chat_format") or None)
+    tok = load_tokenizer(data.tokenizer, chat_format=data.chat_format or None)
     if not isinstance(tok, WordTokenizer) and not tok.can_chat:
       raise ConfigError(f"config.data.chat_format is not set and {data.tokenizer} has no chat template "
                         "(set one of llama3, llama3.1, qwen2, qwen2.5, qwen3, chatml, phi3)")
     return tok
   def build():
-    prompt = data.get("caption_prompt") or DEFAULT_CAPTION_PROMPT
-    texts = [prompt, *_corpus(source, data.name, data.get("caption_field", "caption"),
-                              int(data.get("vocab_records", 10_000)))]
+    texts = [data.caption_prompt, *_corpus(source, data.name, data.caption_field, int(data.vocab_records))]
     # Word ids stay below the model's placeholder id, unless that id is the tokenizer's own <image>.
     own_image_id = len(WordTokenizer.SPECIALS) - 1
     cap = io.image_token_id if io.image_token_id > own_image_id else None
@@ -300,16 +298,16 @@ def real_data_tokenizer(config, source, io: ModelIO, workdir: str | None):
 def make_real_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
   """Real-world sources (see the module docstring) -> TrainData."""
   from input_pipeline import pipeline
-  data = config.data
+  data = data_section(config.data)
   if not io.reads_images:
     raise ConfigError(f"config.model.und_encoder and config.model.image_token_id are needed to train on "
                       f"config.data.name={data.name!r} (understanding rows with images)")
-  max_length = int(data.get("max_length") or 0)
+  max_length = int(data.max_length or 0)
   if max_length <= io.num_image_tokens:
     raise ConfigError(f"config.data.max_length={max_length} must exceed the {io.num_image_tokens} image tokens")
-  if data.get("image_aspect", "pad") not in ("pad", "resize"):
+  if data.image_aspect not in ("pad", "resize"):
     raise ConfigError(f"config.data.image_aspect={data.image_aspect!r}: expected 'pad' or 'resize'")
-  tasks = tuple(data.get("tasks") or ("und",))
+  tasks = tuple(data.tasks or ("und",))
   if set(tasks) - {"und", "gen"}:
     raise ConfigError(f"config.data.tasks={tasks}: expected a subset of ('und', 'gen')")
   if "gen" in tasks and (data.name == "llava_json" or io.gen_image_size is None):
@@ -318,11 +316,9 @@ def make_real_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
   source = make_real_source(config)
   tok = real_data_tokenizer(config, source, io, workdir)
   prep = RealDataPreprocess(
-      tok, io, kind=data.name, max_length=max_length, image_aspect=data.get("image_aspect", "pad"),
-      chat_format=data.get("chat_format") or None,
-      caption_prompt=data.get("caption_prompt") or DEFAULT_CAPTION_PROMPT,
-      image_field=data.get("image_field", "image"), caption_field=data.get("caption_field", "caption"),
-      tasks=tasks, gen_len=data.get("gen_len", 64))
+      tok, io, kind=data.name, max_length=max_length, image_aspect=data.image_aspect,
+      chat_format=data.chat_format or None, caption_prompt=data.caption_prompt,
+      image_field=data.image_field, caption_field=data.caption_field, tasks=tasks, gen_len=data.gen_len)
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=data.batch_size // jax.process_count(),
-                             preprocess=prep, worker_count=data.get("worker_count", 0))
-  return TrainData(iter(ds), tok, data.get("data_dir") or default_data_dir())
+                             preprocess=prep, worker_count=data.worker_count)
+  return TrainData(iter(ds), tok, data.data_dir or default_data_dir())

@@ -42,6 +42,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from jaxmodels.config_schema import DATA_SOURCES
+
 from input_pipeline.tokenizers import WordTokenizer
 
 OPEN_QA_KINDS = ("color", "shape", "count", "position")
@@ -185,7 +187,7 @@ def left_pad(ids: Sequence[int], length: int, pad_id: int) -> tuple[np.ndarray, 
 
 # Default token lengths of the understanding sequence and of the generation prompt (data.und_len /
 # data.gen_len), shared with the ShapesWorld evaluations, which prompt the model at the same lengths.
-UND_LEN, GEN_LEN = 48, 16
+UND_LEN, GEN_LEN = (DATA_SOURCES["shapes_world"][k].default for k in ("und_len", "gen_len"))
 
 
 class ShapesTaskSource:

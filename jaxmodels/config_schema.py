@@ -1,15 +1,16 @@
 """The trainer's config schema: every key of the run sections (`seed`, `train`, `optim`, `checkpoint`,
-`mesh`, `init`, `evals`, `resume`, `sharding_rules`) with its default, its type and what it means, in
-one place.
+`mesh`, `init`, `evals`, `resume`, `sharding_rules`) and of `data` (the keys every source reads, then
+each source's own: `DATA_SOURCES`) with its default, its type and what it means, in one place.
 
 `base_config()` (what every config file starts from) is built from it, so each key exists in a config
 file's ConfigDict: it can be overridden from the command line (`--config.evals.rover_tasks=4`, typed:
 unset keys are typed placeholders) and a mistyped key is rejected with a did-you-mean
 (`config_utils.check_overrides`). `complete(config)` adds the declared keys a config lacks (a run stored
 by an older version, a hand-built ConfigDict), so the code reads `config.train.gen_every` without
-restating a default at the call site. `config.model` is typed by the towers' dataclasses
-(`jaxmodels.unified.build`), `config.data` by its data source (`input_pipeline.datasets`) and `config.rl`
-by `jaxmodels.rl.grpo.GRPOConfig`.
+restating a default at the call site. A config file builds its data section with
+`data_block(source, **values)`; readers take `data_section(config.data)` (a copy with the source's
+missing keys at their defaults). `config.model` is typed by the towers' dataclasses
+(`jaxmodels.unified.build`) and `config.rl` by `jaxmodels.rl.grpo.GRPOConfig`.
 
     python -m jaxmodels.config_schema > docs/CONFIG.md     # the reference table (kept in sync by a test)
 """
@@ -121,6 +122,112 @@ SECTIONS: dict[str, dict[str, Key]] = {
 }
 
 
+# config.data: the keys every source reads, then each source's own (its name is config.data.name).
+DATA_COMMON = {
+    "name": Key("shapes_world", "The data source: 'shapes_world' (generated offline), 'mctune' (text "
+                "SFT rows) or a real source: 'llava_json', 'webdataset', 'array_record', 'tfds'."),
+    "data_dir": Key(None, "Where built datasets live (ShapesWorld's TFDS folder); None: "
+                    "~/.cache/jaxmodels/tfds.", str),
+    "batch_size": Key(32, "Global batch (split over processes and the mesh's batch axes)."),
+    "worker_count": Key(0, "Grain worker processes preparing batches (0: in the training process)."),
+    "on_error": Key("raise", "A corrupt record: 'raise', or 'skip' it and count it."),
+    "tokenizer": Key(None, "A local Hugging Face tokenizer (file or folder); None: the run's word "
+                     "tokenizer (built from the data, saved as <workdir>/tokenizer.json).", str),
+    "chat_format": Key(None, "The chat template of `tokenizer` when it has none: llama3, llama3.1, "
+                       "qwen2, qwen2.5, qwen3, chatml, phi3.", str),
+    "image_aspect": Key("pad", "How a non-square image fits the encoder: 'pad' (to a square, then "
+                        "resize) or 'resize' (stretch). ShapesWorld images are square."),
+}
+_REAL = {
+    "source": Key(None, "The reader's arguments (input_pipeline.sources: paths, split, fields); its "
+                  "required ones are named when missing."),
+    "max_length": Key(None, "Tokens per understanding row, image placeholders included.", int),
+    "tasks": Key(None, "Rows made from each record: ['und'] (default), ['gen'] (caption -> image) or "
+                 "both."),
+    "caption_prompt": Key("<image>\nDescribe the image in detail.", "The question a caption record "
+                          "answers as an understanding row."),
+    "caption_field": Key("caption", "A caption record's text field."),
+    "image_field": Key("image", "A record's image field."),
+    "vocab_records": Key(10_000, "Records read to build the word tokenizer (no `tokenizer` given)."),
+    "gen_len": Key(64, "Tokens per generation prompt (left-padded)."),
+}
+DATA_SOURCES: dict[str, dict[str, Key]] = {
+    "shapes_world": {
+        "config": Key("res32", "The ShapesWorld build: 'res32' (32 px), 'default' (64 px) or 'tiny' (64 px, "
+                        "test-sized)."),
+        "und_len": Key(48, "Tokens per understanding row, image placeholders included."),
+        "gen_len": Key(16, "Tokens per generation prompt (left-padded); edit prompts hold the source's "
+                       "placeholders too."),
+        "questions_per_scene": Key(4, "Understanding rows drawn per scene per epoch."),
+        "qa_kinds": Key("color,shape,count,position", "Question kinds asked (comma-separated; "
+                        "'colorbench' adds colour-reasoning items)."),
+        "qa_turns": Key(1, "Question-answer turns per understanding row."),
+        "qa_leak_free": Key(False, "Questions never name what another question of the row answers."),
+        "und_layout": Key("image_first", "Where the image sits in an understanding row: once first, or "
+                          "once per turn."),
+        "und_background": Key(0.0, "Fraction of understanding images whose background is repainted."),
+        "und_colorbench": Key(0.0, "Fraction of understanding rows that are ColorBench-style images "
+                              "and questions (jaxmodels/shapes_world/colorbench_tasks.py)."),
+        "dense_labels": Key(False, "Rows carry per-patch class labels for the dense auxiliary head."),
+        "edit_fraction": Key(0.0, "Fraction of generation rows that are edits (source image + "
+                             "instruction -> edited scene)."),
+        "long_edits": Key("raise", "An edit prompt longer than gen_len: 'raise', or 'text_to_image' "
+                          "(the row becomes a plain text-to-image row)."),
+    },
+    "mctune": {
+        "path": Key(None, "The instruction file (Alpaca JSON/JSONL, LLaVA / chat / GenQA rows).", str),
+        "corpus": Key(None, "'shapes': the generated demo corpus instead of `path`.", str),
+        "corpus_size": Key(2000, "Rows of the generated corpus."),
+        "controls": Key(True, "Add MCTune's control tags to the prompts."),
+        "mctune_filter": Key(True, "Drop rows whose controls cannot be measured."),
+        "meta": Key("paper", "The control instruction's wording: 'paper' (MCTune's) or 'short'."),
+        "max_tags": Key(5, "Controls named per prompt (1..14)."),
+        "augmentations": Key(1, "Control-tuned copies per row."),
+        "tagger": Key("pattern", "The part-of-speech tagger (input_pipeline.mctune.taggers; 'pattern' "
+                      "is bundled)."),
+        "quirks": Key("lftk", "Control definitions: 'lftk' (the paper's library, exactly) or 'none' "
+                      "(per-word syllables, lemmas of words only)."),
+        "test_size": Key(100, "Rows held out for the control-following test."),
+        "split_seed": Key(0, "Seed of the train/test split."),
+        "test_per_example": Key(5, "Test cases per held-out row."),
+        "test_scale": Key(0.1, "Relative change of a test case's control values."),
+        "max_length": Key(512, "Tokens per row."),
+    },
+    **{name: _REAL for name in ("llava_json", "webdataset", "array_record", "tfds")},
+}
+
+
+def data_keys(name: str | None) -> dict[str, Key]:
+  """The keys `config.data` has for source `name` (the common ones, then the source's)."""
+  return {**DATA_COMMON, **DATA_SOURCES.get(name or "shapes_world", {})}
+
+
+def data_block(name: str = "shapes_world", **values) -> ml_collections.ConfigDict:
+  """`config.data` for source `name`: every key it reads, with `values` set; an undeclared key is a
+  ValueError naming it."""
+  keys = data_keys(name)
+  unknown = sorted(set(values) - set(keys))
+  if unknown:
+    raise ValueError(f"config.data for {name!r}: no key(s) {unknown}; declared: {sorted(keys)}")
+  block = _section(keys)
+  block.update(name=name, **values)
+  return block
+
+
+def data_section(data, *, also: str | None = None) -> ml_collections.ConfigDict:
+  """A copy of `config.data` with every key its source declares that it lacks at its default (a None
+  value of a key declared with a default reads as that default). `also`: another source whose keys are
+  filled too — the ShapesWorld evaluations read 'shapes_world' keys of a model trained on any source."""
+  given = data.to_dict() if hasattr(data, "to_dict") else dict(data or {})
+  keys = {**(DATA_SOURCES[also] if also else {}), **data_keys(given.get("name"))}
+  out = {}
+  for name, key in keys.items():
+    value = given.get(name)
+    out[name] = key.default if value is None else value
+  out.update({k: v for k, v in given.items() if k not in out})
+  return ml_collections.ConfigDict(out)
+
+
 def execution_block() -> ml_collections.ConfigDict:
   """`config.model.execution`, declared unset so each setting can be given on the command line
   (`--config.model.execution.remat=full`); set ones apply to every tower (jaxmodels.layers.execution)."""
@@ -147,7 +254,7 @@ def base_config() -> ml_collections.ConfigDict:
   for name, key in TOP.items():
     c[name] = _value(key)
   c.model = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict(dict(batch_size=32, worker_count=0, on_error="raise"))
+  c.data = _section(DATA_COMMON)
   for name, keys in SECTIONS.items():
     c[name] = _section(keys)
   return c
@@ -165,7 +272,8 @@ def _fill(node: ml_collections.ConfigDict, keys: dict) -> None:
 
 def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Adds, in place, every declared key `config` lacks (with its default) and returns `config`. A
-  section given as None or missing becomes the declared defaults; set values are kept as they are."""
+  section given as None or missing becomes the declared defaults; set values are kept as they are.
+  `config.data` gets the keys of its source (`config.data.name`)."""
   with config.unlocked():
     for name, key in TOP.items():
       if name not in config:
@@ -174,6 +282,9 @@ def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       if config.get(name) is None:
         config[name] = ml_collections.ConfigDict()
       _fill(config[name], keys)
+    if config.get("data") is None:
+      config.data = ml_collections.ConfigDict()
+    _fill(config.data, data_keys(config.data.get("name")))
   return config
 
 
@@ -183,8 +294,8 @@ def markdown() -> str:
            "Every key of the run sections, its default and its meaning (generated from "
            "`jaxmodels/config_schema.py` by `python -m jaxmodels.config_schema > docs/CONFIG.md`). "
            "Override any of them on the command line: `--config.<section>.<key>=<value>`. "
-           "`config.model` is typed by the towers' dataclasses, `config.data` by its data source, "
-           "`config.rl` by `jaxmodels.rl.grpo.GRPOConfig`.", ""]
+           "`config.model` is typed by the towers' dataclasses, `config.rl` by "
+           "`jaxmodels.rl.grpo.GRPOConfig`.", ""]
 
   def rows(prefix: str, keys: dict):
     for name, key in keys.items():
@@ -197,6 +308,16 @@ def markdown() -> str:
   lines += ["| key | default | meaning |", "|---|---|---|", *rows("", TOP), ""]
   for name, keys in SECTIONS.items():
     lines += [f"## {name}", "", "| key | default | meaning |", "|---|---|---|", *rows(f"{name}.", keys), ""]
+  lines += ["## data", "", "Keys of every source (`data_block(name)` builds a source's section):", "",
+            "| key | default | meaning |", "|---|---|---|", *rows("data.", DATA_COMMON), ""]
+  seen = set()
+  for name, keys in DATA_SOURCES.items():
+    if id(keys) in seen:
+      continue
+    seen.add(id(keys))
+    names = ", ".join(f"'{n}'" for n, k in DATA_SOURCES.items() if k is keys)
+    lines += [f"### data.name = {names}", "", "| key | default | meaning |", "|---|---|---|",
+              *rows("data.", keys), ""]
   return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE = [*sorted((ROOT / "jaxmodels").rglob("*.py")), *sorted((ROOT / "input_pipeline").rglob("*.py")),
         *sorted((ROOT / "tools").rglob("*.py")),
         *(ROOT / f"{name}.py" for name in ("train", "evaluate", "sample", "serve"))]
-CHECKED = ("train", "optim", "checkpoint", "init", "evals", "rl")   # mesh: any axis names
+CHECKED = ("train", "optim", "checkpoint", "init", "evals", "rl", "data")   # mesh: any axis names
 VIEWS = ("get", "to_dict", "keys", "items", "values", "update", "unlocked", "lock", "get_ref",
          "copy_and_resolve_references", "to_json_best_effort")
 
@@ -80,13 +80,15 @@ def test_the_scan_sees_the_reads():
   found = {(s, k) for _, s, k, _ in READS}
   assert {("train", "total_steps"), ("train", "time_limit_minutes"), ("evals", "rover_tasks"),
           ("checkpoint", "keep"), ("optim", "frozen"), ("evals", "mctune_cases"),
-          ("rl", "inner_epochs")} <= found
+          ("rl", "inner_epochs"), ("data", "on_error")} <= found
 
 
 def _declared(section: str):
   if section == "rl":   # config.rl is declared by the GRPO trainer (a run has one only to do RL)
     from jaxmodels.trainer.grpo import rl_block
     return set(rl_block().keys())
+  if section == "data":   # any source's keys (config.data.name picks the source)
+    return set(S.DATA_COMMON).union(*S.DATA_SOURCES.values())
   return set(S.SECTIONS[section]) | ({"hf"} if section == "init" else set())
 
 
@@ -116,6 +118,30 @@ def test_every_declared_key_can_be_set_and_typos_are_named():
   check_overrides(rl_config, [f"rl.{k}" for k in rl_block().keys()])   # e.g. rl.render_steps
 
 
+@pytest.mark.parametrize("source", sorted(S.DATA_SOURCES))
+def test_every_data_key_of_a_source_can_be_set(source):
+  import ml_collections
+  config = ml_collections.ConfigDict({"data": S.data_block(source)})
+  check_overrides(config, [f"data.{k}" for k in S.data_keys(source)])
+  with pytest.raises(ValueError, match=r"config.data for .*no key\(s\) \['gen_lenn'\]"):
+    S.data_block(source, gen_lenn=3)
+
+
+def test_data_sections_follow_their_source():
+  """ShapesWorld and real sources keep their own defaults (gen_len 16 / 64); a None value reads as the
+  default; the ShapesWorld evaluations read ShapesWorld keys of a run on any source; typos are named."""
+  from configs import shapes_tiny
+  assert S.data_section({"name": "shapes_world"}).gen_len == 16
+  real = S.data_section({"name": "tfds", "gen_len": None, "max_length": 96})
+  assert (real.gen_len, real.max_length, real.image_field) == (64, 96, "image") and "und_len" not in real
+  both = S.data_section({"name": "tfds"}, also="shapes_world")
+  assert (both.gen_len, both.und_len, both.config) == (64, 48, "res32")
+  config = shapes_tiny.get_config()
+  with pytest.raises(ConfigError, match=r"--config\.data\.edit_fractoin: .*did you mean 'edit_fraction'"):
+    check_overrides(config, ["data.edit_fractoin"])
+  check_overrides(config, ["data.und_colorbench", "data.tokenizer", "data.image_aspect"])
+
+
 def test_complete_fills_what_a_config_lacks_and_keeps_what_it_sets():
   import ml_collections
   config = ml_collections.ConfigDict({"model": {}, "train": {"total_steps": 7}, "evals": None})
@@ -123,6 +149,9 @@ def test_complete_fills_what_a_config_lacks_and_keeps_what_it_sets():
   assert config.train.total_steps == 7 and config.train.gen_every == 1
   assert config.evals.batch_size == 64 and config.evals.rover_tasks is None
   assert config.init.hf.llm is None and config.checkpoint.keep == 3 and config.seed == 0
+  assert config.data.name == "shapes_world" and config.data.gen_len == 16
+  config = S.complete(ml_collections.ConfigDict({"data": {"name": "mctune", "batch_size": 4}}))
+  assert (config.data.batch_size, config.data.max_length, config.data.on_error) == (4, 512, "raise")
 
 
 def test_a_stored_config_from_before_a_key_existed_reads_its_default(tmp_path):
@@ -166,3 +195,17 @@ def test_execution_settings_stay_out_of_exported_configs():
   from jaxmodels.layers.execution import EXECUTION_FIELDS
   exported = sana_family.config_to_hf(SanaConfig(scan_layers=True, remat="full"))
   assert not set(EXECUTION_FIELDS) & set(exported)
+
+
+def test_the_execution_block_reaches_florence_vl():
+  """Florence-VL's towers (the LLM, Florence-2's encoder and its DaViT) take config.model.execution too."""
+  from configs import florence_vl_3b
+  from jaxmodels.unified.florence_vl import florence_vl_config
+  config = florence_vl_3b.get_config("tiny")
+  own = florence_vl_config(config.model)
+  check_overrides(config, ["model.execution.remat", "model.execution.dtype"])
+  config.model.execution.update(remat="full", dtype="bfloat16")
+  f = florence_vl_config(config.model)
+  towers = (f.llm, f.dbfusion.florence, f.dbfusion.florence.vision)
+  assert [t.remat for t in towers] == ["full"] * 3 and own.llm.remat == "none"
+  assert f.dbfusion.florence.vision.dtype == "bfloat16" and own.dbfusion.florence.vision.dtype == "float32"

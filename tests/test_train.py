@@ -93,7 +93,8 @@ def test_gen_every_needs_both_kinds_of_inputs():
   assert understanding_inputs(batch, 2) == {"und_ids": 1, "und_image": 2}
   with pytest.raises(ConfigError, match="config.train.gen_every=3: expected 1, or k > 1"):
     understanding_inputs({"gen_ids": 3}, 3)
-  cfg = lambda **train: ml_collections.ConfigDict(dict(train=train))   # noqa: E731
+  from jaxmodels.config_schema import complete
+  cfg = lambda **train: complete(ml_collections.ConfigDict(dict(train=train)))   # noqa: E731
   assert gen_every_of(cfg()) == 1 and gen_every_of(cfg(gen_every=3)) == 3
   assert [s for s in range(1, 10) if trains_generation(s, 3)] == [3, 6, 9]
   for bad in (0, 1.5, True):

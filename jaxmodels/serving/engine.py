@@ -39,6 +39,7 @@ from flax import nnx
 
 from input_pipeline.shapes_tasks import left_pad, to_unit_range
 from input_pipeline.tokenizers import IMAGE_SLOT
+from jaxmodels.config_schema import data_section
 from jaxmodels.serving.decode import ChunkedDecoder
 from jaxmodels.serving.schema import APIError, ChatRequest, ImageRequest, bad, parse_size
 from jaxmodels.layers import splice_image_tokens
@@ -118,9 +119,8 @@ class ServingModel:
     self.n_edit_image = getattr(self.model, "num_edit_image_tokens", self.n_image) if self.reads_images else 0
     self.generates = bool(c.generates_pixels)
     self.output_side = c.output_image_size if self.generates else 0
-    data = self.config.get("data", {})
-    trained = (data.get("name", "shapes_world") or "shapes_world") == "shapes_world" and \
-        (data.get("edit_fraction", 0.0) or 0.0) > 0
+    data = data_section(self.config.get("data"), also="shapes_world")
+    trained = data.name == "shapes_world" and data.edit_fraction > 0
     self.edit_why = None
     if not (self.generates and self.reads_images):
       self.edit_why = "this model does not edit (it has no image input path into generation)"
@@ -130,7 +130,7 @@ class ServingModel:
                        if edits == "auto" else "editing is turned off on this server (--edits=off)")
     self.default_steps = int(self.config.evals.sample_steps)
     self.default_guidance = float(self.config.evals.guidance)
-    self.gen_len = int(data.get("gen_len", 16))
+    self.gen_len = int(data.gen_len)
     self.base_key = jax.random.key(seed)
     self.pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0
     self.decoder = ChunkedDecoder(self.model.llm, eos_id=self._stop_ids(), pad_id=self.pad, chunk=chunk)

@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from jaxmodels.config_schema import data_section
 from jaxmodels.errors import ConfigError
 from jaxmodels.rl.grpo import GRPOConfig, GRPOPolicy, group_advantages
 
@@ -107,7 +108,7 @@ def grpo_batch_spec(config, mesh, policy: GRPOPolicy, rules=None) -> dict:
   `data.gen_len` prompt tokens and the policy's token slots, split over the batch rules."""
   from jaxmodels import sharding
   n = config.rl.prompts_per_step * grpo_config_of(config).group_size
-  t = config.data.get("gen_len", 16)
+  t = data_section(config.data, also="shapes_world").gen_len
   c = policy.policy.config
   slots = (c.patch_tokens.num_slots if policy.token_keys == ("pos", "pattern", "colour")
            else policy.policy.image_tokenizer.grid_size(c.image_tokenizer.scale) ** 2)
@@ -281,16 +282,15 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   tokenizer = run_tokenizer(src_dir, src_config)
   if jax.process_index() == 0:   # the run carries its tokenizer, so evaluate.py / serve.py read it here
     carry_tokenizer(src_dir, workdir)
-  data_dir = config.data.get("data_dir") or default_data_dir()
-  cfg_name = config.data.get("config", "res32")
-  prompts = PromptStream(train_records(data_dir, cfg_name, rl.prompt_pool), rl.prompts_per_step,
+  data = data_section(config.data, also="shapes_world")
+  data_dir = data.data_dir or default_data_dir()
+  prompts = PromptStream(train_records(data_dir, data.config, rl.prompt_pool), rl.prompts_per_step,
                          config.seed)
-  gen_len = config.data.get("gen_len", 16)
-  layout = config.data.get("und_layout", "image_first")
+  gen_len, layout = data.gen_len, data.und_layout
   policy_now = lambda: nnx.merge(graphdef, state).model.policy  # noqa: E731
   # The VQA reward's judge is the frozen reference: a judge that moved with the policy could be gamed.
   answer_fn = (shapes_eval.model_answer_fn(nnx.merge(graphdef, state).model.reference, tokenizer, batch_size=config.evals.batch_size,
-                                           prompt_len=config.data.get("und_len", 48), layout=layout)
+                                           prompt_len=data.und_len, layout=layout)
                if "vqa" in rl.rewards else None)
   rewards = make_rewards(rl.rewards.to_dict(), answer_fn=answer_fn,
                          external=rl.external.to_dict())

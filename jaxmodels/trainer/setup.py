@@ -9,6 +9,7 @@ import optax
 from flax import nnx
 
 from jaxmodels import sharding
+from jaxmodels.config_schema import data_section
 from jaxmodels.errors import ConfigError
 from jaxmodels.trainer.optim import make_optimizer, trainable_filter
 from jaxmodels.trainer.train_state import TrainState
@@ -151,7 +152,7 @@ def shapes_eval_supported(config, model) -> bool:
   """Whether the ShapesWorld evaluations (Q/A, GenEval) apply to this run: they need a UnifiedModel
   trained on ShapesWorld's own tokenizer. Logs a note when they are skipped."""
   from absl import logging
-  data = config.data.get("name", "shapes_world") or "shapes_world"
+  data = data_section(config.data).name
   if not isinstance(model, UnifiedModel) or data != "shapes_world":
     logging.info("ShapesWorld evaluations skipped: they need a UnifiedModel trained on shapes_world "
                  "(config.model.type=%s, config.data.name=%s)", model_type(config.model), data)

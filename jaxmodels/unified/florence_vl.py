@@ -24,6 +24,7 @@ from flax import nnx
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.generate import generate
+from jaxmodels.layers.execution import apply_execution, check_execution
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.unified.dbfusion import DBFusion, DBFusionConfig, resolve_prompt_ids
 from jaxmodels.layers import splice_image_tokens
@@ -61,11 +62,13 @@ def florence_vl_config(model: Mapping[str, Any], *,
 
   d = _plain(plain(model))
   d.pop("type", None)
+  execution = check_execution(d.pop("execution", None))   # every tower's (layers/execution.py)
   unknown = sorted(set(d) - {"llm", "florence", "dbfusion", "image_token_id"})
   if unknown:
     raise ConfigError(f"config.model.{unknown[0]}: unknown field for Florence-VL "
                       f"(known: dbfusion, florence, image_token_id, llm)")
   llm = llm_config(d["llm"])
+  llm = apply_execution(llm, execution) if execution else llm
   f = dict(d.get("florence") or {})
   vision = f.pop("vision", None)
   if vision is not None and not isinstance(vision, dict):
@@ -76,6 +79,9 @@ def florence_vl_config(model: Mapping[str, Any], *,
     raise ConfigError(f"config.model.florence: unknown field {bad[0]!r}")
   florence = florence2_preset(f.pop("preset", "florence2-large"), decoder=False,
                               **({"vision": vision} if vision else {}), **f)
+  if execution:
+    florence = apply_execution(dataclasses.replace(florence, vision=apply_execution(florence.vision, execution)),
+                               execution)
   fusion_d = dict(d.get("dbfusion") or {})
   tokenizer = fusion_d.pop("tokenizer", None)
   fusion = make_dataclass(DBFusionConfig, {**fusion_d, "florence": florence,
