@@ -137,11 +137,17 @@ def test_cached_sampler_matches_the_teacher_forced_pass(model):
                        head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1])], 1)
   full = jnp.concatenate([mask, jnp.ones((b, 1), jnp.int32), (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
   h = model.llm.forward(None, pt.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
-  lp = np.asarray(head.pos_logits(h))
-  pl, cl = map(np.asarray, head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi)))
-  pos, pattern, colour = map(np.asarray, (pos, pattern, colour))
+  lp = head.pos_logits(h)
+  pl, cl = head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi))
+  assert greedy_steps_checked(lp, pl, cl, pos, pattern, colour, eoi) > 0
+
+
+def greedy_steps_checked(lp, pl, cl, pos, pattern, colour, eoi) -> int:
+  """Asserts that greedy tokens [B, L] are, step by step, the argmax of teacher-forced logits (position
+  among the cells after the previous one; a drawn pattern is never the empty one) -> patches checked."""
+  lp, pl, cl, pos, pattern, colour = map(np.asarray, (lp, pl, cl, pos, pattern, colour))
   checked = 0
-  for r in range(b):
+  for r in range(pos.shape[0]):
     last = -1
     for i in range(pos.shape[1]):
       allowed = lp[r, i].copy()
@@ -151,7 +157,7 @@ def test_cached_sampler_matches_the_teacher_forced_pass(model):
         break
       assert pattern[r, i] == 1 + pl[r, i, 1:].argmax() and colour[r, i] == cl[r, i].argmax()
       last, checked = pos[r, i], checked + 1
-  assert checked > 0
+  return checked
 
 
 def test_guidance_one_is_the_plain_sampler_and_images_decode(model):
@@ -296,8 +302,8 @@ def test_copy_path_with_open_gates_redraws_the_source(copy_model, renders, token
   for guidance in (1.0, 3.0):
     got = to_u8(draw(m, ids, mask, src, guidance))
     np.testing.assert_array_equal(got[:2], want[:2])
-  embeds = m.prompt_embeddings(ids, src)
-  ref = m.copy_reference(ids, mask, src)
+  embeds, ref = m.patch_prompt(ids, mask, src)
+  np.testing.assert_array_equal(np.asarray(embeds), np.asarray(m.prompt_embeddings(ids, src)))
   assert np.asarray(ref.has).tolist() == [True, True, False]
   with_ref = pt.sample(m.llm, m.patch_head, embeds, mask, jax.random.key(1), temperature=0.0, ref=ref)
   without = pt.sample(m.llm, m.patch_head, embeds, mask, jax.random.key(1), temperature=0.0)
@@ -311,7 +317,7 @@ def test_copy_path_sampler_matches_its_teacher_forced_pass(copy_model, renders):
   m = with_gates(copy_model, [1.0, 2.0, 1.5, 1.5])
   ids, mask = edit_prompt(m, (True, True, True))
   src = to_unit(renders[3:6])
-  embeds, ref = m.prompt_embeddings(ids, src), m.copy_reference(ids, mask, src)
+  embeds, ref = m.patch_prompt(ids, mask, src)
   pos, pattern, colour = pt.sample(m.llm, m.patch_head, embeds, mask, jax.random.key(0), temperature=0.0, ref=ref)
   head, eoi = m.patch_head, m.config.patch_tokens.eoi
   b, t = mask.shape
@@ -319,21 +325,9 @@ def test_copy_path_sampler_matches_its_teacher_forced_pass(copy_model, renders):
   full = jnp.concatenate([mask, jnp.ones((b, 1), jnp.int32), (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
   h = m.llm.forward(None, pt.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
   last = jnp.concatenate([jnp.full((b, 1), -1, jnp.int32), pos[:, :-1]], 1)
-  lp = np.asarray(head.pos_logits(h, last, ref))
-  pl, cl = map(np.asarray, head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi), ref))
-  pos, pattern, colour = map(np.asarray, (pos, pattern, colour))
-  checked = 0
-  for r in range(b):
-    prev = -1
-    for i in range(pos.shape[1]):
-      allowed = lp[r, i].copy()
-      allowed[:prev + 1] = -np.inf
-      assert pos[r, i] == allowed.argmax()
-      if pos[r, i] == eoi:
-        break
-      assert pattern[r, i] == 1 + pl[r, i, 1:].argmax() and colour[r, i] == cl[r, i].argmax()
-      prev, checked = pos[r, i], checked + 1
-  assert checked > 5
+  lp = head.pos_logits(h, last, ref)
+  pl, cl = head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi), ref)
+  assert greedy_steps_checked(lp, pl, cl, pos, pattern, colour, eoi) > 5
 
 
 def test_copy_path_reaches_the_training_loss(copy_model, renders):

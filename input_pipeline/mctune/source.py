@@ -40,8 +40,8 @@ from input_pipeline.sources import RecordSource
 from jaxmodels.config_schema import DATA_SOURCES, data_section
 from jaxmodels.errors import ConfigError
 
-# config.data's MCTune keys and their defaults (declared in jaxmodels/config_schema.py).
-DEFAULTS = {**{k: key.default for k, key in DATA_SOURCES["mctune"].items() if k != "path"}, "tokenizer": None}
+# config.data's MCTune options (declared with their defaults in jaxmodels/config_schema.py).
+OPTION_KEYS = (*(k for k in DATA_SOURCES["mctune"] if k != "path"), "tokenizer", "worker_count", "data_dir")
 NUMBER_WORDS = [str(i) for i in range(1000)] + [f"{i:02d}" for i in range(10)]
 
 
@@ -56,7 +56,7 @@ class Prepared:
 def data_options(data) -> dict:
   """config.data's MCTune keys with their defaults (unknown keys are left to the rest of the config)."""
   given = data_section(data, also="mctune")
-  out = {k: given[k] for k in DEFAULTS}
+  out = {k: given[k] for k in OPTION_KEYS}
   if isinstance(out["corpus"], str) and out["corpus"].lower() in ("", "none"):
     out["corpus"] = None
   if out["corpus"] not in (None, "shapes"):
@@ -216,5 +216,5 @@ def make_mctune_data(config, workdir: str | None):
                         augmentations=o["augmentations"], seed=config.seed, meta=o["meta"])
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=config.data.batch_size // jax.process_count(),
                              preprocess=TextSFTPreprocess(tok, o["max_length"]),
-                             worker_count=data_section(config.data, also="mctune").worker_count)
-  return TrainData(iter(ds), tok, data_section(config.data).data_dir or default_data_dir())
+                             worker_count=o["worker_count"])
+  return TrainData(iter(ds), tok, o["data_dir"] or default_data_dir())

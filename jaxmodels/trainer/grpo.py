@@ -20,6 +20,7 @@ the policy (GenEval, Q/A: what RL costs understanding), plus the diversity of th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -33,8 +34,6 @@ from flax import nnx
 from jaxmodels.config_schema import data_section
 from jaxmodels.errors import ConfigError
 from jaxmodels.rl.grpo import GRPOConfig, GRPOPolicy, group_advantages
-
-import dataclasses
 
 GRPO_KEYS = tuple(f.name for f in dataclasses.fields(GRPOConfig))   # typed and checked by GRPOConfig
 

@@ -281,18 +281,17 @@ class PatchTokenPath(GenerationPath):
     ids, mask, images = model._edit_inputs(k_edit, batch)
     drop = jax.random.uniform(k_drop, (ids.shape[0],)) < c.cond_dropout   # CFG: the empty prompt
     mask = jnp.where(drop[:, None], 0, mask)
-    loss, metrics = patch_tokens.training_loss(model.llm, model.patch_head, model.patch_tokenizer,
-                                               model.prompt_embeddings(ids, images), mask, batch["gen_image"],
-                                               model.copy_reference(ids, mask, images))
+    embeds, ref = model.patch_prompt(ids, mask, images)
+    loss, metrics = patch_tokens.training_loss(model.llm, model.patch_head, model.patch_tokenizer, embeds, mask,
+                                               batch["gen_image"], ref)
     return loss, {**metrics, "gen_loss": loss}
 
   def sample(self, model, ids, mask, rng, *, num_steps, guidance, solver, shift, cond_images, image_guidance):
     pt = model.config.patch_tokens
     k_tok, _ = jax.random.split(rng)
-    tokens = patch_tokens.sample(model.llm, model.patch_head, model.prompt_embeddings(ids, cond_images), mask,
-                                 k_tok, guidance=guidance, temperature=pt.temperature,
-                                 pattern_temperature=pt.pattern_temperature,
-                                 ref=model.copy_reference(ids, mask.astype(jnp.int32), cond_images))
+    embeds, ref = model.patch_prompt(ids, mask.astype(jnp.int32), cond_images)
+    tokens = patch_tokens.sample(model.llm, model.patch_head, embeds, mask, k_tok, guidance=guidance,
+                                 temperature=pt.temperature, pattern_temperature=pt.pattern_temperature, ref=ref)
     return model.patch_tokenizer.decode(*tokens), tokens
 
 

@@ -259,32 +259,38 @@ class UnifiedModel(nnx.Module):
     pt = self.config.patch_tokens
     return pt is not None and pt.reference_tokens
 
-  def copy_reference(self, ids: jax.Array, mask: jax.Array,
-                     images: jax.Array | None) -> "patch_tokens.ReferenceCanvas | None":
-    """The copy path's view of edit sources `images` [B, S, S, 3] (patch_tokens.edit_reference="copy"):
-    rows whose prompt ids [B, T] keep an unmasked placeholder have a source. None otherwise."""
-    if images is None or self.patch_head is None or self.patch_head.copy_gate is None:
-      return None
+  def patch_prompt(self, ids: jax.Array, mask: jax.Array, images: jax.Array | None
+                   ) -> "tuple[jax.Array, patch_tokens.ReferenceCanvas | None]":
+    """A patch-token prompt's embeddings [B, T, D] and the copy path's view of its edit sources `images`
+    [B, S, S, 3] (patch_tokens.edit_reference="copy"; None otherwise), the sources tokenized once for
+    both. Rows whose ids [B, T] keep an unmasked placeholder have a source."""
+    if images is None or not self._patch_reference:
+      return self.prompt_embeddings(ids, images), None
+    tokens = self.patch_tokenizer.encode(images)
+    embeds = self.prompt_embeddings(ids, images, source_tokens=tokens)
+    if self.patch_head.copy_gate is None:
+      return embeds, None
     has = jnp.any((ids == self.config.image_token_id) & (mask > 0), axis=1)
-    return patch_tokens.ReferenceCanvas.of(*self.patch_tokenizer.encode(images), has,
-                                           self.config.patch_tokens.eoi)
+    return embeds, patch_tokens.ReferenceCanvas.of(*tokens, has, self.config.patch_tokens.eoi)
 
-  def prompt_image_tokens(self, images: jax.Array) -> jax.Array:
+  def prompt_image_tokens(self, images: jax.Array, source_tokens=None) -> jax.Array:
     """LLM-space tokens [B, n, D] of a generation prompt's input images: the understanding encoder's
     (shared), with `gen_projector` the pooled generation encoder's (Pisces, decoupled), or with a
-    patch-token reference the images' own patch tokens [B, num_slots, D]."""
+    patch-token reference the images' own patch tokens [B, num_slots, D] (`source_tokens`: those
+    tokens, already encoded)."""
     if self._patch_reference:
-      return self.patch_head.reference_embed(*self.patch_tokenizer.encode(images))
+      tokens = self.patch_tokenizer.encode(images) if source_tokens is None else source_tokens
+      return self.patch_head.reference_embed(*tokens)
     if self.gen_projector is None:
       return self.image_tokens(images)
     return self.gen_projector(encoder_tokens(self.gen_encoder, images, self.config.gen_pool,
                                              last_block=False))
 
-  def prompt_embeddings(self, ids: jax.Array, images: jax.Array | None) -> jax.Array:
+  def prompt_embeddings(self, ids: jax.Array, images: jax.Array | None, source_tokens=None) -> jax.Array:
     """Prompt embeddings; `image_token_id` placeholders are filled from `images` (editing inputs)."""
     if images is None:
       return self.embed_tokens(ids)
-    return splice_image_tokens(self.embed_tokens(ids), ids, self.prompt_image_tokens(images),
+    return splice_image_tokens(self.embed_tokens(ids), ids, self.prompt_image_tokens(images, source_tokens),
                                self.config.image_token_id)
 
   def condition(self, ids: jax.Array, mask: jax.Array, images: jax.Array | None = None) -> jax.Array:
