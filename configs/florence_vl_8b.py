@@ -4,7 +4,8 @@ channel concat, 4×1024 -> mlp3x_gelu) -> 576 visual tokens at 768×768 -> Llama
     python train.py --config=configs/florence_vl_8b.py --workdir=runs/florence_vl_8b            # stage 1
     python train.py --config=configs/florence_vl_8b.py:stage=2 --workdir=runs/florence_vl_8b_s2
     python train.py --config=configs/florence_vl_8b.py:tiny --workdir=/tmp/florence_vl_tiny
-    (config.model.type = "florence_vl": build with jaxmodels.unified.florence_vl.florence_vl_config)
+    (config.model.type = "florence_vl": Florence-VL's fields, which jaxmodels.unified.florence_vl.
+    florence_vl_config turns into an understanding-only UnifiedModel)
 
 Arguments: tiny (CPU-sized, same structure), stage=1|2, freeze_florence (stage 1 only),
 data=llava_json|webdataset|array_record|tfds|shapes_world (the reader; captions become "describe" Q/A
@@ -25,7 +26,7 @@ Data (`config.data`, see input_pipeline/datasets.py): set `data.name` ("llava_js
     --config.data.name=llava_json --config.data.source.json_path=/data/ft.json \
     --config.data.source.image_dir=/data/images --config.data.tokenizer=/ckpt/Llama-3.1-8B-Instruct
 Images are padded to square with the ImageNet mean (LLaVA `image_aspect_ratio=pad`) and resized to
-768×768; evaluation on ShapesWorld is skipped for this model type.
+768×768. On shapes_world (`:tiny`) train.py scores Q/A and ColorBench (the model does not generate).
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -45,7 +46,7 @@ TINY_FLORENCE = dict(
 TINY_LLM = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                 num_kv_heads=2, max_position_embeddings=512, scan_layers=True, rope_scaling=None)
 TINY_PROMPT_IDS = ((0, 11, 12, 13, 14, 2), (0, 21, 22, 2), (0, 31, 32, 33, 2))
-FLORENCE_FROZEN = ["dbfusion/florence/.*"]
+FLORENCE_FROZEN = ["und_encoder/florence/.*"]
 
 
 # Reader arguments per data source (config.data.source; see input_pipeline/sources.py).

@@ -31,7 +31,7 @@ class Key:
   type: type | None = None   # for default None: the placeholder's type (None: any value, e.g. a list)
 
 
-# Model parts `config.init.hf` may name (UnifiedModel / FlorenceVL attributes that are HF towers).
+# Model parts `config.init.hf` may name (model attributes that are HF towers).
 INIT_PARTS = ("llm", "und_encoder", "gen_encoder", "dit", "vae", "image_tokenizer", "vision_tower")
 
 TOP = {

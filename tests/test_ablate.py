@@ -89,7 +89,7 @@ def test_every_arm_builds_its_model_config():
                                 init_from="/s1" if stage == "stage2" else None)
           assert c.seed == 1 and c.train.time_limit_minutes == 2.0
           if c.model.get("type") == "florence_vl":
-            assert florence_vl_config(c.model, require_prompt_ids=True).dbfusion.mode == arm
+            assert florence_vl_config(c.model, require_prompt_ids=True).und_encoder.mode == arm
             continue
           u = unified_config(c.model)
           if name == "pisces_encoders":

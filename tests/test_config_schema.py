@@ -206,6 +206,6 @@ def test_the_execution_block_reaches_florence_vl():
   check_overrides(config, ["model.execution.remat", "model.execution.dtype"])
   config.model.execution.update(remat="full", dtype="bfloat16")
   f = florence_vl_config(config.model)
-  towers = (f.llm, f.dbfusion.florence, f.dbfusion.florence.vision)
+  towers = (f.llm, f.und_encoder.florence, f.und_encoder.florence.vision)
   assert [t.remat for t in towers] == ["full"] * 3 and own.llm.remat == "none"
-  assert f.dbfusion.florence.vision.dtype == "bfloat16" and own.dbfusion.florence.vision.dtype == "float32"
+  assert f.und_encoder.florence.vision.dtype == "bfloat16" and own.und_encoder.florence.vision.dtype == "float32"

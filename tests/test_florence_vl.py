@@ -15,7 +15,8 @@ from jaxmodels.llm import LLM
 from jaxmodels.sharding import param_count
 from jaxmodels.trainer import TrainState, make_optimizer, make_train_step, trainable_filter
 from jaxmodels.unified.dbfusion import DEFAULT_PROMPTS, FUSION_MODES, DBFusion
-from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
+from jaxmodels.unified.florence_vl import florence_vl_config
+from jaxmodels.unified.model import UnifiedModel
 from jaxmodels.vision.florence2 import Florence2, florence2_preset
 
 
@@ -32,14 +33,14 @@ def test_dbfusion_output_shapes(mode):
   config = _config("florence_vl_8b", "tiny")
   config.model.dbfusion.mode = mode
   fc = florence_vl_config(config.model)
-  fusion = nnx.eval_shape(lambda: DBFusion(fc.dbfusion, rngs=nnx.Rngs(0)))
+  fusion = nnx.eval_shape(lambda: DBFusion(fc.und_encoder, rngs=nnx.Rngs(0)))
   out = nnx.eval_shape(lambda m, x: m(x), fusion, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
   n, d = 4, 32                                    # 64 px / 32 = 2×2 tokens; Florence width 32
   want = {"channel_concat": (4 * n, 4 * d), "token_concat": (4 * n, d), "average": (n, d)}[mode]
-  assert fc.dbfusion.num_tokens == (n if mode != "token_concat" else 4 * n)
+  assert fc.und_encoder.num_tokens == (n if mode != "token_concat" else 4 * n)
   assert fusion.projector.layers[0].kernel.shape == (want[1] if mode == "channel_concat" else d,
                                                      fc.llm.hidden_size)
-  assert out.shape == (2, fc.dbfusion.num_tokens, fc.llm.hidden_size)   # projector width = LLM width
+  assert out.shape == (2, fc.und_encoder.num_tokens, fc.llm.hidden_size)   # projector width = LLM width
 
 
 def test_fusion_modes_combine_the_streams():
@@ -51,14 +52,14 @@ def test_fusion_modes_combine_the_streams():
   np.testing.assert_array_equal(fuse("average"), np.full((1, 2, 3), 1.5))
 
 
-def _batch(model: FlorenceVL, b=2, seed=0, t=None):
+def _batch(model: UnifiedModel, b=2, seed=0, t=None):
   c = model.config
   rs = np.random.RandomState(seed)
   text = rs.randint(1, c.llm.vocab_size - 1, (b, 6 if t is None else t - model.num_image_tokens))
   ids = np.concatenate([text[:, :1], np.full((b, model.num_image_tokens), c.image_token_id), text[:, 1:]], 1)
   loss_mask = np.zeros_like(ids)
   loss_mask[:, -3:] = 1
-  side = c.dbfusion.image_size
+  side = c.und_encoder.image_size
   return dict(und_image=jnp.asarray(rs.uniform(-1, 1, (b, side, side, 3)), jnp.float32),
               und_ids=jnp.asarray(ids, jnp.int32), und_mask=jnp.ones(ids.shape, jnp.int32),
               und_loss_mask=jnp.asarray(loss_mask, jnp.int32))
@@ -67,7 +68,7 @@ def _batch(model: FlorenceVL, b=2, seed=0, t=None):
 def _build(config, seed=0):
   """The model with numpy-random parameters: `nnx.eval_shape` then fill (eager per-parameter jax.random
   initialisation costs about a minute of XLA compiles on a loaded 2-core CPU)."""
-  abstract = nnx.eval_shape(lambda: FlorenceVL(florence_vl_config(config.model), rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: UnifiedModel(florence_vl_config(config.model), rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   rs = np.random.RandomState(seed)
   leaves = []
@@ -85,7 +86,7 @@ def test_tiny_config_takes_a_jitted_train_step(tmp_path):
   from jaxmodels.trainer.setup import model_factory
   from test_train_realdata import _write_llava
   config = _config("florence_vl_8b", "tiny,data=llava_json")
-  assert type(nnx.eval_shape(model_factory(config))) is FlorenceVL
+  assert type(nnx.eval_shape(model_factory(config))) is UnifiedModel
   config.data.source.json_path = _write_llava(tmp_path, corrupt=False)
   config.data.batch_size = 2
   model = _build(config)
@@ -107,8 +108,8 @@ def test_tiny_config_takes_a_jitted_train_step(tmp_path):
   after = {p: np.asarray(v.get_value())
            for p, v in nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state).model, nnx.Param))}
   changed = {p for p in before if not np.array_equal(before[p], after[p])}
-  florence = {p for p in before if p[:2] == ("dbfusion", "florence")}
-  assert any(p[0] == "llm" for p in changed) and any(p[:2] == ("dbfusion", "projector") for p in changed)
+  florence = {p for p in before if p[:2] == ("und_encoder", "florence")}
+  assert any(p[0] == "llm" for p in changed) and any(p[:2] == ("und_encoder", "projector") for p in changed)
   assert config.optim.frozen is None and changed & florence        # stage 1 trains Florence-2 too
 
 
@@ -118,12 +119,12 @@ def test_tiny_config_takes_a_jitted_train_step(tmp_path):
 def test_stages_freeze_florence(name, arg, frozen):
   config = _config(name, arg)
   fc = florence_vl_config(config.model)
-  assert fc.dbfusion.frozen == frozen
-  abstract = nnx.eval_shape(lambda: FlorenceVL(fc, rngs=nnx.Rngs(0)))
+  assert fc.und_encoder.frozen == frozen
+  abstract = nnx.eval_shape(lambda: UnifiedModel(fc, rngs=nnx.Rngs(0)))
   wrt = trainable_filter(config.optim.trainable, config.optim.frozen)
   trained = {p[:2] for p, _ in nnx.to_flat_state(nnx.state(abstract, wrt))}
-  assert ("llm", "embed") in trained and ("dbfusion", "projector") in trained
-  assert (("dbfusion", "florence") in trained) == (not frozen)
+  assert ("llm", "embed") in trained and ("und_encoder", "projector") in trained
+  assert (("und_encoder", "florence") in trained) == (not frozen)
 
 
 def test_config_errors_and_prompt_ids_required():
@@ -132,8 +133,8 @@ def test_config_errors_and_prompt_ids_required():
   with pytest.raises(ConfigError, match="mode='concat'"):
     florence_vl_config(config.model)
   full = florence_vl_config(_config("florence_vl_8b").model)
-  assert full.dbfusion.num_tokens == 576 and full.dbfusion.projector_in == 4 * 1024
-  fusion = nnx.eval_shape(lambda: DBFusion(full.dbfusion, rngs=nnx.Rngs(0)))
+  assert full.und_encoder.num_tokens == 576 and full.und_encoder.projector_in == 4 * 1024
+  fusion = nnx.eval_shape(lambda: DBFusion(full.und_encoder, rngs=nnx.Rngs(0)))
   with pytest.raises(ConfigError, match="prompt_ids is not set"):
     fusion.prompt_batch(577)
 
@@ -165,8 +166,8 @@ def test_llm_param_counts(preset, published, source):
                                             ("florence_vl_8b", "llama3.1-8b", 4096)])
 def test_full_florence_vl_is_the_sum_of_its_parts(name, llm, width):
   fc = florence_vl_config(_config(name).model)
-  assert fc.llm.hidden_size == width and fc.dbfusion.image_size == 768 and fc.dbfusion.num_tokens == 576
-  total = _count(lambda: FlorenceVL(fc, rngs=nnx.Rngs(0)))
+  assert fc.llm.hidden_size == width and fc.und_encoder.image_size == 768 and fc.und_encoder.num_tokens == 576
+  total = _count(lambda: UnifiedModel(fc, rngs=nnx.Rngs(0)))
   llm_n = _count(lambda: LLM(presets.llm_preset(llm, scan_layers=True), rngs=nnx.Rngs(0)))
   projector = 4096 * width + width + 2 * (width * width + width)
   assert total == 567_561_216 + projector + llm_n
@@ -197,14 +198,14 @@ def test_prompt_ids_from_a_local_tokenizer_or_a_one_line_error(tmp_path):
   with pytest.raises(ConfigError, match="config.model.dbfusion.tokenizer='.*missing'"):
     florence_vl_config(config.model)
   config.model.dbfusion.tokenizer = str(tmp_path)
-  ids = florence_vl_config(config.model).dbfusion.prompt_ids
+  ids = florence_vl_config(config.model).und_encoder.prompt_ids
   assert [[words[i] for i in p] for p in ids][1] == ["<s>", "What", "is", "the", "text", "in", "the", "image",
                                                      "?", "</s>"]
   assert all(p[0] == 0 and p[-1] == 2 and 3 not in p for p in ids)
 
 
 def test_param_count_tool_counts_florence_vl_without_a_tokenizer():
-  """tools/param_count.py builds the model config.model.type names (here FlorenceVL, abstractly)."""
+  """tools/param_count.py builds the model config.model.type names (here Florence-VL, abstractly)."""
   from configs import florence_vl_3b
   from tools import param_count as tool
   counts = tool.count(florence_vl_3b.get_config())

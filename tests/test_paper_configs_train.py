@@ -55,3 +55,18 @@ def test_metaquery_tiny_trains_and_evaluates_through_train_py(data_dir, tmp_path
   assert {"qa", "colorbench", "geneval", "rover_ig", "rover_tg"} <= set(scores)
   assert all(np.isfinite(v) for table in scores.values() for v in table.values() if v is not None)
   assert (tmp_path / "checkpoints" / "2").is_dir() and (tmp_path / "samples.png").is_file()
+
+
+@pytest.mark.slow
+def test_florence_vl_tiny_trains_and_scores_understanding_through_train_py(data_dir, tmp_path):
+  """Florence-VL :tiny is an understanding-only unified model: train.py trains it on ShapesWorld and
+  scores Q/A and ColorBench; GenEval and ROVER, which need generation, are absent."""
+  config = importlib.import_module("configs.florence_vl_3b").get_config("tiny")
+  config.data.update(data_dir=data_dir, config="tiny", batch_size=8)
+  config.train.update(total_steps=2, log_every=1, eval_every=2, ckpt_every=2)
+  config.evals.update(qa_per_kind=2, geneval_prompts=2, batch_size=8, colorbench_per_task=1, colorbench_seeds=1)
+  config.checkpoint.async_save = False
+  assert not model_io(config.model).generates
+  scores = train.train_and_evaluate(config, str(tmp_path))
+  assert set(scores) >= {"qa", "colorbench"} and not set(scores) & {"geneval", "rover_ig", "rover_tg"}
+  assert all(0.0 <= v <= 1.0 for v in scores["qa"].values())

@@ -527,10 +527,10 @@ def test_florence_vl_tensors_land_and_the_lm_matches(florence_vl):
   path, tensors, oracle, florence, r = florence_vl
   m = r.model
   assert (r.kind, r.can_generate, r.can_answer, r.can_edit) == ("florence_vl", False, True, False)
-  assert m.config.dbfusion.image_size == 64 and m.config.dbfusion.prompt_ids == florence_layout.RELEASE_PROMPT_IDS
-  np.testing.assert_array_equal(m.dbfusion.projector.layers[2].kernel[...],
+  assert m.config.und_encoder.image_size == 64 and m.config.und_encoder.prompt_ids == florence_layout.RELEASE_PROMPT_IDS
+  np.testing.assert_array_equal(m.und_encoder.projector.layers[2].kernel[...],
                                 tensors["model.mm_projector.encoder_mlp.2.1.weight"].T)
-  np.testing.assert_array_equal(m.dbfusion.florence.image_projection.projection.kernel[...],
+  np.testing.assert_array_equal(m.und_encoder.florence.image_projection.projection.kernel[...],
                                 tensors[florence_layout.REMOTE + "image_projection"])
   _check_logits(m, oracle, FV_VOCAB)
 
@@ -546,10 +546,10 @@ def test_florence_vl_image_features_and_answer_logits(florence_vl):
   mask = np.ones_like(ids)
 
   @nnx.jit
-  def run(model, x, i, k):          # FlorenceVL.und_embeddings, with the depth stream kept for the check
+  def run(model, x, i, k):          # UnifiedModel.und_embeddings, with the depth stream kept for the check
     pixels = (((x + 1.0) * 0.5) - jnp.asarray((0.485, 0.456, 0.406))) / jnp.asarray((0.229, 0.224, 0.225))
-    streams = model.dbfusion.streams(pixels)
-    tokens = model.dbfusion.projector(model.dbfusion.fuse(streams))
+    streams = model.und_encoder.streams(pixels)
+    tokens = model.und_encoder.projector(model.und_encoder.fuse(streams))
     embeds = splice_image_tokens(model.llm.embed(i), i, tokens, model.config.image_token_id)
     return streams[0], model.llm(None, attention_mask=k, inputs_embeds=embeds)[:, -1]
 

@@ -12,8 +12,7 @@ gen_target, dbfusion, latte_groups, sequential. An ablation module has `get_conf
 `METRICS` ("bench/key", or "bench/*" for every key of a benchmark) and optionally `STAGES` ({arm:
 (stage, ...)}: trainings run in turn, each with an equal share of the budget, stage k > 1 initialised
 from stage k-1 through `config.init.checkpoint`), `MEASURE` (("sampling",): seconds per generated image,
-timed from the final checkpoint), `EVAL` ("florence_qa": Q/A + ColorBench of a Florence-VL model,
-which train.py does not score), `LOWER_IS_BETTER` and `OVERRIDES` ({arm: {"dotted.key": value}}).
+timed from the final checkpoint), `LOWER_IS_BETTER` and `OVERRIDES` ({arm: {"dotted.key": value}}).
 
 Budget: `--minutes` sets `train.time_limit_minutes` (the run stops at that time or at the config's
 `train.total_steps`, 2000); `--steps` sets `train.total_steps` (and no time limit); `--runlocal` uses
@@ -371,44 +370,6 @@ def measure_sampling(config, run_dir: str, *, repeats: int = 3) -> dict:
           "sample_steps": kw["num_steps"]}
 
 
-def florence_scores(config, run_dir: str) -> dict:
-  """Q/A and ColorBench of a trained Florence-VL model, through `evaluate_model` on an adapter that
-  presents it as an understanding-only unified model (train.py skips these evals for this type)."""
-  import dataclasses
-
-  import jax
-  from flax import nnx
-
-  from jaxmodels.evals import shapes_eval
-
-  @dataclasses.dataclass(frozen=True)
-  class EncoderView:
-    image_size: int
-
-  @dataclasses.dataclass(frozen=True)
-  class ConfigView:
-    und_encoder: EncoderView
-    generates_pixels: bool = False
-    queries: str = "learnable"
-
-  class Adapter(nnx.Module):
-    def __init__(self, model):
-      self.model, self.llm, self.und_encoder = model, model.llm, model.dbfusion
-      self.config = ConfigView(EncoderView(model.config.dbfusion.image_size))
-
-    @property
-    def num_image_tokens(self) -> int:
-      return self.model.num_image_tokens
-
-    def und_embeddings(self, ids, images):
-      return self.model.und_embeddings(ids, images)
-
-  model = Adapter(restore_model(config, run_dir))
-  tok, data_dir = _tokenizer_and_data(config, run_dir)
-  return shapes_eval.evaluate_model(model, tok, config, data_dir, run_dir, rng=jax.random.key(config.seed),
-                                    final=True, evals=("qa", "colorbench"))
-
-
 ############################ Runner ##########################################
 
 def _train(config, workdir: str) -> dict:
@@ -447,8 +408,6 @@ def run_one(module, arm: str, seed: int, run_dir: str, *, minutes: float | None,
       if "stopped_by" in scores:
         raise JaxModelsError(f"{sdir}: stopped by {scores['stopped_by']} at step {scores.get('step')}; "
                              "rerun the same command to resume")
-    if getattr(module, "EVAL", None) == "florence_qa" and k == len(stages) - 1:
-      scores = {**scores, **florence_scores(config, sdir)}
     flat = flatten(scores)
     if os.path.exists(done):
       with open(done, encoding="utf-8") as f:

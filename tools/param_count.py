@@ -28,14 +28,8 @@ def count(config) -> dict[str, int]:
 
   from jaxmodels.trainer.optim import trainable_filter
   from jaxmodels.trainer.setup import model_factory
-  from jaxmodels.unified.model_io import model_type
 
-  if model_type(config.model) == "florence_vl":   # counting needs no prompt tokenisation
-    from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
-    fcfg = florence_vl_config(config.model, require_prompt_ids=False)
-    model = nnx.eval_shape(lambda: FlorenceVL(fcfg, rngs=nnx.Rngs(0)))
-  else:
-    model = nnx.eval_shape(model_factory(config))
+  model = nnx.eval_shape(model_factory(config, resolve_inputs=False))   # counting needs no prompt ids
 
   def n(state) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))

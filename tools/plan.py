@@ -76,7 +76,7 @@ def _image_size(cfg, default: int = 32) -> int:
 
 
 def batch_spec(config, mesh, model, rules=None):
-  """Abstract global batch in train.py's task layout for `model` (a UnifiedModel or a FlorenceVL),
+  """Abstract global batch in train.py's task layout for `model` (a UnifiedModel),
   each array's batch dim split by the rules' `act_batch` (`sharding.batch_sharding`). Sequence
   lengths: `config.data.und_len` (else `max_length`, else the image tokens + 256 text tokens) and
   `config.data.gen_len` (else 128). Generation images at the side the data layer resizes to; the
@@ -90,13 +90,10 @@ def batch_spec(config, mesh, model, rules=None):
   b = d.batch_size
   und_len = d.get("und_len") or d.get("max_length") or model.num_image_tokens + 256
   gen_len = d.get("gen_len") or 128
-  if hasattr(c, "dbfusion"):                                   # FlorenceVL: understanding only
-    und_size = c.dbfusion.image_size
-  else:
-    und_size = _image_size(c.und_encoder) if c.und_encoder is not None else _image_size(c.image_tokenizer)
+  und_size = _image_size(c.und_encoder) if c.und_encoder is not None else _image_size(c.image_tokenizer)
   shapes = dict(und_image=((b, und_size, und_size, 3), jnp.float32), und_ids=((b, und_len), jnp.int32),
                 und_mask=((b, und_len), jnp.int32), und_loss_mask=((b, und_len), jnp.int32))
-  if not hasattr(c, "dbfusion"):
+  if c.generates:                                              # else understanding only (Florence-VL)
     patch = getattr(c.und_encoder, "patch_size", None)
     if d.get("dense_labels") and patch:
       shapes["und_labels"] = ((b, und_size // patch, und_size // patch, 2), jnp.int32)

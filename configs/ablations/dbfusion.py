@@ -4,9 +4,8 @@ Florence-VL fuses the depth stream (DaViT features) and three breadth streams (F
 under three task prompts) by channel concatenation and reports it beats token concatenation (4× the
 visual tokens) and averaging. Toy version: `florence_vl_3b:tiny` (CPU-sized Florence-2, 64 px -> 2×2
 grid; Phi-3.5-structured tiny LLM) trained on ShapesWorld Q/A; arms set `model.dbfusion.mode`.
-Metrics: Q/A accuracy per kind and ShapesWorld-ColorBench, scored by tools/ablate.py through
-`jaxmodels.evals.shapes_eval.evaluate_model` on an adapter (train.py skips ShapesWorld evals for
-model.type="florence_vl").
+Metrics: Q/A accuracy per kind and ShapesWorld-ColorBench, scored by train.py's final evaluation (the
+model is an understanding-only unified model, so GenEval and ROVER do not apply).
 
     python tools/ablate.py --ablation=dbfusion --seeds=3 --minutes=10 --workdir=runs/ablations
     python train.py --config=configs/ablations/dbfusion.py:token_concat --workdir=/tmp/dbf_token
@@ -18,7 +17,6 @@ from configs.ablations import common
 
 ARMS = ("channel_concat", "token_concat", "average")
 METRICS = ("qa/*", "colorbench/overall")
-EVAL = "florence_qa"    # tools/ablate.py scores the final checkpoint itself (see the docstring)
 
 
 def get_config(arg=None):

@@ -134,17 +134,21 @@ def unified_config_of(config, purpose: str, needs: str):
   return unified_config(config.model)
 
 
-def model_factory(config) -> Callable[[], nnx.Module]:
-  """A constructor of the model named by `config.model.type` (the config is checked here, once)."""
-  if model_type(config.model) == "florence_vl":
-    from jaxmodels.unified.florence_vl import FlorenceVL, florence_vl_config
-    fcfg = florence_vl_config(config.model, require_prompt_ids=True)
-    return lambda: FlorenceVL(fcfg, rngs=nnx.Rngs(config.seed))
-  if model_type(config.model) == "lm":
+def model_factory(config, *, resolve_inputs: bool = True) -> Callable[[], nnx.Module]:
+  """A constructor of the model `config.model` describes (checked here, once): a `TextLM` for
+  type "lm", else a `UnifiedModel` (type "florence_vl" written in Florence-VL's terms).
+  `resolve_inputs=False` skips what only running the model needs (Florence-VL's prompt tokenisation),
+  for tools that count or plan abstractly."""
+  kind = model_type(config.model)
+  if kind == "lm":
     from jaxmodels.text_lm import TextLM, text_lm_config
     lcfg = text_lm_config(config.model)
     return lambda: TextLM(lcfg, rngs=nnx.Rngs(config.seed))
-  ucfg = unified_config(config.model)
+  if kind == "florence_vl":
+    from jaxmodels.unified.florence_vl import florence_vl_config
+    ucfg = florence_vl_config(config.model, require_prompt_ids=resolve_inputs)
+  else:
+    ucfg = unified_config(config.model)
   return lambda: UnifiedModel(ucfg, rngs=nnx.Rngs(config.seed))
 
 
@@ -162,7 +166,7 @@ def shapes_eval_supported(config, model) -> bool:
 
 def train_state_factory(config) -> tuple[Callable[[], TrainState], optax.Schedule]:
   """(make_state, lr schedule): `make_state()` builds model + optimizer (+ EMA) from `config`;
-  the model is a `UnifiedModel` or, for `config.model.type="florence_vl"`, a `FlorenceVL`."""
+  the model is `model_factory`'s."""
   make_model = model_factory(config)
   tx, lr = make_optimizer(config.optim.to_dict(), config.train.total_steps)
   wrt = trainable_filter(config.optim.trainable, config.optim.frozen)

@@ -21,6 +21,11 @@ The paper models are *choices* in one composition (see `jaxmodels.unified.model`
   freeze              llm, und encoder        tokenizer, SANA but caption,    llm, und encoder
                                               vae
 
+  field               Florence-VL (understanding only)
+  und_encoder         DBFusion (Florence-2 streams + its mlp3x_gelu projector)
+  und_projector       "none"
+  gen_target          "none" (no DiT, no queries: queries="none")
+
 gen_target="latents": with `vae` (a DCAEConfig) the model holds a frozen DC-AE (latent_codec.py): the
 target is (vae.encode(gen_image) − vae_shift) · scaling_factor and `generate_image` decodes to pixels;
 without it the batch carries precomputed latents (batch["gen_latents"]) and sampling returns latents.
@@ -37,13 +42,14 @@ from typing import Any
 from jaxmodels.errors import ConfigError
 from jaxmodels.flow.dcae import DCAEConfig
 from jaxmodels.llm import LLMConfig
-from jaxmodels.unified.encoders import encoder_width
+from jaxmodels.unified.dbfusion import DBFusionConfig
+from jaxmodels.unified.encoders import encoder_width, is_dbfusion
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoderConfig
 from jaxmodels.unified.patch_tokens import PatchTokensConfig
 from jaxmodels.vision.qwen2_5_vl import Qwen25VisionConfig
 from jaxmodels.vision.vit import VisionConfig
 
-GEN_TARGETS = ("pixels", "gen_encoder", "latents", "autoencoder", "patch_tokens")
+GEN_TARGETS = ("pixels", "gen_encoder", "latents", "autoencoder", "patch_tokens", "none")   # none: no generation
 CONNECTORS = ("identity", "mlp", "mlp_norm", "transformer")
 PROJECTORS = ("linear", "mlp2x_gelu", "none")   # none: identity (encoder width == LLM width)
 CFG_NULLS = ("zeros", "empty_caption")
@@ -76,8 +82,9 @@ class UnifiedConfig:
   """Parts and wiring. Sub-configs are the towers' own frozen configs (hashable)."""
   llm: LLMConfig
   dit: Any                                   # LuminaConfig (SANA configs plug in the same way);
-                                             # None for gen_target="patch_tokens"
-  und_encoder: VisionConfig | Qwen25VisionConfig | None = None   # a ViT, or the Qwen2.5-VL tower
+                                             # None for gen_target "patch_tokens" and "none"
+  # a ViT, the Qwen2.5-VL tower, or Florence-VL's DBFusion
+  und_encoder: VisionConfig | Qwen25VisionConfig | DBFusionConfig | None = None
   und_projector: str = "mlp2x_gelu"          # "none": tokens used as they are (Qwen2.5-VL's merger)
   und_pool: int = 1                          # a×a pooling of understanding tokens (1 = none)
   image_token_id: int = -1                   # placeholder id in und sequences (one per image token)
@@ -167,7 +174,7 @@ class UnifiedConfig:
         raise ConfigError(f"config.model.llm.vocab_size={self.llm.vocab_size}: image_tokens needs "
                           f"image_vocab_offset + codebook + scale tokens + 2 = {need}")
     is_latte = type(self.dit).__name__ == "LatteConfig"
-    if is_latte != (self.queries == "none" and self.gen_target != "patch_tokens"):
+    if is_latte != (self.queries == "none" and self.gen_target not in ("patch_tokens", "none")):
       raise ConfigError("config.model: dit.type='latte' goes with queries='none' (and only it)")
     if is_latte and self.dit.num_layers != self.llm.num_layers:
       raise ConfigError(f"config.model.dit.num_layers={self.dit.num_layers} must equal "
@@ -192,7 +199,17 @@ class UnifiedConfig:
     if tokens and (self.dit is not None or self.queries != "none"):
       raise ConfigError("config.model.gen_target='patch_tokens': the LLM draws the image itself; "
                         "leave config.model.dit unset and set queries='none'")
-    if self.dit is None and not tokens:
+    if self.gen_target == "none":
+      parts = [k for k in ("dit", "gen_encoder", "autoencoder", "vae", "image_tokenizer")
+               if getattr(self, k) is not None] + (["gen_projector"] if self.gen_projector else [])
+      if parts:
+        raise ConfigError(f"config.model.gen_target='none' (understanding only): leave "
+                          f"config.model.{parts[0]} unset")
+      if self.queries != "none":
+        raise ConfigError("config.model.gen_target='none' (understanding only) takes queries='none'")
+      if self.und_encoder is None:
+        raise ConfigError("config.model.gen_target='none' (understanding only) needs config.model.und_encoder")
+    elif self.dit is None and not tokens:
       raise ConfigError(f"config.model.dit is needed for gen_target={self.gen_target!r}")
 
   def _check_und_encoder(self):
@@ -202,10 +219,13 @@ class UnifiedConfig:
       if self.und_projector == "none" and width != self.llm.hidden_size:
         raise ConfigError(f"config.model.und_projector='none' needs the und_encoder's output width "
                           f"({width}) == llm.hidden_size ({self.llm.hidden_size})")
+      if is_dbfusion(enc) and (self.und_projector != "none" or self.und_pool != 1):
+        raise ConfigError("config.model.und_encoder: DBFusion projects its own tokens to the LLM width; "
+                          "set und_projector='none' and und_pool=1")
       if isinstance(enc, Qwen25VisionConfig) and enc.image_size % enc.image_multiple:
         raise ConfigError(f"config.model.und_encoder.image_size={enc.image_size}: must be a multiple of "
                           f"patch_size × spatial_merge_size = {enc.image_multiple}")
-      if enc.grid_size % self.und_pool:
+      if not is_dbfusion(enc) and enc.grid_size % self.und_pool:
         raise ConfigError(f"config.model.und_pool={self.und_pool} must divide the und_encoder's token "
                           f"grid side {enc.grid_size}")
     if self.und_dense_weight and (not self.und_dense_classes or self.und_encoder is None):
@@ -216,8 +236,16 @@ class UnifiedConfig:
                         "und_projector='none' is not one (use 'linear' or 'mlp2x_gelu')")
 
   @property
-  def generation_path(self) -> str:
-    """The key of the generation path this config trains and samples with (generation_paths.PATHS)."""
+  def generates(self) -> bool:
+    """Whether the model has a generation path at all (gen_target="none": understanding only)."""
+    return self.gen_target != "none"
+
+  @property
+  def generation_path(self) -> str | None:
+    """The key of the generation path this config trains and samples with (generation_paths.PATHS);
+    None for an understanding-only model."""
+    if self.gen_target == "none":
+      return None
     if self.gen_target == "patch_tokens":
       return "patch_tokens"
     return {"image_tokens": "image_tokens", "none": "layerwise"}.get(self.queries, "queries")

@@ -21,7 +21,8 @@ Fusion (`mode`): "channel_concat" (default, [B, n, 4d]), "token_concat" ([B, 4n,
 depth, prompt 1, 2, 3) or "average" ([B, n, d]); then the `mlp3x_gelu` projector
 Linear(in -> D) -> GELU -> Linear(D -> D) -> GELU -> Linear(D -> D) into the LLM width D.
 `frozen=True` puts a stop_gradient on the Florence-2 features (the released FlorenceVisionTower runs
-under no_grad); also freeze its parameters in the optimizer (configs do: `dbfusion/florence/.*`).
+under no_grad); also freeze its parameters in the optimizer (configs do: `und_encoder/florence/.*`, its
+path as the unified model's understanding encoder, see encoders.py).
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ FUSION_MODES = ("channel_concat", "token_concat", "average")
 # The three task prompts of Florence-VL (spec §6.1), as the config stores them.
 DEFAULT_PROMPTS = ("Describe in detail what is shown in the image.", "What is the text in the image?",
                    "Locate the objects in the image, with their descriptions.")
+# Florence-2's processor normalisation (ImageNet mean / std per RGB channel, on [0, 1] pixels).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,5 +197,12 @@ class DBFusion(nnx.Module):
     return jnp.mean(jnp.stack(streams), axis=0)
 
   def __call__(self, images: jax.Array) -> jax.Array:
-    """images [B, H, W, 3] normalised for Florence-2 -> LLM-space visual tokens [B, num_tokens, D]."""
+    """images [B, H, W, 3] normalised for Florence-2 (`florence_pixels`) -> LLM-space visual tokens
+    [B, num_tokens, D]."""
     return self.projector(self.fuse(self.streams(images)))
+
+
+def florence_pixels(images: jax.Array) -> jax.Array:
+  """images [B, H, W, 3] in [-1, 1] -> Florence-2's processor normalisation (float32)."""
+  x = (images.astype(jnp.float32) + 1.0) * 0.5
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)

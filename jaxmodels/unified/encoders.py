@@ -14,6 +14,11 @@ Two kinds of tower serve as `und_encoder`:
                         Images are converted from the model's [-1, 1] to what its HF processor feeds:
                         x ↦ ((x + 1) / 2 − OpenAI-CLIP mean) / std, per channel.
 
+  DBFusionConfig        Florence-VL's DBFusion (`jaxmodels.unified.dbfusion`): Florence-2's depth and
+                        breadth streams fused and projected by its own mlp3x_gelu to the LLM width
+                        (so und_projector="none"), [B, num_tokens, out_dim]; images get Florence-2's
+                        processor normalisation (ImageNet mean / std).
+
 Generation encoders (`gen_encoder`) are `VisionConfig` towers or
 
   EvaClipConfig         the EVA-CLIP tower (`jaxmodels.vision.eva_clip`; BLIP3-o's EVA-CLIP-E/14-plus):
@@ -28,21 +33,36 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxmodels.unified.dbfusion import DBFusion, DBFusionConfig, florence_pixels
 from jaxmodels.vision.eva_clip import EvaClipConfig, EvaClipVisionTransformer
 from jaxmodels.vision.qwen2_5_vl import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Qwen25VisionConfig,
                                          Qwen25VisionTransformer)
 from jaxmodels.vision.vit import VisionConfig, VisionTransformer, avg_pool_tokens
 
-EncoderConfig = VisionConfig | Qwen25VisionConfig | EvaClipConfig
+EncoderConfig = VisionConfig | Qwen25VisionConfig | EvaClipConfig | DBFusionConfig
 
 
 def is_qwen(config) -> bool:
   return isinstance(config, Qwen25VisionConfig)
 
 
+def is_dbfusion(config) -> bool:
+  return isinstance(config, DBFusionConfig)
+
+
 def encoder_width(config: EncoderConfig) -> int:
-  """Width of the tokens an encoder outputs: the ViT's hidden size, or Qwen's merger output."""
+  """Width of the tokens an encoder outputs: the ViT's hidden size, Qwen's merger output, or DBFusion's
+  projector output."""
+  if is_dbfusion(config):
+    return config.out_dim
   return config.out_hidden_size if is_qwen(config) else config.hidden_size
+
+
+def encoder_num_tokens(config: EncoderConfig, pool: int = 1) -> int:
+  """Tokens one image gives after pool×pool pooling: (grid / pool)², or DBFusion's num_tokens."""
+  if is_dbfusion(config):
+    return config.num_tokens
+  return (config.grid_size // pool) ** 2
 
 
 def build_encoder(config: EncoderConfig | None, *, rngs: nnx.Rngs):
@@ -51,6 +71,8 @@ def build_encoder(config: EncoderConfig | None, *, rngs: nnx.Rngs):
     return None
   if is_qwen(config):
     return Qwen25VisionTransformer(config, rngs=rngs)
+  if is_dbfusion(config):
+    return DBFusion(config, rngs=rngs)
   if isinstance(config, EvaClipConfig):
     return EvaClipVisionTransformer(config, rngs=rngs)
   return VisionTransformer(config, rngs=rngs)
@@ -65,8 +87,10 @@ def clip_pixels(images: jax.Array) -> jax.Array:
 
 def encoder_pixels(config: EncoderConfig, images: jax.Array) -> jax.Array:
   """images [B, H, W, 3] in [-1, 1] -> what the tower's HF processor would feed it: OpenAI-CLIP
-  mean/std for Qwen2.5-VL and CLIP-family ViTs (EVA-CLIP included), unchanged for SigLIP (mean = std =
-  0.5)."""
+  mean/std for Qwen2.5-VL and CLIP-family ViTs (EVA-CLIP included), ImageNet mean/std for DBFusion
+  (Florence-2), unchanged for SigLIP (mean = std = 0.5)."""
+  if is_dbfusion(config):
+    return florence_pixels(images)
   return clip_pixels(images) if is_qwen(config) or config.is_clip else images
 
 
@@ -81,6 +105,10 @@ def encoder_tokens(encoder, images: jax.Array, pool: int, *, last_block: bool) -
   """
   c = encoder.config
   images = encoder_pixels(c, images)
+  if is_dbfusion(c):
+    if last_block or pool > 1:
+      raise ValueError("DBFusion serves as und_encoder only, unpooled (its tokens are already projected)")
+    return encoder(images)
   if is_qwen(c):
     if last_block:
       raise ValueError("the Qwen2.5-VL tower serves as und_encoder only (no last-block target)")

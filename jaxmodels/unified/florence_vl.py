@@ -1,55 +1,49 @@
-"""Florence-VL (spec §6): DBFusion visual tokens spliced into a decoder LLM, next-token loss on answers.
+"""Florence-VL (spec §6) as an understanding-only unified model: DBFusion visual tokens spliced into a
+decoder LLM, next-token loss on answers.
 
-    model = FlorenceVL(florence_vl_config(config.model), rngs=nnx.Rngs(0))
+    model = UnifiedModel(florence_vl_config(config.model), rngs=nnx.Rngs(0))
     loss, metrics = model.loss(batch, jax.random.key(0))
     tokens = model.answer(images, ids, mask, max_new_tokens=8)
 
-Batches (as `jaxmodels.unified.model`): und_image [B, H, W, 3] float in [-1, 1], und_ids [B, T] int32
-with `image_token_id` placeholders (exactly `num_image_tokens` per row), und_mask [B, T] (1 = token),
-und_loss_mask [B, T] (1 on answer tokens). Images are mapped from [-1, 1] to Florence-2's processor
-normalisation (ImageNet mean/std) inside the model; H = W = `dbfusion.image_size` (768).
+`config.model.type="florence_vl"` writes the model in Florence-VL's own terms (llm / florence /
+dbfusion / image_token_id); `florence_vl_config` turns them into a `UnifiedConfig` whose und_encoder is
+the DBFusion (encoders.py: Florence-2's ImageNet normalisation, its own mlp3x_gelu projector, so
+und_projector="none") and gen_target="none". Batches are the understanding rows of
+`jaxmodels.unified.model`, with H = W = `dbfusion.image_size` (768) and `num_image_tokens` placeholders
+per row.
 
-Parameters: `dbfusion/florence/...` (Florence-2 vision tower + encoder, no decoder),
-`dbfusion/projector/...` (mlp3x_gelu) and `llm/...`. Stage 2 freezes `dbfusion/florence/.*`; stage 1
-trains everything unless `freeze_florence` (the released code's effective behaviour, see the configs).
+Parameters: `und_encoder/florence/...` (Florence-2 vision tower + encoder, no decoder),
+`und_encoder/projector/...` (mlp3x_gelu) and `llm/...`. Stage 2 freezes `und_encoder/florence/.*`;
+stage 1 trains everything unless `freeze_florence` (the released code's effective behaviour, see the
+configs).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
 from jaxmodels.errors import ConfigError
-from jaxmodels.generate import generate
 from jaxmodels.layers.execution import apply_execution, check_execution
-from jaxmodels.llm import LLM, LLMConfig
-from jaxmodels.unified.dbfusion import DBFusion, DBFusionConfig, resolve_prompt_ids
-from jaxmodels.layers import splice_image_tokens
-from jaxmodels.unified.model import answer_loss
+from jaxmodels.llm import LLMConfig
+from jaxmodels.unified.config import UnifiedConfig
+from jaxmodels.unified.dbfusion import DBFusionConfig, resolve_prompt_ids
 from jaxmodels.vision.davit import DaViTConfig
-from jaxmodels.vision.florence2 import Florence2Config, florence2_preset
+from jaxmodels.vision.florence2 import florence2_preset, Florence2Config
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_TOKEN_ID = 128_011        # <image> placeholder: a reserved Llama-3 special token (the 8B configs')
 
 
-@dataclasses.dataclass(frozen=True)
-class FlorenceVLConfig:
-  llm: LLMConfig = LLMConfig()
-  dbfusion: DBFusionConfig = DBFusionConfig()
-  image_token_id: int = 128_011
-
-  def __post_init__(self):
-    if self.dbfusion.out_dim != self.llm.hidden_size:
-      raise ConfigError(f"FlorenceVLConfig: dbfusion.out_dim {self.dbfusion.out_dim} != llm.hidden_size "
-                        f"{self.llm.hidden_size}")
+def florence_vl(llm: LLMConfig, fusion: DBFusionConfig, image_token_id: int = IMAGE_TOKEN_ID) -> UnifiedConfig:
+  """The understanding-only UnifiedConfig of Florence-VL: `fusion` (its out_dim the LLM width) as the
+  und_encoder, spliced at `image_token_id`."""
+  if fusion.out_dim != llm.hidden_size:
+    raise ConfigError(f"config.model.dbfusion: out_dim {fusion.out_dim} != llm.hidden_size {llm.hidden_size}")
+  return UnifiedConfig(llm=llm, dit=None, und_encoder=fusion, und_projector="none", und_pool=1,
+                       image_token_id=image_token_id, gen_target="none", queries="none")
 
 
 def florence_vl_config(model: Mapping[str, Any], *,
-                       require_prompt_ids: bool = False) -> FlorenceVLConfig:
+                       require_prompt_ids: bool = False) -> UnifiedConfig:
   """From `config.model` = dict(llm=dict(preset=..., ...), florence=dict(preset=..., vision=dict(...),
   ...), dbfusion=dict(mode=..., prompts=..., prompt_ids=..., tokenizer=..., ...), image_token_id=...).
 
@@ -88,44 +82,4 @@ def florence_vl_config(model: Mapping[str, Any], *,
                                            "out_dim": llm.hidden_size}, "model.dbfusion")
   if fusion.prompt_ids is None and (tokenizer or require_prompt_ids):
     fusion = resolve_prompt_ids(fusion, tokenizer)
-  return FlorenceVLConfig(llm=llm, dbfusion=fusion, image_token_id=d.get("image_token_id", 128_011))
-
-
-class FlorenceVL(nnx.Module):
-  """See the module docstring."""
-
-  def __init__(self, config: FlorenceVLConfig, *, rngs: nnx.Rngs):
-    self.config = config
-    self.dbfusion = DBFusion(config.dbfusion, rngs=rngs)
-    self.llm = LLM(config.llm, rngs=rngs)
-
-  @property
-  def num_image_tokens(self) -> int:
-    return self.config.dbfusion.num_tokens
-
-  @property
-  def answer_image_size(self) -> int:
-    """Side of the square images [B, S, S, 3] the understanding path reads."""
-    return self.config.dbfusion.image_size
-
-  def image_tokens(self, images: jax.Array) -> jax.Array:
-    """images [B, H, W, 3] in [-1, 1] -> LLM-space visual tokens [B, num_image_tokens, D]."""
-    x = (images.astype(jnp.float32) + 1.0) * 0.5
-    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-    return self.dbfusion(x)
-
-  def und_embeddings(self, ids: jax.Array, images: jax.Array) -> jax.Array:
-    return splice_image_tokens(self.llm.embed(ids), ids, self.image_tokens(images), self.config.image_token_id)
-
-  def loss(self, batch, rng: jax.Array) -> tuple[jax.Array, dict]:
-    del rng
-    embeds = self.und_embeddings(batch["und_ids"], batch["und_image"])
-    loss, metrics = answer_loss(self.llm, embeds, batch["und_ids"], batch["und_mask"], batch["und_loss_mask"])
-    return loss, metrics
-
-  def answer(self, images: jax.Array, ids: jax.Array, mask: jax.Array, max_new_tokens: int,
-             **generate_kwargs) -> jax.Array:
-    """Greedy (or sampled) answer tokens [B, max_new_tokens] for left-padded prompts with images."""
-    embeds = self.und_embeddings(ids, images)
-    out = generate(self.llm, ids, max_new_tokens, attention_mask=mask, inputs_embeds=embeds, **generate_kwargs)
-    return out[:, ids.shape[1]:]
+  return florence_vl(llm, fusion, d.get("image_token_id", IMAGE_TOKEN_ID))

@@ -2,14 +2,17 @@
 
   understanding   image [B,H,W,3] -> und_encoder -> a×a pool -> projector -> image tokens spliced into
                   the LLM sequence at `image_token_id` placeholders -> next-token loss on answer tokens.
-                  und_encoder is a SigLIP/CLIP ViT or the Qwen2.5-VL tower (BLIP3-o: the frozen MLLM's
+                  und_encoder is a SigLIP/CLIP ViT, the Qwen2.5-VL tower (BLIP3-o: the frozen MLLM's
                   own; images renormalised to its CLIP mean/std, its merger already outputs the LLM
-                  width, so und_projector="none" splices its tokens as Qwen2.5-VL does; see encoders.py).
+                  width, so und_projector="none" splices its tokens as Qwen2.5-VL does) or Florence-VL's
+                  DBFusion (its own projector; see encoders.py).
   generation      prompt ids -> LLM with N learnable queries appended -> last-layer (post-norm) hidden
                   states at the queries [B, N, D] -> connector -> flow DiT condition -> velocity on the
                   *target*: pixels, or frozen gen-encoder features pooled a×a (BLIP3-o / Pisces);
                   or gen_target="patch_tokens": the LLM itself draws the image as sparse palette-patch
-                  tokens after the prompt (patch_tokens.py; CE, no DiT, decoded exactly).
+                  tokens after the prompt (patch_tokens.py; CE, no DiT, decoded exactly);
+                  or none at all: gen_target="none" (Florence-VL, florence_vl.py) builds only the
+                  understanding path.
 
 Batches are dicts; each path runs when its keys are present (mixtures train both):
   und_image [B,H,W,3] float in [-1,1], und_ids [B,T] int32 (placeholders included), und_mask [B,T]
@@ -421,9 +424,15 @@ class UnifiedModel(nnx.Module):
     images = jnp.where(drop_img[:, None, None, None], null, images)
     return ids, mask, images
 
+  def _path(self):
+    path = self.config.generation_path
+    if path is None:
+      raise ValueError("this model does not generate images (config.model.gen_target='none')")
+    return PATHS[path]
+
   def generation_loss(self, batch, rng: jax.Array) -> tuple[jax.Array, dict]:
     """The loss of the config's generation path (generation_paths.PATHS) on the batch's gen_* rows."""
-    return PATHS[self.config.generation_path].loss(self, batch, rng)
+    return self._path().loss(self, batch, rng)
 
   def sample_image_tokens(self, ids, mask, rng, *, temperature: float = 1.0, ref_images=None) -> jax.Array:
     """BLIP3o-NEXT: codes [B, n] drawn after [prompt, <im_start>, <S_k>] (top-k / top-p); `ref_images`
@@ -456,7 +465,7 @@ class UnifiedModel(nnx.Module):
     against the empty prompt, decoded to [B, S, S, 3]; `num_steps`, `solver`, `shift` are unused and
     edits condition on the reference at the placeholders (its understanding tokens, or its own patch
     tokens, which the copy path also reads)."""
-    x, codes = PATHS[self.config.generation_path].sample(
+    x, codes = self._path().sample(
         self, ids, mask, rng, num_steps=num_steps, guidance=guidance, solver=solver, shift=shift,
         cond_images=cond_images, image_guidance=image_guidance)
     return (x, codes) if return_codes else x

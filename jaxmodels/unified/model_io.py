@@ -8,8 +8,8 @@ the entry points hand them over, so the pipeline never imports the trainer or re
     io.gen_image_size, io.generates                               # gen_image [G, G, 3] (None: no pixels)
     data = make_train_data(config, workdir, io=io)
 
-`num_image_tokens` is also what the built model's `num_image_tokens` returns (UnifiedModel and
-FlorenceVL read it from here), so a pipeline's placeholder count and the model's tokens cannot disagree.
+`num_image_tokens` is also what the built model's `num_image_tokens` returns (UnifiedModel reads it
+from here), so a pipeline's placeholder count and the model's tokens cannot disagree.
 """
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ import dataclasses
 from typing import Any, Mapping
 
 from jaxmodels.errors import ConfigError
+from jaxmodels.unified.dbfusion import IMAGENET_MEAN
+from jaxmodels.unified.encoders import encoder_num_tokens, is_dbfusion
 
 MODEL_TYPES = ("unified", "florence_vl", "lm")
 UNIFIED_PAD_FILL = (127, 127, 127)   # grey, the [-1, 1] midpoint: a unified model's padding colour
 
 
 def model_type(model: Mapping[str, Any]) -> str:
-  """`config.model.type`: "unified" (default; `UnifiedModel`), "florence_vl" (`FlorenceVL`) or "lm"
-  (`TextLM`, text-only SFT)."""
+  """`config.model.type`: how `config.model` is written — "unified" (default; `UnifiedModel` fields,
+  build.unified_config), "florence_vl" (Florence-VL's llm / florence / dbfusion fields, which
+  florence_vl.florence_vl_config turns into an understanding-only `UnifiedModel`) or "lm" (`TextLM`,
+  text-only SFT)."""
   kind = model.get("type", None) or "unified"
   if kind not in MODEL_TYPES:
     raise ConfigError(f"config.model.type={kind!r}: expected one of {MODEL_TYPES}")
@@ -70,19 +74,23 @@ class ModelIO:
 def unified_num_image_tokens(config) -> int:
   """Placeholders one image occupies in a UnifiedModel's understanding sequence (UnifiedConfig):
   (grid / und_pool)² with grid = image_size / patch_size for a ViT, image_size / (patch_size · merge)
-  for Qwen2.5-VL; without an understanding encoder, the discrete image tokenizer's grid² (BLIP3o-NEXT)."""
+  for Qwen2.5-VL, DBFusion's num_tokens; without an understanding encoder, the discrete image
+  tokenizer's grid² (BLIP3o-NEXT)."""
   if config.und_encoder is not None:
-    return (config.und_encoder.grid_size // config.und_pool) ** 2
+    return encoder_num_tokens(config.und_encoder, config.und_pool)
   if config.image_tokenizer is not None:
     return (config.image_tokenizer.encoder.grid_size // config.image_tokenizer.scale) ** 2
   return 0
 
 
-def unified_io(config) -> ModelIO:
-  """ModelIO of a UnifiedConfig (every unified model generates: a DiT or patch tokens). Without an
-  understanding encoder the images are read through the discrete image tokenizer (BLIP3o-NEXT)."""
+def unified_io(config, kind: str = "unified") -> ModelIO:
+  """ModelIO of a UnifiedConfig (`kind`: the config.model.type it was written as). Without an
+  understanding encoder the images are read through the discrete image tokenizer (BLIP3o-NEXT); a
+  DBFusion encoder pads with Florence-2's processor mean."""
   enc = config.und_encoder
-  if config.gen_target == "patch_tokens":
+  if config.gen_target == "none":
+    gen = None
+  elif config.gen_target == "patch_tokens":
     gen = config.patch_tokens.image_size
   elif config.autoencoder is not None:
     gen = config.autoencoder.image_size
@@ -94,10 +102,11 @@ def unified_io(config) -> ModelIO:
     gen = config.gen_image_size
   tokenizer = config.image_tokenizer
   und = enc.image_size if enc is not None else tokenizer.encoder.image_size if tokenizer is not None else None
-  return ModelIO("unified", und, config.image_token_id if und is not None else -1,
-                 unified_num_image_tokens(config), UNIFIED_PAD_FILL,
-                 gen_image_size=gen, gen_latents_only=gen is None,
-                 dense_grid=enc.image_size // enc.patch_size if enc is not None else 0,
+  fill = (tuple(int(round(255 * m)) for m in IMAGENET_MEAN) if is_dbfusion(enc) else UNIFIED_PAD_FILL)
+  return ModelIO(kind, und, config.image_token_id if und is not None else -1,
+                 unified_num_image_tokens(config), fill,
+                 gen_image_size=gen, gen_latents_only=gen is None and config.generates,
+                 dense_grid=enc.image_size // enc.patch_size if hasattr(enc, "patch_size") else 0,
                  edit_image_tokens=(config.patch_tokens.num_slots if config.patch_tokens is not None
                                     and config.patch_tokens.reference_tokens else None))
 
@@ -108,9 +117,7 @@ def model_io(model: Mapping[str, Any]) -> ModelIO:
   if kind == "lm":
     return ModelIO("lm", None, -1, 0, UNIFIED_PAD_FILL)
   if kind == "florence_vl":
-    from jaxmodels.unified.florence_vl import IMAGENET_MEAN, florence_vl_config
-    f = florence_vl_config(model)
-    return ModelIO("florence_vl", f.dbfusion.image_size, f.image_token_id, f.dbfusion.num_tokens,
-                   tuple(int(round(255 * m)) for m in IMAGENET_MEAN))
+    from jaxmodels.unified.florence_vl import florence_vl_config
+    return unified_io(florence_vl_config(model), kind)
   from jaxmodels.unified.build import unified_config
   return unified_io(unified_config(model))

@@ -297,8 +297,8 @@ def text_config_of_qwen2_5_vl(d: dict) -> dict:
 class ReleasedModel:
   """A released unified model loaded whole by `jaxmodels.unified.from_pretrained`.
 
-  model            the jaxmodels module: a `UnifiedModel` (BLIP3-o, BLIP3o-NEXT, MetaQuery) or a
-                   `FlorenceVL`
+  model            the jaxmodels module: a `UnifiedModel` (BLIP3-o, BLIP3o-NEXT, MetaQuery; Florence-VL as an
+                   understanding-only one)
   kind             "blip3o" | "blip3o_next" | "metaquery" | "florence_vl"
   can_generate     text -> image (`model.generate_image`; BLIP3-o without its pixel decoder stops at
                    the 8×8×1792 CLIP features: `generates_pixels` False)

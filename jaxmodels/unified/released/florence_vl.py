@@ -54,7 +54,8 @@ from jaxmodels.hf import florence2_family, llm_family
 from jaxmodels.hf.keymap import Source
 from jaxmodels.hf.safetensors_io import read_config
 from jaxmodels.unified.dbfusion import DBFusionConfig
-from jaxmodels.unified.florence_vl import FlorenceVL, FlorenceVLConfig
+from jaxmodels.unified.florence_vl import florence_vl
+from jaxmodels.unified.model import UnifiedModel
 from jaxmodels.unified.released import common
 from jaxmodels.vision.florence2 import florence2_preset
 
@@ -166,26 +167,26 @@ def load(ckpt: common.Checkpoint, dtype: str) -> common.ReleasedModel:
   _florence2_weights(ckpt)
   image_token = IMAGE_TOKEN_IDS[llm_type]
   image_token = image_token if image_token < llm.vocab_size else llm.vocab_size - 1
-  config = FlorenceVLConfig(llm=llm, image_token_id=image_token, dbfusion=DBFusionConfig(
-      florence=florence, out_dim=llm.hidden_size, image_size=_image_size(folder),
-      prompt_ids=RELEASE_PROMPT_IDS, frozen=True))
+  fusion = DBFusionConfig(florence=florence, out_dim=llm.hidden_size, image_size=_image_size(folder),
+                          prompt_ids=RELEASE_PROMPT_IDS, frozen=True)
+  config = florence_vl(llm, fusion, image_token)
   keymap = common.nest(llm_family.keymap(llm), ("llm",))
   remote = common.regex_renamer(REMOTE_NAMES)
-  florence_map = common.nest(florence2_family.keymap(florence), ("dbfusion", "florence"), REMOTE, remote)
-  florence_map[("dbfusion", "florence", "image_projection", "projection", "kernel")] = \
+  florence_map = common.nest(florence2_family.keymap(florence), ("und_encoder", "florence"), REMOTE, remote)
+  florence_map[("und_encoder", "florence", "image_projection", "projection", "kernel")] = \
       Source(REMOTE + "image_projection")        # stored [in, out]: our kernel layout
   keymap.update(florence_map)
   for i in range(3):
     hf = "model.mm_projector.encoder_mlp." + ("0" if i == 0 else f"{i}.1")
-    keymap[("dbfusion", "projector", "layers", i, "kernel")] = Source(hf + ".weight", "linear")
-    keymap[("dbfusion", "projector", "layers", i, "bias")] = Source(hf + ".bias", "bias")
+    keymap[("und_encoder", "projector", "layers", i, "kernel")] = Source(hf + ".weight", "linear")
+    keymap[("und_encoder", "projector", "layers", i, "bias")] = Source(hf + ".bias", "bias")
   aliases = ((REMOTE + "language_model.model.shared.", REMOTE + "language_model.model.encoder.embed_tokens."),)
-  model = common.load(lambda: FlorenceVL(config, rngs=nnx.Rngs(0)), keymap, ckpt.weights, dtype, aliases)
+  model = common.load(lambda: UnifiedModel(config, rngs=nnx.Rngs(0)), keymap, ckpt.weights, dtype, aliases)
   return common.ReleasedModel(
       model=model, kind=KIND, path=ckpt.path, can_generate=False, can_answer=True, can_edit=False,
       tokenizer_dir=common.tokenizer_dir(ckpt.path), system_prompt=SYSTEM_PROMPTS[llm_type],
       answer_template="<image>\n{question}", unused=ckpt.weights.unused(),
       notes=("image placeholder: id %d ×%d tokens at the <image> slot (the release splices at LLaVA's "
-             "index -200)" % (image_token, config.dbfusion.num_tokens),
+             "index -200)" % (image_token, fusion.num_tokens),
              "DBFusion prompts masked past their end; the release passes its padded task_ids unmasked "
              "(UNCONFIRMED effect)"))
