@@ -20,6 +20,8 @@ import dataclasses
 from typing import Any
 
 import ml_collections
+
+from jaxmodels.errors import ConfigError
 from ml_collections.config_dict import placeholder
 
 
@@ -226,6 +228,20 @@ def data_section(data, *, also: str | None = None) -> ml_collections.ConfigDict:
     out[name] = key.default if value is None else value
   out.update({k: v for k, v in given.items() if k not in out})
   return ml_collections.ConfigDict(out)
+
+
+def section(name: str, given=None) -> dict:
+  """Run section `name` (a key of SECTIONS) as a plain dict: `given` (a Mapping, ConfigDict or None;
+  its set values kept, None included) over the declared defaults. An undeclared key is a ConfigError
+  naming it. Library functions that callers may hand a partial section (make_optimizer) read it so,
+  so their defaults are the schema's."""
+  keys = SECTIONS[name]
+  given = given.to_dict() if hasattr(given, "to_dict") else dict(given or {})
+  unknown = sorted(set(given) - set(keys))
+  if unknown:
+    raise ConfigError(f"config.{name}.{unknown[0]}: unknown key (known: {', '.join(keys)})")
+  return {k: given[k] if k in given else (key.default if isinstance(key, Key) else {})
+          for k, key in keys.items()}
 
 
 def execution_block() -> ml_collections.ConfigDict:

@@ -188,7 +188,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_next_start_resumes(data_di
 ############################ Bad inputs ####################################
 
 def _state(vocab):
-  tx, _ = make_optimizer(dict(lr=1e-2), 10)
+  tx, _ = make_optimizer(dict(lr=1e-2, warmup_steps=0), 10)
   return nnx.state(TrainState(PoisonLM(dataclasses.replace(CFG, vocab_size=vocab), rngs=nnx.Rngs(0)), tx))
 
 

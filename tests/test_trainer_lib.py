@@ -58,7 +58,7 @@ def test_frozen_params_stay_bit_identical_and_have_no_optimizer_state():
 def test_gradient_accumulation_equals_full_batch():
   results = []
   for accum in (1, 4):
-    tx, _ = make_optimizer(dict(lr=1e-2, name="sgd"), 10)
+    tx, _ = make_optimizer(dict(lr=1e-2, name="sgd", warmup_steps=0), 10)
     ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
     graphdef, state = nnx.split(ts)
     state, metrics = make_train_step(ts, accum_steps=accum)(state, BATCH, jax.random.key(0))
@@ -68,7 +68,7 @@ def test_gradient_accumulation_equals_full_batch():
 
 
 def test_ema_tracks_the_submodule():
-  tx, _ = make_optimizer(dict(lr=1e-1, name="sgd"), 10)
+  tx, _ = make_optimizer(dict(lr=1e-1, name="sgd", warmup_steps=0), 10)
   ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx, ema_decay=0.5, ema_path="norm")
   start = np.asarray(ts.model.norm.scale.get_value())
   graphdef, state = nnx.split(ts)
@@ -86,7 +86,7 @@ def test_ema_tracks_the_submodule():
 
 
 def test_checkpoint_roundtrip_and_resharding_restore(tmp_path):
-  tx, _ = make_optimizer(dict(lr=1e-2), 10)
+  tx, _ = make_optimizer(dict(lr=1e-2, warmup_steps=0), 10)
   ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
   graphdef, state = nnx.split(ts)
   step = make_train_step(ts)
@@ -139,7 +139,7 @@ def test_init_from_another_runs_checkpoint_loads_weights_only(tmp_path):
 
   from jaxmodels.errors import ConfigError
   from jaxmodels.trainer.setup import initialize
-  tx, _ = make_optimizer(dict(lr=1e-2), 10)
+  tx, _ = make_optimizer(dict(lr=1e-2, warmup_steps=0), 10)
   ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
   graphdef, state = nnx.split(ts)
   state, _ = make_train_step(ts)(state, BATCH, jax.random.key(0))
@@ -229,3 +229,26 @@ def test_eval_keys_the_code_reads_are_declared_so_the_command_line_can_set_them(
   set_values(config, ["evals.rover_tasks=4", "evals.colorbench_per_task=2", "evals.colorbench_seeds=3",
                       "evals.colorbench_image_size=48", "evals.loop_samples=8", "evals.mctune_cases=5"])
   assert (config.evals.rover_tasks, config.evals.colorbench_per_task, config.evals.mctune_cases) == (4, 2, 5)
+
+
+def test_make_optimizer_defaults_are_the_schema_and_unknown_keys_are_named():
+  """A partial config.optim takes config_schema's declared defaults (the ones docs/CONFIG.md lists), so
+  the library and a config file built from base_config() train alike."""
+  from jaxmodels.config_schema import base_config
+  from jaxmodels.errors import ConfigError
+  declared = base_config().optim.to_dict()
+  (tx_part, lr_part), (tx_full, lr_full) = make_optimizer({"lr": 3e-3}, 500), make_optimizer(
+      {**declared, "lr": 3e-3}, 500)
+  assert [float(lr_part(s)) for s in (0, 50, 100, 499)] == [float(lr_full(s)) for s in (0, 50, 100, 499)]
+  assert float(lr_part(declared["warmup_steps"])) == pytest.approx(3e-3)
+  params = {"w": jnp.ones((3, 4)), "b": jnp.ones((4,))}
+  grads = {"w": jnp.full((3, 4), 5.0), "b": jnp.full((4,), -2.0)}   # norm > 1: the declared clip applies
+  updates = []
+  for tx in (tx_part, tx_full):
+    state = tx.init(params)
+    for _ in range(3):
+      u, state = tx.update(grads, state, params)
+    updates.append(u)
+  jax.tree.map(np.testing.assert_array_equal, updates[0], updates[1])
+  with pytest.raises(ConfigError, match=r"^config.optim.warmup: unknown key \(known: name, lr, warmup_steps"):
+    make_optimizer({"warmup": 3}, 10)

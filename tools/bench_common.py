@@ -221,7 +221,7 @@ def lm_train_step(s: dict, *, num_layers: int | None = None, scan_layers: bool =
       logits = self(batch["ids"][:, :-1]).astype(jnp.float32)
       return optax.softmax_cross_entropy_with_integer_labels(logits, batch["ids"][:, 1:]).mean(), {}
 
-  tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None), 1000)
+  tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None, warmup_steps=0), 1000)
   ts = TrainState(LM(cfg, rngs=nnx.Rngs(0)), tx)
   ids = np.random.RandomState(0).randint(0, s["vocab_size"], (s["batch"], s["seq_len"]))
   return make_train_step(ts), nnx.split(ts)[1], {"ids": jnp.asarray(ids)}, cfg

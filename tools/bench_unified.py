@@ -246,7 +246,7 @@ def jax_train_step(cfg, frozen, batch: dict):
   from jaxmodels.unified.model import UnifiedModel
 
   model = UnifiedModel(cfg, rngs=nnx.Rngs(0))
-  tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None), 1000)
+  tx, _ = make_optimizer(dict(lr=1e-4, weight_decay=0.0, clip_norm=None, warmup_steps=0), 1000)
   ts = TrainState(model, tx, wrt=trainable_filter(frozen=frozen))
   jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
   state = nnx.split(ts)[1]

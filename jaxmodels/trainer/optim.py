@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import optax
 from flax import nnx
 
+from jaxmodels.config_schema import section
 from jaxmodels.errors import ConfigError
 
 
@@ -37,22 +38,22 @@ def _no_decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(optim: Mapping[str, Any], total_steps: int) -> tuple[optax.GradientTransformation,
-                                                                        optax.Schedule]:
-  """(optax transformation, learning-rate schedule) from `config.optim`."""
-  lr = learning_rate_schedule(
-      float(optim.get("lr", 1e-3)), total_steps, int(optim.get("warmup_steps", 0)),
-      optim.get("decay_steps"), float(optim.get("min_lr_ratio", 0.0)), optim.get("schedule", "cosine"))
-  name = optim.get("name", "adamw")
+def make_optimizer(optim: Mapping[str, Any] | None, total_steps: int) -> tuple[optax.GradientTransformation,
+                                                                               optax.Schedule]:
+  """(optax transformation, learning-rate schedule) from `config.optim`; keys it lacks take the
+  schema's defaults (config_schema.SECTIONS["optim"], docs/CONFIG.md), an unknown key is a ConfigError."""
+  o = section("optim", optim)
+  lr = learning_rate_schedule(float(o["lr"]), total_steps, int(o["warmup_steps"]), o["decay_steps"],
+                              float(o["min_lr_ratio"]), o["schedule"])
+  name = o["name"]
   if name == "adamw":
-    tx = optax.adamw(lr, b1=float(optim.get("b1", 0.9)), b2=float(optim.get("b2", 0.999)),
-                     eps=float(optim.get("eps", 1e-8)), weight_decay=float(optim.get("weight_decay", 0.0)),
-                     mask=_no_decay_mask)
+    tx = optax.adamw(lr, b1=float(o["b1"]), b2=float(o["b2"]), eps=float(o["eps"]),
+                     weight_decay=float(o["weight_decay"]), mask=_no_decay_mask)
   elif name == "sgd":
-    tx = optax.sgd(lr, momentum=optim.get("momentum"))
+    tx = optax.sgd(lr, momentum=o["momentum"])
   else:
     raise ConfigError(f"config.optim.name: unknown optimizer {name!r} (adamw or sgd)")
-  clip = optim.get("clip_norm")
+  clip = o["clip_norm"]
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)
   return tx, lr

@@ -32,6 +32,7 @@ import optax
 from jaxmodels import flow
 from jaxmodels.unified import latent_codec, patch_tokens
 from jaxmodels.unified.encoders import encoder_tokens
+from jaxmodels.unified.queries import QUERY_KINDS
 
 
 # ------------------------------------------------------------------------------------ targets
@@ -106,6 +107,12 @@ class GenerationPath:
 
   def sample(self, model, ids, mask, rng, *, num_steps, guidance, solver, shift, cond_images, image_guidance):
     raise NotImplementedError
+
+  def condition(self, model, ids, mask, images):
+    """The DiT condition of a prompt ids [B, T], mask [B, T] int32 (left-padded), `images` at its
+    placeholders (or None)."""
+    raise ValueError(f"the {model.config.generation_path!r} generation path has no prompt condition "
+                     "(its condition comes from the tokens it draws)")
 
 
 def _flow_loss(model, batch, x0, noise, cond, k_drop, k_sigma, ref=None):
@@ -182,7 +189,18 @@ def _finish(model, vfn, x_init, num_steps, solver, shift):
 
 
 class QueryPath(GenerationPath):
-  """N queries after the prompt (learnable vectors, or MetaQuery's vocabulary rows) -> connector -> DiT."""
+  """N queries after the prompt (learnable vectors, or MetaQuery's vocabulary rows: queries.QUERY_KINDS)
+  -> connector -> DiT."""
+
+  def condition(self, model, ids, mask, images):
+    kind, n = QUERY_KINDS[model.config.queries], model.config.num_queries
+    prompt = model.prompt_embeddings(ids, images)
+    suffix = kind.suffix(model, ids.shape[0], prompt.dtype)
+    embeds = jnp.concatenate([prompt, suffix], axis=1)
+    full_mask = jnp.concatenate([mask, jnp.ones(suffix.shape[:2], jnp.int32)], axis=1)
+    hidden = model.llm.forward(None, patch_tokens.positions_of(full_mask), full_mask, inputs_embeds=embeds).hidden
+    hidden = kind.states(hidden, n)
+    return hidden if model.connector is None else model.connector(hidden)
 
   def loss(self, model, batch, rng):
     k_drop, k_sigma, k_noise, k_edit = jax.random.split(rng, 4)
@@ -206,6 +224,11 @@ class QueryPath(GenerationPath):
 class LayerwisePath(GenerationPath):
   """LaTtE-Flow: the DiT's layer groups read the LLM's per-layer prompt states [B, L, T, D], each
   trained on its own σ interval; the loss is their mean."""
+
+  def condition(self, model, ids, mask, images):
+    out = model.llm.forward(None, patch_tokens.positions_of(mask), mask,
+                            inputs_embeds=model.prompt_embeddings(ids, images), return_layer_outputs=True)
+    return jnp.moveaxis(out.layer_outputs, 0, 1)
 
   def loss(self, model, batch, rng):
     c = model.config

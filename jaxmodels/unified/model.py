@@ -37,9 +37,10 @@ precomputed scaled latents from batch["gen_latents"] [B, s, s, C]. Editing input
 with `cond_images` uses 3-way image+text guidance; BLIP3o-NEXT: the reference's discrete tokens, plus its
 DC-AE latents in the condition and/or noise space per `edit_latents`, 2-way CFG against the zero null).
 
-How each family learns and samples is its `GenerationPath` (generation_paths.py, chosen by
-`UnifiedConfig.generation_path`), the flow target's encoding and decoding its `Target` there, and the
-flow head's class dits.py's; this module holds the parts they share.
+How each family learns, samples and forms its condition is its `GenerationPath` (generation_paths.py,
+chosen by `UnifiedConfig.generation_path`), the queries' parameter, suffix and states their `QueryKind`
+(queries.py), the flow target's encoding and decoding its `Target` (generation_paths.py), and the flow
+head's class dits.py's; this module holds the parts they share.
 
 Choices where the papers are silent (UNCONFIRMED in the spec; all config fields): Pisces' generation
 target is taken to be its pooled generation-encoder features, as in BLIP3-o by the same authors;
@@ -56,7 +57,7 @@ from flax import nnx
 
 from jaxmodels.flow.lumina import LuminaNextDiT
 from jaxmodels.generate import generate
-from jaxmodels.layers import Linear, get_activation, param, splice_image_tokens
+from jaxmodels.layers import Linear, get_activation, splice_image_tokens
 from jaxmodels.llm import LLM
 from jaxmodels.unified.config import UnifiedConfig, dit_cond_dim
 from jaxmodels.unified.connector import Connector
@@ -68,6 +69,7 @@ from jaxmodels.unified.generation_paths import PATHS, TARGETS
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.model_io import unified_num_image_tokens
 from jaxmodels.unified.patch_autoencoder import PatchAutoencoder
+from jaxmodels.unified.queries import QUERY_KINDS
 from jaxmodels.vision import avg_pool_tokens
 
 
@@ -151,12 +153,10 @@ class UnifiedModel(nnx.Module):
     # generation encoder, a×a pooled (gen_pool), through their own projector.
     self.gen_projector = (Projector(c.gen_encoder.hidden_size, d, c.und_projector, **kw)
                           if c.gen_projector else None)
-    # BLIP3-o initialises its latent queries with randn.
-    self.queries = (param(rngs, nnx.initializers.normal(1.0), (c.num_queries, d), (None, "embed"), pdtype)
-                    if c.queries == "learnable" else None)
-    # MetaQuery: rows for <img0..N-1>, <boi>, <eoi> (ids vocab_size ..), the only embeddings that train.
-    self.query_embed = (param(rngs, nnx.initializers.normal(0.02), (c.num_queries + 2, d), (None, "embed"),
-                              pdtype) if c.queries == "vocab" else None)
+    # The "queries" path's parameter (queries.py): BLIP3-o's learnable `queries` or MetaQuery's
+    # `query_embed` rows; None for the others.
+    for name, kind in QUERY_KINDS.items():
+      setattr(self, kind.attribute, kind.init(c, rngs) if c.queries == name else None)
     t = c.image_tokenizer
     self.image_tokenizer = (SimVQTokenizer(t.encoder, t.codebook_size, t.code_dim, l2_norm=t.l2_norm,
                                            proj_bias=t.codebook_proj_bias, rngs=rngs) if t is not None else None)
@@ -297,32 +297,9 @@ class UnifiedModel(nnx.Module):
                                self.config.image_token_id)
 
   def condition(self, ids: jax.Array, mask: jax.Array, images: jax.Array | None = None) -> jax.Array:
-    """Prompt [B, T] (left-padded) -> DiT condition: [B, N, C] at the query positions, or for
-    queries="none" the LLM's per-layer prompt states [B, L, T, D]."""
-    c = self.config
-    b = ids.shape[0]
-    mask = mask.astype(jnp.int32)
-    if c.queries == "none":
-      out = self.llm.forward(None, _positions(mask), mask, inputs_embeds=self.prompt_embeddings(ids, images),
-                             return_layer_outputs=True)
-      return jnp.moveaxis(out.layer_outputs, 0, 1)
-    if c.queries == "image_tokens":
-      raise ValueError("queries='image_tokens': the condition comes from image tokens, see "
-                       "image_token_condition")
-    n = c.num_queries
-    prompt = self.prompt_embeddings(ids, images)
-    if c.queries == "vocab":
-      v = c.llm.vocab_size
-      suffix_ids = jnp.concatenate([jnp.array([v + n]), v + jnp.arange(n), jnp.array([v + n + 1])])
-      suffix = self.embed_tokens(jnp.broadcast_to(suffix_ids[None], (b, n + 2)))
-    else:
-      suffix = jnp.broadcast_to(self.queries[...].astype(prompt.dtype)[None], (b, n, prompt.shape[-1]))
-    embeds = jnp.concatenate([prompt, suffix.astype(prompt.dtype)], axis=1)
-    full_mask = jnp.concatenate([mask, jnp.ones(suffix.shape[:2], jnp.int32)], axis=1)
-    hidden = self.llm.forward(None, _positions(full_mask), full_mask, inputs_embeds=embeds).hidden
-    # Learnable queries: the last N states; vocab queries: strictly between <boi> and <eoi>.
-    hidden = hidden[:, -n:] if c.queries == "learnable" else hidden[:, -(n + 1):-1]
-    return hidden if self.connector is None else self.connector(hidden)
+    """Prompt [B, T] (left-padded) -> DiT condition of the config's generation path: [B, N, C] at the
+    query positions (queries.py), or for queries="none" the LLM's per-layer prompt states [B, L, T, D]."""
+    return self._path().condition(self, ids, mask.astype(jnp.int32), images)
 
   def null_condition(self, cond: jax.Array) -> jax.Array:
     """CFG null: zeros, or the condition of an empty caption (MetaQuery), [1, ...] broadcastable."""
