@@ -55,7 +55,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxmodels.flow.lumina import LuminaNextDiT
 from jaxmodels.generate import generate
 from jaxmodels.layers import Linear, get_activation, splice_image_tokens
 from jaxmodels.llm import LLM
@@ -376,10 +375,10 @@ class UnifiedModel(nnx.Module):
     target(gen_image)."""
     return TARGETS[self.config.gen_target].batch_x0(self, batch)
 
-  def velocity(self, x: jax.Array, sigma: jax.Array, cond: jax.Array, cond_mask=None, **kw) -> jax.Array:
-    if isinstance(self.dit, LuminaNextDiT):
-      return self.dit.velocity(x, sigma, cond, cond_mask)
-    return self.dit.velocity(x, sigma, cond, cond_mask, **kw)
+  def velocity(self, x: jax.Array, sigma: jax.Array, cond: jax.Array, cond_mask=None) -> jax.Array:
+    """The flow head's velocity ε − x₀ [B, h, w, C] at σ [B] under `cond` (every head of dits.py takes
+    the same arguments)."""
+    return self.dit.velocity(x, sigma, cond, cond_mask)
 
   def _edit_inputs(self, rng, batch):
     """MetaQuery's edit dropout: caption masked / input images black / both (config edit_drop)."""
