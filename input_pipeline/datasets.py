@@ -118,7 +118,7 @@ def make_train_data(config, workdir: str | None, *, io: ModelIO) -> TrainData:
       turns=data.qa_turns, leak_free=data.qa_leak_free,
       qa_kinds=tuple(k.strip() for k in str(data.qa_kinds).split(",") if k.strip()),
       layout=data.und_layout, und_background=data.und_background,
-      long_edits=data.long_edits, colorbench_images=data.und_colorbench,
+      long_edits=data.long_edits, colorbench_images=data.und_colorbench, edit_layout=data.edit_layout,
       dense_grid=io.dense_grid if data.dense_labels else 0, edit_image_tokens=io.edit_tokens)
   ds = pipeline.make_dataset(source, seed=config.seed, batch_size=data.batch_size // jax.process_count(),
                              worker_count=data.worker_count)

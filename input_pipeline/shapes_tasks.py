@@ -169,9 +169,26 @@ def _turn(tokenizer: WordTokenizer, question: str | Sequence[int], num_image_tok
   raise ValueError(f"data.und_layout={layout!r}: expected one of {UND_LAYOUTS}")
 
 
-def edit_prompt(tokenizer: WordTokenizer, instruction: str, num_image_tokens: int) -> list[int]:
-  """<bos> <image>×n instruction: the source image's tokens, then what to change."""
-  return [tokenizer.bos_id] + [tokenizer.image_id] * num_image_tokens + tokenizer.encode(instruction)
+EDIT_LAYOUTS = ("image_first", "instruction_first")
+
+
+def edit_ids(bos: list[int], image: list[int], text: list[int], layout: str = "image_first") -> list[int]:
+  """An edit prompt from its parts: bos + image placeholders + instruction ("image_first") or bos +
+  instruction + placeholders ("instruction_first"; data.edit_layout). Training, the evaluations and
+  serving all build edit prompts here."""
+  if layout == "image_first":
+    return bos + image + text
+  if layout == "instruction_first":
+    return bos + text + image
+  raise ValueError(f"data.edit_layout={layout!r}: expected one of {EDIT_LAYOUTS}")
+
+
+def edit_prompt(tokenizer: WordTokenizer, instruction: str, num_image_tokens: int,
+                layout: str = "image_first") -> list[int]:
+  """<bos> <image>×n instruction (or the instruction first, `layout`): the source image's tokens and
+  what to change."""
+  return edit_ids([tokenizer.bos_id], [tokenizer.image_id] * num_image_tokens, tokenizer.encode(instruction),
+                  layout)
 
 
 def left_pad(ids: Sequence[int], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +216,8 @@ class ShapesTaskSource:
                questions_per_scene: int = 4, qa_kinds: Sequence[str] = OPEN_QA_KINDS,
                edit_fraction: float = 0.0, turns: int = 1, dense_grid: int = 0, leak_free: bool = False,
                layout: str = "image_first", und_background: float = 0.0, long_edits: str = "raise",
-               edit_image_tokens: int | None = None, colorbench_images: float = 0.0):
+               edit_image_tokens: int | None = None, colorbench_images: float = 0.0,
+               edit_layout: str = "image_first"):
     if layout not in UND_LAYOUTS:
       raise ValueError(f"data.und_layout={layout!r}: expected one of {UND_LAYOUTS}")
     if not 0.0 <= edit_fraction <= 1.0:
@@ -221,6 +239,9 @@ class ShapesTaskSource:
     if long_edits not in ("raise", "text_to_image"):
       raise ValueError(f"data.long_edits={long_edits!r}: expected 'raise' or 'text_to_image'")
     self.long_edits = long_edits
+    if edit_layout not in EDIT_LAYOUTS:
+      raise ValueError(f"data.edit_layout={edit_layout!r}: expected one of {EDIT_LAYOUTS}")
+    self.edit_layout = edit_layout
     if not 0.0 <= colorbench_images <= 1.0:
       raise ValueError(f"data.und_colorbench={colorbench_images} must be in [0, 1]")
     self.colorbench_images = colorbench_images
@@ -291,7 +312,7 @@ class ShapesTaskSource:
                            else np.full((self.dense_grid, self.dense_grid, 2), -1, np.int32))
     if self.gen_size is None:   # a model that does not generate (Florence-VL): understanding rows only
       return out
-    prompt = (edit_prompt(self.tok, ex["edit_instruction"], self.n_edit)
+    prompt = (edit_prompt(self.tok, ex["edit_instruction"], self.n_edit, self.edit_layout)
               if self.edit_fraction and self.is_edit(i) else None)
     if prompt is not None and len(prompt) > self.gen_len:   # truncating would drop the image's tokens
       if self.long_edits == "raise":

@@ -175,6 +175,9 @@ DATA_SOURCES: dict[str, dict[str, Key]] = {
                              "instruction -> edited scene)."),
         "long_edits": Key("raise", "An edit prompt longer than gen_len: 'raise', or 'text_to_image' "
                           "(the row becomes a plain text-to-image row)."),
+        "edit_layout": Key("image_first", "Where an edit prompt's source image sits: 'image_first' "
+                           "(<image>×n, then the instruction) or 'instruction_first' (the instruction, "
+                           "then the source, whose tokens a causal LLM then reads knowing what changes)."),
     },
     "mctune": {
         "path": Key(None, "The instruction file (Alpaca JSON/JSONL, LLaVA / chat / GenQA rows).", str),

@@ -345,3 +345,63 @@ def test_copy_path_reaches_the_training_loss(copy_model, renders):
   assert open_ < 0.05 < 1.0 < shut, (open_, shut)
   masked = dict(batch, gen_mask=jnp.where(ids == copy_model.config.image_token_id, 0, mask))
   assert loss(with_gates(copy_model, [0.0, 50.0, 50.0, 50.0]), masked) > 1.0
+
+
+# ------------------------------------------------------------------------------- copy_keep
+def test_keep_labels_are_the_source_patches_the_target_leaves_unchanged(tokenizer):
+  """A recolour edit: the source patches whose 4×4 pixel blocks are identical in the edited render are
+  labelled kept, the recoloured object's are not (checked on single-colour blocks, where a token is
+  its pixels)."""
+  from jaxmodels.shapes_world import edits
+  from jaxmodels.shapes_world.render import render as draw_scene
+  from jaxmodels.shapes_world.scene import Scene, SceneObject
+  scene = Scene((SceneObject("circle", "red", (0.3, 0.5), 0.35), SceneObject("square", "blue", (0.72, 0.5), 0.3)))
+  edit = edits.make_edit(np.random.default_rng(0), scene, image_size=32, kind="colour")
+  source, target = draw_scene(scene, 32), draw_scene(Scene.from_dict(edit["target"]), 32)
+  pos, pattern, colour = (np.asarray(x) for x in tokenizer.encode(to_unit(np.stack([source]))))
+  eoi = tokenizer.config.eoi
+  ref = pt.ReferenceCanvas.of(jnp.asarray(pos), jnp.asarray(pattern), jnp.asarray(colour), jnp.asarray([True]), eoi)
+  labels = np.asarray(ref.keep_labels(*tokenizer.encode(to_unit(np.stack([target]))), eoi))[0]
+  g, checked = tokenizer.config.grid_size, 0
+  for slot, cell in enumerate(pos[0]):
+    if cell >= eoi:
+      assert labels[slot] == 0
+      continue
+    r, c = divmod(int(cell), g)
+    a, b = source[4 * r:4 * r + 4, 4 * c:4 * c + 4], target[4 * r:4 * r + 4, 4 * c:4 * c + 4]
+    fg = a[(a != palette.BACKGROUND_RGB).any(-1)]
+    if len(np.unique(fg, axis=0)) == 1:
+      assert labels[slot] == float(np.array_equal(a, b)), (slot, cell)
+      checked += 1
+  assert checked > 5 and 0 < labels[pos[0] < eoi].sum() < (pos[0] < eoi).sum()
+
+
+@pytest.fixture(scope="module")
+def keep_model():
+  cfg = shapes_tiny.get_config("target=tokens,width=32,layers=1")
+  cfg.model.patch_tokens.update(max_patches=24, edit_reference="copy", copy_keep=True)
+  return UnifiedModel(unified_config(cfg.model), rngs=nnx.Rngs(0))
+
+
+def test_copy_keep_head_trains_and_its_mask_reaches_the_sampler(keep_model, renders):
+  """The keep head adds a binary CE to the edit loss; sampling with the copy gates open copies the
+  source when the head keeps every patch and draws none of it when it keeps none (the next kept source
+  cell is then <eoi>)."""
+  with pytest.raises(ConfigError, match="copy_keep=True needs edit_reference='copy'"):
+    pt.PatchTokensConfig(palette=PALETTE, copy_keep=True)
+  m = with_gates(keep_model, [0.0, 50.0, 50.0, 50.0])
+  m.config = m.config.__class__(**{**m.config.__dict__, "edit_drop": (0.0, 0.0, 0.0), "cond_dropout": 0.0})
+  ids, mask = edit_prompt(m, (True, True, True))
+  src, tgt = to_unit(renders[:3]), to_unit(renders[3:6])
+  loss, metrics = m.generation_loss(dict(gen_ids=ids, gen_mask=mask, gen_cond_image=src, gen_image=tgt),
+                                    jax.random.key(0))
+  assert np.isfinite(float(loss)) and float(metrics["gen_keep_bce"]) > 0.1 and 0 <= float(metrics["gen_keep_acc"]) <= 1
+  same = m.generation_loss(dict(gen_ids=ids, gen_mask=mask, gen_cond_image=src, gen_image=src), jax.random.key(0))[1]
+  assert float(same["gen_pos_ce"]) < 0.05                       # every patch kept: the gates copy it all
+  want = to_u8(m.patch_tokenizer.decode(*m.patch_tokenizer.encode(src)))
+  draw = nnx.jit(lambda m, i, k, s: m.generate_image(i, k, jax.random.key(0), cond_images=s, guidance=1.0))
+  for bias, expect in ((50.0, want), (-50.0, np.full_like(want, palette.BACKGROUND_RGB))):
+    k = nnx.clone(m)
+    k.patch_head.keep_out.kernel[...] = jnp.zeros_like(k.patch_head.keep_out.kernel[...])
+    k.patch_head.keep_out.bias[...] = jnp.full_like(k.patch_head.keep_out.bias[...], bias)
+    np.testing.assert_array_equal(to_u8(draw(k, ids, mask, src)), expect)

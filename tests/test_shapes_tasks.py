@@ -289,3 +289,17 @@ def test_dense_loss_leaves_out_negative_labels():
   alone, m1 = head.loss(tokens[:1], labels[:1])
   np.testing.assert_allclose(float(loss), float(alone), rtol=1e-6)
   np.testing.assert_allclose(float(m["und_dense_acc_0"]), float(m1["und_dense_acc_0"]), rtol=1e-6)
+
+
+def test_instruction_first_edits_put_the_source_after_the_instruction(scenes, tok):
+  """data.edit_layout="instruction_first": <bos> instruction <image>×n, the same tokens as image_first
+  in the other order; an unknown layout is an error naming the key."""
+  src = ShapesTaskSource(scenes, tok, num_image_tokens=4, gen_len=40, und_image_size=16, gen_image_size=32,
+                         edit_fraction=1.0, edit_layout="instruction_first")
+  ex, scene = src[0], scenes[0]
+  ids = list(ex["gen_ids"][ex["gen_mask"] > 0])
+  text = tok.encode(scene["edit_instruction"])
+  assert ids == [tok.bos_id] + text + [tok.image_id] * 4
+  assert sorted(ids) == sorted(edit_prompt(tok, scene["edit_instruction"], 4))
+  with pytest.raises(ValueError, match="data.edit_layout='image_last'"):
+    ShapesTaskSource(scenes, tok, num_image_tokens=4, edit_layout="image_last")

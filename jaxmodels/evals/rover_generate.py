@@ -265,7 +265,7 @@ def generate(model, tokenizer, plan: Plan, *, progress: bool = True) -> dict:
       edit = model_edit_fn(model, tokenizer, rng=jax.random.fold_in(base, b),
                            num_steps=s["sample_steps"], guidance=s["guidance"],
                            image_guidance=s["image_guidance"], batch_size=batch,
-                           text_len=s["text_len"])
+                           text_len=s["text_len"], layout=s.get("edit_layout", "image_first"))
       images, _ = edit(sources, prompts)
       texts = [None] * len(chunk)
       if answer is not None:
@@ -390,7 +390,9 @@ def settings_for(config, workdir: str, step: int, *, seed: int = 0, ig_text: str
           "image_size": int(ucfg.und_encoder.image_size),
           "image_aspect": data.image_aspect,
           "output_size": int(ucfg.output_image_size), "gen_target": ucfg.gen_target,
-          "ig_text": ig_text, "tg_image": tg_image}
+          "ig_text": ig_text, "tg_image": tg_image,
+          # recorded only when set, so records written before the option still resume
+          **({"edit_layout": data.edit_layout} if data.edit_layout != "image_first" else {})}
 
 
 def from_checkpoint(config, workdir: str, step: int, out: str, data: str, *, rover_config: str = "IG",

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from input_pipeline.shapes_tasks import (OPEN_QA_KINDS, left_pad, open_questions,
+from input_pipeline.shapes_tasks import (OPEN_QA_KINDS, edit_ids, left_pad, open_questions,
                                          to_unit_range, und_prompt)
 from jaxmodels.config_schema import data_section
 from jaxmodels.errors import ConfigError
@@ -112,9 +112,11 @@ def model_answer_fn(model, tokenizer, *, batch_size: int = 32, prompt_len: int =
 
 
 def model_edit_fn(model, tokenizer, *, rng: jax.Array, num_steps: int = 20, guidance: float = 3.0,
-                  image_guidance: float = 1.5, batch_size: int = 32, text_len: int = 32):
+                  image_guidance: float = 1.5, batch_size: int = 32, text_len: int = 32,
+                  layout: str = "image_first"):
   """`edit_fn(source images uint8 [B, H, W, 3], instructions) -> (images uint8, texts)` of a
-  unified model: the prompt is <bos> <image>×n instruction (left-padded to n + 1 + `text_len`; n: the
+  unified model: the prompt is <bos> <image>×n instruction (or the instruction first: `layout`, the
+  run's data.edit_layout; left-padded to n + 1 + `text_len`; n: the
   model's `num_edit_image_tokens`), the placeholders filled from the source image (`generate_image(..., cond_images=...)`, 3-way
   guidance). The model writes no reasoning text, so every text is "" (RP / RA missing)."""
   size = model.config.und_encoder.image_size
@@ -128,8 +130,8 @@ def model_edit_fn(model, tokenizer, *, rng: jax.Array, num_steps: int = 20, guid
       imgs = list(images[start:start + batch_size])
       rows = _pad_batch(list(zip(imgs, instructions[start:start + batch_size])), batch_size)
       cond = jnp.asarray(np.stack([to_unit_range(np.asarray(i, np.uint8), size) for i, _ in rows]))
-      prompts = [left_pad([tokenizer.bos_id] + [tokenizer.image_id] * n_img
-                          + tokenizer.encode(t)[:text_len], length, tokenizer.pad_id)
+      prompts = [left_pad(edit_ids([tokenizer.bos_id], [tokenizer.image_id] * n_img,
+                                   tokenizer.encode(t)[:text_len], layout), length, tokenizer.pad_id)
                  for _, t in rows]
       ids = jnp.asarray(np.stack([p[0] for p in prompts]))
       mask = jnp.asarray(np.stack([p[1] for p in prompts]))
@@ -275,7 +277,7 @@ def evaluate_model(model, tokenizer, config, data_dir: str, workdir: str, *, rng
                                     image_size=model.config.output_image_size)
     edit = model_edit_fn(model, tokenizer, rng=jax.random.fold_in(rng, 7),
                          num_steps=ev.sample_steps, guidance=ev.guidance,
-                         batch_size=ev.batch_size)
+                         batch_size=ev.batch_size, layout=data.edit_layout)
     answer = model_answer_fn(model, tokenizer, batch_size=ev.batch_size,
                              prompt_len=und_len, layout=layout)
     out = shapes_rover.run(tasks, edit, answer_fn=answer, out_dir=os.path.join(workdir, "rover"),

@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from input_pipeline.shapes_tasks import left_pad, to_unit_range
+from input_pipeline.shapes_tasks import edit_ids
 from input_pipeline.tokenizers import IMAGE_SLOT
 from jaxmodels.config_schema import data_section
 from jaxmodels.serving.decode import ChunkedDecoder
@@ -131,6 +132,7 @@ class ServingModel:
     self.default_steps = int(self.config.evals.sample_steps)
     self.default_guidance = float(self.config.evals.guidance)
     self.gen_len = int(data.gen_len)
+    self.edit_layout = data.edit_layout
     self.base_key = jax.random.key(seed)
     self.pad = self.tok.pad_id if getattr(self.tok, "pad_id", None) is not None else 0
     self.decoder = ChunkedDecoder(self.model.llm, eos_id=self._stop_ids(), pad_id=self.pad, chunk=chunk)
@@ -194,7 +196,8 @@ class ServingModel:
     text = self.tok.encode(req.prompt)
     if edit:
       image_guidance = 1.5 if req.image_guidance is None else req.image_guidance
-      ids = self._bos([self.model.config.image_token_id] * self.n_edit_image + text)
+      ids = self._bos(edit_ids([], [self.model.config.image_token_id] * self.n_edit_image, text,
+                               self.edit_layout))
       row = dict(ids=ids, pixels=to_unit_range(req.image, self.image_side))
       key = ("edit", steps, guidance, image_guidance)
     else:

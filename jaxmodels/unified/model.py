@@ -272,8 +272,14 @@ class UnifiedModel(nnx.Module):
     embeds = self.prompt_embeddings(ids, images, source_tokens=tokens)
     if self.patch_head.copy_gate is None:
       return embeds, None
-    has = jnp.any((ids == self.config.image_token_id) & (mask > 0), axis=1)
-    return embeds, patch_tokens.ReferenceCanvas.of(*tokens, has, self.config.patch_tokens.eoi)
+    slot = (ids == self.config.image_token_id) & (mask > 0)
+    has = jnp.any(slot, axis=1)
+    # The prompt position of the i-th placeholder (the i-th source token; splice_image_tokens' order).
+    rank = jnp.where(slot, jnp.cumsum(slot, axis=1) - 1, tokens[0].shape[1])
+    rows = jnp.arange(ids.shape[0])[:, None]
+    where = jnp.zeros(tokens[0].shape, jnp.int32).at[rows, rank].set(
+        jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape), mode="drop")
+    return embeds, patch_tokens.ReferenceCanvas.of(*tokens, has, self.config.patch_tokens.eoi, where)
 
   def prompt_image_tokens(self, images: jax.Array, source_tokens=None) -> jax.Array:
     """LLM-space tokens [B, n, D] of a generation prompt's input images: the understanding encoder's

@@ -73,7 +73,12 @@ class PatchTokensConfig:
   source's occupied cells and for its next occupied cell after the last one drawn, and the pattern and
   colour logits for the source's patch at the chosen cell, which the pattern/colour MLP also reads, so an
   edit keeps what it does not change without learning to copy by attention; UNCONFIRMED design, not in
-  BLIP3o-NEXT)."""
+  BLIP3o-NEXT). `copy_keep` (with "copy"): the LLM's states at the source's tokens in the prompt predict,
+  per source patch, whether the edit keeps it (trained with a binary CE against the target: same pattern
+  and colour at that cell), and the copy bonuses apply to kept patches only (teacher-forced with the
+  true labels in training, the predicted ones when sampling), so the head copies what stays and draws
+  what changes; it pays with the instruction before the source (data.edit_layout="instruction_first"),
+  whose tokens a causal LLM otherwise reads without knowing the instruction. UNCONFIRMED design."""
   image_size: int = 32
   patch_size: int = 4
   palette: tuple = ()
@@ -84,6 +89,7 @@ class PatchTokensConfig:
   pattern_temperature: float | None = None
   neighbours: bool = True
   edit_reference: str = "encoder"
+  copy_keep: bool = False
 
   def __post_init__(self):
     if self.edit_reference not in EDIT_REFERENCES:
@@ -96,6 +102,8 @@ class PatchTokensConfig:
       raise ConfigError(f"config.model.patch_tokens.patch_size={self.patch_size}: at most 4 (16-bit patterns)")
     if len(self.palette) < 2:
       raise ConfigError("config.model.patch_tokens.palette: needs the background and at least one colour")
+    if self.copy_keep and self.edit_reference != "copy":
+      raise ConfigError("config.model.patch_tokens.copy_keep=True needs edit_reference='copy'")
 
   @property
   def reference_tokens(self) -> bool:
@@ -258,23 +266,46 @@ def canvas_of(pos: jax.Array, pattern: jax.Array, eoi: int) -> jax.Array:
 class ReferenceCanvas:
   """An edit source as the copy path reads it: `pattern` and `colour` [B, g² + 1] at every cell (0:
   none; colour is the palette colour index + 1), `has` [B] bool: rows whose prompt holds a source
-  (text-to-image rows and the CFG branch without a prompt have none: the copy path is off there)."""
+  (text-to-image rows and the CFG branch without a prompt have none: the copy path is off there);
+  `keep` [B, g² + 1] f32: 1 where the edit keeps the source's patch (all of them unless `copy_keep`
+  says otherwise); `slot_cells` / `slot_index` [B, L]: each source token's cell (<eoi> for padding) and
+  its position in the prompt."""
   pattern: jax.Array
   colour: jax.Array
   has: jax.Array
+  keep: jax.Array
+  slot_cells: jax.Array
+  slot_index: jax.Array
 
   @classmethod
-  def of(cls, pos, pattern, colour, has, eoi: int) -> "ReferenceCanvas":
-    """From a source's tokens [B, L] and `has` [B]."""
-    keep = has[:, None]
-    return cls(jnp.where(keep, canvas_of(pos, pattern, eoi), 0),
-               jnp.where(keep, canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi), 0), has)
+  def of(cls, pos, pattern, colour, has, eoi: int, slot_index=None) -> "ReferenceCanvas":
+    """From a source's tokens [B, L], `has` [B] and the prompt positions of its tokens [B, L]."""
+    on = has[:, None]
+    pat = jnp.where(on, canvas_of(pos, pattern, eoi), 0)
+    return cls(pat, jnp.where(on, canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi), 0), has,
+               (pat > 0).astype(jnp.float32), pos,
+               jnp.zeros_like(pos) if slot_index is None else slot_index)
+
+  def with_keep(self, keep_slots: jax.Array) -> "ReferenceCanvas":
+    """The canvas with `keep` from per-source-token values [B, L] (1 = kept), scattered to their cells."""
+    b, e = self.pattern.shape
+    keep = jnp.zeros((b, e), jnp.float32).at[jnp.arange(b)[:, None], self.slot_cells].set(
+        keep_slots.astype(jnp.float32))
+    return dataclasses.replace(self, keep=keep.at[:, e - 1].set(0.0) * (self.pattern > 0))
+
+  def keep_labels(self, pos, pattern, colour, eoi: int) -> jax.Array:
+    """Per source token [B, L]: 1 where the edit target (tokens [B, L]) has the same pattern and colour
+    at that token's cell."""
+    same = ((canvas_of(pos, pattern, eoi) == self.pattern)
+            & (canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi) == self.colour) & (self.pattern > 0))
+    return jnp.take_along_axis(same, self.slot_cells, axis=1).astype(jnp.float32)
 
   def twice(self) -> "ReferenceCanvas":
     """Stacked for classifier-free guidance: the conditional rows, then the same rows without a source."""
     cat = lambda x: jnp.concatenate([x, x])  # noqa: E731
     return ReferenceCanvas(cat(self.pattern), cat(self.colour),
-                           jnp.concatenate([self.has, jnp.zeros_like(self.has)]))
+                           jnp.concatenate([self.has, jnp.zeros_like(self.has)]), cat(self.keep),
+                           cat(self.slot_cells), cat(self.slot_index))
 
   def at(self, cells: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The source's (pattern, colour) at `cells` [B, (L)]."""
@@ -286,7 +317,7 @@ class ReferenceCanvas:
     """The first occupied source cell after `last` [B, (L)] (−1: none drawn yet), or <eoi> when none is
     left -> one-hot [B, (L,) g² + 1]."""
     e = self.pattern.shape[1]
-    occupied = (self.pattern > 0).reshape((last.shape[0],) + (1,) * (last.ndim - 1) + (e,))
+    occupied = (self.keep > 0.5).reshape((last.shape[0],) + (1,) * (last.ndim - 1) + (e,))
     after = occupied & (jnp.arange(e) > last[..., None])
     nxt = jnp.where(after.any(-1), jnp.argmax(after, axis=-1), e - 1)
     return jax.nn.one_hot(nxt, e, dtype=jnp.float32)
@@ -323,6 +354,8 @@ class PatchTokenHead(nnx.Module):
     self.pattern_out = Linear(hidden, codebook_size, axes=("mlp", None), use_bias=True, **kw)
     self.colour_out = Linear(hidden, num_colours, axes=("mlp", None), use_bias=True, **kw)
     self.copy_gate = Linear(dim, COPY_GATES, axes=("embed", None), use_bias=True, **kw) if copy else None
+    # copy_keep: whether the edit keeps a source token, from the LLM's state at it in the prompt.
+    self.keep_out = Linear(dim, 1, axes=("embed", None), use_bias=True, **kw) if c.copy_keep else None
     self.dtype = dtype
 
   def embed(self, pos, pattern, colour) -> jax.Array:
@@ -341,6 +374,30 @@ class PatchTokenHead(nnx.Module):
   def boi_embed(self, b: int) -> jax.Array:
     return jnp.broadcast_to(self.boi[...].astype(self.dtype), (b, 1, self.boi.shape[0]))
 
+  def keep_logits(self, prompt_hidden: jax.Array, ref: ReferenceCanvas) -> jax.Array:
+    """The LLM's prompt states [B, T, D] -> keep logits [B, L] of the source's tokens (copy_keep)."""
+    h = jnp.take_along_axis(prompt_hidden, ref.slot_index[..., None], axis=1)
+    return self.keep_out(h)[..., 0].astype(jnp.float32)
+
+  def predicted_keep(self, prompt_hidden: jax.Array, ref: ReferenceCanvas | None) -> ReferenceCanvas | None:
+    """`ref` with the keep mask the head predicts (sampling); unchanged without copy_keep."""
+    if ref is None or self.keep_out is None:
+      return ref
+    return ref.with_keep(self.keep_logits(prompt_hidden, ref) > 0.0)
+
+  def keep_loss(self, prompt_hidden: jax.Array, ref: ReferenceCanvas, pos, pattern, colour
+                ) -> tuple[jax.Array, jax.Array, ReferenceCanvas]:
+    """Binary CE and accuracy of the keep logits against the target tokens [B, L], over the real source
+    tokens of rows with a source; and `ref` with the true keep mask (teacher forcing)."""
+    eoi = self.config.eoi
+    labels = ref.keep_labels(pos, pattern, colour, eoi)
+    logits = self.keep_logits(prompt_hidden, ref)
+    w = ((ref.slot_cells < eoi) & ref.has[:, None]).astype(jnp.float32)
+    denom = jnp.maximum(w.sum(), 1.0)
+    bce = (optax.sigmoid_binary_cross_entropy(logits, labels) * w).sum() / denom
+    acc = (((logits > 0) == (labels > 0.5)) * w).sum() / denom
+    return bce, acc, ref.with_keep(labels)
+
   def _gates(self, h: jax.Array, ref: ReferenceCanvas) -> jax.Array:
     """Copy gates [B, (L,) COPY_GATES] f32, zero on rows without a source."""
     gate = self.copy_gate(h).astype(jnp.float32)
@@ -355,7 +412,7 @@ class PatchTokenHead(nnx.Module):
     if ref is None or self.copy_gate is None:
       return logits
     gate = self._gates(h, ref)
-    occupied = (ref.pattern > 0).astype(jnp.float32).reshape((h.shape[0],) + (1,) * (h.ndim - 2) + (-1,))
+    occupied = ref.keep.reshape((h.shape[0],) + (1,) * (h.ndim - 2) + (-1,))
     return logits + gate[..., :1] * occupied + gate[..., 1:2] * ref.next_cell(last)
 
   def pattern_colour_logits(self, h: jax.Array, next_pos: jax.Array, canvas: jax.Array | None = None,
@@ -385,8 +442,12 @@ class PatchTokenHead(nnx.Module):
     pl, cl = self.pattern_out(z).astype(jnp.float32), self.colour_out(z).astype(jnp.float32)
     if copy:
       gate = self._gates(h, ref)
-      pl = pl + gate[..., 2:3] * jax.nn.one_hot(ref_pattern, pl.shape[-1], dtype=jnp.float32)
-      cl = cl + gate[..., 3:4] * jax.nn.one_hot(ref_colour - 1, cl.shape[-1], dtype=jnp.float32)
+      kept = 1.0   # without copy_keep every source patch may be copied (as before the keep mask)
+      if self.keep_out is not None:
+        flat = next_pos.reshape(next_pos.shape[0], -1)
+        kept = jnp.take_along_axis(ref.keep, flat, axis=1).reshape(next_pos.shape)[..., None]
+      pl = pl + kept * gate[..., 2:3] * jax.nn.one_hot(ref_pattern, pl.shape[-1], dtype=jnp.float32)
+      cl = cl + kept * gate[..., 3:4] * jax.nn.one_hot(ref_colour - 1, cl.shape[-1], dtype=jnp.float32)
     return pl, cl
 
   def loss(self, hidden: jax.Array, pos, pattern, colour,
@@ -425,8 +486,13 @@ def training_loss(llm, head: PatchTokenHead, tokenizer: PatchTokenizer, prompt_e
                        head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1]).astype(prompt_embeds.dtype)], 1)
   full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
                           (pos[:, :-1] < head.config.eoi).astype(jnp.int32)], 1)
-  hidden = llm.forward(None, positions_of(full), full, inputs_embeds=x).hidden[:, t:]
+  states = llm.forward(None, positions_of(full), full, inputs_embeds=x).hidden
+  hidden, keep = states[:, t:], None
+  if ref is not None and head.keep_out is not None:
+    keep, keep_acc, ref = head.keep_loss(states[:, :t], ref, pos, pattern, colour)
   loss, metrics = head.loss(hidden, pos, pattern, colour, ref)
+  if keep is not None:
+    loss, metrics = loss + keep, {**metrics, "gen_keep_bce": keep, "gen_keep_acc": keep_acc}
   metrics["gen_patches"] = jnp.mean(jnp.sum(pos < head.config.eoi, axis=1).astype(jnp.float32))
   return loss, metrics
 
@@ -461,6 +527,7 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
   out = llm.forward(None, positions_of(first), kv_mask, cache=llm.init_cache(bb, t + 1 + num), cache_index=0,
                     inputs_embeds=jnp.concatenate([prompt_embeds, head.boi_embed(bb).astype(prompt_embeds.dtype)], 1))
   start = jnp.sum(first, axis=1)
+  ref = head.predicted_keep(out.hidden[:, :t], ref)
 
   def guide(logits):
     if not cfg:
