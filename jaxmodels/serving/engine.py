@@ -37,8 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from input_pipeline.shapes_tasks import left_pad, to_unit_range
-from input_pipeline.shapes_tasks import edit_ids
+from input_pipeline.shapes_tasks import edit_ids, left_pad, to_unit_range
 from input_pipeline.tokenizers import IMAGE_SLOT
 from jaxmodels.config_schema import data_section
 from jaxmodels.serving.decode import ChunkedDecoder

@@ -261,6 +261,11 @@ def canvas_of(pos: jax.Array, pattern: jax.Array, eoi: int) -> jax.Array:
   return canvas.at[:, eoi].set(0)
 
 
+def colour_canvas(pos: jax.Array, colour: jax.Array, eoi: int) -> jax.Array:
+  """Tokens [B, L] -> the colour drawn at every cell [B, g² + 1] (palette index + 1; 0: none)."""
+  return canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class ReferenceCanvas:
@@ -279,11 +284,11 @@ class ReferenceCanvas:
 
   @classmethod
   def of(cls, pos, pattern, colour, has, eoi: int, slot_index=None) -> "ReferenceCanvas":
-    """From a source's tokens [B, L], `has` [B] and the prompt positions of its tokens [B, L]."""
+    """From a source's tokens [B, L], `has` [B] and the prompt positions of its tokens [B, L] (None:
+    zeros; only copy_keep reads them)."""
     on = has[:, None]
     pat = jnp.where(on, canvas_of(pos, pattern, eoi), 0)
-    return cls(pat, jnp.where(on, canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi), 0), has,
-               (pat > 0).astype(jnp.float32), pos,
+    return cls(pat, jnp.where(on, colour_canvas(pos, colour, eoi), 0), has, (pat > 0).astype(jnp.float32), pos,
                jnp.zeros_like(pos) if slot_index is None else slot_index)
 
   def with_keep(self, keep_slots: jax.Array) -> "ReferenceCanvas":
@@ -291,13 +296,13 @@ class ReferenceCanvas:
     b, e = self.pattern.shape
     keep = jnp.zeros((b, e), jnp.float32).at[jnp.arange(b)[:, None], self.slot_cells].set(
         keep_slots.astype(jnp.float32))
-    return dataclasses.replace(self, keep=keep.at[:, e - 1].set(0.0) * (self.pattern > 0))
+    return dataclasses.replace(self, keep=keep * (self.pattern > 0))   # <eoi>'s cell: pattern 0
 
   def keep_labels(self, pos, pattern, colour, eoi: int) -> jax.Array:
     """Per source token [B, L]: 1 where the edit target (tokens [B, L]) has the same pattern and colour
     at that token's cell."""
-    same = ((canvas_of(pos, pattern, eoi) == self.pattern)
-            & (canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi) == self.colour) & (self.pattern > 0))
+    same = ((canvas_of(pos, pattern, eoi) == self.pattern) & (colour_canvas(pos, colour, eoi) == self.colour)
+            & (self.pattern > 0))
     return jnp.take_along_axis(same, self.slot_cells, axis=1).astype(jnp.float32)
 
   def twice(self) -> "ReferenceCanvas":
@@ -442,10 +447,9 @@ class PatchTokenHead(nnx.Module):
     pl, cl = self.pattern_out(z).astype(jnp.float32), self.colour_out(z).astype(jnp.float32)
     if copy:
       gate = self._gates(h, ref)
-      kept = 1.0   # without copy_keep every source patch may be copied (as before the keep mask)
-      if self.keep_out is not None:
-        flat = next_pos.reshape(next_pos.shape[0], -1)
-        kept = jnp.take_along_axis(ref.keep, flat, axis=1).reshape(next_pos.shape)[..., None]
+      # Only a kept source patch at next_pos is copied (without copy_keep: every occupied cell).
+      flat = next_pos.reshape(next_pos.shape[0], -1)
+      kept = jnp.take_along_axis(ref.keep, flat, axis=1).reshape(next_pos.shape)[..., None]
       pl = pl + kept * gate[..., 2:3] * jax.nn.one_hot(ref_pattern, pl.shape[-1], dtype=jnp.float32)
       cl = cl + kept * gate[..., 3:4] * jax.nn.one_hot(ref_colour - 1, cl.shape[-1], dtype=jnp.float32)
     return pl, cl
@@ -487,12 +491,12 @@ def training_loss(llm, head: PatchTokenHead, tokenizer: PatchTokenizer, prompt_e
   full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
                           (pos[:, :-1] < head.config.eoi).astype(jnp.int32)], 1)
   states = llm.forward(None, positions_of(full), full, inputs_embeds=x).hidden
-  hidden, keep = states[:, t:], None
+  keep_bce = None
   if ref is not None and head.keep_out is not None:
-    keep, keep_acc, ref = head.keep_loss(states[:, :t], ref, pos, pattern, colour)
-  loss, metrics = head.loss(hidden, pos, pattern, colour, ref)
-  if keep is not None:
-    loss, metrics = loss + keep, {**metrics, "gen_keep_bce": keep, "gen_keep_acc": keep_acc}
+    keep_bce, keep_acc, ref = head.keep_loss(states[:, :t], ref, pos, pattern, colour)
+  loss, metrics = head.loss(states[:, t:], pos, pattern, colour, ref)
+  if keep_bce is not None:
+    loss, metrics = loss + keep_bce, {**metrics, "gen_keep_bce": keep_bce, "gen_keep_acc": keep_acc}
   metrics["gen_patches"] = jnp.mean(jnp.sum(pos < head.config.eoi, axis=1).astype(jnp.float32))
   return loss, metrics
 
