@@ -361,19 +361,21 @@ def test_keep_labels_are_the_source_patches_the_target_leaves_unchanged(tokenize
   pos, pattern, colour = (np.asarray(x) for x in tokenizer.encode(to_unit(np.stack([source]))))
   eoi = tokenizer.config.eoi
   ref = pt.ReferenceCanvas.of(jnp.asarray(pos), jnp.asarray(pattern), jnp.asarray(colour), jnp.asarray([True]), eoi)
-  labels = np.asarray(ref.keep_labels(*tokenizer.encode(to_unit(np.stack([target]))), eoi))[0]
+  labels = np.asarray(ref.keep_labels(*tokenizer.encode(to_unit(np.stack([target]))), eoi))[0]   # [L, 2]
+  real = pos[0] < eoi
+  assert labels.shape == (len(pos[0]), 2) and (labels[~real] == 0).all()
+  assert (labels[real, 0] == 1).all()          # a recolour keeps every pattern
   g, checked = tokenizer.config.grid_size, 0
   for slot, cell in enumerate(pos[0]):
     if cell >= eoi:
-      assert labels[slot] == 0
       continue
     r, c = divmod(int(cell), g)
     a, b = source[4 * r:4 * r + 4, 4 * c:4 * c + 4], target[4 * r:4 * r + 4, 4 * c:4 * c + 4]
     fg = a[(a != palette.BACKGROUND_RGB).any(-1)]
     if len(np.unique(fg, axis=0)) == 1:
-      assert labels[slot] == float(np.array_equal(a, b)), (slot, cell)
+      assert labels[slot, 1] == float(np.array_equal(a, b)), (slot, cell)
       checked += 1
-  assert checked > 5 and 0 < labels[pos[0] < eoi].sum() < (pos[0] < eoi).sum()
+  assert checked > 5 and 0 < labels[real, 1].sum() < real.sum()
 
 
 @pytest.fixture(scope="module")
@@ -384,9 +386,9 @@ def keep_model():
 
 
 def test_copy_keep_head_trains_and_its_mask_reaches_the_sampler(keep_model, renders):
-  """The keep head adds a binary CE to the edit loss; sampling with the copy gates open copies the
-  source when the head keeps every patch and draws none of it when it keeps none (the next kept source
-  cell is then <eoi>)."""
+  """The keep head adds binary CEs to the edit loss; sampling with the copy gates open copies the
+  source when the head keeps every patch, its outlines when it keeps patterns but not colours, and none
+  of it when it keeps no pattern (the next kept source cell is then <eoi>)."""
   with pytest.raises(ConfigError, match="copy_keep=True needs edit_reference='copy'"):
     pt.PatchTokensConfig(palette=PALETTE, copy_keep=True)
   m = with_gates(keep_model, [0.0, 50.0, 50.0, 50.0])
@@ -400,8 +402,15 @@ def test_copy_keep_head_trains_and_its_mask_reaches_the_sampler(keep_model, rend
   assert float(same["gen_pos_ce"]) < 0.05                       # every patch kept: the gates copy it all
   want = to_u8(m.patch_tokenizer.decode(*m.patch_tokenizer.encode(src)))
   draw = nnx.jit(lambda m, i, k, s: m.generate_image(i, k, jax.random.key(0), cond_images=s, guidance=1.0))
-  for bias, expect in ((50.0, want), (-50.0, np.full_like(want, palette.BACKGROUND_RGB))):
+  fg = lambda x: (x != palette.BACKGROUND_RGB).any(-1)  # noqa: E731
+  for bias in ((50.0, 50.0), (50.0, -50.0), (-50.0, -50.0)):
     k = nnx.clone(m)
     k.patch_head.keep_out.kernel[...] = jnp.zeros_like(k.patch_head.keep_out.kernel[...])
-    k.patch_head.keep_out.bias[...] = jnp.full_like(k.patch_head.keep_out.bias[...], bias)
-    np.testing.assert_array_equal(to_u8(draw(k, ids, mask, src)), expect)
+    k.patch_head.keep_out.bias[...] = jnp.asarray(bias, k.patch_head.keep_out.bias[...].dtype)
+    out = to_u8(draw(k, ids, mask, src))
+    if bias[0] < 0:                            # no pattern kept: nothing of the source is drawn
+      np.testing.assert_array_equal(out, np.full_like(want, palette.BACKGROUND_RGB))
+    elif bias[1] > 0:                          # everything kept: an exact copy
+      np.testing.assert_array_equal(out, want)
+    else:                                      # patterns kept, colours not: the same outlines
+      np.testing.assert_array_equal(fg(out), fg(want))

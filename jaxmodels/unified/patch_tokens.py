@@ -74,10 +74,11 @@ class PatchTokensConfig:
   colour logits for the source's patch at the chosen cell, which the pattern/colour MLP also reads, so an
   edit keeps what it does not change without learning to copy by attention; UNCONFIRMED design, not in
   BLIP3o-NEXT). `copy_keep` (with "copy"): the LLM's states at the source's tokens in the prompt predict,
-  per source patch, whether the edit keeps it (trained with a binary CE against the target: same pattern
-  and colour at that cell), and the copy bonuses apply to kept patches only (teacher-forced with the
-  true labels in training, the predicted ones when sampling), so the head copies what stays and draws
-  what changes; it pays with the instruction before the source (data.edit_layout="instruction_first"),
+  per source patch, whether the edit keeps its pattern and whether it keeps its colour (two binary CEs
+  against the target's pattern and colour at that cell: a recolour keeps every pattern and changes one
+  object's colour), and the copy bonuses apply to kept patches only — position and pattern bonuses to
+  kept patterns, the colour bonus to kept colours (teacher-forced with the true labels in training, the
+  predicted ones when sampling), so the head copies what stays and draws what changes; it pays with the instruction before the source (data.edit_layout="instruction_first"),
   whose tokens a causal LLM otherwise reads without knowing the instruction. UNCONFIRMED design."""
   image_size: int = 32
   patch_size: int = 4
@@ -272,13 +273,14 @@ class ReferenceCanvas:
   """An edit source as the copy path reads it: `pattern` and `colour` [B, g² + 1] at every cell (0:
   none; colour is the palette colour index + 1), `has` [B] bool: rows whose prompt holds a source
   (text-to-image rows and the CFG branch without a prompt have none: the copy path is off there);
-  `keep` [B, g² + 1] f32: 1 where the edit keeps the source's patch (all of them unless `copy_keep`
-  says otherwise); `slot_cells` / `slot_index` [B, L]: each source token's cell (<eoi> for padding) and
+  `keep` / `keep_colour` [B, g² + 1] f32: 1 where the edit keeps the source's pattern / colour there (every
+  occupied cell unless `copy_keep` says otherwise); `slot_cells` / `slot_index` [B, L]: each source token's cell (<eoi> for padding) and
   its position in the prompt."""
   pattern: jax.Array
   colour: jax.Array
   has: jax.Array
   keep: jax.Array
+  keep_colour: jax.Array
   slot_cells: jax.Array
   slot_index: jax.Array
 
@@ -288,29 +290,32 @@ class ReferenceCanvas:
     zeros; only copy_keep reads them)."""
     on = has[:, None]
     pat = jnp.where(on, canvas_of(pos, pattern, eoi), 0)
-    return cls(pat, jnp.where(on, colour_canvas(pos, colour, eoi), 0), has, (pat > 0).astype(jnp.float32), pos,
+    occupied = (pat > 0).astype(jnp.float32)
+    return cls(pat, jnp.where(on, colour_canvas(pos, colour, eoi), 0), has, occupied, occupied, pos,
                jnp.zeros_like(pos) if slot_index is None else slot_index)
 
   def with_keep(self, keep_slots: jax.Array) -> "ReferenceCanvas":
-    """The canvas with `keep` from per-source-token values [B, L] (1 = kept), scattered to their cells."""
+    """The canvas with `keep` / `keep_colour` from per-source-token values [B, L, 2] (1 = kept; pattern,
+    colour), scattered to their cells."""
     b, e = self.pattern.shape
-    keep = jnp.zeros((b, e), jnp.float32).at[jnp.arange(b)[:, None], self.slot_cells].set(
-        keep_slots.astype(jnp.float32))
-    return dataclasses.replace(self, keep=keep * (self.pattern > 0))   # <eoi>'s cell: pattern 0
+    cells = jnp.zeros((b, e, 2), jnp.float32).at[jnp.arange(b)[:, None], self.slot_cells].set(
+        keep_slots.astype(jnp.float32)) * (self.pattern > 0)[..., None]   # <eoi>'s cell: pattern 0
+    return dataclasses.replace(self, keep=cells[..., 0], keep_colour=cells[..., 1])
 
   def keep_labels(self, pos, pattern, colour, eoi: int) -> jax.Array:
-    """Per source token [B, L]: 1 where the edit target (tokens [B, L]) has the same pattern and colour
-    at that token's cell."""
-    same = ((canvas_of(pos, pattern, eoi) == self.pattern) & (colour_canvas(pos, colour, eoi) == self.colour)
-            & (self.pattern > 0))
-    return jnp.take_along_axis(same, self.slot_cells, axis=1).astype(jnp.float32)
+    """Per source token [B, L, 2]: whether the edit target (tokens [B, L]) has the same pattern, and the
+    same colour, at that token's cell."""
+    on = self.pattern > 0
+    same = jnp.stack([(canvas_of(pos, pattern, eoi) == self.pattern) & on,
+                      (colour_canvas(pos, colour, eoi) == self.colour) & on], -1)
+    return jnp.take_along_axis(same, self.slot_cells[..., None], axis=1).astype(jnp.float32)
 
   def twice(self) -> "ReferenceCanvas":
     """Stacked for classifier-free guidance: the conditional rows, then the same rows without a source."""
     cat = lambda x: jnp.concatenate([x, x])  # noqa: E731
     return ReferenceCanvas(cat(self.pattern), cat(self.colour),
                            jnp.concatenate([self.has, jnp.zeros_like(self.has)]), cat(self.keep),
-                           cat(self.slot_cells), cat(self.slot_index))
+                           cat(self.keep_colour), cat(self.slot_cells), cat(self.slot_index))
 
   def at(self, cells: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The source's (pattern, colour) at `cells` [B, (L)]."""
@@ -359,8 +364,9 @@ class PatchTokenHead(nnx.Module):
     self.pattern_out = Linear(hidden, codebook_size, axes=("mlp", None), use_bias=True, **kw)
     self.colour_out = Linear(hidden, num_colours, axes=("mlp", None), use_bias=True, **kw)
     self.copy_gate = Linear(dim, COPY_GATES, axes=("embed", None), use_bias=True, **kw) if copy else None
-    # copy_keep: whether the edit keeps a source token, from the LLM's state at it in the prompt.
-    self.keep_out = Linear(dim, 1, axes=("embed", None), use_bias=True, **kw) if c.copy_keep else None
+    # copy_keep: whether the edit keeps a source token's pattern and its colour, from the LLM's state at
+    # that token in the prompt.
+    self.keep_out = Linear(dim, 2, axes=("embed", None), use_bias=True, **kw) if c.copy_keep else None
     self.dtype = dtype
 
   def embed(self, pos, pattern, colour) -> jax.Array:
@@ -380,9 +386,10 @@ class PatchTokenHead(nnx.Module):
     return jnp.broadcast_to(self.boi[...].astype(self.dtype), (b, 1, self.boi.shape[0]))
 
   def keep_logits(self, prompt_hidden: jax.Array, ref: ReferenceCanvas) -> jax.Array:
-    """The LLM's prompt states [B, T, D] -> keep logits [B, L] of the source's tokens (copy_keep)."""
+    """The LLM's prompt states [B, T, D] -> keep logits [B, L, 2] (pattern, colour) of the source's tokens
+    (copy_keep)."""
     h = jnp.take_along_axis(prompt_hidden, ref.slot_index[..., None], axis=1)
-    return self.keep_out(h)[..., 0].astype(jnp.float32)
+    return self.keep_out(h).astype(jnp.float32)
 
   def predicted_keep(self, prompt_hidden: jax.Array, ref: ReferenceCanvas | None) -> ReferenceCanvas | None:
     """`ref` with the keep mask the head predicts (sampling); unchanged without copy_keep."""
@@ -392,15 +399,16 @@ class PatchTokenHead(nnx.Module):
 
   def keep_loss(self, prompt_hidden: jax.Array, ref: ReferenceCanvas, pos, pattern, colour
                 ) -> tuple[jax.Array, jax.Array, ReferenceCanvas]:
-    """Binary CE and accuracy of the keep logits against the target tokens [B, L], over the real source
-    tokens of rows with a source; and `ref` with the true keep mask (teacher forcing)."""
+    """Binary CE (pattern and colour summed) and accuracy (their mean) of the keep logits against the
+    target tokens [B, L], over the real source tokens of rows with a source; and `ref` with the true keep
+    masks (teacher forcing)."""
     eoi = self.config.eoi
     labels = ref.keep_labels(pos, pattern, colour, eoi)
     logits = self.keep_logits(prompt_hidden, ref)
-    w = ((ref.slot_cells < eoi) & ref.has[:, None]).astype(jnp.float32)
+    w = ((ref.slot_cells < eoi) & ref.has[:, None]).astype(jnp.float32)[..., None]
     denom = jnp.maximum(w.sum(), 1.0)
     bce = (optax.sigmoid_binary_cross_entropy(logits, labels) * w).sum() / denom
-    acc = (((logits > 0) == (labels > 0.5)) * w).sum() / denom
+    acc = (((logits > 0) == (labels > 0.5)) * w).sum() / (2 * denom)
     return bce, acc, ref.with_keep(labels)
 
   def _gates(self, h: jax.Array, ref: ReferenceCanvas) -> jax.Array:
@@ -447,11 +455,12 @@ class PatchTokenHead(nnx.Module):
     pl, cl = self.pattern_out(z).astype(jnp.float32), self.colour_out(z).astype(jnp.float32)
     if copy:
       gate = self._gates(h, ref)
-      # Only a kept source patch at next_pos is copied (without copy_keep: every occupied cell).
+      # Only a kept source pattern / colour at next_pos is copied (without copy_keep: every occupied cell).
       flat = next_pos.reshape(next_pos.shape[0], -1)
-      kept = jnp.take_along_axis(ref.keep, flat, axis=1).reshape(next_pos.shape)[..., None]
-      pl = pl + kept * gate[..., 2:3] * jax.nn.one_hot(ref_pattern, pl.shape[-1], dtype=jnp.float32)
-      cl = cl + kept * gate[..., 3:4] * jax.nn.one_hot(ref_colour - 1, cl.shape[-1], dtype=jnp.float32)
+      kept = lambda m: jnp.take_along_axis(m, flat, axis=1).reshape(next_pos.shape)[..., None]  # noqa: E731
+      pl = pl + kept(ref.keep) * gate[..., 2:3] * jax.nn.one_hot(ref_pattern, pl.shape[-1], dtype=jnp.float32)
+      cl = cl + kept(ref.keep_colour) * gate[..., 3:4] * jax.nn.one_hot(ref_colour - 1, cl.shape[-1],
+                                                                        dtype=jnp.float32)
     return pl, cl
 
   def loss(self, hidden: jax.Array, pos, pattern, colour,
