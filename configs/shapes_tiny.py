@@ -87,7 +87,8 @@ def get_config(arg=None):
       a.width, a.layers = 128, 2
     c.model.llm.update(hidden_size=a.width, intermediate_size=2 * a.width, num_layers=a.layers)
     c.model.patch_tokens = dict(image_size=32, patch_size=4, max_patches=48, temperature=0.7,
-                                pattern_temperature=0.1, neighbours=True, edit_reference="encoder", copy_keep=False, palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
+                                pattern_temperature=0.1, neighbours=True, edit_reference="encoder", copy_keep=False,
+                                keep_pool="object", palette=[palette.BACKGROUND_RGB] + [tuple(map(int, rgb)) for rgb in palette.PALETTE])
   elif a.target != "pixels":
     raise ValueError(f"shapes_tiny: target={a.target!r}: expected 'tokens', 'ae' or 'pixels'")
   c.data = data_block("shapes_world", batch_size=32, und_len=96, gen_len=16, qa_turns=4, qa_leak_free=True,

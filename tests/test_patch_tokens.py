@@ -14,6 +14,7 @@ from jaxmodels.shapes_world import generator as gen_lib
 from jaxmodels.shapes_world import palette
 from jaxmodels.errors import ConfigError
 from jaxmodels.unified import UnifiedModel
+from jaxmodels.unified import edit_canvas as ec
 from jaxmodels.unified import patch_tokens as pt
 from jaxmodels.unified.build import unified_config
 
@@ -138,7 +139,7 @@ def test_cached_sampler_matches_the_teacher_forced_pass(model):
   full = jnp.concatenate([mask, jnp.ones((b, 1), jnp.int32), (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
   h = model.llm.forward(None, pt.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
   lp = head.pos_logits(h)
-  pl, cl = head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi))
+  pl, cl = head.pattern_colour_logits(h, pos, ec.canvas_of(pos, pattern, eoi))
   assert greedy_steps_checked(lp, pl, cl, pos, pattern, colour, eoi) > 0
 
 
@@ -326,7 +327,7 @@ def test_copy_path_sampler_matches_its_teacher_forced_pass(copy_model, renders):
   h = m.llm.forward(None, pt.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
   last = jnp.concatenate([jnp.full((b, 1), -1, jnp.int32), pos[:, :-1]], 1)
   lp = head.pos_logits(h, last, ref)
-  pl, cl = head.pattern_colour_logits(h, pos, pt.canvas_of(pos, pattern, eoi), ref)
+  pl, cl = head.pattern_colour_logits(h, pos, ec.canvas_of(pos, pattern, eoi), ref)
   assert greedy_steps_checked(lp, pl, cl, pos, pattern, colour, eoi) > 5
 
 
@@ -360,7 +361,7 @@ def test_keep_labels_are_the_source_patches_the_target_leaves_unchanged(tokenize
   source, target = draw_scene(scene, 32), draw_scene(Scene.from_dict(edit["target"]), 32)
   pos, pattern, colour = (np.asarray(x) for x in tokenizer.encode(to_unit(np.stack([source]))))
   eoi = tokenizer.config.eoi
-  ref = pt.ReferenceCanvas.of(jnp.asarray(pos), jnp.asarray(pattern), jnp.asarray(colour), jnp.asarray([True]), eoi)
+  ref = ec.ReferenceCanvas.of(jnp.asarray(pos), jnp.asarray(pattern), jnp.asarray(colour), jnp.asarray([True]), eoi)
   labels = np.asarray(ref.keep_labels(*tokenizer.encode(to_unit(np.stack([target]))), eoi))[0]   # [L, 2]
   real = pos[0] < eoi
   assert labels.shape == (len(pos[0]), 2) and (labels[~real] == 0).all()
@@ -391,6 +392,8 @@ def test_copy_keep_head_trains_and_its_mask_reaches_the_sampler(keep_model, rend
   of it when it keeps no pattern (the next kept source cell is then <eoi>)."""
   with pytest.raises(ConfigError, match="copy_keep=True needs edit_reference='copy'"):
     pt.PatchTokensConfig(palette=PALETTE, copy_keep=True)
+  with pytest.raises(ConfigError, match="keep_pool='pixel'"):
+    pt.PatchTokensConfig(palette=PALETTE, edit_reference="copy", copy_keep=True, keep_pool="pixel")
   m = with_gates(keep_model, [0.0, 50.0, 50.0, 50.0])
   m.config = m.config.__class__(**{**m.config.__dict__, "edit_drop": (0.0, 0.0, 0.0), "cond_dropout": 0.0})
   ids, mask = edit_prompt(m, (True, True, True))

@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from jaxmodels.errors import ConfigError
-from jaxmodels.unified import patch_tokens
+from jaxmodels.unified import edit_canvas, patch_tokens
 
 AGGREGATES = ("sequence", "token")
 SCALES = ("std", "none")
@@ -149,7 +149,7 @@ def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *
   pos_logits = jnp.where(allowed, head.pos_logits(hidden) / temperature, -jnp.inf)
   pick = lambda logits, ids: jnp.take_along_axis(jax.nn.log_softmax(logits, -1), ids[..., None], -1)[..., 0]  # noqa: E731
   lp = pick(pos_logits, pos)
-  pl, cl = head.pattern_colour_logits(hidden, pos, patch_tokens.canvas_of(pos, pattern, eoi))
+  pl, cl = head.pattern_colour_logits(hidden, pos, edit_canvas.canvas_of(pos, pattern, eoi))
   pl = pl.at[..., 0].set(-jnp.inf)
   real = pos < eoi
   lq = pick(pl / pt, jnp.where(real, pattern, 1))

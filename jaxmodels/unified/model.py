@@ -63,7 +63,7 @@ from jaxmodels.unified.connector import Connector
 from jaxmodels.unified.dense_head import DenseLabelHead
 from jaxmodels.unified.dits import build_dit
 from jaxmodels.unified.encoders import build_encoder, encoder_tokens, encoder_width, understanding_positions
-from jaxmodels.unified import latent_codec, patch_tokens
+from jaxmodels.unified import edit_canvas, latent_codec, patch_tokens
 from jaxmodels.unified.generation_paths import PATHS, TARGETS
 from jaxmodels.unified.image_tokenizer import SimVQTokenizer
 from jaxmodels.unified.model_io import unified_num_image_tokens
@@ -262,7 +262,7 @@ class UnifiedModel(nnx.Module):
     return pt is not None and pt.reference_tokens
 
   def patch_prompt(self, ids: jax.Array, mask: jax.Array, images: jax.Array | None
-                   ) -> "tuple[jax.Array, patch_tokens.ReferenceCanvas | None]":
+                   ) -> "tuple[jax.Array, edit_canvas.ReferenceCanvas | None]":
     """A patch-token prompt's embeddings [B, T, D] and the copy path's view of its edit sources `images`
     [B, S, S, 3] (patch_tokens.edit_reference="copy"; None otherwise), the sources tokenized once for
     both. Rows whose ids [B, T] keep an unmasked placeholder have a source."""
@@ -279,7 +279,7 @@ class UnifiedModel(nnx.Module):
     rows = jnp.arange(ids.shape[0])[:, None]
     where = jnp.zeros(tokens[0].shape, jnp.int32).at[rows, rank].set(
         jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape), mode="drop")
-    return embeds, patch_tokens.ReferenceCanvas.of(*tokens, has, self.config.patch_tokens.eoi, where)
+    return embeds, edit_canvas.ReferenceCanvas.of(*tokens, has, self.config.patch_tokens.eoi, where)
 
   def prompt_image_tokens(self, images: jax.Array, source_tokens=None) -> jax.Array:
     """LLM-space tokens [B, n, D] of a generation prompt's input images: the understanding encoder's

@@ -48,10 +48,12 @@ from flax import nnx
 
 from jaxmodels.errors import ConfigError
 from jaxmodels.layers import Linear, param
+from jaxmodels.unified.edit_canvas import ReferenceCanvas, canvas_of
 
 CODEBOOK_DIR = os.path.join(os.path.dirname(__file__), "codebooks")
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1))   # (row, column) offsets, all earlier in raster order
 EDIT_REFERENCES = ("encoder", "patch_tokens", "copy")
+KEEP_POOLS = ("object", "token")
 COPY_GATES = 4   # the copy path's per-state gates: occupied cells, the next source cell, its pattern, its colour
 
 
@@ -79,7 +81,11 @@ class PatchTokensConfig:
   object's colour), and the copy bonuses apply to kept patches only — position and pattern bonuses to
   kept patterns, the colour bonus to kept colours (teacher-forced with the true labels in training, the
   predicted ones when sampling), so the head copies what stays and draws what changes; it pays with the instruction before the source (data.edit_layout="instruction_first"),
-  whose tokens a causal LLM otherwise reads without knowing the instruction. UNCONFIRMED design."""
+  whose tokens a causal LLM otherwise reads without knowing the instruction. UNCONFIRMED design.
+  `keep_pool`: "object" (the default) averages the keep logits over each source object (its 8-connected
+  same-colour patches, jaxmodels/unified/edit_canvas.py), so an object is kept or changed whole and its
+  decision can come from its last patches, whose causal states have seen the rest of its outline (an
+  instruction usually names the object by its shape alone); "token": every patch decides alone."""
   image_size: int = 32
   patch_size: int = 4
   palette: tuple = ()
@@ -91,6 +97,7 @@ class PatchTokensConfig:
   neighbours: bool = True
   edit_reference: str = "encoder"
   copy_keep: bool = False
+  keep_pool: str = "object"
 
   def __post_init__(self):
     if self.edit_reference not in EDIT_REFERENCES:
@@ -103,6 +110,8 @@ class PatchTokensConfig:
       raise ConfigError(f"config.model.patch_tokens.patch_size={self.patch_size}: at most 4 (16-bit patterns)")
     if len(self.palette) < 2:
       raise ConfigError("config.model.patch_tokens.palette: needs the background and at least one colour")
+    if self.keep_pool not in KEEP_POOLS:
+      raise ConfigError(f"config.model.patch_tokens.keep_pool={self.keep_pool!r}: expected one of {KEEP_POOLS}")
     if self.copy_keep and self.edit_reference != "copy":
       raise ConfigError("config.model.patch_tokens.copy_keep=True needs edit_reference='copy'")
 
@@ -253,86 +262,6 @@ class PatchTokenizer:
     return jnp.asarray(self._palette)[canvas]
 
 
-def canvas_of(pos: jax.Array, pattern: jax.Array, eoi: int) -> jax.Array:
-  """Tokens [B, L] -> the pattern drawn at every cell [B, g² + 1] (0: none; the last slot, <eoi>'s,
-  stays 0). Teacher forcing reads only cells before the predicted one, so the whole image's canvas
-  leaks nothing."""
-  b = pos.shape[0]
-  canvas = jnp.zeros((b, eoi + 1), jnp.int32).at[jnp.arange(b)[:, None], pos].set(pattern.astype(jnp.int32))
-  return canvas.at[:, eoi].set(0)
-
-
-def colour_canvas(pos: jax.Array, colour: jax.Array, eoi: int) -> jax.Array:
-  """Tokens [B, L] -> the colour drawn at every cell [B, g² + 1] (palette index + 1; 0: none)."""
-  return canvas_of(pos, jnp.where(pos < eoi, colour + 1, 0), eoi)
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class ReferenceCanvas:
-  """An edit source as the copy path reads it: `pattern` and `colour` [B, g² + 1] at every cell (0:
-  none; colour is the palette colour index + 1), `has` [B] bool: rows whose prompt holds a source
-  (text-to-image rows and the CFG branch without a prompt have none: the copy path is off there);
-  `keep` / `keep_colour` [B, g² + 1] f32: 1 where the edit keeps the source's pattern / colour there (every
-  occupied cell unless `copy_keep` says otherwise); `slot_cells` / `slot_index` [B, L]: each source token's cell (<eoi> for padding) and
-  its position in the prompt."""
-  pattern: jax.Array
-  colour: jax.Array
-  has: jax.Array
-  keep: jax.Array
-  keep_colour: jax.Array
-  slot_cells: jax.Array
-  slot_index: jax.Array
-
-  @classmethod
-  def of(cls, pos, pattern, colour, has, eoi: int, slot_index=None) -> "ReferenceCanvas":
-    """From a source's tokens [B, L], `has` [B] and the prompt positions of its tokens [B, L] (None:
-    zeros; only copy_keep reads them)."""
-    on = has[:, None]
-    pat = jnp.where(on, canvas_of(pos, pattern, eoi), 0)
-    occupied = (pat > 0).astype(jnp.float32)
-    return cls(pat, jnp.where(on, colour_canvas(pos, colour, eoi), 0), has, occupied, occupied, pos,
-               jnp.zeros_like(pos) if slot_index is None else slot_index)
-
-  def with_keep(self, keep_slots: jax.Array) -> "ReferenceCanvas":
-    """The canvas with `keep` / `keep_colour` from per-source-token values [B, L, 2] (1 = kept; pattern,
-    colour), scattered to their cells."""
-    b, e = self.pattern.shape
-    cells = jnp.zeros((b, e, 2), jnp.float32).at[jnp.arange(b)[:, None], self.slot_cells].set(
-        keep_slots.astype(jnp.float32)) * (self.pattern > 0)[..., None]   # <eoi>'s cell: pattern 0
-    return dataclasses.replace(self, keep=cells[..., 0], keep_colour=cells[..., 1])
-
-  def keep_labels(self, pos, pattern, colour, eoi: int) -> jax.Array:
-    """Per source token [B, L, 2]: whether the edit target (tokens [B, L]) has the same pattern, and the
-    same colour, at that token's cell."""
-    on = self.pattern > 0
-    same = jnp.stack([(canvas_of(pos, pattern, eoi) == self.pattern) & on,
-                      (colour_canvas(pos, colour, eoi) == self.colour) & on], -1)
-    return jnp.take_along_axis(same, self.slot_cells[..., None], axis=1).astype(jnp.float32)
-
-  def twice(self) -> "ReferenceCanvas":
-    """Stacked for classifier-free guidance: the conditional rows, then the same rows without a source."""
-    cat = lambda x: jnp.concatenate([x, x])  # noqa: E731
-    return ReferenceCanvas(cat(self.pattern), cat(self.colour),
-                           jnp.concatenate([self.has, jnp.zeros_like(self.has)]), cat(self.keep),
-                           cat(self.keep_colour), cat(self.slot_cells), cat(self.slot_index))
-
-  def at(self, cells: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The source's (pattern, colour) at `cells` [B, (L)]."""
-    flat = cells.reshape(cells.shape[0], -1)
-    take = lambda x: jnp.take_along_axis(x, flat, axis=1).reshape(cells.shape)  # noqa: E731
-    return take(self.pattern), take(self.colour)
-
-  def next_cell(self, last: jax.Array) -> jax.Array:
-    """The first occupied source cell after `last` [B, (L)] (−1: none drawn yet), or <eoi> when none is
-    left -> one-hot [B, (L,) g² + 1]."""
-    e = self.pattern.shape[1]
-    occupied = (self.keep > 0.5).reshape((last.shape[0],) + (1,) * (last.ndim - 1) + (e,))
-    after = occupied & (jnp.arange(e) > last[..., None])
-    nxt = jnp.where(after.any(-1), jnp.argmax(after, axis=-1), e - 1)
-    return jax.nn.one_hot(nxt, e, dtype=jnp.float32)
-
-
 # ------------------------------------------------------------------------------------ LLM head
 class PatchTokenHead(nnx.Module):
   """Embeddings of patch tokens into the LLM and the two-step prediction of the next one (module
@@ -387,9 +316,10 @@ class PatchTokenHead(nnx.Module):
 
   def keep_logits(self, prompt_hidden: jax.Array, ref: ReferenceCanvas) -> jax.Array:
     """The LLM's prompt states [B, T, D] -> keep logits [B, L, 2] (pattern, colour) of the source's tokens
-    (copy_keep)."""
+    (copy_keep), averaged over each source object with keep_pool="object"."""
     h = jnp.take_along_axis(prompt_hidden, ref.slot_index[..., None], axis=1)
-    return self.keep_out(h).astype(jnp.float32)
+    logits = self.keep_out(h).astype(jnp.float32)
+    return ref.object_mean(logits) if self.config.keep_pool == "object" else logits
 
   def predicted_keep(self, prompt_hidden: jax.Array, ref: ReferenceCanvas | None) -> ReferenceCanvas | None:
     """`ref` with the keep mask the head predicts (sampling); unchanged without copy_keep."""
