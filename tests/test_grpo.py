@@ -128,6 +128,26 @@ def test_vqa_and_mixed_rewards():
   assert sorted(parts) == ["geneval", "test_grpo:constant_reward"]
 
 
+def test_edit_reward_follows_the_rover_rules():
+  """The dense edit reward on a recolour task: the target's own render scores 1 on every part; the
+  unedited source keeps the untouched object (VC 1) but misses the target state (RV 0, overlap 1/2); an
+  empty canvas reaches nothing."""
+  from jaxmodels.shapes_world import edits
+  from jaxmodels.shapes_world.render import render
+  from jaxmodels.shapes_world.scene import Scene, SceneObject
+  scene = Scene((SceneObject("circle", "red", (0.27, 0.5), 0.33), SceneObject("square", "blue", (0.73, 0.5), 0.3)))
+  edit = edits.make_edit(np.random.default_rng(0), scene, image_size=32, kind="colour")
+  task = {"kind": "colour", "prompt": edit["instruction"], "source": scene.to_dict(), "target": edit["target"],
+          "steps": edit["steps"]}
+  target = render(Scene.from_dict(edit["target"]), 32)
+  images = np.stack([target, render(scene, 32), np.full_like(target, 153)])
+  total, parts = rewards.EditReward()(images, [task] * 3)
+  np.testing.assert_allclose(parts["edit_rv"], [1, 0, 0])
+  np.testing.assert_allclose(parts["edit_overlap"], [1, 0.5, 0])
+  np.testing.assert_allclose(parts["edit_vc"], [1, 1, 0])
+  np.testing.assert_allclose(total, [1, 0.5, 0], atol=1e-6)
+
+
 def constant_reward(value: float):
   """An external reward factory (`config.rl.external`) for the test above."""
   return lambda images, records: np.full(len(records), value)
@@ -168,6 +188,38 @@ def test_logprobs_match_the_sampler(policy, prompts):
   real = np.asarray(lp)[np.asarray(w) > 0]
   assert np.all(real <= 1e-6) and real.mean() < -1.0        # (a forced <eoi> after the last cell: 0)
   assert np.all(np.asarray(lp)[np.asarray(w) == 0] == 0)
+
+
+def test_edit_logprobs_match_the_sampler_with_the_copy_path():
+  """Edit rollouts of a copy-path policy: near-greedy sampling with the source in the prompt gives
+  log-probs ~0 under the teacher-forced pass (which reads the same source and predicts the same keep
+  mask); with the copy gates wide open and every patch kept the rollout is the source itself."""
+  from configs import shapes_tiny
+  from jaxmodels.trainer.setup import model_factory
+  from jaxmodels.shapes_world.render import render
+  from jaxmodels.shapes_world.scene import Scene, SceneObject
+  config = shapes_tiny.get_config("runlocal")
+  config.model.patch_tokens.update(edit_reference="copy", copy_keep=True)
+  model = model_factory(config)()
+  n = model.num_edit_image_tokens
+  ids = np.array([[1, 5, 6] + [model.config.image_token_id] * n, [0, 0, 1, 7, 8] + [9] * (n - 2)], np.int32)
+  ids, mask = jnp.asarray(ids), jnp.asarray((ids > 0).astype(np.int32))
+  scene = Scene((SceneObject("circle", "red", (0.3, 0.4), 0.3), SceneObject("star", "blue", (0.7, 0.7), 0.3)))
+  src = jnp.asarray(np.stack([render(scene, 32)] * 2).astype(np.float32) / 127.5 - 1.0)
+  cold = grpo.GRPOPolicy(model, model, grpo.GRPOConfig(temperature=1e-3, pattern_temperature=1e-3))
+  roll = nnx.jit(lambda p, i, m, k, c: p.rollout(i, m, k, c))
+  tokens, images, old, _, w = roll(cold, ids, mask, jax.random.key(0), src)
+  assert np.all(np.asarray(old)[np.asarray(w) > 0] > -1e-3)
+  head = model.patch_head
+  head.copy_gate.kernel[...] = jnp.zeros_like(head.copy_gate.kernel[...])
+  head.copy_gate.bias[...] = jnp.asarray([0.0, 50.0, 50.0, 50.0], head.copy_gate.bias[...].dtype)
+  head.keep_out.kernel[...] = jnp.zeros_like(head.keep_out.kernel[...])
+  head.keep_out.bias[...] = jnp.full_like(head.keep_out.bias[...], 50.0)
+  warm = grpo.GRPOPolicy(model, model, grpo.GRPOConfig(temperature=1.0, pattern_temperature=1.0))
+  tokens, images, old, _, w = roll(warm, ids, mask, jax.random.key(1), src)
+  want = model.patch_tokenizer.decode(*model.patch_tokenizer.encode(src[:1]))
+  np.testing.assert_allclose(np.asarray(images[0]), np.asarray(want[0]), atol=1e-6)   # row 0: the source copied
+  assert np.all(np.asarray(old)[0][np.asarray(w)[0] > 0] > -1e-3)
 
 
 @pytest.mark.slow
@@ -255,6 +307,41 @@ def test_train_grpo_resume_repeats_the_updates(source_run, tmp_path):
   assert len(a) == len(b) > 10
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_train_grpo_with_edit_prompts(tmp_path):
+  """rl.edit_prompts: a step's prompts include train-split edit tasks, sampled with their sources in the
+  prompt (the copy path) and rewarded by the dense ROVER reward, whose parts are logged; a source run
+  without patch-token references is refused in one line."""
+  import json
+
+  import train
+  from configs import shapes_grpo, shapes_tiny
+  from random_run import random_run
+  words = "change the color of to move remove add one more a an first then so that it is half image object " \
+          "red blue green yellow orange purple pink brown gray black white circle square triangle star heart " \
+          "hexagon left right top bottom above below"
+  src_config = shapes_tiny.get_config("runlocal")
+  src_config.model.patch_tokens.update(edit_reference="copy", copy_keep=True)
+  src_config.data.update(gen_len=62, edit_layout="instruction_first", long_edits="text_to_image")
+  src = random_run(tmp_path / "src", words, src_config)
+  config = shapes_grpo.get_config("runlocal")
+  config.init.checkpoint = str(src)
+  config.train.update(total_steps=2, eval_every=100)
+  config.evals.which = "geneval"
+  config.rl.edit_prompts = 1
+  train.train_and_evaluate(config, str(tmp_path / "rl"))
+  rows = [json.loads(x) for x in open(tmp_path / "rl" / "metrics.jsonl")]
+  train_rows = [r for r in rows if "train/rl/reward/edit_overlap" in r]
+  assert [r["step"] for r in train_rows] == [1, 2]
+  assert {"train/rl/reward/edit_rv", "train/rl/reward/geneval_dense"} <= set(train_rows[0])
+  assert all(0 <= r["train/rl/reward/edit_overlap"] <= 1 for r in train_rows)
+  from jaxmodels.errors import ConfigError
+  plain = random_run(tmp_path / "plain", words)
+  config.init.checkpoint = str(plain)
+  with pytest.raises(ConfigError, match="edit_prompts: GRPO on edits needs a patch-token model"):
+    train.train_and_evaluate(config, str(tmp_path / "rl_plain"))
 
 
 def brightness_reward():

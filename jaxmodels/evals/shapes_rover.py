@@ -229,6 +229,16 @@ def _state_ok(task: dict, dets: list[dict], side: int, info: dict) -> bool:
                              for m in info["moves"])
 
 
+def target_overlap(task: dict, image: np.ndarray, detector) -> float:
+  """How much of the edit's target state an output reaches, in [0, 1]: the size of the overlap of its
+  detected (shape, colour) multiset with the target's over the larger of the two (1 exactly when RV's
+  multiset test holds). A dense companion of RV for rewards."""
+  dets, _ = _components(detector, np.asarray(image, np.uint8))
+  want = collections.Counter((o["shape"], o["color"]) for o in task["target"]["objects"])
+  got = collections.Counter((d["class"], d.get("color")) for d in dets)
+  return sum((want & got).values()) / max(sum(want.values()), sum(got.values()), 1)
+
+
 def score_ig(task: dict, image: np.ndarray, text: str | None, detector) -> dict:
   """Exact IG metrics of one output (see the module docstring).
 

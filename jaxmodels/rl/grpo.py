@@ -130,11 +130,12 @@ def clipped_objective(logp, old_logp, ref_logp, advantages, weights, *, clip_eps
 
 
 def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *, temperature: float,
-                         pattern_temperature: float | None = None) -> tuple[jax.Array, jax.Array]:
+                         pattern_temperature: float | None = None, ref=None) -> tuple[jax.Array, jax.Array]:
   """Teacher-forced log-probabilities [B, L] of sampled patch tokens (pos, pattern, colour) [B, L]
   after the left-padded prompt (`prompt_embeds` [B, T, D], `mask` [B, T]) under the distribution
-  `patch_tokens.sample` draws them from (same temperatures and masks), and the token weights [B, L]:
-  every slot up to and including the first <eoi>."""
+  `patch_tokens.sample` draws them from (same temperatures and masks; `ref`: the edit sources of the copy
+  path, with the keep mask the policy predicts from this pass's prompt states, as the sampler does), and
+  the token weights [B, L]: every slot up to and including the first <eoi>."""
   eoi = head.config.eoi
   b, t = mask.shape
   pt = temperature if pattern_temperature is None else pattern_temperature
@@ -142,14 +143,16 @@ def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *
                        head.embed(pos[:, :-1], pattern[:, :-1], colour[:, :-1]).astype(prompt_embeds.dtype)], 1)
   full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
                           (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
-  hidden = llm.forward(None, patch_tokens.positions_of(full), full, inputs_embeds=x).hidden[:, t:]
+  states = llm.forward(None, patch_tokens.positions_of(full), full, inputs_embeds=x).hidden
+  ref = head.predicted_keep(states[:, :t], ref)
+  hidden = states[:, t:]
   prev = jnp.concatenate([jnp.full((b, 1), -1, pos.dtype), pos[:, :-1]], 1)   # the sorted list's last cell
   cells = jnp.arange(eoi + 1)
   allowed = (cells[None, None] > prev[..., None]) | (cells[None, None] == eoi)
-  pos_logits = jnp.where(allowed, head.pos_logits(hidden) / temperature, -jnp.inf)
+  pos_logits = jnp.where(allowed, head.pos_logits(hidden, prev, ref) / temperature, -jnp.inf)
   pick = lambda logits, ids: jnp.take_along_axis(jax.nn.log_softmax(logits, -1), ids[..., None], -1)[..., 0]  # noqa: E731
   lp = pick(pos_logits, pos)
-  pl, cl = head.pattern_colour_logits(hidden, pos, edit_canvas.canvas_of(pos, pattern, eoi))
+  pl, cl = head.pattern_colour_logits(hidden, pos, edit_canvas.canvas_of(pos, pattern, eoi), ref)
   pl = pl.at[..., 0].set(-jnp.inf)
   real = pos < eoi
   lq = pick(pl / pt, jnp.where(real, pattern, 1))
@@ -193,18 +196,20 @@ class PatchTokenPolicy:
     return t, pt
 
   @classmethod
-  def sample(cls, model, ids, mask, rng, config: GRPOConfig):
+  def sample(cls, model, ids, mask, rng, config: GRPOConfig, cond_images=None):
     t, pt = cls.temperatures(model, config)
-    tokens = patch_tokens.sample(model.llm, model.patch_head, model.prompt_embeddings(ids, None), mask, rng,
-                                 guidance=1.0, temperature=t, pattern_temperature=pt)
+    embeds, ref = model.patch_prompt(ids, mask, cond_images)
+    tokens = patch_tokens.sample(model.llm, model.patch_head, embeds, mask, rng, guidance=1.0, temperature=t,
+                                 pattern_temperature=pt, ref=ref)
     return dict(zip(cls.token_keys, tokens)), model.patch_tokenizer.decode(*tokens)
 
   @classmethod
   def logprobs(cls, model, batch, config: GRPOConfig):
     t, pt = cls.temperatures(model, config)
-    return patch_token_logprobs(model.llm, model.patch_head, model.prompt_embeddings(batch["ids"], None),
-                                batch["mask"], batch["pos"], batch["pattern"], batch["colour"],
-                                temperature=t, pattern_temperature=pt)
+    embeds, ref = model.patch_prompt(batch["ids"], batch["mask"], batch.get("cond_image"))
+    return patch_token_logprobs(model.llm, model.patch_head, embeds, batch["mask"], batch["pos"],
+                                batch["pattern"], batch["colour"], temperature=t, pattern_temperature=pt,
+                                ref=ref)
 
 
 class ImageTokenPolicy:
@@ -218,7 +223,10 @@ class ImageTokenPolicy:
     return c.queries == "image_tokens"
 
   @staticmethod
-  def sample(model, ids, mask, rng, config: GRPOConfig):
+  def sample(model, ids, mask, rng, config: GRPOConfig, cond_images=None):
+    if cond_images is not None:
+      raise ConfigError("config.rl.edit_prompts: GRPO on edits needs the patch-token policy "
+                        "(gen_target='patch_tokens')")
     images, codes = model.generate_image(ids, mask, rng, num_steps=config.render_steps,
                                          guidance=config.render_guidance, return_codes=True)
     return {"codes": codes}, images
@@ -248,7 +256,8 @@ class GRPOPolicy(nnx.Module):
   only `policy` (`POLICY_PARAMS`); the reference is checkpointed with it.
 
   batch: ids, mask [N, T] (prompts), the rollout's tokens (the adapter's `token_keys`, [N, L] each),
-  old_logp, ref_logp [N, L], advantages [N]."""
+  old_logp, ref_logp [N, L], advantages [N]; with edit prompts also cond_image [N, S, S, 3] in [-1, 1] (the
+  sources; rows without placeholders in `ids` ignore theirs)."""
 
   def __init__(self, policy: nnx.Module, reference: nnx.Module, config: GRPOConfig):
     self.adapter = policy_of(policy)
@@ -261,11 +270,13 @@ class GRPOPolicy(nnx.Module):
   def logprobs(self, model, batch) -> tuple[jax.Array, jax.Array]:
     return self.adapter.logprobs(model, batch, self.config)
 
-  def rollout(self, ids, mask, rng):
-    """Prompts [N, T] -> (tokens {key: [N, L]}, images [N, S, S, 3] in [-1, 1], old log-probs [N, L],
-    reference log-probs [N, L], weights [N, L])."""
-    tokens, images = self.adapter.sample(self.policy, ids, mask, rng, self.config)
+  def rollout(self, ids, mask, rng, cond_images=None):
+    """Prompts [N, T] (and edit sources [N, S, S, 3]) -> (tokens {key: [N, L]}, images [N, S, S, 3] in
+    [-1, 1], old log-probs [N, L], reference log-probs [N, L], weights [N, L])."""
+    tokens, images = self.adapter.sample(self.policy, ids, mask, rng, self.config, cond_images)
     batch = {"ids": ids, "mask": mask, **tokens}
+    if cond_images is not None:
+      batch["cond_image"] = cond_images
     old, weights = self.logprobs(self.policy, batch)
     ref, _ = self.logprobs(self.reference, batch)
     return tokens, images, old, ref, weights

@@ -14,6 +14,8 @@ the mixture a config names:
     prompt's questions about each image (the colour of each coloured object, how many of each class,
     whether A stands in the asked relation to B, in the ShapesWorld Q/A wording): the fraction answered
     as the prompt implies;
+  * `EditReward` (GRPO's edit prompts, `rl.edit_prompts`): the dense ShapesWorld-ROVER score of an
+    edited image against its edit task;
   * `external`: "module.path:factory" — `factory(**kwargs)` returns a reward callable (any scorer: an HF
     model, a remote service).
 
@@ -53,6 +55,34 @@ class GenEvalReward:
       else:
         out[i] = float(geneval.evaluate_detections(record, detections)[0])
     return out
+
+
+class EditReward:
+  """The dense ShapesWorld-ROVER reward of edited images [N, S, S, 3] uint8 against their IG tasks
+  (`shapes_rover.make_tasks` fields; GRPO takes them from the train split): the mean of RV (the
+  target state reached, 0/1), the target overlap (`shapes_rover.target_overlap`) and VC (untouched
+  objects kept; left out where the edit touches every object). Returns (total [N], {"edit_rv",
+  "edit_overlap", "edit_vc"} [N]; an undefined VC logged as NaN)."""
+
+  def __init__(self, detector=None):
+    if detector is None:
+      from jaxmodels.evals.detectors import ShapesDetector
+      detector = ShapesDetector()
+    self.detector = detector
+
+  def __call__(self, images: np.ndarray, tasks: Sequence[dict]) -> tuple[np.ndarray, dict]:
+    from jaxmodels.evals import shapes_rover
+    parts = {k: np.zeros(len(tasks), np.float32) for k in ("edit_rv", "edit_overlap", "edit_vc")}
+    total = np.zeros(len(tasks), np.float32)
+    for i, (img, task) in enumerate(zip(images, tasks)):
+      scores = shapes_rover.score_ig(task, img, None, self.detector)
+      rv, vc = scores["reasoning_visual_exact"], scores["visual_consistency_exact"]
+      overlap = shapes_rover.target_overlap(task, img, self.detector)
+      terms = [rv, overlap] + ([vc] if vc is not None else [])
+      parts["edit_rv"][i], parts["edit_overlap"][i] = rv, overlap
+      parts["edit_vc"][i] = np.nan if vc is None else vc
+      total[i] = float(np.mean(terms))
+    return total, parts
 
 
 def partial_credit(record: dict, detections: list[dict]) -> float:

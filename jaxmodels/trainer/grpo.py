@@ -43,7 +43,9 @@ RUN_KEYS = {
     "inner_epochs": (1, "optimizer steps on each update's rollouts"),
     "rewards": ({"geneval_dense": 1.0, "geneval": 0.0}, "reward weights by name (a 0 weight is logged)"),
     "external": ({}, "rewards from outside the library: {'pkg.module:factory': {'weight': w, ...}}"),
-    "prompt_pool": (0, "> 0: only the first N training prompts"),
+    "prompt_pool": (0, "> 0: only the first N training prompts (and edit tasks)"),
+    "edit_prompts": (0, "of each update's prompts, how many are edit tasks from the train split's edit pairs "
+                        "(patch-token policy), rewarded by the dense ShapesWorld-ROVER edit reward"),
     "model_from_init": (True, "config.model / config.data are the source run's (config.init.checkpoint)"),
     "after_supervised": (False, "two phases in one run: supervised training first, then GRPO from it"),
     "supervised_evals": ("", "with after_supervised: the evaluations at the end of the supervised phase"),
@@ -114,6 +116,9 @@ def grpo_batch_spec(config, mesh, policy: GRPOPolicy, rules=None) -> dict:
   shapes = {"ids": ((n, t), jnp.int32), "mask": ((n, t), jnp.int32), "old_logp": ((n, slots), jnp.float32),
             "ref_logp": ((n, slots), jnp.float32), "advantages": ((n,), jnp.float32),
             **{k: ((n, slots), jnp.int32) for k in policy.token_keys}}
+  if config.rl.get("edit_prompts", 0):
+    size = c.und_encoder.image_size
+    shapes["cond_image"] = ((n, size, size, 3), jnp.float32)
   return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s), rules))
           for k, (s, d) in shapes.items()}
 
@@ -213,6 +218,60 @@ def train_records(data_dir: str, cfg_name: str, limit: int | None = None) -> lis
   return [dict(split[i]["metadata"]) for i in range(n)]
 
 
+class EditPrompts:
+  """GRPO's edit prompts (`rl.edit_prompts` a step): train-split edit tasks (`train_edit_tasks`) taken as
+  `PromptStream` takes prompts, encoded as the ShapesWorld evaluations encode edits (the run's
+  data.edit_layout, left-padded to data.gen_len; longer instructions are left out), with their sources
+  [k, S, S, 3] in [-1, 1] and the dense ROVER reward (`rl.rewards.EditReward`)."""
+
+  def __init__(self, model, tokenizer, data, load_tasks, data_dir: str, limit: int, per_step: int, seed: int):
+    from input_pipeline.shapes_tasks import edit_ids, left_pad
+    from jaxmodels.rl.rewards import EditReward
+    if getattr(model, "patch_head", None) is None or getattr(model.patch_head, "reference", None) is None:
+      raise ConfigError("config.rl.edit_prompts: GRPO on edits needs a patch-token model whose edit prompts "
+                        "hold the source's own tokens (model.patch_tokens.edit_reference 'patch_tokens' or "
+                        "'copy')")
+    n_img, length = model.num_edit_image_tokens, data.gen_len
+    self.encode = lambda text: left_pad(edit_ids([tokenizer.bos_id], [tokenizer.image_id] * n_img,  # noqa: E731
+                                                 tokenizer.encode(text), data.edit_layout), length, tokenizer.pad_id)
+    fits = lambda text: 1 + n_img + len(tokenizer.encode(text)) <= length  # noqa: E731
+    tasks = load_tasks(data_dir, data.config, fits, limit)
+    if not tasks:
+      raise ConfigError(f"config.rl.edit_prompts: no train-split edit of {data.config!r} fits data.gen_len="
+                        f"{length} with {n_img} source tokens")
+    self.stream = PromptStream(tasks, per_step, seed + 1)
+    self.size = model.config.und_encoder.image_size
+    self.reward = EditReward()
+
+  def at(self, step: int, offset: int):
+    """Step `step`'s tasks and their (ids, mask [k, T], sources [k, S, S, 3]); rows of the rollout's
+    text-to-image prompts (`offset` of them) come first and get a blank source."""
+    from input_pipeline.shapes_tasks import to_unit_range
+    tasks = self.stream.at(step)
+    rows = [self.encode(t["prompt"]) for t in tasks]
+    src = np.stack([to_unit_range(t["source_image"], self.size) for t in tasks])
+    blank = np.zeros((offset,) + src.shape[1:], src.dtype)
+    return (tasks, np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]),
+            np.concatenate([blank, src]))
+
+
+def train_edit_tasks(data_dir: str, cfg_name: str, fits, limit: int | None = None) -> list[dict]:
+  """ShapesWorld-ROVER IG tasks (the fields `shapes_rover.score_ig` reads, plus the source image uint8
+  [S, S, 3] as "source_image") from the train split's edit pairs whose instruction `fits(text)` the
+  prompt length: the edits supervised training saw, none of the evaluation's."""
+  from jaxmodels import shapes_world as sw
+  split = sw.load_split(data_dir, "train", cfg_name, decode="lazy")
+  n = len(split) if not limit else min(limit, len(split))
+  tasks = []
+  for i in range(n):
+    ex = split[i]
+    edit = ex["edit"]
+    if edit and fits(edit["instruction"]):
+      tasks.append({"id": f"train_{i}", "kind": edit["kind"], "prompt": edit["instruction"], "source": ex["scene"],
+                    "target": edit["target"], "steps": edit["steps"], "source_image": ex["image"]})
+  return tasks
+
+
 def diversity(images: np.ndarray, group: int) -> float:
   """The mean fraction of distinct images within each prompt's group (1: all G differ)."""
   n = images.shape[0] // group
@@ -283,10 +342,18 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
     carry_tokenizer(src_dir, workdir)
   data = data_section(config.data, also="shapes_world")
   data_dir = data.data_dir or default_data_dir()
-  prompts = PromptStream(train_records(data_dir, data.config, rl.prompt_pool), rl.prompts_per_step,
-                         config.seed)
   gen_len, layout = data.gen_len, data.und_layout
+  n_edit = int(rl.edit_prompts)
+  if not 0 <= n_edit <= rl.prompts_per_step:
+    raise ConfigError(f"config.rl.edit_prompts={n_edit}: must be in [0, rl.prompts_per_step="
+                      f"{rl.prompts_per_step}]")
+  prompts = PromptStream(train_records(data_dir, data.config, rl.prompt_pool), rl.prompts_per_step - n_edit,
+                         config.seed)
   policy_now = lambda: nnx.merge(graphdef, state).model.policy  # noqa: E731
+  edit_prompts = None
+  if n_edit:
+    edit_prompts = EditPrompts(policy_now(), tokenizer, data, train_edit_tasks, data_dir, rl.prompt_pool, n_edit,
+                               config.seed)
   # The VQA reward's judge is the frozen reference: a judge that moved with the policy could be gamed.
   answer_fn = (shapes_eval.model_answer_fn(nnx.merge(graphdef, state).model.reference, tokenizer, batch_size=config.evals.batch_size,
                                            prompt_len=data.und_len, layout=layout)
@@ -299,8 +366,8 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   step_fn = make_train_step(ts, lr_schedule=lr, state_shardings=shardings)
 
   @jax.jit
-  def rollout(state, ids, mask, key):
-    return nnx.merge(graphdef, state).model.rollout(ids, mask, key)
+  def rollout(state, ids, mask, key, cond=None):
+    return nnx.merge(graphdef, state).model.rollout(ids, mask, key, cond)
 
   rng, eval_rng = run_keys(config.seed)
   g = gcfg.group_size
@@ -310,23 +377,34 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   for step in range(start + 1, total + 1):
     records = prompts.at(step)
     ids, mask, _ = shapes_eval.encode_prompts(tokenizer, [r["prompt"] for r in records], gen_len)
+    cond, tasks = None, []
+    if edit_prompts is not None:     # edit prompts after the text-to-image ones; their sources as cond
+      tasks, e_ids, e_mask, cond = edit_prompts.at(step, len(records))
+      ids, mask = np.concatenate([ids, e_ids]), np.concatenate([mask, e_mask])
+      cond = np.repeat(cond, g, axis=0)
     ids, mask = np.repeat(ids, g, axis=0), np.repeat(mask, g, axis=0)     # [P·G, T]: groups adjacent
     key = jax.random.fold_in(rng, step)
     with sharding.use_mesh(mesh, rules):
-      tokens, images, old, ref, _ = rollout(state, *map(jnp.asarray, (ids, mask)), key)
+      tokens, images, old, ref, _ = rollout(state, *map(jnp.asarray, (ids, mask)), key,
+                                            None if cond is None else jnp.asarray(cond))
     images_u8 = to_uint8(images)
-    group_records = [r for r in records for _ in range(g)]
-    total_reward, parts = rewards(images_u8, group_records)
+    n_t2i = len(records) * g
+    total_reward, parts = rewards(images_u8[:n_t2i], [r for r in records for _ in range(g)])
+    if tasks:
+      edit_reward, edit_parts = edit_prompts.reward(images_u8[n_t2i:], [t for t in tasks for _ in range(g)])
+      total_reward, parts = np.concatenate([total_reward, edit_reward]), {**parts, **edit_parts}
     adv = group_advantages(total_reward.reshape(-1, g), scale=gcfg.scale).reshape(-1)
     und = {} if data_iter is None else {k: v for k, v in next(data_iter).items() if k.startswith(kept)}
-    batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv, **und))
+    extra = {} if cond is None else {"cond_image": cond}
+    batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv, **extra,
+                     **und))
     with sharding.use_mesh(mesh, rules):
       for epoch in range(rl.inner_epochs):
         state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1))
     out_of_time = limit is not None and (time.time() - t0) / 60 > limit
     if step % config.train.log_every == 0 or step == total or out_of_time:
       logged = {**{k: float(v) for k, v in metrics.items()}, "rl/reward": float(total_reward.mean()),
-                **{f"rl/reward/{k}": float(v.mean()) for k, v in parts.items()},
+                **{f"rl/reward/{k}": float(np.nanmean(v)) for k, v in parts.items() if np.isfinite(v).any()},
                 "rl/diversity": diversity(images_u8, g)}
       writer.write(step, logged)
     if step % config.train.ckpt_every == 0 or step == total or out_of_time:
