@@ -193,7 +193,8 @@ def test_logprobs_match_the_sampler(policy, prompts):
 def test_edit_logprobs_match_the_sampler_with_the_copy_path():
   """Edit rollouts of a copy-path policy: near-greedy sampling with the source in the prompt gives
   log-probs ~0 under the teacher-forced pass (which reads the same source and predicts the same keep
-  mask); with the copy gates wide open and every patch kept the rollout is the source itself."""
+  mask); as actions, keep decisions add one weighted slot per source object; with the copy gates wide
+  open and every patch kept the rollout is the source itself."""
   from configs import shapes_tiny
   from jaxmodels.trainer.setup import model_factory
   from jaxmodels.shapes_world.render import render
@@ -206,10 +207,19 @@ def test_edit_logprobs_match_the_sampler_with_the_copy_path():
   ids, mask = jnp.asarray(ids), jnp.asarray((ids > 0).astype(np.int32))
   scene = Scene((SceneObject("circle", "red", (0.3, 0.4), 0.3), SceneObject("star", "blue", (0.7, 0.7), 0.3)))
   src = jnp.asarray(np.stack([render(scene, 32)] * 2).astype(np.float32) / 127.5 - 1.0)
-  cold = grpo.GRPOPolicy(model, model, grpo.GRPOConfig(temperature=1e-3, pattern_temperature=1e-3))
+  cold = grpo.GRPOPolicy(model, model, grpo.GRPOConfig(temperature=1e-3, pattern_temperature=1e-3,
+                                                       keep_action=False))
   roll = nnx.jit(lambda p, i, m, k, c: p.rollout(i, m, k, c))
   tokens, images, old, _, w = roll(cold, ids, mask, jax.random.key(0), src)
+  assert "keep" not in tokens and old.shape == (2, n)
   assert np.all(np.asarray(old)[np.asarray(w) > 0] > -1e-3)
+  # Keep actions: one decision per source object (two here), drawn and scored after the image's slots.
+  acting = grpo.GRPOPolicy(model, model, grpo.GRPOConfig(temperature=1e-3, pattern_temperature=1e-3))
+  tokens, images, old, _, w = roll(acting, ids, mask, jax.random.key(0), src)
+  assert tokens["keep"].shape == (2, n, 2) and old.shape == w.shape == (2, 2 * n)
+  np.testing.assert_allclose(np.asarray(w)[:, n:].sum(1), [2.0, 0.0], atol=1e-5)
+  assert np.all(np.asarray(old)[:, :n][np.asarray(w)[:, :n] > 0] > -1e-3)
+  assert np.all(np.asarray(old)[:, n:] <= 0) and np.asarray(old)[0, n:].min() < -0.05
   head = model.patch_head
   head.copy_gate.kernel[...] = jnp.zeros_like(head.copy_gate.kernel[...])
   head.copy_gate.bias[...] = jnp.asarray([0.0, 50.0, 50.0, 50.0], head.copy_gate.bias[...].dtype)
@@ -219,7 +229,7 @@ def test_edit_logprobs_match_the_sampler_with_the_copy_path():
   tokens, images, old, _, w = roll(warm, ids, mask, jax.random.key(1), src)
   want = model.patch_tokenizer.decode(*model.patch_tokenizer.encode(src[:1]))
   np.testing.assert_allclose(np.asarray(images[0]), np.asarray(want[0]), atol=1e-6)   # row 0: the source copied
-  assert np.all(np.asarray(old)[0][np.asarray(w)[0] > 0] > -1e-3)
+  assert np.all(np.asarray(old)[0][np.asarray(w)[0] > 0] > -1e-3)       # ... its keep actions all certain
 
 
 @pytest.mark.slow

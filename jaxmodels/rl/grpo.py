@@ -54,7 +54,10 @@ class GRPOConfig:
   while RL trains drawing (0: the GRPO objective only). edit_weight: the weight of the policy's supervised
   generation loss on the `gen_*` inputs of that batch (edit pairs: the trainer builds it with edits only),
   so the edit path, which a text-to-image reward never exercises, keeps what the supervised phase taught
-  it (0: none)."""
+  it (0: none). keep_action: on edit rollouts of a copy path with `copy_keep`, the keep decisions are part
+  of the policy's action — drawn per source object with probability sigmoid(logit), their log-probs in
+  the objective as one slot per object — so the reward teaches which objects an edit changes (False:
+  kept where the logit is > 0, as evaluation samples, and trained by the supervised keep loss only)."""
   group_size: int = 8
   clip_eps: float = 0.2
   clip_eps_high: float | None = None
@@ -67,6 +70,7 @@ class GRPOConfig:
   render_guidance: float = 1.0
   und_weight: float = 0.0
   edit_weight: float = 0.0
+  keep_action: bool = True
 
   def __post_init__(self):
     if self.group_size < 2:
@@ -130,12 +134,15 @@ def clipped_objective(logp, old_logp, ref_logp, advantages, weights, *, clip_eps
 
 
 def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *, temperature: float,
-                         pattern_temperature: float | None = None, ref=None) -> tuple[jax.Array, jax.Array]:
+                         pattern_temperature: float | None = None, ref=None, keep=None
+                         ) -> tuple[jax.Array, jax.Array]:
   """Teacher-forced log-probabilities [B, L] of sampled patch tokens (pos, pattern, colour) [B, L]
   after the left-padded prompt (`prompt_embeds` [B, T, D], `mask` [B, T]) under the distribution
   `patch_tokens.sample` draws them from (same temperatures and masks; `ref`: the edit sources of the copy
   path, with the keep mask the policy predicts from this pass's prompt states, as the sampler does), and
-  the token weights [B, L]: every slot up to and including the first <eoi>."""
+  the token weights [B, L]: every slot up to and including the first <eoi>. With `keep` [B, L, 2], the keep
+  actions a rollout drew for the source's L tokens, the copy path uses those and their log-probs follow
+  the image's: logp and weights [B, 2L] (`PatchTokenHead.keep_logprobs`)."""
   eoi = head.config.eoi
   b, t = mask.shape
   pt = temperature if pattern_temperature is None else pattern_temperature
@@ -144,7 +151,12 @@ def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *
   full = jnp.concatenate([mask.astype(jnp.int32), jnp.ones((b, 1), jnp.int32),
                           (pos[:, :-1] < eoi).astype(jnp.int32)], 1)
   states = llm.forward(None, patch_tokens.positions_of(full), full, inputs_embeds=x).hidden
-  ref = head.predicted_keep(states[:, :t], ref)
+  keep_lp = None
+  if keep is not None and ref is not None and head.keep_out is not None:
+    keep_lp, keep_w = head.keep_logprobs(states[:, :t], ref, keep)
+    ref = ref.with_keep(keep)
+  else:
+    ref = head.predicted_keep(states[:, :t], ref)
   hidden = states[:, t:]
   prev = jnp.concatenate([jnp.full((b, 1), -1, pos.dtype), pos[:, :-1]], 1)   # the sorted list's last cell
   cells = jnp.arange(eoi + 1)
@@ -158,8 +170,10 @@ def patch_token_logprobs(llm, head, prompt_embeds, mask, pos, pattern, colour, *
   lq = pick(pl / pt, jnp.where(real, pattern, 1))
   lc = pick(cl / pt, colour)
   weights = jnp.concatenate([jnp.ones_like(pos[:, :1]), (pos[:, :-1] < eoi).astype(pos.dtype)], 1)
-  logp = lp + jnp.where(real, lq + lc, 0.0)
-  return jnp.where(weights > 0, logp, 0.0), weights
+  logp = jnp.where(weights > 0, lp + jnp.where(real, lq + lc, 0.0), 0.0)
+  if keep_lp is None:
+    return logp, weights
+  return jnp.concatenate([logp, keep_lp], 1), jnp.concatenate([weights.astype(jnp.float32), keep_w], 1)
 
 
 def image_token_logprobs(model, ids, mask, codes, *, temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
@@ -199,9 +213,15 @@ class PatchTokenPolicy:
   def sample(cls, model, ids, mask, rng, config: GRPOConfig, cond_images=None):
     t, pt = cls.temperatures(model, config)
     embeds, ref = model.patch_prompt(ids, mask, cond_images)
-    tokens = patch_tokens.sample(model.llm, model.patch_head, embeds, mask, rng, guidance=1.0, temperature=t,
-                                 pattern_temperature=pt, ref=ref)
-    return dict(zip(cls.token_keys, tokens)), model.patch_tokenizer.decode(*tokens)
+    head, keep = model.patch_head, {}
+    if ref is not None and head.keep_out is not None and config.keep_action:
+      rng, k_keep = jax.random.split(rng)
+      states = model.llm.forward(None, patch_tokens.positions_of(mask), mask, inputs_embeds=embeds).hidden
+      ref = head.predicted_keep(states, ref, k_keep)
+      keep = {"keep": ref.slot_keep()}
+    tokens = patch_tokens.sample(model.llm, head, embeds, mask, rng, guidance=1.0, temperature=t,
+                                 pattern_temperature=pt, ref=ref, predict_keep=not keep)
+    return {**dict(zip(cls.token_keys, tokens)), **keep}, model.patch_tokenizer.decode(*tokens)
 
   @classmethod
   def logprobs(cls, model, batch, config: GRPOConfig):
@@ -209,7 +229,7 @@ class PatchTokenPolicy:
     embeds, ref = model.patch_prompt(batch["ids"], batch["mask"], batch.get("cond_image"))
     return patch_token_logprobs(model.llm, model.patch_head, embeds, batch["mask"], batch["pos"],
                                 batch["pattern"], batch["colour"], temperature=t, pattern_temperature=pt,
-                                ref=ref)
+                                ref=ref, keep=batch.get("keep"))
 
 
 class ImageTokenPolicy:

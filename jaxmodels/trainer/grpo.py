@@ -119,6 +119,9 @@ def grpo_batch_spec(config, mesh, policy: GRPOPolicy, rules=None) -> dict:
   if config.rl.get("edit_prompts", 0):
     size = c.und_encoder.image_size
     shapes["cond_image"] = ((n, size, size, 3), jnp.float32)
+    if c.patch_tokens is not None and c.patch_tokens.copy_keep and grpo_config_of(config).keep_action:   # keep actions: one slot per source token
+      shapes.update(keep=((n, slots, 2), jnp.float32), old_logp=((n, 2 * slots), jnp.float32),
+                    ref_logp=((n, 2 * slots), jnp.float32))
   return {k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s), rules))
           for k, (s, d) in shapes.items()}
 

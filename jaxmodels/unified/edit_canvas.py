@@ -105,6 +105,15 @@ class ReferenceCanvas:
                       (colour_canvas(pos, colour, eoi) == self.colour) & on], -1)
     return jnp.take_along_axis(same, self.slot_cells[..., None], axis=1).astype(jnp.float32)
 
+  def object_sizes(self) -> jax.Array:
+    """[B, L] f32: how many source tokens share each token's object."""
+    return (self.slot_object[:, :, None] == self.slot_object[:, None, :]).sum(-1).astype(jnp.float32)
+
+  def slot_keep(self) -> jax.Array:
+    """The keep masks at each source token [B, L, 2] (pattern, colour): `with_keep`'s input."""
+    take = lambda m: jnp.take_along_axis(m, self.slot_cells, axis=1)  # noqa: E731
+    return jnp.stack([take(self.keep), take(self.keep_colour)], -1)
+
   def object_mean(self, values: jax.Array) -> jax.Array:
     """Per-source-token values [B, L, ...] -> their mean over each token's object (padding: its own)."""
     same = (self.slot_object[:, :, None] == self.slot_object[:, None, :]).astype(values.dtype)

@@ -321,11 +321,32 @@ class PatchTokenHead(nnx.Module):
     logits = self.keep_out(h).astype(jnp.float32)
     return ref.object_mean(logits) if self.config.keep_pool == "object" else logits
 
-  def predicted_keep(self, prompt_hidden: jax.Array, ref: ReferenceCanvas | None) -> ReferenceCanvas | None:
-    """`ref` with the keep mask the head predicts (sampling); unchanged without copy_keep."""
+  def predicted_keep(self, prompt_hidden: jax.Array, ref: ReferenceCanvas | None,
+                     rng: jax.Array | None = None) -> ReferenceCanvas | None:
+    """`ref` with the keep mask the head predicts (sampling): kept where the logit is > 0, or with `rng`
+    drawn with probability sigmoid(logit), one draw per object (keep_pool="object") or per token (GRPO's
+    keep actions); unchanged without copy_keep."""
     if ref is None or self.keep_out is None:
       return ref
-    return ref.with_keep(self.keep_logits(prompt_hidden, ref) > 0.0)
+    logits = self.keep_logits(prompt_hidden, ref)
+    if rng is None:
+      return ref.with_keep(logits > 0.0)
+    group = ref.slot_object if self.config.keep_pool == "object" else ref.slot_cells
+    u = jax.random.uniform(rng, ref.pattern.shape + (2,))
+    u = jnp.take_along_axis(u, group[..., None], axis=1)
+    return ref.with_keep(u < jax.nn.sigmoid(logits))
+
+  def keep_logprobs(self, prompt_hidden: jax.Array, ref: ReferenceCanvas, keep: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Log-probabilities [B, L] of keep decisions `keep` [B, L, 2] (pattern and colour summed) under the
+    head, and their weights [B, L]: 1 / the object's size at the real source tokens of rows with a
+    source (keep_pool="object": one decision per object, shared by its tokens), else 0."""
+    z = self.keep_logits(prompt_hidden, ref)
+    lp = (keep * jax.nn.log_sigmoid(z) + (1.0 - keep) * jax.nn.log_sigmoid(-z)).sum(-1)
+    real = ((ref.slot_cells < self.config.eoi) & ref.has[:, None]).astype(jnp.float32)
+    if self.config.keep_pool == "object":
+      real = real / ref.object_sizes()
+    return lp * (real > 0), real
 
   def keep_loss(self, prompt_hidden: jax.Array, ref: ReferenceCanvas, pos, pattern, colour
                 ) -> tuple[jax.Array, jax.Array, ReferenceCanvas]:
@@ -448,13 +469,14 @@ def _draw(rng, logits, temperature: float) -> jax.Array:
 
 def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array, rng: jax.Array, *,
            guidance: float = 1.0, temperature: float = 0.7, pattern_temperature: float | None = None,
-           ref: ReferenceCanvas | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+           ref: ReferenceCanvas | None = None, predict_keep: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Tokens (pos, pattern, colour) [B, L] drawn after the prompt, one LLM step per token with a KV
   cache. `guidance` != 1: classifier-free guidance on all three logits against the empty prompt (every
   prompt token masked, as `cond_dropout` trains it); `temperature` (position) and `pattern_temperature`
   (pattern and colour; None: the same) 0 are greedy. Cells at or before the
   previous token's are masked (the list is sorted); a drawn patch is never the empty pattern. `ref`: the
-  edit sources [B] of the copy path (the unconditional CFG branch has none)."""
+  edit sources [B] of the copy path (the unconditional CFG branch has none), whose keep mask the head
+  predicts here unless `predict_keep` is False (the caller has set it: GRPO's sampled keep actions)."""
   c = head.config
   b, t = mask.shape
   num, eoi = c.num_slots, c.eoi
@@ -470,7 +492,8 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
   out = llm.forward(None, positions_of(first), kv_mask, cache=llm.init_cache(bb, t + 1 + num), cache_index=0,
                     inputs_embeds=jnp.concatenate([prompt_embeds, head.boi_embed(bb).astype(prompt_embeds.dtype)], 1))
   start = jnp.sum(first, axis=1)
-  ref = head.predicted_keep(out.hidden[:, :t], ref)
+  if predict_keep:
+    ref = head.predicted_keep(out.hidden[:, :t], ref)
 
   def guide(logits):
     if not cfg:
