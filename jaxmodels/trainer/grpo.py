@@ -116,7 +116,8 @@ def grpo_batch_spec(config, mesh, policy: GRPOPolicy, rules=None) -> dict:
   shapes = {"ids": ((n, t), jnp.int32), "mask": ((n, t), jnp.int32), "old_logp": ((n, slots), jnp.float32),
             "ref_logp": ((n, slots), jnp.float32), "advantages": ((n,), jnp.float32),
             **{k: ((n, slots), jnp.int32) for k in policy.token_keys}}
-  if config.rl.get("edit_prompts", 0):
+  complete_rl(config)
+  if config.rl.edit_prompts:
     size = c.und_encoder.image_size
     shapes["cond_image"] = ((n, size, size, 3), jnp.float32)
     if c.patch_tokens is not None and c.patch_tokens.copy_keep and grpo_config_of(config).keep_action:   # keep actions: one slot per source token
@@ -227,7 +228,7 @@ class EditPrompts:
   data.edit_layout, left-padded to data.gen_len; longer instructions are left out), with their sources
   [k, S, S, 3] in [-1, 1] and the dense ROVER reward (`rl.rewards.EditReward`)."""
 
-  def __init__(self, model, tokenizer, data, load_tasks, data_dir: str, limit: int, per_step: int, seed: int):
+  def __init__(self, model, tokenizer, data, data_dir: str, limit: int, per_step: int, seed: int):
     from input_pipeline.shapes_tasks import edit_ids, left_pad
     from jaxmodels.rl.rewards import EditReward
     if getattr(model, "patch_head", None) is None or getattr(model.patch_head, "reference", None) is None:
@@ -238,7 +239,7 @@ class EditPrompts:
     self.encode = lambda text: left_pad(edit_ids([tokenizer.bos_id], [tokenizer.image_id] * n_img,  # noqa: E731
                                                  tokenizer.encode(text), data.edit_layout), length, tokenizer.pad_id)
     fits = lambda text: 1 + n_img + len(tokenizer.encode(text)) <= length  # noqa: E731
-    tasks = load_tasks(data_dir, data.config, fits, limit)
+    tasks = train_edit_tasks(data_dir, data.config, fits, limit)
     if not tasks:
       raise ConfigError(f"config.rl.edit_prompts: no train-split edit of {data.config!r} fits data.gen_len="
                         f"{length} with {n_img} source tokens")
@@ -355,8 +356,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   policy_now = lambda: nnx.merge(graphdef, state).model.policy  # noqa: E731
   edit_prompts = None
   if n_edit:
-    edit_prompts = EditPrompts(policy_now(), tokenizer, data, train_edit_tasks, data_dir, rl.prompt_pool, n_edit,
-                               config.seed)
+    edit_prompts = EditPrompts(policy_now(), tokenizer, data, data_dir, rl.prompt_pool, n_edit, config.seed)
   # The VQA reward's judge is the frozen reference: a judge that moved with the policy could be gamed.
   answer_fn = (shapes_eval.model_answer_fn(nnx.merge(graphdef, state).model.reference, tokenizer, batch_size=config.evals.batch_size,
                                            prompt_len=data.und_len, layout=layout)
