@@ -207,7 +207,7 @@ def _moved_ok(move: dict, dets: list[dict], target: Scene, final: dict, side: in
              for a in cands for b in refs if a is not b)
 
 
-def _components(detector, image: np.ndarray) -> tuple[list[dict], int]:
+def components(detector, image: np.ndarray) -> tuple[list[dict], int]:
   """(accepted detections, number of components found) of one image."""
   if hasattr(detector, "analyze"):
     comps = detector.analyze(image)
@@ -229,17 +229,16 @@ def _state_ok(task: dict, dets: list[dict], side: int, info: dict) -> bool:
                              for m in info["moves"])
 
 
-def target_overlap(task: dict, image: np.ndarray, detector) -> float:
+def target_overlap(task: dict, dets: list[dict]) -> float:
   """How much of the edit's target state an output reaches, in [0, 1]: the size of the overlap of its
-  detected (shape, colour) multiset with the target's over the larger of the two (1 exactly when RV's
-  multiset test holds). A dense companion of RV for rewards."""
-  dets, _ = _components(detector, np.asarray(image, np.uint8))
+  detected (shape, colour) multiset (`components`' detections) with the target's over the larger of the
+  two (1 exactly when RV's multiset test holds). A dense companion of RV for rewards."""
   want = collections.Counter((o["shape"], o["color"]) for o in task["target"]["objects"])
   got = collections.Counter((d["class"], d.get("color")) for d in dets)
   return sum((want & got).values()) / max(sum(want.values()), sum(got.values()), 1)
 
 
-def score_ig(task: dict, image: np.ndarray, text: str | None, detector) -> dict:
+def score_ig(task: dict, image: np.ndarray, text: str | None, detector, found=None) -> dict:
   """Exact IG metrics of one output (see the module docstring).
 
   Args:
@@ -247,13 +246,14 @@ def score_ig(task: dict, image: np.ndarray, text: str | None, detector) -> dict:
     image: the edited image, uint8 [S, S, 3] (any S).
     text: the reasoning text ("" or None: RP and RA missing).
     detector: a GenEval detector (`detect`, optionally `analyze`).
+    found: `components(detector, image)`, when the caller has it already.
 
   Returns:
     {"<metric>_exact": float | None, "<metric>_score": int | None} for the five IG metrics.
   """
   image = np.asarray(image, np.uint8)
   side = image.shape[0]
-  dets, n_comp = _components(detector, image)
+  dets, n_comp = components(detector, image) if found is None else found
   info = _trace(task)
   source = Scene.from_dict(task["source"])
   src_boxes = render_with_masks(source, side).boxes
@@ -301,7 +301,7 @@ def score_tg(task: dict, image: np.ndarray, text: str | None, detector) -> dict:
   """Exact TG metrics: accuracy (answer) and image correctness (RV of the drawn scene), as
   {"reasoning_alignment_*": accuracy, "interleaved_reasoning_*": image} score/exact pairs."""
   image = np.asarray(image, np.uint8)
-  dets, _ = _components(detector, image)
+  dets, _ = components(detector, image)
   correct_image = float(_state_ok(task, dets, image.shape[0], _trace(task)))
   accuracy = float(tg_answer(text) == _normalize(task["answer"]))
   return {"interleaved_reasoning_score": to_score(correct_image),

@@ -213,15 +213,15 @@ class PatchTokenPolicy:
   def sample(cls, model, ids, mask, rng, config: GRPOConfig, cond_images=None):
     t, pt = cls.temperatures(model, config)
     embeds, ref = model.patch_prompt(ids, mask, cond_images)
-    head, keep = model.patch_head, {}
-    if ref is not None and head.keep_out is not None and config.keep_action:
+    k_keep = None
+    if ref is not None and model.patch_head.keep_out is not None and config.keep_action:
       rng, k_keep = jax.random.split(rng)
-      states = model.llm.forward(None, patch_tokens.positions_of(mask), mask, inputs_embeds=embeds).hidden
-      ref = head.predicted_keep(states, ref, k_keep)
-      keep = {"keep": ref.slot_keep()}
-    tokens = patch_tokens.sample(model.llm, head, embeds, mask, rng, guidance=1.0, temperature=t,
-                                 pattern_temperature=pt, ref=ref, predict_keep=not keep)
-    return {**dict(zip(cls.token_keys, tokens)), **keep}, model.patch_tokenizer.decode(*tokens)
+    out = patch_tokens.sample(model.llm, model.patch_head, embeds, mask, rng, guidance=1.0, temperature=t,
+                              pattern_temperature=pt, ref=ref, keep_rng=k_keep)
+    tokens = dict(zip(cls.token_keys, out[:3]))
+    if k_keep is not None:
+      tokens["keep"] = out[3]
+    return tokens, model.patch_tokenizer.decode(*out[:3])
 
   @classmethod
   def logprobs(cls, model, batch, config: GRPOConfig):

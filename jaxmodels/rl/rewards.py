@@ -75,9 +75,11 @@ class EditReward:
     parts = {k: np.zeros(len(tasks), np.float32) for k in ("edit_rv", "edit_overlap", "edit_vc")}
     total = np.zeros(len(tasks), np.float32)
     for i, (img, task) in enumerate(zip(images, tasks)):
-      scores = shapes_rover.score_ig(task, img, None, self.detector)
+      img = np.asarray(img, np.uint8)
+      found = shapes_rover.components(self.detector, img)          # one detection pass for both
+      scores = shapes_rover.score_ig(task, img, None, self.detector, found=found)
       rv, vc = scores["reasoning_visual_exact"], scores["visual_consistency_exact"]
-      overlap = shapes_rover.target_overlap(task, img, self.detector)
+      overlap = shapes_rover.target_overlap(task, found[0])
       terms = [rv, overlap] + ([vc] if vc is not None else [])
       parts["edit_rv"][i], parts["edit_overlap"][i] = rv, overlap
       parts["edit_vc"][i] = np.nan if vc is None else vc

@@ -229,17 +229,16 @@ class EditPrompts:
   [k, S, S, 3] in [-1, 1] and the dense ROVER reward (`rl.rewards.EditReward`)."""
 
   def __init__(self, model, tokenizer, data, data_dir: str, limit: int, per_step: int, seed: int):
-    from input_pipeline.shapes_tasks import edit_ids, left_pad
+    from input_pipeline.shapes_tasks import edit_prompt, left_pad
     from jaxmodels.rl.rewards import EditReward
     if getattr(model, "patch_head", None) is None or getattr(model.patch_head, "reference", None) is None:
       raise ConfigError("config.rl.edit_prompts: GRPO on edits needs a patch-token model whose edit prompts "
                         "hold the source's own tokens (model.patch_tokens.edit_reference 'patch_tokens' or "
                         "'copy')")
     n_img, length = model.num_edit_image_tokens, data.gen_len
-    self.encode = lambda text: left_pad(edit_ids([tokenizer.bos_id], [tokenizer.image_id] * n_img,  # noqa: E731
-                                                 tokenizer.encode(text), data.edit_layout), length, tokenizer.pad_id)
-    fits = lambda text: 1 + n_img + len(tokenizer.encode(text)) <= length  # noqa: E731
-    tasks = train_edit_tasks(data_dir, data.config, fits, limit)
+    prompt = lambda text: edit_prompt(tokenizer, text, n_img, data.edit_layout)  # noqa: E731
+    self.encode = lambda text: left_pad(prompt(text), length, tokenizer.pad_id)  # noqa: E731
+    tasks = train_edit_tasks(data_dir, data.config, lambda text: len(prompt(text)) <= length, limit)
     if not tasks:
       raise ConfigError(f"config.rl.edit_prompts: no train-split edit of {data.config!r} fits data.gen_len="
                         f"{length} with {n_img} source tokens")

@@ -105,9 +105,13 @@ class ReferenceCanvas:
                       (colour_canvas(pos, colour, eoi) == self.colour) & on], -1)
     return jnp.take_along_axis(same, self.slot_cells[..., None], axis=1).astype(jnp.float32)
 
+  def _same_object(self) -> jax.Array:
+    """[B, L, L] f32: 1 where two source tokens belong to one object."""
+    return (self.slot_object[:, :, None] == self.slot_object[:, None, :]).astype(jnp.float32)
+
   def object_sizes(self) -> jax.Array:
     """[B, L] f32: how many source tokens share each token's object."""
-    return (self.slot_object[:, :, None] == self.slot_object[:, None, :]).sum(-1).astype(jnp.float32)
+    return self._same_object().sum(-1)
 
   def slot_keep(self) -> jax.Array:
     """The keep masks at each source token [B, L, 2] (pattern, colour): `with_keep`'s input."""
@@ -116,7 +120,7 @@ class ReferenceCanvas:
 
   def object_mean(self, values: jax.Array) -> jax.Array:
     """Per-source-token values [B, L, ...] -> their mean over each token's object (padding: its own)."""
-    same = (self.slot_object[:, :, None] == self.slot_object[:, None, :]).astype(values.dtype)
+    same = self._same_object().astype(values.dtype)
     flat = values.reshape(values.shape[:2] + (-1,))
     out = jnp.einsum("bij,bjk->bik", same, flat) / same.sum(-1, keepdims=True)
     return out.reshape(values.shape)

@@ -469,14 +469,16 @@ def _draw(rng, logits, temperature: float) -> jax.Array:
 
 def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array, rng: jax.Array, *,
            guidance: float = 1.0, temperature: float = 0.7, pattern_temperature: float | None = None,
-           ref: ReferenceCanvas | None = None, predict_keep: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+           ref: ReferenceCanvas | None = None, keep_rng: jax.Array | None = None) -> tuple[jax.Array, ...]:
   """Tokens (pos, pattern, colour) [B, L] drawn after the prompt, one LLM step per token with a KV
   cache. `guidance` != 1: classifier-free guidance on all three logits against the empty prompt (every
   prompt token masked, as `cond_dropout` trains it); `temperature` (position) and `pattern_temperature`
   (pattern and colour; None: the same) 0 are greedy. Cells at or before the
   previous token's are masked (the list is sorted); a drawn patch is never the empty pattern. `ref`: the
   edit sources [B] of the copy path (the unconditional CFG branch has none), whose keep mask the head
-  predicts here unless `predict_keep` is False (the caller has set it: GRPO's sampled keep actions)."""
+  predicts from the prompt pass: kept where its logit is > 0, or drawn with `keep_rng` (GRPO's keep
+  actions, `PatchTokenHead.predicted_keep`), which also returns the drawn keeps [B, L, 2] as a fourth
+  output."""
   c = head.config
   b, t = mask.shape
   num, eoi = c.num_slots, c.eoi
@@ -492,8 +494,7 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
   out = llm.forward(None, positions_of(first), kv_mask, cache=llm.init_cache(bb, t + 1 + num), cache_index=0,
                     inputs_embeds=jnp.concatenate([prompt_embeds, head.boi_embed(bb).astype(prompt_embeds.dtype)], 1))
   start = jnp.sum(first, axis=1)
-  if predict_keep:
-    ref = head.predicted_keep(out.hidden[:, :t], ref)
+  ref = head.predicted_keep(out.hidden[:, :t], ref, keep_rng)
 
   def guide(logits):
     if not cfg:
@@ -529,4 +530,6 @@ def sample(llm, head: PatchTokenHead, prompt_embeds: jax.Array, mask: jax.Array,
   init = (out.hidden[:, -1], out.cache, kv_mask, jnp.full((b,), -1, jnp.int32), jnp.zeros((b,), bool),
           jnp.zeros((b, eoi + 1), jnp.int32), rng)
   _, (pos, pattern, colour) = jax.lax.scan(step, init, jnp.arange(num))
+  if keep_rng is not None:
+    return pos.T, pattern.T, colour.T, ref.slot_keep()[:b]
   return pos.T, pattern.T, colour.T
