@@ -125,6 +125,7 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   from jaxmodels.evals import shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, step_flops
+  from jaxmodels.trainer.optim import virtual_step
   from jaxmodels.trainer.setup import (gen_every_of, initialize, mesh_and_rules,
                                        no_remat_on_multiprocess_cpu, run_keys, shapes_eval_supported,
                                        train_state_factory, trains_generation, understanding_inputs)
@@ -197,22 +198,25 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
 
   stop = StopRequest().install()   # from here on, a SIGTERM waits for the current step
   stop_signal = False
+  clock = config.optim.clock    # "time": the schedule spans the time limit (trainer/optim.py)
   step_fn = make_train_step(ts, accum_steps=config.train.accum_steps, lr_schedule=lr,
-                            state_shardings=shardings)
+                            state_shardings=shardings, clock=clock)
   rng, eval_rng = run_keys(config.seed)     # step keys: fold_in(rng, step)
   first = to_global(next(data.iterator))
   gen_every = gen_every_of(config)
+  limit = config.train.time_limit_minutes
+  v0 = (np.float32(start),) if clock == "time" else ()   # the virtual step's abstract value
   with sharding.use_mesh(mesh, rules):
-    lowered = step_fn.lower(state, first, rng)
-    compiled, flops = lowered.compile(), step_flops(step_fn, state, first, rng, lowered=lowered)
+    lowered = step_fn.lower(state, first, rng, *v0)
+    compiled, flops = lowered.compile(), step_flops(step_fn, state, first, rng, *v0, lowered=lowered)
     # train.gen_every = k > 1: steps k, 2k, ... train on the whole batch, the others on its
     # understanding inputs only (a second program): more understanding updates per second.
     compiled_und, flops_und = compiled, flops
     if gen_every > 1:
       und_first = understanding_inputs(first, gen_every)
-      lowered_und = step_fn.lower(state, und_first, rng)
+      lowered_und = step_fn.lower(state, und_first, rng, *v0)
       compiled_und = lowered_und.compile()
-      flops_und = step_flops(step_fn, state, und_first, rng, lowered=lowered_und)
+      flops_und = step_flops(step_fn, state, und_first, rng, *v0, lowered=lowered_und)
   if jax.process_count() > 1:
     # Enter the first step together (a coordination-service barrier, not a collective): XLA:CPU's
     # gloo sets a communicator up at its first collective with a 30 s deadline, which a process
@@ -223,7 +227,8 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
     flops = (flops + (gen_every - 1) * flops_und) / gen_every
   tokens = int(np.prod(first["und_ids"].shape[1:])) if "und_ids" in first else 0
   writer = MetricWriter(workdir, total_steps=total, batch_size=config.data.batch_size,
-                        tokens_per_example=tokens, flops_per_step=flops, start_step=start)
+                        tokens_per_example=tokens, flops_per_step=flops, start_step=start,
+                        time_limit_minutes=limit)
 
   ############################ Train loop ####################################
   # SIGTERM / SIGINT (preemption, scancel, Ctrl-C) end the current step, save it and exit cleanly.
@@ -231,7 +236,6 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   # the guard counts those and, for train.nonfinite="stop", stops after train.max_nonfinite in a row.
   guard = NonFiniteGuard(config.train.nonfinite, config.train.max_nonfinite)
   t0, pending, step, saved, flag = time.time(), None, start, start, None
-  limit = config.train.time_limit_minutes
   batch = first
   def save(s):
     try:
@@ -253,8 +257,10 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
       und_only = not trains_generation(step, gen_every)   # (never with gen_every=1)
       if und_only:                               # the gen_* arrays never leave the host
         batch = understanding_inputs(batch, gen_every)
+      vstep = () if clock != "time" else (np.float32(virtual_step(
+          step, start=start, total=total, elapsed_minutes=(time.time() - t0) / 60, limit_minutes=limit)),)
       state, metrics = (compiled_und if und_only else compiled)(
-          state, to_global(batch) if step > start + 1 else batch, jax.random.fold_in(rng, step))
+          state, to_global(batch) if step > start + 1 else batch, jax.random.fold_in(rng, step), *vstep)
       if flag is not None:                     # the previous step's non-finite flag (one step behind)
         guard.update(step - 1, flag, last_checkpoint=committed_step)
       flag = metrics["nonfinite"]

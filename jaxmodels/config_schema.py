@@ -68,6 +68,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "warmup_steps": Key(100, "Linear warmup steps from 0 to lr."),
         "min_lr_ratio": Key(0.1, "The schedule's final learning rate as a fraction of lr."),
         "schedule": Key("cosine", "Decay after warmup: 'cosine' (to min_lr_ratio) or 'constant'."),
+        "clock": Key("steps", "What the schedule's progress counts: 'steps' (step / total_steps) or 'time' "
+                     "(the larger of that and the elapsed fraction of train.time_limit_minutes, so warmup "
+                     "and decay end with whichever budget ends first; jaxmodels.trainer.optim)."),
         "b1": Key(0.9, "Adam's first-moment decay."),
         "b2": Key(0.95, "Adam's second-moment decay."),
         "eps": Key(1e-8, "Adam's epsilon."),

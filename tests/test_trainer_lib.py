@@ -11,7 +11,7 @@ from jaxmodels import sharding
 from jaxmodels.checkpoint import Checkpointer
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.trainer import MetricWriter, TrainState, make_optimizer, make_train_step, trainable_filter
-from jaxmodels.trainer.optim import learning_rate_schedule
+from jaxmodels.trainer.optim import learning_rate_schedule, virtual_step
 
 CFG = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 
@@ -34,6 +34,42 @@ def test_schedule_warmup_then_cosine():
   lr = learning_rate_schedule(1.0, total_steps=110, warmup_steps=10, min_lr_ratio=0.1)
   assert float(lr(0)) == 0.0 and abs(float(lr(5)) - 0.5) < 1e-6 and abs(float(lr(10)) - 1.0) < 1e-6
   assert abs(float(lr(110)) - 0.1) < 1e-6 and float(lr(60)) < 1.0
+
+
+def test_time_clock_is_adamw_at_the_virtual_steps_schedule():
+  """optim.clock="time": AdamW at rate 1 scaled by schedule(v) equals optax.adamw on the step clock
+  when v = the steps done, and at v = total runs at the final learning rate."""
+  o = dict(lr=1e-2, warmup_steps=2, clip_norm=1.0, weight_decay=0.1, min_lr_ratio=0.1)
+  outs = {}
+  for clock in ("steps", "time"):
+    tx, lr = make_optimizer({**o, "clock": clock}, 10)
+    ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
+    step = make_train_step(ts, lr_schedule=lr, clock=clock)
+    graphdef, state = nnx.split(ts)
+    lrs = []
+    for i in range(3):
+      args = (np.float32(i),) if clock == "time" else ()
+      state, metrics = step(state, BATCH, jax.random.key(i), *args)
+      lrs.append(float(metrics["lr"]))
+    outs[clock] = (lrs, jax.tree.map(np.asarray, nnx.state(nnx.merge(graphdef, state).model, nnx.Param)))
+  np.testing.assert_allclose(outs["steps"][0], outs["time"][0], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), outs["steps"][1], outs["time"][1])
+  tx, lr = make_optimizer({**o, "clock": "time"}, 10)
+  ts = TrainState(TinyLM(CFG, rngs=nnx.Rngs(0)), tx)
+  _, metrics = make_train_step(ts, lr_schedule=lr, clock="time")(nnx.state(ts), BATCH, jax.random.key(0),
+                                                                 np.float32(10))
+  assert abs(float(metrics["lr"]) - 1e-3) < 1e-9      # lr * min_lr_ratio at the end of the budget
+  with pytest.raises(Exception, match="optim.clock"):
+    make_optimizer({**o, "clock": "wall"}, 10)
+
+
+def test_virtual_step_is_the_larger_of_steps_and_time_spent():
+  assert virtual_step(5, start=0, total=100, elapsed_minutes=1.0, limit_minutes=None) == 4.0
+  assert virtual_step(11, start=0, total=100, elapsed_minutes=5.0, limit_minutes=10.0) == 50.0
+  assert virtual_step(80, start=0, total=100, elapsed_minutes=1.0, limit_minutes=10.0) == 79.0
+  assert virtual_step(30, start=0, total=100, elapsed_minutes=20.0, limit_minutes=10.0) == 100.0
+  # a resumed run spends its own budget on the steps it has left
+  assert virtual_step(61, start=60, total=100, elapsed_minutes=5.0, limit_minutes=10.0) == 80.0
 
 
 def test_frozen_params_stay_bit_identical_and_have_no_optimizer_state():
@@ -130,6 +166,13 @@ def test_metric_writer_lines_jsonl_eta_and_nan_guard(tmp_path, capsys):
     w.write(12, {"loss": float("nan")})
   w.close()
   assert (tmp_path / "tb").is_dir()
+  # a time limit caps the ETA at the time left (a time-limited run stops before its last step)
+  w = MetricWriter(str(tmp_path / "limited"), total_steps=10**9, batch_size=8, time_limit_minutes=1.0,
+                   tensorboard=False)
+  w.write(1, {"loss": 2.0})
+  row = w.write(2, {"loss": 1.0})
+  assert 0.0 <= row["train/eta_sec"] <= 60.0
+  w.close()
 
 
 def test_init_from_another_runs_checkpoint_loads_weights_only(tmp_path):

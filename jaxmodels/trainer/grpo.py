@@ -292,6 +292,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   from jaxmodels.rl.rewards import make_rewards
   from jaxmodels.serving.loader import run_tokenizer
   from jaxmodels.trainer import MetricWriter, make_train_step
+  from jaxmodels.trainer.optim import virtual_step
   from jaxmodels.trainer.setup import mesh_and_rules, restore_eval_model, run_keys
   from jaxmodels.trainer.workdir import write_config
   from jaxmodels.unified.sampling import to_uint8
@@ -365,7 +366,8 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
 
   batch_sh = lambda x: sharding.batch_sharding(mesh, x.ndim, rules)  # noqa: E731
   put = lambda b: {k: jax.device_put(jnp.asarray(v), batch_sh(np.asarray(v))) for k, v in b.items()}  # noqa: E731
-  step_fn = make_train_step(ts, lr_schedule=lr, state_shardings=shardings)
+  clock = config.optim.clock       # "time": the schedule spans the time limit (trainer/optim.py)
+  step_fn = make_train_step(ts, lr_schedule=lr, state_shardings=shardings, clock=clock)
 
   @jax.jit
   def rollout(state, ids, mask, key, cond=None):
@@ -373,8 +375,9 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
 
   rng, eval_rng = run_keys(config.seed)
   g = gcfg.group_size
-  writer = MetricWriter(workdir, total_steps=total, batch_size=rl.prompts_per_step * g, start_step=start)
   limit = config.train.time_limit_minutes
+  writer = MetricWriter(workdir, total_steps=total, batch_size=rl.prompts_per_step * g, start_step=start,
+                        time_limit_minutes=limit)
   t0, step = time.time(), start
   for step in range(start + 1, total + 1):
     records = prompts.at(step)
@@ -400,9 +403,11 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
     extra = {} if cond is None else {"cond_image": cond}
     batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv, **extra,
                      **und))
+    vstep = () if clock != "time" else (np.float32(virtual_step(
+        step, start=start, total=total, elapsed_minutes=(time.time() - t0) / 60, limit_minutes=limit)),)
     with sharding.use_mesh(mesh, rules):
       for epoch in range(rl.inner_epochs):
-        state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1))
+        state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1), *vstep)
     out_of_time = limit is not None and (time.time() - t0) / 60 > limit
     if step % config.train.log_every == 0 or step == total or out_of_time:
       logged = {**{k: float(v) for k, v in metrics.items()}, "rl/reward": float(total_reward.mean()),

@@ -77,8 +77,12 @@ class MetricWriter:
   """Writes metrics to stdout, `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`)."""
 
   def __init__(self, workdir: str, *, total_steps: int, batch_size: int, tokens_per_example: int = 0,
-               flops_per_step: float | None = None, start_step: int = 0, tensorboard: bool = True):
+               flops_per_step: float | None = None, start_step: int = 0, tensorboard: bool = True,
+               time_limit_minutes: float | None = None):
+    """`time_limit_minutes`: the run stops that long after this writer is made, so the ETA is the
+    sooner of the steps left at the measured rate and the time left."""
     self.is_main = jax.process_index() == 0
+    self.deadline = None if not time_limit_minutes else time.time() + 60 * time_limit_minutes
     self.total_steps, self.batch_size, self.tokens = total_steps, batch_size, tokens_per_example
     self.flops_per_step = flops_per_step
     self.peak = peak_flops_per_device()
@@ -118,6 +122,8 @@ class MetricWriter:
         if self.flops_per_step and self.peak:
           values["mfu"] = self.flops_per_step / dt / (self.peak * jax.device_count())
         values["eta_sec"] = dt * (self.total_steps - step)
+        if self.deadline is not None:
+          values["eta_sec"] = max(min(values["eta_sec"], self.deadline - now), 0.0)
       if steps > 0:
         self._first = False   # the first interval includes compilation: not reported
       self._last_time, self._last_step = now, step

@@ -68,8 +68,11 @@ def _split_microbatches(batch: Any, k: int) -> Any:
 
 
 def train_step(ts: TrainState, batch: Any, rng: jax.Array, *, accum_steps: int = 1,
-               lr_schedule: Callable | None = None) -> dict[str, jax.Array]:
-  """One optimizer step on `batch` (split into `accum_steps` micro-batches); updates ts in place."""
+               lr_schedule: Callable | None = None, virtual_step: jax.Array | None = None
+               ) -> dict[str, jax.Array]:
+  """One optimizer step on `batch` (split into `accum_steps` micro-batches); updates ts in place.
+  `virtual_step`: the schedule position of this update under `optim.clock="time"` (trainer/optim.py),
+  passed on to the optimizer; None: the optimizer counts steps itself."""
   graphdef, params, rest = nnx.split(ts.model, ts.wrt, ...)
 
   def loss_fn(p, mb, key):
@@ -94,8 +97,9 @@ def train_step(ts: TrainState, batch: Any, rng: jax.Array, *, accum_steps: int =
     (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro, keys))
     loss, metrics, grads = jax.tree.map(lambda x: x / accum_steps, (loss, metrics, grads))
 
-  step = ts.optimizer.step[...]
-  ts.optimizer.update(ts.model, grads)
+  step = ts.optimizer.step[...] if virtual_step is None else virtual_step
+  extra = {} if virtual_step is None else {"virtual_step": virtual_step}
+  ts.optimizer.update(ts.model, grads, **extra)
   if ts.ema is not None:
     decay = ts.ema_decay
     new = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype),
@@ -110,8 +114,9 @@ def train_step(ts: TrainState, batch: Any, rng: jax.Array, *, accum_steps: int =
 
 
 def make_train_step(ts: TrainState, *, accum_steps: int = 1, lr_schedule: Callable | None = None,
-                    state_shardings=None, batch_sharding=None):
-  """Returns jitted `step(state, batch, rng) -> (state, metrics)` over `nnx.split(ts)[1]`.
+                    state_shardings=None, batch_sharding=None, clock: str = "steps"):
+  """Returns jitted `step(state, batch, rng) -> (state, metrics)` over `nnx.split(ts)[1]`;
+  `clock="time"` (an optimizer from `optim.clock="time"`): `step(state, batch, rng, virtual_step)`.
 
   The state argument is donated; pass shardings to pin the layout on a mesh. A step whose loss or
   gradients are not finite leaves the whole state (params, optimizer moments and step count, EMA)
@@ -119,16 +124,21 @@ def make_train_step(ts: TrainState, *, accum_steps: int = 1, lr_schedule: Callab
   """
   graphdef = nnx.graphdef(ts)
 
-  def step(state, batch, rng):
+  def step(state, batch, rng, virtual_step=None):
     ts_ = nnx.merge(graphdef, state, copy=True)   # `state` keeps the old values (see the select below)
-    metrics = train_step(ts_, batch, rng, accum_steps=accum_steps, lr_schedule=lr_schedule)
+    metrics = train_step(ts_, batch, rng, accum_steps=accum_steps, lr_schedule=lr_schedule,
+                         virtual_step=virtual_step)
     new = nnx.state(ts_)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
     new = jax.lax.cond(finite, lambda n, o: n, lambda n, o: o, new, state)   # any leaf dtype (keys too)
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     return new, metrics
 
+  if clock not in ("steps", "time"):
+    raise ConfigError(f"config.optim.clock: unknown clock {clock!r} (steps or time)")
+  fn = step if clock == "time" else (lambda state, batch, rng: step(state, batch, rng))
   kw = {}
   if state_shardings is not None:
-    kw = dict(in_shardings=(state_shardings, batch_sharding, None), out_shardings=(state_shardings, None))
-  return jax.jit(step, donate_argnums=(0,), **kw)
+    ins = (state_shardings, batch_sharding, None) + ((None,) if clock == "time" else ())
+    kw = dict(in_shardings=ins, out_shardings=(state_shardings, None))
+  return jax.jit(fn, donate_argnums=(0,), **kw)
