@@ -125,7 +125,7 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   from jaxmodels.evals import shapes_eval
   from jaxmodels.trainer import MetricWriter, make_train_step
   from jaxmodels.trainer.metrics import NonFiniteGuard, step_flops
-  from jaxmodels.trainer.optim import virtual_step
+  from jaxmodels.trainer.optim import ScheduleClock
   from jaxmodels.trainer.setup import (gen_every_of, initialize, mesh_and_rules,
                                        no_remat_on_multiprocess_cpu, run_keys, shapes_eval_supported,
                                        train_state_factory, trains_generation, understanding_inputs)
@@ -205,7 +205,7 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   first = to_global(next(data.iterator))
   gen_every = gen_every_of(config)
   limit = config.train.time_limit_minutes
-  v0 = (np.float32(start),) if clock == "time" else ()   # the virtual step's abstract value
+  v0 = ScheduleClock(clock, start=start, total=total, limit_minutes=limit).args(start + 1)  # for lowering
   with sharding.use_mesh(mesh, rules):
     lowered = step_fn.lower(state, first, rng, *v0)
     compiled, flops = lowered.compile(), step_flops(step_fn, state, first, rng, *v0, lowered=lowered)
@@ -236,6 +236,7 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
   # the guard counts those and, for train.nonfinite="stop", stops after train.max_nonfinite in a row.
   guard = NonFiniteGuard(config.train.nonfinite, config.train.max_nonfinite)
   t0, pending, step, saved, flag = time.time(), None, start, start, None
+  schedule_clock = ScheduleClock(clock, start=start, total=total, limit_minutes=limit)
   batch = first
   def save(s):
     try:
@@ -257,10 +258,9 @@ def _train_and_evaluate(config, workdir: str, report: bool = True) -> dict:
       und_only = not trains_generation(step, gen_every)   # (never with gen_every=1)
       if und_only:                               # the gen_* arrays never leave the host
         batch = understanding_inputs(batch, gen_every)
-      vstep = () if clock != "time" else (np.float32(virtual_step(
-          step, start=start, total=total, elapsed_minutes=(time.time() - t0) / 60, limit_minutes=limit)),)
       state, metrics = (compiled_und if und_only else compiled)(
-          state, to_global(batch) if step > start + 1 else batch, jax.random.fold_in(rng, step), *vstep)
+          state, to_global(batch) if step > start + 1 else batch, jax.random.fold_in(rng, step),
+          *schedule_clock.args(step))
       if flag is not None:                     # the previous step's non-finite flag (one step behind)
         guard.update(step - 1, flag, last_checkpoint=committed_step)
       flag = metrics["nonfinite"]

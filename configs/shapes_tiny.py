@@ -113,18 +113,16 @@ def get_config(arg=None):
     c.train.ema_path = ""       # no DiT: the LLM draws, so an EMA (train.ema_decay) covers the model
     c.evals.guidance = 1.0
   if a.grpo == "yes" or (a.grpo == "auto" and a.target == "tokens" and not a.runlocal):
-    # Two phases (train.py): the supervised recipe above, shortened so that its cosine schedule ends
-    # inside the budget, then GRPO on its image-token policy in <workdir>/rl, which keeps training
-    # understanding (rl.und_weight) while the exact ShapesWorld detector's reward trains drawing; the
-    # final evaluations run after GRPO.
-    c.train.update(total_steps=1500, time_limit_minutes=8.5)
-    # The schedule spans the time cap (optim.clock="time"): on a machine too slow for the steps, the
+    # Two phases (train.py): the supervised recipe above, capped at 8.5 minutes, then GRPO on its
+    # image-token policy in <workdir>/rl, which keeps training understanding (rl.und_weight) while the
+    # exact ShapesWorld detector's reward trains drawing; the final evaluations run after GRPO.
+    # The schedule spans the cap (optim.clock="time"): on a machine too slow for the steps, the
     # learning rate still decays by the cap. Batch 16 buys twice the updates at the same examples per
     # second (the step is compute-bound); 3000 of them equal the examples of 1500 at batch 32
     # (BENCHMARKS.md, "A learning-rate schedule that ends with the time budget").
+    c.train.update(total_steps=3000, time_limit_minutes=8.5)
     c.optim.clock = "time"
     c.data.batch_size = 16
-    c.train.total_steps = 3000
     c.rl = grpo_block(a.runlocal)
     c.rl.update(after_supervised=True, und_weight=1.0, supervised_evals="",
                 train=dict(total_steps=200, time_limit_minutes=3.5, log_every=10, eval_every=1000,

@@ -11,7 +11,7 @@ from jaxmodels import sharding
 from jaxmodels.checkpoint import Checkpointer
 from jaxmodels.llm import LLM, LLMConfig
 from jaxmodels.trainer import MetricWriter, TrainState, make_optimizer, make_train_step, trainable_filter
-from jaxmodels.trainer.optim import learning_rate_schedule, virtual_step
+from jaxmodels.trainer.optim import ScheduleClock, learning_rate_schedule, virtual_step
 
 CFG = LLMConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 
@@ -70,6 +70,12 @@ def test_virtual_step_is_the_larger_of_steps_and_time_spent():
   assert virtual_step(30, start=0, total=100, elapsed_minutes=20.0, limit_minutes=10.0) == 100.0
   # a resumed run spends its own budget on the steps it has left
   assert virtual_step(61, start=60, total=100, elapsed_minutes=5.0, limit_minutes=10.0) == 80.0
+  # the trainers' side: the step clock adds no argument, the time clock one f32 virtual step
+  assert ScheduleClock("steps", start=0, total=100, limit_minutes=10.0).args(7) == ()
+  (v,) = ScheduleClock("time", start=0, total=100, limit_minutes=10.0).args(7)
+  assert v.dtype == np.float32 and 6.0 <= float(v) < 7.0
+  with pytest.raises(Exception, match="optim.clock"):
+    ScheduleClock("wall", start=0, total=100, limit_minutes=None)
 
 
 def test_frozen_params_stay_bit_identical_and_have_no_optimizer_state():

@@ -292,7 +292,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   from jaxmodels.rl.rewards import make_rewards
   from jaxmodels.serving.loader import run_tokenizer
   from jaxmodels.trainer import MetricWriter, make_train_step
-  from jaxmodels.trainer.optim import virtual_step
+  from jaxmodels.trainer.optim import ScheduleClock
   from jaxmodels.trainer.setup import mesh_and_rules, restore_eval_model, run_keys
   from jaxmodels.trainer.workdir import write_config
   from jaxmodels.unified.sampling import to_uint8
@@ -379,6 +379,7 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
   writer = MetricWriter(workdir, total_steps=total, batch_size=rl.prompts_per_step * g, start_step=start,
                         time_limit_minutes=limit)
   t0, step = time.time(), start
+  schedule_clock = ScheduleClock(clock, start=start, total=total, limit_minutes=limit)
   for step in range(start + 1, total + 1):
     records = prompts.at(step)
     ids, mask, _ = shapes_eval.encode_prompts(tokenizer, [r["prompt"] for r in records], gen_len)
@@ -403,11 +404,9 @@ def train_grpo(config, workdir: str, report: bool = True) -> dict:
     extra = {} if cond is None else {"cond_image": cond}
     batch = put(dict(ids=ids, mask=mask, **tokens, old_logp=old, ref_logp=ref, advantages=adv, **extra,
                      **und))
-    vstep = () if clock != "time" else (np.float32(virtual_step(
-        step, start=start, total=total, elapsed_minutes=(time.time() - t0) / 60, limit_minutes=limit)),)
     with sharding.use_mesh(mesh, rules):
       for epoch in range(rl.inner_epochs):
-        state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1), *vstep)
+        state, metrics = step_fn(state, batch, jax.random.fold_in(key, epoch + 1), *schedule_clock.args(step))
     out_of_time = limit is not None and (time.time() - t0) / 60 > limit
     if step % config.train.log_every == 0 or step == total or out_of_time:
       logged = {**{k: float(v) for k, v in metrics.items()}, "rl/reward": float(total_reward.mean()),

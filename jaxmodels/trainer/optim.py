@@ -13,8 +13,10 @@ short by its time limit still warms up and decays to `min_lr_ratio` by its end, 
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import optax
 from flax import nnx
 
@@ -48,6 +50,24 @@ def virtual_step(step: int, *, start: int, total: int, elapsed_minutes: float,
   if not limit_minutes:
     return done
   return max(done, start + (total - start) * min(elapsed_minutes / limit_minutes, 1.0))
+
+
+class ScheduleClock:
+  """The trainer's side of `optim.clock`: `args(step)` is what the compiled step takes after
+  (state, batch, rng) — `(virtual_step,)` as f32 under the time clock, `()` under the step clock —
+  measured from this object's creation (start it where the time limit starts)."""
+
+  def __init__(self, kind: str, *, start: int, total: int, limit_minutes: float | None):
+    if kind not in ("steps", "time"):
+      raise ConfigError(f"config.optim.clock: unknown clock {kind!r} (steps or time)")
+    self.kind, self.start, self.total, self.limit = kind, start, total, limit_minutes
+    self.t0 = time.time()
+
+  def args(self, step: int) -> tuple:
+    if self.kind != "time":
+      return ()
+    return (np.float32(virtual_step(step, start=self.start, total=self.total,
+                                    elapsed_minutes=(time.time() - self.t0) / 60, limit_minutes=self.limit)),)
 
 
 def scale_by_clock(schedule: optax.Schedule) -> optax.GradientTransformationExtraArgs:
